@@ -1,0 +1,135 @@
+"""The small interface every backend implements, and the values that cross it.
+
+A backend knows four things: which knobs it has (its search space), how much VRAM a
+config will take (before running it), how to run one measured trial, and how to
+launch the winning config for real.  Trials always run in a child process
+(see ``autotune.backends.isolation``); nothing here touches CUDA in the caller.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import optuna
+
+from autotune.hardware import HardwareProfile
+from autotune.model import ModelProfile
+
+Config = dict[str, Any]
+"""A backend's knob values, flat and JSON-serialisable (what Optuna samples)."""
+
+
+class Outcome(str, enum.Enum):
+    """How a trial ended. Every one of them is a recorded result, not an exception."""
+
+    OK = "ok"
+    OOM = "oom"
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    OVER_CAP = "over_cap"
+    PRUNED = "pruned"  # predicted over the cap: never run
+    STOPPED = "stopped"  # the user stopped the study while this trial ran
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a trial measures, as llama-bench does: prefill of P tokens, decode of N, r times."""
+
+    n_prompt: int = 512
+    n_gen: int = 128
+    repetitions: int = 3
+    n_ctx: int = 4096
+    objective: str = "decode"  # decode | prefill | request
+
+    def key(self) -> str:
+        """Stable text used to key best configs in the database."""
+        return f"{self.objective}:p{self.n_prompt}:n{self.n_gen}:c{self.n_ctx}"
+
+
+@dataclass
+class Measurement:
+    """Mean and spread (sample standard deviation) of repeated measurements."""
+
+    mean: float
+    std: float
+    samples: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, samples: list[float]) -> "Measurement":
+        import statistics
+
+        if not samples:
+            return cls(0.0, 0.0, [])
+        std = statistics.stdev(samples) if len(samples) > 1 else 0.0
+        return cls(statistics.fmean(samples), std, list(samples))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.1f} ± {self.std:.1f}"
+
+
+@dataclass
+class TrialResult:
+    """One trial's outcome and figures. A failed trial carries its outcome and message."""
+
+    outcome: Outcome
+    message: str = ""
+    decode_tps: Measurement | None = None
+    prefill_tps: Measurement | None = None
+    peak_vram_bytes: int | None = None
+    load_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. cache hit rate, PCIe bytes/token
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outcome"] = self.outcome.value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrialResult":
+        data = dict(data)
+        data["outcome"] = Outcome(data["outcome"])
+        for key in ("decode_tps", "prefill_tps"):
+            if data.get(key) is not None:
+                data[key] = Measurement(**data[key])
+        return cls(**data)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One way of running a model. Implementations live one per module in this package."""
+
+    name: str
+
+    def available(self) -> str | None:
+        """None when usable here, else the one-line reason it is not (missing package, ...)."""
+
+    def supports(self, model: ModelProfile) -> str | None:
+        """None when this backend can run the model, else the reason it declines."""
+
+    def suggest(self, trial: optuna.Trial, model: ModelProfile, hw: HardwareProfile) -> Config:
+        """Sample one config from this backend's (conditional) search space."""
+
+    def baselines(self, model: ModelProfile, hw: HardwareProfile, vram_cap: int) -> list[Config]:
+        """Configs a careful user would try first; the study is seeded with them."""
+
+    def predict_vram(self, config: Config, model: ModelProfile, workload: Workload) -> int:
+        """Peak VRAM in bytes the config will take, CUDA context included, before running it."""
+
+    def run_trial(
+        self, config: Config, model_path: Path, workload: Workload, deadline_s: float
+    ) -> TrialResult:
+        """Measure one config in a child process; never raises for trial failures."""
+
+    def launch_command(self, config: Config, model_path: Path, fmt: str) -> str:
+        """A shell-quoted command (or Python snippet) that runs the model with this config."""
+
+    def parse_command(self, command: str) -> tuple[Config, Path]:
+        """Inverse of ``launch_command``: the config and model path a command stands for."""

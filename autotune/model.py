@@ -1,0 +1,263 @@
+"""GGUF inspection: what a model is made of, in the units the tuner plans VRAM with.
+
+Reads only the header and tensor table through the ``gguf`` package (llama.cpp's own
+reader); the tensor data is never touched, so a 20 GB file is inspected in moments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotune.errors import ModelFileError
+
+GGUF_MAGIC = b"GGUF"
+
+# Bytes per element of the KV-cache types llama.cpp offers for -ctk/-ctv.
+KV_TYPE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+_BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+# Which per-layer group each tensor name (after "blk.N.") belongs to.
+_EXPERT = ("ffn_gate_exps.", "ffn_up_exps.", "ffn_down_exps.", "ffn_gate_up_exps.")
+_SHARED = ("ffn_gate_shexp.", "ffn_up_shexp.", "ffn_down_shexp.", "ffn_gate_inp_shexp.")
+_ROUTER = ("ffn_gate_inp.", "exp_probs_b")
+_DENSE = ("ffn_gate.", "ffn_up.", "ffn_down.")
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    type: str  # GGML type name, e.g. "Q4_K"
+    shape: list[int]  # GGML order: shape[0] is the contiguous (input) dimension
+    offset: int  # absolute byte offset of the data in the file
+    nbytes: int
+
+
+@dataclass
+class LayerBytes:
+    """Bytes of one transformer block, by group."""
+
+    attention: int = 0  # q/k/v/o, their norms and biases, attn_norm
+    router: int = 0  # ffn_gate_inp (and expert bias where present)
+    experts: int = 0  # all routed experts of this layer
+    shared_experts: int = 0
+    dense_ffn: int = 0
+    other: int = 0  # ffn_norm and anything not named above
+
+    @property
+    def total(self) -> int:
+        return (
+            self.attention
+            + self.router
+            + self.experts
+            + self.shared_experts
+            + self.dense_ffn
+            + self.other
+        )
+
+
+@dataclass
+class ModelProfile:
+    """Everything the tuner and backends need to know about a GGUF file."""
+
+    path: str
+    file_bytes: int
+    architecture: str
+    name: str
+    n_layers: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    n_vocab: int
+    context_length: int
+    n_expert: int  # 0 for a dense model
+    n_expert_used: int
+    n_ff: int  # dense FFN size (0 where absent)
+    n_ff_expert: int  # one expert's FFN size (0 for a dense model)
+    token_embd_bytes: int
+    output_bytes: int  # output head and output_norm
+    layers: list[LayerBytes]
+    quant_types: dict[str, int]  # GGML type -> bytes of tensor data in that type
+    tensor_data_bytes: int
+    fingerprint: str
+    tensors: list[TensorInfo] = field(default_factory=list, repr=False)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_expert > 0
+
+    @property
+    def expert_bytes(self) -> int:
+        """Bytes of one routed expert (gate + up + down) in the first MoE layer."""
+        moe_layers = [layer for layer in self.layers if layer.experts]
+        return moe_layers[0].experts // self.n_expert if moe_layers else 0
+
+    @property
+    def experts_bytes(self) -> int:
+        return sum(layer.experts for layer in self.layers)
+
+    def kv_bytes_per_token(self, type_k: str = "f16", type_v: str = "f16") -> int:
+        """KV-cache bytes one token of context costs, all layers together."""
+        per_layer = self.n_head_kv * (
+            self.head_dim_k * KV_TYPE_BYTES[type_k] + self.head_dim_v * KV_TYPE_BYTES[type_v]
+        )
+        return int(round(per_layer * self.n_layers))
+
+    def to_json(self, with_tensors: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not with_tensors:
+            data.pop("tensors")
+        data["is_moe"] = self.is_moe
+        data["expert_bytes"] = self.expert_bytes
+        data["experts_bytes"] = self.experts_bytes
+        data["kv_bytes_per_token"] = {
+            kv: self.kv_bytes_per_token(kv, kv) for kv in KV_TYPE_BYTES
+        }
+        return data
+
+
+def _field_value(reader: Any, key: str) -> Any:
+    """A scalar or string metadata value, or None when the key is absent."""
+    field_ = reader.fields.get(key)
+    if field_ is None:
+        return None
+    value = field_.contents()
+    return value
+
+
+def _layer_group(suffix: str) -> str:
+    if suffix.startswith(_EXPERT):
+        return "experts"
+    if suffix.startswith(_SHARED):
+        return "shared_experts"
+    if suffix.startswith(_ROUTER):
+        return "router"
+    if suffix.startswith(_DENSE):
+        return "dense_ffn"
+    if suffix.startswith("attn"):
+        return "attention"
+    return "other"
+
+
+def _fingerprint(reader: Any, tensors: list[TensorInfo]) -> str:
+    """Stable identity from header metadata and the tensor table (not the 20 GB of data)."""
+    digest = hashlib.sha256()
+    for key in sorted(reader.fields):
+        if key.startswith("GGUF."):
+            continue
+        field_ = reader.fields[key]
+        digest.update(key.encode())
+        for index in field_.data:
+            digest.update(np.ascontiguousarray(field_.parts[index]).tobytes())
+    for tensor in tensors:
+        digest.update(f"{tensor.name}|{tensor.type}|{tensor.shape}|{tensor.offset}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _open_reader(path: Path) -> Any:
+    from gguf import GGUFReader
+
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: not a regular file")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelFileError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+    try:
+        return GGUFReader(path, "r")
+    except Exception as exc:  # the reader raises many kinds on a cut-off header
+        raise ModelFileError(f"{path}: truncated or corrupt GGUF header ({exc})") from exc
+
+
+def inspect_model(path: str | Path) -> ModelProfile:
+    """Read a GGUF file's header and tensor table into a ModelProfile."""
+    path = Path(path)
+    reader = _open_reader(path)
+    file_bytes = path.stat().st_size
+
+    arch = _field_value(reader, "general.architecture")
+    if not isinstance(arch, str):
+        raise ModelFileError(f"{path}: GGUF has no general.architecture")
+
+    def key(name: str, default: Any = 0) -> Any:
+        value = _field_value(reader, f"{arch}.{name}")
+        return default if value is None else value
+
+    tensors = [
+        TensorInfo(
+            name=t.name,
+            type=t.tensor_type.name,
+            shape=[int(x) for x in t.shape],
+            offset=int(t.data_offset),
+            nbytes=int(t.n_bytes),
+        )
+        for t in reader.tensors
+    ]
+    end = max((t.offset + t.nbytes for t in tensors), default=0)
+    if end > file_bytes:
+        raise ModelFileError(
+            f"{path}: truncated GGUF (tensor data needs {end} bytes, file has {file_bytes})"
+        )
+
+    n_layers = int(key("block_count"))
+    layers = [LayerBytes() for _ in range(n_layers)]
+    quant_types: dict[str, int] = defaultdict(int)
+    token_embd = output = 0
+    for tensor in tensors:
+        quant_types[tensor.type] += tensor.nbytes
+        match = _BLOCK_TENSOR.match(tensor.name)
+        if match and int(match.group(1)) < n_layers:
+            layer = layers[int(match.group(1))]
+            group = _layer_group(match.group(2))
+            setattr(layer, group, getattr(layer, group) + tensor.nbytes)
+        elif tensor.name.startswith("token_embd"):
+            token_embd += tensor.nbytes
+        else:
+            output += tensor.nbytes  # output.weight, output_norm, rope factors, ...
+
+    n_embd = int(key("embedding_length"))
+    n_head = int(key("attention.head_count"))
+    head_dim = n_embd // n_head if n_head else 0
+    n_head_kv = key("attention.head_count_kv", n_head)
+    if isinstance(n_head_kv, list):  # per-layer list in some architectures
+        n_head_kv = max(n_head_kv)
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    n_vocab = len(tokens.data) if tokens is not None else 0
+    name = _field_value(reader, "general.name") or path.stem
+
+    return ModelProfile(
+        path=str(path),
+        file_bytes=file_bytes,
+        architecture=arch,
+        name=str(name),
+        n_layers=n_layers,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=int(n_head_kv),
+        head_dim_k=int(key("attention.key_length", head_dim)),
+        head_dim_v=int(key("attention.value_length", head_dim)),
+        n_vocab=n_vocab,
+        context_length=int(key("context_length")),
+        n_expert=int(key("expert_count")),
+        n_expert_used=int(key("expert_used_count")),
+        n_ff=int(key("feed_forward_length")) if not isinstance(key("feed_forward_length"), list) else 0,
+        n_ff_expert=int(key("expert_feed_forward_length")),
+        token_embd_bytes=token_embd,
+        output_bytes=output,
+        layers=layers,
+        quant_types=dict(sorted(quant_types.items(), key=lambda kv: -kv[1])),
+        tensor_data_bytes=sum(t.nbytes for t in tensors),
+        fingerprint=_fingerprint(reader, tensors),
+        tensors=tensors,
+    )
