@@ -1,0 +1,152 @@
+"""The ``autotune`` command line (Typer). Each command is a thin shell over a module."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autotune.errors import AutotuneError
+
+app = typer.Typer(
+    help="Find, by measurement, the fastest way to run a MoE GGUF model under a VRAM cap.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn an AutotuneError into one line on stderr and a non-zero exit, no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except AutotuneError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+@app.command()
+@user_errors
+def inspect(
+    model: Path = typer.Argument(..., help="GGUF model file"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    tensors: bool = typer.Option(False, "--tensors", help="with --json: include the tensor table"),
+) -> None:
+    """Architecture, experts, quant types and bytes by group of a GGUF model."""
+    from autotune.model import KV_TYPE_BYTES, inspect_model
+
+    profile = inspect_model(model)
+    if as_json:
+        print(json.dumps(profile.to_json(with_tensors=tensors), indent=2))
+        return
+    console.print(f"[bold]{profile.name}[/]  ({profile.architecture}, fingerprint {profile.fingerprint})")
+    console.print(
+        f"layers {profile.n_layers} · embd {profile.n_embd} · heads {profile.n_head}/{profile.n_head_kv}"
+        f" · head dim {profile.head_dim_k} · vocab {profile.n_vocab} · file {_gib(profile.file_bytes)}"
+    )
+    if profile.is_moe:
+        console.print(
+            f"experts {profile.n_expert}, {profile.n_expert_used} used per token, expert FFN {profile.n_ff_expert}"
+            f" · one expert {_gib(profile.expert_bytes)} · all experts {_gib(profile.experts_bytes)}"
+        )
+    else:
+        console.print("no experts: a dense model (the tuner can only tune layer offload for it)")
+    groups = Table(title="bytes by group", show_edge=False)
+    groups.add_column("group")
+    groups.add_column("total", justify="right")
+    groups.add_column("per layer (first)", justify="right")
+    first = profile.layers[0] if profile.layers else None
+    groups.add_row("token embedding", _gib(profile.token_embd_bytes), "")
+    groups.add_row("output head + norm", _gib(profile.output_bytes), "")
+    for name in ("attention", "router", "experts", "shared_experts", "dense_ffn", "other"):
+        total = sum(getattr(layer, name) for layer in profile.layers)
+        if total:
+            groups.add_row(name.replace("_", " "), _gib(total), _gib(getattr(first, name)))
+    console.print(groups)
+    console.print(
+        "quant types: " + ", ".join(f"{t} {_gib(b)}" for t, b in profile.quant_types.items())
+    )
+    console.print(
+        "KV cache per token: "
+        + ", ".join(f"{kv} {profile.kv_bytes_per_token(kv, kv)} B" for kv in KV_TYPE_BYTES)
+    )
+
+
+@app.command()
+@user_errors
+def hw(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """GPUs, CPU and RAM of this machine, and its hardware fingerprint."""
+    from autotune.hardware import probe_hardware
+
+    profile = probe_hardware()
+    if as_json:
+        print(json.dumps(profile.to_json(), indent=2))
+        return
+    console.print(
+        f"CPU: {profile.cpu_model} · {profile.physical_cores} physical cores"
+        f" ({profile.logical_cores} logical) · RAM {_gib(profile.ram_bytes)}"
+    )
+    if not profile.gpus:
+        console.print(f"GPU: no GPU ({profile.gpu_error})")
+    for gpu in profile.gpus:
+        pcie = f"PCIe gen {gpu.pcie_generation} x{gpu.pcie_width}" if gpu.pcie_generation else "PCIe unknown"
+        console.print(
+            f"GPU {gpu.index}: {gpu.name} · {_gib(gpu.total_bytes)} total, {_gib(gpu.free_bytes)} free"
+            f" · {pcie} · compute {gpu.compute_capability} · driver {profile.driver}"
+        )
+    console.print(f"hardware fingerprint: {profile.fingerprint}")
+
+
+@app.command()
+@user_errors
+def synth(
+    out: Path = typer.Argument(..., help="where to write the GGUF"),
+    preset: str = typer.Option("tiny", help="tiny | small | qwen3-30b-a3b"),
+    quant: str = typer.Option("q4_k_m", help="q4_k_m | q4_k | q5_k | q6_k | q8_0 | f16"),
+    skew: float = typer.Option(1.0, help="routing skew: 1 = calibrated like real MoE models, 0 = uniform"),
+    seed: int = typer.Option(0, help="random seed"),
+    measure: bool = typer.Option(
+        True, help="measure the routing the file really gives (runs it with llama.cpp)"
+    ),
+    measure_tokens: int = typer.Option(256, help="tokens to decode for the routing measurement"),
+) -> None:
+    """Write a random-weight qwen3moe GGUF (for tests, demos and studies)."""
+    from autotune.synth import write_synthetic_model
+
+    with console.status(f"writing {preset} model to {out} ..."):
+        report = write_synthetic_model(out, preset=preset, quant=quant, skew=skew, seed=seed)
+    console.print(
+        f"wrote {report.path} ({_gib(report.file_bytes)}, preset {preset}, {quant}, skew {skew})"
+        f" in {report.seconds:.1f} s"
+    )
+    if not measure:
+        return
+    from autotune.routing import measure_routing
+
+    with console.status("measuring routing with llama.cpp ..."):
+        routing = measure_routing(out, n_tokens=measure_tokens, seed=seed)
+    console.print(routing.summary())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Model shapes the synthetic writer knows, and the quantization layouts it can apply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gguf import GGMLQuantizationType as QType
+
+from autotune.errors import AutotuneError
+
+
+@dataclass(frozen=True)
+class SynthPreset:
+    """The shape of a qwen3moe model (names follow the GGUF metadata keys)."""
+
+    name: str
+    n_layers: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_expert: int
+    n_expert_used: int
+    n_ff_expert: int
+    n_ff: int  # the dense FFN size the real model declares (qwen3moe has no dense layer)
+    n_vocab: int
+    context_length: int = 40960
+    rope_freq_base: float = 1_000_000.0
+    rms_eps: float = 1e-6
+
+
+PRESETS = {
+    preset.name: preset
+    for preset in (
+        # Seconds on a CPU: tests and CI.
+        SynthPreset("tiny", n_layers=4, n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
+                    n_expert=16, n_expert_used=4, n_ff_expert=256, n_ff=768, n_vocab=1024,
+                    context_length=4096),
+        # About 0.15 GB: a real tuning run on a CPU in minutes (the README's demo).
+        SynthPreset("small", n_layers=8, n_embd=512, n_head=8, n_head_kv=2, head_dim=64,
+                    n_expert=32, n_expert_used=4, n_ff_expert=512, n_ff=1536, n_vocab=8192,
+                    context_length=8192),
+        # The exact shape of Qwen3-30B-A3B (about 19.8 GB at the default layout).
+        SynthPreset("qwen3-30b-a3b", n_layers=48, n_embd=2048, n_head=32, n_head_kv=4,
+                    head_dim=128, n_expert=128, n_expert_used=8, n_ff_expert=768, n_ff=6144,
+                    n_vocab=151936),
+    )
+}
+
+# Weight roles of a qwen3moe file (norms and the router are always F32).
+ROLES = ("token_embd", "attn_q", "attn_k", "attn_v", "attn_output",
+         "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "output")
+
+# Q4_K_M as llama.cpp lays it out for this family: Q4_K, with Q6_K where precision pays.
+_Q4_K_M = {role: QType.Q4_K for role in ROLES} | {
+    "attn_v": QType.Q6_K, "ffn_down_exps": QType.Q6_K, "output": QType.Q6_K}
+
+LAYOUTS: dict[str, dict[str, QType]] = {
+    "q4_k_m": _Q4_K_M,
+    "q4_k": {role: QType.Q4_K for role in ROLES},
+    "q5_k": {role: QType.Q5_K for role in ROLES},
+    "q6_k": {role: QType.Q6_K for role in ROLES},
+    "q8_0": {role: QType.Q8_0 for role in ROLES},
+    "f16": {role: QType.F16 for role in ROLES},
+}
+
+
+def get_preset(name: str) -> SynthPreset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise AutotuneError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def get_layout(name: str) -> dict[str, QType]:
+    try:
+        return LAYOUTS[name.lower()]
+    except KeyError:
+        raise AutotuneError(f"unknown quantization {name!r}; choose one of: {', '.join(LAYOUTS)}") from None

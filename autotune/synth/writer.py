@@ -1,0 +1,233 @@
+"""Write a random-weight qwen3moe GGUF that llama.cpp loads and runs.
+
+Speed is what matters (a 20 GB file in well under two minutes), so weights are not
+quantized tensor by tensor: each (type, scale) gets a pool of real, well-scaled
+quantized blocks, a long "tape" is gathered from it once, and every tensor is a
+window of that tape. Only the router (routing skew) and the token embedding's
+channel 0 (which the router reads as a bias, see ``skew``) are crafted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType as QType
+from gguf import GGUFWriter
+from gguf.constants import GGML_QUANT_SIZES
+
+from autotune.quants import quantize
+from autotune.synth import skew as skew_model
+from autotune.synth.presets import SynthPreset, get_layout, get_preset
+from autotune.synth.tokenizer import build_vocabulary
+
+MASSIVE_ACTIVATION = 8.0  # channel 0 of every token embedding
+RESIDUAL_STEP = 0.05  # std each attention / MoE output adds to the residual stream
+POOL_BLOCKS = 8192
+MAX_TAPE_BLOCKS = 1 << 20
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _block_elements(qtype: QType) -> int:
+    """Elements per block; float types are handled in rows of 256 like the K-quants."""
+    return 256 if qtype in (QType.F16, QType.F32) else GGML_QUANT_SIZES[qtype][0]
+
+
+def _block_bytes(qtype: QType) -> int:
+    if qtype in (QType.F16, QType.F32):
+        return 256 * (2 if qtype == QType.F16 else 4)
+    return GGML_QUANT_SIZES[qtype][1]
+
+
+class BlockTape:
+    """Random blocks of one type and scale, handed out as windows of a pre-gathered tape."""
+
+    def __init__(
+        self,
+        qtype: QType,
+        scale: float,
+        rng: np.random.Generator,
+        tape_blocks: int,
+        first_value: float | None = None,
+    ):
+        self.qtype = qtype
+        self.rng = rng
+        values = scale * rng.standard_normal((POOL_BLOCKS, _block_elements(qtype)), dtype=np.float32)
+        if first_value is not None:
+            values[:, 0] = first_value
+        pool = quantize(values, qtype).reshape(POOL_BLOCKS, _block_bytes(qtype))
+        self.tape = pool[rng.integers(0, POOL_BLOCKS, tape_blocks)]
+
+    def blocks(self, n_blocks: int) -> np.ndarray:
+        """n_blocks raw blocks, shape (n_blocks, block_bytes)."""
+        if n_blocks <= len(self.tape):
+            start = int(self.rng.integers(0, len(self.tape) - n_blocks + 1))
+            return self.tape[start : start + n_blocks]
+        reps = math.ceil(n_blocks / len(self.tape))
+        return np.concatenate([self.tape] * reps)[:n_blocks]
+
+
+@dataclass
+class SynthReport:
+    path: Path
+    preset: str
+    quant: str
+    skew: float
+    bias_spread: float
+    simulated_miss_rate: float  # of the skew model, at the 64% static placement
+    file_bytes: int
+    seconds: float
+
+
+class _SynthWriter:
+    def __init__(self, preset: SynthPreset, quant: str, skew: float, seed: int):
+        self.p = preset
+        self.layout = get_layout(quant)
+        self.rng = np.random.default_rng(seed)
+        self.tapes: dict[tuple[QType, float, float | None], BlockTape] = {}
+        largest = max(preset.n_vocab, preset.n_expert * preset.n_ff_expert) * preset.n_embd
+        self.tape_blocks = min(MAX_TAPE_BLOCKS, largest // 32)
+        self.skew = skew
+        base_spread = skew_model.calibrate_bias_spread(preset.n_expert, preset.n_expert_used, seed=seed)
+        self.bias_spread = skew * base_spread
+        self.biases = skew_model.layer_biases(preset.n_layers, preset.n_expert, self.bias_spread, self.rng)
+        sim_rng = np.random.default_rng(seed + 1)
+        self.simulated_miss = skew_model.static_placement_miss_rate(
+            skew_model.simulated_counts(self.biases, preset.n_expert_used, 4000, sim_rng)
+        )
+
+    def _quantized(self, role: str, rows: int, cols: int, scale: float, first_value: float | None = None) -> tuple[np.ndarray, QType]:
+        """A (rows, cols) weight of this role's type as raw bytes shaped (rows, row_bytes)."""
+        qtype = self.layout[role]
+        per_row = cols // _block_elements(qtype)
+        key = (qtype, scale, first_value)
+        if key not in self.tapes:
+            self.tapes[key] = BlockTape(qtype, scale, self.rng, self.tape_blocks, first_value)
+        data = self.tapes[key].blocks(rows * per_row).reshape(rows, per_row * _block_bytes(qtype))
+        return data, qtype
+
+    def tensors(self):
+        """(name, numpy shape, raw array, type) for every tensor, lazily."""
+        p = self.p
+        q_dim, kv_dim = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
+        ones = lambda n: np.ones(n, dtype=np.float32)  # noqa: E731
+        in_scale = 1.0 / math.sqrt(p.n_embd)
+
+        embd, qtype = self._quantized("token_embd", p.n_vocab, p.n_embd, 1.0)
+        first, _ = self._quantized("token_embd", p.n_vocab, _block_elements(qtype), 1.0, MASSIVE_ACTIVATION)
+        embd = embd.copy()
+        embd[:, : first.shape[1]] = first
+        yield "token_embd.weight", (p.n_vocab, p.n_embd), embd, qtype
+
+        rms = math.sqrt((MASSIVE_ACTIVATION**2 + p.n_embd - 1) / p.n_embd)
+        x0 = MASSIVE_ACTIVATION / rms  # channel 0 of the router's (RMS-normalised) input
+        noise_std = 1.0 / math.sqrt(p.n_embd - x0**2)
+        down_scale = RESIDUAL_STEP / (0.6 * math.sqrt(p.n_ff_expert))
+        for il in range(p.n_layers):
+            blk = f"blk.{il}."
+            yield blk + "attn_norm.weight", (p.n_embd,), ones(p.n_embd), QType.F32
+            for name, rows, cols, scale in (
+                ("attn_q", q_dim, p.n_embd, in_scale),
+                ("attn_k", kv_dim, p.n_embd, in_scale),
+                ("attn_v", kv_dim, p.n_embd, in_scale),
+                ("attn_output", p.n_embd, q_dim, RESIDUAL_STEP / math.sqrt(q_dim)),
+            ):
+                data, qtype = self._quantized(name, rows, cols, scale)
+                yield f"{blk}{name}.weight", (rows, cols), data, qtype
+            yield blk + "attn_q_norm.weight", (p.head_dim,), ones(p.head_dim), QType.F32
+            yield blk + "attn_k_norm.weight", (p.head_dim,), ones(p.head_dim), QType.F32
+            yield blk + "ffn_norm.weight", (p.n_embd,), ones(p.n_embd), QType.F32
+            router = noise_std * self.rng.standard_normal((p.n_expert, p.n_embd), dtype=np.float32)
+            router[:, 0] = self.biases[il] / x0
+            yield blk + "ffn_gate_inp.weight", (p.n_expert, p.n_embd), router, QType.F32
+            for name, rows, cols, scale in (
+                ("ffn_gate_exps", p.n_ff_expert, p.n_embd, in_scale),
+                ("ffn_up_exps", p.n_ff_expert, p.n_embd, in_scale),
+                ("ffn_down_exps", p.n_embd, p.n_ff_expert, down_scale),
+            ):
+                data, qtype = self._quantized(name, p.n_expert * rows, cols, scale)
+                yield f"{blk}{name}.weight", (p.n_expert, rows, cols), data, qtype
+        yield "output_norm.weight", (p.n_embd,), ones(p.n_embd), QType.F32
+        data, qtype = self._quantized("output", p.n_vocab, p.n_embd, in_scale)
+        yield "output.weight", (p.n_vocab, p.n_embd), data, qtype
+
+    def write_metadata(self, writer: GGUFWriter, preset_name: str, quant: str, seed: int) -> None:
+        p = self.p
+        writer.add_name(f"autotune synthetic {preset_name}")
+        writer.add_block_count(p.n_layers)
+        writer.add_context_length(p.context_length)
+        writer.add_embedding_length(p.n_embd)
+        writer.add_feed_forward_length(p.n_ff)
+        writer.add_head_count(p.n_head)
+        writer.add_head_count_kv(p.n_head_kv)
+        writer.add_key_length(p.head_dim)
+        writer.add_value_length(p.head_dim)
+        writer.add_rope_freq_base(p.rope_freq_base)
+        writer.add_layer_norm_rms_eps(p.rms_eps)
+        writer.add_expert_count(p.n_expert)
+        writer.add_expert_used_count(p.n_expert_used)
+        writer.add_expert_feed_forward_length(p.n_ff_expert)
+        vocab = build_vocabulary(p.n_vocab)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("qwen2")
+        writer.add_token_list(vocab.tokens)
+        writer.add_token_types(vocab.token_types)
+        writer.add_token_merges(vocab.merges)
+        writer.add_eos_token_id(vocab.eos_id)
+        writer.add_bos_token_id(vocab.bos_id)
+        writer.add_add_bos_token(False)
+        writer.add_chat_template(CHATML_TEMPLATE)
+        writer.add_string("autotune.synth.preset", preset_name)
+        writer.add_string("autotune.synth.quant", quant)
+        writer.add_uint32("autotune.synth.seed", seed)
+        writer.add_float32("autotune.synth.skew", self.skew)
+        writer.add_float32("autotune.synth.bias_spread", self.bias_spread)
+
+
+def write_synthetic_model(
+    path: str | Path,
+    preset: str = "tiny",
+    quant: str = "q4_k_m",
+    skew: float = 1.0,
+    seed: int = 0,
+) -> SynthReport:
+    """Write a random-weight qwen3moe GGUF; ``skew`` 1 is the calibrated default, 0 uniform."""
+    started = time.perf_counter()
+    path = Path(path)
+    if skew < 0:
+        from autotune.errors import AutotuneError
+
+        raise AutotuneError(f"--skew must be 0 or more (got {skew})")
+    synth = _SynthWriter(get_preset(preset), quant, skew, seed)
+    tensors = list(synth.tensors())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    writer = GGUFWriter(partial, "qwen3moe")
+    synth.write_metadata(writer, preset, quant, seed)
+    for name, shape, data, qtype in tensors:
+        raw = None if qtype in (QType.F32, QType.F16) and data.dtype != np.uint8 else qtype
+        byte_shape = (*shape[:-1], data.shape[-1]) if raw is not None else shape
+        writer.add_tensor_info(name, byte_shape, data.dtype, data.nbytes, raw_dtype=raw)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for _, _, data, _ in tensors:
+        writer.write_tensor_data(np.ascontiguousarray(data))
+    writer.close()
+    partial.replace(path)  # a crash never leaves a half-written file under the final name
+    return SynthReport(
+        path=path,
+        preset=preset,
+        quant=quant,
+        skew=skew,
+        bias_spread=synth.bias_spread,
+        simulated_miss_rate=synth.simulated_miss,
+        file_bytes=path.stat().st_size,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,44 @@
+"""Shared fixtures: synthetic models are written once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autotune.synth import write_synthetic_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight tiny qwen3moe GGUF (4 layers, 16 experts, top-4; about 9 MB)."""
+    path = tmp_path_factory.mktemp("models") / "tiny.gguf"
+    write_synthetic_model(path, preset="tiny", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dense_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small dense (no experts) llama GGUF written with the gguf package."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = tmp_path_factory.mktemp("models") / "dense.gguf"
+    writer = GGUFWriter(path, "llama")
+    writer.add_block_count(1)
+    writer.add_embedding_length(64)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(4)
+    writer.add_context_length(256)
+    for name, shape in [
+        ("token_embd.weight", (32, 64)),
+        ("blk.0.attn_q.weight", (64, 64)),
+        ("blk.0.ffn_up.weight", (128, 64)),
+        ("output.weight", (32, 64)),
+    ]:
+        writer.add_tensor(name, np.zeros(shape, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

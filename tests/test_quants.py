@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+from gguf import quants
+
+from autotune.quants import quantize
+
+
+@pytest.mark.parametrize(
+    "qtype, max_error",
+    [(Q.Q4_K, 0.3), (Q.Q5_K, 0.15), (Q.Q6_K, 0.08), (Q.Q8_0, 0.02), (Q.F16, 1e-2)],
+)
+def test_encoders_round_trip_through_ggufs_own_decoder(qtype, max_error):
+    values = np.random.default_rng(0).standard_normal(256 * 32).astype(np.float32)
+    decoded = quants.dequantize(quantize(values, qtype), qtype).reshape(-1)
+    assert np.abs(decoded - values).max() < max_error
+    assert np.corrcoef(decoded, values)[0, 1] > 0.99
+
+
+def test_large_first_value_is_kept():
+    values = np.random.default_rng(1).standard_normal((4, 256)).astype(np.float32)
+    values[:, 0] = 8.0
+    decoded = quants.dequantize(quantize(values, Q.Q4_K), Q.Q4_K).reshape(4, 256)
+    assert np.allclose(decoded[:, 0], 8.0, atol=0.4)
+
+
+def test_partial_block_is_rejected():
+    with pytest.raises(ValueError):
+        quantize(np.zeros(100, dtype=np.float32), Q.Q4_K)

@@ -1,0 +1,84 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from autotune.cli import app
+from autotune.model import inspect_model
+from autotune.synth import PRESETS, write_synthetic_model
+
+runner = CliRunner()
+
+
+def test_inspect_json_reports_what_was_written(tiny_model: Path):
+    result = runner.invoke(app, ["inspect", str(tiny_model), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    preset = PRESETS["tiny"]
+    assert data["architecture"] == "qwen3moe"
+    assert data["n_layers"] == preset.n_layers
+    assert data["n_expert"] == preset.n_expert
+    assert data["n_expert_used"] == preset.n_expert_used
+    assert data["n_ff_expert"] == preset.n_ff_expert
+    assert data["n_vocab"] == preset.n_vocab
+    groups = data["token_embd_bytes"] + data["output_bytes"]
+    groups += sum(sum(v for v in layer.values()) for layer in data["layers"])
+    assert groups == data["tensor_data_bytes"]
+    assert data["expert_bytes"] * preset.n_expert == data["layers"][0]["experts"]
+    assert data["quant_types"].keys() == {"Q4_K", "Q6_K", "F32"}
+
+
+def test_fingerprint_is_stable_and_tracks_content(tiny_model: Path, tmp_path: Path):
+    assert inspect_model(tiny_model).fingerprint == inspect_model(tiny_model).fingerprint
+    other = tmp_path / "other.gguf"
+    write_synthetic_model(other, preset="tiny", seed=0, skew=0.5)
+    assert inspect_model(other).fingerprint != inspect_model(tiny_model).fingerprint
+
+
+def test_llama_cpp_loads_and_generates_32_tokens(tiny_model: Path):
+    pytest.importorskip("llama_cpp")
+    script = (
+        "import sys, llama_cpp\n"
+        "llm = llama_cpp.Llama(sys.argv[1], n_ctx=256, verbose=False, seed=1)\n"
+        "out = llm.create_completion('the people', max_tokens=32, temperature=0.0)\n"
+        "print(out['usage']['completion_tokens'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tiny_model)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) == 32
+
+
+@pytest.mark.parametrize("skew, low, high", [(1.0, 0.0, 0.15), (0.0, 0.25, 0.5)])
+def test_routing_skew_is_measured_in_the_file(tmp_path: Path, skew: float, low: float, high: float):
+    pytest.importorskip("llama_cpp")
+    path = tmp_path / "small.gguf"
+    write_synthetic_model(path, preset="small", skew=skew)
+    script = (
+        "import sys\nfrom autotune.routing import measure_routing\n"
+        "print(measure_routing(sys.argv[1], n_tokens=512).held_out_miss_rate())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert low <= float(done.stdout.split()[-1]) <= high
+
+
+def test_synth_cli_writes_and_reports(tmp_path: Path):
+    out = tmp_path / "dir with space" / "t.gguf"
+    result = runner.invoke(app, ["synth", str(out), "--preset", "tiny", "--no-measure"])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and not out.with_name("t.gguf.partial").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "huge"], "unknown preset"),
+    (["--quant", "q3_x"], "unknown quantization"),
+    (["--skew", "-1"], "--skew must be 0 or more"),
+])
+def test_synth_bad_options_are_one_line_errors(tmp_path: Path, args: list[str], message: str):
+    result = runner.invoke(app, ["synth", str(tmp_path / "x.gguf"), "--no-measure", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
