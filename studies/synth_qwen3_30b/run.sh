@@ -6,9 +6,9 @@ set -euo pipefail
 out=${1:?output dir}; model=${2:-/tmp/qwen3-30b-a3b.gguf}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-start=$(date +%s.%N)
+start=$(date +%s%N)
 python3 -m autotune.cli synth "$model" --preset qwen3-30b-a3b --no-measure | tee "$out/synth.txt"
-echo "wall seconds: $(echo "$(date +%s.%N) - $start" | bc)" | tee -a "$out/synth.txt"
+echo "wall milliseconds: $(( ($(date +%s%N) - start) / 1000000 ))" | tee -a "$out/synth.txt"
 python3 -m autotune.cli inspect "$model" | tee "$out/inspect.txt"
 python3 -c "
 from autotune.routing import measure_routing
