@@ -9,6 +9,7 @@ rate of a static placement that holds the most frequent experts.
 from __future__ import annotations
 
 import ctypes
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,8 +129,7 @@ def measure_routing(model_path: str | Path, n_tokens: int = 256, seed: int = 0, 
     collector = _TopkCollector(ggml, profile.n_layers)
     callback = llama_cpp.ggml_backend_sched_eval_callback(collector)
     llama_cpp.llama_backend_init()
-    quiet = llama_cpp.llama_log_callback(lambda *_: None)  # kept alive until the end
-    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama_cpp's own log sink
     model_params = llama_cpp.llama_model_default_params()
     model_params.n_gpu_layers = n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
     model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), model_params)
