@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv and install autotune with both backends and the test tools. Idempotent.
+# On a machine with an NVIDIA GPU and CUDA's compiler, llama-cpp-python is built with CUDA.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
+if ! python -c "import llama_cpp" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null && command -v nvcc >/dev/null; then
+    export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_CUDA=on}"
+  fi
+  echo "building llama-cpp-python 0.3.36 (about 8 minutes on a CPU) ..."
+  python -m pip install -q "llama-cpp-python==0.3.36"
+fi
+python -m pip install -q -e ".[llama,runtime,test]"
+echo "autotune is installed in .venv (activate with: . .venv/bin/activate)"
