@@ -1,0 +1,111 @@
+"""The hyper-parameters of a MoE GGUF, and what each architecture does differently.
+
+llama.cpp fixes some choices per architecture rather than in the file (rope style,
+whether the top-k expert weights are renormalized); ``ARCHITECTURES`` records them as
+llama.cpp's model builders do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import ModelFileError
+
+
+@dataclass(frozen=True)
+class ArchTraits:
+    rope_neox: bool  # rotate pairs (i, i + d/2) rather than (2i, 2i + 1)
+    norm_topk: bool  # renormalize the selected experts' softmax weights to sum to 1
+    qk_norm: bool  # RMSNorm over each head of q and k before RoPE
+    missing: str = ""  # what this runtime lacks for the architecture; empty when supported
+
+
+ARCHITECTURES: dict[str, ArchTraits] = {
+    "qwen3moe": ArchTraits(rope_neox=True, norm_topk=True, qk_norm=True),
+    "qwen2moe": ArchTraits(rope_neox=True, norm_topk=False, qk_norm=False,
+                           missing="shared experts and attention biases"),
+    "olmoe": ArchTraits(rope_neox=True, norm_topk=False, qk_norm=False,
+                        missing="q/k norm over the whole projection"),
+    "llama": ArchTraits(rope_neox=False, norm_topk=True, qk_norm=False,
+                        missing="mixtral-style llama files (untested)"),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    n_layers: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_vocab: int
+    n_expert: int
+    n_expert_used: int
+    n_ff_expert: int
+    context_length: int
+    rms_eps: float
+    rope_base: float
+    rope_neox: bool
+    norm_topk: bool
+    qk_norm: bool
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_head * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_head_kv * self.head_dim
+
+
+def _fields(path: Path) -> dict[str, Any]:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path, "r")
+    return {name: field.contents() for name, field in reader.fields.items()
+            if not name.startswith("tokenizer.ggml.")}
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    """The runtime's view of a GGUF's header; raises for architectures it cannot run."""
+    fields = _fields(Path(path))
+    arch = fields.get("general.architecture")
+    traits = ARCHITECTURES.get(arch)
+    if traits is None:
+        raise ModelFileError(f"{path}: the runtime does not know architecture {arch!r}")
+    if traits.missing:
+        raise ModelFileError(f"{path}: {arch} needs {traits.missing}, not implemented yet")
+
+    def key(name: str, default: Any = None) -> Any:
+        value = fields.get(f"{arch}.{name}", default)
+        if value is None:
+            raise ModelFileError(f"{path}: GGUF lacks {arch}.{name}")
+        return value
+
+    n_embd, n_head = int(key("embedding_length")), int(key("attention.head_count"))
+    head_dim = int(key("attention.key_length", n_embd // n_head))
+    if int(key("attention.value_length", head_dim)) != head_dim:
+        raise ModelFileError(f"{path}: different key and value head sizes are not supported")
+    if int(key("rope.dimension_count", head_dim)) != head_dim:
+        raise ModelFileError(f"{path}: partial RoPE is not supported")
+    return ModelConfig(
+        arch=arch,
+        n_layers=int(key("block_count")),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=int(key("attention.head_count_kv", n_head)),
+        head_dim=head_dim,
+        n_vocab=0,  # filled in from the token embedding by the loader
+        n_expert=int(key("expert_count")),
+        n_expert_used=int(key("expert_used_count")),
+        n_ff_expert=int(key("expert_feed_forward_length")),
+        context_length=int(key("context_length")),
+        rms_eps=float(key("attention.layer_norm_rms_epsilon")),
+        rope_base=float(key("rope.freq_base", 10000.0)),
+        rope_neox=traits.rope_neox,
+        norm_topk=bool(key("expert_weights_norm", traits.norm_topk)),
+        qk_norm=traits.qk_norm,
+    )

@@ -1,0 +1,28 @@
+"""The KV cache and the decode position, shared by the torch and Triton paths."""
+
+from __future__ import annotations
+
+import torch
+
+from autotune.cache_runtime.config import ModelConfig
+
+
+class KVCache:
+    """Keys and values of every layer, laid out (layer, kv_head, position, head_dim).
+
+    ``pos`` is the position the next decoded token is written at, kept on the device so
+    that a captured decode graph reads (and advances) it without the host.
+    """
+
+    def __init__(self, cfg: ModelConfig, max_ctx: int, device: torch.device, dtype: torch.dtype):
+        shape = (cfg.n_layers, cfg.n_head_kv, max_ctx, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = torch.zeros(1, dtype=torch.int32, device=device)
+        self.max_ctx = max_ctx
+
+    def store(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: (tokens, kv_heads, head_dim) for positions start, start + 1, ..."""
+        end = start + k.shape[0]
+        self.k[layer, :, start:end] = k.transpose(0, 1).to(self.k.dtype)
+        self.v[layer, :, start:end] = v.transpose(0, 1).to(self.v.dtype)

@@ -1,0 +1,30 @@
+"""Rotary position embedding: the cos/sin table and its torch application."""
+
+from __future__ import annotations
+
+import torch
+
+from autotune.cache_runtime.config import ModelConfig
+
+
+class RopeTable:
+    """cos and sin of pos * base^(-2i/d), float32 (max_ctx, head_dim / 2), computed in float64."""
+
+    def __init__(self, cfg: ModelConfig, max_ctx: int, device: torch.device):
+        half = cfg.head_dim // 2
+        freqs = cfg.rope_base ** (-2.0 * torch.arange(half, dtype=torch.float64) / cfg.head_dim)
+        angle = torch.arange(max_ctx, dtype=torch.float64)[:, None] * freqs
+        self.cos = torch.cos(angle).float().to(device)
+        self.sin = torch.sin(angle).float().to(device)
+        self.neox = cfg.rope_neox
+
+    def apply(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """x: (tokens, heads, head_dim) at positions start, start + 1, ..."""
+        n, half = x.shape[0], x.shape[-1] // 2
+        cos = self.cos[start : start + n, None, :]
+        sin = self.sin[start : start + n, None, :]
+        if self.neox:
+            x1, x2 = x[..., :half], x[..., half:]
+            return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)

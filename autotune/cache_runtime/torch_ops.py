@@ -1,0 +1,102 @@
+"""The model's blocks in plain PyTorch: dequantize the weights, then matmul.
+
+This is the readable definition of the forward pass and the CPU path (slow, correct).
+The Triton path (``triton_ops``) keeps the same contract, block for block, with fused
+kernels; each method here says what it computes, whatever path runs it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from autotune.cache_runtime.kv_cache import KVCache
+from autotune.cache_runtime.rope import RopeTable
+from autotune.cache_runtime.routing import route
+from autotune.cache_runtime.weights import ModelWeights, QTensor
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * weight
+
+
+class TorchOps:
+    """Forward-pass blocks over hidden states ``h`` (tokens, n_embd) float32."""
+
+    def __init__(self, weights: ModelWeights, cache: KVCache, rope: RopeTable):
+        self.w = weights
+        self.cfg = weights.config
+        self.cache = cache
+        self.rope = rope
+
+    # -- building blocks the Triton path replaces ---------------------------------------
+
+    def linear(self, x: torch.Tensor, w: QTensor) -> torch.Tensor:
+        """x @ W^T for a quantized W (rows = outputs)."""
+        return x @ w.dequantize().T
+
+    def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, il: int) -> torch.Tensor:
+        """Sum over each token's selected experts of weight * down(silu(gate x) * up x)."""
+        lw = self.w.layers[il]
+        out = torch.zeros(x.shape[0], self.cfg.n_embd, dtype=x.dtype, device=x.device)
+        for e in ids.unique().tolist():
+            token, slot = (ids == e).nonzero(as_tuple=True)
+            xe = x[token]
+            hidden = F.silu(self.linear(xe, lw.gate_exps[e])) * self.linear(xe, lw.up_exps[e])
+            y = self.linear(hidden, lw.down_exps[e])
+            out.index_add_(0, token, weights[token, slot, None] * y)
+        return out
+
+    # -- the blocks ----------------------------------------------------------------------
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        emb = self.w.token_embd
+        return QTensor(emb.data[tokens], emb.qtype, emb.cols).dequantize()
+
+    def attn_in(self, h: torch.Tensor, il: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RMSNorm, then the q, k, v projections."""
+        lw = self.w.layers[il]
+        x = rmsnorm(h, lw.attn_norm, self.cfg.rms_eps)
+        return self.linear(x, lw.wq), self.linear(x, lw.wk), self.linear(x, lw.wv)
+
+    def rope_store(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, il: int, start: int) -> torch.Tensor:
+        """Per-head q/k norm, RoPE, and k, v into the cache; the rotated q (tokens, heads, head_dim)."""
+        cfg, lw = self.cfg, self.w.layers[il]
+        n = q.shape[0]
+        q = q.view(n, cfg.n_head, cfg.head_dim)
+        k = k.view(n, cfg.n_head_kv, cfg.head_dim)
+        if cfg.qk_norm:
+            q = rmsnorm(q, lw.q_norm, cfg.rms_eps)
+            k = rmsnorm(k, lw.k_norm, cfg.rms_eps)
+        q, k = self.rope.apply(q, start), self.rope.apply(k, start)
+        self.cache.store(il, start, k, v.view(n, cfg.n_head_kv, cfg.head_dim))
+        return q
+
+    def attend(self, q: torch.Tensor, il: int, start: int) -> torch.Tensor:
+        """Causal attention of q (positions start...) over the cache: (tokens, n_head * head_dim)."""
+        n = q.shape[0]
+        end = start + n
+        k, v = self.cache.k[il, :, :end], self.cache.v[il, :, :end]
+        qh = q.transpose(0, 1).to(k.dtype)
+        if start == 0:
+            out = F.scaled_dot_product_attention(qh, k, v, is_causal=True, enable_gqa=True)
+        else:
+            keys = torch.arange(end, device=q.device)
+            mask = keys[None, :] <= (start + torch.arange(n, device=q.device))[:, None]
+            out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, enable_gqa=True)
+        return out.transpose(0, 1).reshape(n, self.cfg.q_dim).float()
+
+    def out_proj(self, a: torch.Tensor, il: int, h: torch.Tensor) -> torch.Tensor:
+        """h + attention output projection."""
+        return h + self.linear(a, self.w.layers[il].wo)
+
+    def moe(self, h: torch.Tensor, il: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """h + the routed experts of RMSNorm(h); and the selected ids (tokens, k)."""
+        lw = self.w.layers[il]
+        x = rmsnorm(h, lw.ffn_norm, self.cfg.rms_eps)
+        weights, ids = route(self.linear(x, lw.router), self.cfg.n_expert_used, self.cfg.norm_topk)
+        return h + self.experts(x, weights, ids, il), ids
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (tokens, vocab)."""
+        return self.linear(rmsnorm(h, self.w.output_norm, self.cfg.rms_eps), self.w.output)
