@@ -144,6 +144,121 @@ def synth(
     console.print(routing.summary())
 
 
+
+def _workload(objective: str, prompt_tokens: int, gen_tokens: int, repetitions: int, ctx: int):
+    from autotune.backends.base import Workload
+    from autotune.search.objective import OBJECTIVES
+
+    if objective not in OBJECTIVES:
+        raise AutotuneError(f"unknown objective {objective!r}; choose from: {', '.join(OBJECTIVES)}")
+    if min(prompt_tokens, gen_tokens, repetitions, ctx) < 1:
+        raise AutotuneError("--prompt-tokens, --gen-tokens, --repetitions and --ctx must be at least 1")
+    if prompt_tokens + gen_tokens > ctx:
+        raise AutotuneError(f"--ctx {ctx} is smaller than prompt + generated tokens ({prompt_tokens + gen_tokens})")
+    return Workload(n_prompt=prompt_tokens, n_gen=gen_tokens, repetitions=repetitions, n_ctx=ctx, objective=objective)
+
+
+@app.command()
+@user_errors
+def run(
+    model: Path = typer.Argument(..., help="GGUF model file"),
+    vram_cap: str = typer.Option(..., "--vram-cap", help="VRAM the model may use, e.g. 16G, 16GiB, 12000M"),
+    backends: str = typer.Option("llama_cpp", help="comma-separated: llama_cpp, llama_bench"),
+    trials: Optional[int] = typer.Option(30, help="measured trials to run (pruned ones are free)"),
+    time_budget: Optional[str] = typer.Option(None, "--time", help="wall-time budget, e.g. 15m"),
+    objective: str = typer.Option("decode", help="decode | prefill | request (prompt + generation)"),
+    ctx: int = typer.Option(4096, help="context size the config must serve"),
+    prompt_tokens: int = typer.Option(512, help="prompt tokens per measurement"),
+    gen_tokens: int = typer.Option(128, help="generated tokens per measurement"),
+    repetitions: int = typer.Option(3, help="repetitions per trial"),
+    study: Optional[str] = typer.Option(None, help="study name (default: derived from model, cap, objective)"),
+    storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL (default: SQLite in the user data dir)"),
+    resume: bool = typer.Option(False, help="continue the named (or latest matching) study"),
+    trial_timeout: str = typer.Option("10m", help="deadline of one trial"),
+    sampler: str = typer.Option("tpe", help="tpe | tpe-independent | gp | random"),
+    seed: Optional[int] = typer.Option(None, help="sampler seed"),
+    remeasure: bool = typer.Option(True, help="measure the best few again before choosing the winner"),
+) -> None:
+    """Tune MODEL under a VRAM cap; the winner is stored and printed as a launch command."""
+    from autotune.search.runner import run_study
+
+    from autotune.units import parse_duration, parse_size
+
+    run_study(
+        model_path=model,
+        vram_cap=parse_size(vram_cap),
+        backend_names=[b.strip() for b in backends.split(",") if b.strip()],
+        trials=trials,
+        seconds=parse_duration(time_budget) if time_budget else None,
+        workload=_workload(objective, prompt_tokens, gen_tokens, repetitions, ctx),
+        study_name=study,
+        storage_url=storage,
+        resume=resume,
+        trial_timeout_s=parse_duration(trial_timeout),
+        sampler=sampler,
+        seed=seed,
+        remeasure=remeasure,
+        console=console,
+    )
+
+
+@app.command()
+@user_errors
+def best(
+    model: Path = typer.Argument(..., help="GGUF model file"),
+    vram_cap: Optional[str] = typer.Option(None, "--vram-cap", help="only this cap"),
+    storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """The best configs stored for MODEL on this machine (from the database, at once)."""
+    from autotune.search.runner import stored_best
+
+    rows = stored_best(model, vram_cap, storage)
+    if as_json:
+        print(json.dumps([
+            {"vram_cap": r.vram_cap, "workload": r.workload_key, "backend": r.backend, "config": r.config,
+             "objective_mean": r.objective_mean, "objective_std": r.objective_std, "study": r.study_name}
+            for r in rows], indent=2))
+        return
+    table = Table(title=f"best configs for {model.name} on this machine")
+    for column in ("cap", "workload", "backend", "objective", "peak VRAM", "config", "study"):
+        table.add_column(column)
+    for r in rows:
+        peak = r.result.get("peak_vram_bytes")
+        table.add_row(_gib(r.vram_cap), r.workload_key, r.backend, f"{r.objective_mean:.1f} ± {r.objective_std:.1f}",
+                      _gib(peak) if peak else "n/a", json.dumps(r.config), r.study_name)
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def export(
+    model: Path = typer.Argument(..., help="GGUF model file"),
+    vram_cap: str = typer.Option(..., "--vram-cap", help="the cap the winner was tuned for"),
+    fmt: str = typer.Option("llama-server", "--format", help="llama-server | llama-bench | python | json"),
+    objective: str = typer.Option("decode", help="whose winner: decode | prefill | request"),
+    storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL"),
+) -> None:
+    """Print the stored winner's launch command (shell-quoted)."""
+    from autotune.search.runner import export_command
+
+    print(export_command(model, vram_cap, fmt, objective, storage))
+
+
+@app.command()
+@user_errors
+def history(storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL")) -> None:
+    """Studies in the database: model, cap, workload, trials, best, status."""
+    from autotune.search.runner import study_history
+
+    table = Table(title="studies")
+    for column in ("study", "model", "cap", "workload", "trials", "best", "status", "created"):
+        table.add_column(column)
+    for row in study_history(storage):
+        table.add_row(*row)
+    console.print(table)
+
+
 def main() -> None:
     app()
 

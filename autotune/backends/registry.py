@@ -1,0 +1,25 @@
+"""Backends by name. A ``package.module:Class`` spec loads any other (plugins, test backends)."""
+
+from __future__ import annotations
+
+import importlib
+
+from autotune.backends.base import Backend
+from autotune.errors import AutotuneError
+
+BUILTIN = {
+    "llama_cpp": "autotune.backends.llama_cpp:LlamaCppBackend",
+    "llama_bench": "autotune.backends.llama_bench:LlamaBenchBackend",
+}
+
+
+def get_backend(name: str) -> Backend:
+    spec = BUILTIN.get(name, name)
+    if ":" not in spec:
+        raise AutotuneError(f"unknown backend {name!r}; choose from: {', '.join(BUILTIN)}")
+    module_name, _, class_name = spec.partition(":")
+    try:
+        backend_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise AutotuneError(f"cannot load backend {name!r}: {exc}") from None
+    return backend_class()

@@ -1,0 +1,210 @@
+"""What the ``run``, ``best``, ``export`` and ``history`` commands do, minus the argument parsing."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import optuna
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from autotune.backends.base import Backend, Outcome, Workload
+from autotune.backends.registry import get_backend
+from autotune.errors import AutotuneError
+from autotune.hardware import probe_hardware
+from autotune.model import ModelProfile, inspect_model
+from autotune.search.objective import UNITS
+from autotune.search.study import Budget, StudyOutcome, Tuner, TrialRecord, register_study
+from autotune.storage import BestConfigRow, Database
+from autotune.units import format_size, parse_size
+
+
+def _usable_backends(names: list[str], model: ModelProfile) -> list[Backend]:
+    if not names:
+        raise AutotuneError("--backends names no backend")
+    usable, reasons = [], []
+    for name in names:
+        backend = get_backend(name)
+        reason = backend.available() or backend.supports(model)
+        if reason:
+            reasons.append(f"{name}: {reason}")
+        else:
+            usable.append(backend)
+    if not usable:
+        raise AutotuneError("no backend can run this model here (" + "; ".join(reasons) + ")")
+    return usable
+
+
+def _check_cap(backends: list[Backend], model: ModelProfile, hw, vram_cap: int, workload: Workload) -> None:
+    """The cap must admit at least the smallest baseline some backend would try."""
+    smallest = min(
+        backend.predict_vram(config, model, workload)
+        for backend in backends
+        for config in backend.baselines(model, hw, vram_cap)
+    )
+    if smallest > vram_cap:
+        raise AutotuneError(
+            f"the VRAM cap {format_size(vram_cap)} is below the smallest config for this model "
+            f"({format_size(smallest)} predicted); raise --vram-cap to at least that"
+        )
+    if hw.gpus and vram_cap > hw.gpus[0].total_bytes:
+        raise AutotuneError(
+            f"the VRAM cap {format_size(vram_cap)} is more than the GPU has ({format_size(hw.gpus[0].total_bytes)})"
+        )
+
+
+def _default_study_name(model: ModelProfile, vram_cap: int, workload: Workload) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.name).strip("-")[:48] or "model"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stem}-{vram_cap / 2**30:g}G-{workload.objective}-{stamp}"
+
+
+def _resolve_study_name(db: Database, name: str | None, resume: bool, model: ModelProfile, hw, vram_cap: int, workload: Workload) -> str:
+    if not resume:
+        if name and db.study(name) is not None:
+            raise AutotuneError(f"study {name!r} exists; add --resume to continue it or choose another name")
+        return name or _default_study_name(model, vram_cap, workload)
+    if name:
+        row = db.study(name)
+        if row is None:
+            raise AutotuneError(f"no study named {name!r} to resume (see: autotune history)")
+        if row.model_fingerprint != model.fingerprint:
+            raise AutotuneError(f"study {name!r} is about another model")
+        return name
+    matching = [
+        row for row in db.studies(model.fingerprint, hw.fingerprint)
+        if row.vram_cap == vram_cap and row.workload_key == workload.key()
+    ]
+    if not matching:
+        raise AutotuneError("no earlier study of this model, cap and workload on this machine to resume")
+    return matching[-1].name
+
+
+def _describe(record: TrialRecord, unit: str) -> str:
+    knobs = " ".join(f"{k}={v}" for k, v in record.config.items())
+    predicted = f"pred {format_size(record.predicted_vram)}"
+    if record.outcome is Outcome.PRUNED:
+        return f"#{record.number:<3} {record.backend} {knobs}  [yellow]pruned[/] ({predicted} over the cap)"
+    result = record.result
+    peak = f", peak {format_size(result.peak_vram_bytes)}" if result and result.peak_vram_bytes else ""
+    if record.outcome is Outcome.OK:
+        return f"#{record.number:<3} {record.backend} {knobs}  [green]{record.objective:.1f} ± {record.objective_std:.1f} {unit}[/] ({predicted}{peak})"
+    message = (result.message if result else "").splitlines()[-1:] or [""]
+    return f"#{record.number:<3} {record.backend} {knobs}  [red]{record.outcome.value}[/] {message[0][:120]}"
+
+
+def run_study(
+    model_path: Path,
+    vram_cap: int,
+    backend_names: list[str],
+    trials: int | None,
+    seconds: float | None,
+    workload: Workload,
+    study_name: str | None,
+    storage_url: str | None,
+    resume: bool,
+    trial_timeout_s: float,
+    sampler: str,
+    seed: int | None,
+    remeasure: bool,
+    console: Console,
+) -> StudyOutcome:
+    model = inspect_model(model_path)
+    hardware = probe_hardware()
+    backends = _usable_backends(backend_names, model)
+    _check_cap(backends, model, hardware, vram_cap, workload)
+    db = Database(storage_url)
+    name = _resolve_study_name(db, study_name, resume, model, hardware, vram_cap, workload)
+    settings = {"backends": [b.name for b in backends], "trials": trials, "seconds": seconds, "sampler": sampler}
+    register_study(db, model, hardware, name, vram_cap, workload, settings)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    unit = UNITS[workload.objective]
+    best_so_far = [0.0]
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
+    ) as progress:
+        task = progress.add_task("trials", total=trials)
+
+        def on_trial(record: TrialRecord) -> None:
+            progress.console.print(_describe(record, unit), highlight=False)
+            if record.outcome is not Outcome.PRUNED:
+                if record.outcome is Outcome.OK:
+                    best_so_far[0] = max(best_so_far[0], record.objective)
+                progress.update(task, advance=1, description=f"best {best_so_far[0]:.1f} {unit}")
+
+        tuner = Tuner(db, model, hardware, backends, vram_cap, workload, name, sampler, seed, trial_timeout_s, on_trial)
+        recovered = tuner.recover_interrupted()
+        done = len(tuner.measured_trials())
+        progress.update(task, completed=min(done, trials or done))
+        if resume:
+            console.print(f"resuming study {name}: {done} measured trials kept, {recovered} interrupted trial(s) queued again")
+        else:
+            copied = tuner.warm_start()
+            tuner.seed_baselines()
+            if copied:
+                console.print(f"warm start: {copied} measured trial(s) of earlier studies on this model and machine")
+        outcome = tuner.run(model_path, Budget(trials, seconds), remeasure=remeasure)
+
+    _report(console, outcome, model_path, backends, unit, name)
+    return outcome
+
+
+def _report(console: Console, outcome: StudyOutcome, model_path: Path, backends: list[Backend], unit: str, name: str) -> None:
+    total = outcome.trial_seconds
+    if total:
+        console.print(f"time in trials {total:.0f} s, of which loading models {100 * outcome.load_seconds / total:.0f}%")
+    if outcome.interrupted:
+        console.print(f"[yellow]interrupted[/]: every finished trial is stored. Continue with: autotune run {model_path} ... --resume --study {name}")
+        raise SystemExit(130)
+    winner = outcome.winner
+    if winner is None:
+        raise AutotuneError("no trial succeeded: see the failures above")
+    backend = next(b for b in backends if b.name == winner.backend)
+    console.print(
+        f"[bold green]winner[/] ({winner.backend}, study {winner.study_name}): "
+        f"{winner.objective_mean:.1f} ± {winner.objective_std:.1f} {unit}"
+    )
+    console.print(backend.launch_command(winner.config, model_path, "llama-server" if winner.backend.startswith("llama") else "json"), highlight=False, soft_wrap=True)
+
+
+def _best_rows(model_path: Path, vram_cap: str | None, storage_url: str | None) -> list[BestConfigRow]:
+    model = inspect_model(model_path)
+    db = Database(storage_url)
+    cap = parse_size(vram_cap) if vram_cap else None
+    return db.best_configs(model.fingerprint, probe_hardware().fingerprint, cap)
+
+
+def stored_best(model_path: Path, vram_cap: str | None, storage_url: str | None) -> list[BestConfigRow]:
+    rows = _best_rows(model_path, vram_cap, storage_url)
+    if not rows:
+        raise AutotuneError(f"no stored result for {model_path} on this machine" + (f" at cap {vram_cap}" if vram_cap else "") + ": run `autotune run` first")
+    return rows
+
+
+def export_command(model_path: Path, vram_cap: str, fmt: str, objective: str, storage_url: str | None) -> str:
+    rows = [r for r in stored_best(model_path, vram_cap, storage_url) if r.workload_key.startswith(objective + ":")]
+    if not rows:
+        raise AutotuneError(f"no stored {objective} winner for {model_path} at cap {vram_cap}")
+    row = max(rows, key=lambda r: r.updated)
+    return get_backend(row.backend).launch_command(row.config, model_path, fmt)
+
+
+def study_history(storage_url: str | None) -> list[tuple[str, ...]]:
+    db = Database(storage_url)
+    storage = db.optuna_storage()
+    rows = []
+    for row in db.studies():
+        try:
+            study = optuna.load_study(study_name=row.name, storage=storage)
+            measured = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and "warm_start_from" not in t.user_attrs]
+            best = max((t.value for t in measured if t.value), default=None)
+        except KeyError:
+            measured, best = [], None
+        model_name = str(row.settings.get("model_name", row.model_fingerprint))
+        rows.append((row.name, model_name, format_size(row.vram_cap), row.workload_key, str(len(measured)),
+                     f"{best:.1f}" if best else "-", row.status, row.created.strftime("%Y-%m-%d %H:%M")))
+    return rows

@@ -1,0 +1,27 @@
+"""Optuna samplers by name. The default was chosen by measurement: see studies/sampler_choice."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from autotune.errors import AutotuneError
+
+ConstraintsFunc = Callable[[FrozenTrial], Sequence[float]]
+SAMPLERS = ("tpe", "tpe-independent", "gp", "random")
+
+
+def make_sampler(name: str, seed: int | None, constraints_func: ConstraintsFunc) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(
+            multivariate=True, group=True, seed=seed, n_startup_trials=6, constraints_func=constraints_func
+        )
+    if name == "tpe-independent":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=6, constraints_func=constraints_func)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=6, constraints_func=constraints_func)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise AutotuneError(f"unknown sampler {name!r}; choose from: {', '.join(SAMPLERS)}")

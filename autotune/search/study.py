@@ -1,0 +1,373 @@
+"""The tuner: an Optuna study over backends' spaces, under a VRAM cap, one isolated trial at a time.
+
+Flow of one trial: Optuna asks → the backend samples a config → the calibrated memory model
+predicts its VRAM → over the cap it is recorded as pruned (never run), else the backend
+measures it in a child process → the objective and the cap constraint go back to Optuna.
+Every outcome (ok, oom, crash, timeout, over_cap, stopped) is a recorded trial.
+At the end the best few are measured again and the winner is chosen by mean less one
+standard error, then stored as the best config for model x machine x cap x workload.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.backends.base import Backend, Config, Measurement, Outcome, TrialResult, Workload
+from autotune.errors import AutotuneError
+from autotune.hardware import HardwareProfile
+from autotune.model import ModelProfile
+from autotune.search.memory import MemoryCalibration, relative_error
+from autotune.search.objective import lower_bound, objective_of
+from autotune.search.samplers import make_sampler
+from autotune.storage import BestConfigRow, Database, StudyRow
+
+FAILED_CONSTRAINT = 1.0  # constraint value of a trial that produced no measurement
+REMEASURE_TOP = 3
+
+
+@dataclass
+class Budget:
+    trials: int | None = 30  # measured trials (pruned ones cost nothing and do not count)
+    seconds: float | None = None
+
+    def exhausted(self, measured: int, started: float) -> bool:
+        if self.trials is not None and measured >= self.trials:
+            return True
+        return self.seconds is not None and time.monotonic() - started >= self.seconds
+
+
+@dataclass
+class TrialRecord:
+    """What the progress display and the tests see of one finished trial."""
+
+    number: int
+    backend: str
+    config: Config
+    outcome: Outcome
+    predicted_vram: int
+    result: TrialResult | None = None
+    objective: float = 0.0
+    objective_std: float = 0.0
+
+
+@dataclass
+class StudyOutcome:
+    study_name: str
+    records: list[TrialRecord] = field(default_factory=list)
+    winner: BestConfigRow | None = None
+    load_seconds: float = 0.0
+    trial_seconds: float = 0.0
+    interrupted: bool = False
+
+
+def _constraints(trial: FrozenTrial) -> list[float]:
+    return [trial.user_attrs.get("constraint", FAILED_CONSTRAINT)]
+
+
+class Tuner:
+    """One study: its backends, cap, workload and budget, over one database."""
+
+    def __init__(
+        self,
+        db: Database,
+        model: ModelProfile,
+        hardware: HardwareProfile,
+        backends: list[Backend],
+        vram_cap: int,
+        workload: Workload,
+        study_name: str,
+        sampler: str = "tpe",
+        seed: int | None = None,
+        trial_timeout_s: float = 600.0,
+        on_trial: Callable[[TrialRecord], None] | None = None,
+    ):
+        self.db = db
+        self.model = model
+        self.hardware = hardware
+        self.backends = {backend.name: backend for backend in backends}
+        self.vram_cap = vram_cap
+        self.workload = workload
+        self.study_name = study_name
+        self.trial_timeout_s = trial_timeout_s
+        self.on_trial = on_trial or (lambda record: None)
+        self.calibration = MemoryCalibration()
+        storage = db.optuna_storage()
+        self.study = optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            direction="maximize",
+            sampler=make_sampler(sampler, seed=seed, constraints_func=_constraints),
+            load_if_exists=True,
+        )
+        self.study.set_metric_names(["objective"])
+
+    # -- what earlier runs left -------------------------------------------------
+
+    def _earlier_trials(self) -> Iterable[tuple[str, FrozenTrial]]:
+        """Measured trials of earlier studies on the same model, machine and workload."""
+        for row in self.db.studies(self.model.fingerprint, self.hardware.fingerprint):
+            if row.name == self.study_name or row.workload_key != self.workload.key():
+                continue
+            try:
+                earlier = optuna.load_study(study_name=row.name, storage=self.study._storage)
+            except KeyError:
+                continue
+            for trial in earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                if trial.user_attrs.get("backend") in self.backends and "warm_start_from" not in trial.user_attrs:
+                    yield row.name, trial
+
+    def warm_start(self) -> int:
+        """Copy earlier measurements into this study and try the earlier winners first.
+
+        Constraints are recomputed against this study's cap. Returns the trials copied.
+        """
+        if self.study.trials:
+            return 0  # resuming: the study already holds what it needs
+        copied = 0
+        for source, trial in self._earlier_trials():
+            result = TrialResult.from_json(trial.user_attrs["result"])
+            attrs = dict(trial.user_attrs)
+            attrs["warm_start_from"] = source
+            attrs["constraint"] = self._constraint(result, attrs["predicted_vram"])
+            if result.ok and result.peak_vram_bytes:
+                self.calibration.add(attrs["backend"], attrs["predicted_vram_raw"], result.peak_vram_bytes)
+            self.study.add_trial(
+                optuna.trial.create_trial(
+                    params=trial.params,
+                    distributions=trial.distributions,
+                    value=trial.value,
+                    user_attrs=attrs,
+                )
+            )
+            copied += 1
+        for best in self.db.best_configs(self.model.fingerprint, self.hardware.fingerprint):
+            if best.workload_key == self.workload.key() and best.backend in self.backends and best.vram_cap <= self.vram_cap:
+                # measured again even though a copy exists: the winner is checked on today's machine
+                self._enqueue(best.backend, best.config, reason=f"best of {best.study_name}", skip_if_exists=False)
+        return copied
+
+    def seed_baselines(self) -> None:
+        for name, backend in self.backends.items():
+            for config in backend.baselines(self.model, self.hardware, self.vram_cap):
+                self._enqueue(name, config, reason="baseline")
+
+    def _enqueue(self, backend: str, config: Config, reason: str, skip_if_exists: bool = True) -> None:
+        params = dict(config)
+        if len(self.backends) > 1:
+            params["backend"] = backend
+        self.study.enqueue_trial(params, user_attrs={"seeded": reason}, skip_if_exists=skip_if_exists)
+
+    def recover_interrupted(self) -> int:
+        """Trials left running by a killed tuner: mark failed and queue their params again."""
+        stale = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+        for trial in stale:
+            self.study._storage.set_trial_user_attr(trial._trial_id, "outcome", Outcome.STOPPED.value)
+            self.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            if trial.params:
+                self.study.enqueue_trial(trial.params, user_attrs={"seeded": f"retry of {trial.number}"})
+        return len(stale)
+
+    def _calibrate_from_study(self) -> None:
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if "warm_start_from" in trial.user_attrs:
+                continue  # already counted by warm_start
+            result = TrialResult.from_json(trial.user_attrs["result"])
+            if result.ok and result.peak_vram_bytes:
+                self.calibration.add(trial.user_attrs["backend"], trial.user_attrs["predicted_vram_raw"], result.peak_vram_bytes)
+
+    # -- one trial --------------------------------------------------------------
+
+    def _constraint(self, result: TrialResult, predicted: int) -> float:
+        if result.ok:
+            peak = result.peak_vram_bytes if result.peak_vram_bytes is not None else predicted
+            return float(peak - self.vram_cap)
+        return FAILED_CONSTRAINT
+
+    def _sample(self, trial: optuna.Trial) -> tuple[str, Config]:
+        names = list(self.backends)
+        name = names[0] if len(names) == 1 else trial.suggest_categorical("backend", names)
+        return name, self.backends[name].suggest(trial, self.model, self.hardware)
+
+    def _run_one(self, model_path: Path, outcome: StudyOutcome) -> bool:
+        """Ask, predict, run or prune, tell. Returns whether a measurement was run."""
+        trial = self.study.ask()
+        name, config = self._sample(trial)
+        backend = self.backends[name]
+        raw = backend.predict_vram(config, self.model, self.workload)
+        predicted = self.calibration.predict(name, raw)
+        for key, value in (("backend", name), ("config", config), ("predicted_vram_raw", raw), ("predicted_vram", predicted)):
+            trial.set_user_attr(key, value)
+        record = TrialRecord(trial.number, name, config, Outcome.PRUNED, predicted)
+        if predicted > self.vram_cap:
+            trial.set_user_attr("outcome", Outcome.PRUNED.value)
+            self.study.tell(trial, state=TrialState.PRUNED)
+            outcome.records.append(record)
+            self.on_trial(record)
+            return False
+        try:
+            result = backend.run_trial(config, model_path, self.workload, self.trial_timeout_s)
+        except KeyboardInterrupt:
+            trial.set_user_attr("outcome", Outcome.STOPPED.value)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.enqueue_trial(trial.params, user_attrs={"seeded": f"retry of stopped {trial.number}"})
+            raise
+        if result.ok and result.peak_vram_bytes is not None and result.peak_vram_bytes > self.vram_cap:
+            result.outcome = Outcome.OVER_CAP
+            result.message = f"measured {result.peak_vram_bytes} bytes > cap {self.vram_cap}"
+        self._record(trial, name, raw, predicted, result)
+        record.outcome, record.result = result.outcome, result
+        measurement = objective_of(result, self.workload)
+        record.objective, record.objective_std = measurement.mean, measurement.std
+        outcome.records.append(record)
+        outcome.load_seconds += result.load_seconds
+        outcome.trial_seconds += result.wall_seconds
+        self.on_trial(record)
+        return True
+
+    def _record(self, trial: optuna.Trial, name: str, raw: int, predicted: int, result: TrialResult) -> None:
+        trial.set_user_attr("result", result.to_json())
+        trial.set_user_attr("outcome", result.outcome.value)
+        if result.peak_vram_bytes:
+            trial.set_user_attr("prediction_error", relative_error(predicted, result.peak_vram_bytes))
+            if result.ok or result.outcome is Outcome.OVER_CAP:
+                self.calibration.add(name, raw, result.peak_vram_bytes)
+        trial.set_user_attr("constraint", self._constraint(result, predicted))
+        measurement = objective_of(result, self.workload)
+        trial.set_user_attr("objective_std", measurement.std)
+        self.study.tell(trial, measurement.mean if result.ok else 0.0)
+
+    # -- the whole study --------------------------------------------------------
+
+    def measured_trials(self) -> list[FrozenTrial]:
+        return [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "warm_start_from" not in t.user_attrs
+        ]
+
+    def run(self, model_path: Path, budget: Budget, remeasure: bool = True) -> StudyOutcome:
+        outcome = StudyOutcome(self.study_name)
+        self._calibrate_from_study()
+        started = time.monotonic()
+        asked_without_run = 0
+        try:
+            while not budget.exhausted(len(self.measured_trials()), started):
+                if self._run_one(model_path, outcome):
+                    asked_without_run = 0
+                else:
+                    asked_without_run += 1
+                    if asked_without_run >= 200:
+                        raise AutotuneError(
+                            "the sampler keeps proposing configs predicted over the cap; "
+                            "the cap is too small for this model and backend"
+                        )
+            if remeasure:
+                self._remeasure(model_path, outcome)
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+            self.db.set_study_status(self.study_name, "interrupted")
+            return outcome
+        outcome.winner = self.choose_winner()
+        self.db.set_study_status(self.study_name, "finished")
+        return outcome
+
+    def _remeasure(self, model_path: Path, outcome: StudyOutcome) -> None:
+        """Measure the best few once more, in fresh processes; samples are pooled."""
+        candidates = [t for t in self.measured_trials() if t.user_attrs.get("outcome") == Outcome.OK.value]
+        candidates.sort(key=lambda t: t.value or 0.0, reverse=True)
+        for trial in candidates[:REMEASURE_TOP]:
+            backend = self.backends[trial.user_attrs["backend"]]
+            result = backend.run_trial(trial.user_attrs["config"], model_path, self.workload, self.trial_timeout_s)
+            # A finished trial cannot be changed, so re-measurements live on the study.
+            key = f"remeasured:{trial.number}"
+            repeats = self.study.user_attrs.get(key, []) + [result.to_json()]
+            self.study.set_user_attr(key, repeats)
+            outcome.trial_seconds += result.wall_seconds
+            outcome.load_seconds += result.load_seconds
+
+    def pooled_objective(self, trial: FrozenTrial) -> tuple[Measurement, list[TrialResult]]:
+        results = [TrialResult.from_json(trial.user_attrs["result"])]
+        results += [TrialResult.from_json(r) for r in self.study.user_attrs.get(f"remeasured:{trial.number}", [])]
+        samples: list[float] = []
+        for result in results:
+            if result.ok and (result.peak_vram_bytes is None or result.peak_vram_bytes <= self.vram_cap):
+                samples += objective_of(result, self.workload).samples
+        return Measurement.of(samples), results
+
+    def choose_winner(self) -> BestConfigRow | None:
+        """The measured config with the highest mean less one standard error; stored as best."""
+        best: tuple[float, FrozenTrial, Any] | None = None
+        for trial in self.measured_trials():
+            if trial.user_attrs.get("outcome") != Outcome.OK.value:
+                continue
+            measurement, results = self.pooled_objective(trial)
+            if not measurement.samples:
+                continue
+            score = lower_bound(measurement)
+            if best is None or score > best[0]:
+                best = (score, trial, (measurement, results))
+        if best is None:
+            return None
+        _, trial, (measurement, results) = best
+        peak = max((r.peak_vram_bytes or 0) for r in results if r.ok) or None
+        result = results[0]
+        result.peak_vram_bytes = peak
+        row = BestConfigRow(
+            model_fingerprint=self.model.fingerprint,
+            hardware_fingerprint=self.hardware.fingerprint,
+            vram_cap=self.vram_cap,
+            workload_key=self.workload.key(),
+            backend=trial.user_attrs["backend"],
+            config=trial.user_attrs["config"],
+            objective_mean=measurement.mean,
+            objective_std=measurement.std,
+            result=result.to_json() | {"objective_samples": measurement.samples, "trial": trial.number},
+            study_name=self.study_name,
+        )
+        existing = [
+            b for b in self.db.best_configs(self.model.fingerprint, self.hardware.fingerprint, self.vram_cap)
+            if b.workload_key == self.workload.key()
+        ]
+        if existing and existing[0].config != row.config:
+            previous = existing[0]
+            old = Measurement(previous.objective_mean, previous.objective_std, previous.result.get("objective_samples", []))
+            if lower_bound(old) >= lower_bound(measurement):
+                return previous  # the earlier winner still stands
+        self.db.save_best(row)
+        return row
+
+
+def register_study(
+    db: Database,
+    model: ModelProfile,
+    hardware: HardwareProfile,
+    name: str,
+    vram_cap: int,
+    workload: Workload,
+    settings: dict[str, Any],
+) -> None:
+    """Record model, machine and study in our tables (idempotent; a resumed study keeps its row)."""
+    db.upsert_model(model.fingerprint, model.name, model.path, model.to_json())
+    gpu = hardware.gpus[0].name if hardware.gpus else "no GPU"
+    db.upsert_hardware(hardware.fingerprint, f"{gpu} · {hardware.cpu_model}", hardware.to_json())
+    if db.study(name) is None:
+        db.add_study(
+            StudyRow(
+                name=name,
+                model_fingerprint=model.fingerprint,
+                hardware_fingerprint=hardware.fingerprint,
+                vram_cap=vram_cap,
+                workload_key=workload.key(),
+                settings=settings,
+                created=datetime.now(timezone.utc),
+            )
+        )
+    else:
+        db.set_study_status(name, "running")

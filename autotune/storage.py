@@ -1,0 +1,176 @@
+"""The project's own tables (SQLAlchemy 2.0) beside Optuna's, in one database.
+
+Optuna's RDB storage holds every trial; these tables hold what Optuna does not know:
+which model and machine a study is about, and the best config per
+model fingerprint x hardware fingerprint x VRAM cap x workload, so ``autotune best``
+answers at once and a later ``run`` can warm-start.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, String, create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from autotune.errors import AutotuneError
+
+SQLITE_TIMEOUT_S = 60
+
+
+def default_storage_url() -> str:
+    """An SQLite file under the user data dir (created on first use)."""
+    directory = Path(platformdirs.user_data_dir("autotune", appauthor=False))
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory / 'autotune.db'}"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class ModelRow(Base):
+    __tablename__ = "autotune_models"
+    fingerprint: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    path: Mapped[str] = mapped_column(String(4096))
+    profile: Mapped[dict[str, Any]]
+
+
+class HardwareRow(Base):
+    __tablename__ = "autotune_hardware"
+    fingerprint: Mapped[str] = mapped_column(String(32), primary_key=True)
+    description: Mapped[str] = mapped_column(String(512))
+    profile: Mapped[dict[str, Any]]
+
+
+class StudyRow(Base):
+    __tablename__ = "autotune_studies"
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)  # = the Optuna study name
+    model_fingerprint: Mapped[str] = mapped_column(ForeignKey("autotune_models.fingerprint"))
+    hardware_fingerprint: Mapped[str] = mapped_column(ForeignKey("autotune_hardware.fingerprint"))
+    vram_cap: Mapped[int] = mapped_column(BigInteger)
+    workload_key: Mapped[str] = mapped_column(String(128))
+    settings: Mapped[dict[str, Any]]  # backends, budget, workload: what resume needs
+    status: Mapped[str] = mapped_column(String(32), default="running")
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class BestConfigRow(Base):
+    __tablename__ = "autotune_best_configs"
+    model_fingerprint: Mapped[str] = mapped_column(ForeignKey("autotune_models.fingerprint"), primary_key=True)
+    hardware_fingerprint: Mapped[str] = mapped_column(ForeignKey("autotune_hardware.fingerprint"), primary_key=True)
+    vram_cap: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    workload_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]]
+    objective_mean: Mapped[float] = mapped_column(Float)
+    objective_std: Mapped[float] = mapped_column(Float)
+    result: Mapped[dict[str, Any]]  # the TrialResult of the winner, re-measurements pooled
+    study_name: Mapped[str] = mapped_column(ForeignKey("autotune_studies.name"))
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    """WAL and a busy timeout, so several processes can share one SQLite file."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_TIMEOUT_S * 1000}")
+        cursor.close()
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    """Engine options shared by our engine and Optuna's RDBStorage."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    return {"pool_pre_ping": True}
+
+
+class Database:
+    """One database URL: our tables, plus the Optuna storage built on the same URL."""
+
+    def __init__(self, url: str | None = None):
+        self.url = url or default_storage_url()
+        try:
+            self.engine = create_engine(self.url, **engine_kwargs(self.url))
+            if self.url.startswith("sqlite"):
+                _sqlite_pragmas(self.engine)
+            Base.metadata.create_all(self.engine)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise AutotuneError(f"cannot open the storage {self.url!r}: {str(exc).splitlines()[0]}") from None
+
+    def optuna_storage(self) -> Any:
+        import optuna
+
+        try:
+            return optuna.storages.RDBStorage(
+                self.url, engine_kwargs=engine_kwargs(self.url), heartbeat_interval=30, grace_period=120
+            )
+        except Exception as exc:  # optuna wraps driver errors in many types
+            raise AutotuneError(f"cannot open the Optuna storage {self.url!r}: {str(exc).splitlines()[0]}") from None
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def upsert_model(self, fingerprint: str, name: str, path: str, profile: dict[str, Any]) -> None:
+        with self.session() as s, s.begin():
+            s.merge(ModelRow(fingerprint=fingerprint, name=name, path=path, profile=profile))
+
+    def upsert_hardware(self, fingerprint: str, description: str, profile: dict[str, Any]) -> None:
+        with self.session() as s, s.begin():
+            s.merge(HardwareRow(fingerprint=fingerprint, description=description, profile=profile))
+
+    def add_study(self, row: StudyRow) -> None:
+        with self.session() as s, s.begin():
+            s.merge(row)
+
+    def set_study_status(self, name: str, status: str) -> None:
+        with self.session() as s, s.begin():
+            row = s.get(StudyRow, name)
+            if row is not None:
+                row.status = status
+
+    def study(self, name: str) -> StudyRow | None:
+        with self.session() as s:
+            return s.get(StudyRow, name)
+
+    def studies(self, model_fingerprint: str | None = None, hardware_fingerprint: str | None = None) -> list[StudyRow]:
+        query = select(StudyRow).order_by(StudyRow.created)
+        if model_fingerprint:
+            query = query.where(StudyRow.model_fingerprint == model_fingerprint)
+        if hardware_fingerprint:
+            query = query.where(StudyRow.hardware_fingerprint == hardware_fingerprint)
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    def save_best(self, row: BestConfigRow) -> None:
+        with self.session() as s, s.begin():
+            s.merge(row)
+
+    def best_configs(
+        self, model_fingerprint: str, hardware_fingerprint: str | None = None, vram_cap: int | None = None
+    ) -> list[BestConfigRow]:
+        query = select(BestConfigRow).where(BestConfigRow.model_fingerprint == model_fingerprint)
+        if hardware_fingerprint:
+            query = query.where(BestConfigRow.hardware_fingerprint == hardware_fingerprint)
+        if vram_cap is not None:
+            query = query.where(BestConfigRow.vram_cap == vram_cap)
+        with self.session() as s:
+            return list(s.scalars(query.order_by(BestConfigRow.vram_cap)))
+
+
+def to_json_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)

@@ -1,0 +1,83 @@
+"""A test backend with a known speed surface and injectable faults (no llama.cpp needed).
+
+Decode speed rises with threads and falls with experts on the CPU; VRAM falls with experts
+on the CPU. ``FAKE_BACKEND_FAULTS`` maps n_cpu_moe values to a fault: ``crash``, ``hang``,
+``oom`` (e.g. "3=crash,5=hang"). Each trial runs a real child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from autotune.backends.base import Config, Measurement, Outcome, TrialResult, Workload
+
+GIB = 2**30
+
+
+class FakeBackend:
+    name = "fake"
+
+    def available(self) -> str | None:
+        return None
+
+    def supports(self, model) -> str | None:
+        return None if model.is_moe else "needs experts"
+
+    def suggest(self, trial, model, hw) -> Config:
+        return {
+            "n_cpu_moe": trial.suggest_int("n_cpu_moe", 0, model.n_layers),
+            "n_threads": trial.suggest_int("n_threads", 1, 4),
+        }
+
+    def baselines(self, model, hw, vram_cap) -> list[Config]:
+        return [{"n_cpu_moe": model.n_layers, "n_threads": 2}]
+
+    def predict_vram(self, config: Config, model, workload: Workload) -> int:
+        return GIB + (model.n_layers - config["n_cpu_moe"]) * GIB // 2
+
+    @staticmethod
+    def speed(config: Config, model) -> float:
+        return 10.0 + 2.0 * config["n_threads"] + 3.0 * (model.n_layers - config["n_cpu_moe"])
+
+    def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
+        from autotune.model import inspect_model
+
+        model = inspect_model(model_path)
+        fault = dict(item.split("=") for item in os.environ.get("FAKE_BACKEND_FAULTS", "").split(",") if item)
+        kind = fault.get(str(config["n_cpu_moe"]), "none")
+        sleep = float(os.environ.get("FAKE_BACKEND_SECONDS", "0.05"))
+        code = {"crash": "import os; os.abort()", "hang": "import time; time.sleep(3600)"}.get(kind, f"import time; time.sleep({sleep})")
+        started = time.monotonic()
+        try:
+            done = subprocess.run([sys.executable, "-c", code], timeout=min(deadline_s, 5.0 if kind == "hang" else deadline_s))
+        except subprocess.TimeoutExpired:
+            return TrialResult(Outcome.TIMEOUT, "deadline passed", wall_seconds=time.monotonic() - started)
+        if done.returncode != 0:
+            return TrialResult(Outcome.CRASH, f"child died with code {done.returncode}", wall_seconds=time.monotonic() - started)
+        if kind == "oom":
+            return TrialResult(Outcome.OOM, "CUDA error: out of memory", wall_seconds=time.monotonic() - started)
+        rng = random.Random(json.dumps(config, sort_keys=True) + str(time.time()))
+        base = self.speed(config, model)
+        samples = [base * (1 + rng.uniform(-0.02, 0.02)) for _ in range(workload.repetitions)]
+        return TrialResult(
+            Outcome.OK,
+            decode_tps=Measurement.of(samples),
+            prefill_tps=Measurement.of([10 * s for s in samples]),
+            peak_vram_bytes=self.predict_vram(config, model, workload) + 10 * 2**20,
+            load_seconds=0.01,
+            wall_seconds=time.monotonic() - started,
+        )
+
+    def launch_command(self, config: Config, model_path: Path, fmt: str) -> str:
+        return shlex.join(["fake-server", "-m", str(model_path), "--config", json.dumps(config, sort_keys=True)])
+
+    def parse_command(self, command: str) -> tuple[Config, Path]:
+        words = shlex.split(command)
+        return json.loads(words[words.index("--config") + 1]), Path(words[words.index("-m") + 1])
