@@ -11,15 +11,22 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import optuna
+from autotune.errors import AutotuneError
 
-from autotune.hardware import HardwareProfile
-from autotune.model import ModelProfile
+if TYPE_CHECKING:  # kept out of trial child processes, which import this module
+    import optuna
+
+    from autotune.hardware import HardwareProfile
+    from autotune.model import ModelProfile
 
 Config = dict[str, Any]
 """A backend's knob values, flat and JSON-serialisable (what Optuna samples)."""
+
+
+class ConfigError(AutotuneError):
+    """A config, or a launch command standing for one, that a backend cannot use."""
 
 
 class Outcome(str, enum.Enum):

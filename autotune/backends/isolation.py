@@ -1,0 +1,207 @@
+"""Run trial code in a fresh child process with a deadline, and record how it ended.
+
+The parent never imports what a trial uses (llama_cpp, torch, CUDA): each child is
+``python -m autotune.backends.worker`` on a target module (see there for the protocol),
+in its own session, so a timeout kills its whole process group, grandchildren included.
+One child may measure several items that share its setup (configs of one loaded model);
+every item gets its own result:
+
+- ``ok``: the item reported its figures; ``over_cap`` when its peak VRAM exceeds the cap;
+- ``oom``: the child failed and its output names an out-of-memory condition;
+- ``crash``: it raised, exited non-zero, or died by a signal (named in the message);
+- ``timeout``: setup or an item did not finish within ``deadline_s``.
+
+A failure in setup is every item's result. A failure in item k is item k's result, and the
+items after it run again in a fresh child. A failed result's message ends with the child's
+last output lines, then one line saying how it ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+from autotune.backends.base import Measurement, Outcome, TrialResult
+from autotune.backends.vram import VramSampler
+
+POLL_S = 0.05
+TAIL_LINES = 15
+_OOM = re.compile(
+    r"out of memory|cudaMalloc failed|failed to allocate|unable to allocate|OutOfMemoryError"
+    r"|CUDA_ERROR_OUT_OF_MEMORY|ErrorOutOfDeviceMemory",
+    re.IGNORECASE,
+)
+
+Sampler = Callable[[int], ContextManager[VramSampler]]
+
+
+def run_isolated(
+    target: str,
+    common: dict[str, Any],
+    items: list[dict[str, Any]],
+    deadline_s: float,
+    *,
+    vram_cap: int | None = None,
+    gpu_index: int = 0,
+    sampler: Sampler = VramSampler,
+    env: dict[str, str] | None = None,
+) -> list[TrialResult]:
+    """One result per item, in order; never raises for what happens inside the child."""
+    results: list[TrialResult] = []
+    while len(results) < len(items):
+        results += _run_child(target, common, items[len(results) :], deadline_s, gpu_index, sampler, env)
+    if vram_cap is not None:
+        results = [_check_cap(result, vram_cap) for result in results]
+    return results
+
+
+def mentions_oom(text: str) -> bool:
+    """Whether output names an out-of-memory condition (a pinned-memory fallback does not count)."""
+    return any(_OOM.search(line) and "pinned" not in line for line in text.splitlines())
+
+
+def _check_cap(result: TrialResult, vram_cap: int) -> TrialResult:
+    peak = result.peak_vram_bytes
+    if not result.ok or peak is None or peak <= vram_cap:
+        return result
+    message = f"peak VRAM {peak / 2**30:.2f} GiB is over the cap of {vram_cap / 2**30:.2f} GiB"
+    return replace(result, outcome=Outcome.OVER_CAP, message=message)
+
+
+def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)  # import what we import
+    env.update(extra or {})
+    return env
+
+
+class _Lines:
+    """Complete JSON lines appended to a file since the last call."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+
+    def new(self) -> list[dict[str, Any]]:
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def _tail(log: Path) -> str:
+    with log.open("rb") as handle:
+        handle.seek(max(0, log.stat().st_size - 65536))
+        text = handle.read().decode("utf-8", errors="replace")
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return "\n".join(lines[-TAIL_LINES:])
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
+    process.wait()
+
+
+def _ok(record: dict[str, Any], ready: dict[str, Any], peak: int | None) -> TrialResult:
+    value, info = record["value"], ready.get("info") or {}
+    measured = {key: Measurement.of(value[key]) for key in ("decode_tps", "prefill_tps") if value.get(key)}
+    return TrialResult(
+        Outcome.OK,
+        peak_vram_bytes=peak,
+        load_seconds=float(info.get("load_seconds", ready.get("seconds", 0.0))),
+        wall_seconds=float(record["seconds"]),
+        extra={**info.get("extra", {}), **value.get("extra", {})},
+        **measured,
+    )
+
+
+def _failure(
+    timed_out: bool, deadline_s: float, stage: str, error: dict[str, Any] | None, returncode: int, tail: str
+) -> TrialResult:
+    if timed_out:
+        outcome, summary = Outcome.TIMEOUT, f"{stage}: no result within the {deadline_s:g} s deadline; killed"
+    else:
+        if error is not None:
+            how = error["error"]
+        elif returncode < 0:
+            how = f"killed by {signal.Signals(-returncode).name}"
+        elif returncode > 0:
+            how = f"exited with status {returncode}"
+        else:
+            how = "exited without reporting a result"
+        outcome = Outcome.OOM if mentions_oom(f"{how}\n{tail}") else Outcome.CRASH
+        summary = f"{stage}: {how}"
+    return TrialResult(outcome, f"{tail}\n{summary}" if tail else summary)
+
+
+def _run_child(
+    target: str,
+    common: dict[str, Any],
+    items: list[dict[str, Any]],
+    deadline_s: float,
+    gpu_index: int,
+    sampler: Sampler,
+    env: dict[str, str] | None,
+) -> list[TrialResult]:
+    """Results of a prefix of ``items`` (at least one): all of them, or up to the one that failed."""
+    with tempfile.TemporaryDirectory(prefix="autotune-trial-") as tmp:
+        job, results_path, log_path = Path(tmp, "job.json"), Path(tmp, "results.jsonl"), Path(tmp, "child.log")
+        job.write_text(json.dumps({"target": target, "common": common, "items": items}), encoding="utf-8")
+        results_path.touch()
+        lines = _Lines(results_path)
+        done: list[TrialResult] = []
+        ready: dict[str, Any] | None = None
+        error: dict[str, Any] | None = None
+        timed_out = False
+        with sampler(gpu_index) as vram, log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "autotune.backends.worker", str(job), str(results_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=_child_env(env),
+            )
+            try:
+                vram.watch(process.pid)
+                stage_started = time.monotonic()
+                while True:
+                    exited = process.poll() is not None
+                    for record in lines.new():
+                        stage_started = time.monotonic()
+                        if record["kind"] == "ready":
+                            ready = record
+                        elif record["kind"] == "item":
+                            done.append(_ok(record, ready or {}, vram.mark()))
+                        else:
+                            error = record
+                    if exited:
+                        break
+                    if time.monotonic() - stage_started > deadline_s:
+                        timed_out = True
+                        break
+                    time.sleep(POLL_S)
+            finally:
+                _kill_group(process)
+            stage_seconds = time.monotonic() - stage_started
+            stage_peak = vram.peak if ready is None else vram.mark()
+        if len(done) == len(items):
+            return done
+        stage = "setup" if ready is None else f"item {len(done) + 1} of {len(items)}"
+        failure = _failure(timed_out, deadline_s, stage, error, process.returncode, _tail(log_path))
+        failure.wall_seconds, failure.peak_vram_bytes = stage_seconds, stage_peak
+        return done + [replace(failure) for _ in range(len(items) if ready is None else 1)]
