@@ -86,11 +86,13 @@ class _TopkCollector:
 
 
 def _load_ggml(llama_cpp_module: object) -> ctypes.CDLL:
-    lib_dir = Path(llama_cpp_module.__file__).parent / "lib"
-    candidates = sorted(lib_dir.glob("libggml-base.*")) or sorted(lib_dir.glob("libggml.*"))
-    if not candidates:
-        raise AutotuneError(f"cannot find ggml's library next to llama_cpp in {lib_dir}")
-    ggml = ctypes.CDLL(str(candidates[0]))
+    """ggml's functions from the library llama_cpp already loaded.
+
+    Wheels ship libggml-base.so, .so.0 and .so.0.x as separate copies: opening one by path
+    would load a second ggml beside llama.cpp's (seen crashing the CUDA build), so the
+    symbols are looked up through libllama's handle, which resolves to its own ggml.
+    """
+    ggml = llama_cpp_module.llama_cpp._lib
     ggml.ggml_get_name.restype = ctypes.c_char_p
     ggml.ggml_get_name.argtypes = [ctypes.c_void_p]
     ggml.ggml_nbytes.restype = ctypes.c_size_t
