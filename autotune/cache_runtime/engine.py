@@ -32,8 +32,9 @@ class Engine:
         self.weights = load_weights(path).to(device)
         self.cfg = self.weights.config
         self.device = device
+        # The Triton kernels keep keys and values in float16 (as llama.cpp does by default).
         self.cache = KVCache(self.cfg, max_ctx, device,
-                             torch.float16 if device.type == "cuda" else torch.float32)
+                             torch.float16 if kernels == "triton" else torch.float32)
         self.rope = RopeTable(self.cfg, max_ctx, device)
         if kernels == "triton":
             from autotune.cache_runtime.triton_ops import TritonOps

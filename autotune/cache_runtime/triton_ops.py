@@ -1,0 +1,190 @@
+"""The forward-pass blocks on fused Triton kernels (the GPU path).
+
+Same contract as ``TorchOps``. A single token (decode) runs the fused GEMV kernels of
+``triton_gemv`` and the attention kernels of ``triton_attention``: about ten launches a
+layer, no host sync, so a step can be captured as one CUDA graph. Several tokens
+(prefill) keep TorchOps' norms, RoPE and attention, with the matrix products and the
+routed experts on ``qgemm_kernel``. Under TRITON_INTERPRET=1 the same code runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from autotune.cache_runtime.expert_table import DOWN, GATE, UP, ExpertTable
+from autotune.cache_runtime.kv_cache import KVCache
+from autotune.cache_runtime.rope import RopeTable
+from autotune.cache_runtime.torch_ops import TorchOps
+from autotune.cache_runtime.triton_attention import (attn_combine_kernel, attn_partial_kernel,
+                                                      rope_store_kernel)
+from autotune.cache_runtime.triton_gemm import moe_blocks, qgemm_kernel
+from autotune.cache_runtime.triton_gemv import (gemv_kernel, moe_down_kernel, moe_gate_up_kernel,
+                                                 router_kernel)
+from autotune.cache_runtime.triton_tiles import QTYPE_CODES, SUPERBLOCK_BYTES
+from autotune.cache_runtime.weights import ModelWeights, QTensor
+
+# Launch shapes (tuned on an H100; see studies/runtime_full_residency).
+GEMV_ROWS, GEMV_WARPS = 8, 8  # rows per program of the dense GEMVs
+GATE_UP_ROWS = 8  # virtual rows (gate and up interleaved) per program
+DOWN_ROWS = 2  # output rows per program, times top-k virtual rows
+ATTN_SPLITS, ATTN_BLOCK = 16, 64
+GEMM_BM, GEMM_BN, GEMM_WARPS = 32, 32, 4
+
+
+def _superblocks(k: int) -> int:
+    """Super-blocks per GEMV chunk: the whole row up to 8 (a power of two)."""
+    return min(8, triton.next_power_of_2(k // 256))
+
+
+def _type_args(w: QTensor) -> dict:
+    if w.cols % 256:
+        raise ValueError(f"the Triton kernels need rows of whole 256-element super-blocks, not {w.cols}")
+    return {"QT": QTYPE_CODES[w.qtype], "SB_BYTES": SUPERBLOCK_BYTES[w.qtype]}
+
+
+class TritonOps(TorchOps):
+    def __init__(self, weights: ModelWeights, cache: KVCache, rope: RopeTable):
+        super().__init__(weights, cache, rope)
+        self.experts_table = ExpertTable(weights.layers, cache.k.device)
+        self._dense_tables: dict[int, torch.Tensor] = {}
+
+    # -- launch helpers ----------------------------------------------------------------
+
+    def _gemv(self, x: torch.Tensor, ws: list[QTensor], norm: torch.Tensor | None = None,
+              resid: torch.Tensor | None = None) -> torch.Tensor:
+        """(W x) (+ resid) for x (K,), over one weight or two stacked by rows."""
+        w0, w1 = ws[0], ws[-1]
+        if w0.qtype != w1.qtype or w0.row_bytes != w1.row_bytes:
+            raise ValueError("stacked GEMV weights must share type and width")
+        n = sum(w.rows for w in ws)
+        out = torch.empty(n, dtype=torch.float32, device=x.device)
+        gemv_kernel[(triton.cdiv(n, GEMV_ROWS),)](
+            x, x if norm is None else norm, self.cfg.rms_eps, w0.data, w1.data, w0.rows,
+            out if resid is None else resid, out, n, row_stride=w0.row_bytes, K=w0.cols,
+            HAS_NORM=norm is not None, HAS_RESID=resid is not None, R=GEMV_ROWS,
+            S=_superblocks(w0.cols), BLOCK_K=triton.next_power_of_2(w0.cols),
+            num_warps=GEMV_WARPS, **_type_args(w0))
+        return out
+
+    def _dense_table(self, w: QTensor) -> torch.Tensor:
+        ptr = w.data.data_ptr()
+        if ptr not in self._dense_tables:
+            self._dense_tables[ptr] = torch.tensor([ptr], dtype=torch.int64, device=w.data.device)
+        return self._dense_tables[ptr]
+
+    def _qgemm(self, a: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, groups: torch.Tensor,
+               table: torch.Tensor, w: QTensor, slot_a: int, slot_b: int | None = None,
+               scale: torch.Tensor | None = None, a_row_div: int = 1) -> torch.Tensor:
+        a = a.contiguous()
+        grid = (groups.numel(), triton.cdiv(w.rows, GEMM_BN))
+        qgemm_kernel[grid](
+            a, a.stride(0), rows, groups, table, table.stride(-2) if table.dim() > 1 else 1,
+            slot_a, slot_a if slot_b is None else slot_b, out if scale is None else scale, out,
+            out.stride(0), w.rows, w.row_bytes, a_row_div, K=w.cols, GATED=slot_b is not None,
+            SCALED=scale is not None, BM=GEMM_BM, BN=GEMM_BN, num_warps=GEMM_WARPS, **_type_args(w))
+        return out
+
+    # -- building blocks ---------------------------------------------------------------
+
+    def linear(self, x: torch.Tensor, w: QTensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            return self._gemv(x[0], [w])[None]
+        m = x.shape[0]
+        n_blocks = triton.cdiv(m, GEMM_BM)
+        rows = torch.arange(n_blocks * GEMM_BM, dtype=torch.int32, device=x.device)
+        rows = torch.where(rows < m, rows, -1)
+        groups = torch.zeros(n_blocks, dtype=torch.int32, device=x.device)
+        out = torch.empty(m, w.rows, dtype=torch.float32, device=x.device)
+        return self._qgemm(x, out, rows, groups, self._dense_table(w), w, 0)
+
+    def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, il: int) -> torch.Tensor:
+        lw, cfg = self.w.layers[il], self.cfg
+        m, k = ids.shape
+        rows, groups = moe_blocks(ids, cfg.n_expert, GEMM_BM)
+        table = self.experts_table.table[il]
+        hidden = torch.empty(m * k, cfg.n_ff_expert, dtype=torch.float32, device=x.device)
+        self._qgemm(x, hidden, rows, groups, table, lw.gate_exps, GATE, UP, a_row_div=k)
+        y = torch.empty(m * k, cfg.n_embd, dtype=torch.float32, device=x.device)
+        self._qgemm(hidden, y, rows, groups, table, lw.down_exps, DOWN,
+                    scale=weights.reshape(-1).float().contiguous())
+        return y.view(m, k, cfg.n_embd).sum(1)
+
+    # -- single-token blocks -----------------------------------------------------------
+
+    def attn_in(self, h, il):
+        if h.shape[0] > 1:
+            return super().attn_in(h, il)
+        lw = self.w.layers[il]
+        qk = self._gemv(h[0], [lw.wq, lw.wk], norm=lw.attn_norm)
+        v = self._gemv(h[0], [lw.wv], norm=lw.attn_norm)
+        return qk[None, : self.cfg.q_dim], qk[None, self.cfg.q_dim :], v[None]
+
+    def rope_store(self, q, k, v, il, start):
+        if q.shape[0] > 1:
+            return super().rope_store(q, k, v, il, start)
+        cfg, lw = self.cfg, self.w.layers[il]
+        q_out = torch.empty(cfg.n_head, cfg.head_dim, dtype=torch.float32, device=q.device)
+        norm_q = lw.q_norm if cfg.qk_norm else q
+        norm_k = lw.k_norm if cfg.qk_norm else q
+        rope_store_kernel[(cfg.n_head + cfg.n_head_kv,)](
+            q, k, v, norm_q, norm_k, self.rope.cos, self.rope.sin, self.cache.pos,
+            self.cache.k[il], self.cache.v[il], q_out, cfg.n_head, self.cache.max_ctx, cfg.rms_eps,
+            HD=cfg.head_dim, QK_NORM=cfg.qk_norm, NEOX=cfg.rope_neox)
+        return q_out[None]
+
+    def attend(self, q, il, start):
+        if q.shape[0] > 1:
+            return super().attend(q, il, start)
+        cfg, dev = self.cfg, q.device
+        group = cfg.n_head // cfg.n_head_kv
+        m = torch.empty(ATTN_SPLITS, cfg.n_head, dtype=torch.float32, device=dev)
+        l = torch.empty_like(m)
+        acc = torch.empty(ATTN_SPLITS, cfg.n_head, cfg.head_dim, dtype=torch.float32, device=dev)
+        attn_partial_kernel[(cfg.n_head_kv, ATTN_SPLITS)](
+            q, self.cache.k[il], self.cache.v[il], self.cache.pos, m, l, acc, cfg.n_head,
+            self.cache.max_ctx, cfg.head_dim**-0.5, GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)),
+            HD=cfg.head_dim, BT=ATTN_BLOCK, N_SPLIT=ATTN_SPLITS,
+            N_ITER=triton.cdiv(self.cache.max_ctx, ATTN_BLOCK * ATTN_SPLITS))
+        out = torch.empty(1, cfg.q_dim, dtype=torch.float32, device=dev)
+        attn_combine_kernel[(cfg.n_head,)](m, l, acc, out, cfg.n_head, HD=cfg.head_dim, N_SPLIT=ATTN_SPLITS)
+        return out
+
+    def out_proj(self, a, il, h):
+        if a.shape[0] > 1:
+            return super().out_proj(a, il, h)
+        return self._gemv(a[0], [self.w.layers[il].wo], resid=h[0])[None]
+
+    def moe(self, h, il):
+        if h.shape[0] > 1:
+            return super().moe(h, il)
+        cfg, lw, dev = self.cfg, self.w.layers[il], h.device
+        x = h[0]
+        logits = torch.empty(cfg.n_expert, dtype=torch.float32, device=dev)
+        xn = torch.empty(cfg.n_embd, dtype=torch.float32, device=dev)
+        router_kernel[(triton.cdiv(cfg.n_expert, GEMV_ROWS),)](
+            x, lw.ffn_norm, cfg.rms_eps, lw.router.data, logits, xn, cfg.n_expert,
+            row_stride=lw.router.row_bytes, K=lw.router.cols, R=GEMV_ROWS,
+            S=_superblocks(lw.router.cols), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
+            num_warps=GEMV_WARPS, **_type_args(lw.router))
+        k = cfg.n_expert_used
+        ids = torch.empty(1, k, dtype=torch.int32, device=dev)
+        weights = torch.empty(k, dtype=torch.float32, device=dev)
+        hidden = torch.empty(k, cfg.n_ff_expert, dtype=torch.float32, device=dev)
+        table = self.experts_table.table[il]
+        k_pad = triton.next_power_of_2(k)
+        moe_gate_up_kernel[(k, triton.cdiv(cfg.n_ff_expert, GATE_UP_ROWS // 2))](
+            logits, xn, table, ids, weights, hidden, cfg.n_expert, cfg.n_ff_expert,
+            row_stride=lw.gate_exps.row_bytes, K=cfg.n_embd, E_PAD=triton.next_power_of_2(cfg.n_expert),
+            TOP_K=k, K_PAD=k_pad, NORM_TOPK=cfg.norm_topk, R=GATE_UP_ROWS,
+            S=_superblocks(cfg.n_embd), num_warps=GEMV_WARPS, **_type_args(lw.gate_exps))
+        moe_down_kernel[(triton.cdiv(cfg.n_embd, DOWN_ROWS),)](
+            hidden, ids, weights, table, x, cfg.n_embd, row_stride=lw.down_exps.row_bytes,
+            K=cfg.n_ff_expert, TOP_K=k, K_PAD=k_pad, BN=DOWN_ROWS, S=_superblocks(cfg.n_ff_expert),
+            num_warps=GEMV_WARPS, **_type_args(lw.down_exps))
+        return h, ids
+
+    def head(self, h):
+        if h.shape[0] > 1:
+            return super().head(h)
+        return self._gemv(h[0], [self.w.output], norm=self.w.output_norm)[None]

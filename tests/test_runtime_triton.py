@@ -1,0 +1,207 @@
+"""The runtime's Triton kernels against plain torch, kernel by kernel.
+
+On a machine without a GPU they run in Triton's interpreter (TRITON_INTERPRET=1, set
+here before any kernel module is imported); on the GPU machine the same tests run
+compiled. Skipped where Triton is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+triton = pytest.importorskip("triton")
+
+from autotune.cache_runtime import triton_ops  # noqa: E402
+from autotune.cache_runtime.dequant import dequantize  # noqa: E402
+from autotune.cache_runtime.random_blocks import random_blocks  # noqa: E402
+from autotune.cache_runtime.routing import route  # noqa: E402
+from autotune.cache_runtime.torch_ops import rmsnorm  # noqa: E402
+from autotune.cache_runtime.triton_gemm import moe_blocks  # noqa: E402
+from autotune.cache_runtime.weights import QTensor  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+QTYPES = ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "F32", "F16", "BF16"]
+
+
+@pytest.fixture(autouse=True)
+def interpreter_friendly(monkeypatch: pytest.MonkeyPatch):
+    """On the CPU: one torch thread, and large tiles (the interpreter pays per program)."""
+    if DEVICE == "cpu":
+        for name, value in dict(GEMV_ROWS=64, GATE_UP_ROWS=64, DOWN_ROWS=16, ATTN_SPLITS=4).items():
+            monkeypatch.setattr(triton_ops, name, value)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _qtensor(qtype: str, rows: int, cols: int, rng: np.random.Generator, experts: int = 0) -> QTensor:
+    raw = torch.from_numpy(random_blocks(qtype, max(experts, 1) * rows, cols, rng))
+    if experts:
+        raw = raw.view(experts, rows, -1)
+    return QTensor(raw.to(DEVICE), qtype, cols)
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want.double()).abs().max() / want.double().abs().max())
+
+
+class _Stub(triton_ops.TritonOps):
+    """TritonOps' launch helpers without a model around them."""
+
+    def __init__(self, eps: float = 1e-6):
+        self.cfg = type("Cfg", (), {"rms_eps": eps})()
+        self._dense_tables = {}
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_gemv_with_norm_residual_and_stacked_weights(qtype: str) -> None:
+    rng = np.random.default_rng(0)
+    w0, w1 = _qtensor(qtype, 12, 768, rng), _qtensor(qtype, 7, 768, rng)
+    x, norm, resid = (torch.randn(n, device=DEVICE) for n in (768, 768, 19))
+    got = _Stub()._gemv(x, [w0, w1], norm=norm, resid=resid)
+    w = torch.cat([w0.dequantize(), w1.dequantize()])
+    want = w.double() @ rmsnorm(x, norm, 1e-6).double() + resid.double()
+    assert _rel(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0"])
+def test_qgemm_dense_matches_dequant_matmul(qtype: str) -> None:
+    rng = np.random.default_rng(1)
+    w = _qtensor(qtype, 40, 512, rng)
+    x = torch.randn(37, 512, device=DEVICE)
+    got = _Stub().linear(x, w)
+    assert _rel(got, x.double() @ w.dequantize().double().T) < 2e-3  # float16 operands
+
+
+def test_moe_blocks_cover_every_pair_once() -> None:
+    ids = torch.tensor([[3, 1], [1, 0], [3, 2], [1, 3]], device=DEVICE)
+    rows, groups = moe_blocks(ids, n_expert=5, bm=2)
+    rows, groups = rows.view(-1, 2).cpu(), groups.cpu()
+    flat = ids.reshape(-1).cpu()
+    seen = rows[rows >= 0]
+    assert sorted(seen.tolist()) == list(range(8))
+    for block, group in zip(rows, groups):
+        members = block[block >= 0]
+        if group < 0:
+            assert len(members) == 0
+        else:
+            assert (flat[members.long()] == group).all()
+
+
+class _MoeStub(_Stub):
+    def __init__(self, gate: QTensor, up: QTensor, down: QTensor, top_k: int):
+        super().__init__()
+        n_expert, n_ff, n_embd = gate.data.shape[0], gate.rows, down.rows
+        self.cfg = type("Cfg", (), dict(rms_eps=1e-6, n_expert=n_expert, n_expert_used=top_k,
+                                        n_ff_expert=n_ff, n_embd=n_embd, norm_topk=True))()
+        layer = type("Layer", (), dict(gate_exps=gate, up_exps=up, down_exps=down))()
+        self.w = type("W", (), dict(layers=[layer]))()
+        self.experts_table = triton_ops.ExpertTable([layer], torch.device(DEVICE))
+
+
+def _expert_reference(x, weights, ids, gate, up, down):
+    out = torch.zeros(x.shape[0], down.rows, dtype=torch.float64)
+    for t in range(x.shape[0]):
+        for w, e in zip(weights[t].tolist(), ids[t].tolist()):
+            g = gate[e].dequantize().double() @ x[t].double()
+            u = up[e].dequantize().double() @ x[t].double()
+            out[t] += w * (down[e].dequantize().double() @ (torch.nn.functional.silu(g) * u))
+    return out
+
+
+def _moe_weights(rng):
+    gate = _qtensor("Q4_K", 256, 512, rng, experts=8)
+    up = _qtensor("Q4_K", 256, 512, rng, experts=8)
+    down = _qtensor("Q6_K", 512, 256, rng, experts=8)
+    return gate, up, down
+
+
+def test_moe_decode_kernels_route_and_sum_like_torch() -> None:
+    rng = np.random.default_rng(2)
+    gate, up, down = _moe_weights(rng)
+    ops = _MoeStub(gate, up, down, top_k=3)
+    router = _qtensor("F32", 8, 512, rng)
+    ffn_norm = torch.rand(512, device=DEVICE) + 0.5
+    layer = ops.w.layers[0]
+    layer.router, layer.ffn_norm = router, ffn_norm
+    h = torch.randn(1, 512, device=DEVICE)
+    x = rmsnorm(h, ffn_norm, 1e-6)
+    weights, ids = route(x @ router.dequantize().T, 3, True)
+    want = h[0].double().cpu() + _expert_reference(x.cpu(), weights.cpu(), ids.cpu(), gate.to("cpu"),
+                                                   up.to("cpu"), down.to("cpu"))[0]
+    got, got_ids = ops.moe(h.clone(), 0)
+    assert sorted(got_ids[0].tolist()) == sorted(ids[0].tolist())
+    assert _rel(got[0].cpu(), want) < 1e-5
+
+
+def test_qgemm_experts_match_torch() -> None:
+    rng = np.random.default_rng(3)
+    gate, up, down = _moe_weights(rng)
+    ops = _MoeStub(gate, up, down, top_k=2)
+    x = torch.randn(9, 512, device=DEVICE)
+    ids = torch.from_numpy(rng.integers(0, 8, (9, 2))).to(DEVICE)
+    ids[:, 1] = (ids[:, 0] + 1 + ids[:, 1] % 7) % 8  # two different experts per token
+    weights = torch.rand(9, 2, device=DEVICE)
+    got = ops.experts(x, weights, ids, 0)
+    want = _expert_reference(x.cpu(), weights.cpu(), ids.cpu(), gate.to("cpu"), up.to("cpu"), down.to("cpu"))
+    assert _rel(got.cpu(), want) < 3e-3  # float16 operands
+
+
+@pytest.mark.parametrize("neox", [True, False])
+def test_decode_attention_matches_torch(neox: bool) -> None:
+    from autotune.cache_runtime.config import ModelConfig
+    from autotune.cache_runtime.kv_cache import KVCache
+    from autotune.cache_runtime.rope import RopeTable
+    from autotune.cache_runtime.torch_ops import TorchOps
+
+    cfg = ModelConfig(arch="qwen3moe", n_layers=1, n_embd=64, n_head=4, n_head_kv=2, head_dim=32,
+                      n_vocab=0, n_expert=0, n_expert_used=0, n_ff_expert=0, context_length=128,
+                      rms_eps=1e-6, rope_base=10000.0, rope_neox=neox, norm_topk=True, qk_norm=True)
+    layer = type("Layer", (), dict(q_norm=torch.rand(32, device=DEVICE) + 0.5,
+                                   k_norm=torch.rand(32, device=DEVICE) + 0.5))()
+    weights = type("W", (), dict(config=cfg, layers=[layer]))()
+    results = []
+    for ops_class in (TorchOps, _AttentionOps):
+        torch.manual_seed(4)
+        cache = KVCache(cfg, 96, torch.device(DEVICE), torch.float16)
+        rope = RopeTable(cfg, 96, torch.device(DEVICE))
+        ops = ops_class(weights, cache, rope)
+        history = 70
+        k = torch.randn(history, 2, 32, device=DEVICE)
+        v = torch.randn(history, 2, 32, device=DEVICE)
+        cache.store(0, 0, rope.apply(k, 0), v)
+        cache.pos.fill_(history)
+        q, k1, v1 = (torch.randn(1, n, device=DEVICE) for n in (128, 64, 64))
+        rotated = ops.rope_store(q, k1, v1, 0, history)
+        results.append((rotated, ops.attend(rotated, 0, history), cache.k.clone(), cache.v.clone()))
+    for want, got in zip(results[0], results[1]):
+        assert _rel(got.float(), want.float()) < 2e-3
+
+
+class _AttentionOps(triton_ops.TritonOps):
+    def __init__(self, weights, cache, rope):
+        triton_ops.TorchOps.__init__(self, weights, cache, rope)
+
+
+@pytest.mark.slow
+def test_engine_on_triton_kernels_matches_reference(tiny_model) -> None:
+    """Prefill (qgemm) and decode (fused GEMV kernels) of the whole tiny model."""
+    from autotune.cache_runtime.engine import Engine
+    from autotune.cache_runtime.reference import reference_logits
+
+    prompt = [5, 17, 300, 42, 7, 999]
+    ref_logits, ref_ids = reference_logits(tiny_model, prompt)
+    engine = Engine(tiny_model, device=DEVICE, kernels="triton", max_ctx=64, use_graph=False)
+    engine.trace.enabled = True
+    first = engine.prefill(prompt[:5])
+    second = engine.decode(prompt[5])
+    assert _rel(first.cpu(), ref_logits[4]) < 3e-3
+    assert _rel(second.cpu(), ref_logits[5]) < 3e-3
+    np.testing.assert_array_equal(np.sort(engine.trace.ids(), -1), np.sort(ref_ids.numpy(), -1))
