@@ -122,7 +122,7 @@ def _ok(record: dict[str, Any], ready: dict[str, Any], peak: int | None) -> Tria
     return TrialResult(
         Outcome.OK,
         peak_vram_bytes=peak,
-        load_seconds=float(info.get("load_seconds", ready.get("seconds", 0.0))),
+        load_seconds=float(value.get("load_seconds", info.get("load_seconds", ready.get("seconds", 0.0)))),
         wall_seconds=float(record["seconds"]),
         extra={**info.get("extra", {}), **value.get("extra", {})},
         **measured,

@@ -2,7 +2,8 @@
 
 JOB is a JSON file ``{"target": "package.module[:object]", "common": {...}, "items": [...]}``.
 The target offers ``setup(common) -> (state, info)`` (load what all items share, e.g. a
-model) and ``run(state, item) -> dict`` (measure one item). Each step appends one JSON line
+model) and ``run(state, item) -> dict`` (measure one item: ``decode_tps`` and
+``prefill_tps`` sample lists, ``extra``, and ``load_seconds`` where an item loads its own). Each step appends one JSON line
 to RESULTS as soon as it is done, so the parent (``autotune.backends.isolation``) keeps
 what finished even when a later item crashes or hangs:
 

@@ -1,0 +1,144 @@
+"""The ``llama_cpp`` backend: llama.cpp through llama-cpp-python, every trial in a child process.
+
+Knobs and config: ``llama_config``; measurement (child side): ``llama_cpp_trial``; memory
+model: ``llama_memory``; launch commands: ``commands``. This module never imports llama_cpp.
+Configs that share what llama.cpp fixes at load time (``llama_config.LOAD_KEYS``) can be
+measured by one child that loads the model once: ``run_trials``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autotune.backends.base import Config, ConfigError, TrialResult, Workload
+from autotune.backends.commands import format_command, parse_command
+from autotune.backends.isolation import run_isolated
+from autotune.backends.llama_config import KV_TYPES, cpu_expert_patterns, load_params, normalize
+from autotune.backends.llama_memory import estimate_vram
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autotune.hardware import HardwareProfile
+    from autotune.model import ModelProfile
+
+BATCH_SIZES = [512, 1024, 2048, 4096]
+UBATCH_SIZES = [128, 256, 512, 1024, 2048]
+
+
+class LlamaCppBackend:
+    name = "llama_cpp"
+    trial_target = "autotune.backends.llama_cpp_trial"
+    default_format = "llama-server"
+
+    def __init__(self, gpu_index: int = 0):
+        self.gpu_index = gpu_index
+
+    def available(self) -> str | None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            return "llama-cpp-python is not installed (pip install 'llama-cpp-python==0.3.36')"
+        return None
+
+    def supports(self, model: ModelProfile) -> str | None:
+        return None  # whatever llama.cpp loads; on a dense model n_cpu_moe has no effect
+
+    # -- the search space --------------------------------------------------------
+
+    def suggest(
+        self, trial: optuna.Trial, model: ModelProfile, hw: HardwareProfile, workload: Workload | None = None
+    ) -> Config:
+        """Every knob but explicit per-layer placement: with llama.cpp's layer-by-layer
+        execution the number of layers whose experts stay on the CPU is what matters."""
+        n_layers, cores = model.n_layers, max(1, hw.logical_cores)
+        flash_attn = trial.suggest_categorical("flash_attn", [True, False])
+        n_batch = trial.suggest_categorical("n_batch", BATCH_SIZES)
+        config = {
+            "n_gpu_layers": trial.suggest_int("n_gpu_layers", n_layers // 2, n_layers + 1),
+            "n_cpu_moe": trial.suggest_int("n_cpu_moe", 0, n_layers) if model.is_moe else 0,
+            "flash_attn": flash_attn,
+            "n_batch": n_batch,
+            "n_ubatch": min(n_batch, trial.suggest_categorical("n_ubatch", UBATCH_SIZES)),
+            "type_k": trial.suggest_categorical("type_k", list(KV_TYPES)),
+            "type_v": trial.suggest_categorical("type_v", list(KV_TYPES)) if flash_attn else "f16",
+            "n_threads": trial.suggest_int("n_threads", 1, cores),
+            "n_threads_batch": trial.suggest_int("n_threads_batch", 1, cores),
+            "op_offload": trial.suggest_categorical("op_offload", [True, False]),
+            "use_mmap": trial.suggest_categorical("use_mmap", [True, False]),
+        }
+        if workload is not None:
+            config["n_ctx"] = workload.n_ctx
+        return normalize(config)
+
+    def baselines(
+        self, model: ModelProfile, hw: HardwareProfile, vram_cap: int, workload: Workload | None = None
+    ) -> list[Config]:
+        """All experts on the CPU; the fewest first layers' experts on the CPU that fit the cap
+        (the largest split a --n-cpu-moe user would find); llama.cpp's defaults, all on the GPU."""
+        workload = workload or Workload()
+        common = {"n_gpu_layers": model.n_layers + 1, "n_threads": hw.physical_cores,
+                  "n_threads_batch": hw.physical_cores, "n_ctx": workload.n_ctx}
+        configs = []
+        if model.is_moe:
+            configs.append({**common, "n_cpu_moe": model.n_layers})
+            fits = [n for n in range(model.n_layers + 1)
+                    if self.predict_vram({**common, "n_cpu_moe": n}, model, workload) <= vram_cap]
+            if fits:
+                configs.append({**common, "n_cpu_moe": fits[0]})
+        configs.append(common)
+        unique = {json.dumps(normalize(c), sort_keys=True): normalize(c) for c in configs}
+        return list(unique.values())
+
+    def predict_vram(self, config: Config, model: ModelProfile, workload: Workload) -> int:
+        return estimate_vram(normalize({"n_ctx": workload.n_ctx, **config}), model).total
+
+    # -- measuring ---------------------------------------------------------------
+
+    def _trial_config(self, config: Config, workload: Workload) -> Config:
+        config = normalize({"n_ctx": workload.n_ctx, **config})
+        if config["n_ctx"] < workload.n_prompt + workload.n_gen:
+            raise ConfigError(f"n_ctx {config['n_ctx']} is smaller than the {workload.n_prompt} prompt "
+                              f"+ {workload.n_gen} generated tokens measured")
+        return config
+
+    def _job(self, config: Config, model_path: Path) -> dict[str, Any]:
+        """What the child's setup needs: the load-time part of the config."""
+        return {"model_path": str(model_path), "n_gpu_layers": config["n_gpu_layers"],
+                "use_mmap": config["use_mmap"], "cpu_patterns": cpu_expert_patterns(config)}
+
+    def _item(self, config: Config, model_path: Path, workload: Workload) -> dict[str, Any]:
+        return {"config": config, "workload": {"n_prompt": workload.n_prompt, "n_gen": workload.n_gen,
+                                               "repetitions": workload.repetitions}}
+
+    def run_trials(
+        self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float,
+        vram_cap: int | None = None,
+    ) -> list[TrialResult]:
+        """One result per config, in order. Configs with the same load-time knobs share a child
+        (one model load); ``deadline_s`` bounds the load and each config's measurement."""
+        normalized = [self._trial_config(config, workload) for config in configs]
+        groups: dict[str, list[int]] = {}
+        for index, config in enumerate(normalized):
+            groups.setdefault(json.dumps(load_params(config), sort_keys=True), []).append(index)
+        results: list[TrialResult | None] = [None] * len(configs)
+        for indexes in groups.values():
+            first = normalized[indexes[0]]
+            items = [self._item(normalized[i], model_path, workload) for i in indexes]
+            measured = run_isolated(self.trial_target, self._job(first, model_path), items, deadline_s,
+                                    vram_cap=vram_cap, gpu_index=self.gpu_index)
+            for index, result in zip(indexes, measured):
+                results[index] = result
+        return [result for result in results if result is not None]
+
+    def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
+        return self.run_trials([config], model_path, workload, deadline_s)[0]
+
+    # -- launching ---------------------------------------------------------------
+
+    def launch_command(self, config: Config, model_path: Path, fmt: str | None = None) -> str:
+        return format_command(config, model_path, fmt or self.default_format)
+
+    def parse_command(self, command: str) -> tuple[Config, Path]:
+        return parse_command(command)

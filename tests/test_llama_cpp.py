@@ -1,0 +1,137 @@
+"""The llama_cpp backend on the tiny synthetic model (CPU): trials, placement, space, memory model.
+
+llama_cpp is imported only in child processes here too, as in the tuner.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autotune.backends.base import Backend, Outcome, Workload
+from autotune.backends.commands import python_snippet
+from autotune.backends.llama_config import normalize
+from autotune.backends.llama_cpp import LlamaCppBackend
+from autotune.backends.llama_memory import CUDA_CONTEXT_BYTES, estimate_vram
+from autotune.hardware import HardwareProfile
+from autotune.model import inspect_model
+
+pytestmark = pytest.mark.skipif(LlamaCppBackend().available() is not None, reason="llama-cpp-python missing")
+
+WORKLOAD = Workload(n_prompt=32, n_gen=8, repetitions=2, n_ctx=256)
+ONE_THREAD = {"n_threads": 1, "n_threads_batch": 1}  # robust on a busy 2-core machine
+HW = HardwareProfile(cpu_model="test", physical_cores=2, logical_cores=4, ram_bytes=8 * 2**30)
+
+
+def expert_tensors(*layers: int) -> set[str]:
+    return {f"blk.{layer}.ffn_{part}_exps.weight" for layer in layers for part in ("gate", "up", "down")}
+
+
+def test_it_is_a_backend():
+    assert isinstance(LlamaCppBackend(), Backend)
+
+
+def test_an_ok_trial_has_figures_from_llama_cpp_counters(tiny_model: Path):
+    result = LlamaCppBackend().run_trial({"n_cpu_moe": 1, **ONE_THREAD}, tiny_model, WORKLOAD, deadline_s=120)
+    assert result.outcome is Outcome.OK, result.message
+    assert len(result.decode_tps.samples) == len(result.prefill_tps.samples) == 2
+    assert result.decode_tps.mean > 0 and result.prefill_tps.mean > 0
+    assert 0 < result.load_seconds < result.wall_seconds + result.load_seconds
+    assert result.extra["model_buffers_mib"] and result.extra["context_buffers_mib"]
+    assert result.peak_vram_bytes is None or result.peak_vram_bytes > 0
+
+
+def test_expert_placement_reaches_the_loader(tiny_model: Path):
+    """llama.cpp's loader logs every tensor an override moved; exactly the placed experts are."""
+    backend = LlamaCppBackend()
+    configs = [
+        {"n_cpu_moe": 1, "cpu_moe_layers": [3], **ONE_THREAD},
+        {"n_cpu_moe": 2, **ONE_THREAD},
+        {"n_cpu_moe": 1, "cpu_moe_layers": [3], "flash_attn": False, **ONE_THREAD},  # same child as the first
+    ]
+    results = backend.run_trials(configs, tiny_model, WORKLOAD, deadline_s=120)
+    assert [r.outcome for r in results] == [Outcome.OK] * 3, [r.message for r in results]
+    assert set(results[0].extra["cpu_overrides"]) == expert_tensors(0, 3)
+    assert set(results[1].extra["cpu_overrides"]) == expert_tensors(0, 1)
+    assert results[2].extra["cpu_overrides"] == results[0].extra["cpu_overrides"]
+    assert all(buft.startswith("CPU") for buft in results[0].extra["cpu_overrides"].values())
+    (none,) = backend.run_trials([ONE_THREAD], tiny_model, WORKLOAD, deadline_s=120)
+    assert none.extra["cpu_overrides"] == {}
+
+
+def test_the_override_array_is_what_llama_h_expects():
+    code = """
+import ctypes
+from autotune.backends.llama_python import BuftOverride, buft_overrides, cpu_buffer_type
+import llama_cpp._ggml as g
+g.libggml.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
+buft = cpu_buffer_type()
+assert buft == g.libggml.ggml_backend_cpu_buffer_type(), "not llama.cpp's CPU buffer type"
+array = buft_overrides(["blk\\\\.0\\\\.x", "blk\\\\.(1|2)\\\\.y"], buft)
+assert ctypes.sizeof(BuftOverride) == 16 and len(array) == 3
+assert [e.pattern for e in array] == [b"blk\\\\.0\\\\.x", b"blk\\\\.(1|2)\\\\.y", None]
+assert [e.buft for e in array] == [buft, buft, None]
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_the_python_snippet_loads_with_its_placement(tiny_model: Path, tmp_path: Path):
+    snippet = python_snippet({"n_cpu_moe": 1, "cpu_moe_layers": [2], "n_ctx": 256, **ONE_THREAD}, tiny_model)
+    script = tmp_path / "snippet.py"
+    script.write_text(snippet + "print('loaded', llm.n_ctx())\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded 256" in done.stdout
+    moved = {line.split()[1] for line in done.stderr.splitlines() if "buffer type overridden" in line}
+    assert moved == expert_tensors(0, 2)
+
+
+def test_a_forced_timeout_and_a_failed_load_are_recorded(tiny_model: Path, tmp_path: Path):
+    backend = LlamaCppBackend()
+    (late,) = backend.run_trials([ONE_THREAD], tiny_model, WORKLOAD, deadline_s=0.01)
+    assert late.outcome is Outcome.TIMEOUT and late.message.startswith("setup:")
+    not_gguf = tmp_path / "not.gguf"
+    not_gguf.write_bytes(b"GGUF" + b"\0" * 64)
+    broken = backend.run_trial(ONE_THREAD, not_gguf, WORKLOAD, deadline_s=120)
+    assert broken.outcome is Outcome.CRASH
+    assert broken.message.splitlines()[-1] == "setup: RuntimeError: llama.cpp could not load the model (its log is above)"
+
+
+def test_suggest_samples_valid_configs_and_replays_enqueued_baselines(tiny_model: Path):
+    model, backend = inspect_model(tiny_model), LlamaCppBackend()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for baseline in backend.baselines(model, HW, 2**30, WORKLOAD):
+        study.enqueue_trial(baseline)
+        assert backend.suggest(study.ask(), model, HW, WORKLOAD) == baseline
+    for _ in range(50):
+        config = backend.suggest(study.ask(), model, HW, WORKLOAD)
+        assert config == normalize(config) and config["n_ctx"] == WORKLOAD.n_ctx
+
+
+def test_baselines_all_on_cpu_largest_split_that_fits_and_defaults(tiny_model: Path):
+    model, backend = inspect_model(tiny_model), LlamaCppBackend()
+    predicted = [backend.predict_vram({"n_cpu_moe": n}, model, WORKLOAD) for n in range(model.n_layers + 1)]
+    cap = (predicted[1] + predicted[2]) // 2  # fits with the experts of 2 layers on the CPU, not 1
+    configs = backend.baselines(model, HW, cap, WORKLOAD)
+    assert [c["n_cpu_moe"] for c in configs] == [model.n_layers, 2, 0]
+    assert all(c["n_gpu_layers"] == model.n_layers + 1 and c["n_threads"] == HW.physical_cores for c in configs)
+
+
+def test_memory_model_terms(tiny_model: Path):
+    model = inspect_model(tiny_model)
+    all_gpu = estimate_vram(normalize({"n_ctx": 1000}), model)
+    assert all_gpu.cuda_context == CUDA_CONTEXT_BYTES
+    assert all_gpu.weights == model.tensor_data_bytes - model.token_embd_bytes  # embeddings stay on the CPU
+    assert all_gpu.kv_cache == 1024 * model.kv_bytes_per_token()  # n_ctx padded to 256
+    experts_on_cpu = estimate_vram(normalize({"n_ctx": 1000, "n_cpu_moe": model.n_layers}), model)
+    assert all_gpu.weights - experts_on_cpu.weights == model.experts_bytes
+    assert experts_on_cpu.compute - all_gpu.compute == model.layers[0].experts  # op_offload copies one layer
+    half = estimate_vram(normalize({"n_ctx": 1000, "n_gpu_layers": 3}), model)  # output + the last 2 layers
+    assert half.weights == model.output_bytes + model.layers[2].total + model.layers[3].total
+    assert half.kv_cache == all_gpu.kv_cache // 2
+    no_fa = estimate_vram(normalize({"n_ctx": 1000, "flash_attn": False}), model)
+    assert no_fa.compute - all_gpu.compute == 1024 * 512 * model.n_head * 4
