@@ -9,7 +9,7 @@ every item gets its own result:
 - ``ok``: the item reported its figures; ``over_cap`` when its peak VRAM exceeds the cap;
 - ``oom``: the child failed and its output names an out-of-memory condition;
 - ``crash``: it raised, exited non-zero, or died by a signal (named in the message);
-- ``timeout``: setup or an item did not finish within ``deadline_s``.
+- ``timeout``: setup or an item did not finish within ``deadline_s`` (checked every 50 ms).
 
 A failure in setup is every item's result. A failure in item k is item k's result, and the
 items after it run again in a fresh child. A failed result's message ends with the child's

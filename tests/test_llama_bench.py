@@ -1,0 +1,63 @@
+"""The llama_bench backend with the real llama-bench binary on the tiny synthetic model (CPU).
+
+.ci/build-llama-bench.sh builds llama-bench from the llama.cpp that llama-cpp-python vendors.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from autotune.backends.base import Outcome, Workload
+from autotune.backends.commands import bench_argv
+from autotune.backends.llama_bench import LlamaBenchBackend, find_llama_bench
+
+pytestmark = pytest.mark.skipif(
+    find_llama_bench() is None, reason="no llama-bench binary (build one with .ci/build-llama-bench.sh DIR)"
+)
+
+WORKLOAD = Workload(n_prompt=32, n_gen=8, repetitions=2, n_ctx=256)
+
+
+def test_an_ok_trial_reads_llama_bench_samples(tiny_model: Path):
+    config = {"n_cpu_moe": 1, "n_threads": 1, "n_threads_batch": 2}
+    result = LlamaBenchBackend().run_trial(config, tiny_model, WORKLOAD, deadline_s=120)
+    assert result.outcome is Outcome.OK, result.message
+    assert len(result.decode_tps.samples) == len(result.prefill_tps.samples) == 2
+    rows = result.extra["llama_bench_rows"]
+    assert [(r["n_prompt"], r["n_gen"], r["n_threads"]) for r in rows] == [(32, 0, 2), (0, 8, 1)]
+    assert result.decode_tps.mean == pytest.approx(rows[1]["avg_ts"], rel=1e-3)
+    assert result.load_seconds >= 0
+
+
+def test_llama_bench_takes_every_knob_as_given(tiny_model: Path):
+    config = {"n_gpu_layers": 3, "n_cpu_moe": 1, "cpu_moe_layers": [3], "flash_attn": True, "n_batch": 64,
+              "n_ubatch": 32, "type_k": "q8_0", "type_v": "q4_0", "n_threads": 1, "op_offload": False,
+              "use_mmap": False}
+    argv = bench_argv(config, tiny_model, Workload(n_prompt=0, n_gen=4, repetitions=1), find_llama_bench())
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
+    (row,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert (row["n_gpu_layers"], row["n_cpu_moe"], row["n_batch"], row["n_ubatch"]) == (3, 1, 64, 32)
+    assert (row["type_k"], row["type_v"], row["flash_attn"], row["n_threads"]) == ("q8_0", "q4_0", 1, 1)
+    assert (row["no_op_offload"], row["load_mode"]) == (1, "none")
+    assert row["tensor_buft_overrides"] == r"blk\.3\.ffn_(up|down|gate|gate_up)_(ch|)exps=CPU"
+
+
+def test_failures_are_recorded(tiny_model: Path, tmp_path: Path):
+    backend = LlamaBenchBackend()
+    broken = tmp_path / "broken model.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    result = backend.run_trial({"n_threads": 1}, broken, WORKLOAD, deadline_s=120)
+    assert result.outcome is Outcome.CRASH
+    assert result.message.splitlines()[-1] == "item 1 of 1: RuntimeError: llama-bench exited with status 1"
+    long = Workload(n_prompt=0, n_gen=3000, repetitions=5, n_ctx=4096)  # seconds of decoding
+    (late,) = backend.run_trials([{"n_threads": 1}], tiny_model, long, deadline_s=0.5)
+    assert late.outcome is Outcome.TIMEOUT and late.message.splitlines()[-1].startswith("item 1 of 1: no result")
+
+
+def test_a_missing_binary_makes_the_backend_unavailable(tmp_path: Path):
+    assert "no llama-bench executable" in LlamaBenchBackend(str(tmp_path / "llama-bench")).available()
+    assert LlamaBenchBackend().available() is None
