@@ -54,8 +54,9 @@ def configs(draw: st.DrawFn) -> dict:
         "n_threads_batch": draw(st.integers(1, 256)),
         "op_offload": draw(st.booleans()),
         "use_mmap": draw(st.booleans()),
-        "n_ctx": draw(st.integers(1, 1 << 20)),
     }
+    if draw(st.booleans()):
+        config["n_ctx"] = draw(st.integers(1, 1 << 20))
     layers = draw(st.lists(st.integers(0, 127), max_size=20))
     if layers:
         config["cpu_moe_layers"] = layers

@@ -38,9 +38,11 @@ def server_argv(config: Config, model_path: Path | str, binary: str = "llama-ser
         argv += ["--n-cpu-moe", str(c["n_cpu_moe"])]
     if c.get("cpu_moe_layers"):
         argv += ["-ot", layers_regex(c["cpu_moe_layers"]) + "=CPU"]
-    argv += ["-fa", "on" if c["flash_attn"] else "off", "-c", str(c["n_ctx"]), "-b", str(c["n_batch"]),
-             "-ub", str(c["n_ubatch"]), "-ctk", c["type_k"], "-ctv", c["type_v"], "-t", str(c["n_threads"]),
-             "-tb", str(c["n_threads_batch"]), "-lm", "mmap" if c["use_mmap"] else "none"]
+    argv += ["-fa", "on" if c["flash_attn"] else "off"]
+    if "n_ctx" in c:
+        argv += ["-c", str(c["n_ctx"])]
+    argv += ["-b", str(c["n_batch"]), "-ub", str(c["n_ubatch"]), "-ctk", c["type_k"], "-ctv", c["type_v"],
+             "-t", str(c["n_threads"]), "-tb", str(c["n_threads_batch"]), "-lm", "mmap" if c["use_mmap"] else "none"]
     if not c["op_offload"]:
         argv.append("--no-op-offload")
     return argv
@@ -70,10 +72,10 @@ def bench_argv(
 
 def python_snippet(config: Config, model_path: Path | str) -> str:
     c = normalize(config)
-    values = {key: repr(c[key]) for key in PYTHON_KWARGS}
+    values = {key: repr(c[key]) for key in PYTHON_KWARGS if key in c}
     for key in ("type_k", "type_v"):
         values[key] = f"llama_cpp.{KV_TYPE_CONSTANTS[c[key]]}"
-    kwargs = [f"model_path={str(model_path)!r}"] + [f"{key}={values[key]}" for key in PYTHON_KWARGS]
+    kwargs = [f"model_path={str(model_path)!r}"] + [f"{key}={value}" for key, value in values.items()]
     if not (c["n_cpu_moe"] or c.get("cpu_moe_layers")):
         body = "llm = llama_cpp.Llama(\n" + "".join(f"    {kw},\n" for kw in kwargs) + ")\n"
         return "import llama_cpp\n\n" + body

@@ -1,7 +1,8 @@
 """The llama.cpp backends' config: knob names, defaults, validation and expert placement.
 
 A config is a flat dict (what Optuna samples and the database stores). After ``normalize``
-every key below is present, except ``cpu_moe_layers``, present only when not empty:
+every key below is present, except ``cpu_moe_layers`` (present only when not empty) and
+``n_ctx`` (absent: the workload's context in a trial, llama.cpp's default in a command):
 
 - ``n_gpu_layers``: layers in VRAM as llama.cpp's ``-ngl`` counts them (the output layer is
   the first one offloaded; ``n_layers + 1`` or more means all)
@@ -39,7 +40,6 @@ DEFAULTS: Config = {
     "type_v": "f16",
     "op_offload": True,
     "use_mmap": True,
-    "n_ctx": 4096,
 }
 
 
@@ -92,7 +92,8 @@ def normalize(config: Config) -> Config:
     out.setdefault("n_threads", default_threads())
     out.setdefault("n_threads_batch", out["n_threads"])
     for key in INT_KEYS:
-        out[key] = _check_int(key, out[key], 0 if key in ("n_gpu_layers", "n_cpu_moe") else 1)
+        if key in out:
+            out[key] = _check_int(key, out[key], 0 if key in ("n_gpu_layers", "n_cpu_moe") else 1)
     for key in BOOL_KEYS:
         if not isinstance(out[key], bool):
             raise ConfigError(f"{key} must be true or false, not {out[key]!r}")

@@ -51,7 +51,8 @@ class LlamaCppBackend:
         self, trial: optuna.Trial, model: ModelProfile, hw: HardwareProfile, workload: Workload | None = None
     ) -> Config:
         """Every knob but explicit per-layer placement: with llama.cpp's layer-by-layer
-        execution the number of layers whose experts stay on the CPU is what matters."""
+        execution the number of layers whose experts stay on the CPU is what matters.
+        With a workload the config carries its n_ctx, so exported commands serve that context."""
         n_layers, cores = model.n_layers, max(1, hw.logical_cores)
         flash_attn = trial.suggest_categorical("flash_attn", [True, False])
         n_batch = trial.suggest_categorical("n_batch", BATCH_SIZES)
@@ -77,14 +78,15 @@ class LlamaCppBackend:
     ) -> list[Config]:
         """All experts on the CPU; the fewest first layers' experts on the CPU that fit the cap
         (the largest split a --n-cpu-moe user would find); llama.cpp's defaults, all on the GPU."""
-        workload = workload or Workload()
         common = {"n_gpu_layers": model.n_layers + 1, "n_threads": hw.physical_cores,
-                  "n_threads_batch": hw.physical_cores, "n_ctx": workload.n_ctx}
+                  "n_threads_batch": hw.physical_cores}
+        if workload is not None:
+            common["n_ctx"] = workload.n_ctx
         configs = []
         if model.is_moe:
             configs.append({**common, "n_cpu_moe": model.n_layers})
             fits = [n for n in range(model.n_layers + 1)
-                    if self.predict_vram({**common, "n_cpu_moe": n}, model, workload) <= vram_cap]
+                    if self.predict_vram({**common, "n_cpu_moe": n}, model, workload or Workload()) <= vram_cap]
             if fits:
                 configs.append({**common, "n_cpu_moe": fits[0]})
         configs.append(common)
