@@ -43,6 +43,12 @@ def _f16(raw: torch.Tensor) -> torch.Tensor:
     return raw.contiguous().view(torch.float16).float()
 
 
+def _steps(stop: int, step: int, device: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
+    """Shift amounts 0, step, ... < stop as uint8, built on the device (no host copy, so this
+    also runs inside CUDA graph capture)."""
+    return torch.arange(0, stop, step, dtype=torch.uint8, device=device).reshape(shape)
+
+
 def _k_scale_min(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Unpack the 12-byte K-quant field into 8 six-bit scales and 8 mins per block."""
     s = scales.reshape(-1, 3, 4)
@@ -59,8 +65,7 @@ def _q4_k(blocks: torch.Tensor) -> torch.Tensor:
     d = (d * sc.float()).reshape(n, 8, 1)
     dm = (dmin * mn.float()).reshape(n, 8, 1)
     qs = blocks[:, 16:144].reshape(n, 4, 1, 32)
-    shifts = torch.tensor([0, 4], dtype=torch.uint8, device=blocks.device).reshape(1, 1, 2, 1)
-    q = ((qs >> shifts) & 0x0F).reshape(n, 8, 32).float()
+    q = ((qs >> _steps(8, 4, blocks.device, (1, 1, 2, 1))) & 0x0F).reshape(n, 8, 32).float()
     return (d * q - dm).reshape(n, QK_K)
 
 
@@ -73,8 +78,8 @@ def _q5_k(blocks: torch.Tensor) -> torch.Tensor:
     qh = blocks[:, 16:48].reshape(n, 1, 32)
     qs = blocks[:, 48:176].reshape(n, 4, 1, 32)
     dev = blocks.device
-    low = ((qs >> torch.tensor([0, 4], dtype=torch.uint8, device=dev).reshape(1, 1, 2, 1)) & 0x0F)
-    high = (qh >> torch.arange(8, dtype=torch.uint8, device=dev).reshape(1, 8, 1)) & 0x01
+    low = (qs >> _steps(8, 4, dev, (1, 1, 2, 1))) & 0x0F
+    high = (qh >> _steps(8, 1, dev, (1, 8, 1))) & 0x01
     q = (low.reshape(n, 8, 32) | (high << 4)).float()
     return (d * q - dm).reshape(n, QK_K)
 
@@ -86,8 +91,8 @@ def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
     qh = blocks[:, 128:192].reshape(n, 2, 1, 32)
     scales = blocks[:, 192:208].contiguous().view(torch.int8).float()
     d = (_f16(blocks[:, 208:210]) * scales).reshape(n, 16, 1)
-    low = (ql >> torch.tensor([0, 4], dtype=torch.uint8, device=dev).reshape(1, 1, 2, 1)) & 0x0F
-    high = (qh >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=dev).reshape(1, 1, 4, 1)) & 0x03
+    low = (ql >> _steps(8, 4, dev, (1, 1, 2, 1))) & 0x0F
+    high = (qh >> _steps(8, 2, dev, (1, 1, 4, 1))) & 0x03
     q = (low.reshape(n, 8, 32) | (high.reshape(n, 8, 32) << 4)).view(torch.int8) - 32
     return (d * q.reshape(n, 16, 16).float()).reshape(n, QK_K)
 
