@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 import time
+import types
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 from autotune.backends.base import Outcome
 from autotune.backends.isolation import mentions_oom, run_isolated
+from autotune.backends.vram import VramSampler
 
 TARGET = "test_isolation:Probe"  # the child imports this module: tests/ is on its path
 
@@ -144,3 +147,53 @@ def test_oom_patterns():
     assert mentions_oom("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
     assert not mentions_oom("warning: failed to allocate 512.00 MiB of pinned memory: out of memory")
     assert not mentions_oom("Segmentation fault")
+
+
+class FakeNvml(types.ModuleType):
+    """Just enough of pynvml: a device whose used memory and process list the test sets."""
+
+    NVMLError = type("NVMLError", (Exception,), {})
+
+    def __init__(self, used: int, processes: list[SimpleNamespace]):
+        super().__init__("pynvml")
+        self.used, self.processes = used, processes
+        self.nvmlInit = self.nvmlShutdown = lambda: None
+        self.nvmlDeviceGetHandleByIndex = lambda index: "gpu"
+        self.nvmlDeviceGetMemoryInfo = lambda handle: SimpleNamespace(used=self.used)
+        self.nvmlDeviceGetComputeRunningProcesses = lambda handle: self.processes
+
+
+def test_sampler_sums_the_process_groups_own_figures(monkeypatch):
+    gib = 2**30
+    mine = SimpleNamespace(pid=os.getpid(), usedGpuMemory=3 * gib)
+    nvml = FakeNvml(used=70 * gib, processes=[mine, SimpleNamespace(pid=1, usedGpuMemory=50 * gib)])
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    with VramSampler(interval_s=0.01) as sampler:
+        sampler.watch(os.getpgid(0))
+        assert sampler.mark() == 3 * gib
+        mine.usedGpuMemory = 5 * gib
+        time.sleep(0.05)
+        mine.usedGpuMemory = 4 * gib
+        assert sampler.mark() == 5 * gib  # the peak since the last mark
+        assert sampler.mark() == 4 * gib
+        assert sampler.peak == 5 * gib
+
+
+def test_sampler_falls_back_to_device_used_less_baseline(monkeypatch):
+    gib = 2**30
+    nvml = FakeNvml(used=10 * gib, processes=[])  # no per-process figures (e.g. another PID namespace)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    with VramSampler(interval_s=0.01) as sampler:
+        sampler.watch(os.getpgid(0))
+        nvml.used = 12 * gib
+        time.sleep(0.05)
+        assert sampler.mark() == 2 * gib
+
+
+def test_sampler_without_a_gpu_reports_none(monkeypatch):
+    broken = FakeNvml(used=0, processes=[])
+    broken.nvmlInit = lambda: (_ for _ in ()).throw(broken.NVMLError("no driver"))
+    monkeypatch.setitem(sys.modules, "pynvml", broken)
+    with VramSampler() as sampler:
+        sampler.watch(os.getpgid(0))
+        assert sampler.mark() is None and sampler.peak is None

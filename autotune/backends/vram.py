@@ -55,10 +55,6 @@ class VramSampler:
         self._thread = threading.Thread(target=self._run, name="vram-sampler", daemon=True)
         self._thread.start()
 
-    @property
-    def available(self) -> bool:
-        return self._nvml is not None
-
     def mark(self) -> int | None:
         """Peak since the previous mark (or since ``watch``); the next period starts now."""
         if self._nvml is None:

@@ -23,6 +23,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+# Between items: the parent starts the next item's VRAM peak when it sees a result line
+# (it polls every 50 ms), so the next item must not allocate before that.
+ITEM_GAP_S = 0.15
+
 
 def _target(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
@@ -43,7 +47,9 @@ def main(job_path: str, results_path: str) -> int:
             started = time.perf_counter()
             state, info = target.setup(job["common"])
             emit({"kind": "ready", "info": info, "seconds": time.perf_counter() - started})
-            for item in job["items"]:
+            for index, item in enumerate(job["items"]):
+                if index:
+                    time.sleep(ITEM_GAP_S)
                 started = time.perf_counter()
                 value = target.run(state, item)
                 emit({"kind": "item", "value": value, "seconds": time.perf_counter() - started})
