@@ -18,7 +18,7 @@ from autotune.backends.llama_config import normalize
 from autotune.backends.llama_cpp import LlamaCppBackend
 from autotune.backends.llama_memory import CUDA_CONTEXT_BYTES, estimate_vram
 from autotune.hardware import HardwareProfile
-from autotune.model import inspect_model
+from autotune.model import LayerBytes, ModelProfile, inspect_model
 
 pytestmark = pytest.mark.skipif(LlamaCppBackend().available() is not None, reason="llama-cpp-python missing")
 
@@ -135,3 +135,27 @@ def test_memory_model_terms(tiny_model: Path):
     assert half.kv_cache == all_gpu.kv_cache // 2
     no_fa = estimate_vram(normalize({"n_ctx": 1000, "flash_attn": False}), model)
     assert no_fa.compute - all_gpu.compute == 1024 * 512 * model.n_head * 4
+
+
+def qwen3_30b_shape() -> ModelProfile:
+    """The qwen3-30b-a3b synthetic preset's byte groups (Q4_K, with Q6_K for attn_v, ffn_down_exps, output)."""
+    q4k, q6k = (lambda n: n * 144 // 256), (lambda n: n * 210 // 256)
+    embd, ff, experts, q_dim = 2048, 768, 128, 4096
+    attention = q4k(embd * q_dim) + q4k(embd * 512) + q6k(embd * 512) + q4k(q_dim * embd) + 4 * (128 + 128 + embd)
+    layer = LayerBytes(attention=attention, router=4 * embd * experts,
+                       experts=experts * (2 * q4k(embd * ff) + q6k(ff * embd)), other=4 * embd)
+    return ModelProfile(
+        path="qwen3-30b-a3b.gguf", file_bytes=0, architecture="qwen3moe", name="qwen3-30b-a3b", n_layers=48,
+        n_embd=embd, n_head=32, n_head_kv=4, head_dim_k=128, head_dim_v=128, n_vocab=151936, context_length=40960,
+        n_expert=experts, n_expert_used=8, n_ff=0, n_ff_expert=ff, token_embd_bytes=q4k(151936 * embd),
+        output_bytes=q6k(151936 * embd) + 4 * embd, layers=[layer] * 48, quant_types={}, tensor_data_bytes=0,
+        fingerprint="qwen3-30b-a3b",
+    )
+
+
+@pytest.mark.parametrize("n_cpu_moe, measured_gib", [(0, 19.8), (12, 15.3), (18, 13.1), (24, 10.9), (36, 6.4), (48, 1.9)])
+def test_memory_model_is_near_the_reference_figures(n_cpu_moe: int, measured_gib: float):
+    """Peak VRAM of llama-bench -p 512 -n 128 -fa 1 on the H100 (shared ANCHORS.md), uncalibrated."""
+    config = normalize({"n_gpu_layers": 99, "n_cpu_moe": n_cpu_moe, "n_ctx": 640})
+    predicted_gib = estimate_vram(config, qwen3_30b_shape()).total / 2**30
+    assert predicted_gib == pytest.approx(measured_gib, rel=0.08)

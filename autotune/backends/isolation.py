@@ -53,12 +53,11 @@ def run_isolated(
     vram_cap: int | None = None,
     gpu_index: int = 0,
     sampler: Sampler = VramSampler,
-    env: dict[str, str] | None = None,
 ) -> list[TrialResult]:
     """One result per item, in order; never raises for what happens inside the child."""
     results: list[TrialResult] = []
     while len(results) < len(items):
-        results += _run_child(target, common, items[len(results) :], deadline_s, gpu_index, sampler, env)
+        results += _run_child(target, common, items[len(results) :], deadline_s, gpu_index, sampler)
     if vram_cap is not None:
         results = [_check_cap(result, vram_cap) for result in results]
     return results
@@ -77,11 +76,9 @@ def _check_cap(result: TrialResult, vram_cap: int) -> TrialResult:
     return replace(result, outcome=Outcome.OVER_CAP, message=message)
 
 
-def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)  # import what we import
-    env.update(extra or {})
-    return env
+def _child_env() -> dict[str, str]:
+    """The child imports what this process imports (tests/ included, under pytest)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
 
 
 class _Lines:
@@ -129,6 +126,13 @@ def _ok(record: dict[str, Any], ready: dict[str, Any], peak: int | None) -> Tria
     )
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _failure(
     timed_out: bool, deadline_s: float, stage: str, error: dict[str, Any] | None, returncode: int, tail: str
 ) -> TrialResult:
@@ -138,7 +142,7 @@ def _failure(
         if error is not None:
             how = error["error"]
         elif returncode < 0:
-            how = f"killed by {signal.Signals(-returncode).name}"
+            how = f"killed by {_signal_name(-returncode)}"
         elif returncode > 0:
             how = f"exited with status {returncode}"
         else:
@@ -155,7 +159,6 @@ def _run_child(
     deadline_s: float,
     gpu_index: int,
     sampler: Sampler,
-    env: dict[str, str] | None,
 ) -> list[TrialResult]:
     """Results of a prefix of ``items`` (at least one): all of them, or up to the one that failed."""
     with tempfile.TemporaryDirectory(prefix="autotune-trial-") as tmp:
@@ -174,7 +177,7 @@ def _run_child(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env=_child_env(env),
+                env=_child_env(),
             )
             try:
                 vram.watch(process.pid)

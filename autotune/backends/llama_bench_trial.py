@@ -13,6 +13,13 @@ import time
 from typing import Any
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def setup(common: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return common, {"load_seconds": 0.0, "extra": {"llama_bench": common["binary"]}}
 
@@ -32,7 +39,7 @@ def run(common: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
     wall = time.perf_counter() - started
     if done.returncode:
         code = done.returncode
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        how = f"killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
         raise RuntimeError(f"llama-bench {how}")
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     value: dict[str, Any] = {}
