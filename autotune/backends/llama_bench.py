@@ -3,9 +3,10 @@
 What most users already trust. The binary is the one given, else ``$AUTOTUNE_LLAMA_BENCH``,
 else ``llama-bench`` on PATH or next to this Python. Each trial runs it in the same isolation
 (child process, deadline, VRAM sampler) as the llama_cpp engine. llama-bench sizes its
-context to the measured tokens (no ``-c``), so its KV cache and VRAM are those of
-``n_ctx = n_prompt + n_gen``; when n_threads_batch differs from n_threads it runs every test
-at both counts (``-t a,b``) and prefill is read at n_threads_batch, decode at n_threads.
+context to the measured tokens (no ``-c``), so its KV cache and measured VRAM are those of
+``n_ctx = n_prompt + n_gen``, while ``predict_vram`` keeps the workload's n_ctx (what the
+exported command serves). When n_threads_batch differs from n_threads it runs every test at
+both counts (``-t a,b``); prefill is read at n_threads_batch, decode at n_threads.
 """
 
 from __future__ import annotations
