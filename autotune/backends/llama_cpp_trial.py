@@ -1,7 +1,7 @@
 """Child side of the llama_cpp engine: load a model once, then measure configs as llama-bench does.
 
-Only trial children (``autotune.backends.worker``) import this module; it is the one that
-imports llama_cpp. ``setup`` loads the model with its expert placement: tensor buffer-type
+Only trial children (``autotune.backends.worker``) import this module, and llama_cpp with it.
+``setup`` loads the model with its expert placement: tensor buffer-type
 overrides set on ``llama_model_params`` through the C API (see ``llama_python``). ``run`` creates a
 context for one config, warms up, then measures prefill of P random tokens (batches of
 n_batch) and decode of N tokens (one ``llama_decode`` per token, no sampling), each from an
