@@ -3,9 +3,10 @@
 Only trial children (``autotune.backends.worker``) import this module, and llama_cpp with it.
 ``setup`` loads the model with its expert placement: tensor buffer-type
 overrides set on ``llama_model_params`` through the C API (see ``llama_python``). ``run`` creates a
-context for one config, warms up, then measures prefill of P random tokens (batches of
-n_batch) and decode of N tokens (one ``llama_decode`` per token, no sampling), each from an
-empty KV cache, r times; the times are llama.cpp's own perf counters. llama.cpp's log goes
+context for one config, then, as llama-bench's pp and tg tests, measures prefill of P random
+tokens (batches of n_batch) r times after a warm-up run, and decode of N tokens (one
+``llama_decode`` per token, no sampling) r times after one warm-up token, each from an empty
+KV cache; the times are llama.cpp's own perf counters. llama.cpp's log goes
 to stderr (the parent keeps its tail); the buffer sizes it logs and the tensors it moved to
 the CPU come back with the results.
 """
@@ -165,29 +166,37 @@ class _Bench:
         return llama_cpp.llama_perf_context(self.ctx)
 
 
+def _prefill_tps(bench: _Bench, n_prompt: int) -> float:
+    bench.clear()
+    llama_cpp.llama_perf_context_reset(bench.ctx)
+    bench.prompt(n_prompt)
+    perf = bench.perf()
+    if perf.n_p_eval != n_prompt:
+        raise RuntimeError(f"llama.cpp counted {perf.n_p_eval} prompt tokens, expected {n_prompt}")
+    return 1e3 * n_prompt / perf.t_p_eval_ms
+
+
+def _decode_tps(bench: _Bench, n_gen: int) -> float:
+    bench.clear()
+    llama_cpp.llama_perf_context_reset(bench.ctx)
+    bench.generate(n_gen)
+    perf = bench.perf()
+    if perf.n_eval != n_gen:
+        raise RuntimeError(f"llama.cpp counted {perf.n_eval} decoded tokens, expected {n_gen}")
+    return 1e3 * n_gen / perf.t_eval_ms
+
+
 def _measure(bench: _Bench, n_prompt: int, n_gen: int, repetitions: int) -> dict[str, list[float]]:
-    if n_prompt:  # warm-up, as llama-bench: one prompt run, one generated token
-        bench.prompt(n_prompt)
-    if n_gen:
-        bench.generate(1)
+    """As llama-bench's pp and tg tests: each phase warmed up (a prompt run, one generated
+    token), then repeated, so no repetition pays for switching between batch shapes."""
     prefill, decode = [], []
-    for _ in range(repetitions):
-        llama_cpp.llama_perf_context_reset(bench.ctx)
-        if n_prompt:
-            bench.clear()
-            bench.prompt(n_prompt)
-        if n_gen:
-            bench.clear()
-            bench.generate(n_gen)
-        perf = bench.perf()
-        if n_prompt:
-            if perf.n_p_eval != n_prompt:
-                raise RuntimeError(f"llama.cpp counted {perf.n_p_eval} prompt tokens, expected {n_prompt}")
-            prefill.append(1e3 * n_prompt / perf.t_p_eval_ms)
-        if n_gen:
-            if perf.n_eval != n_gen:
-                raise RuntimeError(f"llama.cpp counted {perf.n_eval} decoded tokens, expected {n_gen}")
-            decode.append(1e3 * n_gen / perf.t_eval_ms)
+    if n_prompt:
+        bench.prompt(n_prompt)
+        prefill = [_prefill_tps(bench, n_prompt) for _ in range(repetitions)]
+    if n_gen:
+        bench.clear()
+        bench.generate(1)
+        decode = [_decode_tps(bench, n_gen) for _ in range(repetitions)]
     return {"prefill_tps": prefill, "decode_tps": decode}
 
 
