@@ -64,17 +64,21 @@ def test_expert_placement_reaches_the_loader(tiny_model: Path):
 
 
 def test_the_override_array_is_what_llama_h_expects():
-    code = """
-import ctypes
+    """Built in a child: the CPU buffer type is llama.cpp's own, from the one ggml it loaded."""
+    code = r"""
+import ctypes, re
 from autotune.backends.llama_python import BuftOverride, buft_overrides, cpu_buffer_type
-import llama_cpp._ggml as g
-g.libggml.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
+import llama_cpp.llama_cpp as api
 buft = cpu_buffer_type()
-assert buft == g.libggml.ggml_backend_cpu_buffer_type(), "not llama.cpp's CPU buffer type"
-array = buft_overrides(["blk\\\\.0\\\\.x", "blk\\\\.(1|2)\\\\.y"], buft)
+api._lib.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
+assert buft == api._lib.ggml_backend_cpu_buffer_type(), "not llama.cpp's CPU buffer type"
+array = buft_overrides([r"blk\.0\.x", r"blk\.(1|2)\.y"], buft)
 assert ctypes.sizeof(BuftOverride) == 16 and len(array) == 3
-assert [e.pattern for e in array] == [b"blk\\\\.0\\\\.x", b"blk\\\\.(1|2)\\\\.y", None]
+assert [e.pattern for e in array] == [rb"blk\.0\.x", rb"blk\.(1|2)\.y", None]
 assert [e.buft for e in array] == [buft, buft, None]
+mapped = {line.split()[-1] for line in open("/proc/self/maps") if "/libggml" in line}
+families = [re.sub(r"\.so(\.\d+)*$", "", path) for path in mapped]
+assert len(families) == len(set(families)), f"a second copy of ggml is loaded: {sorted(mapped)}"
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 

@@ -18,8 +18,6 @@ import ctypes
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
-import llama_cpp
-import llama_cpp._ggml
 import llama_cpp.llama_cpp as llama_api  # the module Llama takes its default params from
 
 from autotune.backends.llama_config import cpu_expert_patterns
@@ -34,8 +32,13 @@ class BuftOverride(ctypes.Structure):
 
 
 def cpu_buffer_type() -> int:
-    """The CPU device's buffer type from ggml's backend registry (what ``-ot ...=CPU`` names)."""
-    ggml = llama_cpp._ggml.libggml
+    """The CPU device's buffer type from ggml's backend registry (what ``-ot ...=CPU`` names).
+
+    ggml is reached through libllama's handle: wheels ship libggml.so, .so.0 and .so.0.x as
+    separate copies, and opening one by path (as ``llama_cpp._ggml`` does) would load a second
+    ggml, with its own registry, beside llama.cpp's.
+    """
+    ggml = llama_api._lib
     ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
     ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
     ggml.ggml_backend_dev_buffer_type.restype = ctypes.c_void_p
