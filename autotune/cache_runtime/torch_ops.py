@@ -76,14 +76,17 @@ class TorchOps:
         """Causal attention of q (positions start...) over the cache: (tokens, n_head * head_dim)."""
         n = q.shape[0]
         end = start + n
-        k, v = self.cache.k[il, :, :end], self.cache.v[il, :, :end]
+        group = self.cfg.n_head // self.cfg.n_head_kv
+        # whole heads rather than enable_gqa, which keeps SDPA off its flash kernel
+        k = self.cache.k[il, :, :end].repeat_interleave(group, dim=0)
+        v = self.cache.v[il, :, :end].repeat_interleave(group, dim=0)
         qh = q.transpose(0, 1).to(k.dtype)
         if start == 0:
-            out = F.scaled_dot_product_attention(qh, k, v, is_causal=True, enable_gqa=True)
+            out = F.scaled_dot_product_attention(qh, k, v, is_causal=True)
         else:
             keys = torch.arange(end, device=q.device)
             mask = keys[None, :] <= (start + torch.arange(n, device=q.device))[:, None]
-            out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, enable_gqa=True)
+            out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask)
         return out.transpose(0, 1).reshape(n, self.cfg.q_dim).float()
 
     def out_proj(self, a: torch.Tensor, il: int, h: torch.Tensor) -> torch.Tensor:

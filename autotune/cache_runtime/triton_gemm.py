@@ -24,6 +24,7 @@ def qgemm_kernel(a_ptr, a_stride, rows_ptr, block_group_ptr, table_ptr, table_st
                  SCALED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """out[row, n] = sum_k a[row // a_row_div, k] * W_g[n, k] for the rows of block pid_m.
 
+    ``a``: float16 (rows, K); ``out``: float32.
     ``rows_ptr``: (blocks * BM,) row ids, -1 for padding; ``block_group_ptr``: (blocks,) the
     group (expert) of each block, -1 for unused blocks; W_g is at table[g * table_stride +
     slot_a] (and slot_b for the up projection when GATED: out = silu(W_a a) * W_b a).
@@ -47,12 +48,11 @@ def qgemm_kernel(a_ptr, a_stride, rows_ptr, block_group_ptr, table_ptr, table_st
             acc_b = tl.zeros([BM, BN], tl.float32)
         for sb in range(K // 256):
             a = tl.load(a_ptr + a_rows[:, None] * a_stride + sb * 256 + k[None, :])
-            a = a.to(tl.float16)
-            w = superblock_matrix(w_a[:, None] + sb * SB_BYTES, QT)
-            acc = tl.dot(a, tl.trans(w.to(tl.float16)), acc)
+            w = superblock_matrix(w_a[None, :] + sb * SB_BYTES, QT)
+            acc = tl.dot(a, w.to(tl.float16), acc)
             if GATED:
-                w = superblock_matrix(w_b[:, None] + sb * SB_BYTES, QT)
-                acc_b = tl.dot(a, tl.trans(w.to(tl.float16)), acc_b)
+                w = superblock_matrix(w_b[None, :] + sb * SB_BYTES, QT)
+                acc_b = tl.dot(a, w.to(tl.float16), acc_b)
         if GATED:
             acc = acc / (1.0 + tl.exp(-acc)) * acc_b
         if SCALED:

@@ -2,10 +2,9 @@
 
 - ``gemv_kernel``: out = W x (+ residual), optionally RMSNorm-ing x on the way in, over one
   or two weights stacked by rows (q and k share a launch).
-- ``router_kernel``: RMSNorm then the router GEMV, and the normalized input saved for the
-  experts.
-- ``moe_gate_up_kernel``: softmax top-k from the router logits (each program recomputes it:
-  128 values), then silu(gate x) * up x for every selected expert, in one launch.
+- ``router_kernel``: RMSNorm then the router GEMV, the normalized input saved for the
+  experts, and (in whichever program finishes last) softmax top-k into ids and weights.
+- ``moe_gate_up_kernel``: silu(gate x) * up x for every selected expert, in one launch.
 - ``moe_down_kernel``: residual + sum over the selected experts of weight * down h.
 
 Experts are reached through a device table of addresses (int64, per expert: gate, up,
@@ -29,26 +28,23 @@ def _rms_inv(x_ptr, n: tl.constexpr, eps, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _chunk_dot(base, x_base, norm_ptr, s0, n_sb, QT: tl.constexpr, SB_BYTES: tl.constexpr,
-               HAS_NORM: tl.constexpr, X_PER_ROW: tl.constexpr, S: tl.constexpr):
-    """(R,) dot products of R weight rows with the input, over super-blocks s0 .. s0 + S.
+def _chunk_dot(base, x_base, norm_base, s0, n_sb, QT: tl.constexpr, SB_BYTES: tl.constexpr,
+               HAS_NORM: tl.constexpr, S: tl.constexpr):
+    """(S, R) dot products of R weight rows with the input, super-blocks s0 .. s0 + S.
 
-    ``base``: (R,) row start pointers. The input starts at ``x_base``: one pointer for all
-    rows, or (R,) pointers when X_PER_ROW (the down projection: each row reads its own
-    expert's hidden vector). Kernels loop over chunks themselves: the loop bound must be
-    a kernel constexpr for Triton's interpreter (the CPU tests).
+    ``base``, ``x_base``, ``norm_base``: (R,) pointers to each row's weights, input and
+    norm weight. Every row addresses its own input (a broadcast input would be laid out
+    without the row axis, and Triton then spreads a row over several warps: each
+    reduction would cross warps through shared memory). Kernels loop over chunks
+    themselves: the loop bound must be a kernel constexpr for Triton's interpreter.
     """
     s = s0 + tl.arange(0, S)
     s_ok = s < n_sb
     s = tl.minimum(s, n_sb - 1)
-    blk = base[:, None] + (s * SB_BYTES)[None, :]
-    if X_PER_ROW:
-        xp = x_base[:, None] + (s * 256)[None, :]
-    else:
-        xp = (x_base + s * 256)[None, :]
-    npp = (norm_ptr + s * 256)[None, :]
-    part = superblock_dots(blk, xp, npp, QT, HAS_NORM)
-    return tl.sum(tl.where(s_ok[None, :], part, 0.0), 1)
+    blk = base[None, :] + (s * SB_BYTES)[:, None]
+    xp = x_base[None, :] + (s * 256)[:, None]
+    npp = norm_base[None, :] + (s * 256)[:, None]
+    return tl.where(s_ok[:, None], superblock_dots(blk, xp, npp, QT, HAS_NORM), 0.0)
 
 
 @triton.jit
@@ -59,11 +55,14 @@ def gemv_kernel(x_ptr, norm_ptr, eps, w0_ptr, w1_ptr, n0, resid_ptr, out_ptr, N,
     rows = tl.program_id(0) * R + tl.arange(0, R)
     r_ok = rows < N
     rows = tl.minimum(rows, N - 1)
-    base = tl.where(rows < n0, w0_ptr + rows.to(tl.int64) * row_stride,
-                    w1_ptr + (rows - n0).to(tl.int64) * row_stride)
-    acc = tl.zeros([R], tl.float32)
+    half = row_stride // 2  # see moe_down_kernel
+    base = tl.where(rows < n0, w0_ptr + rows.to(tl.int64) * half * 2,
+                    w1_ptr + (rows - n0).to(tl.int64) * half * 2)
+    same = tl.zeros([R], tl.int32)
+    acc = tl.zeros([S, R], tl.float32)
     for s0 in range(0, K // 256, S):
-        acc += _chunk_dot(base, x_ptr, norm_ptr, s0, K // 256, QT, SB_BYTES, HAS_NORM, False, S)
+        acc += _chunk_dot(base, x_ptr + same, norm_ptr + same, s0, K // 256, QT, SB_BYTES, HAS_NORM, S)
+    acc = tl.sum(acc, 0)
     if HAS_NORM:
         acc = acc * _rms_inv(x_ptr, K, eps, BLOCK_K)
     if HAS_RESID:
@@ -72,33 +71,12 @@ def gemv_kernel(x_ptr, norm_ptr, eps, w0_ptr, w1_ptr, n0, resid_ptr, out_ptr, N,
 
 
 @triton.jit
-def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, N, K: tl.constexpr, row_stride,
-                  QT: tl.constexpr, SB_BYTES: tl.constexpr, R: tl.constexpr, S: tl.constexpr,
-                  BLOCK_K: tl.constexpr):
-    """logits = W_router RMSNorm(x); program 0 also stores RMSNorm(x) for the experts."""
-    pid = tl.program_id(0)
-    rows = pid * R + tl.arange(0, R)
-    r_ok = rows < N
-    rows = tl.minimum(rows, N - 1)
-    inv = _rms_inv(x_ptr, K, eps, BLOCK_K)
-    base = w_ptr + rows.to(tl.int64) * row_stride
-    acc = tl.zeros([R], tl.float32)
-    for s0 in range(0, K // 256, S):
-        acc += _chunk_dot(base, x_ptr, norm_ptr, s0, K // 256, QT, SB_BYTES, True, False, S)
-    tl.store(logits_ptr + rows, acc * inv, mask=r_ok)
-    if pid == 0:
-        offs = tl.arange(0, BLOCK_K)
-        ok = offs < K
-        xn = tl.load(x_ptr + offs, mask=ok, other=0.0) * inv * tl.load(norm_ptr + offs, mask=ok, other=0.0)
-        tl.store(xn_ptr + offs, xn, mask=ok)
-
-
-@triton.jit
 def _route(logits_ptr, n_expert, E_PAD: tl.constexpr, TOP_K: tl.constexpr, K_PAD: tl.constexpr,
            NORM_TOPK: tl.constexpr):
     """Softmax over the experts, top k (ties: lowest id), weights renormalized if NORM_TOPK."""
     e = tl.arange(0, E_PAD)
-    logits = tl.load(logits_ptr + e, mask=e < n_expert, other=-float("inf"))
+    # .cg: read the other programs' fresh stores from L2, never a stale L1 line
+    logits = tl.load(logits_ptr + e, mask=e < n_expert, other=-float("inf"), cache_modifier=".cg")
     top = tl.max(logits, 0)
     total = tl.sum(tl.exp(logits - top), 0)
     slots = tl.arange(0, K_PAD)
@@ -118,31 +96,59 @@ def _route(logits_ptr, n_expert, E_PAD: tl.constexpr, TOP_K: tl.constexpr, K_PAD
 
 
 @triton.jit
-def moe_gate_up_kernel(logits_ptr, xn_ptr, table_ptr, ids_ptr, wts_ptr, h_ptr, n_expert, n_ff, K: tl.constexpr,
-                       row_stride, QT: tl.constexpr, SB_BYTES: tl.constexpr, E_PAD: tl.constexpr,
-                       TOP_K: tl.constexpr, K_PAD: tl.constexpr, NORM_TOPK: tl.constexpr,
-                       R: tl.constexpr, S: tl.constexpr):
+def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, done_ptr, ids_ptr, wts_ptr,
+                  N, row_stride, K: tl.constexpr, QT: tl.constexpr, SB_BYTES: tl.constexpr,
+                  R: tl.constexpr, S: tl.constexpr, BLOCK_K: tl.constexpr, E_PAD: tl.constexpr,
+                  TOP_K: tl.constexpr, K_PAD: tl.constexpr, NORM_TOPK: tl.constexpr):
+    """logits = W_router RMSNorm(x); program 0 also stores RMSNorm(x) for the experts, and
+    the last program to finish (counted on ``done_ptr``, which it resets to 0) selects the
+    experts: ids and weights (TOP_K,)."""
+    pid = tl.program_id(0)
+    rows = pid * R + tl.arange(0, R)
+    r_ok = rows < N
+    rows = tl.minimum(rows, N - 1)
+    inv = _rms_inv(x_ptr, K, eps, BLOCK_K)
+    base = w_ptr + rows.to(tl.int64) * (row_stride // 2) * 2  # see moe_down_kernel
+    same = tl.zeros([R], tl.int32)
+    acc = tl.zeros([S, R], tl.float32)
+    for s0 in range(0, K // 256, S):
+        acc += _chunk_dot(base, x_ptr + same, norm_ptr + same, s0, K // 256, QT, SB_BYTES, True, S)
+    tl.store(logits_ptr + rows, tl.sum(acc, 0) * inv, mask=r_ok)
+    if pid == 0:
+        offs = tl.arange(0, BLOCK_K)
+        ok = offs < K
+        xn = tl.load(x_ptr + offs, mask=ok, other=0.0) * inv * tl.load(norm_ptr + offs, mask=ok, other=0.0)
+        tl.store(xn_ptr + offs, xn, mask=ok)
+    tl.debug_barrier()  # all of this program's logits are stored before it counts as done
+    if tl.atomic_add(done_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+        ids, weights = _route(logits_ptr, N, E_PAD, TOP_K, K_PAD, NORM_TOPK)
+        slots = tl.arange(0, K_PAD)
+        tl.store(ids_ptr + slots, ids, mask=slots < TOP_K)
+        tl.store(wts_ptr + slots, weights, mask=slots < TOP_K)
+        tl.atomic_xchg(done_ptr, 0)
+
+
+@triton.jit
+def moe_gate_up_kernel(ids_ptr, xn_ptr, table_ptr, h_ptr, n_ff, row_stride, K: tl.constexpr,
+                       QT: tl.constexpr, SB_BYTES: tl.constexpr, R: tl.constexpr, S: tl.constexpr):
     """h[slot] = silu(gate_e xn) * up_e xn for the slot-th selected expert e.
 
     Grid (top_k, cdiv(n_ff, R / 2)); R "virtual rows" interleave gate and up rows.
     """
     slot = tl.program_id(0)
     pid = tl.program_id(1)
-    ids, weights = _route(logits_ptr, n_expert, E_PAD, TOP_K, K_PAD, NORM_TOPK)
-    here = tl.arange(0, K_PAD) == slot
-    expert = tl.sum(tl.where(here, ids, 0), 0)
-    if pid == 0:
-        tl.store(ids_ptr + slot, expert)
-        tl.store(wts_ptr + slot, tl.sum(tl.where(here, weights, 0.0), 0))
-    entry = table_ptr + expert.to(tl.int64) * 3
+    entry = table_ptr + tl.load(ids_ptr + slot).to(tl.int64) * 3
     gate = tl.multiple_of(tl.load(entry).to(tl.pointer_type(tl.uint8)), 16)
     up = tl.multiple_of(tl.load(entry + 1).to(tl.pointer_type(tl.uint8)), 16)
     r = tl.arange(0, R)
     row = tl.minimum(pid * (R // 2) + r // 2, n_ff - 1).to(tl.int64)
-    base = tl.where(r % 2 == 1, up + row * row_stride, gate + row * row_stride)
-    acc = tl.zeros([R], tl.float32)
+    offset = row * (row_stride // 2) * 2  # see moe_down_kernel
+    base = tl.where(r % 2 == 1, up + offset, gate + offset)
+    same = tl.zeros([R], tl.int32)
+    acc = tl.zeros([S, R], tl.float32)
     for s0 in range(0, K // 256, S):
-        acc += _chunk_dot(base, xn_ptr, xn_ptr, s0, K // 256, QT, SB_BYTES, False, False, S)
+        acc += _chunk_dot(base, xn_ptr + same, xn_ptr + same, s0, K // 256, QT, SB_BYTES, False, S)
+    acc = tl.sum(acc, 0)
     g, u = tl.split(tl.reshape(acc, (R // 2, 2)))
     out_rows = pid * (R // 2) + tl.arange(0, R // 2)
     tl.store(h_ptr + slot * n_ff + out_rows, g / (1.0 + tl.exp(-g)) * u, mask=out_rows < n_ff)
@@ -164,11 +170,14 @@ def moe_down_kernel(h_ptr, ids_ptr, wts_ptr, table_ptr, resid_ptr, D, K: tl.cons
     slot = tl.minimum(slot, TOP_K - 1)
     expert = tl.load(ids_ptr + slot).to(tl.int64)
     weight = tl.load(wts_ptr + slot)
-    down = tl.load(table_ptr + expert * 3 + 2).to(tl.pointer_type(tl.uint8))
-    base = down + tl.minimum(row, D - 1).to(tl.int64) * row_stride
-    acc = tl.zeros([K_PAD * BN], tl.float32)
+    down = tl.multiple_of(tl.load(table_ptr + expert * 3 + 2).to(tl.pointer_type(tl.uint8)), 16)
+    # rows of GGML blocks have even byte counts: written so, the compiler knows it and
+    # keeps 2-byte loads (Q6_K rows of 768 are 630 bytes, not a multiple of 16)
+    base = down + tl.minimum(row, D - 1).to(tl.int64) * (row_stride // 2) * 2
+    acc = tl.zeros([S, K_PAD * BN], tl.float32)
     for s0 in range(0, K // 256, S):
-        acc += _chunk_dot(base, h_ptr + slot * K, h_ptr, s0, K // 256, QT, SB_BYTES, False, True, S)
+        acc += _chunk_dot(base, h_ptr + slot * K, h_ptr + slot * K, s0, K // 256, QT, SB_BYTES, False, S)
+    acc = tl.sum(acc, 0)
     acc = tl.where(ok, acc * weight, 0.0)
     out = tl.sum(tl.reshape(acc, (K_PAD, BN)), 0)
     rows = tl.program_id(0) * BN + tl.arange(0, BN)

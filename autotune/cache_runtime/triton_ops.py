@@ -24,17 +24,20 @@ from autotune.cache_runtime.triton_gemv import (gemv_kernel, moe_down_kernel, mo
 from autotune.cache_runtime.triton_tiles import QTYPE_CODES, SUPERBLOCK_BYTES
 from autotune.cache_runtime.weights import ModelWeights, QTensor
 
-# Launch shapes (tuned on an H100; see studies/runtime_full_residency).
-GEMV_ROWS, GEMV_WARPS = 8, 8  # rows per program of the dense GEMVs
-GATE_UP_ROWS = 8  # virtual rows (gate and up interleaved) per program
-DOWN_ROWS = 2  # output rows per program, times top-k virtual rows
+# Launch shapes (see studies/runtime_full_residency). The GEMV tiles put one warp on each
+# row (triton_tiles explains how), so rows per program = warps per program.
+GEMV_WARPS = 4  # warps (= rows) per program of the dense GEMVs and the router
+GATE_UP_WARPS = 8  # warps (= virtual rows, gate and up interleaved) per program
+DOWN_ROWS, DOWN_WARPS = 1, 8  # output rows per program, each read from all top-k experts
 ATTN_SPLITS, ATTN_BLOCK = 16, 64
-GEMM_BM, GEMM_BN, GEMM_WARPS = 32, 32, 4
+GEMM_BM, GEMM_BN, GEMM_WARPS, GEMM_STAGES = 32, 32, 4, 2
 
 
-def _superblocks(k: int) -> int:
-    """Super-blocks per GEMV chunk: the whole row up to 8 (a power of two)."""
-    return min(8, triton.next_power_of_2(k // 256))
+def _superblocks(w: QTensor) -> int:
+    """Super-blocks per GEMV chunk: as many as one warp's lanes cover (4, or 2 for the
+    2-byte aligned Q6_K and Q8_0), fewer for short rows."""
+    per_warp = 2 if w.qtype in ("Q6_K", "Q8_0") else 4
+    return min(per_warp, triton.next_power_of_2(w.cols // 256))
 
 
 def _type_args(w: QTensor) -> dict:
@@ -47,6 +50,7 @@ class TritonOps(TorchOps):
     def __init__(self, weights: ModelWeights, cache: KVCache, rope: RopeTable):
         super().__init__(weights, cache, rope)
         self.experts_table = ExpertTable(weights.layers, cache.k.device)
+        self._done = torch.zeros(1, dtype=torch.int32, device=cache.k.device)  # router programs done
         self._dense_tables: dict[int, torch.Tensor] = {}
 
     # -- launch helpers ----------------------------------------------------------------
@@ -59,11 +63,11 @@ class TritonOps(TorchOps):
             raise ValueError("stacked GEMV weights must share type and width")
         n = sum(w.rows for w in ws)
         out = torch.empty(n, dtype=torch.float32, device=x.device)
-        gemv_kernel[(triton.cdiv(n, GEMV_ROWS),)](
+        gemv_kernel[(triton.cdiv(n, GEMV_WARPS),)](
             x, x if norm is None else norm, self.cfg.rms_eps, w0.data, w1.data, w0.rows,
             out if resid is None else resid, out, n, row_stride=w0.row_bytes, K=w0.cols,
-            HAS_NORM=norm is not None, HAS_RESID=resid is not None, R=GEMV_ROWS,
-            S=_superblocks(w0.cols), BLOCK_K=triton.next_power_of_2(w0.cols),
+            HAS_NORM=norm is not None, HAS_RESID=resid is not None, R=GEMV_WARPS,
+            S=_superblocks(w0), BLOCK_K=triton.next_power_of_2(w0.cols),
             num_warps=GEMV_WARPS, **_type_args(w0))
         return out
 
@@ -76,13 +80,14 @@ class TritonOps(TorchOps):
     def _qgemm(self, a: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, groups: torch.Tensor,
                table: torch.Tensor, w: QTensor, slot_a: int, slot_b: int | None = None,
                scale: torch.Tensor | None = None, a_row_div: int = 1) -> torch.Tensor:
-        a = a.contiguous()
+        a = a.to(torch.float16).contiguous()  # the tensor cores' operand type, half the bytes
         grid = (groups.numel(), triton.cdiv(w.rows, GEMM_BN))
         qgemm_kernel[grid](
             a, a.stride(0), rows, groups, table, table.stride(-2) if table.dim() > 1 else 1,
             slot_a, slot_a if slot_b is None else slot_b, out if scale is None else scale, out,
             out.stride(0), w.rows, w.row_bytes, a_row_div, K=w.cols, GATED=slot_b is not None,
-            SCALED=scale is not None, BM=GEMM_BM, BN=GEMM_BN, num_warps=GEMM_WARPS, **_type_args(w))
+            SCALED=scale is not None, BM=GEMM_BM, BN=GEMM_BN, num_warps=GEMM_WARPS,
+            num_stages=GEMM_STAGES, **_type_args(w))
         return out
 
     # -- building blocks ---------------------------------------------------------------
@@ -159,29 +164,27 @@ class TritonOps(TorchOps):
         if h.shape[0] > 1:
             return super().moe(h, il)
         cfg, lw, dev = self.cfg, self.w.layers[il], h.device
-        x = h[0]
+        x, k = h[0], cfg.n_expert_used
         logits = torch.empty(cfg.n_expert, dtype=torch.float32, device=dev)
         xn = torch.empty(cfg.n_embd, dtype=torch.float32, device=dev)
-        router_kernel[(triton.cdiv(cfg.n_expert, GEMV_ROWS),)](
-            x, lw.ffn_norm, cfg.rms_eps, lw.router.data, logits, xn, cfg.n_expert,
-            row_stride=lw.router.row_bytes, K=lw.router.cols, R=GEMV_ROWS,
-            S=_superblocks(lw.router.cols), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
-            num_warps=GEMV_WARPS, **_type_args(lw.router))
-        k = cfg.n_expert_used
         ids = torch.empty(1, k, dtype=torch.int32, device=dev)
         weights = torch.empty(k, dtype=torch.float32, device=dev)
+        router_kernel[(triton.cdiv(cfg.n_expert, GEMV_WARPS),)](
+            x, lw.ffn_norm, cfg.rms_eps, lw.router.data, logits, xn, self._done, ids, weights,
+            cfg.n_expert, row_stride=lw.router.row_bytes, K=lw.router.cols, R=GEMV_WARPS,
+            S=_superblocks(lw.router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
+            E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=k, K_PAD=triton.next_power_of_2(k),
+            NORM_TOPK=cfg.norm_topk, num_warps=GEMV_WARPS, **_type_args(lw.router))
         hidden = torch.empty(k, cfg.n_ff_expert, dtype=torch.float32, device=dev)
         table = self.experts_table.table[il]
-        k_pad = triton.next_power_of_2(k)
-        moe_gate_up_kernel[(k, triton.cdiv(cfg.n_ff_expert, GATE_UP_ROWS // 2))](
-            logits, xn, table, ids, weights, hidden, cfg.n_expert, cfg.n_ff_expert,
-            row_stride=lw.gate_exps.row_bytes, K=cfg.n_embd, E_PAD=triton.next_power_of_2(cfg.n_expert),
-            TOP_K=k, K_PAD=k_pad, NORM_TOPK=cfg.norm_topk, R=GATE_UP_ROWS,
-            S=_superblocks(cfg.n_embd), num_warps=GEMV_WARPS, **_type_args(lw.gate_exps))
+        moe_gate_up_kernel[(k, triton.cdiv(cfg.n_ff_expert, GATE_UP_WARPS // 2))](
+            ids, xn, table, hidden, cfg.n_ff_expert, row_stride=lw.gate_exps.row_bytes, K=cfg.n_embd,
+            R=GATE_UP_WARPS, S=_superblocks(lw.gate_exps), num_warps=GATE_UP_WARPS,
+            **_type_args(lw.gate_exps))
         moe_down_kernel[(triton.cdiv(cfg.n_embd, DOWN_ROWS),)](
             hidden, ids, weights, table, x, cfg.n_embd, row_stride=lw.down_exps.row_bytes,
-            K=cfg.n_ff_expert, TOP_K=k, K_PAD=k_pad, BN=DOWN_ROWS, S=_superblocks(cfg.n_ff_expert),
-            num_warps=GEMV_WARPS, **_type_args(lw.down_exps))
+            K=cfg.n_ff_expert, TOP_K=k, K_PAD=triton.next_power_of_2(k), BN=DOWN_ROWS,
+            S=_superblocks(lw.down_exps), num_warps=DOWN_WARPS, **_type_args(lw.down_exps))
         return h, ids
 
     def head(self, h):

@@ -73,41 +73,43 @@ def profile(engine: Engine, tokens: list[int]) -> dict[str, list]:
     return out
 
 
-DECODE_SHAPES = [  # (GEMV_ROWS, GEMV_WARPS, GATE_UP_ROWS, DOWN_ROWS, ATTN_SPLITS)
-    (4, 4, 8, 2, 16),
-    (16, 8, 16, 4, 16),
-    (8, 4, 8, 1, 8),
-]
-PREFILL_SHAPES = [(64, 32, 4), (32, 64, 8), (64, 64, 8)]  # (GEMM_BM, GEMM_BN, GEMM_WARPS)
+DECODE_KNOBS = ("GEMV_WARPS", "GATE_UP_WARPS", "DOWN_ROWS", "DOWN_WARPS", "ATTN_SPLITS")
+DECODE_SHAPES = [(8, 8, 1, 8, 16), (4, 4, 2, 8, 16), (2, 8, 1, 4, 8), (4, 16, 2, 16, 16)]
+PREFILL_KNOBS = ("GEMM_BM", "GEMM_BN", "GEMM_WARPS", "GEMM_STAGES")
+PREFILL_SHAPES = [(32, 64, 4, 2), (64, 32, 4, 2), (16, 64, 4, 2), (32, 32, 8, 3)]
+
+
+def _try_shapes(knobs, shapes, measure, deadline: float) -> list:
+    """tok/s (median of 3) for each launch shape, until the deadline; defaults restored."""
+    default = [getattr(triton_ops, n) for n in knobs]
+    results = []
+    for shape in shapes:
+        if time.perf_counter() > deadline:
+            break
+        for n, v in zip(knobs, shape):
+            setattr(triton_ops, n, v)
+        try:
+            results.append([list(shape), round(statistics.median(measure()), 1)])
+        except Exception as exc:  # noqa: BLE001 - a shape that does not fit is a result too
+            results.append([list(shape), f"{type(exc).__name__}: {str(exc)[:120]}"])
+    for n, v in zip(knobs, default):
+        setattr(triton_ops, n, v)
+    return results
 
 
 def sweep(engine: Engine, tokens: list[int], budget_s: float) -> dict[str, list]:
-    names = ("GEMV_ROWS", "GEMV_WARPS", "GATE_UP_ROWS", "DOWN_ROWS", "ATTN_SPLITS")
-    default = [getattr(triton_ops, n) for n in names]
-    start = time.perf_counter()
-    decode = []
-    for shape in DECODE_SHAPES:
-        if time.perf_counter() - start > budget_s:
-            break
-        for n, v in zip(names, shape):
-            setattr(triton_ops, n, v)
-        engine._graphs.clear()
-        decode.append([list(shape), statistics.median(decode_tps(engine, 128, 3))])
-    for n, v in zip(names, default):
-        setattr(triton_ops, n, v)
+    """Other launch shapes of triton_ops, decode then prefill, within ``budget_s``."""
+    deadline = time.perf_counter() + budget_s
+
+    def decode():
+        engine._graphs.clear()  # a new shape needs a new capture
+        return decode_tps(engine, 128, 3)
+
+    result = {"decode": _try_shapes(DECODE_KNOBS, DECODE_SHAPES, decode, deadline)}
     engine._graphs.clear()
-    prefill = []
-    gemm_names = ("GEMM_BM", "GEMM_BN", "GEMM_WARPS")
-    gemm_default = [getattr(triton_ops, n) for n in gemm_names]
-    for shape in PREFILL_SHAPES:
-        if time.perf_counter() - start > budget_s:
-            break
-        for n, v in zip(gemm_names, shape):
-            setattr(triton_ops, n, v)
-        prefill.append([list(shape), statistics.median(prefill_tps(engine, tokens, 3))])
-    for n, v in zip(gemm_names, gemm_default):
-        setattr(triton_ops, n, v)
-    return {"decode": decode, "prefill": prefill}
+    result["prefill"] = _try_shapes(PREFILL_KNOBS, PREFILL_SHAPES, lambda: prefill_tps(engine, tokens, 3),
+                                    deadline)
+    return result
 
 
 def main() -> None:

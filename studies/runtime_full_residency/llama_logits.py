@@ -3,13 +3,15 @@
 Usage: python llama_logits.py MODEL.gguf OUT.npz [--steps 32] [--cpu]
 
 Runs in its own process without torch (in one process torch must be imported before
-llama_cpp). Saves the prompt, the greedy tokens and the logits (steps, vocab) after the
-prompt and after each generated token but the last.
+llama_cpp), through llama.cpp's C API as autotune's llama_cpp backend does (the high-level
+``Llama`` class crashed on the GPU machine). Saves the prompt, the greedy tokens and the
+logits (steps, vocab) after the prompt and after each generated token but the last.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 
@@ -24,20 +26,39 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args()
 
-    from llama_cpp import Llama
+    import llama_cpp
 
-    llm = Llama(args.model, n_gpu_layers=0 if args.cpu else -1, n_ctx=256, n_batch=256,
-                flash_attn=True, verbose=False)
-    prompt = llm.tokenize(PROMPT.encode(), add_bos=False)
-    n_vocab = llm.n_vocab()
-    logits, tokens = [], []
-    llm.eval(prompt)
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = 0 if args.cpu else 99
+    model = llama_cpp.llama_model_load_from_file(os.fsencode(args.model), params)
+    if not model:
+        raise SystemExit("llama.cpp could not load the model")
+    ctx_params = llama_cpp.llama_context_default_params()
+    ctx_params.n_ctx = ctx_params.n_batch = ctx_params.n_ubatch = 256
+    ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    ctx = llama_cpp.llama_init_from_model(model, ctx_params)
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+
+    text = PROMPT.encode()
+    buffer = (llama_cpp.llama_token * 256)()
+    n = llama_cpp.llama_tokenize(vocab, text, len(text), buffer, 256, False, False)
+    prompt = list(buffer[:n])
+
+    def decode(tokens: list[int]) -> np.ndarray:
+        array = (llama_cpp.llama_token * len(tokens))(*tokens)
+        if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(array, len(tokens))) != 0:
+            raise SystemExit("llama_decode failed")
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).copy()
+
+    logits, tokens = [decode(prompt)], []
     for step in range(args.steps):
-        row = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,)).copy()
-        logits.append(row)
-        tokens.append(int(row.argmax()))
+        tokens.append(int(logits[-1].argmax()))
         if step < args.steps - 1:
-            llm.eval([tokens[-1]])
+            logits.append(decode([tokens[-1]]))
+    llama_cpp.llama_free(ctx)
+    llama_cpp.llama_model_free(model)
     np.savez(args.out, prompt=np.array(prompt), tokens=np.array(tokens), logits=np.stack(logits))
     print(f"llama.cpp: prompt {len(prompt)} tokens, {args.steps} greedy steps -> {args.out}")
 
