@@ -4,6 +4,7 @@
     logits = engine.prefill(tokens)            # (vocab,) logits of the last prompt token
     tokens = engine.generate(prompt, 32)       # greedy; temperature=... samples
     engine.trace.enabled = True                # then engine.trace.ids() / .counts()
+    text = engine.complete("Once upon", 16)    # through the GGUF's tokenizer (llama_cpp)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Engine:
                  kernels: str | None = None, use_graph: bool = True, prefill_chunk: int = 2048):
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         kernels = kernels or ("triton" if device.type == "cuda" else "torch")
+        self.path = Path(path)
         self.weights = load_weights(path).to(device)
         self.cfg = self.weights.config
         self.device = device
@@ -51,6 +53,7 @@ class Engine:
         self.token = torch.zeros(1, dtype=torch.long, device=device)
         self.n_past = 0
         self._graphs: dict[bool, DecodeGraph] = {}
+        self._tokenizer = None
 
     def reset(self) -> None:
         """Start a new sequence (the cache is overwritten as it goes)."""
@@ -117,3 +120,16 @@ class Engine:
             self.decode(sample=sample)
             out.append(self.token.clone())
         return [int(t) for t in torch.cat(out).tolist()]
+
+    @property
+    def tokenizer(self):
+        """The GGUF's tokenizer (needs llama-cpp-python), loaded on first use."""
+        if self._tokenizer is None:
+            from autotune.cache_runtime.tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer(self.path)
+        return self._tokenizer
+
+    def complete(self, prompt: str, n: int, temperature: float = 0.0) -> str:
+        """``n`` tokens of continuation of ``prompt``, as text."""
+        return self.tokenizer.decode(self.generate(self.tokenizer.encode(prompt), n, temperature))
