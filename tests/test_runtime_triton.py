@@ -72,11 +72,12 @@ def test_gemv_with_norm_residual_and_stacked_weights(qtype: str) -> None:
     assert _rel(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0"])
-def test_qgemm_dense_matches_dequant_matmul(qtype: str) -> None:
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_K", "F32"])
+@pytest.mark.parametrize("tokens", [37, 70])  # the grouped GEMM; dequantize + matmul
+def test_dense_prefill_matmul_matches_dequant_matmul(qtype: str, tokens: int) -> None:
     rng = np.random.default_rng(1)
     w = _qtensor(qtype, 40, 512, rng)
-    x = torch.randn(37, 512, device=DEVICE)
+    x = torch.randn(tokens, 512, device=DEVICE)
     got = _Stub().linear(x, w)
     assert _rel(got, x.double() @ w.dequantize().double().T) < 2e-3  # float16 operands
 

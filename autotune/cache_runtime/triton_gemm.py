@@ -1,11 +1,14 @@
-"""Prefill (many tokens) kernel: a grouped matrix product that dequantizes its weights in
-registers, one 256-element super-block at a time, and multiplies on the tensor cores.
+"""Prefill (many tokens) kernels.
 
-One kernel serves the dense projections (one group: all tokens, one weight) and the
+``qgemm_kernel``: a grouped matrix product that dequantizes its weights in registers, one
+256-element super-block at a time, and multiplies on the tensor cores. It serves the
 routed experts (tokens sorted into blocks of BM rows per expert, each block reading its
 expert's weight through the device address table), optionally fusing silu(gate) * up
-(two weights) or the routing weight per row. ``moe_blocks`` builds the sorted layout
-on the device, without a host sync.
+(two weights) or the routing weight per row, and dense projections of a few tokens.
+``moe_blocks`` builds the sorted layout on the device, without a host sync.
+
+``dequant_kernel``: a whole weight to float16, for dense projections of many tokens
+(dequantized once, then a cuBLAS product, instead of once per block of tokens).
 """
 
 from __future__ import annotations
@@ -59,6 +62,20 @@ def qgemm_kernel(a_ptr, a_stride, rows_ptr, block_group_ptr, table_ptr, table_st
             acc = acc * tl.load(scale_ptr + tl.where(r_ok, rows, 0))[:, None]
         out = out_ptr + tl.where(r_ok, rows, 0).to(tl.int64)[:, None] * out_stride + n[None, :]
         tl.store(out, acc, mask=r_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def dequant_kernel(w_ptr, out_ptr, N, row_stride, K: tl.constexpr, QT: tl.constexpr,
+                   SB_BYTES: tl.constexpr, R: tl.constexpr):
+    """out (N, K) float16 = the weight; grid (cdiv(N, R), K / 256)."""
+    rows = tl.program_id(0) * R + tl.arange(0, R)
+    sb = tl.program_id(1)
+    r_ok = rows < N
+    rows = tl.minimum(rows, N - 1).to(tl.int64)
+    blk = (w_ptr + rows * (row_stride // 2) * 2 + sb * SB_BYTES)[None, :]  # even: 2-byte loads
+    w = superblock_matrix(blk, QT)
+    k = tl.arange(0, 256)
+    tl.store(out_ptr + rows[None, :] * K + sb * 256 + k[:, None], w.to(tl.float16), mask=r_ok[None, :])
 
 
 def moe_blocks(ids: torch.Tensor, n_expert: int, bm: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ from autotune.cache_runtime.rope import RopeTable
 from autotune.cache_runtime.torch_ops import TorchOps
 from autotune.cache_runtime.triton_attention import (attn_combine_kernel, attn_partial_kernel,
                                                       rope_store_kernel)
-from autotune.cache_runtime.triton_gemm import moe_blocks, qgemm_kernel
+from autotune.cache_runtime.triton_gemm import dequant_kernel, moe_blocks, qgemm_kernel
 from autotune.cache_runtime.triton_gemv import (gemv_kernel, moe_down_kernel, moe_gate_up_kernel,
                                                  router_kernel)
 from autotune.cache_runtime.triton_tiles import QTYPE_CODES, SUPERBLOCK_BYTES
@@ -31,6 +31,8 @@ GATE_UP_WARPS = 8  # warps (= virtual rows, gate and up interleaved) per program
 DOWN_ROWS, DOWN_WARPS = 1, 8  # output rows per program, each read from all top-k experts
 ATTN_SPLITS, ATTN_BLOCK = 16, 64
 GEMM_BM, GEMM_BN, GEMM_WARPS, GEMM_STAGES = 32, 32, 4, 2
+DENSE_DEQUANT_TOKENS = 64  # from this many tokens on, dense weights go dequant + cuBLAS
+DEQUANT_ROWS = 32
 
 
 def _superblocks(w: QTensor) -> int:
@@ -92,10 +94,20 @@ class TritonOps(TorchOps):
 
     # -- building blocks ---------------------------------------------------------------
 
+    def _dequant_f16(self, w: QTensor) -> torch.Tensor:
+        out = torch.empty(w.rows, w.cols, dtype=torch.float16, device=w.data.device)
+        dequant_kernel[(triton.cdiv(w.rows, DEQUANT_ROWS), w.cols // 256)](
+            w.data, out, w.rows, w.row_bytes, K=w.cols, R=DEQUANT_ROWS, num_warps=4, **_type_args(w))
+        return out
+
     def linear(self, x: torch.Tensor, w: QTensor) -> torch.Tensor:
-        if x.shape[0] == 1:
-            return self._gemv(x[0], [w])[None]
         m = x.shape[0]
+        if m == 1:
+            return self._gemv(x[0], [w])[None]
+        if w.qtype in ("F32", "F16", "BF16"):  # the router: keep its float32 precision
+            return x @ w.dequantize().T
+        if m >= DENSE_DEQUANT_TOKENS:
+            return (x.to(torch.float16) @ self._dequant_f16(w).T).float()
         n_blocks = triton.cdiv(m, GEMM_BM)
         rows = torch.arange(n_blocks * GEMM_BM, dtype=torch.int32, device=x.device)
         rows = torch.where(rows < m, rows, -1)
