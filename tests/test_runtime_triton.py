@@ -196,7 +196,7 @@ class _AttentionOps(triton_ops.TritonOps):
 
 @pytest.mark.slow
 def test_engine_on_triton_kernels_matches_reference(tiny_model) -> None:
-    """Prefill (qgemm) and decode (fused GEMV kernels) of the whole tiny model."""
+    """Prefill (grouped GEMM) and single-token (fused GEMV) kernels over the whole tiny model."""
     from autotune.cache_runtime.engine import Engine
     from autotune.cache_runtime.reference import reference_logits
 
@@ -204,9 +204,10 @@ def test_engine_on_triton_kernels_matches_reference(tiny_model) -> None:
     ref_logits, ref_ids = reference_logits(tiny_model, prompt)
     engine = Engine(tiny_model, device=DEVICE, kernels="triton", max_ctx=64, use_graph=False)
     engine.trace.enabled = True
-    first = engine.prefill(prompt[:5])
-    second = engine.decode(prompt[5])
-    assert _rel(first.cpu(), ref_logits[4]) < 3e-3
+    first = engine.prefill(prompt[:4])
+    engine.prefill_chunk = 1  # chunks of one token: the decode kernels, at positions 4 and 5
+    second = engine.prefill(prompt[4:])
+    assert _rel(first.cpu(), ref_logits[3]) < 3e-3
     assert _rel(second.cpu(), ref_logits[5]) < 3e-3
     np.testing.assert_array_equal(np.sort(engine.trace.ids(), -1), np.sort(ref_ids.numpy(), -1))
 

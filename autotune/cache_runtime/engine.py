@@ -70,6 +70,7 @@ class Engine:
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device).reshape(-1)
         self._check_room(len(tokens))
         for chunk in tokens.split(self.prefill_chunk):
+            self.cache.pos.fill_(self.n_past)  # a one-token chunk runs the decode kernels
             logits, ids = forward(self.ops, chunk, self.n_past)
             self.trace.record(ids)
             self.n_past += len(chunk)

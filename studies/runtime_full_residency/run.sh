@@ -18,7 +18,7 @@ synth=$!
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_runtime_triton.py tests/test_runtime_model.py \
   > "$out/pytest.txt" 2>&1; echo "pytest exit $?" | tee -a "$out/pytest.txt" | tail -3 "$out/pytest.txt"
 wait $synth 2>/dev/null
-timeout 180 python3 $here/llama_logits.py "$model" /tmp/llama_logits.npz 2>&1 | tee "$out/llama_logits.txt"
+timeout 120 python3 $here/llama_logits.py "$model" /tmp/llama_logits.npz 2>&1 | tee "$out/llama_logits.txt"
 timeout 120 llama-bench -m "$model" -p 512 -n 128 -r 5 -fa 1 -ngl 99 -o json > "$out/llama_bench.json" 2> "$out/llama_bench.err"
 python3 - "$out" <<'PY'
 import json, sys
@@ -30,5 +30,5 @@ try:
 except Exception as exc:
     print("llama-bench failed:", exc, open(f"{out}/llama_bench.err").read()[-2000:])
 PY
-timeout 330 python3 $here/bench_runtime.py "$model" "$out" --llama /tmp/llama_logits.npz ${SWEEP:+--sweep} 2>&1 \
+timeout 300 python3 $here/bench_runtime.py "$model" "$out" --llama /tmp/llama_logits.npz ${SWEEP:+--sweep} 2>&1 \
   | tee "$out/bench_runtime.txt" | grep -v "^\s*$" | tail -20
