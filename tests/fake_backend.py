@@ -30,13 +30,13 @@ class FakeBackend:
     def supports(self, model) -> str | None:
         return None if model.is_moe else "needs experts"
 
-    def suggest(self, trial, model, hw) -> Config:
+    def suggest(self, trial, model, hw, workload) -> Config:
         return {
             "n_cpu_moe": trial.suggest_int("n_cpu_moe", 0, model.n_layers),
             "n_threads": trial.suggest_int("n_threads", 1, 4),
         }
 
-    def baselines(self, model, hw, vram_cap) -> list[Config]:
+    def baselines(self, model, hw, vram_cap, workload) -> list[Config]:
         return [{"n_cpu_moe": model.n_layers, "n_threads": 2}]
 
     def predict_vram(self, config: Config, model, workload: Workload) -> int:

@@ -121,10 +121,14 @@ class Backend(Protocol):
     def supports(self, model: ModelProfile) -> str | None:
         """None when this backend can run the model, else the reason it declines."""
 
-    def suggest(self, trial: optuna.Trial, model: ModelProfile, hw: HardwareProfile) -> Config:
-        """Sample one config from this backend's (conditional) search space."""
+    def suggest(
+        self, trial: optuna.Trial, model: ModelProfile, hw: HardwareProfile, workload: Workload
+    ) -> Config:
+        """Sample one config from this backend's (conditional) search space for the workload."""
 
-    def baselines(self, model: ModelProfile, hw: HardwareProfile, vram_cap: int) -> list[Config]:
+    def baselines(
+        self, model: ModelProfile, hw: HardwareProfile, vram_cap: int, workload: Workload
+    ) -> list[Config]:
         """Configs a careful user would try first; the study is seeded with them."""
 
     def predict_vram(self, config: Config, model: ModelProfile, workload: Workload) -> int:

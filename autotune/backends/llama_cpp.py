@@ -52,23 +52,38 @@ class LlamaCppBackend:
     ) -> Config:
         """Every knob but explicit per-layer placement: with llama.cpp's layer-by-layer
         execution the number of layers whose experts stay on the CPU is what matters.
+        For the decode objective, knobs that only matter for prefill or rarely help decode
+        stay at llama.cpp's defaults, so a short budget is spent where decode speed is decided;
+        n_ubatch stays searched there because its compute buffer trades VRAM with experts.
         With a workload the config carries its n_ctx, so exported commands serve that context."""
         n_layers, cores = model.n_layers, max(1, hw.logical_cores)
         flash_attn = trial.suggest_categorical("flash_attn", [True, False])
-        n_batch = trial.suggest_categorical("n_batch", BATCH_SIZES)
-        config = {
-            "n_gpu_layers": trial.suggest_int("n_gpu_layers", n_layers // 2, n_layers + 1),
-            "n_cpu_moe": trial.suggest_int("n_cpu_moe", 0, n_layers) if model.is_moe else 0,
-            "flash_attn": flash_attn,
-            "n_batch": n_batch,
-            "n_ubatch": min(n_batch, trial.suggest_categorical("n_ubatch", UBATCH_SIZES)),
-            "type_k": trial.suggest_categorical("type_k", list(KV_TYPES)),
-            "type_v": trial.suggest_categorical("type_v", list(KV_TYPES)) if flash_attn else "f16",
-            "n_threads": trial.suggest_int("n_threads", 1, cores),
-            "n_threads_batch": trial.suggest_int("n_threads_batch", 1, cores),
-            "op_offload": trial.suggest_categorical("op_offload", [True, False]),
-            "use_mmap": trial.suggest_categorical("use_mmap", [True, False]),
-        }
+        n_cpu_moe = trial.suggest_int("n_cpu_moe", 0, n_layers) if model.is_moe else 0
+        n_threads = trial.suggest_int("n_threads", 1, cores)
+        if workload is not None and workload.objective == "decode":
+            config = {
+                "n_gpu_layers": n_layers + 1,
+                "n_cpu_moe": n_cpu_moe,
+                "flash_attn": flash_attn,
+                "n_ubatch": trial.suggest_categorical("n_ubatch", UBATCH_SIZES),
+                "n_threads": n_threads,
+                "n_threads_batch": n_threads,
+            }
+        else:
+            n_batch = trial.suggest_categorical("n_batch", BATCH_SIZES)
+            config = {
+                "n_gpu_layers": trial.suggest_int("n_gpu_layers", n_layers // 2, n_layers + 1),
+                "n_cpu_moe": n_cpu_moe,
+                "flash_attn": flash_attn,
+                "n_batch": n_batch,
+                "n_ubatch": min(n_batch, trial.suggest_categorical("n_ubatch", UBATCH_SIZES)),
+                "type_k": trial.suggest_categorical("type_k", list(KV_TYPES)),
+                "type_v": trial.suggest_categorical("type_v", list(KV_TYPES)) if flash_attn else "f16",
+                "n_threads": n_threads,
+                "n_threads_batch": trial.suggest_int("n_threads_batch", 1, cores),
+                "op_offload": trial.suggest_categorical("op_offload", [True, False]),
+                "use_mmap": trial.suggest_categorical("use_mmap", [True, False]),
+            }
         if workload is not None:
             config["n_ctx"] = workload.n_ctx
         return normalize(config)

@@ -42,7 +42,7 @@ def _check_cap(backends: list[Backend], model: ModelProfile, hw, vram_cap: int, 
     smallest = min(
         backend.predict_vram(config, model, workload)
         for backend in backends
-        for config in backend.baselines(model, hw, vram_cap)
+        for config in backend.baselines(model, hw, vram_cap, workload)
     )
     if smallest > vram_cap:
         raise AutotuneError(

@@ -155,7 +155,7 @@ class Tuner:
 
     def seed_baselines(self) -> None:
         for name, backend in self.backends.items():
-            for config in backend.baselines(self.model, self.hardware, self.vram_cap):
+            for config in backend.baselines(self.model, self.hardware, self.vram_cap, self.workload):
                 self._enqueue(name, config, reason="baseline")
 
     def _enqueue(self, backend: str, config: Config, reason: str, skip_if_exists: bool = True) -> None:
@@ -193,7 +193,7 @@ class Tuner:
     def _sample(self, trial: optuna.Trial) -> tuple[str, Config]:
         names = list(self.backends)
         name = names[0] if len(names) == 1 else trial.suggest_categorical("backend", names)
-        return name, self.backends[name].suggest(trial, self.model, self.hardware)
+        return name, self.backends[name].suggest(trial, self.model, self.hardware, self.workload)
 
     def _run_one(self, model_path: Path, outcome: StudyOutcome) -> bool:
         """Ask, predict, run or prune, tell. Returns whether a measurement was run."""

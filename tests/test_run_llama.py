@@ -1,0 +1,48 @@
+"""The product's main job on CPU: a real llama.cpp study of the tiny model, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autotune.backends.commands import parse_command
+from autotune.storage import Database
+
+pytest.importorskip("llama_cpp")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autotune.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_six_trial_study_stores_best_and_exports_it(tiny_model: Path, tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'autotune.db'}"
+    done = _cli("run", str(tiny_model), "--vram-cap", "4G", "--trials", "6", "--storage", url, "--seed", "0",
+                "--prompt-tokens", "16", "--gen-tokens", "8", "--repetitions", "2", "--ctx", "64", "--study", "ci")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "winner" in done.stdout
+    [best] = Database(url).best_configs(Database(url).studies()[0].model_fingerprint)
+    assert best.backend == "llama_cpp" and best.objective_mean > 0
+
+    answer = _cli("best", str(tiny_model), "--storage", url, "--json")
+    assert answer.returncode == 0, answer.stderr
+    assert json.loads(answer.stdout)[0]["config"] == best.config
+
+    for fmt in ("llama-server", "llama-bench", "python", "json"):
+        exported = _cli("export", str(tiny_model), "--vram-cap", "4G", "--format", fmt, "--storage", url)
+        assert exported.returncode == 0, exported.stderr
+        config, path = parse_command(exported.stdout.strip())
+        assert path == tiny_model
+        if fmt != "llama-bench":  # llama-bench has no -c: it sizes the context itself
+            assert config == best.config, fmt
+
+
+def test_export_without_a_study_is_a_clear_error(tiny_model: Path, tmp_path: Path):
+    done = _cli("export", str(tiny_model), "--vram-cap", "4G", "--storage", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert done.returncode == 2
+    assert "run `autotune run` first" in done.stderr
