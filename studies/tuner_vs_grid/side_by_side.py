@@ -18,7 +18,7 @@ from autotune.backends.commands import bench_argv
 from autotune.model import inspect_model
 from autotune.storage import Database
 
-ROUNDS = 3
+ROUNDS = 5
 WORKLOAD = Workload(n_prompt=0, n_gen=64, repetitions=2)
 
 
