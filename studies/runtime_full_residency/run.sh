@@ -11,13 +11,14 @@ here=studies/runtime_full_residency
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
+synth=""
 if [ ! -f "$model" ]; then
   python3 -m autotune.cli synth "$model" --preset qwen3-30b-a3b --no-measure > "$out/synth.txt" 2>&1 &
+  synth=$!
 fi
-synth=$!
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_runtime_triton.py tests/test_runtime_model.py \
   > "$out/pytest.txt" 2>&1; echo "pytest exit $?" | tee -a "$out/pytest.txt" | tail -3 "$out/pytest.txt"
-wait $synth 2>/dev/null
+[ -z "$synth" ] || wait "$synth"
 timeout 120 python3 $here/llama_logits.py "$model" /tmp/llama_logits.npz 2>&1 | tee "$out/llama_logits.txt"
 timeout 120 llama-bench -m "$model" -p 512 -n 128 -r 5 -fa 1 -ngl 99 -o json > "$out/llama_bench.json" 2> "$out/llama_bench.err"
 python3 - "$out" <<'PY'
