@@ -134,6 +134,9 @@ def measure_routing(model_path: str | Path, n_tokens: int = 256, seed: int = 0, 
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama_cpp's own log sink
     model_params = llama_cpp.llama_model_default_params()
     model_params.n_gpu_layers = n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
+    # An explicit load mode: the default ("auto") crashed the CUDA build's loader here, while
+    # the llama_cpp backend, which sets it, loads the same file fine.
+    model_params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
     model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), model_params)
     if not model:
         raise AutotuneError(f"{model_path}: llama.cpp could not load the model")

@@ -29,6 +29,15 @@ BATCH_SIZES = [512, 1024, 2048, 4096]
 UBATCH_SIZES = [128, 256, 512, 1024, 2048]
 
 
+def thread_counts(hw: HardwareProfile) -> list[int]:
+    """Thread counts worth measuring: fractions of the physical cores, all of them, and all
+    logical CPUs. Neighbouring counts (15 vs 16) differ by less than the measurement noise,
+    so a finer grid only spends a short budget on noise."""
+    physical = max(1, hw.physical_cores)
+    counts = {max(1, physical * share // 4) for share in (1, 2, 3, 4)} | {max(1, hw.logical_cores)}
+    return sorted(counts)
+
+
 class LlamaCppBackend:
     name = "llama_cpp"
     trial_target = "autotune.backends.llama_cpp_trial"
@@ -56,10 +65,10 @@ class LlamaCppBackend:
         stay at llama.cpp's defaults, so a short budget is spent where decode speed is decided;
         n_ubatch stays searched there because its compute buffer trades VRAM with experts.
         With a workload the config carries its n_ctx, so exported commands serve that context."""
-        n_layers, cores = model.n_layers, max(1, hw.logical_cores)
+        n_layers = model.n_layers
         flash_attn = trial.suggest_categorical("flash_attn", [True, False])
         n_cpu_moe = trial.suggest_int("n_cpu_moe", 0, n_layers) if model.is_moe else 0
-        n_threads = trial.suggest_int("n_threads", 1, cores)
+        n_threads = trial.suggest_categorical("n_threads", thread_counts(hw))
         if workload is not None and workload.objective == "decode":
             config = {
                 "n_gpu_layers": n_layers + 1,
@@ -80,7 +89,7 @@ class LlamaCppBackend:
                 "type_k": trial.suggest_categorical("type_k", list(KV_TYPES)),
                 "type_v": trial.suggest_categorical("type_v", list(KV_TYPES)) if flash_attn else "f16",
                 "n_threads": n_threads,
-                "n_threads_batch": trial.suggest_int("n_threads_batch", 1, cores),
+                "n_threads_batch": trial.suggest_categorical("n_threads_batch", thread_counts(hw)),
                 "op_offload": trial.suggest_categorical("op_offload", [True, False]),
                 "use_mmap": trial.suggest_categorical("use_mmap", [True, False]),
             }

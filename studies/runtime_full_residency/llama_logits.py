@@ -31,6 +31,7 @@ def main() -> None:
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = 0 if args.cpu else 99
+    params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP  # "auto" crashed the CUDA build's loader
     model = llama_cpp.llama_model_load_from_file(os.fsencode(args.model), params)
     if not model:
         raise SystemExit("llama.cpp could not load the model")
