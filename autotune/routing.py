@@ -9,7 +9,6 @@ rate of a static placement that holds the most frequent experts.
 from __future__ import annotations
 
 import ctypes
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,7 +130,9 @@ def measure_routing(model_path: str | Path, n_tokens: int = 256, seed: int = 0, 
     collector = _TopkCollector(ggml, profile.n_layers)
     callback = llama_cpp.ggml_backend_sched_eval_callback(collector)
     llama_cpp.llama_backend_init()
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama_cpp's own log sink
+    from autotune.backends.llama_python import silence_llama_log
+
+    silence_llama_log()
     model_params = llama_cpp.llama_model_default_params()
     model_params.n_gpu_layers = n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
     # An explicit load mode: the default ("auto") crashed the CUDA build's loader here, while

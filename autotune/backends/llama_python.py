@@ -78,3 +78,17 @@ def cpu_experts(n_cpu_moe: int = 0, layers: Iterable[int] = ()) -> Iterator[ctyp
         yield overrides
     finally:
         llama_api.llama_model_default_params = default_params
+
+
+def _discard_log(_level: int, _text: bytes, _user_data: object) -> None:
+    """A log sink that drops llama.cpp's messages."""
+
+
+_QUIET_LOG = llama_api.llama_log_callback(_discard_log)  # module-level: llama.cpp keeps calling it
+
+
+def silence_llama_log() -> None:
+    """Route llama.cpp's log to a sink of our own instead of llama_cpp's Python logger
+    (loads with that logger installed were seen crashing the CUDA build's loader, while
+    processes with their own sink, as the trial children have, load the same file fine)."""
+    llama_api.llama_log_set(_QUIET_LOG, ctypes.c_void_p(0))

@@ -28,6 +28,9 @@ def main() -> None:
 
     import llama_cpp
 
+    from autotune.backends.llama_python import silence_llama_log
+
+    silence_llama_log()
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = 0 if args.cpu else 99
