@@ -8,7 +8,7 @@ answers at once and a later ``run`` can warm-start.
 
 from __future__ import annotations
 
-import json
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -116,9 +116,11 @@ class Database:
         import optuna
 
         try:
-            return optuna.storages.RDBStorage(
-                self.url, engine_kwargs=engine_kwargs(self.url), heartbeat_interval=30, grace_period=120
-            )
+            with warnings.catch_warnings():  # heartbeats are marked experimental; they are what we want
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    self.url, engine_kwargs=engine_kwargs(self.url), heartbeat_interval=30, grace_period=120
+                )
         except Exception as exc:  # optuna wraps driver errors in many types
             raise AutotuneError(f"cannot open the Optuna storage {self.url!r}: {str(exc).splitlines()[0]}") from None
 
@@ -170,7 +172,3 @@ class Database:
             query = query.where(BestConfigRow.vram_cap == vram_cap)
         with self.session() as s:
             return list(s.scalars(query.order_by(BestConfigRow.vram_cap)))
-
-
-def to_json_text(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)

@@ -107,3 +107,12 @@ def test_bad_caps_are_clear_errors(tiny_model: Path, tmp_path: Path, cap: str, m
     done = _run(["run", str(tiny_model), "--vram-cap", cap, "--backends", FAKE, "--storage", f"sqlite:///{tmp_path / 'd.db'}"])
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_history_lists_studies(tiny_model: Path, tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    assert _run(["run", str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--trials", "2",
+                 "--storage", url, "--study", "listed", "--no-remeasure"]).returncode == 0
+    result = runner.invoke(app, ["history", "--storage", url])
+    assert result.exit_code == 0, result.output
+    assert "listed" in result.output and "finished" in result.output and "autotune" in result.output

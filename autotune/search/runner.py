@@ -117,7 +117,8 @@ def run_study(
     _check_cap(backends, model, hardware, vram_cap, workload)
     db = Database(storage_url)
     name = _resolve_study_name(db, study_name, resume, model, hardware, vram_cap, workload)
-    settings = {"backends": [b.name for b in backends], "trials": trials, "seconds": seconds, "sampler": sampler}
+    settings = {"backends": [b.name for b in backends], "trials": trials, "seconds": seconds,
+                "sampler": sampler, "model_name": model.name}
     register_study(db, model, hardware, name, vram_cap, workload, settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import optuna
@@ -14,6 +15,13 @@ SAMPLERS = ("tpe", "tpe-independent", "gp", "random")
 
 
 def make_sampler(name: str, seed: int | None, constraints_func: ConstraintsFunc) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():  # group= is "experimental", constraints_func "deprecated" in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return _make_sampler(name, seed, constraints_func)
+
+
+def _make_sampler(name: str, seed: int | None, constraints_func: ConstraintsFunc) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(
             multivariate=True, group=True, seed=seed, n_startup_trials=6, constraints_func=constraints_func
