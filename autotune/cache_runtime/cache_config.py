@@ -1,0 +1,49 @@
+"""The expert cache's knobs: what the tuner's ``cache`` backend searches and ``serve`` runs.
+
+One flat, JSON-serialisable record (the tuner stores configs as dicts: ``asdict`` /
+``CacheConfig.from_dict``). ``vram_cap`` is the whole process's budget; the runtime turns
+what is left after weights that always stay resident, KV cache, buffers and the CUDA
+context into expert slots per layer (``slot_split`` shifts slots towards layers whose
+routing is flatter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+EVICTION_RULES = ("lfu_decay", "lru", "static")
+MISS_MODES = ("zero_copy", "copy")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    vram_cap: int  # bytes for the whole process, CUDA context included
+    rebalance_interval: int = 64  # tokens between hot-set recomputations; 0: never
+    decay: float = 0.95  # per-rebalance decay of routing counts (lfu_decay)
+    eviction: str = "lfu_decay"  # one of EVICTION_RULES
+    miss_mode: str = "zero_copy"  # read a missing expert from pinned host memory, or copy it in
+    prefetch_depth: int = 0  # layers ahead whose experts are predicted and brought in
+    prefill_bypass: int = 32  # batches of at least this many tokens skip the cache; 0: never
+    slot_split: float = 0.0  # 0: equal slots per layer; 1: slots in proportion to routing entropy
+    learned_placement: bool = True  # seed the placement from the routing counts of earlier runs
+    max_ctx: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.eviction not in EVICTION_RULES:
+            raise ValueError(f"eviction must be one of {EVICTION_RULES}, not {self.eviction!r}")
+        if self.miss_mode not in MISS_MODES:
+            raise ValueError(f"miss_mode must be one of {MISS_MODES}, not {self.miss_mode!r}")
+        if not 0.0 <= self.slot_split <= 1.0:
+            raise ValueError(f"slot_split must be within [0, 1], not {self.slot_split}")
+        if min(self.rebalance_interval, self.prefetch_depth, self.prefill_bypass) < 0:
+            raise ValueError("rebalance_interval, prefetch_depth and prefill_bypass must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CacheConfig":
+        """Ignores keys that are not knobs (a tuner config may carry others)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
