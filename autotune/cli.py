@@ -178,9 +178,14 @@ def run(
     sampler: str = typer.Option("tpe", help="tpe | tpe-independent | gp | random"),
     seed: Optional[int] = typer.Option(None, help="sampler seed"),
     remeasure: bool = typer.Option(True, help="measure the best few again before choosing the winner"),
+    batch: int = typer.Option(2, min=1, help="trials per model load (siblings differ only in knobs set after loading)"),
+    llama_bench: Optional[Path] = typer.Option(None, "--llama-bench", help="llama-bench executable for the llama_bench backend"),
 ) -> None:
     """Tune MODEL under a VRAM cap; the winner is stored and printed as a launch command."""
     from autotune.search.runner import run_study
+
+    if llama_bench is not None:
+        _use_llama_bench(llama_bench)
 
     from autotune.units import parse_duration, parse_size
 
@@ -199,7 +204,19 @@ def run(
         seed=seed,
         remeasure=remeasure,
         console=console,
+        batch=batch,
     )
+
+
+def _use_llama_bench(binary: Path) -> None:
+    """Point the llama_bench backend at this executable (through its environment variable)."""
+    import os
+
+    from autotune.backends.llama_bench import ENV_BINARY
+
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        raise AutotuneError(f"--llama-bench {binary}: not an executable file")
+    os.environ[ENV_BINARY] = str(binary.resolve())
 
 
 @app.command()

@@ -83,6 +83,7 @@ def test_ok_items_share_one_child_and_its_setup():
     assert first.decode_tps.samples == [10.0, 12.0, 14.0]
     assert first.prefill_tps.mean == 100.0
     assert first.load_seconds == 0.25
+    assert [r.load_seconds for r in results[1:]] == [0.0, 0.0]  # one load, counted once
     assert first.extra["loaded_by"] == first.extra["pid"]
     assert first.peak_vram_bytes is None or first.peak_vram_bytes >= 0  # None without a GPU
 

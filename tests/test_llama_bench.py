@@ -61,3 +61,23 @@ def test_failures_are_recorded(tiny_model: Path, tmp_path: Path):
 def test_a_missing_binary_makes_the_backend_unavailable(tmp_path: Path):
     assert "no llama-bench executable" in LlamaBenchBackend(str(tmp_path / "llama-bench")).available()
     assert LlamaBenchBackend().available() is None
+
+
+def test_run_takes_llama_bench_from_an_option(tiny_model: Path, tmp_path: Path):
+    """``--llama-bench PATH`` picks the binary: a 2-trial study of the llama_bench backend."""
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    args = [sys.executable, "-m", "autotune.cli", "run", str(tiny_model), "--vram-cap", "4G", "--backends", "llama_bench",
+            "--trials", "2", "--no-remeasure", "--prompt-tokens", "8", "--gen-tokens", "4", "--repetitions", "1",
+            "--ctx", "64", "--storage", url]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "AUTOTUNE_LLAMA_BENCH"}
+    wrapper, calls = tmp_path / "my bench", tmp_path / "calls.log"
+    wrapper.write_text(f'#!/bin/sh\necho called >> "{calls}"\nexec "{find_llama_bench()}" "$@"\n')
+    wrapper.chmod(0o755)
+    done = subprocess.run([*args, "--llama-bench", str(wrapper)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "winner" in done.stdout
+    assert calls.read_text().count("called") >= 2  # the study ran the given executable
+    missing = subprocess.run([*args, "--llama-bench", str(tmp_path / "nope")], capture_output=True, text=True, env=env)
+    assert missing.returncode == 2 and "not an executable file" in missing.stderr

@@ -28,6 +28,7 @@ def test_six_trial_study_stores_best_and_exports_it(tiny_model: Path, tmp_path: 
     assert "winner" in done.stdout
     [best] = Database(url).best_configs(Database(url).studies()[0].model_fingerprint)
     assert best.backend == "llama_cpp" and best.objective_mean > 0
+    _check_siblings_shared_a_load(url)
 
     answer = _cli("best", str(tiny_model), "--storage", url, "--json")
     assert answer.returncode == 0, answer.stderr
@@ -46,3 +47,17 @@ def test_export_without_a_study_is_a_clear_error(tiny_model: Path, tmp_path: Pat
     done = _cli("export", str(tiny_model), "--vram-cap", "4G", "--storage", f"sqlite:///{tmp_path / 'empty.db'}")
     assert done.returncode == 2
     assert "run `autotune run` first" in done.stderr
+
+
+def _check_siblings_shared_a_load(url: str) -> None:
+    """With the default batch of 2, a sampled trial's sibling reused its loaded model."""
+    import optuna
+
+    trials = {t.number: t for t in optuna.load_study(study_name="ci", storage=Database(url).optuna_storage()).get_trials()}
+    siblings = [t for t in trials.values() if str(t.user_attrs.get("seeded", "")).startswith("shares the model load")]
+    assert siblings, "no trial shared a model load"
+    for sibling in siblings:
+        lead = trials[int(sibling.user_attrs["seeded"].rsplit(" ", 1)[1])]
+        assert sibling.params["n_cpu_moe"] == lead.params["n_cpu_moe"]
+        assert json.loads(json.dumps(sibling.user_attrs["result"]))["load_seconds"] == 0.0
+        assert lead.user_attrs["result"]["load_seconds"] > 0

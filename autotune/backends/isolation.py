@@ -113,13 +113,15 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def _ok(record: dict[str, Any], ready: dict[str, Any], peak: int | None) -> TrialResult:
+def _ok(record: dict[str, Any], ready: dict[str, Any], peak: int | None, first: bool) -> TrialResult:
+    """An item's result; the child's shared load is counted on its first item only."""
     value, info = record["value"], ready.get("info") or {}
     measured = {key: Measurement.of(value[key]) for key in ("decode_tps", "prefill_tps") if value.get(key)}
+    shared_load = info.get("load_seconds", ready.get("seconds", 0.0)) if first else 0.0
     return TrialResult(
         Outcome.OK,
         peak_vram_bytes=peak,
-        load_seconds=float(value.get("load_seconds", info.get("load_seconds", ready.get("seconds", 0.0)))),
+        load_seconds=float(value.get("load_seconds", shared_load)),
         wall_seconds=float(record["seconds"]),
         extra={**info.get("extra", {}), **value.get("extra", {})},
         **measured,
@@ -189,7 +191,7 @@ def _run_child(
                         if record["kind"] == "ready":
                             ready = record
                         elif record["kind"] == "item":
-                            done.append(_ok(record, ready or {}, vram.mark()))
+                            done.append(_ok(record, ready or {}, vram.mark(), first=not done))
                         else:
                             error = record
                     if exited:

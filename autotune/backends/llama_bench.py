@@ -37,6 +37,7 @@ def find_llama_bench(binary: str | None = None) -> str | None:
 class LlamaBenchBackend(LlamaCppBackend):
     name = "llama_bench"
     trial_target = "autotune.backends.llama_bench_trial"
+    load_keys = None  # llama-bench loads the model for every run
 
     def __init__(self, binary: str | None = None, gpu_index: int = 0):
         super().__init__(gpu_index)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from autotune.backends.base import Config, ConfigError, TrialResult, Workload
 from autotune.backends.commands import format_command, parse_command
 from autotune.backends.isolation import run_isolated
-from autotune.backends.llama_config import KV_TYPES, cpu_expert_patterns, load_params, normalize
+from autotune.backends.llama_config import KV_TYPES, LOAD_KEYS, cpu_expert_patterns, load_params, normalize
 from autotune.backends.llama_memory import estimate_vram
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class LlamaCppBackend:
     name = "llama_cpp"
     trial_target = "autotune.backends.llama_cpp_trial"
     default_format = "llama-server"
+    load_keys: tuple[str, ...] | None = LOAD_KEYS  # knobs fixed at model load: configs equal in them share a load
 
     def __init__(self, gpu_index: int = 0):
         self.gpu_index = gpu_index

@@ -110,6 +110,7 @@ def run_study(
     seed: int | None,
     remeasure: bool,
     console: Console,
+    batch: int = 2,
 ) -> StudyOutcome:
     model = inspect_model(model_path)
     hardware = probe_hardware()
@@ -137,7 +138,8 @@ def run_study(
                     best_so_far[0] = max(best_so_far[0], record.objective)
                 progress.update(task, advance=1, description=f"best {best_so_far[0]:.1f} {unit}")
 
-        tuner = Tuner(db, model, hardware, backends, vram_cap, workload, name, sampler, seed, trial_timeout_s, on_trial)
+        tuner = Tuner(db, model, hardware, backends, vram_cap, workload, name, sampler, seed, trial_timeout_s, on_trial,
+                      batch=batch)
         recovered = tuner.recover_interrupted()
         done = len(tuner.measured_trials())
         progress.update(task, completed=min(done, trials or done))

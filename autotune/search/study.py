@@ -4,12 +4,18 @@ Flow of one trial: Optuna asks → the backend samples a config → the calibrat
 predicts its VRAM → over the cap it is recorded as pruned (never run), else the backend
 measures it in a child process → the objective and the cap constraint go back to Optuna.
 Every outcome (ok, oom, crash, timeout, over_cap, stopped) is a recorded trial.
-At the end the best few are measured again and the winner is chosen by mean less one
-standard error, then stored as the best config for model x machine x cap x workload.
+Where a backend names its load-time knobs (``load_keys``), a sampled trial brings siblings
+that share its model load (the sampler picks their other knobs), measured by one child.
+At the end the best few configs race: measured again in rotating rounds until the leader
+stands clear of the others by its spread (or the rounds run out); the winner is the
+finalist with the highest mean over all its samples, stored as the best config for
+model x machine x cap x workload.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +35,8 @@ from autotune.search.samplers import make_sampler
 from autotune.storage import BestConfigRow, Database, StudyRow
 
 FAILED_CONSTRAINT = 1.0  # constraint value of a trial that produced no measurement
-REMEASURE_TOP = 3
+REMEASURE_TOP = 3  # finalists of the race at the end
+RACE_ROUNDS = 3  # at most this many re-measurements of each finalist
 
 
 @dataclass
@@ -71,6 +78,30 @@ def _constraints(trial: FrozenTrial) -> list[float]:
     return [trial.user_attrs.get("constraint", FAILED_CONSTRAINT)]
 
 
+def _config_key(trial: FrozenTrial) -> str:
+    return json.dumps([trial.user_attrs["backend"], trial.user_attrs["config"]], sort_keys=True)
+
+
+def _standard_error(measurement: Measurement) -> float:
+    return measurement.std / math.sqrt(len(measurement.samples)) if measurement.samples else math.inf
+
+
+def _stands_clear(leader: Measurement, other: Measurement) -> bool:
+    """The leader's mean less its standard error is above the other's mean plus its own."""
+    return leader.mean - _standard_error(leader) > other.mean + _standard_error(other)
+
+
+@dataclass
+class _Asked:
+    """A trial asked of Optuna, its config, and the VRAM predicted for it."""
+
+    trial: optuna.Trial
+    backend: str
+    config: Config
+    raw: int
+    predicted: int
+
+
 class Tuner:
     """One study: its backends, cap, workload and budget, over one database."""
 
@@ -87,6 +118,7 @@ class Tuner:
         seed: int | None = None,
         trial_timeout_s: float = 600.0,
         on_trial: Callable[[TrialRecord], None] | None = None,
+        batch: int = 2,
     ):
         self.db = db
         self.model = model
@@ -97,6 +129,7 @@ class Tuner:
         self.study_name = study_name
         self.trial_timeout_s = trial_timeout_s
         self.on_trial = on_trial or (lambda record: None)
+        self.batch = max(1, batch)  # trials per model load, where the backend allows it
         self.calibration = MemoryCalibration()
         storage = db.optuna_storage()
         self.study = optuna.create_study(
@@ -195,41 +228,79 @@ class Tuner:
         name = names[0] if len(names) == 1 else trial.suggest_categorical("backend", names)
         return name, self.backends[name].suggest(trial, self.model, self.hardware, self.workload)
 
-    def _run_one(self, model_path: Path, outcome: StudyOutcome) -> bool:
-        """Ask, predict, run or prune, tell. Returns whether a measurement was run."""
+    def _ask(self) -> _Asked:
         trial = self.study.ask()
         name, config = self._sample(trial)
-        backend = self.backends[name]
-        raw = backend.predict_vram(config, self.model, self.workload)
+        raw = self.backends[name].predict_vram(config, self.model, self.workload)
         predicted = self.calibration.predict(name, raw)
         for key, value in (("backend", name), ("config", config), ("predicted_vram_raw", raw), ("predicted_vram", predicted)):
             trial.set_user_attr(key, value)
-        record = TrialRecord(trial.number, name, config, Outcome.PRUNED, predicted)
-        if predicted > self.vram_cap:
-            trial.set_user_attr("outcome", Outcome.PRUNED.value)
-            self.study.tell(trial, state=TrialState.PRUNED)
-            outcome.records.append(record)
-            self.on_trial(record)
-            return False
-        try:
-            result = backend.run_trial(config, model_path, self.workload, self.trial_timeout_s)
-        except KeyboardInterrupt:
-            trial.set_user_attr("outcome", Outcome.STOPPED.value)
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.study.enqueue_trial(trial.params, user_attrs={"seeded": f"retry of stopped {trial.number}"})
-            raise
-        if result.ok and result.peak_vram_bytes is not None and result.peak_vram_bytes > self.vram_cap:
-            result.outcome = Outcome.OVER_CAP
-            result.message = f"measured {result.peak_vram_bytes} bytes > cap {self.vram_cap}"
-        self._record(trial, name, raw, predicted, result)
-        record.outcome, record.result = result.outcome, result
-        measurement = objective_of(result, self.workload)
-        record.objective, record.objective_std = measurement.mean, measurement.std
+        return _Asked(trial, name, config, raw, predicted)
+
+    def _prune(self, asked: _Asked, outcome: StudyOutcome) -> None:
+        asked.trial.set_user_attr("outcome", Outcome.PRUNED.value)
+        self.study.tell(asked.trial, state=TrialState.PRUNED)
+        record = TrialRecord(asked.trial.number, asked.backend, asked.config, Outcome.PRUNED, asked.predicted)
         outcome.records.append(record)
-        outcome.load_seconds += result.load_seconds
-        outcome.trial_seconds += result.wall_seconds
         self.on_trial(record)
-        return True
+
+    def _siblings(self, lead: _Asked, room: int, outcome: StudyOutcome) -> list[_Asked]:
+        """Up to ``room`` more trials that share the lead's model load (its load-time knobs fixed,
+        the rest sampled). Only for a freely sampled lead with nothing else queued, so the
+        queue order of seeded trials is kept."""
+        load_keys = getattr(self.backends[lead.backend], "load_keys", None)
+        if load_keys is None or room <= 0 or self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return []
+        if "seeded" in lead.trial.user_attrs:  # every trial this tuner queues carries it
+            return []
+        fixed = {key: value for key, value in lead.trial.params.items() if key in load_keys or key == "backend"}
+        siblings: list[_Asked] = []
+        while len(siblings) < room:
+            self.study.enqueue_trial(fixed, user_attrs={"seeded": f"shares the model load of trial {lead.trial.number}"},
+                                     skip_if_exists=False)
+            sibling = self._ask()
+            if sibling.predicted > self.vram_cap:
+                self._prune(sibling, outcome)
+                break
+            siblings.append(sibling)
+        return siblings
+
+    def _measure(self, group: list[_Asked], model_path: Path) -> list[TrialResult]:
+        """One backend's configs, in one child per model load where the backend offers ``run_trials``."""
+        backend = self.backends[group[0].backend]
+        configs = [asked.config for asked in group]
+        if len(group) > 1 and hasattr(backend, "run_trials"):
+            return backend.run_trials(configs, model_path, self.workload, self.trial_timeout_s)
+        return [backend.run_trial(config, model_path, self.workload, self.trial_timeout_s) for config in configs]
+
+    def _run_batch(self, model_path: Path, outcome: StudyOutcome, room: int) -> int:
+        """Ask, predict, prune or run (with siblings sharing the load), tell. Returns how many ran."""
+        lead = self._ask()
+        if lead.predicted > self.vram_cap:
+            self._prune(lead, outcome)
+            return 0
+        group = [lead] + self._siblings(lead, min(self.batch, room) - 1, outcome)
+        try:
+            results = self._measure(group, model_path)
+        except KeyboardInterrupt:
+            for asked in group:
+                asked.trial.set_user_attr("outcome", Outcome.STOPPED.value)
+                self.study.tell(asked.trial, state=TrialState.FAIL)
+                self.study.enqueue_trial(asked.trial.params, user_attrs={"seeded": f"retry of stopped {asked.trial.number}"})
+            raise
+        for asked, result in zip(group, results):
+            if result.ok and result.peak_vram_bytes is not None and result.peak_vram_bytes > self.vram_cap:
+                result.outcome = Outcome.OVER_CAP
+                result.message = f"measured {result.peak_vram_bytes} bytes > cap {self.vram_cap}"
+            self._record(asked.trial, asked.backend, asked.raw, asked.predicted, result)
+            measurement = objective_of(result, self.workload)
+            record = TrialRecord(asked.trial.number, asked.backend, asked.config, result.outcome, asked.predicted,
+                                 result, measurement.mean, measurement.std)
+            outcome.records.append(record)
+            outcome.load_seconds += result.load_seconds
+            outcome.trial_seconds += result.wall_seconds + result.load_seconds
+            self.on_trial(record)
+        return len(group)
 
     def _record(self, trial: optuna.Trial, name: str, raw: int, predicted: int, result: TrialResult) -> None:
         trial.set_user_attr("result", result.to_json())
@@ -258,8 +329,9 @@ class Tuner:
         started = time.monotonic()
         asked_without_run = 0
         try:
-            while not budget.exhausted(len(self.measured_trials()), started):
-                if self._run_one(model_path, outcome):
+            while not budget.exhausted(measured := len(self.measured_trials()), started):
+                room = budget.trials - measured if budget.trials is not None else self.batch
+                if self._run_batch(model_path, outcome, room):
                     asked_without_run = 0
                 else:
                     asked_without_run += 1
@@ -270,6 +342,8 @@ class Tuner:
                         )
             if remeasure:
                 self._remeasure(model_path, outcome)
+            else:
+                self.study.set_user_attr("finalists", [])
         except KeyboardInterrupt:
             outcome.interrupted = True
             self.db.set_study_status(self.study_name, "interrupted")
@@ -278,41 +352,64 @@ class Tuner:
         self.db.set_study_status(self.study_name, "finished")
         return outcome
 
-    def _remeasure(self, model_path: Path, outcome: StudyOutcome) -> None:
-        """Measure the best few once more, in fresh processes; samples are pooled."""
-        candidates = [t for t in self.measured_trials() if t.user_attrs.get("outcome") == Outcome.OK.value]
-        candidates.sort(key=lambda t: t.value or 0.0, reverse=True)
-        for trial in candidates[:REMEASURE_TOP]:
-            backend = self.backends[trial.user_attrs["backend"]]
-            result = backend.run_trial(trial.user_attrs["config"], model_path, self.workload, self.trial_timeout_s)
-            # A finished trial cannot be changed, so re-measurements live on the study.
-            key = f"remeasured:{trial.number}"
-            repeats = self.study.user_attrs.get(key, []) + [result.to_json()]
-            self.study.set_user_attr(key, repeats)
-            outcome.trial_seconds += result.wall_seconds
-            outcome.load_seconds += result.load_seconds
+    def config_groups(self) -> list[list[FrozenTrial]]:
+        """Measured ok trials grouped by identical backend and config (their samples pool)."""
+        groups: dict[str, list[FrozenTrial]] = {}
+        for trial in self.measured_trials():
+            if trial.user_attrs.get("outcome") == Outcome.OK.value:
+                groups.setdefault(_config_key(trial), []).append(trial)
+        return list(groups.values())
 
-    def pooled_objective(self, trial: FrozenTrial) -> tuple[Measurement, list[TrialResult]]:
-        results = [TrialResult.from_json(trial.user_attrs["result"])]
-        results += [TrialResult.from_json(r) for r in self.study.user_attrs.get(f"remeasured:{trial.number}", [])]
+    def pooled(self, group: list[FrozenTrial]) -> tuple[Measurement, list[TrialResult]]:
+        """All samples of a config within the cap: its trials' and their re-measurements'."""
+        results: list[TrialResult] = []
+        for trial in group:
+            results.append(TrialResult.from_json(trial.user_attrs["result"]))
+            results += [TrialResult.from_json(r) for r in self.study.user_attrs.get(f"remeasured:{trial.number}", [])]
         samples: list[float] = []
         for result in results:
             if result.ok and (result.peak_vram_bytes is None or result.peak_vram_bytes <= self.vram_cap):
                 samples += objective_of(result, self.workload).samples
         return Measurement.of(samples), results
 
+    def _remeasure(self, model_path: Path, outcome: StudyOutcome) -> None:
+        """Race the best few configs: each round measures every finalist still in the race once
+        more, in fresh processes and in rotating order (so drift of the machine spreads evenly);
+        finalists the leader stands clear of leave; the race ends when one is left."""
+        groups = sorted(self.config_groups(), key=lambda g: self.pooled(g)[0].mean, reverse=True)[:REMEASURE_TOP]
+        self.study.set_user_attr("finalists", [group[0].number for group in groups])
+        racing = list(groups)
+        for round_number in range(RACE_ROUNDS):
+            if len(racing) < 2:
+                break
+            shift = round_number % len(racing)
+            for group in racing[shift:] + racing[:shift]:
+                trial = group[0]
+                backend = self.backends[trial.user_attrs["backend"]]
+                result = backend.run_trial(trial.user_attrs["config"], model_path, self.workload, self.trial_timeout_s)
+                # A finished trial cannot be changed, so re-measurements live on the study.
+                key = f"remeasured:{trial.number}"
+                self.study.set_user_attr(key, self.study.user_attrs.get(key, []) + [result.to_json()])
+                outcome.trial_seconds += result.wall_seconds + result.load_seconds
+                outcome.load_seconds += result.load_seconds
+            measured = {id(group): self.pooled(group)[0] for group in racing}
+            leader = max(racing, key=lambda g: measured[id(g)].mean)
+            racing = [g for g in racing if g is leader or not _stands_clear(measured[id(leader)], measured[id(g)])]
+
     def choose_winner(self) -> BestConfigRow | None:
-        """The measured config with the highest mean less one standard error; stored as best."""
+        """The finalist of the race with the highest mean over all its samples (without a race:
+        the config with the highest mean less one standard error); stored as the best config."""
+        finalists = set(self.study.user_attrs.get("finalists", []))
         best: tuple[float, FrozenTrial, Any] | None = None
-        for trial in self.measured_trials():
-            if trial.user_attrs.get("outcome") != Outcome.OK.value:
+        for group in self.config_groups():
+            if finalists and group[0].number not in finalists:
                 continue
-            measurement, results = self.pooled_objective(trial)
+            measurement, results = self.pooled(group)
             if not measurement.samples:
                 continue
-            score = lower_bound(measurement)
+            score = measurement.mean if finalists else lower_bound(measurement)
             if best is None or score > best[0]:
-                best = (score, trial, (measurement, results))
+                best = (score, group[0], (measurement, results))
         if best is None:
             return None
         _, trial, (measurement, results) = best

@@ -1,0 +1,64 @@
+"""The end-of-study race: finalists are measured again until the leader stands clear, and
+the winner is the finalist with the highest mean, not the luckiest single trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autotune.backends.base import Config, Measurement, Outcome, TrialResult, Workload
+from autotune.hardware import probe_hardware
+from autotune.model import inspect_model
+from autotune.search.study import RACE_ROUNDS, Budget, Tuner
+from autotune.storage import Database
+from tests.fake_backend import FakeBackend
+
+
+class ScriptedBackend(FakeBackend):
+    """Measures in this process: each n_cpu_moe has a first result and then a steady one."""
+
+    name = "scripted"
+
+    def __init__(self, script: dict[int, tuple[list[float], list[float]]]):
+        self.script = script
+        self.calls: dict[int, int] = {}
+
+    def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
+        key = config["n_cpu_moe"]
+        self.calls[key] = self.calls.get(key, 0) + 1
+        first, steady = self.script[key]
+        samples = first if self.calls[key] == 1 else steady
+        return TrialResult(Outcome.OK, decode_tps=Measurement.of(samples), peak_vram_bytes=2**30, load_seconds=0.1)
+
+
+def _race(tiny_model: Path, tmp_path: Path, script: dict[int, tuple[list[float], list[float]]]) -> tuple[Tuner, ScriptedBackend]:
+    backend = ScriptedBackend(script)
+    model = inspect_model(tiny_model)
+    tuner = Tuner(Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), model, probe_hardware(), [backend],
+                  8 * 2**30, Workload(repetitions=2), "race", seed=0)
+    for n_cpu_moe in script:
+        tuner.study.enqueue_trial({"n_cpu_moe": n_cpu_moe, "n_threads": 2})
+    outcome = tuner.run(tiny_model, Budget(trials=len(script)))
+    assert outcome.winner is not None
+    return tuner, backend
+
+
+def test_a_lucky_first_trial_does_not_win_the_race(tiny_model: Path, tmp_path: Path):
+    # n_cpu_moe 1 measured 140 once by luck and 120 ever after; n_cpu_moe 2 is a steady 130.
+    tuner, backend = _race(tiny_model, tmp_path, {1: ([140, 140], [120, 121]), 2: ([130, 131], [130, 131])})
+    assert tuner.choose_winner().config["n_cpu_moe"] == 2
+    assert backend.calls == {1: 1 + RACE_ROUNDS, 2: 1 + RACE_ROUNDS}  # close: every round was needed
+
+
+def test_the_race_stops_once_the_leader_stands_clear(tiny_model: Path, tmp_path: Path):
+    tuner, backend = _race(tiny_model, tmp_path, {1: ([200, 201], [200, 201]), 2: ([100, 101], [100, 101])})
+    assert tuner.choose_winner().config["n_cpu_moe"] == 1
+    assert backend.calls == {1: 2, 2: 2}  # one round told them apart
+
+
+def test_trials_of_one_config_pool_their_samples(tiny_model: Path, tmp_path: Path):
+    tuner, _ = _race(tiny_model, tmp_path, {1: ([100, 102], [100, 102]), 2: ([101, 101], [101, 101])})
+    tuner.study.enqueue_trial({"n_cpu_moe": 1, "n_threads": 2})
+    tuner.run(tiny_model, Budget(trials=3), remeasure=False)
+    [group] = [g for g in tuner.config_groups() if g[0].params["n_cpu_moe"] == 1]
+    measurement, _ = tuner.pooled(group)
+    assert len(group) == 2 and len(measurement.samples) == 2 * 2 + 2 * RACE_ROUNDS
