@@ -19,7 +19,7 @@ fi
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_runtime_triton.py tests/test_runtime_model.py \
   > "$out/pytest.txt" 2>&1; echo "pytest exit $?" | tee -a "$out/pytest.txt" | tail -3 "$out/pytest.txt"
 [ -z "$synth" ] || wait "$synth"
-timeout 120 python3 $here/llama_logits.py "$model" /tmp/llama_logits.npz 2>&1 | tee "$out/llama_logits.txt"
+timeout 240 python3 -m studies.runtime_full_residency.llama_logits "$model" /tmp/llama_logits.npz 2>&1 | tee "$out/llama_logits.txt"
 timeout 120 llama-bench -m "$model" -p 512 -n 128 -r 5 -fa 1 -ngl 99 -o json > "$out/llama_bench.json" 2> "$out/llama_bench.err"
 python3 - "$out" <<'PY'
 import json, sys
