@@ -8,6 +8,7 @@ answers at once and a later ``run`` can warm-start.
 
 from __future__ import annotations
 
+import os
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,13 +16,15 @@ from typing import Any
 
 import platformdirs
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, String, create_engine, event, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from autotune.errors import AutotuneError
 
 SQLITE_TIMEOUT_S = 60
+HEARTBEAT_ENV = "AUTOTUNE_HEARTBEAT_S"  # seconds between a running trial's heartbeats (default 30)
+GRACE_HEARTBEATS = 4  # a running trial whose last heartbeat is older than this many intervals is stale
 
 
 def default_storage_url() -> str:
@@ -99,30 +102,64 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True}
 
 
+def normalize_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 (the ``postgres`` extra), not SQLAlchemy's default psycopg2."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def shown_url(url: str) -> str:
+    """The URL as errors show it: without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return url
+
+
+def heartbeat_interval() -> int:
+    try:
+        return max(1, int(os.environ.get(HEARTBEAT_ENV, "30")))
+    except ValueError:
+        raise AutotuneError(f"{HEARTBEAT_ENV} must be a whole number of seconds") from None
+
+
 class Database:
     """One database URL: our tables, plus the Optuna storage built on the same URL."""
 
     def __init__(self, url: str | None = None):
-        self.url = url or default_storage_url()
+        self.url = normalize_url(url or default_storage_url())
         try:
             self.engine = create_engine(self.url, **engine_kwargs(self.url))
             if self.url.startswith("sqlite"):
                 _sqlite_pragmas(self.engine)
             Base.metadata.create_all(self.engine)
-        except (SQLAlchemyError, ImportError, ValueError) as exc:
-            raise AutotuneError(f"cannot open the storage {self.url!r}: {str(exc).splitlines()[0]}") from None
+        except ImportError as exc:
+            extra = " (pip install 'autotune[postgres]')" if "psycopg" in str(exc) else ""
+            raise AutotuneError(f"cannot open the storage {shown_url(self.url)}: {exc}{extra}") from None
+        except (SQLAlchemyError, ValueError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            if self.url.startswith("sqlite") and "unable to open" in reason:
+                reason += " (does its directory exist, and may autotune write there?)"
+            raise AutotuneError(f"cannot open the storage {shown_url(self.url)}: {reason}") from None
 
     def optuna_storage(self) -> Any:
+        """Optuna's RDB storage; a trial whose heartbeats stop (its worker died) is failed by the
+        next worker that looks, and queued again once."""
         import optuna
 
+        interval = heartbeat_interval()
         try:
             with warnings.catch_warnings():  # heartbeats are marked experimental; they are what we want
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
-                    self.url, engine_kwargs=engine_kwargs(self.url), heartbeat_interval=30, grace_period=120
+                    self.url, engine_kwargs=engine_kwargs(self.url), heartbeat_interval=interval,
+                    grace_period=GRACE_HEARTBEATS * interval,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
                 )
         except Exception as exc:  # optuna wraps driver errors in many types
-            raise AutotuneError(f"cannot open the Optuna storage {self.url!r}: {str(exc).splitlines()[0]}") from None
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AutotuneError(f"cannot open the Optuna storage {shown_url(self.url)}: {reason}") from None
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)

@@ -38,7 +38,8 @@ class Outcome(str, enum.Enum):
     TIMEOUT = "timeout"
     OVER_CAP = "over_cap"
     PRUNED = "pruned"  # predicted over the cap: never run
-    STOPPED = "stopped"  # the user stopped the study while this trial ran
+    STOPPED = "stopped"  # the user stopped the study while this trial ran, or its worker died
+    GPU_LOST = "gpu_lost"  # the GPU stopped answering (NVML errors) while this trial ran
 
 
 @dataclass(frozen=True)

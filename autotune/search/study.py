@@ -29,6 +29,7 @@ from autotune.backends.base import Backend, Config, Measurement, Outcome, TrialR
 from autotune.errors import AutotuneError
 from autotune.hardware import HardwareProfile
 from autotune.model import ModelProfile
+from autotune.search.liveness import WORKER_ATTR, Heartbeat, fail_dead_trials, identity
 from autotune.search.memory import MemoryCalibration, relative_error
 from autotune.search.objective import lower_bound, objective_of
 from autotune.search.samplers import make_sampler
@@ -41,13 +42,19 @@ RACE_ROUNDS = 3  # at most this many re-measurements of each finalist
 
 @dataclass
 class Budget:
-    trials: int | None = 30  # measured trials (pruned ones cost nothing and do not count)
+    trials: int | None = 30  # measured trials of the study (pruned ones cost nothing and do not count)
     seconds: float | None = None
+    own_trials: int | None = None  # measured trials of this process (a worker's share)
 
-    def exhausted(self, measured: int, started: float) -> bool:
-        if self.trials is not None and measured >= self.trials:
+    def exhausted(self, measured: int, started: float, own: int = 0) -> bool:
+        if self.room(measured, own, 1) <= 0:
             return True
         return self.seconds is not None and time.monotonic() - started >= self.seconds
+
+    def room(self, measured: int, own: int, default: int) -> int:
+        """Measured trials still to run (``default`` without a count)."""
+        left = [limit - done for limit, done in ((self.trials, measured), (self.own_trials, own)) if limit is not None]
+        return min(left) if left else default
 
 
 @dataclass
@@ -72,6 +79,11 @@ class StudyOutcome:
     load_seconds: float = 0.0
     trial_seconds: float = 0.0
     interrupted: bool = False
+
+
+def _own(outcome: StudyOutcome) -> int:
+    """Trials this process measured (pruned ones were never run)."""
+    return sum(record.outcome is not Outcome.PRUNED for record in outcome.records)
 
 
 def _constraints(trial: FrozenTrial) -> list[float]:
@@ -140,6 +152,7 @@ class Tuner:
             load_if_exists=True,
         )
         self.study.set_metric_names(["objective"])
+        self._heartbeat = Heartbeat(storage)
 
     # -- what earlier runs left -------------------------------------------------
 
@@ -198,14 +211,9 @@ class Tuner:
         self.study.enqueue_trial(params, user_attrs={"seeded": reason}, skip_if_exists=skip_if_exists)
 
     def recover_interrupted(self) -> int:
-        """Trials left running by a killed tuner: mark failed and queue their params again."""
-        stale = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
-        for trial in stale:
-            self.study._storage.set_trial_user_attr(trial._trial_id, "outcome", Outcome.STOPPED.value)
-            self.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            if trial.params:
-                self.study.enqueue_trial(trial.params, user_attrs={"seeded": f"retry of {trial.number}"})
-        return len(stale)
+        """Trials left running by dead workers (a killed tuner): failed and queued again once.
+        Trials of live workers, here or on other machines, are left alone."""
+        return fail_dead_trials(self.study)
 
     def _calibrate_from_study(self) -> None:
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -230,6 +238,8 @@ class Tuner:
 
     def _ask(self) -> _Asked:
         trial = self.study.ask()
+        self._heartbeat.add(trial._trial_id)
+        trial.set_user_attr(WORKER_ATTR, identity(trial.number))
         name, config = self._sample(trial)
         raw = self.backends[name].predict_vram(config, self.model, self.workload)
         predicted = self.calibration.predict(name, raw)
@@ -239,7 +249,7 @@ class Tuner:
 
     def _prune(self, asked: _Asked, outcome: StudyOutcome) -> None:
         asked.trial.set_user_attr("outcome", Outcome.PRUNED.value)
-        self.study.tell(asked.trial, state=TrialState.PRUNED)
+        self._tell(asked.trial, state=TrialState.PRUNED)
         record = TrialRecord(asked.trial.number, asked.backend, asked.config, Outcome.PRUNED, asked.predicted)
         outcome.records.append(record)
         self.on_trial(record)
@@ -283,11 +293,15 @@ class Tuner:
         try:
             results = self._measure(group, model_path)
         except KeyboardInterrupt:
-            for asked in group:
-                asked.trial.set_user_attr("outcome", Outcome.STOPPED.value)
-                self.study.tell(asked.trial, state=TrialState.FAIL)
-                self.study.enqueue_trial(asked.trial.params, user_attrs={"seeded": f"retry of stopped {asked.trial.number}"})
+            self._give_back(group, Outcome.STOPPED, "stopped by the user")
             raise
+        lost = next((result for result in results if result.outcome is Outcome.GPU_LOST), None)
+        if lost is not None:
+            cause = lost.message.splitlines()[-1]
+            self._give_back(group, Outcome.GPU_LOST, cause)
+            self.db.set_study_status(self.study_name, "stopped")
+            raise AutotuneError(f"the GPU stopped answering during trial {lead.trial.number} ({cause}): the study "
+                                "stops; check the GPU (nvidia-smi), then continue it with --resume")
         for asked, result in zip(group, results):
             if result.ok and result.peak_vram_bytes is not None and result.peak_vram_bytes > self.vram_cap:
                 result.outcome = Outcome.OVER_CAP
@@ -312,7 +326,19 @@ class Tuner:
         trial.set_user_attr("constraint", self._constraint(result, predicted))
         measurement = objective_of(result, self.workload)
         trial.set_user_attr("objective_std", measurement.std)
-        self.study.tell(trial, measurement.mean if result.ok else 0.0)
+        self._tell(trial, measurement.mean if result.ok else 0.0)
+
+    def _tell(self, trial: optuna.Trial, *args: Any, **kwargs: Any) -> None:
+        self.study.tell(trial, *args, **kwargs)
+        self._heartbeat.discard(trial._trial_id)
+
+    def _give_back(self, group: list[_Asked], outcome: Outcome, cause: str) -> None:
+        """Trials cut off by something outside them: failed with the cause, queued again."""
+        for asked in group:
+            asked.trial.set_user_attr("outcome", outcome.value)
+            asked.trial.set_user_attr("message", cause)
+            self._tell(asked.trial, state=TrialState.FAIL)
+            self.study.enqueue_trial(asked.trial.params, user_attrs={"seeded": f"retry of {outcome.value} {asked.trial.number}"})
 
     # -- the whole study --------------------------------------------------------
 
@@ -323,14 +349,16 @@ class Tuner:
             if "warm_start_from" not in t.user_attrs
         ]
 
-    def run(self, model_path: Path, budget: Budget, remeasure: bool = True) -> StudyOutcome:
+    def run(self, model_path: Path, budget: Budget, remeasure: bool = True, conclude: bool = True) -> StudyOutcome:
+        """Trials until the budget is spent, then (with ``conclude``) the race and the winner.
+        A worker joining a study only adds trials: the ``run`` that owns the study concludes it."""
         outcome = StudyOutcome(self.study_name)
         self._calibrate_from_study()
         started = time.monotonic()
         asked_without_run = 0
         try:
-            while not budget.exhausted(measured := len(self.measured_trials()), started):
-                room = budget.trials - measured if budget.trials is not None else self.batch
+            while not budget.exhausted(measured := len(self.measured_trials()), started, own := _own(outcome)):
+                room = budget.room(measured, own, self.batch)
                 if self._run_batch(model_path, outcome, room):
                     asked_without_run = 0
                 else:
@@ -340,13 +368,16 @@ class Tuner:
                             "the sampler keeps proposing configs predicted over the cap; "
                             "the cap is too small for this model and backend"
                         )
+            if not conclude:
+                return outcome
             if remeasure:
                 self._remeasure(model_path, outcome)
             else:
                 self.study.set_user_attr("finalists", [])
         except KeyboardInterrupt:
             outcome.interrupted = True
-            self.db.set_study_status(self.study_name, "interrupted")
+            if conclude:
+                self.db.set_study_status(self.study_name, "interrupted")
             return outcome
         outcome.winner = self.choose_winner()
         self.db.set_study_status(self.study_name, "finished")
