@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -180,9 +181,12 @@ def run(
     remeasure: bool = typer.Option(True, help="measure the best few again before choosing the winner"),
     batch: int = typer.Option(2, min=1, help="trials per model load (siblings differ only in knobs set after loading)"),
     llama_bench: Optional[Path] = typer.Option(None, "--llama-bench", help="llama-bench executable for the llama_bench backend"),
+    gpus: Optional[str] = typer.Option(None, help="one worker process per listed GPU on the same study, e.g. 0,1"),
 ) -> None:
     """Tune MODEL under a VRAM cap; the winner is stored and printed as a launch command."""
     from autotune.search.runner import run_study
+
+    _interrupt_on_sigterm()
 
     if llama_bench is not None:
         _use_llama_bench(llama_bench)
@@ -205,7 +209,39 @@ def run(
         remeasure=remeasure,
         console=console,
         batch=batch,
+        gpus=_gpu_list(gpus) if gpus is not None else None,
     )
+
+
+def _gpu_list(text: str) -> list[str]:
+    gpus = [item.strip() for item in text.split(",")]
+    if not all(gpus) or len(set(gpus)) != len(gpus) or any(re.search(r"[^A-Za-z0-9-]", g) for g in gpus):
+        raise AutotuneError(f"--gpus {text!r}: list distinct GPU indices or UUIDs, e.g. 0,1")
+    return gpus
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM stops a study as Ctrl-C does: finished trials stay, the running ones are queued again."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+@app.command()
+@user_errors
+def worker(
+    model: Path = typer.Argument(..., help="GGUF model file (the study's model)"),
+    study: str = typer.Option(..., help="the study to join"),
+    storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the study's database"),
+    trials: Optional[int] = typer.Option(None, min=1, help="measured trials to add (default: until the study's budget is spent)"),
+    time_budget: Optional[str] = typer.Option(None, "--time", help="wall-time budget of this worker, e.g. 15m"),
+) -> None:
+    """Join a study from another process or machine and add trials to it."""
+    from autotune.search.workers import join_study
+    from autotune.units import parse_duration
+
+    _interrupt_on_sigterm()
+    join_study(model, study, storage, trials, parse_duration(time_budget) if time_budget else None, console)
 
 
 def _use_llama_bench(binary: Path) -> None:

@@ -2,7 +2,8 @@
 
 Decode speed rises with threads and falls with experts on the CPU; VRAM falls with experts
 on the CPU. ``FAKE_BACKEND_FAULTS`` maps n_cpu_moe values to a fault: ``crash``, ``hang``,
-``oom`` (e.g. "3=crash,5=hang"). Each trial runs a real child process.
+``oom``, ``gpu_lost`` (e.g. "3=crash,5=hang"). Each trial runs a real child process; an ok
+result names the worker process and its CUDA_VISIBLE_DEVICES in ``extra``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class FakeBackend:
             return TrialResult(Outcome.CRASH, f"child died with code {done.returncode}", wall_seconds=time.monotonic() - started)
         if kind == "oom":
             return TrialResult(Outcome.OOM, "CUDA error: out of memory", wall_seconds=time.monotonic() - started)
+        if kind == "gpu_lost":
+            return TrialResult(Outcome.GPU_LOST, "the GPU stopped answering NVML (GPU is lost)",
+                               wall_seconds=time.monotonic() - started)
         rng = random.Random(json.dumps(config, sort_keys=True) + str(time.time()))
         base = self.speed(config, model)
         samples = [base * (1 + rng.uniform(-0.02, 0.02)) for _ in range(workload.repetitions)]
@@ -73,6 +77,7 @@ class FakeBackend:
             peak_vram_bytes=self.predict_vram(config, model, workload) + 10 * 2**20,
             load_seconds=0.01,
             wall_seconds=time.monotonic() - started,
+            extra={"worker_pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
         )
 
     def launch_command(self, config: Config, model_path: Path, fmt: str) -> str:

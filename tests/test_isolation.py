@@ -58,6 +58,7 @@ class FakeSampler:
 
     def __init__(self, peak: int):
         self.peak = peak
+        self.lost = None
 
     def watch(self, pgid: int) -> None:
         pass

@@ -9,7 +9,9 @@ every item gets its own result:
 - ``ok``: the item reported its figures; ``over_cap`` when its peak VRAM exceeds the cap;
 - ``oom``: the child failed and its output names an out-of-memory condition;
 - ``crash``: it raised, exited non-zero, or died by a signal (named in the message);
-- ``timeout``: setup or an item did not finish within ``deadline_s`` (checked every 50 ms).
+- ``timeout``: setup or an item did not finish within ``deadline_s`` (checked every 50 ms);
+- ``gpu_lost``: the VRAM sampler lost the GPU (NVML errors) while the child ran: every item
+  of that child gets it, as none of their figures can be trusted against the cap.
 
 A failure in setup is every item's result. A failure in item k is item k's result, and the
 items after it run again in a fresh child. A failed result's message ends with the child's
@@ -204,6 +206,10 @@ def _run_child(
                 _kill_group(process)
             stage_seconds = time.monotonic() - stage_started
             stage_peak = vram.peak if ready is None else vram.mark()
+        if vram.lost:
+            tail = _tail(log_path)
+            lost = TrialResult(Outcome.GPU_LOST, f"{tail}\n{vram.lost}" if tail else vram.lost, wall_seconds=stage_seconds)
+            return [replace(lost) for _ in items]
         if len(done) == len(items):
             return done
         stage = "setup" if ready is None else f"item {len(done) + 1} of {len(items)}"

@@ -5,7 +5,10 @@ grandchild). Each sample is the sum of the per-process figures the driver lists 
 group (``nvmlDeviceGetComputeRunningProcesses``: the CUDA context included); where the
 driver lists none of them (no per-process accounting, another PID namespace), the sample
 is the device's used memory less what it used when the sampler started. Without pynvml,
-a driver or the GPU, every figure is None.
+a driver or the GPU, every figure is None. ``gpu_index`` counts the GPUs CUDA sees: under
+``CUDA_VISIBLE_DEVICES`` (a pinned worker) it is mapped to the device NVML calls by that
+entry. When NVML stops answering for the device mid-trial (the GPU fell off the bus, the
+driver went away), sampling stops and ``lost`` says why.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class VramSampler:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lost: str | None = None
 
     def __enter__(self) -> "VramSampler":
         try:
@@ -40,7 +44,7 @@ class VramSampler:
         except Exception:  # no package, no driver: a CPU-only machine
             return self
         try:
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.gpu_index)
+            self._handle = _device_handle(pynvml, self.gpu_index)
             self._baseline = int(pynvml.nvmlDeviceGetMemoryInfo(self._handle).used)
             self._nvml = pynvml
         except pynvml.NVMLError:
@@ -75,7 +79,10 @@ class VramSampler:
         if self._thread is not None:
             self._thread.join()
         if self._nvml is not None:
-            self._nvml.nvmlShutdown()
+            try:
+                self._nvml.nvmlShutdown()
+            except self._nvml.NVMLError:
+                pass  # a lost GPU can fail this too; nothing is left to release
             self._nvml = None
 
     def _run(self) -> None:
@@ -84,9 +91,15 @@ class VramSampler:
             self._stop.wait(self.interval_s)
 
     def _sample(self) -> None:
-        used = self._group_used()
-        if used is None:
-            used = max(0, int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used) - self._baseline)
+        if self.lost:
+            return
+        try:
+            used = self._group_used()
+            if used is None:
+                used = max(0, int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used) - self._baseline)
+        except self._nvml.NVMLError as exc:
+            self.lost = f"the GPU stopped answering NVML ({exc or type(exc).__name__})"
+            return
         with self._lock:
             self._last = used
             self._peak = used if self._peak is None else max(self._peak, used)
@@ -108,3 +121,14 @@ class VramSampler:
                 total += int(process.usedGpuMemory)
                 found = True
         return total if found else None
+
+
+def _device_handle(pynvml: Any, index: int) -> Any:
+    """NVML's handle of the ``index``-th GPU CUDA sees (NVML itself ignores CUDA_VISIBLE_DEVICES)."""
+    visible = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    if index >= len(visible):
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
+    entry = visible[index]
+    if entry.isdigit():
+        return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
+    return pynvml.nvmlDeviceGetHandleByUUID(entry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from autotune.hardware import probe_hardware
 from autotune.model import ModelProfile, inspect_model
 from autotune.search.objective import UNITS
 from autotune.search.study import Budget, StudyOutcome, Tuner, TrialRecord, register_study
+from autotune.search.workers import run_on_gpus
 from autotune.storage import BestConfigRow, Database
 from autotune.units import format_size, parse_size
 
@@ -111,6 +113,7 @@ def run_study(
     remeasure: bool,
     console: Console,
     batch: int = 2,
+    gpus: list[str] | None = None,
 ) -> StudyOutcome:
     model = inspect_model(model_path)
     hardware = probe_hardware()
@@ -119,7 +122,8 @@ def run_study(
     db = Database(storage_url)
     name = _resolve_study_name(db, study_name, resume, model, hardware, vram_cap, workload)
     settings = {"backends": [b.name for b in backends], "trials": trials, "seconds": seconds,
-                "sampler": sampler, "model_name": model.name}
+                "sampler": sampler, "model_name": model.name, "workload": asdict(workload), "backend_specs": backend_names,
+                "trial_timeout_s": trial_timeout_s, "batch": batch}  # what workers joining it need
     register_study(db, model, hardware, name, vram_cap, workload, settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -150,7 +154,10 @@ def run_study(
             tuner.seed_baselines()
             if copied:
                 console.print(f"warm start: {copied} measured trial(s) of earlier studies on this model and machine")
-        outcome = tuner.run(model_path, Budget(trials, seconds), remeasure=remeasure)
+        if gpus:
+            outcome = run_on_gpus(tuner, gpus, model_path, seconds, remeasure, on_trial, progress.console)
+        else:
+            outcome = tuner.run(model_path, Budget(trials, seconds), remeasure=remeasure)
 
     _report(console, outcome, model_path, backends, unit, name)
     return outcome

@@ -1,0 +1,174 @@
+"""Several processes on one study, through the shared database (Optuna's RDB storage does the
+scheduling: each worker asks the study for its next trial).
+
+- ``autotune worker`` (``join_study``) joins a study from its row in our tables: the model
+  must have the study's fingerprint, and this machine the study's hardware fingerprint (one
+  study measures one kind of machine; another machine starts a study of its own on the same
+  database, and the best-config tables keep both, keyed by hardware).
+- ``autotune run --gpus 0,1`` (``run_on_gpus``) starts one worker process per local GPU, each
+  pinned with ``CUDA_VISIBLE_DEVICES``, shows their trials as they land, then races the best
+  configs and stores the winner itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+
+from autotune.backends.base import Outcome, TrialResult, Workload
+from autotune.errors import AutotuneError
+from autotune.hardware import probe_hardware
+from autotune.model import inspect_model
+from autotune.search.objective import UNITS, objective_of
+from autotune.search.study import Budget, StudyOutcome, TrialRecord, Tuner
+from autotune.storage import Database, shown_url
+
+POLL_S = 0.5
+STOP_WAIT_S = 60  # how long stopped workers get to give their trials back
+
+
+def join_study(
+    model_path: Path,
+    study_name: str,
+    storage_url: str | None,
+    trials: int | None,
+    seconds: float | None,
+    console: Console,
+) -> StudyOutcome:
+    """Add trials to an existing study: ``trials`` of this worker's own, else until the study's budget is spent."""
+    from autotune.search.runner import _describe, _usable_backends
+
+    db = Database(storage_url)
+    row = db.study(study_name)
+    if row is None:
+        raise AutotuneError(f"no study named {study_name!r} in {shown_url(db.url)}: start it with autotune run "
+                            "MODEL --vram-cap ... --study NAME --storage URL")
+    settings = row.settings
+    if "backend_specs" not in settings:
+        raise AutotuneError(f"study {study_name!r} was made by an older autotune and takes no workers")
+    model = inspect_model(model_path)
+    if model.fingerprint != row.model_fingerprint:
+        raise AutotuneError(f"{model_path} is not the model of study {study_name!r} "
+                            f"(fingerprint {model.fingerprint}, the study's is {row.model_fingerprint})")
+    hardware = probe_hardware()
+    if hardware.fingerprint != row.hardware_fingerprint:
+        raise AutotuneError(
+            f"study {study_name!r} measures other hardware ({row.hardware_fingerprint}; this machine is "
+            f"{hardware.fingerprint}) and measurements of different machines do not mix: start a study of this "
+            "machine's own on the same database (autotune run ... --storage URL)")
+    workload = Workload(**settings["workload"])
+    backends = _usable_backends(settings["backend_specs"], model)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    unit = UNITS[workload.objective]
+    tuner = Tuner(db, model, hardware, backends, row.vram_cap, workload, study_name, settings.get("sampler", "tpe"),
+                  None, settings.get("trial_timeout_s", 600.0),
+                  lambda record: console.print(_describe(record, unit), highlight=False), batch=settings.get("batch", 2))
+    tuner.recover_interrupted()
+    budget = Budget(trials=None, seconds=seconds, own_trials=trials) if trials else Budget(settings.get("trials"), seconds)
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+    console.print(f"worker {os.getpid()} joins study {study_name}" + (f" on GPU {pinned}" if pinned else ""))
+    outcome = tuner.run(model_path, budget, conclude=False)
+    measured = sum(record.outcome is not Outcome.PRUNED for record in outcome.records)
+    console.print(f"worker {os.getpid()} measured {measured} trial(s) for study {study_name}")
+    if outcome.interrupted:
+        raise SystemExit(130)
+    return outcome
+
+
+def record_of(trial: FrozenTrial, workload: Workload) -> TrialRecord:
+    """A finished trial as the progress display shows it."""
+    attrs = trial.user_attrs
+    result = TrialResult.from_json(attrs["result"]) if "result" in attrs else None
+    measurement = objective_of(result, workload) if result else None
+    return TrialRecord(trial.number, attrs["backend"], attrs["config"], Outcome(attrs["outcome"]),
+                       attrs["predicted_vram"], result, measurement.mean if measurement else 0.0,
+                       measurement.std if measurement else 0.0)
+
+
+def _worker_command(model_path: Path, tuner: Tuner, seconds: float | None) -> list[str]:
+    command = [sys.executable, "-m", "autotune.cli", "worker", str(model_path), "--study", tuner.study_name,
+               "--storage", tuner.db.url]
+    return command + (["--time", f"{seconds:g}s"] if seconds else [])
+
+
+def run_on_gpus(
+    tuner: Tuner,
+    gpus: list[str],
+    model_path: Path,
+    seconds: float | None,
+    remeasure: bool,
+    on_trial: Callable[[TrialRecord], None],
+    console: Console,
+) -> StudyOutcome:
+    """One worker per GPU until the study's budget is spent; then the race (on the first GPU) and the winner."""
+    outcome = StudyOutcome(tuner.study_name)
+    seen = {t.number for t in tuner.study.get_trials(deepcopy=False) if t.state.is_finished()}
+    with tempfile.TemporaryDirectory(prefix="autotune-workers-") as tmp:
+        workers: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        for gpu in gpus:
+            log = Path(tmp, f"gpu-{gpu}.log")
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+            with log.open("wb") as handle:
+                # own sessions: a Ctrl-C reaches the parent only, which stops each worker once
+                process = subprocess.Popen(_worker_command(model_path, tuner, seconds), env=env,
+                                           stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                           start_new_session=True)
+            workers.append((gpu, process, log))
+        console.print(f"{len(workers)} workers on study {tuner.study_name}, GPUs {', '.join(gpus)}")
+        try:
+            while True:
+                running = any(process.poll() is None for _, process, _ in workers)
+                for trial in tuner.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+                    if trial.number not in seen and "warm_start_from" not in trial.user_attrs:
+                        seen.add(trial.number)
+                        record = record_of(trial, tuner.workload)
+                        outcome.records.append(record)
+                        if record.result is not None:
+                            outcome.load_seconds += record.result.load_seconds
+                            outcome.trial_seconds += record.result.wall_seconds + record.result.load_seconds
+                        on_trial(record)
+                if not running:
+                    break
+                time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            _stop(workers)
+            outcome.interrupted = True
+            tuner.db.set_study_status(tuner.study_name, "interrupted")
+            return outcome
+        for gpu, process, log in workers:
+            if process.returncode != 0:
+                lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+                how = lines[-1] if lines else f"exit status {process.returncode}"
+                console.print(f"[red]the worker on GPU {gpu} ended with status {process.returncode}[/]: {how}",
+                              highlight=False)
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]  # the race's trial processes inherit it
+    concluded = tuner.run(model_path, Budget(trials=0, seconds=None), remeasure=remeasure)
+    outcome.winner = concluded.winner
+    outcome.interrupted = concluded.interrupted
+    outcome.load_seconds += concluded.load_seconds
+    outcome.trial_seconds += concluded.trial_seconds
+    return outcome
+
+
+def _stop(workers: list[tuple[str, subprocess.Popen[bytes], Path]]) -> None:
+    """Interrupt every worker (each gives its running trials back), then wait for them."""
+    for _, process, _ in workers:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_WAIT_S
+    for _, process, _ in workers:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
