@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -142,6 +143,7 @@ class Tuner:
         self.trial_timeout_s = trial_timeout_s
         self.on_trial = on_trial or (lambda record: None)
         self.batch = max(1, batch)  # trials per model load, where the backend allows it
+        self._calibrated: set[str] = set()  # backends whose baselines were sized with a calibration
         self.calibration = MemoryCalibration()
         storage = db.optuna_storage()
         self.study = optuna.create_study(
@@ -199,10 +201,21 @@ class Tuner:
                 self._enqueue(best.backend, best.config, reason=f"best of {best.study_name}", skip_if_exists=False)
         return copied
 
-    def seed_baselines(self) -> None:
+    def seed_baselines(self, reason: str = "baseline") -> None:
+        """Queue each backend's baselines, for the cap as the calibrated memory model sees it
+        (so "the largest split that fits" is what fits by this machine's measurements)."""
         for name, backend in self.backends.items():
-            for config in backend.baselines(self.model, self.hardware, self.vram_cap, self.workload):
-                self._enqueue(name, config, reason="baseline")
+            cap_for_formula = self.vram_cap - self.calibration.correction(name)
+            for config in backend.baselines(self.model, self.hardware, cap_for_formula, self.workload):
+                self._enqueue(name, config, reason=reason)
+            if self.calibration.residuals.get(name):
+                self._calibrated.add(name)
+
+    def _reseed_once_calibrated(self) -> None:
+        """After a backend's first measured peak, baselines sized by the formula alone may be
+        one split off; queue those that change (configs already tried are skipped)."""
+        if {name for name in self.backends if self.calibration.residuals.get(name)} - self._calibrated:
+            self.seed_baselines(reason="baseline, memory model calibrated")
 
     def _enqueue(self, backend: str, config: Config, reason: str, skip_if_exists: bool = True) -> None:
         params = dict(config)
@@ -237,7 +250,9 @@ class Tuner:
         return name, self.backends[name].suggest(trial, self.model, self.hardware, self.workload)
 
     def _ask(self) -> _Asked:
-        trial = self.study.ask()
+        with warnings.catch_warnings():  # Optuna warns of heartbeats outside optimize(): ours beat for ask-and-tell
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            trial = self.study.ask()
         self._heartbeat.add(trial._trial_id)
         trial.set_user_attr(WORKER_ATTR, identity(trial.number))
         name, config = self._sample(trial)
@@ -314,6 +329,7 @@ class Tuner:
             outcome.load_seconds += result.load_seconds
             outcome.trial_seconds += result.wall_seconds + result.load_seconds
             self.on_trial(record)
+        self._reseed_once_calibrated()
         return len(group)
 
     def _record(self, trial: optuna.Trial, name: str, raw: int, predicted: int, result: TrialResult) -> None:
@@ -359,6 +375,7 @@ class Tuner:
         try:
             while not budget.exhausted(measured := len(self.measured_trials()), started, own := _own(outcome)):
                 room = budget.room(measured, own, self.batch)
+                fail_dead_trials(self.study)  # another worker's, so its trial is run again
                 if self._run_batch(model_path, outcome, room):
                     asked_without_run = 0
                 else:
