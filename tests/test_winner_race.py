@@ -22,6 +22,9 @@ class ScriptedBackend(FakeBackend):
         self.script = script
         self.calls: dict[int, int] = {}
 
+    def baselines(self, model, hw, vram_cap, workload) -> list[Config]:
+        return []  # the tests queue the configs they race
+
     def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
         key = config["n_cpu_moe"]
         self.calls[key] = self.calls.get(key, 0) + 1

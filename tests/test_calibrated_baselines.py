@@ -1,0 +1,47 @@
+"""The "largest split that fits" baseline follows the calibrated memory model: once the first
+measured peak shows the formula overestimates, the split it had ruled out is queued."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autotune.backends.base import Config, Measurement, Outcome, TrialResult, Workload
+from autotune.hardware import probe_hardware
+from autotune.model import inspect_model
+from autotune.search.study import Budget, Tuner
+from autotune.storage import Database
+from tests.fake_backend import GIB, FakeBackend
+
+OVERESTIMATE = int(0.3 * GIB)
+
+
+class OverestimatingBackend(FakeBackend):
+    """Its formula says 0.3 GiB more than a config really takes; measures in this process."""
+
+    name = "overestimating"
+
+    def real_vram(self, config: Config, model) -> int:
+        return GIB + (model.n_layers - config["n_cpu_moe"]) * GIB // 2
+
+    def predict_vram(self, config: Config, model, workload: Workload) -> int:
+        return self.real_vram(config, model) + OVERESTIMATE
+
+    def baselines(self, model, hw, vram_cap, workload) -> list[Config]:
+        fits = [n for n in range(model.n_layers + 1) if self.predict_vram({"n_cpu_moe": n}, model, workload) <= vram_cap]
+        return [{"n_cpu_moe": model.n_layers, "n_threads": 2}, {"n_cpu_moe": fits[0], "n_threads": 2}]
+
+    def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
+        model = inspect_model(model_path)
+        return TrialResult(Outcome.OK, decode_tps=Measurement.of([self.speed(config, model)] * 2),
+                           peak_vram_bytes=self.real_vram(config, model))
+
+
+def test_the_fit_split_is_queued_again_once_the_memory_model_is_calibrated(tiny_model: Path, tmp_path: Path):
+    model = inspect_model(tiny_model)  # 4 layers: really 2.5 GiB with n_cpu_moe 1, 2.8 GiB by the formula
+    tuner = Tuner(Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), model, probe_hardware(), [OverestimatingBackend()],
+                  int(2.6 * GIB), Workload(repetitions=2), "fit", seed=0, batch=1)
+    tuner.seed_baselines()
+    tuner.run(tiny_model, Budget(trials=3), remeasure=False)
+    ran = [(t.params["n_cpu_moe"], t.user_attrs.get("seeded")) for t in tuner.measured_trials()]
+    assert ran[:3] == [(4, "baseline"), (2, "baseline"), (1, "baseline, memory model calibrated")]
+    assert tuner.choose_winner().config["n_cpu_moe"] == 1
