@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from autotune.backends.base import Config, ConfigError, TrialResult, Workload
 from autotune.backends.commands import format_command, parse_command
 from autotune.backends.isolation import run_isolated
+from autotune.backends.llama_arch import load_problem
 from autotune.backends.llama_config import KV_TYPES, LOAD_KEYS, cpu_expert_patterns, load_params, normalize
 from autotune.backends.llama_memory import estimate_vram
 
@@ -53,7 +54,9 @@ class LlamaCppBackend:
         return None
 
     def supports(self, model: ModelProfile) -> str | None:
-        return None  # whatever llama.cpp loads; on a dense model n_cpu_moe has no effect
+        """Whatever llama.cpp loads (checked by a vocabulary-only load in a child); on a dense
+        model only layer offload (n_gpu_layers) is tuned."""
+        return load_problem(model.path)
 
     # -- the search space --------------------------------------------------------
 
@@ -72,7 +75,7 @@ class LlamaCppBackend:
         n_threads = trial.suggest_categorical("n_threads", thread_counts(hw))
         if workload is not None and workload.objective == "decode":
             config = {
-                "n_gpu_layers": n_layers + 1,
+                "n_gpu_layers": n_layers + 1 if model.is_moe else trial.suggest_int("n_gpu_layers", 0, n_layers + 1),
                 "n_cpu_moe": n_cpu_moe,
                 "flash_attn": flash_attn,
                 "n_ubatch": trial.suggest_categorical("n_ubatch", UBATCH_SIZES),
@@ -82,7 +85,7 @@ class LlamaCppBackend:
         else:
             n_batch = trial.suggest_categorical("n_batch", BATCH_SIZES)
             config = {
-                "n_gpu_layers": trial.suggest_int("n_gpu_layers", n_layers // 2, n_layers + 1),
+                "n_gpu_layers": trial.suggest_int("n_gpu_layers", n_layers // 2 if model.is_moe else 0, n_layers + 1),
                 "n_cpu_moe": n_cpu_moe,
                 "flash_attn": flash_attn,
                 "n_batch": n_batch,
@@ -114,6 +117,12 @@ class LlamaCppBackend:
                     if self.predict_vram({**common, "n_cpu_moe": n}, model, workload or Workload()) <= vram_cap]
             if fits:
                 configs.append({**common, "n_cpu_moe": fits[0]})
+        else:  # dense: every layer on the CPU, and the most layers on the GPU that fit
+            configs.append({**common, "n_gpu_layers": 0})
+            fits = [n for n in range(model.n_layers + 1, -1, -1)
+                    if self.predict_vram({**common, "n_gpu_layers": n}, model, workload or Workload()) <= vram_cap]
+            if fits:
+                configs.append({**common, "n_gpu_layers": fits[0]})
         configs.append(common)
         unique = {json.dumps(normalize(c), sort_keys=True): normalize(c) for c in configs}
         return list(unique.values())
