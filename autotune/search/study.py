@@ -153,7 +153,9 @@ class Tuner:
             sampler=make_sampler(sampler, seed=seed, constraints_func=_constraints),
             load_if_exists=True,
         )
-        self.study.set_metric_names(["objective"])
+        with warnings.catch_warnings():  # marked experimental; a warning line on every run says nothing to users
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.set_metric_names(["objective"])
         self._heartbeat = Heartbeat(storage)
 
     # -- what earlier runs left -------------------------------------------------
