@@ -199,3 +199,32 @@ def test_sampler_without_a_gpu_reports_none(monkeypatch):
     with VramSampler() as sampler:
         sampler.watch(os.getpgid(0))
         assert sampler.mark() is None and sampler.peak is None
+
+
+def test_a_gpu_that_stops_answering_is_gpu_lost_for_every_item(monkeypatch):
+    nvml = FakeNvml(used=0, processes=[])
+    calls = iter(range(1 << 30))
+
+    def memory(handle):
+        if next(calls) >= 2:  # the baseline and one sample answer; then the GPU is gone
+            raise nvml.NVMLError("GPU is lost")
+        return SimpleNamespace(used=nvml.used)
+
+    nvml.nvmlDeviceGetMemoryInfo = memory
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    results = run_isolated(TARGET, {}, [{"action": "sleep", "seconds": 0.5}, {}], deadline_s=60)
+    assert [r.outcome for r in results] == [Outcome.GPU_LOST, Outcome.GPU_LOST]
+    assert results[0].message.splitlines()[-1] == "the GPU stopped answering NVML (GPU is lost)"
+
+
+def test_the_sampler_watches_the_gpu_cuda_visible_devices_names(monkeypatch):
+    nvml = FakeNvml(used=0, processes=[])
+    opened = []
+    nvml.nvmlDeviceGetHandleByIndex = lambda index: opened.append(index) or "gpu"
+    nvml.nvmlDeviceGetHandleByUUID = lambda uuid: opened.append(uuid) or "gpu"
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    for visible, index, expected in (("3,5", 1, 5), ("GPU-abc,2", 0, "GPU-abc"), ("", 1, 1)):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        with VramSampler(gpu_index=index):
+            pass
+        assert opened.pop() == expected

@@ -163,3 +163,20 @@ def test_memory_model_is_near_the_reference_figures(n_cpu_moe: int, measured_gib
     config = normalize({"n_gpu_layers": 99, "n_cpu_moe": n_cpu_moe, "n_ctx": 640})
     predicted_gib = estimate_vram(config, qwen3_30b_shape()).total / 2**30
     assert predicted_gib == pytest.approx(measured_gib, rel=0.08)
+
+
+def test_on_a_dense_model_only_layer_offload_is_tuned(dense_model: Path):
+    from autotune.hardware import probe_hardware
+    from autotune.model import inspect_model
+
+    model, hw = inspect_model(dense_model), probe_hardware()
+    backend = LlamaCppBackend()
+    study = optuna.create_study()
+    seen = set()
+    for _ in range(20):
+        config = backend.suggest(study.ask(), model, hw, Workload(objective="decode"))
+        assert config["n_cpu_moe"] == 0
+        seen.add(config["n_gpu_layers"])
+    assert len(seen) > 1 and min(seen) >= 0 and max(seen) <= model.n_layers + 1
+    layers = sorted(c["n_gpu_layers"] for c in backend.baselines(model, hw, 2**40, Workload()))
+    assert layers[0] == 0 and layers[-1] == model.n_layers + 1  # all on the CPU; everything fits
