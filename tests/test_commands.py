@@ -23,7 +23,7 @@ from autotune.backends.commands import (
     python_snippet,
     server_argv,
 )
-from autotune.backends.llama_config import KV_TYPES, cpu_expert_patterns, normalize
+from autotune.backends.llama_config import KEYS, KV_TYPES, cpu_expert_patterns, normalize
 
 NASTY_PATHS = [
     "models/qwen 30b.gguf",
@@ -180,3 +180,14 @@ def test_the_python_snippet_holds_no_code_but_the_llama_call():
             assert all(isinstance(node, (ast.Import, ast.ImportFrom, ast.Assign, ast.With)) for node in tree.body)
             model_path = next(k.value for c in calls for k in c.keywords if k.arg == "model_path")
             assert ast.literal_eval(model_path) == path
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(key=st.sampled_from(KEYS), value=st.one_of(st.text(max_size=30), st.floats(), st.lists(st.text(max_size=5), min_size=1)),
+       fmt=st.sampled_from(FORMATS))
+def test_no_config_value_but_a_valid_knob_value_reaches_a_command(key: str, value, fmt: str):
+    """Text, floats and lists of text are refused before any command is written (a valid KV type excepted)."""
+    if (key in ("type_k", "type_v") and value in KV_TYPES) or (key == "cpu_moe_layers" and not value):
+        return  # a valid KV type; an empty placement list means none
+    with pytest.raises(ConfigError):
+        format_command({"flash_attn": True, key: value}, "m.gguf", fmt)
