@@ -5,6 +5,9 @@
     tokens = engine.generate(prompt, 32)       # greedy; temperature=... samples
     engine.trace.enabled = True                # then engine.trace.ids() / .counts()
     text = engine.complete("Once upon", 16)    # through the GGUF's tokenizer (llama_cpp)
+
+    engine = Engine("model.gguf", cache=CacheConfig(vram_cap=16 * 2**30))  # the expert cache
+    engine.cache_stats()                       # hit rate, PCIe bytes per token, prefetch, ...
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.graph import DecodeGraph
 from autotune.cache_runtime.kv_cache import KVCache
 from autotune.cache_runtime.model import forward
@@ -20,18 +24,47 @@ from autotune.cache_runtime.rope import RopeTable
 from autotune.cache_runtime.routing import RoutingTrace
 from autotune.cache_runtime.sampling import greedy, gumbel_sample
 from autotune.cache_runtime.torch_ops import TorchOps
-from autotune.cache_runtime.weights import load_weights
+from autotune.cache_runtime.weights import ModelWeights, load_weights
+
+
+def experts_on_host(weights: ModelWeights, device: torch.device) -> ModelWeights:
+    """Every weight on ``device`` except the routed experts, which stay in host memory:
+    pinned for a GPU (its kernels read them there), the file's memory map for the CPU."""
+    import dataclasses
+
+    moved = ModelWeights(weights.config, weights.token_embd.to(device), [], weights.output_norm.to(device),
+                         weights.output.to(device))
+    for layer in weights.layers:
+        fields = {}
+        for f in dataclasses.fields(layer):
+            value = getattr(layer, f.name)
+            if f.name.endswith("_exps"):
+                if device.type == "cuda":
+                    pinned = torch.empty(value.data.shape, dtype=torch.uint8, pin_memory=True)
+                    value = type(value)(pinned.copy_(value.data), value.qtype, value.cols)
+            elif value is not None:
+                value = value.to(device)
+            fields[f.name] = value
+        moved.layers.append(type(layer)(**fields))
+    return moved
 
 
 class Engine:
-    """One model, one sequence. ``kernels``: "triton" (the GPU default) or "torch"."""
+    """One model, one sequence. ``kernels``: "triton" (the GPU default) or "torch".
+
+    ``cache``: run with the expert cache (experts in host memory, the hottest in VRAM slots
+    within ``cache.vram_cap``); the KV cache then holds ``cache.max_ctx`` tokens.
+    """
 
     def __init__(self, path: str | Path, device: str | None = None, max_ctx: int = 4096,
-                 kernels: str | None = None, use_graph: bool = True, prefill_chunk: int = 2048):
+                 kernels: str | None = None, use_graph: bool = True, prefill_chunk: int = 2048,
+                 cache: CacheConfig | None = None):
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         kernels = kernels or ("triton" if device.type == "cuda" else "torch")
         self.path = Path(path)
-        self.weights = load_weights(path).to(device)
+        weights = load_weights(path)
+        self.weights = weights.to(device) if cache is None else experts_on_host(weights, device)
+        max_ctx = cache.max_ctx if cache is not None else max_ctx
         self.cfg = self.weights.config
         self.device = device
         # The Triton kernels keep keys and values in float16 (as llama.cpp does by default).
@@ -54,6 +87,76 @@ class Engine:
         self.n_past = 0
         self._graphs: dict[bool, DecodeGraph] = {}
         self._tokenizer = None
+        self.expert_cache = None
+        self._fingerprint: str | None = None
+        if cache is not None:
+            self.configure_cache(cache)
+
+    # -- the expert cache ----------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            from autotune.cache_runtime.learned import model_fingerprint
+
+            self._fingerprint = model_fingerprint(self.path)
+        return self._fingerprint
+
+    def configure_cache(self, cfg: CacheConfig) -> None:
+        """(Re)build the expert cache for ``cfg`` without reloading the model: the previous
+        cache's routing counts are saved, its slots freed, new slots planned and filled."""
+        from autotune.cache_runtime.budget import model_sizes, plan_vram
+        from autotune.cache_runtime.expert_cache import ExpertCache
+        from autotune.cache_runtime.expert_table import ExpertTable
+        from autotune.cache_runtime.learned import load_counts
+
+        if self.expert_cache is None and self.weights.layers[0].gate_exps.data.device == self.device \
+                and self.device.type == "cuda":
+            raise ValueError("this engine holds every expert in VRAM: load it with cache=... instead")
+        if cfg.max_ctx != self.cache.max_ctx:
+            raise ValueError(f"max_ctx {cfg.max_ctx} differs from the loaded KV cache's {self.cache.max_ctx}")
+        self.close()
+        self._graphs.clear()
+        sizes = model_sizes(self.path)
+        counts = load_counts(self.fingerprint, (sizes.n_layers, sizes.n_expert)) if cfg.learned_placement else None
+        plan = plan_vram(sizes, cfg, counts, prefill_chunk=self.prefill_chunk,
+                         kv_element_bytes=self.cache.k.element_size())
+        table = getattr(self.ops, "experts_table", None) or ExpertTable(self.weights.layers, self.device)
+        cache = ExpertCache(self.weights.layers, table, cfg, plan, self.device, self.cfg.n_expert_used, counts)
+        if cfg.prefetch_depth and sum(plan.slots) < sizes.n_layers * sizes.n_expert:
+            from autotune.cache_runtime.prefetch import Prefetcher
+
+            cache.prefetcher = Prefetcher(self.ops, cache, cfg.prefetch_depth)
+        self.expert_cache = cache
+        self.ops.hooks = cache
+
+    def save_routing(self) -> Path | None:
+        """Persist the routing counts seen so far (they seed the next start's placement)."""
+        from autotune.cache_runtime.learned import save_counts
+
+        if self.expert_cache is None or self.expert_cache.routing.total.sum() == 0:
+            return None
+        self.expert_cache.drain()
+        return save_counts(self.fingerprint, self.expert_cache.routing.total)
+
+    def cache_stats(self) -> dict:
+        """The expert cache's statistics since it was configured (empty without a cache)."""
+        return {} if self.expert_cache is None else self.expert_cache.stats()
+
+    def close(self) -> None:
+        """Save the routing counts and drop the expert cache's VRAM (the engine keeps its model)."""
+        cache = self.expert_cache
+        if cache is None:
+            return
+        self.save_routing()
+        cache.release()
+        self.ops.hooks = None
+        self.expert_cache = None
+        self._graphs.clear()
+        del cache
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
 
     def reset(self) -> None:
         """Start a new sequence (the cache is overwritten as it goes)."""
@@ -80,6 +183,8 @@ class Engine:
     def _step(self, token: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One decode step at cache.pos: logits, selected experts, and the next token fed back."""
         logits, ids = forward(self.ops, token, self.n_past)
+        if self.expert_cache is not None:
+            self.expert_cache.finish_step(ids)
         nxt = gumbel_sample(logits, self.inv_temperature) if sample else greedy(logits)
         token.copy_(nxt)
         self.cache.pos.add_(1)
@@ -98,14 +203,25 @@ class Engine:
         if self.use_graph:
             graph = self._graphs.get(sample)
             if graph is None:
-                graph = DecodeGraph(lambda t: self._step(t, sample), self.token, self.cache.pos)
-                self._graphs[sample] = graph
+                graph = self._capture(sample)
             logits, ids, _ = graph.replay()
         else:
             logits, ids, _ = self._step(self.token, sample)
+        if self.expert_cache is not None:
+            self.expert_cache.after_step(ids)
         self.trace.record(ids)
         self.n_past += 1
         return logits
+
+    def _capture(self, sample: bool) -> DecodeGraph:
+        """Capture the decode step; the warm-up steps leave the cache's counters as they were."""
+        counters = self.expert_cache.device_counters() if self.expert_cache is not None else []
+        saved = [c.clone() for c in counters]
+        graph = DecodeGraph(lambda t: self._step(t, sample), self.token, self.cache.pos)
+        for c, s in zip(counters, saved):
+            c.copy_(s)
+        self._graphs[sample] = graph
+        return graph
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], n: int, temperature: float = 0.0) -> list[int]:

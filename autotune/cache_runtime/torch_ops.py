@@ -21,7 +21,12 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class TorchOps:
-    """Forward-pass blocks over hidden states ``h`` (tokens, n_embd) float32."""
+    """Forward-pass blocks over hidden states ``h`` (tokens, n_embd) float32.
+
+    ``hooks``: the expert cache, when one manages where experts are (see ``expert_cache``).
+    """
+
+    hooks = None
 
     def __init__(self, weights: ModelWeights, cache: KVCache, rope: RopeTable):
         self.w = weights
@@ -37,15 +42,34 @@ class TorchOps:
 
     def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, il: int) -> torch.Tensor:
         """Sum over each token's selected experts of weight * down(silu(gate x) * up x)."""
-        lw = self.w.layers[il]
         out = torch.zeros(x.shape[0], self.cfg.n_embd, dtype=x.dtype, device=x.device)
         for e in ids.unique().tolist():
             token, slot = (ids == e).nonzero(as_tuple=True)
             xe = x[token]
-            hidden = F.silu(self.linear(xe, lw.gate_exps[e])) * self.linear(xe, lw.up_exps[e])
-            y = self.linear(hidden, lw.down_exps[e])
+            gate, up, down = self.expert(il, e)
+            hidden = F.silu(self.linear(xe, gate)) * self.linear(xe, up)
+            y = self.linear(hidden, down)
             out.index_add_(0, token, weights[token, slot, None] * y)
         return out
+
+    def expert(self, il: int, e: int) -> tuple[QTensor, QTensor, QTensor]:
+        """Expert e's gate, up and down matrices, wherever the expert cache keeps them."""
+        lw = self.w.layers[il]
+        stacks = (lw.gate_exps, lw.up_exps, lw.down_exps)
+        if self.hooks is None:
+            return tuple(m[e] for m in stacks)
+        return self.hooks.resolve(il, e, stacks)
+
+    def routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, il: int) -> torch.Tensor:
+        """``experts``, with the layer's missing experts staged around it when the cache bypasses."""
+        hooks = self.hooks
+        if hooks is None or not hooks.bypasses(x.shape[0]):
+            return self.experts(x, weights, ids, il)
+        hooks.stage_layer(il)
+        try:
+            return self.experts(x, weights, ids, il)
+        finally:
+            hooks.unstage_layer(il)
 
     # -- the blocks ----------------------------------------------------------------------
 
@@ -98,7 +122,9 @@ class TorchOps:
         lw = self.w.layers[il]
         x = rmsnorm(h, lw.ffn_norm, self.cfg.rms_eps)
         weights, ids = route(self.linear(x, lw.router), self.cfg.n_expert_used, self.cfg.norm_topk)
-        return h + self.experts(x, weights, ids, il), ids
+        if self.hooks is not None:
+            self.hooks.after_router(il, h)
+        return h + self.routed(x, weights, ids, il), ids
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits (tokens, vocab)."""

@@ -187,6 +187,8 @@ class TritonOps(TorchOps):
             S=_superblocks(lw.router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
             E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=k, K_PAD=triton.next_power_of_2(k),
             NORM_TOPK=cfg.norm_topk, num_warps=GEMV_WARPS, **_type_args(lw.router))
+        if self.hooks is not None:
+            self.hooks.after_router(il, h)
         hidden = torch.empty(k, cfg.n_ff_expert, dtype=torch.float32, device=dev)
         table = self.experts_table.table[il]
         moe_gate_up_kernel[(k, triton.cdiv(cfg.n_ff_expert, GATE_UP_WARPS // 2))](

@@ -1,0 +1,224 @@
+"""The expert cache's VRAM budget: from a cap to expert slots per layer, and the peak it implies.
+
+Pure arithmetic over the model's sizes (``ModelSizes``, read from the GGUF header alone), so the
+tuner can predict a config's peak VRAM without loading anything (``predict_peak_vram``) and the
+runtime allocates exactly what was predicted (``plan_vram``).
+
+What the process holds on the GPU, besides expert slots:
+- the CUDA context (``CONTEXT_BYTES``, measured on the GPU machine: about 0.5 GiB) and a margin
+  for compiled kernels, cuBLAS workspaces and allocator slack (``MARGIN_BYTES``);
+- every weight that is not a routed expert (attention, norms, routers, embedding, head);
+- the KV cache for ``max_ctx`` tokens;
+- activations of the largest prefill chunk (``activation_bytes``);
+- the prefill-bypass staging area (the layer with the fewest slots must fit all its other
+  experts) and the prefetch ring ((depth + 1) x top-k experts).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from autotune.cache_runtime.cache_config import CacheConfig
+from autotune.errors import AutotuneError
+
+GIB = 2**30
+CONTEXT_BYTES = 512 * 2**20
+MARGIN_BYTES = 256 * 2**20
+ACTIVATION_SLACK = 1.25  # the caching allocator's rounding and fragmentation
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    n_layers: int
+    n_expert: int
+    n_expert_used: int
+    n_embd: int
+    n_ff_expert: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_vocab: int
+    expert_bytes: int  # gate + up + down of one expert
+    resident_bytes: int  # every weight that is not a routed expert, as the runtime holds it
+    largest_dense_elems: int  # rows x cols of the largest non-expert matrix (dequantized in prefill)
+
+
+def activation_bytes(m: ModelSizes, chunk: int, max_ctx: int) -> int:
+    """Peak temporaries of one prefill chunk of ``chunk`` tokens (decode needs far less)."""
+    q_dim, kv_dim = m.n_head * m.head_dim, m.n_head_kv * m.head_dim
+    routed = m.n_expert_used * (m.n_ff_expert * (4 + 2) + m.n_embd * 4)  # hidden f32+f16, y f32
+    dense = m.n_embd * 4 * 4 + q_dim * (4 + 2 + 4) + kv_dim * 4 * 2  # h, x, norms; q; k, v
+    per_token = routed + dense
+    keys = 2 * m.n_head * min(chunk, max_ctx) * m.head_dim * 2  # K and V repeated per head, f16
+    return int(ACTIVATION_SLACK * (chunk * per_token + keys + m.largest_dense_elems * 2 + m.n_vocab * 4))
+
+
+def kv_bytes(m: ModelSizes, max_ctx: int, element_bytes: int = 2) -> int:
+    return 2 * m.n_layers * m.n_head_kv * max_ctx * m.head_dim * element_bytes
+
+
+def entropies(counts: np.ndarray) -> np.ndarray:
+    """Routing entropy (nats) of each layer from its (layers, experts) selection counts."""
+    counts = np.asarray(counts, dtype=np.float64)
+    p = counts / np.maximum(counts.sum(1, keepdims=True), 1e-12)
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(1)
+
+
+def split_slots(total: int, n_expert: int, weights: Sequence[float]) -> list[int]:
+    """``total`` slots over layers in proportion to ``weights``, at most ``n_expert`` each.
+
+    Water-filling: layers that hit the cap give their excess to the others; the last
+    slots go by largest remainder (ties: lower layer first).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    n = len(w)
+    total = min(max(total, 0), n * n_expert)
+    if w.sum() <= 0:
+        w = np.ones(n)
+    slots = np.zeros(n, dtype=np.int64)
+    capped = np.zeros(n, dtype=bool)
+    ideal = np.zeros(n)
+    while not capped.all():
+        left = total - slots[capped].sum()
+        share = np.where(capped, 0.0, w)
+        if share.sum() <= 0:
+            share = np.where(capped, 0.0, 1.0)
+        ideal = left * share / share.sum()
+        over = (~capped) & (ideal >= n_expert)
+        if not over.any():
+            break
+        slots[over] = n_expert
+        capped |= over
+    base = np.floor(ideal).astype(np.int64)
+    slots[~capped] = base[~capped]
+    rest = total - slots.sum()
+    order = sorted(np.flatnonzero(~capped), key=lambda i: (-(ideal[i] - base[i]), i))
+    for i in order:
+        if rest <= 0:
+            break
+        if slots[i] < n_expert:
+            slots[i] += 1
+            rest -= 1
+    return [int(s) for s in slots]
+
+
+def layer_weights(n_layers: int, slot_split: float, counts: np.ndarray | None) -> list[float]:
+    """Each layer's share: (1 - s) equal + s in proportion to routing entropy (equal without counts)."""
+    equal = np.full(n_layers, 1.0 / n_layers)
+    if counts is None or slot_split == 0 or np.asarray(counts).sum() == 0:
+        return equal.tolist()
+    h = entropies(counts)
+    prop = h / h.sum() if h.sum() > 0 else equal
+    return ((1 - slot_split) * equal + slot_split * prop).tolist()
+
+
+@dataclass(frozen=True)
+class VramPlan:
+    cap: int
+    context: int
+    margin: int
+    resident: int
+    kv_cache: int
+    activations: int
+    staging: int  # prefill bypass: the non-resident experts of the emptiest layer
+    prefetch_ring: int
+    expert_bytes: int
+    slots: tuple[int, ...]
+
+    @property
+    def slot_bytes(self) -> int:
+        return sum(self.slots) * self.expert_bytes
+
+    @property
+    def peak(self) -> int:
+        """Predicted peak of the whole process, CUDA context included."""
+        return (self.context + self.margin + self.resident + self.kv_cache + self.activations
+                + self.staging + self.prefetch_ring + self.slot_bytes)
+
+    def summary(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k != "slots"}
+        out.update(slots_per_layer=list(self.slots), total_slots=sum(self.slots), peak=self.peak)
+        return out
+
+
+def plan_with_slots(m: ModelSizes, cfg: CacheConfig, total: int, counts: np.ndarray | None = None, *,
+                    prefill_chunk: int = 2048, kv_element_bytes: int = 2,
+                    context: int = CONTEXT_BYTES, margin: int = MARGIN_BYTES) -> VramPlan:
+    """The plan holding ``total`` expert slots (split over layers by ``cfg.slot_split``)."""
+    all_slots = m.n_layers * m.n_expert
+    slots = split_slots(total, m.n_expert, layer_weights(m.n_layers, cfg.slot_split, counts))
+    full = total >= all_slots
+    staging = 0 if full or cfg.prefill_bypass == 0 else (m.n_expert - min(slots)) * m.expert_bytes
+    ring = 0 if full or cfg.prefetch_depth == 0 else (cfg.prefetch_depth + 1) * m.n_expert_used * m.expert_bytes
+    return VramPlan(cap=cfg.vram_cap, context=context, margin=margin, resident=m.resident_bytes,
+                    kv_cache=kv_bytes(m, cfg.max_ctx, kv_element_bytes),
+                    activations=activation_bytes(m, prefill_chunk, cfg.max_ctx), staging=staging,
+                    prefetch_ring=ring, expert_bytes=m.expert_bytes, slots=tuple(slots))
+
+
+def plan_vram(m: ModelSizes, cfg: CacheConfig, counts: np.ndarray | None = None, **kwargs) -> VramPlan:
+    """The most slots that fit ``cfg.vram_cap``; raises AutotuneError when not even zero do.
+
+    ``kwargs``: as ``plan_with_slots``. Below full residency the peak grows with the slot
+    count, so a bisection finds the largest total that fits.
+    """
+    def plan(total: int) -> VramPlan:
+        return plan_with_slots(m, cfg, total, counts, **kwargs)
+
+    all_slots = m.n_layers * m.n_expert
+    if plan(all_slots).peak <= cfg.vram_cap:  # no staging or ring then: checked on its own
+        return plan(all_slots)
+    lo, hi = 0, all_slots - 1
+    if plan(lo).peak > cfg.vram_cap:
+        raise AutotuneError(f"a {cfg.vram_cap / GIB:.2f} GiB cap is below the cache runtime's fixed need "
+                            f"of {plan(lo).peak / GIB:.2f} GiB for this model and context")
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if plan(mid).peak <= cfg.vram_cap else (lo, mid - 1)
+    return plan(lo)
+
+
+def model_sizes(path: str | Path) -> ModelSizes:
+    """The sizes ``plan_vram`` needs, from the GGUF header (no tensor data is read)."""
+    from autotune.cache_runtime.config import read_config
+    from autotune.model import inspect_model
+
+    cfg = read_config(path)
+    tensors = inspect_model(path).tensors
+    experts = [t for t in tensors if t.name.endswith("_exps.weight") and ".ffn_" in t.name]
+    dense = [t for t in tensors if t not in experts]
+    if not experts:
+        from autotune.errors import ModelFileError
+
+        raise ModelFileError(f"{path}: not a mixture-of-experts model")
+    expert_total = sum(t.nbytes for t in experts)
+    # norms are held as float32 whatever their file type
+    resident = sum(math.prod(t.shape) * 4 if len(t.shape) == 1 else t.nbytes for t in dense)
+    return ModelSizes(
+        n_layers=cfg.n_layers, n_expert=cfg.n_expert, n_expert_used=cfg.n_expert_used, n_embd=cfg.n_embd,
+        n_ff_expert=cfg.n_ff_expert, n_head=cfg.n_head, n_head_kv=cfg.n_head_kv, head_dim=cfg.head_dim,
+        n_vocab=max(t.shape[1] for t in tensors if t.name == "token_embd.weight"),
+        expert_bytes=expert_total // (cfg.n_layers * cfg.n_expert), resident_bytes=resident,
+        largest_dense_elems=max(math.prod(t.shape) for t in dense if len(t.shape) == 2 and
+                                t.name not in ("token_embd.weight", "output.weight")),
+    )
+
+
+def predict_peak_vram(path: str | Path, cfg: CacheConfig) -> int:
+    """Peak VRAM (bytes, CUDA context included) of the runtime started with ``cfg`` on ``path``.
+
+    Plans with the same learned routing counts the runtime would load (they shape the slot
+    split), so prediction and allocation agree. Raises AutotuneError when the cap cannot
+    hold the runtime at all.
+    """
+    from autotune.cache_runtime.learned import load_counts, model_fingerprint
+
+    sizes = model_sizes(path)
+    counts = load_counts(model_fingerprint(path), (sizes.n_layers, sizes.n_expert)) \
+        if cfg.learned_placement else None
+    return plan_vram(sizes, cfg, counts).peak

@@ -1,0 +1,367 @@
+"""The expert cache: every expert in (pinned) host memory, the hottest in VRAM slots.
+
+The kernels reach experts through ``ExpertTable``; a non-resident expert's entry points at
+its host copy ("home"), which the kernels read over PCIe (zero-copy), so a miss never
+stalls decode. Residency changes only by table writes between decode steps, so the
+captured decode graph stays valid:
+
+- evict: the victim's entry goes home on the compute stream (after every step already
+  queued), an event is recorded there, and only then does the copy stream overwrite the
+  victim's slot with the admitted expert (so no in-flight step reads a slot being written);
+- admit: once that copy's event has completed (polled, never waited on), the admitted
+  expert's entry is repointed at the slot.
+
+The host learns each step's selections through an asynchronous copy into pinned memory
+(polled the same way), keeps decayed counts and last uses (``placement.RoutingStats``),
+rebalances every ``rebalance_interval`` tokens within a byte budget, and in ``copy`` miss
+mode also admits a few of each step's misses. Hit statistics are counted on the device,
+inside the graph, against the residency each step actually saw.
+
+Prefill batches of at least ``prefill_bypass`` tokens skip the cache: each layer's
+non-resident experts are copied once into a staging area and read from there; resident
+experts are read in place.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from autotune.cache_runtime.budget import VramPlan
+from autotune.cache_runtime.cache_config import CacheConfig
+from autotune.cache_runtime.expert_table import ExpertTable
+from autotune.cache_runtime.placement import RoutingStats, initial_placement, pick_victim, plan_swaps
+from autotune.cache_runtime.weights import LayerWeights, QTensor
+
+REBALANCE_BYTES = 512 * 2**20  # copies one rebalance may schedule (about 10 ms of PCIe)
+ADMITS_PER_STEP = 2  # copy mode: misses of one step admitted at most (each costs a full expert copy)
+ID_RING = 64  # steps whose selections may be in flight to the host
+
+
+@dataclass
+class _Counters:
+    """Host-side totals (the device-side hit counters live on the cache)."""
+
+    tokens: int = 0
+    rebalances: int = 0
+    rebalance_bytes: int = 0
+    admissions: int = 0
+    admission_bytes: int = 0
+    bypass_batches: int = 0
+    bypass_bytes: int = 0
+    stall_s: float = 0.0
+    swaps_in_flight: list = field(default_factory=list)
+
+
+class ExpertCache:
+    def __init__(self, layers: list[LayerWeights], table: ExpertTable, cfg: CacheConfig, plan: VramPlan,
+                 device: torch.device, top_k: int, counts: np.ndarray | None = None):
+        self.cfg, self.plan, self.device, self.top_k = cfg, plan, device, top_k
+        self.n_layers, self.n_expert = len(layers), layers[0].gate_exps.data.shape[0]
+        self.home = [(lw.gate_exps.data, lw.up_exps.data, lw.down_exps.data) for lw in layers]
+        self.table = table
+        self.home_addr = np.array([[[m[e].data_ptr() for m in mats] for e in range(self.n_expert)]
+                                   for mats in self.home], dtype=np.int64)
+        self.expert_bytes = sum(m[0].numel() for m in self.home[0])
+        cuda = device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(device) if cuda else None
+        self.slots = [tuple(torch.empty((s, *m.shape[1:]), dtype=torch.uint8, device=device) for m in mats)
+                      for s, mats in zip(plan.slots, self.home)]
+        self.slot_addr = [np.array([[m[i].data_ptr() for m in mats] for i in range(len(mats[0]))],
+                                   dtype=np.int64).reshape(-1, 3) for mats in self.slots]
+        self.held = [dict() for _ in layers]  # layer -> {expert: slot}
+        self.free = [list(range(s)) for s in plan.slots]
+        self.incoming: set[tuple[int, int]] = set()  # (layer, expert) being copied in
+        self.routing = RoutingStats(self.n_layers, self.n_expert, counts)
+        self.seeded = counts is not None
+        self.counters = _Counters()
+        n_bypass = self.n_expert - min(plan.slots) if plan.staging else 0
+        self.staging = tuple(torch.empty((n_bypass, *m.shape[1:]), dtype=torch.uint8, device=device)
+                             for m in self.home[0])
+        # device-side statistics, updated inside the decode graph
+        self.in_slot = torch.zeros(self.n_layers, self.n_expert, dtype=torch.bool, device=device)
+        self.hits = torch.zeros(self.n_layers, dtype=torch.int64, device=device)
+        self.decode_tokens = torch.zeros(1, dtype=torch.int64, device=device)
+        self._ids_host = torch.empty((ID_RING, self.n_layers, top_k), dtype=torch.int64, pin_memory=cuda)
+        self._ids_events: list[tuple[torch.cuda.Event | None, int]] = []
+        self._ring_next = 0
+        self._since_rebalance = 0
+        self.prefetcher = None  # set by the engine when cfg.prefetch_depth > 0
+        self._where: dict[int, tuple[tuple[torch.Tensor, ...], int]] = {}
+        if device.type == "cpu":
+            for mats in (*self.home, *self.slots, self.staging):
+                self.register(mats)
+        self._staged: tuple[int, list[int]] | None = None
+        self._fill(initial_placement(plan.slots, self.n_expert, counts if cfg.learned_placement else None))
+
+    # -- table writes --------------------------------------------------------------------
+
+    def _write(self, entries: list[tuple[int, int, np.ndarray, bool]]) -> None:
+        """Repoint (layer, expert) entries at addresses (gate, up, down), in stream order."""
+        if not entries:
+            return
+        idx = torch.tensor([layer * self.n_expert + e for layer, e, _, _ in entries], dtype=torch.long)
+        addr = torch.from_numpy(np.stack([a for _, _, a, _ in entries]).astype(np.int64))
+        flags = torch.tensor([f for *_, f in entries], dtype=torch.bool)
+        if self.device.type == "cuda":
+            idx, addr, flags = (t.pin_memory().to(self.device, non_blocking=True) for t in (idx, addr, flags))
+        self.table.table.view(-1, 3).index_copy_(0, idx, addr)
+        self.in_slot.view(-1).index_copy_(0, idx, flags)
+
+    def _copy_in(self, layer: int, slot: int, expert: int) -> None:
+        for dst, src in zip(self.slots[layer], self.home[layer]):
+            dst[slot].copy_(src[expert], non_blocking=True)
+
+    def _fill(self, placement: list[list[int]]) -> None:
+        """The initial placement, copied synchronously (at start, nothing is running)."""
+        entries = []
+        for layer, experts in enumerate(placement):
+            for e in experts:
+                slot = self.free[layer].pop(0)
+                self._copy_in(layer, slot, e)
+                self.held[layer][e] = slot
+                entries.append((layer, e, self.slot_addr[layer][slot], True))
+        self._write(entries)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def release(self) -> None:
+        """Point every entry home (before the cache's memory is dropped)."""
+        self.table.table.copy_(torch.from_numpy(self.home_addr).to(self.device))
+        self.in_slot.zero_()
+
+    # -- swaps -----------------------------------------------------------------------------
+
+    def _schedule(self, swaps: list[tuple[int, int, int]]) -> int:
+        """Evict and admit (layer, victim, admitted); returns the bytes scheduled."""
+        if not swaps:
+            return 0
+        moves = []
+        for layer, victim, admit in swaps:
+            slot = self.held[layer].pop(victim)
+            self.incoming.add((layer, admit))
+            moves.append((layer, slot, admit))
+        self._write([(layer, v, self.home_addr[layer][v], False) for layer, v, _ in swaps])
+        if self.copy_stream is None:
+            for move in moves:
+                self._copy_in(*move)
+            self._commit(moves)
+        else:
+            freed = torch.cuda.Event()
+            freed.record()
+            self.copy_stream.wait_event(freed)
+            with torch.cuda.stream(self.copy_stream):
+                for move in moves:
+                    self._copy_in(*move)
+            done = torch.cuda.Event()
+            done.record(self.copy_stream)
+            self.counters.swaps_in_flight.append((done, moves))
+        return len(moves) * self.expert_bytes
+
+    def _commit(self, moves: list[tuple[int, int, int]]) -> None:
+        for layer, slot, admit in moves:
+            self.incoming.discard((layer, admit))
+            self.held[layer][admit] = slot
+        self._write([(layer, admit, self.slot_addr[layer][slot], True) for layer, slot, admit in moves])
+
+    def _poll_swaps(self) -> None:
+        pending = []
+        for done, moves in self.counters.swaps_in_flight:
+            if done.query():
+                self._commit(moves)
+            else:
+                pending.append((done, moves))
+        self.counters.swaps_in_flight = pending
+
+    def drain(self) -> None:
+        """Wait for every copy and selection in flight and apply them (tests, reconfiguring)."""
+        start = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.counters.stall_s += time.perf_counter() - start
+        self.poll()
+
+    # -- decode ----------------------------------------------------------------------------
+
+    def after_router(self, layer: int, h: torch.Tensor) -> None:
+        if self.prefetcher is not None and h.shape[0] == 1:
+            self.prefetcher.after_router(layer, h)
+
+    def finish_step(self, ids: torch.Tensor) -> None:
+        """End of a decode step (captured with it): join the prefetch stream, count hits on the
+        device against the residency this step saw. ids (1, layers, k)."""
+        if self.prefetcher is not None:
+            self.prefetcher.join()
+        selected = ids[0].long()
+        self.hits += self.in_slot.gather(1, selected).sum(1)
+        self.decode_tokens += 1
+        if self.prefetcher is not None:
+            self.prefetcher.record(selected, self.in_slot)
+
+    def device_counters(self) -> list[torch.Tensor]:
+        """The statistics a captured step updates (the engine restores them after capture's warm-up)."""
+        extra = [self.prefetcher.counters] if self.prefetcher is not None else []
+        return [self.hits, self.decode_tokens, *extra]
+
+    def after_step(self, ids: torch.Tensor) -> None:
+        """Host side, after a step was queued: fetch its selections asynchronously, then poll."""
+        if self.device.type != "cuda":
+            self._observe(ids[0].numpy().astype(np.int64))
+            self.poll()
+            return
+        if len(self._ids_events) >= ID_RING:  # the GPU is ID_RING steps behind: let it catch up
+            start = time.perf_counter()
+            self._ids_events[0][0].synchronize()
+            self.counters.stall_s += time.perf_counter() - start
+            self.poll()
+        slot = self._ring_next
+        self._ring_next = (slot + 1) % ID_RING
+        self._ids_host[slot].copy_(ids[0].to(torch.int64), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._ids_events.append((event, slot))
+        self.poll()
+
+    def poll(self) -> None:
+        """Apply whatever finished: selections that reached the host, copies that landed."""
+        while self._ids_events and (self._ids_events[0][0] is None or self._ids_events[0][0].query()):
+            _, slot = self._ids_events.pop(0)
+            self._observe(self._ids_host[slot].numpy().copy())
+        if self.copy_stream is not None:
+            self._poll_swaps()
+
+    def _observe(self, selected: np.ndarray) -> None:
+        self.routing.observe(selected)
+        self.counters.tokens += 1
+        if self.cfg.eviction == "static":
+            return
+        if self.cfg.miss_mode == "copy":
+            self._admit(selected)
+        self._since_rebalance += 1
+        if self.cfg.rebalance_interval and self._since_rebalance >= self.cfg.rebalance_interval:
+            self._since_rebalance = 0
+            self.rebalance()
+
+    def _admit(self, selected: np.ndarray) -> None:
+        """Copy mode: bring in up to ADMITS_PER_STEP of this step's misses, evicting by the rule."""
+        scores = self.routing.scores(self.cfg.eviction)
+        swaps = []
+        for layer, row in enumerate(selected):
+            chosen = set(int(e) for e in row)
+            for e in row.tolist():
+                if len(swaps) >= ADMITS_PER_STEP:
+                    break
+                if e in self.held[layer] or (layer, e) in self.incoming:
+                    continue
+                candidates = [v for v in self.held[layer] if v not in chosen]
+                if candidates:
+                    victim = pick_victim(candidates, scores[layer])
+                    chosen.add(victim)
+                    swaps.append((layer, victim, e))
+        nbytes = self._schedule(swaps)
+        self.counters.admissions += len(swaps)
+        self.counters.admission_bytes += nbytes
+
+    def rebalance(self) -> None:
+        """Move towards the hottest experts under the rule, within REBALANCE_BYTES."""
+        resident = [set(h) for h in self.held]
+        for layer, e in self.incoming:
+            resident[layer].add(e)
+        scores = self.routing.scores(self.cfg.eviction)
+        swaps = [s for s in plan_swaps(resident, scores, REBALANCE_BYTES // self.expert_bytes)
+                 if s[1] in self.held[s[0]]]  # a victim still being copied in stays
+        nbytes = self._schedule(swaps)
+        self.routing.decay(self.cfg.decay)
+        self.counters.rebalances += 1
+        self.counters.rebalance_bytes += nbytes
+
+    # -- prefill bypass ----------------------------------------------------------------------
+
+    def bypasses(self, n_tokens: int) -> bool:
+        """Whether a batch of ``n_tokens`` (more than one) skips the cache."""
+        return (n_tokens > 1 and bool(self.cfg.prefill_bypass) and n_tokens >= self.cfg.prefill_bypass
+                and len(self.staging[0]) > 0)
+
+    def stage_layer(self, layer: int) -> None:
+        """Copy the layer's non-resident experts into the staging area and point at them there.
+
+        In stream order on the compute stream, so the previous layer's reads are done first.
+        Runs of consecutive experts go as one copy.
+        """
+        if layer == 0:
+            self.counters.bypass_batches += 1
+        missing = [e for e in range(self.n_expert) if e not in self.held[layer]]
+        if not missing:
+            return
+        idx = 0
+        while idx < len(missing):
+            end = idx
+            while end + 1 < len(missing) and missing[end + 1] == missing[end] + 1:
+                end += 1
+            for dst, src in zip(self.staging, self.home[layer]):
+                dst[idx:end + 1].copy_(src[missing[idx]:missing[end] + 1], non_blocking=True)
+            idx = end + 1
+        staged = np.array([[m[i].data_ptr() for m in self.staging] for i in range(len(missing))], dtype=np.int64)
+        self._write([(layer, e, staged[i], False) for i, e in enumerate(missing)])
+        self._staged = (layer, missing)
+        self.counters.bypass_bytes += len(missing) * self.expert_bytes
+
+    def unstage_layer(self, layer: int) -> None:
+        staged = self._staged
+        if staged and staged[0] == layer:
+            self._write([(layer, e, self.home_addr[layer][e], False) for e in staged[1]])
+            self._staged = None
+
+    # -- where an expert is, for the torch path --------------------------------------------
+
+    def register(self, mats: tuple[torch.Tensor, ...]) -> None:
+        """Make ``resolve`` find experts stored in ``mats`` (gate, up, down stacks)."""
+        for i in range(len(mats[0])):
+            self._where[mats[0][i].data_ptr()] = (mats, i)
+
+    def resolve(self, layer: int, expert: int, like: tuple[QTensor, QTensor, QTensor]) -> tuple[QTensor, ...]:
+        """The expert's matrices wherever its table entry points (slot, staging, ring or home):
+        the torch path reads exactly what the kernels would."""
+        mats, index = self._where[int(self.table.table[layer, expert, 0])]
+        return tuple(QTensor(m[index], q.qtype, q.cols) for m, q in zip(mats, like))
+
+    # -- statistics --------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        self.drain()
+        c = self.counters
+        tokens = int(self.decode_tokens.item())
+        selections = tokens * self.top_k
+        hits_layer = self.hits.cpu().numpy()
+        misses = selections * self.n_layers - int(hits_layer.sum())
+        out = {
+            "tokens": tokens,
+            "hit_rate": float(hits_layer.sum() / max(selections * self.n_layers, 1)),
+            "hit_rate_per_layer": [round(float(h) / max(selections, 1), 4) for h in hits_layer],
+            "slots_per_layer": list(self.plan.slots),
+            "seeded_from_learned_counts": self.seeded,
+            "rebalances": c.rebalances,
+            "rebalance_bytes": c.rebalance_bytes,
+            "admissions": c.admissions,
+            "admission_bytes": c.admission_bytes,
+            "prefill_bypass_batches": c.bypass_batches,
+            "prefill_bypass_bytes": c.bypass_bytes,
+            "stall_s": round(c.stall_s, 6),
+        }
+        prefetch = self.prefetcher.stats() if self.prefetcher is not None else {}
+        from_prefetch = prefetch.get("served", 0)
+        zero_copy = (misses - from_prefetch) * self.expert_bytes
+        copied = c.rebalance_bytes + c.admission_bytes + prefetch.get("staged", 0) * self.expert_bytes
+        out.update(
+            misses=misses,
+            zero_copy_bytes=zero_copy,
+            copy_bytes=copied,
+            pcie_bytes_per_token=(zero_copy + copied) / max(tokens, 1),
+            prefetch_precision=prefetch.get("precision"),
+            prefetch_recall=prefetch.get("recall"),
+            prediction_overlap=prefetch.get("overlap"),
+        )
+        return out

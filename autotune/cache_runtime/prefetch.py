@@ -1,0 +1,195 @@
+"""Cross-layer prefetch inside the decode step: predict layer l + d's experts after layer l's
+router and copy the predicted misses into a VRAM ring while layers l .. l + d - 1 compute.
+
+Layer m's prediction applies m's own RMSNorm and router to the hidden state entering layer
+m - d's experts (layer 0 predicts layers 1 .. d). On the GPU everything runs on a side
+stream forked inside the captured graph and joined at the end of the step, so it costs the
+compute stream nothing but a fork: a copy kernel reads each predicted non-resident expert
+from pinned host memory into a ring slot, and then a commit kernel repoints its table entry.
+The compute stream never waits for it: when layer m's experts run, each entry points either
+home (the copy has not landed: read over PCIe as usual) or at the finished ring copy.
+
+Ring safety: layer m uses ring rows (m mod (d + 1)) * k ..; before overwriting them, the
+side stream points their previous occupant (a layer at least d + 1 earlier, whose experts
+the compute stream has finished, since the fork follows layer m - d's router) back home.
+
+On the CPU (torch path) the same steps run eagerly in PyTorch. Precision and recall are
+counted on the device against the step's actual selections.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from autotune.cache_runtime.expert_cache import ExpertCache
+from autotune.cache_runtime.routing import route
+from autotune.cache_runtime.torch_ops import TorchOps, rmsnorm
+
+COPY_WORDS, COPY_ITERS = 1024, 8  # int32 words per load, loads per program
+
+
+@triton.jit
+def stage_copy_kernel(pred_ptr, table_ptr, home_ptr, ring_ptr, ring_row, n0, n1, n2,
+                      BLOCK: tl.constexpr, ITERS: tl.constexpr):
+    """Copy matrix program_id(1) of each predicted expert that is not resident (its entry is
+    its home address) into ring row ring_row + j; ``table_ptr``/``home_ptr``: the layer's rows."""
+    j = tl.program_id(0)
+    mat = tl.program_id(1)
+    e = tl.load(pred_ptr + j).to(tl.int64)
+    if tl.load(table_ptr + e * 3) == tl.load(home_ptr + e * 3):
+        src = tl.load(home_ptr + e * 3 + mat).to(tl.pointer_type(tl.int32))
+        dst = tl.load(ring_ptr + (ring_row + j) * 3 + mat).to(tl.pointer_type(tl.int32))
+        src = tl.multiple_of(src, 16)
+        dst = tl.multiple_of(dst, 16)
+        n = tl.where(mat == 0, n0, tl.where(mat == 1, n1, n2))
+        start = tl.program_id(2) * BLOCK * ITERS
+        for i in range(ITERS):
+            offs = start + i * BLOCK + tl.arange(0, BLOCK)
+            ok = offs < n
+            tl.store(dst + offs, tl.load(src + offs, mask=ok), mask=ok)
+
+
+@triton.jit
+def stage_commit_kernel(pred_ptr, table_ptr, home_ptr, ring_ptr, ring_row, occupant_ptr, staged_ptr,
+                        flat_base, TOP_K: tl.constexpr, K_PAD: tl.constexpr):
+    """Point the copied experts' entries at their ring rows; record occupants and staged flags."""
+    j = tl.arange(0, K_PAD)
+    ok = j < TOP_K
+    e = tl.load(pred_ptr + j, mask=ok, other=0).to(tl.int64)
+    do = ok & (tl.load(table_ptr + e * 3, mask=ok, other=0) == tl.load(home_ptr + e * 3, mask=ok, other=1))
+    for c in tl.static_range(3):
+        tl.store(table_ptr + e * 3 + c, tl.load(ring_ptr + (ring_row + j) * 3 + c, mask=do), mask=do)
+    tl.store(occupant_ptr + ring_row + j, tl.where(do, flat_base + e, -1), mask=ok)
+    tl.store(staged_ptr + j, do.to(tl.int32), mask=ok)
+
+
+@triton.jit
+def ring_release_kernel(occupant_ptr, table_ptr, home_ptr, ring_ptr, ring_row,
+                        TOP_K: tl.constexpr, K_PAD: tl.constexpr):
+    """Point the ring rows' previous occupants back home (if their entry still points here)."""
+    j = tl.arange(0, K_PAD)
+    ok = j < TOP_K
+    o = tl.load(occupant_ptr + ring_row + j, mask=ok, other=-1)
+    valid = ok & (o >= 0)
+    o = tl.where(valid, o, 0)
+    mine = tl.load(ring_ptr + (ring_row + j) * 3, mask=valid, other=0)
+    back = valid & (tl.load(table_ptr + o * 3, mask=valid, other=1) == mine)
+    for c in tl.static_range(3):
+        tl.store(table_ptr + o * 3 + c, tl.load(home_ptr + o * 3 + c, mask=back), mask=back)
+
+
+class Prefetcher:
+    def __init__(self, ops: TorchOps, cache: ExpertCache, depth: int):
+        self.ops, self.cache, self.depth = ops, cache, depth
+        self.rows = depth + 1  # ring rows of k experts
+        dev, k, n_layers = cache.device, cache.top_k, cache.n_layers
+        self.k = k
+        self.ring = tuple(torch.empty((self.rows * k, *m.shape[1:]), dtype=torch.uint8, device=dev)
+                          for m in cache.home[0])
+        self.ring_addr = torch.tensor([[m[i].data_ptr() for m in self.ring] for i in range(self.rows * k)],
+                                      dtype=torch.int64, device=dev)
+        self.home = torch.from_numpy(cache.home_addr).to(dev)
+        self.words = [m[0].numel() // 4 for m in cache.home[0]]
+        self.occupant = torch.full((self.rows * k,), -1, dtype=torch.int64, device=dev)
+        self.pred = torch.zeros(n_layers, k, dtype=torch.int32, device=dev)
+        self.staged = torch.zeros(n_layers, k, dtype=torch.int32, device=dev)
+        self.predicted = torch.zeros(n_layers, dtype=torch.bool, device=dev)
+        self.predicted[1:] = True
+        self.counters = torch.zeros(5, dtype=torch.int64, device=dev)  # overlap, n_pred, staged, served, misses
+        self.triton = hasattr(ops, "experts_table")  # TritonOps; the torch path reads cache.resolve
+        self.x = torch.empty(ops.cfg.n_embd, dtype=torch.float32, device=dev)
+        self.side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+        if dev.type == "cpu":
+            cache.register(self.ring)
+        if self.triton:
+            self._scratch = [(torch.empty(ops.cfg.n_expert, dtype=torch.float32, device=dev),
+                              torch.empty(ops.cfg.n_embd, dtype=torch.float32, device=dev),
+                              torch.zeros(1, dtype=torch.int32, device=dev),
+                              torch.empty(k, dtype=torch.float32, device=dev)) for _ in range(n_layers)]
+
+    def targets(self, il: int) -> list[int]:
+        layers = range(1, self.depth + 1) if il == 0 else [il + self.depth]
+        return [m for m in layers if m < self.cache.n_layers]
+
+    def after_router(self, il: int, h: torch.Tensor) -> None:
+        """Predict and stage the targets of layer ``il``; ``h`` (1, n_embd): its experts' input."""
+        targets = self.targets(il)
+        if not targets:
+            return
+        self.x.copy_(h[0])  # the compute stream updates h in place next
+        if self.side is None:
+            for m in targets:
+                self._stage(m)
+            return
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            for m in targets:
+                self._stage(m)
+
+    def join(self) -> None:
+        if self.side is not None:
+            torch.cuda.current_stream().wait_stream(self.side)
+
+    def _predict(self, m: int) -> None:
+        ops, lw, cfg = self.ops, self.ops.w.layers[m], self.ops.cfg
+        if not self.triton:
+            x = rmsnorm(self.x[None], lw.ffn_norm, cfg.rms_eps)
+            _, ids = route(ops.linear(x, lw.router), self.k, cfg.norm_topk)
+            self.pred[m].copy_(ids[0])
+            return
+        from autotune.cache_runtime import triton_ops as T
+
+        logits, xn, done, weights = self._scratch[m]
+        T.router_kernel[(triton.cdiv(cfg.n_expert, T.GEMV_WARPS),)](
+            self.x, lw.ffn_norm, cfg.rms_eps, lw.router.data, logits, xn, done, self.pred[m], weights,
+            cfg.n_expert, row_stride=lw.router.row_bytes, K=lw.router.cols, R=T.GEMV_WARPS,
+            S=T._superblocks(lw.router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
+            E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=self.k, K_PAD=triton.next_power_of_2(self.k),
+            NORM_TOPK=cfg.norm_topk, num_warps=T.GEMV_WARPS, **T._type_args(lw.router))
+
+    def _stage(self, m: int) -> None:
+        self._predict(m)
+        row = (m % self.rows) * self.k
+        table = self.cache.table.table
+        if not self.triton:
+            self._stage_torch(m, row, table)
+            return
+        n_expert, k_pad = self.cache.n_expert, triton.next_power_of_2(self.k)
+        ring_release_kernel[(1,)](self.occupant, table, self.home, self.ring_addr, row, TOP_K=self.k, K_PAD=k_pad)
+        chunks = triton.cdiv(max(self.words), COPY_WORDS * COPY_ITERS)
+        stage_copy_kernel[(self.k, 3, chunks)](self.pred[m], table[m], self.home[m], self.ring_addr, row,
+                                               *self.words, BLOCK=COPY_WORDS, ITERS=COPY_ITERS, num_warps=4)
+        stage_commit_kernel[(1,)](self.pred[m], table[m], self.home[m], self.ring_addr, row, self.occupant,
+                                  self.staged[m], m * n_expert, TOP_K=self.k, K_PAD=k_pad)
+
+    def _stage_torch(self, m: int, row: int, table: torch.Tensor) -> None:
+        """The same three steps, eagerly (CPU)."""
+        flat, home = table.view(-1, 3), self.home.view(-1, 3)
+        for j in range(self.k):
+            o = int(self.occupant[row + j])
+            if o >= 0 and int(flat[o, 0]) == int(self.ring_addr[row + j, 0]):
+                flat[o] = home[o]
+        for j, e in enumerate(self.pred[m].tolist()):
+            stage = int(table[m, e, 0]) == int(self.home[m, e, 0])
+            if stage:
+                for dst, src in zip(self.ring, self.cache.home[m]):
+                    dst[row + j].copy_(src[e])
+                table[m, e] = self.ring_addr[row + j]
+            self.occupant[row + j] = m * self.cache.n_expert + e if stage else -1
+            self.staged[m, j] = int(stage)
+
+    def record(self, selected: torch.Tensor, in_slot: torch.Tensor) -> None:
+        """Device-side bookkeeping of one step (captured with it): selected (layers, k)."""
+        used = (self.pred.long()[:, :, None] == selected[:, None, :]).any(-1)
+        mask = self.predicted[:, None]
+        staged = self.staged.bool() & mask
+        miss = ~in_slot.gather(1, selected) & mask
+        self.counters += torch.stack([(used & mask).sum(), mask.sum() * self.k, staged.sum(),
+                                      (staged & used).sum(), miss.sum()])
+
+    def stats(self) -> dict:
+        overlap, n_pred, staged, served, misses = (int(v) for v in self.counters.cpu().tolist())
+        return {"overlap": overlap / n_pred if n_pred else None, "staged": staged, "served": served,
+                "precision": served / staged if staged else None, "recall": served / misses if misses else None}
