@@ -65,3 +65,41 @@ def test_trials_of_one_config_pool_their_samples(tiny_model: Path, tmp_path: Pat
     [group] = [g for g in tuner.config_groups() if g[0].params["n_cpu_moe"] == 1]
     measurement, _ = tuner.pooled(group)
     assert len(group) == 2 and len(measurement.samples) == 2 * 2 + 2 * RACE_ROUNDS
+
+
+class ScriptedWithPrior(ScriptedBackend):
+    """Expects fewer experts on the CPU to be at least as fast, all else equal (as llama_cpp does)."""
+
+    def expected_at_least_as_fast(self, a: Config, b: Config, workload: Workload) -> bool:
+        return a["n_threads"] == b["n_threads"] and a["n_cpu_moe"] < b["n_cpu_moe"]
+
+
+def _race_with_prior(tiny_model: Path, tmp_path: Path, script: dict) -> Tuner:
+    backend = ScriptedWithPrior(script)
+    tuner = Tuner(Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), inspect_model(tiny_model), probe_hardware(),
+                  [backend], 8 * 2**30, Workload(repetitions=2), "prior", seed=0)
+    for n_cpu_moe in script:
+        tuner.study.enqueue_trial({"n_cpu_moe": n_cpu_moe, "n_threads": 2})
+    tuner.run(tiny_model, Budget(trials=len(script)))
+    return tuner
+
+
+def test_within_the_spread_the_config_expected_faster_wins(tiny_model: Path, tmp_path: Path):
+    # n_cpu_moe 2 leads by 1 tok/s with a spread of 6: the prior picks n_cpu_moe 1.
+    tuner = _race_with_prior(tiny_model, tmp_path, {1: ([64, 70], [60, 72]), 2: ([70, 72], [62, 72])})
+    assert tuner.choose_winner().config["n_cpu_moe"] == 1
+
+
+def test_a_clear_lead_beats_the_prior(tiny_model: Path, tmp_path: Path):
+    tuner = _race_with_prior(tiny_model, tmp_path, {1: ([50, 51], [50, 51]), 2: ([70, 71], [70, 71])})
+    assert tuner.choose_winner().config["n_cpu_moe"] == 2
+
+
+def test_llama_cpp_expects_fewer_cpu_layers_to_be_faster_all_else_equal():
+    from autotune.backends.llama_cpp import LlamaCppBackend
+
+    prior, decode = LlamaCppBackend().expected_at_least_as_fast, Workload()
+    fewer, more = {"n_cpu_moe": 20, "n_ubatch": 512, "n_threads": 16}, {"n_cpu_moe": 21, "n_ubatch": 2048, "n_threads": 16}
+    assert prior(fewer, more, decode) and not prior(more, fewer, decode)
+    assert not prior(fewer, more, Workload(objective="prefill"))  # there the batch size matters
+    assert not prior({**fewer, "n_threads": 8}, more, decode)

@@ -130,6 +130,16 @@ class LlamaCppBackend:
     def predict_vram(self, config: Config, model: ModelProfile, workload: Workload) -> int:
         return estimate_vram(normalize({"n_ctx": workload.n_ctx, **config}), model).total
 
+    def expected_at_least_as_fast(self, a: Config, b: Config, workload: Workload) -> bool:
+        """Prior knowledge the winner rule uses when measurements cannot tell two configs apart:
+        ``a`` keeps fewer layers' experts on the CPU than ``b`` and is otherwise the same
+        (batch sizes aside for decode, which runs one token at a time)."""
+        a, b = normalize(a), normalize(b)
+        ignored = {"n_cpu_moe"} | ({"n_batch", "n_ubatch"} if workload.objective == "decode" else set())
+        same_otherwise = all(a.get(key) == b.get(key) for key in set(a) | set(b) if key not in ignored)
+        explicit_layers = a.get("cpu_moe_layers") or b.get("cpu_moe_layers")
+        return same_otherwise and not explicit_layers and a["n_cpu_moe"] < b["n_cpu_moe"]
+
     # -- measuring ---------------------------------------------------------------
 
     def _trial_config(self, config: Config, workload: Workload) -> Config:

@@ -446,22 +446,34 @@ class Tuner:
             leader = max(racing, key=lambda g: measured[id(g)].mean)
             racing = [g for g in racing if g is leader or not _stands_clear(measured[id(leader)], measured[id(g)])]
 
+    def _expected_at_least_as_fast(self, a: FrozenTrial, b: FrozenTrial) -> bool:
+        backend = self.backends.get(a.user_attrs["backend"])
+        prior = getattr(backend, "expected_at_least_as_fast", None)
+        return (prior is not None and a.user_attrs["backend"] == b.user_attrs["backend"]
+                and prior(a.user_attrs["config"], b.user_attrs["config"], self.workload))
+
     def choose_winner(self) -> BestConfigRow | None:
         """The finalist of the race with the highest mean over all its samples (without a race:
-        the config with the highest mean less one standard error); stored as the best config."""
+        the config with the highest mean less one standard error), unless a finalist the
+        backend expects to be at least as fast (``expected_at_least_as_fast``, e.g. fewer
+        experts on the CPU, all else equal) is within its spread: then that one. Stored as
+        the best config."""
         finalists = set(self.study.user_attrs.get("finalists", []))
-        best: tuple[float, FrozenTrial, Any] | None = None
+        candidates: list[tuple[float, FrozenTrial, tuple[Measurement, list[TrialResult]]]] = []
         for group in self.config_groups():
             if finalists and group[0].number not in finalists:
                 continue
             measurement, results = self.pooled(group)
-            if not measurement.samples:
-                continue
-            score = measurement.mean if finalists else lower_bound(measurement)
-            if best is None or score > best[0]:
-                best = (score, group[0], (measurement, results))
-        if best is None:
+            if measurement.samples:
+                score = measurement.mean if finalists else lower_bound(measurement)
+                candidates.append((score, group[0], (measurement, results)))
+        if not candidates:
             return None
+        best = max(candidates, key=lambda c: c[0])
+        preferred = [c for c in candidates if c is not best and self._expected_at_least_as_fast(c[1], best[1])
+                     and not _stands_clear(best[2][0], c[2][0])]
+        if preferred:
+            best = max(preferred, key=lambda c: c[0])
         _, trial, (measurement, results) = best
         peak = max((r.peak_vram_bytes or 0) for r in results if r.ok) or None
         result = results[0]
