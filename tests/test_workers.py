@@ -91,6 +91,7 @@ def test_a_worker_joins_only_the_studys_model_and_machine(tiny_model: Path, dens
     assert len(_measured(_trials(url, "s"))) == 1  # nothing was added
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask-and-tell here, as in the tuner
 def test_liveness_fails_dead_workers_trials_and_retries_them_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")  # grace period: 4 s
     study = optuna.create_study(study_name="hb", storage=Database(f"sqlite:///{tmp_path / 'db.sqlite'}").optuna_storage())
