@@ -88,6 +88,7 @@ class Engine:
         self._graphs: dict[bool, DecodeGraph] = {}
         self._tokenizer = None
         self.expert_cache = None
+        self.persist_routing = True  # close() saves the routing counts for the next start
         self._fingerprint: str | None = None
         if cache is not None:
             self.configure_cache(cache)
@@ -148,7 +149,8 @@ class Engine:
         cache = self.expert_cache
         if cache is None:
             return
-        self.save_routing()
+        if self.persist_routing:
+            self.save_routing()
         cache.release()
         self.ops.hooks = None
         self.expert_cache = None

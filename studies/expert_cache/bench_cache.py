@@ -1,0 +1,266 @@
+"""The expert cache on the GPU machine: decode, prefill, peak VRAM and exactness per setting.
+
+Usage (GPU machine, project root, after `source .gpu/device-setup.sh`):
+  python3 studies/expert_cache/bench_cache.py reference MODEL OUT_DIR
+  python3 studies/expert_cache/bench_cache.py cache MODEL OUT_DIR [--caps 16 12] [--only NAME ...]
+
+``reference``: the runtime at full residency (every weight in VRAM): the greedy tokens of a
+fixed prompt (32 steps), tg128 and pp512, and the routing counts of its decode tokens, saved
+as the learned placement the cache settings start from (AUTOTUNE_DATA_DIR points the store
+into OUT_DIR). ``cache``: one load (experts pinned in host memory), then for each cap and
+setting a re-configured cache: greedy tokens against the reference, tg128 (median of 5),
+pp512 and pp2048, peak VRAM of the process (pynvml, sampled every 5 ms; the CUDA context
+included) and the cache's statistics. Every setting writes its own JSON, failed or not;
+``cache.json`` gathers them and a table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autotune.cache_runtime.budget import GIB, model_sizes, plan_vram
+from autotune.cache_runtime.cache_config import CacheConfig
+from autotune.cache_runtime.engine import Engine
+from autotune.cache_runtime.learned import load_counts, save_counts
+
+PROMPT = np.random.default_rng(7).integers(0, 151936, 16).tolist()
+LEARN_PROMPT = np.random.default_rng(8).integers(0, 151936, 16).tolist()
+GREEDY_STEPS = 32
+LEARN_STEPS = 512  # decode tokens whose routing the reference saves as the learned placement
+
+# name -> knobs (besides vram_cap); learned placement on unless said otherwise
+SETTINGS = {
+    "static_zc": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0, prefetch_depth=0),
+    "static_zc_pf1": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0, prefetch_depth=1),
+    "static_zc_pf2": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0, prefetch_depth=2),
+    "lfu64_zc": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=64, prefetch_depth=0),
+    "lfu64_zc_pf1": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=64, prefetch_depth=1),
+    "lfu64_copy": dict(miss_mode="copy", eviction="lfu_decay", rebalance_interval=64, prefetch_depth=0),
+    "lru64_copy_pf1": dict(miss_mode="copy", eviction="lru", rebalance_interval=64, prefetch_depth=1),
+    "cold_lfu64_zc": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=64, prefetch_depth=0,
+                          learned_placement=False),
+    "split1_static_zc_pf1": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0,
+                                 prefetch_depth=1, slot_split=1.0),
+}
+
+
+def synced(fn) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def decode_tps(engine: Engine, n: int, reps: int) -> list[float]:
+    def run():
+        engine.reset()
+        engine.decode(1)
+        for _ in range(n - 1):
+            engine.decode()
+
+    run()  # capture
+    return [n / synced(run) for _ in range(reps)]
+
+
+def prefill_tps(engine: Engine, n: int, reps: int) -> list[float]:
+    tokens = np.random.default_rng(n).integers(0, engine.cfg.n_vocab, n).tolist()
+
+    def run():
+        engine.reset()
+        engine.prefill(tokens)
+
+    run()
+    return [n / synced(run) for _ in range(reps)]
+
+
+def summary(samples: list[float]) -> dict:
+    return {"median": round(statistics.median(samples), 1), "samples": [round(s, 1) for s in samples]}
+
+
+class PeakVram:
+    """This process's GPU memory as the driver counts it (context included), sampled."""
+
+    def __init__(self, interval_s: float = 0.005):
+        import pynvml
+
+        pynvml.nvmlInit()
+        self.nvml = pynvml
+        self.handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        self.pid = os.getpid()
+        self.peak = 0
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def used(self) -> int:
+        for proc in self.nvml.nvmlDeviceGetComputeRunningProcesses(self.handle):
+            if proc.pid == self.pid:
+                return int(proc.usedGpuMemory or 0)
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.used())
+            time.sleep(self.interval_s)
+
+    def reset(self) -> None:
+        self.peak = self.used()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def reference(model: str, out: Path) -> None:
+    result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    start = time.perf_counter()
+    engine = Engine(model)
+    result["load_s"] = round(time.perf_counter() - start, 1)
+    result["greedy_tokens"] = engine.generate(PROMPT, GREEDY_STEPS)
+    engine.trace.enabled = True  # another sequence than the measured ones
+    engine.generate(LEARN_PROMPT, LEARN_STEPS)
+    engine.trace.enabled = False
+    result["routing_tokens"] = int(engine.trace.ids().shape[0])
+    result["learned_counts"] = str(save_counts(engine.fingerprint, engine.trace.counts()))
+    result["decode_tg128"] = summary(decode_tps(engine, 128, 5))
+    result["prefill_pp512"] = summary(prefill_tps(engine, 512, 3))
+    result["prefill_pp2048"] = summary(prefill_tps(engine, 2048, 2))
+    result["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
+    (out / "reference.json").write_text(json.dumps(result, indent=1))
+    print("reference", {k: v for k, v in result.items() if k != "greedy_tokens"}, flush=True)
+
+
+def run_setting(engine: Engine, cfg: CacheConfig, ref_tokens: list[int] | None, vram: PeakVram,
+                counts: np.ndarray | None) -> dict:
+    row: dict = {"config": cfg.to_dict()}
+    plan = plan_vram(model_sizes(engine.path), cfg, counts if cfg.learned_placement else None)
+    row["predicted_peak_gib"] = round(plan.peak / GIB, 3)
+    engine.close()
+    torch.cuda.reset_peak_memory_stats()
+    vram.reset()
+    start = time.perf_counter()
+    engine.configure_cache(cfg)
+    torch.cuda.synchronize()
+    row["configure_s"] = round(time.perf_counter() - start, 2)
+    tokens = engine.generate(PROMPT, GREEDY_STEPS)
+    row["greedy_tokens"] = tokens
+    row["tokens_match_full_residency"] = None if ref_tokens is None else tokens == ref_tokens
+    row["decode_tg128"] = summary(decode_tps(engine, 128, 5))
+    stats_decode = engine.cache_stats()
+    row["prefill_pp512"] = summary(prefill_tps(engine, 512, 3))
+    row["prefill_pp2048"] = summary(prefill_tps(engine, 2048, 2))
+    torch.cuda.synchronize()
+    time.sleep(0.05)
+    row["peak_vram_gib"] = round(vram.peak / GIB, 3)
+    row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
+    row["within_cap"] = vram.peak <= cfg.vram_cap
+    row["stats_after_decode"] = stats_decode
+    row["stats"] = engine.cache_stats()
+    return row
+
+
+def cache(model: str, out: Path, caps: list[float], only: list[str] | None) -> None:
+    ref_path = out / "reference.json"
+    ref = json.loads(ref_path.read_text()) if ref_path.exists() else {}
+    ref_tokens = ref.get("greedy_tokens")
+    names = [n for n in SETTINGS if not only or n in only]
+    first = CacheConfig(vram_cap=int(caps[0] * GIB), **SETTINGS[names[0]])
+    vram = PeakVram()
+    start = time.perf_counter()
+    engine = Engine(model, cache=first)
+    engine.persist_routing = False  # every setting starts from the reference's counts
+    load_s = round(time.perf_counter() - start, 1)
+    sizes = model_sizes(model)
+    counts = load_counts(engine.fingerprint, (sizes.n_layers, sizes.n_expert))
+    print(f"loaded in {load_s} s; learned counts: {counts is not None}; peak so far "
+          f"{vram.peak / GIB:.2f} GiB", flush=True)
+    rows = []
+    (out / "settings").mkdir(exist_ok=True)
+    for cap in caps:
+        for name in names:
+            cfg = CacheConfig(vram_cap=int(cap * GIB), **SETTINGS[name])
+            try:
+                row = run_setting(engine, cfg, ref_tokens, vram, counts)
+            except Exception as exc:  # noqa: BLE001 - every setting reports, failed or not
+                row = {"config": cfg.to_dict(), "error": f"{type(exc).__name__}: {exc}",
+                       "traceback": traceback.format_exc()[-3000:]}
+            row.update(cap_gib=cap, name=name, load_s=load_s)
+            rows.append(row)
+            (out / "settings" / f"cap{cap:g}_{name}.json").write_text(json.dumps(row, indent=1))
+            (out / "cache.json").write_text(json.dumps({"reference": ref, "settings": rows}, indent=1))
+            print_row(row, ref)
+    vram.stop()
+    print_table(rows, ref)
+
+
+def _fmt(value, digits=1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_row(row: dict, ref: dict) -> None:
+    if "error" in row:
+        print(f"cap {row['cap_gib']:g} {row['name']}: FAILED {row['error']}", flush=True)
+        return
+    s = row["stats_after_decode"]
+    print(f"cap {row['cap_gib']:g} {row['name']}: tg128 {row['decode_tg128']['median']} tok/s, "
+          f"pp512 {row['prefill_pp512']['median']}, pp2048 {row['prefill_pp2048']['median']}, "
+          f"peak {row['peak_vram_gib']} GiB (predicted {row['predicted_peak_gib']}), "
+          f"hit {s['hit_rate']:.3f}, PCIe {s['pcie_bytes_per_token'] / 1e6:.1f} MB/token, "
+          f"prefetch P/R {_fmt(s['prefetch_precision'], 2)}/{_fmt(s['prefetch_recall'], 2)}, "
+          f"tokens match {row['tokens_match_full_residency']}", flush=True)
+
+
+def print_table(rows: list[dict], ref: dict) -> None:
+    full = ref.get("decode_tg128", {}).get("median")
+    print(f"\nfull residency: tg128 {full} tok/s, pp512 {ref.get('prefill_pp512', {}).get('median')}, "
+          f"pp2048 {ref.get('prefill_pp2048', {}).get('median')}")
+    head = ["cap", "setting", "tg128", "of full", "pp512", "pp2048", "peak GiB", "<=cap", "hit", "MB/tok",
+            "pf P", "pf R", "same"]
+    print(" | ".join(head))
+    for row in rows:
+        if "error" in row:
+            print(f"{row['cap_gib']:g} | {row['name']} | FAILED: {row['error'][:100]}")
+            continue
+        s = row["stats_after_decode"]
+        tg = row["decode_tg128"]["median"]
+        print(" | ".join([f"{row['cap_gib']:g}", row["name"], f"{tg}", _fmt(tg / full if full else None, 2),
+                          f"{row['prefill_pp512']['median']}", f"{row['prefill_pp2048']['median']}",
+                          f"{row['peak_vram_gib']}", str(row["within_cap"]), f"{s['hit_rate']:.3f}",
+                          f"{s['pcie_bytes_per_token'] / 1e6:.1f}", _fmt(s["prefetch_precision"], 2),
+                          _fmt(s["prefetch_recall"], 2), str(row["tokens_match_full_residency"])]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["reference", "cache"])
+    parser.add_argument("model")
+    parser.add_argument("out_dir")
+    parser.add_argument("--caps", type=float, nargs="+", default=[16.0, 12.0])
+    parser.add_argument("--only", nargs="*", default=None, help="setting names (default: all)")
+    args = parser.parse_args()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("AUTOTUNE_DATA_DIR", str(out / "data"))
+    if args.only and set(args.only) - set(SETTINGS):
+        sys.exit(f"unknown settings {set(args.only) - set(SETTINGS)}; known: {list(SETTINGS)}")
+    with torch.inference_mode():
+        if args.mode == "reference":
+            reference(args.model, out)
+        else:
+            cache(args.model, out, args.caps, args.only)
+
+
+if __name__ == "__main__":
+    main()
