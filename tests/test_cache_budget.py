@@ -1,0 +1,85 @@
+"""The expert cache's VRAM arithmetic: cap -> slots per layer, and the predicted peak."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autotune.cache_runtime.budget import (GIB, ModelSizes, entropies, layer_weights, plan_vram,
+                                           plan_with_slots, predict_peak_vram, split_slots)
+from autotune.cache_runtime.cache_config import CacheConfig
+from autotune.cache_runtime.learned import save_counts
+from autotune.errors import AutotuneError
+
+# the qwen3-30b-a3b shape (sizes as its synthetic GGUF has them)
+QWEN = ModelSizes(n_layers=48, n_expert=128, n_expert_used=8, n_embd=2048, n_ff_expert=768, n_head=32,
+                  n_head_kv=4, head_dim=128, n_vocab=151936, expert_bytes=3_059_712,
+                  resident_bytes=1_000_000_000, largest_dense_elems=4096 * 2048)
+
+
+def test_split_slots_equal_capped_and_proportional() -> None:
+    assert split_slots(10, 8, [1, 1, 1, 1]) == [3, 3, 2, 2]
+    assert split_slots(100, 8, [1, 1, 1]) == [8, 8, 8]  # no layer above its expert count
+    assert split_slots(12, 8, [3, 1, 0]) == [8, 4, 0]  # the capped layer's excess goes on
+    assert split_slots(0, 8, [1, 2]) == [0, 0]
+    assert sum(split_slots(37, 16, np.random.default_rng(0).random(5))) == 37
+
+
+def test_entropy_shares_favour_flat_layers() -> None:
+    counts = np.array([[100, 0, 0, 0], [25, 25, 25, 25]])
+    h = entropies(counts)
+    assert h[0] == pytest.approx(0.0) and h[1] == pytest.approx(np.log(4))
+    assert layer_weights(2, 0.0, counts) == [0.5, 0.5]
+    assert layer_weights(2, 1.0, counts) == pytest.approx([0.0, 1.0])
+    assert layer_weights(2, 0.5, counts) == pytest.approx([0.25, 0.75])
+    assert layer_weights(2, 1.0, None) == [0.5, 0.5]  # no counts: equal
+
+
+def test_plan_fits_the_cap_with_the_most_slots() -> None:
+    for cap_gib in (12, 16):
+        cfg = CacheConfig(vram_cap=cap_gib * GIB, prefetch_depth=1)
+        plan = plan_vram(QWEN, cfg)
+        assert plan.peak <= cfg.vram_cap
+        one_more = plan_with_slots(QWEN, cfg, sum(plan.slots) + 1)
+        assert one_more.peak > cfg.vram_cap
+        assert plan.staging == (128 - min(plan.slots)) * QWEN.expert_bytes
+        assert plan.prefetch_ring == 2 * 8 * QWEN.expert_bytes
+        assert max(plan.slots) - min(plan.slots) <= 1  # slot_split 0: equal
+    assert 60 < sum(plan_vram(QWEN, CacheConfig(vram_cap=12 * GIB)).slots) / 48 < 100
+
+
+def test_plan_at_full_residency_needs_no_staging_or_ring() -> None:
+    plan = plan_vram(QWEN, CacheConfig(vram_cap=40 * GIB, prefetch_depth=2))
+    assert plan.slots == (128,) * 48 and plan.staging == 0 and plan.prefetch_ring == 0
+
+
+def test_plan_counts_kv_cache_and_activations() -> None:
+    small, large = (plan_with_slots(QWEN, CacheConfig(vram_cap=GIB, max_ctx=ctx), 0) for ctx in (4096, 32768))
+    assert large.kv_cache == 8 * small.kv_cache == 8 * 2 * 48 * 4 * 4096 * 128 * 2
+    assert plan_with_slots(QWEN, CacheConfig(vram_cap=GIB), 0, prefill_chunk=512).activations < small.activations
+
+
+def test_cap_below_fixed_need_is_a_one_line_error() -> None:
+    with pytest.raises(AutotuneError, match="below the cache runtime's fixed need"):
+        plan_vram(QWEN, CacheConfig(vram_cap=2 * GIB))
+
+
+def test_predict_peak_vram_plans_with_the_learned_counts(tiny_model, tmp_path, monkeypatch) -> None:
+    from autotune.cache_runtime.budget import model_sizes
+    from autotune.cache_runtime.learned import model_fingerprint
+
+    monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path))
+    sizes = model_sizes(tiny_model)
+    assert (sizes.n_layers, sizes.n_expert, sizes.expert_bytes) == (4, 16, 127488)
+    probe = CacheConfig(vram_cap=GIB, slot_split=1.0)
+    cfg = CacheConfig(vram_cap=plan_with_slots(sizes, probe, 30).peak, slot_split=1.0)
+    assert predict_peak_vram(tiny_model, cfg) == plan_vram(sizes, cfg).peak <= cfg.vram_cap
+    counts = np.ones((4, 16))
+    counts[0] = 0
+    counts[0, 0] = 1000  # layer 0 routes to one expert only: it needs the fewest slots
+    save_counts(model_fingerprint(tiny_model), counts)
+    learned = plan_vram(sizes, cfg, counts)
+    assert learned.slots[0] == min(learned.slots) < max(learned.slots)
+    assert predict_peak_vram(tiny_model, cfg) == learned.peak
+    off = CacheConfig.from_dict({**cfg.to_dict(), "learned_placement": False})
+    assert predict_peak_vram(tiny_model, off) == plan_vram(sizes, off).peak

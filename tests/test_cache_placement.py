@@ -1,0 +1,67 @@
+"""Placement rules (initial placement, decayed counts, LRU/LFU scores, swaps) and persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autotune.cache_runtime.learned import counts_path, load_counts, save_counts
+from autotune.cache_runtime.placement import RoutingStats, initial_placement, pick_victim, plan_swaps
+
+
+def test_initial_placement_from_counts_or_first_come() -> None:
+    counts = np.array([[1, 9, 5, 9], [0, 0, 0, 0]])
+    assert initial_placement([2, 3], 4, counts) == [[1, 3], [0, 1, 2]]  # ties: lower id
+    assert initial_placement([1, 0], 4, None) == [[0], []]
+
+
+def test_routing_stats_count_decay_and_remember_last_use() -> None:
+    stats = RoutingStats(2, 4)
+    stats.observe(np.array([[0, 1], [2, 3]]))
+    stats.observe(np.array([[1, 2], [3, 0]]))
+    np.testing.assert_array_equal(stats.decayed, [[1, 2, 1, 0], [1, 0, 1, 2]])
+    np.testing.assert_array_equal(stats.last_use, [[0, 1, 1, -1], [1, -1, 0, 1]])
+    stats.decay(0.5)
+    np.testing.assert_array_equal(stats.decayed, [[0.5, 1, 0.5, 0], [0.5, 0, 0.5, 1]])
+    np.testing.assert_array_equal(stats.total, [[1, 2, 1, 0], [1, 0, 1, 2]])  # never decayed
+    assert stats.scores("lru") is not stats.decayed and stats.scores("lfu_decay") is stats.decayed
+
+
+def test_seeded_stats_start_from_the_seed() -> None:
+    seed = np.arange(8.0).reshape(2, 4)
+    stats = RoutingStats(2, 4, seed)
+    seed[0, 0] = 100  # a copy, not the caller's array
+    assert stats.decayed[0, 0] == 0 and stats.total[1, 3] == 7
+
+
+def test_swaps_take_the_best_gains_within_the_budget_and_never_churn() -> None:
+    scores = np.array([[5.0, 1.0, 9.0, 0.0], [3.0, 3.0, 3.0, 3.0]])
+    resident = [{0, 1}, {0, 1}]
+    assert plan_swaps(resident, scores, 10) == [(0, 1, 2)]  # 9 for 1; 0 is not worth 5; layer 1: equal
+    assert plan_swaps(resident, scores, 0) == []
+    scores[0, 3] = 4.0  # hotter than 1 but not than 0, which is the next victim in line
+    assert plan_swaps(resident, scores, 10) == [(0, 1, 2)]
+    scores[1] = [0.0, 1.0, 2.0, 6.0]
+    assert plan_swaps(resident, scores, 10) == [(0, 1, 2), (1, 0, 3), (1, 1, 2)]  # by gain: 8, 6, 1
+    assert plan_swaps(resident, scores, 2) == [(0, 1, 2), (1, 0, 3)]
+
+
+def test_swap_pairs_hottest_outsider_with_coldest_insider() -> None:
+    scores = np.array([[1.0, 2.0, 10.0, 8.0, 0.0]])
+    assert plan_swaps([{0, 1, 4}], scores, 5) == [(0, 4, 2), (0, 0, 3)]
+
+
+def test_victim_is_the_coldest_candidate() -> None:
+    row = np.array([3.0, 1.0, 1.0, 7.0])
+    assert pick_victim([0, 2, 3], row) == 2
+    assert pick_victim([2, 1], row) == 1  # ties: lower id
+
+
+def test_counts_persist_round_trip(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path))
+    counts = np.arange(12.0).reshape(3, 4)
+    path = save_counts("abc123", counts)
+    assert path == counts_path("abc123") and path.is_relative_to(tmp_path)
+    np.testing.assert_array_equal(load_counts("abc123", (3, 4)), counts)
+    assert load_counts("abc123", (4, 3)) is None  # another shape: not this model's
+    assert load_counts("other", (3, 4)) is None
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind

@@ -1,0 +1,143 @@
+"""The expert cache on the CPU path (tiny preset): same greedy tokens as full residency at any
+budget and in every mode, table entries always pointing at the right bytes, statistics,
+prefetch bookkeeping, learned placement across restarts."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autotune.cache_runtime.budget import GIB, model_sizes, plan_with_slots
+from autotune.cache_runtime.cache_config import CacheConfig
+from autotune.cache_runtime.engine import Engine
+from autotune.errors import AutotuneError
+
+PROMPT = [5, 17, 300, 42, 7, 999]
+STEPS = 12
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path / "data"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def full_tokens(tiny_model: Path) -> list[int]:
+    return Engine(tiny_model, device="cpu", kernels="torch").generate(PROMPT, STEPS)
+
+
+def config(model: Path, slots: int, **knobs) -> CacheConfig:
+    """A config whose cap holds exactly ``slots`` expert slots (CPU: float32 KV cache)."""
+    base = CacheConfig(vram_cap=GIB, learned_placement=False, **knobs)
+    cap = plan_with_slots(model_sizes(model), base, slots, kv_element_bytes=4).peak
+    return CacheConfig.from_dict({**base.to_dict(), "vram_cap": cap})
+
+
+def engine(model: Path, slots: int, **knobs) -> Engine:
+    return Engine(model, device="cpu", kernels="torch", cache=config(model, slots, **knobs))
+
+
+def assert_table_points_at_each_experts_bytes(e: Engine) -> None:
+    cache = e.expert_cache
+    cache.drain()
+    table = cache.table.table
+    for layer, mats in enumerate(cache.home):
+        for expert in range(cache.n_expert):
+            for m, home in enumerate(mats):
+                got = ctypes.string_at(int(table[layer, expert, m]), home[expert].numel())
+                assert got == home[expert].numpy().tobytes(), (layer, expert, m)
+
+
+@pytest.mark.parametrize("slots", [4, 32, 64])  # 1 per layer, half, all
+@pytest.mark.parametrize("mode", ["zero_copy", "copy"])
+@pytest.mark.parametrize("eviction", ["lfu_decay", "lru", "static"])
+def test_same_tokens_as_full_residency(tiny_model: Path, full_tokens, slots, mode, eviction) -> None:
+    e = engine(tiny_model, slots, miss_mode=mode, eviction=eviction, rebalance_interval=3,
+               prefill_bypass=4, prefetch_depth=1 if slots == 32 else 0)
+    assert e.generate(PROMPT, STEPS) == full_tokens
+    assert_table_points_at_each_experts_bytes(e)
+    stats = e.cache_stats()
+    assert sum(stats["slots_per_layer"]) == slots
+    assert stats["tokens"] == STEPS - 1
+    if slots == 64:
+        assert stats["hit_rate"] == 1.0 and stats["pcie_bytes_per_token"] == 0
+    else:
+        assert 0 < stats["misses"] and stats["pcie_bytes_per_token"] > 0
+        assert stats["prefill_bypass_batches"] == 1  # the 6-token prompt; decode never bypasses
+    if eviction == "static":
+        assert stats["rebalances"] == stats["admissions"] == 0
+    else:
+        assert stats["rebalances"] == (STEPS - 1) // 3
+        assert (stats["admissions"] > 0) == (mode == "copy" and slots < 64)
+
+
+def test_zero_copy_bytes_are_the_misses_read_over_pcie(tiny_model: Path, full_tokens) -> None:
+    e = engine(tiny_model, 8, eviction="static", rebalance_interval=0, prefill_bypass=0)
+    assert e.generate(PROMPT, STEPS) == full_tokens
+    s = e.cache_stats()
+    selections = s["tokens"] * 4 * 4  # tokens x layers x top-k
+    assert s["misses"] == round(selections * (1 - s["hit_rate"]))
+    assert s["zero_copy_bytes"] == s["misses"] * 127488 and s["copy_bytes"] == 0
+    per_layer = np.array(s["hit_rate_per_layer"])
+    assert per_layer.mean() == pytest.approx(s["hit_rate"], abs=1e-3)
+
+
+def test_prefetch_precision_and_recall_bookkeeping(tiny_model: Path) -> None:
+    from autotune.cache_runtime.prefetch import Prefetcher
+
+    e = engine(tiny_model, 4, eviction="static", rebalance_interval=0, prefetch_depth=1)
+    pf: Prefetcher = e.expert_cache.prefetcher
+    selected = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]])
+    in_slot = torch.zeros(4, 16, dtype=torch.bool)
+    in_slot[1, 4] = in_slot[2, 8] = True
+    pf.pred.copy_(torch.tensor([[0, 1, 2, 3], [4, 5, 0, 1], [8, 9, 10, 0], [0, 1, 2, 3]]))
+    pf.staged.copy_(torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]]))
+    pf.counters.zero_()
+    pf.record(selected, in_slot)
+    # layer 0 is never predicted; layers 1-3: 12 predictions, 2 + 3 + 0 right; 3 + 3 + 4 staged,
+    # 1 + 2 + 0 of them used; 3 + 3 + 4 selections missed the slots
+    s = pf.stats()
+    assert s["overlap"] == pytest.approx(5 / 12)
+    assert (s["staged"], s["served"]) == (10, 3)
+    assert s["precision"] == pytest.approx(3 / 10) and s["recall"] == pytest.approx(3 / 10)
+
+
+def test_learned_placement_seeds_the_next_start(tiny_model: Path, full_tokens) -> None:
+    first = Engine(tiny_model, device="cpu", kernels="torch",
+                   cache=CacheConfig.from_dict({**config(tiny_model, 16).to_dict(), "learned_placement": True}))
+    assert not first.expert_cache.seeded
+    first.generate(PROMPT, STEPS)
+    counts = first.expert_cache.routing.total.copy()
+    first.close()  # saves the counts
+    second = Engine(tiny_model, device="cpu", kernels="torch",
+                    cache=CacheConfig.from_dict({**config(tiny_model, 16).to_dict(), "learned_placement": True}))
+    cache = second.expert_cache
+    assert cache.seeded
+    for layer in range(4):
+        held = set(cache.held[layer])
+        hottest = np.lexsort((np.arange(16), -counts[layer]))[:4]
+        assert held == set(int(e) for e in hottest)
+    assert second.generate(PROMPT, STEPS) == full_tokens
+    assert second.cache_stats()["hit_rate"] > 0
+
+
+def test_reconfigure_without_reloading(tiny_model: Path, full_tokens) -> None:
+    e = engine(tiny_model, 4, miss_mode="copy")
+    assert e.generate(PROMPT, STEPS) == full_tokens
+    e.configure_cache(config(tiny_model, 40, prefetch_depth=2))
+    assert sum(e.cache_stats()["slots_per_layer"]) == 40 and e.cache_stats()["tokens"] == 0
+    assert e.generate(PROMPT, STEPS) == full_tokens
+    assert_table_points_at_each_experts_bytes(e)
+
+
+def test_a_cap_below_the_fixed_need_is_refused(tiny_model: Path) -> None:
+    with pytest.raises(AutotuneError, match="below the cache runtime's fixed need"):
+        Engine(tiny_model, device="cpu", kernels="torch", cache=CacheConfig(vram_cap=2**20))
