@@ -1,0 +1,103 @@
+"""The expert cache on the Triton kernels: table-addressed experts in slots, staging, the
+prefetch ring and home memory; on the CPU under Triton's interpreter, compiled on the GPU
+machine (where the decode step is also a captured CUDA graph that must survive every move).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from autotune.cache_runtime import triton_ops  # noqa: E402
+from autotune.cache_runtime.budget import GIB, model_sizes, plan_with_slots  # noqa: E402
+from autotune.cache_runtime.cache_config import CacheConfig  # noqa: E402
+from autotune.cache_runtime.engine import Engine  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+PROMPT = [5, 17, 300, 42]
+
+
+@pytest.fixture(autouse=True)
+def interpreter_friendly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path / "data"))
+    if DEVICE == "cpu":
+        for name, value in dict(GEMV_WARPS=32, GATE_UP_WARPS=64, DOWN_ROWS=16, ATTN_SPLITS=4).items():
+            monkeypatch.setattr(triton_ops, name, value)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(model: Path, slots: int, **knobs) -> CacheConfig:
+    base = CacheConfig(vram_cap=GIB, learned_placement=False, max_ctx=64, **knobs)
+    cap = plan_with_slots(model_sizes(model), base, slots).peak
+    return CacheConfig.from_dict({**base.to_dict(), "vram_cap": cap})
+
+
+def test_stage_kernels_copy_predicted_misses_and_repoint_the_table() -> None:
+    """The prefetch ring's three kernels on a hand-made table: only non-resident predicted
+    experts are copied and repointed; the previous occupants go back home."""
+    from autotune.cache_runtime.prefetch import (COPY_ITERS, COPY_WORDS, ring_release_kernel,
+                                                 stage_commit_kernel, stage_copy_kernel)
+
+    rng = np.random.default_rng(0)
+    sizes = (48, 48, 80)  # bytes of gate, up, down
+    home = [torch.from_numpy(rng.integers(0, 255, (6, n), dtype=np.uint8)).to(DEVICE) for n in sizes]
+    slot = [torch.zeros(1, n, dtype=torch.uint8, device=DEVICE) for n in sizes]
+    ring = [torch.zeros(2, n, dtype=torch.uint8, device=DEVICE) for n in sizes]
+    addr = lambda mats, i: [m[i].data_ptr() for m in mats]  # noqa: E731
+    home_table = torch.tensor([[addr(home, e) for e in range(6)]], dtype=torch.int64, device=DEVICE)
+    table = home_table.clone()
+    table[0, 3] = torch.tensor(addr(slot, 0))  # expert 3 is resident
+    ring_addr = torch.tensor([addr(ring, i) for i in range(2)], dtype=torch.int64, device=DEVICE)
+    occupant = torch.tensor([5, -1], dtype=torch.int64, device=DEVICE)  # ring row 0 held expert 5
+    table[0, 5] = ring_addr[0]
+    pred = torch.tensor([3, 1], dtype=torch.int32, device=DEVICE)
+    staged = torch.zeros(2, dtype=torch.int32, device=DEVICE)
+    ring_release_kernel[(1,)](occupant, table, home_table, ring_addr, 0, TOP_K=2, K_PAD=2)
+    words = [n // 4 for n in sizes]
+    stage_copy_kernel[(2, 3, 1)](pred, table[0], home_table[0], ring_addr, 0, *words,
+                                 BLOCK=COPY_WORDS, ITERS=COPY_ITERS)
+    stage_commit_kernel[(1,)](pred, table[0], home_table[0], ring_addr, 0, occupant, staged, 0, TOP_K=2, K_PAD=2)
+    assert table[0, 5].tolist() == home_table[0, 5].tolist()  # released
+    assert table[0, 3].tolist() == addr(slot, 0)  # resident: untouched
+    assert table[0, 1].tolist() == ring_addr[1].tolist()  # staged into ring row 1
+    assert staged.tolist() == [0, 1] and occupant.tolist() == [-1, 1]
+    for r, h in zip(ring, home):
+        assert torch.equal(r[1], h[1]) and not r[0].any()
+
+
+@pytest.mark.slow
+def test_cache_on_triton_kernels_gives_full_residency_tokens(tiny_model: Path) -> None:
+    """1 slot per layer, copy mode with rebalances, prefetch depth 1, prefill bypass: the
+    grouped GEMM reads staged experts, the decode kernels read slots, the ring and home."""
+    # the torch path's tokens (the same as the Triton kernels' at full residency on this
+    # prompt; test_runtime_triton checks those kernels against the reference)
+    full = Engine(tiny_model, device="cpu", kernels="torch", max_ctx=64).generate(PROMPT, 3)
+    cfg = config(tiny_model, 4, miss_mode="copy", rebalance_interval=1, prefetch_depth=1, prefill_bypass=4)
+    e = Engine(tiny_model, device=DEVICE, kernels="triton", use_graph=False, cache=cfg)
+    assert e.generate(PROMPT, 3) == full
+    stats = e.cache_stats()
+    assert stats["prefill_bypass_batches"] == 1 and stats["rebalances"] == 2
+    assert stats["prefetch_precision"] is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+def test_decode_graph_survives_rebalances_admissions_and_prefetch(tiny_model: Path) -> None:
+    full = Engine(tiny_model, kernels="triton", max_ctx=64).generate(PROMPT, 48)
+    for mode, depth in (("zero_copy", 0), ("copy", 1), ("zero_copy", 2)):
+        cfg = config(tiny_model, 8, miss_mode=mode, rebalance_interval=4, prefetch_depth=depth)
+        e = Engine(tiny_model, kernels="triton", cache=cfg)
+        assert e.generate(PROMPT, 48) == full, (mode, depth)
+        stats = e.cache_stats()
+        assert stats["rebalances"] > 0 and 0 < stats["hit_rate"] < 1
