@@ -357,6 +357,8 @@ class ExpertCache:
         copied = c.rebalance_bytes + c.admission_bytes + prefetch.get("staged", 0) * self.expert_bytes
         out.update(
             misses=misses,
+            served_by_prefetch=from_prefetch,
+            effective_hit_rate=float((int(hits_layer.sum()) + from_prefetch) / max(selections * self.n_layers, 1)),
             zero_copy_bytes=zero_copy,
             copy_bytes=copied,
             pcie_bytes_per_token=(zero_copy + copied) / max(tokens, 1),

@@ -39,7 +39,8 @@ LEARN_PROMPT = np.random.default_rng(8).integers(0, 151936, 16).tolist()
 GREEDY_STEPS = 32
 LEARN_STEPS = 512  # decode tokens whose routing the reference saves as the learned placement
 
-# name -> knobs (besides vram_cap); learned placement on unless said otherwise
+# name -> knobs (besides vram_cap); learned placement on unless said otherwise. DEFAULT runs
+# per cap; the others on --only.
 SETTINGS = {
     "static_zc": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0, prefetch_depth=0),
     "static_zc_pf1": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0, prefetch_depth=1),
@@ -53,6 +54,7 @@ SETTINGS = {
     "split1_static_zc_pf1": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0,
                                  prefetch_depth=1, slot_split=1.0),
 }
+DEFAULT = ["static_zc", "static_zc_pf1", "lfu64_zc", "lfu64_zc_pf1", "lfu64_copy", "cold_lfu64_zc"]
 
 
 def synced(fn) -> float:
@@ -175,7 +177,7 @@ def cache(model: str, out: Path, caps: list[float], only: list[str] | None) -> N
     ref_path = out / "reference.json"
     ref = json.loads(ref_path.read_text()) if ref_path.exists() else {}
     ref_tokens = ref.get("greedy_tokens")
-    names = [n for n in SETTINGS if not only or n in only]
+    names = only or DEFAULT
     first = CacheConfig(vram_cap=int(caps[0] * GIB), **SETTINGS[names[0]])
     vram = PeakVram()
     start = time.perf_counter()
@@ -248,7 +250,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("out_dir")
     parser.add_argument("--caps", type=float, nargs="+", default=[16.0, 12.0])
-    parser.add_argument("--only", nargs="*", default=None, help="setting names (default: all)")
+    parser.add_argument("--only", nargs="*", default=None, help=f"setting names (default: {' '.join(DEFAULT)})")
     args = parser.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 if [ ! -f "$model" ]; then
   python3 -m autotune.cli synth "$model" --preset qwen3-30b-a3b --no-measure > "$out/synth.txt" 2>&1 || exit 1
 fi
-timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_expert_cache_triton.py > "$out/pytest.txt" 2>&1
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_expert_cache_triton.py > "$out/pytest.txt" 2>&1
 echo "pytest exit $?" | tee -a "$out/pytest.txt"; tail -3 "$out/pytest.txt"
-timeout 120 python3 $here/bench_cache.py reference "$model" "$out" 2>&1 | tee "$out/reference.txt" | grep -v "^\s*$" | tail -5
-timeout 330 python3 $here/bench_cache.py cache "$model" "$out" "$@" 2>&1 | tee "$out/cache.txt" | grep -v "^\s*$" | tail -40
+timeout 150 python3 $here/bench_cache.py reference "$model" "$out" 2>&1 | tee "$out/reference.txt" | grep -v "^\s*$" | tail -5
+timeout 300 python3 $here/bench_cache.py cache "$model" "$out" "$@" 2>&1 | tee "$out/cache.txt" | grep -v "^\s*$" | tail -40
