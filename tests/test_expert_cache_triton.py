@@ -46,11 +46,10 @@ def config(model: Path, slots: int, **knobs) -> CacheConfig:
 def test_stage_kernels_copy_predicted_misses_and_repoint_the_table() -> None:
     """The prefetch ring's three kernels on a hand-made table: only non-resident predicted
     experts are copied and repointed; the previous occupants go back home."""
-    from autotune.cache_runtime.prefetch import (COPY_ITERS, COPY_WORDS, ring_release_kernel,
-                                                 stage_commit_kernel, stage_copy_kernel)
+    from autotune.cache_runtime.prefetch import ring_release_kernel, stage_commit_kernel, stage_copy_kernel
 
     rng = np.random.default_rng(0)
-    sizes = (48, 48, 80)  # bytes of gate, up, down
+    sizes = (48, 48, 64)  # bytes of gate, up, down: 2 programs x 2 loads x 4 words cover 16 words
     home = [torch.from_numpy(rng.integers(0, 255, (6, n), dtype=np.uint8)).to(DEVICE) for n in sizes]
     slot = [torch.zeros(1, n, dtype=torch.uint8, device=DEVICE) for n in sizes]
     ring = [torch.zeros(2, n, dtype=torch.uint8, device=DEVICE) for n in sizes]
@@ -65,8 +64,7 @@ def test_stage_kernels_copy_predicted_misses_and_repoint_the_table() -> None:
     staged = torch.zeros(2, dtype=torch.int32, device=DEVICE)
     ring_release_kernel[(1,)](occupant, table, home_table, ring_addr, 0, TOP_K=2, K_PAD=2)
     words = [n // 4 for n in sizes]
-    stage_copy_kernel[(2, 3, 1)](pred, table[0], home_table[0], ring_addr, 0, *words,
-                                 BLOCK=COPY_WORDS, ITERS=COPY_ITERS)
+    stage_copy_kernel[(2, 3, 2)](pred, table[0], home_table[0], ring_addr, 0, *words, BLOCK=4, ITERS=2)
     stage_commit_kernel[(1,)](pred, table[0], home_table[0], ring_addr, 0, occupant, staged, 0, TOP_K=2, K_PAD=2)
     assert table[0, 5].tolist() == home_table[0, 5].tolist()  # released
     assert table[0, 3].tolist() == addr(slot, 0)  # resident: untouched

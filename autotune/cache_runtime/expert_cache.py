@@ -246,7 +246,8 @@ class ExpertCache:
             self.rebalance()
 
     def _admit(self, selected: np.ndarray) -> None:
-        """Copy mode: bring in up to ADMITS_PER_STEP of this step's misses, evicting by the rule."""
+        """Copy mode: bring in up to ADMITS_PER_STEP of this step's misses, evicting by the rule
+        (lfu_decay: only where the missed expert's decayed count beats the victim's)."""
         scores = self.routing.scores(self.cfg.eviction)
         swaps = []
         for layer, row in enumerate(selected):
@@ -257,8 +258,11 @@ class ExpertCache:
                 if e in self.held[layer] or (layer, e) in self.incoming:
                     continue
                 candidates = [v for v in self.held[layer] if v not in chosen]
-                if candidates:
-                    victim = pick_victim(candidates, scores[layer])
+                if not candidates:
+                    continue
+                victim = pick_victim(candidates, scores[layer])
+                # LRU admits every miss (it is the most recent use); LFU only a hotter expert
+                if self.cfg.eviction == "lru" or scores[layer][e] > scores[layer][victim]:
                     chosen.add(victim)
                     swaps.append((layer, victim, e))
         nbytes = self._schedule(swaps)

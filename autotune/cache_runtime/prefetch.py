@@ -27,7 +27,9 @@ from autotune.cache_runtime.expert_cache import ExpertCache
 from autotune.cache_runtime.routing import route
 from autotune.cache_runtime.torch_ops import TorchOps, rmsnorm
 
-COPY_WORDS, COPY_ITERS = 1024, 8  # int32 words per load, loads per program
+# int32 words per load, and programs per matrix: few fat programs keep the copy (bound by
+# PCIe) from taking SM slots the compute stream's kernels need
+COPY_WORDS, COPY_PROGRAMS = 1024, 4
 
 
 @triton.jit
@@ -158,9 +160,9 @@ class Prefetcher:
             return
         n_expert, k_pad = self.cache.n_expert, triton.next_power_of_2(self.k)
         ring_release_kernel[(1,)](self.occupant, table, self.home, self.ring_addr, row, TOP_K=self.k, K_PAD=k_pad)
-        chunks = triton.cdiv(max(self.words), COPY_WORDS * COPY_ITERS)
-        stage_copy_kernel[(self.k, 3, chunks)](self.pred[m], table[m], self.home[m], self.ring_addr, row,
-                                               *self.words, BLOCK=COPY_WORDS, ITERS=COPY_ITERS, num_warps=4)
+        iters = triton.cdiv(max(self.words), COPY_WORDS * COPY_PROGRAMS)
+        stage_copy_kernel[(self.k, 3, COPY_PROGRAMS)](self.pred[m], table[m], self.home[m], self.ring_addr, row,
+                                                      *self.words, BLOCK=COPY_WORDS, ITERS=iters, num_warps=4)
         stage_commit_kernel[(1,)](self.pred[m], table[m], self.home[m], self.ring_addr, row, self.occupant,
                                   self.staged[m], m * n_expert, TOP_K=self.k, K_PAD=k_pad)
 

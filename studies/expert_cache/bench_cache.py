@@ -54,7 +54,7 @@ SETTINGS = {
     "split1_static_zc_pf1": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0,
                                  prefetch_depth=1, slot_split=1.0),
 }
-DEFAULT = ["static_zc", "static_zc_pf1", "lfu64_zc", "lfu64_zc_pf1", "lfu64_copy", "cold_lfu64_zc"]
+DEFAULT = ["static_zc", "static_zc_pf1", "static_zc_pf2", "lfu64_zc", "lfu64_zc_pf1", "lfu64_copy", "cold_lfu64_zc"]
 
 
 def synced(fn) -> float:
