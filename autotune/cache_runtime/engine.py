@@ -177,6 +177,8 @@ class Engine:
         for chunk in tokens.split(self.prefill_chunk):
             self.cache.pos.fill_(self.n_past)  # a one-token chunk runs the decode kernels
             logits, ids = forward(self.ops, chunk, self.n_past)
+            if self.expert_cache is not None:
+                self.expert_cache.join()  # a one-token chunk may have forked prefetch work
             self.trace.record(ids)
             self.n_past += len(chunk)
         self.cache.pos.fill_(self.n_past)

@@ -190,11 +190,15 @@ class ExpertCache:
         if self.prefetcher is not None and h.shape[0] == 1:
             self.prefetcher.after_router(layer, h)
 
+    def join(self) -> None:
+        """Make the compute stream wait for the prefetch stream's work so far."""
+        if self.prefetcher is not None:
+            self.prefetcher.join()
+
     def finish_step(self, ids: torch.Tensor) -> None:
         """End of a decode step (captured with it): join the prefetch stream, count hits on the
         device against the residency this step saw. ids (1, layers, k)."""
-        if self.prefetcher is not None:
-            self.prefetcher.join()
+        self.join()
         selected = ids[0].long()
         self.hits += self.in_slot.gather(1, selected).sum(1)
         self.decode_tokens += 1
