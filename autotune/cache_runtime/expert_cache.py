@@ -73,7 +73,6 @@ class ExpertCache:
         self.slot_addr = [np.array([[m[i].data_ptr() for m in mats] for i in range(len(mats[0]))],
                                    dtype=np.int64).reshape(-1, 3) for mats in self.slots]
         self.held = [dict() for _ in layers]  # layer -> {expert: slot}
-        self.free = [list(range(s)) for s in plan.slots]
         self.incoming: set[tuple[int, int]] = set()  # (layer, expert) being copied in
         self.routing = RoutingStats(self.n_layers, self.n_expert, counts)
         self.seeded = counts is not None
@@ -86,7 +85,7 @@ class ExpertCache:
         self.hits = torch.zeros(self.n_layers, dtype=torch.int64, device=device)
         self.decode_tokens = torch.zeros(1, dtype=torch.int64, device=device)
         self._ids_host = torch.empty((ID_RING, self.n_layers, top_k), dtype=torch.int64, pin_memory=cuda)
-        self._ids_events: list[tuple[torch.cuda.Event | None, int]] = []
+        self._ids_events: list[tuple[torch.cuda.Event, int]] = []  # (copied, ring slot), GPU only
         self._ring_next = 0
         self._since_rebalance = 0
         self.prefetcher = None  # set by the engine when cfg.prefetch_depth > 0
@@ -119,8 +118,7 @@ class ExpertCache:
         """The initial placement, copied synchronously (at start, nothing is running)."""
         entries = []
         for layer, experts in enumerate(placement):
-            for e in experts:
-                slot = self.free[layer].pop(0)
+            for slot, e in enumerate(experts):
                 self._copy_in(layer, slot, e)
                 self.held[layer][e] = slot
                 entries.append((layer, e, self.slot_addr[layer][slot], True))
@@ -231,7 +229,7 @@ class ExpertCache:
 
     def poll(self) -> None:
         """Apply whatever finished: selections that reached the host, copies that landed."""
-        while self._ids_events and (self._ids_events[0][0] is None or self._ids_events[0][0].query()):
+        while self._ids_events and self._ids_events[0][0].query():
             _, slot = self._ids_events.pop(0)
             self._observe(self._ids_host[slot].numpy().copy())
         if self.copy_stream is not None:
