@@ -83,3 +83,15 @@ def test_predict_peak_vram_plans_with_the_learned_counts(tiny_model, tmp_path, m
     assert predict_peak_vram(tiny_model, cfg) == learned.peak
     off = CacheConfig.from_dict({**cfg.to_dict(), "learned_placement": False})
     assert predict_peak_vram(tiny_model, off) == plan_vram(sizes, off).peak
+
+
+def test_planning_does_not_import_torch(tiny_model) -> None:
+    """The tuner's process predicts peaks without torch (and its import-order trouble)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom autotune.cache_runtime import CacheConfig\n"
+            "from autotune.cache_runtime.budget import predict_peak_vram\n"
+            f"predict_peak_vram({str(tiny_model)!r}, CacheConfig(vram_cap=2**30))\n"
+            "assert 'torch' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

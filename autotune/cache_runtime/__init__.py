@@ -2,10 +2,26 @@
 graph per decoded token, experts reached through a device table of addresses.
 
 ``Engine`` is the entry point (``engine.py``); ``torch_ops`` is the readable definition of
-the forward pass and the CPU path; ``reference`` is an independent check of both.
+the forward pass and the CPU path; ``reference`` is an independent check of both. The expert
+cache's knobs are ``CacheConfig``; ``budget.predict_peak_vram`` predicts a config's peak VRAM.
+The package imports torch only when ``Engine`` or ``RoutingTrace`` is first used, so the
+tuner's process can plan budgets without it.
 """
 
-from autotune.cache_runtime.engine import Engine
-from autotune.cache_runtime.routing import RoutingTrace
+from typing import Any
 
-__all__ = ["Engine", "RoutingTrace"]
+from autotune.cache_runtime.cache_config import CacheConfig
+
+__all__ = ["CacheConfig", "Engine", "RoutingTrace"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Engine":
+        from autotune.cache_runtime.engine import Engine
+
+        return Engine
+    if name == "RoutingTrace":
+        from autotune.cache_runtime.routing import RoutingTrace
+
+        return RoutingTrace
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
