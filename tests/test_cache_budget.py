@@ -85,11 +85,12 @@ def test_predict_peak_vram_plans_with_the_learned_counts(tiny_model, tmp_path, m
     assert predict_peak_vram(tiny_model, off) == plan_vram(sizes, off).peak
 
 
-def test_planning_does_not_import_torch(tiny_model) -> None:
+def test_planning_does_not_import_torch(tiny_model, tmp_path, monkeypatch) -> None:
     """The tuner's process predicts peaks without torch (and its import-order trouble)."""
     import subprocess
     import sys
 
+    monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path))
     code = ("import sys\nfrom autotune.cache_runtime import CacheConfig\n"
             "from autotune.cache_runtime.budget import predict_peak_vram\n"
             f"predict_peak_vram({str(tiny_model)!r}, CacheConfig(vram_cap=2**30))\n"
