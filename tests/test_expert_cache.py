@@ -141,3 +141,9 @@ def test_reconfigure_without_reloading(tiny_model: Path, full_tokens) -> None:
 def test_a_cap_below_the_fixed_need_is_refused(tiny_model: Path) -> None:
     with pytest.raises(AutotuneError, match="below the cache runtime's fixed need"):
         Engine(tiny_model, device="cpu", kernels="torch", cache=CacheConfig(vram_cap=2**20))
+
+
+def test_reconfiguring_to_another_context_is_refused(tiny_model: Path) -> None:
+    e = engine(tiny_model, 8)
+    with pytest.raises(AutotuneError, match="differs from the loaded KV cache"):
+        e.configure_cache(CacheConfig.from_dict({**e.expert_cache.cfg.to_dict(), "max_ctx": 128}))

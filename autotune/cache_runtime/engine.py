@@ -25,6 +25,7 @@ from autotune.cache_runtime.routing import RoutingTrace
 from autotune.cache_runtime.sampling import greedy, gumbel_sample
 from autotune.cache_runtime.torch_ops import TorchOps
 from autotune.cache_runtime.weights import ModelWeights, load_weights
+from autotune.errors import AutotuneError
 
 
 def experts_on_host(weights: ModelWeights, device: torch.device) -> ModelWeights:
@@ -113,9 +114,9 @@ class Engine:
 
         if self.expert_cache is None and self.weights.layers[0].gate_exps.data.device == self.device \
                 and self.device.type == "cuda":
-            raise ValueError("this engine holds every expert in VRAM: load it with cache=... instead")
+            raise AutotuneError("this engine holds every expert in VRAM: load it with cache=... instead")
         if cfg.max_ctx != self.cache.max_ctx:
-            raise ValueError(f"max_ctx {cfg.max_ctx} differs from the loaded KV cache's {self.cache.max_ctx}")
+            raise AutotuneError(f"max_ctx {cfg.max_ctx} differs from the loaded KV cache's {self.cache.max_ctx}")
         self.close()
         self._graphs.clear()
         sizes = model_sizes(self.path)
