@@ -219,7 +219,7 @@ def print_row(row: dict, ref: dict) -> None:
     print(f"cap {row['cap_gib']:g} {row['name']}: tg128 {row['decode_tg128']['median']} tok/s, "
           f"pp512 {row['prefill_pp512']['median']}, pp2048 {row['prefill_pp2048']['median']}, "
           f"peak {row['peak_vram_gib']} GiB (predicted {row['predicted_peak_gib']}), "
-          f"hit {s['hit_rate']:.3f}, PCIe {s['pcie_bytes_per_token'] / 1e6:.1f} MB/token, "
+          f"hit {s['hit_rate']:.3f} (with prefetch {s['effective_hit_rate']:.3f}), PCIe {s['pcie_bytes_per_token'] / 1e6:.1f} MB/token, "
           f"prefetch P/R {_fmt(s['prefetch_precision'], 2)}/{_fmt(s['prefetch_recall'], 2)}, "
           f"tokens match {row['tokens_match_full_residency']}", flush=True)
 
@@ -228,7 +228,7 @@ def print_table(rows: list[dict], ref: dict) -> None:
     full = ref.get("decode_tg128", {}).get("median")
     print(f"\nfull residency: tg128 {full} tok/s, pp512 {ref.get('prefill_pp512', {}).get('median')}, "
           f"pp2048 {ref.get('prefill_pp2048', {}).get('median')}")
-    head = ["cap", "setting", "tg128", "of full", "pp512", "pp2048", "peak GiB", "<=cap", "hit", "MB/tok",
+    head = ["cap", "setting", "tg128", "of full", "pp512", "pp2048", "peak GiB", "<=cap", "hit", "+pf", "MB/tok",
             "pf P", "pf R", "same"]
     print(" | ".join(head))
     for row in rows:
@@ -240,6 +240,7 @@ def print_table(rows: list[dict], ref: dict) -> None:
         print(" | ".join([f"{row['cap_gib']:g}", row["name"], f"{tg}", _fmt(tg / full if full else None, 2),
                           f"{row['prefill_pp512']['median']}", f"{row['prefill_pp2048']['median']}",
                           f"{row['peak_vram_gib']}", str(row["within_cap"]), f"{s['hit_rate']:.3f}",
+                          f"{s['effective_hit_rate']:.3f}",
                           f"{s['pcie_bytes_per_token'] / 1e6:.1f}", _fmt(s["prefetch_precision"], 2),
                           _fmt(s["prefetch_recall"], 2), str(row["tokens_match_full_residency"])]))
 
