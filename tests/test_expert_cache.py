@@ -147,3 +147,16 @@ def test_reconfiguring_to_another_context_is_refused(tiny_model: Path) -> None:
     e = engine(tiny_model, 8)
     with pytest.raises(AutotuneError, match="differs from the loaded KV cache"):
         e.configure_cache(CacheConfig.from_dict({**e.expert_cache.cfg.to_dict(), "max_ctx": 128}))
+
+
+def test_each_step_starts_with_the_prefetch_ring_empty(tiny_model: Path, full_tokens) -> None:
+    """An entry points into the ring only once committed in the current step, so a lagging
+    prefetch stream can never overwrite a row that the compute stream still reads."""
+    e = engine(tiny_model, 4, eviction="static", rebalance_interval=0, prefetch_depth=1)
+    assert e.generate(PROMPT, STEPS) == full_tokens
+    pf = e.expert_cache.prefetcher
+    assert (pf.occupant >= 0).any()  # the last step staged something
+    ring = set(pf.ring_addr[:, 0].tolist())
+    e.expert_cache.begin_step()
+    assert not (pf.occupant >= 0).any()
+    assert not ring & set(e.expert_cache.table.table[..., 0].flatten().tolist())

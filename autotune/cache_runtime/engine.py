@@ -177,6 +177,8 @@ class Engine:
         self._check_room(len(tokens))
         for chunk in tokens.split(self.prefill_chunk):
             self.cache.pos.fill_(self.n_past)  # a one-token chunk runs the decode kernels
+            if self.expert_cache is not None:
+                self.expert_cache.begin_step()
             logits, ids = forward(self.ops, chunk, self.n_past)
             if self.expert_cache is not None:
                 self.expert_cache.join()  # a one-token chunk may have forked prefetch work
@@ -187,6 +189,8 @@ class Engine:
 
     def _step(self, token: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One decode step at cache.pos: logits, selected experts, and the next token fed back."""
+        if self.expert_cache is not None:
+            self.expert_cache.begin_step()
         logits, ids = forward(self.ops, token, self.n_past)
         if self.expert_cache is not None:
             self.expert_cache.finish_step(ids)

@@ -188,6 +188,11 @@ class ExpertCache:
         if self.prefetcher is not None and h.shape[0] == 1:
             self.prefetcher.after_router(layer, h)
 
+    def begin_step(self) -> None:
+        """Start of a decode step (captured with it)."""
+        if self.prefetcher is not None:
+            self.prefetcher.begin_step()
+
     def join(self) -> None:
         """Make the compute stream wait for the prefetch stream's work so far."""
         if self.prefetcher is not None:

@@ -9,9 +9,14 @@ from pinned host memory into a ring slot, and then a commit kernel repoints its 
 The compute stream never waits for it: when layer m's experts run, each entry points either
 home (the copy has not landed: read over PCIe as usual) or at the finished ring copy.
 
-Ring safety: layer m uses ring rows (m mod (d + 1)) * k ..; before overwriting them, the
-side stream points their previous occupant (a layer at least d + 1 earlier, whose experts
-the compute stream has finished, since the fork follows layer m - d's router) back home.
+Ring safety (the side stream may lag the compute stream by many layers when copies are slow):
+- every step starts, on the compute stream, by pointing all ring occupants home, so an entry
+  points into the ring only once committed in this step;
+- layer m uses ring rows (m mod (d + 1)) * k ..; before overwriting them, the side stream points
+  their previous occupant home. That occupant is a layer m - d - 1 of this step, whose experts
+  the compute stream has finished: the side stream's work for m waits for the fork that follows
+  layer m - d's router. A lagging side stream only delays commits; while layer m's entries are
+  not committed, its experts are read from home.
 
 On the CPU (torch path) the same steps run eagerly in PyTorch. Precision and recall are
 counted on the device against the step's actual selections.
@@ -70,7 +75,7 @@ def stage_commit_kernel(pred_ptr, table_ptr, home_ptr, ring_ptr, ring_row, occup
 @triton.jit
 def ring_release_kernel(occupant_ptr, table_ptr, home_ptr, ring_ptr, ring_row,
                         TOP_K: tl.constexpr, K_PAD: tl.constexpr):
-    """Point the ring rows' previous occupants back home (if their entry still points here)."""
+    """Point the ring rows' occupants back home (if their entry still points here); empty the rows."""
     j = tl.arange(0, K_PAD)
     ok = j < TOP_K
     o = tl.load(occupant_ptr + ring_row + j, mask=ok, other=-1)
@@ -80,6 +85,7 @@ def ring_release_kernel(occupant_ptr, table_ptr, home_ptr, ring_ptr, ring_row,
     back = valid & (tl.load(table_ptr + o * 3, mask=valid, other=1) == mine)
     for c in tl.static_range(3):
         tl.store(table_ptr + o * 3 + c, tl.load(home_ptr + o * 3 + c, mask=back), mask=back)
+    tl.store(occupant_ptr + ring_row + j, tl.full([K_PAD], -1, tl.int64), mask=ok)
 
 
 class Prefetcher:
@@ -130,6 +136,16 @@ class Prefetcher:
             for m in targets:
                 self._stage(m)
 
+    def begin_step(self) -> None:
+        """Point every ring occupant home (compute stream, before the step's first layer)."""
+        table = self.cache.table.table
+        if not self.triton:
+            self._release_torch(range(self.rows * self.k), table)
+            return
+        n = self.rows * self.k
+        ring_release_kernel[(1,)](self.occupant, table, self.home, self.ring_addr, 0, TOP_K=n,
+                                  K_PAD=triton.next_power_of_2(n))
+
     def join(self) -> None:
         if self.side is not None:
             torch.cuda.current_stream().wait_stream(self.side)
@@ -168,11 +184,7 @@ class Prefetcher:
 
     def _stage_torch(self, m: int, row: int, table: torch.Tensor) -> None:
         """The same three steps, eagerly (CPU)."""
-        flat, home = table.view(-1, 3), self.home.view(-1, 3)
-        for j in range(self.k):
-            o = int(self.occupant[row + j])
-            if o >= 0 and int(flat[o, 0]) == int(self.ring_addr[row + j, 0]):
-                flat[o] = home[o]
+        self._release_torch(range(row, row + self.k), table)
         for j, e in enumerate(self.pred[m].tolist()):
             stage = int(table[m, e, 0]) == int(self.home[m, e, 0])
             if stage:
@@ -181,6 +193,14 @@ class Prefetcher:
                 table[m, e] = self.ring_addr[row + j]
             self.occupant[row + j] = m * self.cache.n_expert + e if stage else -1
             self.staged[m, j] = int(stage)
+
+    def _release_torch(self, rows: range, table: torch.Tensor) -> None:
+        flat, home = table.view(-1, 3), self.home.view(-1, 3)
+        for i in rows:
+            o = int(self.occupant[i])
+            if o >= 0 and int(flat[o, 0]) == int(self.ring_addr[i, 0]):
+                flat[o] = home[o]
+            self.occupant[i] = -1
 
     def record(self, selected: torch.Tensor, in_slot: torch.Tensor) -> None:
         """Device-side bookkeeping of one step (captured with it): selected (layers, k)."""
