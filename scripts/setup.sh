@@ -14,7 +14,7 @@ if ! python -c "import llama_cpp" 2>/dev/null; then
   echo "building llama-cpp-python 0.3.36 (about 8 minutes on a CPU) ..."
   python -m pip install -q "llama-cpp-python==0.3.36"
 fi
-python -m pip install -q -e ".[llama,runtime,test,postgres]"
+python -m pip install -q -e ".[llama,runtime,test,postgres,serve]"
 # Triton runs the runtime's kernels on a GPU and, through its interpreter, in the CPU tests.
 # CUDA builds of torch bring their own; a CPU build does not.
 python -c "import triton" 2>/dev/null || python -m pip install -q "triton==3.6.0"
