@@ -165,7 +165,7 @@ def run(
     model: Path = typer.Argument(..., help="GGUF model file"),
     vram_cap: str = typer.Option(..., "--vram-cap", help="VRAM the model may use, e.g. 16G, 16GiB, 12000M"),
     backends: str = typer.Option("llama_cpp", help="comma-separated: llama_cpp, llama_bench"),
-    trials: Optional[int] = typer.Option(30, help="measured trials to run (pruned ones are free)"),
+    trials: int = typer.Option(30, min=0, help="measured trials to run (pruned ones are free; 0: no limit, with --time)"),
     time_budget: Optional[str] = typer.Option(None, "--time", help="wall-time budget, e.g. 15m"),
     objective: str = typer.Option("decode", help="decode | prefill | request (prompt + generation)"),
     ctx: int = typer.Option(4096, help="context size the config must serve"),
@@ -193,11 +193,13 @@ def run(
 
     from autotune.units import parse_duration, parse_size
 
+    if not trials and not time_budget:
+        raise AutotuneError("--trials 0 (no limit) needs a --time budget")
     run_study(
         model_path=model,
         vram_cap=parse_size(vram_cap),
         backend_names=[b.strip() for b in backends.split(",") if b.strip()],
-        trials=trials,
+        trials=trials or None,
         seconds=parse_duration(time_budget) if time_budget else None,
         workload=_workload(objective, prompt_tokens, gen_tokens, repetitions, ctx),
         study_name=study,
@@ -310,6 +312,36 @@ def history(storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL")) 
     for row in study_history(storage):
         table.add_row(*row)
     console.print(table)
+
+
+study_app = typer.Typer(help="Studies: reproducible evidence (studies/NAME/study.toml, results/, report.md).",
+                        no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("run")
+@user_errors
+def study_run(
+    directory: Path = typer.Argument(..., help="the study's directory (holds study.toml)"),
+    time_budget: Optional[str] = typer.Option(None, "--time", help="stop between parts after this long, e.g. 9m"),
+    models: Optional[Path] = typer.Option(None, help="where synthesized models are written (default: the user cache dir)"),
+) -> None:
+    """Run every part of the study that results/ does not hold yet; each is written as it finishes."""
+    from autotune.studies.runner import StudyRunner
+    from autotune.units import parse_duration
+
+    _interrupt_on_sigterm()
+    StudyRunner(directory, parse_duration(time_budget) if time_budget else None, models, console).run()
+
+
+@app.command()
+@user_errors
+def report(directory: Path = typer.Argument(..., help="the study's directory")) -> None:
+    """Write the study's report.md and PNG plots from its results/ (measures nothing)."""
+    from autotune.studies.report import write_report
+
+    written = write_report(directory)
+    console.print("wrote " + ", ".join(str(path) for path in written))
 
 
 def main() -> None:

@@ -1,0 +1,105 @@
+"""A tuner part: ``autotune run`` (the same code) for one backend at one cap, in a fresh database
+of its own (no warm start from other parts), then every trial and the winner read back from it."""
+
+from __future__ import annotations
+
+import shlex
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+from rich.console import Console
+
+from autotune.backends.base import TrialResult, Workload
+from autotune.backends.registry import get_backend
+from autotune.errors import AutotuneError
+from autotune.search.runner import run_study
+from autotune.storage import Database
+from autotune.studies.definition import StudyDefinition
+from autotune.studies.plan import Part, cap_label
+from autotune.studies.rows import launch_command, pooled_row
+from autotune.units import parse_duration
+
+
+def tuner_argv(definition: StudyDefinition, part: Part, model_name: str) -> list[str]:
+    """The ``autotune run`` command this part runs (its database a fresh file named after the part)."""
+    tuner, workload = definition.tuner, definition.workload
+    assert part.cap is not None
+    argv = ["autotune", "run", model_name, "--vram-cap", cap_label(part.cap), "--backends", part.backend,
+            "--trials", str(tuner.trials or 0)]
+    if tuner.minutes is not None:
+        argv += ["--time", f"{tuner.minutes:g}m"]
+    argv += ["--objective", workload.objective, "--ctx", str(workload.n_ctx), "--prompt-tokens", str(workload.n_prompt),
+             "--gen-tokens", str(workload.n_gen), "--repetitions", str(workload.repetitions),
+             "--trial-timeout", tuner.trial_timeout, "--sampler", tuner.sampler, "--batch", str(tuner.batch),
+             "--remeasure" if tuner.remeasure else "--no-remeasure"]
+    if tuner.seed is not None:
+        argv += ["--seed", str(tuner.seed)]
+    return argv + ["--storage", f"sqlite:///{part.name}.db", "--study", f"{definition.name}-{part.name}"]
+
+
+def _trial_rows(study: optuna.Study, workload: Workload) -> list[dict[str, Any]]:
+    """Every finished trial in order, with the seconds from the study's start to its end."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    rows = []
+    for trial in trials:
+        attrs = trial.user_attrs
+        if "outcome" not in attrs:
+            continue
+        if "result" in attrs:
+            row = pooled_row(attrs["config"], [TrialResult.from_json(attrs["result"])], workload, attrs["predicted_vram"])
+        else:  # pruned (predicted over the cap), or stopped before it measured
+            row = {"config": attrs.get("config"), "predicted_vram": attrs.get("predicted_vram"), "outcome": attrs["outcome"]}
+        row |= {"number": trial.number, "backend": attrs.get("backend"), "seeded": attrs.get("seeded"),
+                "elapsed_s": (trial.datetime_complete - min(starts)).total_seconds() if trial.datetime_complete else None}
+        rows.append(row)
+    return rows
+
+
+def _winner_row(study: optuna.Study, backend: str, config: dict[str, Any], cap: int, workload: Workload,
+                model_path: Path) -> dict[str, Any]:
+    """The winner with every sample of its config within the cap: its trials' and the race's."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("outcome") == "ok"
+              and t.user_attrs.get("backend") == backend and t.user_attrs.get("config") == config]
+    results = []
+    for trial in trials:
+        results.append(TrialResult.from_json(trial.user_attrs["result"]))
+        results += [TrialResult.from_json(r) for r in study.user_attrs.get(f"remeasured:{trial.number}", [])]
+    results = [r for r in results if r.ok and (r.peak_vram_bytes is None or r.peak_vram_bytes <= cap)]
+    row = pooled_row(config, results, workload, trials[0].user_attrs["predicted_vram"])
+    return row | {"backend": backend, "trial": trials[0].number,
+                  "command": launch_command(get_backend(backend), config, model_path)}
+
+
+def run_tuner_part(definition: StudyDefinition, part: Part, model_path: Path, console: Console) -> dict[str, Any]:
+    """The part's record: its command, every trial, the finalists and the winner (or the error
+    that ended it, e.g. a cap below the smallest config: recorded, so the study goes on)."""
+    assert part.cap is not None
+    argv = tuner_argv(definition, part, model_path.name)
+    tuner, workload = definition.tuner, definition.workload
+    record: dict[str, Any] = {"command": shlex.join(argv)}
+    with tempfile.TemporaryDirectory(prefix="autotune-study-") as work:
+        url = f"sqlite:///{Path(work) / (part.name + '.db')}"
+        try:
+            outcome = run_study(
+                model_path=model_path, vram_cap=part.cap, backend_names=[part.backend], trials=tuner.trials,
+                seconds=tuner.minutes * 60 if tuner.minutes is not None else None, workload=workload,
+                study_name=argv[-1], storage_url=url, resume=False, trial_timeout_s=parse_duration(tuner.trial_timeout),
+                sampler=tuner.sampler, seed=tuner.seed, remeasure=tuner.remeasure, console=console, batch=tuner.batch,
+            )
+        except AutotuneError as exc:
+            record["error"] = str(exc)
+            outcome = None
+        database = Database(url)
+        try:
+            study = optuna.load_study(study_name=argv[-1], storage=database.optuna_storage())
+        except KeyError:  # it ended before the study was made
+            return record | {"trials": [], "winner": None}
+        record["trials"] = _trial_rows(study, workload)
+        record["finalists"] = study.user_attrs.get("finalists", [])
+        winner = outcome.winner if outcome is not None else None
+        record["winner"] = (_winner_row(study, winner.backend, winner.config, part.cap, workload, model_path)
+                            if winner is not None else None)
+    return record
