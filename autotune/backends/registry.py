@@ -10,6 +10,7 @@ from autotune.errors import AutotuneError
 BUILTIN = {
     "llama_cpp": "autotune.backends.llama_cpp:LlamaCppBackend",
     "llama_bench": "autotune.backends.llama_bench:LlamaBenchBackend",
+    "cache": "autotune.backends.cache:CacheBackend",
 }
 
 

@@ -178,7 +178,7 @@ def _report(console: Console, outcome: StudyOutcome, model_path: Path, backends:
         f"[bold green]winner[/] ({winner.backend}, study {winner.study_name}): "
         f"{winner.objective_mean:.1f} ± {winner.objective_std:.1f} {unit}"
     )
-    console.print(backend.launch_command(winner.config, model_path, "llama-server" if winner.backend.startswith("llama") else "json"), highlight=False, soft_wrap=True)
+    console.print(backend.launch_command(winner.config, model_path, getattr(backend, "default_format", "json")), highlight=False, soft_wrap=True)
 
 
 def _best_rows(model_path: Path, vram_cap: str | None, storage_url: str | None) -> list[BestConfigRow]:
@@ -195,12 +195,22 @@ def stored_best(model_path: Path, vram_cap: str | None, storage_url: str | None)
     return rows
 
 
-def export_command(model_path: Path, vram_cap: str, fmt: str, objective: str, storage_url: str | None) -> str:
-    rows = [r for r in stored_best(model_path, vram_cap, storage_url) if r.workload_key.startswith(objective + ":")]
+def stored_winner(model_path: Path, vram_cap: str, objective: str, storage_url: str | None,
+                  backend: str | None = None) -> BestConfigRow:
+    """The latest stored winner for the model on this machine at the cap (of ``backend`` only, if named)."""
+    rows = [r for r in stored_best(model_path, vram_cap, storage_url)
+            if r.workload_key.startswith(objective + ":") and backend in (None, r.backend)]
     if not rows:
-        raise AutotuneError(f"no stored {objective} winner for {model_path} at cap {vram_cap}")
-    row = max(rows, key=lambda r: r.updated)
-    return get_backend(row.backend).launch_command(row.config, model_path, fmt)
+        of = f" {backend}" if backend else ""
+        raise AutotuneError(f"no stored {objective}{of} winner for {model_path} at cap {vram_cap}")
+    return max(rows, key=lambda r: r.updated)
+
+
+def export_command(model_path: Path, vram_cap: str, fmt: str | None, objective: str, storage_url: str | None) -> str:
+    """The stored winner's launch command, in ``fmt`` or (None) its backend's own format."""
+    row = stored_winner(model_path, vram_cap, objective, storage_url)
+    backend = get_backend(row.backend)
+    return backend.launch_command(row.config, model_path, fmt or getattr(backend, "default_format", "json"))
 
 
 def study_history(storage_url: str | None) -> list[tuple[str, ...]]:

@@ -249,7 +249,12 @@ class Tuner:
     def _sample(self, trial: optuna.Trial) -> tuple[str, Config]:
         names = list(self.backends)
         name = names[0] if len(names) == 1 else trial.suggest_categorical("backend", names)
-        return name, self.backends[name].suggest(trial, self.model, self.hardware, self.workload)
+        backend = self.backends[name]
+        config = backend.suggest(trial, self.model, self.hardware, self.workload)
+        fill_cap = getattr(backend, "fill_cap", None)  # a runtime that fills the VRAM budget it is given
+        if fill_cap is not None:
+            config = fill_cap(config, self.vram_cap - max(0, self.calibration.correction(name)))
+        return name, config
 
     def _ask(self) -> _Asked:
         with warnings.catch_warnings():  # Optuna warns of heartbeats outside optimize(): ours beat for ask-and-tell

@@ -1,0 +1,166 @@
+"""The ``cache`` backend: autotune's own runtime with its expert cache, every trial in a child.
+
+Knobs and canonical configs: ``cache_knobs``; measurement (child side): ``cache_trial``;
+launch commands (``autotune serve ...``): ``cache_commands``; peak VRAM:
+``cache_runtime.budget``, which needs no torch. The runtime fills whatever VRAM budget it is
+given with expert slots, so the budget is not searched: the tuner hands each sampled config
+the study's cap (``fill_cap``). Configs with the same context size share one model load
+(the child re-configures the cache between them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autotune.backends.base import Config, ConfigError, TrialResult, Workload
+from autotune.backends.cache_commands import format_command, parse_command
+from autotune.backends.cache_knobs import (
+    DECAYS,
+    PREFETCH_DEPTHS,
+    PREFILL_BYPASSES,
+    REBALANCE_INTERVALS,
+    SLOT_SPLIT_STEP,
+    cache_config,
+    normalize,
+)
+from autotune.backends.isolation import run_isolated
+from autotune.errors import AutotuneError, ModelFileError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autotune.hardware import HardwareProfile
+    from autotune.model import ModelProfile
+
+LOAD_KEYS = ("max_ctx",)  # what the child fixes at load: the KV cache's size
+
+
+class CacheBackend:
+    name = "cache"
+    trial_target = "autotune.backends.cache_trial"
+    default_format = "serve"
+    load_keys: tuple[str, ...] | None = LOAD_KEYS
+
+    def __init__(self, gpu_index: int = 0):
+        self.gpu_index = gpu_index
+
+    def available(self) -> str | None:
+        if importlib.util.find_spec("torch") is None:
+            return "PyTorch is not installed (pip install 'autotune[runtime]')"
+        return None
+
+    def supports(self, model: ModelProfile) -> str | None:
+        """Mixture-of-experts models of an architecture the runtime implements."""
+        if not model.is_moe:
+            return "a dense model has no routed experts: nothing to cache"
+        from autotune.cache_runtime.budget import model_sizes
+
+        try:
+            model_sizes(model.path)
+        except ModelFileError as exc:
+            return str(exc)
+        return None
+
+    # -- the search space --------------------------------------------------------
+
+    def suggest(
+        self, trial: optuna.Trial, model: ModelProfile, hw: HardwareProfile, workload: Workload | None = None
+    ) -> Config:
+        """Every knob of the cache. Knobs a choice makes moot are not sampled (``normalize``
+        fixes them): miss mode and rebalancing under static eviction, decay outside LFU, the
+        slot split without learned counts. For the decode objective the prefill bypass keeps
+        its default (decode never bypasses). ``vram_cap`` comes from ``fill_cap``; the
+        context size from the workload."""
+        eviction = trial.suggest_categorical("eviction", ["static", "lfu_decay", "lru"])
+        config: Config = {"eviction": eviction,
+                          "prefetch_depth": trial.suggest_int("prefetch_depth", *PREFETCH_DEPTHS)}
+        if eviction != "static":
+            config["miss_mode"] = trial.suggest_categorical("miss_mode", ["zero_copy", "copy"])
+            config["rebalance_interval"] = trial.suggest_categorical("rebalance_interval", list(REBALANCE_INTERVALS))
+        if eviction == "lfu_decay":
+            config["decay"] = trial.suggest_categorical("decay", list(DECAYS))
+        config["learned_placement"] = trial.suggest_categorical("learned_placement", [True, False])
+        if config["learned_placement"]:
+            config["slot_split"] = trial.suggest_float("slot_split", 0.0, 1.0, step=SLOT_SPLIT_STEP)
+        if workload is not None and workload.objective != "decode":
+            config["prefill_bypass"] = trial.suggest_categorical("prefill_bypass", list(PREFILL_BYPASSES))
+        if workload is not None:
+            config["max_ctx"] = workload.n_ctx
+        return config
+
+    def fill_cap(self, config: Config, vram_cap: int) -> Config:
+        """The config with the VRAM budget the runtime fills: the tuner passes the study's cap,
+        less what this machine measured above the budget's predictions."""
+        return normalize({**config, "vram_cap": vram_cap})
+
+    def baselines(
+        self, model: ModelProfile, hw: HardwareProfile, vram_cap: int, workload: Workload | None = None
+    ) -> list[Config]:
+        """Static placement from the learned counts, and LFU with decay rebalancing every 64
+        tokens; both reading misses zero-copy, without and with prefetch two layers ahead."""
+        common: Config = {"vram_cap": vram_cap, "miss_mode": "zero_copy"}
+        if workload is not None:
+            common["max_ctx"] = workload.n_ctx
+        configs = [{**common, "eviction": eviction, "prefetch_depth": depth}
+                   for eviction in ("static", "lfu_decay") for depth in (0, 2)]
+        return [normalize(config) for config in configs]
+
+    def predict_vram(self, config: Config, model: ModelProfile, workload: Workload) -> int:
+        """The runtime's own plan; where the budget cannot hold even zero expert slots, the
+        need with zero slots (over the cap: the tuner prunes the config)."""
+        from autotune.cache_runtime.budget import model_sizes, plan_with_slots, predict_peak_vram
+
+        cfg = cache_config({"max_ctx": workload.n_ctx, **config})
+        try:
+            return predict_peak_vram(model.path, cfg)
+        except ModelFileError:
+            raise
+        except AutotuneError:
+            return plan_with_slots(model_sizes(model.path), cfg, 0).peak
+
+    # -- measuring ---------------------------------------------------------------
+
+    def _trial_config(self, config: Config, workload: Workload) -> Config:
+        config = normalize({"max_ctx": workload.n_ctx, **config})
+        if config["max_ctx"] < max(workload.n_prompt, workload.n_gen):
+            raise ConfigError(f"max_ctx {config['max_ctx']} is smaller than the {workload.n_prompt} prompt "
+                              f"or {workload.n_gen} generated tokens measured")
+        return config
+
+    def _item(self, config: Config, workload: Workload) -> dict[str, Any]:
+        return {"config": config, "workload": {"n_prompt": workload.n_prompt, "n_gen": workload.n_gen,
+                                               "repetitions": workload.repetitions}}
+
+    def run_trials(
+        self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float,
+        vram_cap: int | None = None,
+    ) -> list[TrialResult]:
+        """One result per config, in order. Configs with the same context size share a child
+        (one model load); ``deadline_s`` bounds the load and each config's measurement."""
+        normalized = [self._trial_config(config, workload) for config in configs]
+        groups: dict[str, list[int]] = {}
+        for index, config in enumerate(normalized):
+            groups.setdefault(json.dumps({key: config[key] for key in LOAD_KEYS}), []).append(index)
+        results: list[TrialResult | None] = [None] * len(configs)
+        for indexes in groups.values():
+            common = {"model_path": str(model_path), "config": normalized[indexes[0]]}
+            items = [self._item(normalized[i], workload) for i in indexes]
+            measured = run_isolated(self.trial_target, common, items, deadline_s,
+                                    vram_cap=vram_cap, gpu_index=self.gpu_index)
+            for index, result in zip(indexes, measured):
+                results[index] = result
+        return [result for result in results if result is not None]
+
+    def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
+        return self.run_trials([config], model_path, workload, deadline_s)[0]
+
+    # -- launching ---------------------------------------------------------------
+
+    def launch_command(self, config: Config, model_path: Path, fmt: str | None = None) -> str:
+        return format_command(config, model_path, fmt or self.default_format)
+
+    def parse_command(self, command: str) -> tuple[Config, Path]:
+        return parse_command(command)

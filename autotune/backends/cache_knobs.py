@@ -1,0 +1,82 @@
+"""The ``cache`` backend's knobs: the values the tuner searches and the canonical config form.
+
+A config is ``CacheConfig``'s fields as a flat dict. ``normalize`` checks types and ranges
+(a ``ConfigError`` for anything else) and puts knobs that cannot matter at one value, so two
+configs that run the same way compare equal: ``static`` eviction never moves an expert
+(miss mode, rebalance interval and decay unused), decay only weighs ``lfu_decay`` counts,
+and the slot split follows learned routing counts (none without ``learned_placement``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any
+
+from autotune.backends.base import Config, ConfigError
+from autotune.cache_runtime.cache_config import EVICTION_RULES, MISS_MODES, CacheConfig
+
+KEYS = tuple(f.name for f in fields(CacheConfig))
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(CacheConfig) if f.name != "vram_cap"}
+INT_KEYS = ("vram_cap", "rebalance_interval", "prefetch_depth", "prefill_bypass", "max_ctx")
+FLOAT_KEYS = ("decay", "slot_split")
+
+# The search space (see CacheBackend.suggest).
+REBALANCE_INTERVALS = (16, 32, 64, 128, 256)
+DECAYS = (0.5, 0.8, 0.9, 0.95, 0.99)
+PREFETCH_DEPTHS = (0, 3)  # inclusive range
+PREFILL_BYPASSES = (0, 8, 32, 128, 512)
+SLOT_SPLIT_STEP = 0.25
+
+
+def _int(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be an integer, not {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{key} must be at least {minimum}, not {value}")
+    return value
+
+
+def _float(key: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key} must be a number, not {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{key} must be within [{low:g}, {high:g}], not {value}")
+    return float(value)
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def normalize(config: Config) -> Config:
+    """Every knob, checked and in canonical form; ``vram_cap`` is required."""
+    unknown = sorted(set(config) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"unknown cache config key(s): {', '.join(unknown)}")
+    if "vram_cap" not in config:
+        raise ConfigError("a cache config needs vram_cap (bytes for the whole process)")
+    c = {**DEFAULTS, **config}
+    out: Config = {key: _int(key, c[key], 0 if key in ("rebalance_interval", "prefetch_depth", "prefill_bypass") else 1)
+                   for key in INT_KEYS}
+    out["decay"] = _float("decay", c["decay"], 0.0, 1.0)
+    out["slot_split"] = _float("slot_split", c["slot_split"], 0.0, 1.0)
+    out["eviction"] = _choice("eviction", c["eviction"], EVICTION_RULES)
+    out["miss_mode"] = _choice("miss_mode", c["miss_mode"], MISS_MODES)
+    if not isinstance(c["learned_placement"], bool):
+        raise ConfigError(f"learned_placement must be true or false, not {c['learned_placement']!r}")
+    out["learned_placement"] = c["learned_placement"]
+    if out["eviction"] == "static":
+        out.update(miss_mode="zero_copy", rebalance_interval=0)
+    if out["eviction"] != "lfu_decay":
+        out["decay"] = DEFAULTS["decay"]
+    if not out["learned_placement"]:
+        out["slot_split"] = 0.0
+    return {key: out[key] for key in KEYS}
+
+
+def cache_config(config: Config) -> CacheConfig:
+    """The runtime's record of a config."""
+    return CacheConfig.from_dict(normalize(config))
