@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import optuna
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from autotune.backends.base import Backend, Outcome, Workload
+from autotune.backends.base import Backend, Config, Outcome, Workload
 from autotune.backends.registry import get_backend
 from autotune.errors import AutotuneError
 from autotune.hardware import probe_hardware
@@ -97,6 +97,59 @@ def _describe(record: TrialRecord, unit: str) -> str:
     return f"#{record.number:<3} {record.backend} {knobs}  [red]{record.outcome.value}[/] {message[0][:120]}"
 
 
+@dataclass
+class PreparedStudy:
+    """A study ready to run: its tuner, the usable backends, and what to tell the user first."""
+
+    tuner: Tuner
+    backends: list[Backend]
+    unit: str
+    done: int  # measured trials the study already holds
+    notes: list[str]
+
+
+def prepare_study(
+    model_path: Path,
+    vram_cap: int,
+    backend_names: list[str],
+    trials: int | None,
+    seconds: float | None,
+    workload: Workload,
+    study_name: str | None,
+    storage_url: str | None,
+    resume: bool,
+    trial_timeout_s: float,
+    sampler: str,
+    seed: int | None,
+    batch: int = 2,
+) -> PreparedStudy:
+    """Check the inputs, register (or reopen) the study, and queue its first trials."""
+    model = inspect_model(model_path)
+    hardware = probe_hardware()
+    backends = _usable_backends(backend_names, model)
+    _check_cap(backends, model, hardware, vram_cap, workload)
+    db = Database(storage_url)
+    name = _resolve_study_name(db, study_name, resume, model, hardware, vram_cap, workload)
+    settings = {"backends": [b.name for b in backends], "trials": trials, "seconds": seconds,
+                "sampler": sampler, "model_name": model.name, "workload": asdict(workload), "backend_specs": backend_names,
+                "trial_timeout_s": trial_timeout_s, "batch": batch}  # what workers joining it need
+    register_study(db, model, hardware, name, vram_cap, workload, settings)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tuner = Tuner(db, model, hardware, backends, vram_cap, workload, name, sampler, seed, trial_timeout_s, batch=batch)
+    tuner.clear_stop_request()
+    recovered = tuner.recover_interrupted()
+    done = len(tuner.measured_trials())
+    notes = []
+    if resume:
+        notes.append(f"resuming study {name}: {done} measured trials kept, {recovered} interrupted trial(s) queued again")
+    else:
+        copied = tuner.warm_start()
+        tuner.seed_baselines()
+        if copied:
+            notes.append(f"warm start: {copied} measured trial(s) of earlier studies on this model and machine")
+    return PreparedStudy(tuner, backends, UNITS[workload.objective], done, notes)
+
+
 def run_study(
     model_path: Path,
     vram_cap: int,
@@ -115,19 +168,9 @@ def run_study(
     batch: int = 2,
     gpus: list[str] | None = None,
 ) -> StudyOutcome:
-    model = inspect_model(model_path)
-    hardware = probe_hardware()
-    backends = _usable_backends(backend_names, model)
-    _check_cap(backends, model, hardware, vram_cap, workload)
-    db = Database(storage_url)
-    name = _resolve_study_name(db, study_name, resume, model, hardware, vram_cap, workload)
-    settings = {"backends": [b.name for b in backends], "trials": trials, "seconds": seconds,
-                "sampler": sampler, "model_name": model.name, "workload": asdict(workload), "backend_specs": backend_names,
-                "trial_timeout_s": trial_timeout_s, "batch": batch}  # what workers joining it need
-    register_study(db, model, hardware, name, vram_cap, workload, settings)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    unit = UNITS[workload.objective]
+    prepared = prepare_study(model_path, vram_cap, backend_names, trials, seconds, workload, study_name, storage_url,
+                             resume, trial_timeout_s, sampler, seed, batch)
+    tuner, unit = prepared.tuner, prepared.unit
     best_so_far = [0.0]
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -142,28 +185,20 @@ def run_study(
                     best_so_far[0] = max(best_so_far[0], record.objective)
                 progress.update(task, advance=1, description=f"best {best_so_far[0]:.1f} {unit}")
 
-        tuner = Tuner(db, model, hardware, backends, vram_cap, workload, name, sampler, seed, trial_timeout_s, on_trial,
-                      batch=batch)
-        recovered = tuner.recover_interrupted()
-        done = len(tuner.measured_trials())
-        progress.update(task, completed=min(done, trials or done))
-        if resume:
-            console.print(f"resuming study {name}: {done} measured trials kept, {recovered} interrupted trial(s) queued again")
-        else:
-            copied = tuner.warm_start()
-            tuner.seed_baselines()
-            if copied:
-                console.print(f"warm start: {copied} measured trial(s) of earlier studies on this model and machine")
+        tuner.on_trial = on_trial
+        progress.update(task, completed=min(prepared.done, trials or prepared.done))
+        for note in prepared.notes:
+            console.print(note)
         if gpus:
             outcome = run_on_gpus(tuner, gpus, model_path, seconds, remeasure, on_trial, progress.console)
         else:
             outcome = tuner.run(model_path, Budget(trials, seconds), remeasure=remeasure)
 
-    _report(console, outcome, model_path, backends, unit, name)
+    report(console, outcome, model_path, prepared.backends, unit, tuner.study_name)
     return outcome
 
 
-def _report(console: Console, outcome: StudyOutcome, model_path: Path, backends: list[Backend], unit: str, name: str) -> None:
+def report(console: Console, outcome: StudyOutcome, model_path: Path, backends: list[Backend], unit: str, name: str) -> None:
     total = outcome.trial_seconds
     if total:
         console.print(f"time in trials {total:.0f} s, of which loading models {100 * outcome.load_seconds / total:.0f}%")
@@ -178,7 +213,12 @@ def _report(console: Console, outcome: StudyOutcome, model_path: Path, backends:
         f"[bold green]winner[/] ({winner.backend}, study {winner.study_name}): "
         f"{winner.objective_mean:.1f} ± {winner.objective_std:.1f} {unit}"
     )
-    console.print(backend.launch_command(winner.config, model_path, getattr(backend, "default_format", "json")), highlight=False, soft_wrap=True)
+    console.print(launch_command(backend, winner.config, model_path), highlight=False, soft_wrap=True)
+
+
+def launch_command(backend: Backend, config: Config, model_path: Path) -> str:
+    """The command shown for a config: the backend's own format (llama-server, autotune serve), else JSON."""
+    return backend.launch_command(config, model_path, getattr(backend, "default_format", "json"))
 
 
 def _best_rows(model_path: Path, vram_cap: str | None, storage_url: str | None) -> list[BestConfigRow]:

@@ -39,6 +39,16 @@ from autotune.storage import BestConfigRow, Database, StudyRow
 FAILED_CONSTRAINT = 1.0  # constraint value of a trial that produced no measurement
 REMEASURE_TOP = 3  # finalists of the race at the end
 RACE_ROUNDS = 3  # at most this many re-measurements of each finalist
+STOP_ATTR = "stop_requested"  # study user attr: every process on the study stops after its running trials
+
+
+class StopRequested(Exception):
+    """A stop asked through the database (the dashboard): taken between trials, like Ctrl-C."""
+
+
+def request_stop(study: optuna.Study) -> None:
+    """Ask every process running this study to stop once its running trials are recorded."""
+    study.set_user_attr(STOP_ATTR, True)
 
 
 @dataclass
@@ -225,6 +235,15 @@ class Tuner:
             params["backend"] = backend
         self.study.enqueue_trial(params, user_attrs={"seeded": reason}, skip_if_exists=skip_if_exists)
 
+    def clear_stop_request(self) -> None:
+        """A study that is started or resumed runs until its budget is spent or it is stopped anew."""
+        if self.study.user_attrs.get(STOP_ATTR):
+            self.study.set_user_attr(STOP_ATTR, False)
+
+    def _check_stop(self) -> None:
+        if self.study.user_attrs.get(STOP_ATTR):
+            raise StopRequested
+
     def recover_interrupted(self) -> int:
         """Trials left running by dead workers (a killed tuner): failed and queued again once.
         Trials of live workers, here or on other machines, are left alone."""
@@ -381,6 +400,7 @@ class Tuner:
         asked_without_run = 0
         try:
             while not budget.exhausted(measured := len(self.measured_trials()), started, own := _own(outcome)):
+                self._check_stop()
                 room = budget.room(measured, own, self.batch)
                 fail_dead_trials(self.study)  # another worker's, so its trial is run again
                 if self._run_batch(model_path, outcome, room):
@@ -392,16 +412,17 @@ class Tuner:
                             "the sampler keeps proposing configs predicted over the cap; "
                             "the cap is too small for this model and backend"
                         )
+            self._check_stop()  # where other workers spent the budget: a stopped study is not concluded
             if not conclude:
                 return outcome
             if remeasure:
                 self._remeasure(model_path, outcome)
             else:
                 self.study.set_user_attr("finalists", [])
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StopRequested) as stop:
             outcome.interrupted = True
             if conclude:
-                self.db.set_study_status(self.study_name, "interrupted")
+                self.db.set_study_status(self.study_name, "stopped" if isinstance(stop, StopRequested) else "interrupted")
             return outcome
         outcome.winner = self.choose_winner()
         self.db.set_study_status(self.study_name, "finished")
@@ -439,6 +460,7 @@ class Tuner:
                 break
             shift = round_number % len(racing)
             for group in racing[shift:] + racing[:shift]:
+                self._check_stop()
                 trial = group[0]
                 backend = self.backends[trial.user_attrs["backend"]]
                 result = backend.run_trial(trial.user_attrs["config"], model_path, self.workload, self.trial_timeout_s)
