@@ -16,6 +16,7 @@ What the process holds on the GPU, besides expert slots:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -184,7 +185,16 @@ def plan_vram(m: ModelSizes, cfg: CacheConfig, counts: np.ndarray | None = None,
 
 
 def model_sizes(path: str | Path) -> ModelSizes:
-    """The sizes ``plan_vram`` needs, from the GGUF header (no tensor data is read)."""
+    """The sizes ``plan_vram`` needs, from the GGUF header (no tensor data is read).
+
+    Reading a header with a large vocabulary takes seconds, so the answer is kept per file
+    (path, size and modification time): re-configuring a cache costs no second read."""
+    stat = Path(path).stat()
+    return _model_sizes(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _model_sizes(path: str, size: int, mtime_ns: int) -> ModelSizes:
     from autotune.cache_runtime.config import read_config
     from autotune.model import inspect_model
 

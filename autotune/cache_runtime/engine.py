@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import torch
@@ -157,6 +158,7 @@ class Engine:
         self.expert_cache = None
         self._graphs.clear()
         del cache
+        gc.collect()  # the cache and its prefetcher refer to each other: free their VRAM now
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()

@@ -104,14 +104,16 @@ class TorchOps:
         # whole heads rather than enable_gqa, which keeps SDPA off its flash kernel
         k = self.cache.k[il, :, :end].repeat_interleave(group, dim=0)
         v = self.cache.v[il, :, :end].repeat_interleave(group, dim=0)
-        qh = q.transpose(0, 1).to(k.dtype)
+        # 4-D (batch of one): SDPA's fused kernels (flash, memory-efficient) take nothing else,
+        # and its fallback materializes every score (a GiB for 2048 tokens)
+        qh, k, v = q.transpose(0, 1).to(k.dtype)[None], k[None], v[None]
         if start == 0:
             out = F.scaled_dot_product_attention(qh, k, v, is_causal=True)
         else:
             keys = torch.arange(end, device=q.device)
             mask = keys[None, :] <= (start + torch.arange(n, device=q.device))[:, None]
             out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask)
-        return out.transpose(0, 1).reshape(n, self.cfg.q_dim).float()
+        return out[0].transpose(0, 1).reshape(n, self.cfg.q_dim).float()
 
     def out_proj(self, a: torch.Tensor, il: int, h: torch.Tensor) -> torch.Tensor:
         """h + attention output projection."""

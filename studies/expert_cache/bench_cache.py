@@ -53,7 +53,21 @@ SETTINGS = {
                           learned_placement=False),
     "split1_static_zc_pf1": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0,
                                  prefetch_depth=1, slot_split=1.0),
+    "lfu16_zc": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=0),
+    "lfu16_zc_pf1": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=1),
+    "lfu16_zc_pf2": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=2),
 }
+# bench-only variants: name suffix -> prefetch.COPY_PROGRAMS (programs per matrix of the ring copy)
+COPY_PROGRAM_VARIANTS = {"_cp4": 4, "_cp32": 32}
+
+
+def base_name(name: str) -> str:
+    """The setting a bench-only variant name stands for."""
+    for suffix in COPY_PROGRAM_VARIANTS:
+        name = name.removesuffix(suffix)
+    return name
+
+
 DEFAULT = ["static_zc", "static_zc_pf1", "static_zc_pf2", "lfu64_zc", "lfu64_zc_pf1", "lfu64_copy", "cold_lfu64_zc"]
 
 
@@ -144,30 +158,61 @@ def reference(model: str, out: Path) -> None:
     print("reference", {k: v for k, v in result.items() if k != "greedy_tokens"}, flush=True)
 
 
+class Phases:
+    """Per phase of a setting: seconds, and peaks of the driver's count (pynvml) and of torch's
+    allocated and reserved bytes, each reset at the phase's start."""
+
+    def __init__(self, vram: PeakVram):
+        self.vram, self.rows = vram, {}
+
+    def run(self, name: str, fn):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.vram.reset()
+        start = time.perf_counter()
+        value = fn()
+        torch.cuda.synchronize()
+        time.sleep(0.02)
+        self.rows[name] = {"s": round(time.perf_counter() - start, 2), "nvml_gib": round(self.vram.peak / GIB, 3),
+                           "allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 3),
+                           "reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 3)}
+        return value
+
+
+def configure(engine: Engine, cfg: CacheConfig, profile_to: Path | None) -> None:
+    if profile_to is None:
+        engine.configure_cache(cfg)
+        return
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.runcall(engine.configure_cache, cfg)
+    with profile_to.open("w") as f:
+        pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(30)
+
+
 def run_setting(engine: Engine, cfg: CacheConfig, ref_tokens: list[int] | None, vram: PeakVram,
-                counts: np.ndarray | None) -> dict:
+                counts: np.ndarray | None, profile_to: Path | None = None) -> dict:
     row: dict = {"config": cfg.to_dict()}
     plan = plan_vram(model_sizes(engine.path), cfg, counts if cfg.learned_placement else None)
     row["predicted_peak_gib"] = round(plan.peak / GIB, 3)
+    row["plan_gib"] = {k: round(v / GIB, 3) for k, v in plan.summary().items()
+                       if isinstance(v, int) and k not in ("expert_bytes", "total_slots")}
     engine.close()
-    torch.cuda.reset_peak_memory_stats()
-    vram.reset()
-    start = time.perf_counter()
-    engine.configure_cache(cfg)
-    torch.cuda.synchronize()
-    row["configure_s"] = round(time.perf_counter() - start, 2)
-    tokens = engine.generate(PROMPT, GREEDY_STEPS)
+    phases = Phases(vram)
+    phases.run("configure", lambda: configure(engine, cfg, profile_to))
+    tokens = phases.run("greedy", lambda: engine.generate(PROMPT, GREEDY_STEPS))
     row["greedy_tokens"] = tokens
     row["tokens_match_full_residency"] = None if ref_tokens is None else tokens == ref_tokens
-    row["decode_tg128"] = summary(decode_tps(engine, 128, 5))
+    row["decode_tg128"] = summary(phases.run("tg128", lambda: decode_tps(engine, 128, 5)))
     stats_decode = engine.cache_stats()
-    row["prefill_pp512"] = summary(prefill_tps(engine, 512, 3))
-    row["prefill_pp2048"] = summary(prefill_tps(engine, 2048, 2))
-    torch.cuda.synchronize()
-    time.sleep(0.05)
-    row["peak_vram_gib"] = round(vram.peak / GIB, 3)
-    row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
-    row["within_cap"] = vram.peak <= cfg.vram_cap
+    row["prefill_pp512"] = summary(phases.run("pp512", lambda: prefill_tps(engine, 512, 3)))
+    row["prefill_pp2048"] = summary(phases.run("pp2048", lambda: prefill_tps(engine, 2048, 2)))
+    row["phases"] = phases.rows
+    row["peak_vram_gib"] = max(p["nvml_gib"] for p in phases.rows.values())
+    row["peak_reserved_gib"] = max(p["reserved_gib"] for p in phases.rows.values())
+    row["within_cap"] = row["peak_vram_gib"] * GIB <= cfg.vram_cap
     row["stats_after_decode"] = stats_decode
     row["stats"] = engine.cache_stats()
     return row
@@ -178,7 +223,7 @@ def cache(model: str, out: Path, caps: list[float], only: list[str] | None) -> N
     ref = json.loads(ref_path.read_text()) if ref_path.exists() else {}
     ref_tokens = ref.get("greedy_tokens")
     names = only or DEFAULT
-    first = CacheConfig(vram_cap=int(caps[0] * GIB), **SETTINGS[names[0]])
+    first = CacheConfig(vram_cap=int(caps[0] * GIB), **SETTINGS[base_name(names[0])])
     vram = PeakVram()
     start = time.perf_counter()
     engine = Engine(model, cache=first)
@@ -190,11 +235,17 @@ def cache(model: str, out: Path, caps: list[float], only: list[str] | None) -> N
           f"{vram.peak / GIB:.2f} GiB", flush=True)
     rows = []
     (out / "settings").mkdir(exist_ok=True)
+    from autotune.cache_runtime import prefetch
+
+    default_programs = prefetch.COPY_PROGRAMS
     for cap in caps:
         for name in names:
-            cfg = CacheConfig(vram_cap=int(cap * GIB), **SETTINGS[name])
+            prefetch.COPY_PROGRAMS = next((n for suffix, n in COPY_PROGRAM_VARIANTS.items()
+                                           if name.endswith(suffix)), default_programs)
+            cfg = CacheConfig(vram_cap=int(cap * GIB), **SETTINGS[base_name(name)])
+            profile_to = out / "configure_profile.txt" if not rows else None
             try:
-                row = run_setting(engine, cfg, ref_tokens, vram, counts)
+                row = run_setting(engine, cfg, ref_tokens, vram, counts, profile_to)
             except Exception as exc:  # noqa: BLE001 - every setting reports, failed or not
                 row = {"config": cfg.to_dict(), "error": f"{type(exc).__name__}: {exc}",
                        "traceback": traceback.format_exc()[-3000:]}
@@ -256,8 +307,8 @@ def main() -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("AUTOTUNE_DATA_DIR", str(out / "data"))
-    if args.only and set(args.only) - set(SETTINGS):
-        sys.exit(f"unknown settings {set(args.only) - set(SETTINGS)}; known: {list(SETTINGS)}")
+    if args.only and {base_name(n) for n in args.only} - set(SETTINGS):
+        sys.exit(f"unknown settings {set(map(base_name, args.only)) - set(SETTINGS)}; known: {list(SETTINGS)}")
     with torch.inference_mode():
         if args.mode == "reference":
             reference(args.model, out)

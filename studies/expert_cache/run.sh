@@ -3,8 +3,10 @@
 # Usage (GPU machine, project root, after `source .gpu/device-setup.sh`):
 #   bash studies/expert_cache/run.sh OUT_DIR [MODEL_PATH] [extra bench_cache.py cache args]
 # Writes the qwen3-30b-a3b preset if MODEL_PATH is missing, runs the cache's kernel tests
-# compiled, then the full-residency reference (its greedy tokens, speed and routing counts,
-# which seed the learned placement) and every cache setting at 16 and 12 GiB in one load.
+# compiled (SKIP_TESTS=1 skips them), llama.cpp's best configs at the caps and all-GPU
+# (llama_side.py; SKIP_LLAMA=1 skips it), then the full-residency reference (its greedy
+# tokens, speed and routing counts, which seed the learned placement) and the cache settings
+# at 16 and 12 GiB in one load.
 set -uo pipefail
 out=${1:?output dir}; model=${2:-/tmp/q.gguf}; shift $(( $# < 2 ? $# : 2 ))
 here=studies/expert_cache
@@ -14,7 +16,12 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 if [ ! -f "$model" ]; then
   python3 -m autotune.cli synth "$model" --preset qwen3-30b-a3b --no-measure > "$out/synth.txt" 2>&1 || exit 1
 fi
-timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_expert_cache_triton.py > "$out/pytest.txt" 2>&1
-echo "pytest exit $?" | tee -a "$out/pytest.txt"; tail -3 "$out/pytest.txt"
-timeout 150 python3 $here/bench_cache.py reference "$model" "$out" 2>&1 | tee "$out/reference.txt" | grep -v "^\s*$" | tail -5
-timeout 300 python3 $here/bench_cache.py cache "$model" "$out" "$@" 2>&1 | tee "$out/cache.txt" | grep -v "^\s*$" | tail -40
+if [ -z "${SKIP_TESTS:-}" ]; then
+  timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_expert_cache_triton.py > "$out/pytest.txt" 2>&1
+  echo "pytest exit $?" | tee -a "$out/pytest.txt"; tail -3 "$out/pytest.txt"
+fi
+if [ -z "${SKIP_LLAMA:-}" ]; then
+  timeout 170 python3 $here/llama_side.py "$model" "$out/llama.json" 2>&1 | tee "$out/llama.txt"
+fi
+timeout 90 python3 $here/bench_cache.py reference "$model" "$out" 2>&1 | tee "$out/reference.txt" | grep -v "^\s*$" | tail -5
+timeout ${CACHE_TIMEOUT:-330} python3 $here/bench_cache.py cache "$model" "$out" "$@" 2>&1 | tee "$out/cache.txt" | grep -v "^\s*$" | tail -40
