@@ -105,9 +105,10 @@ def run_grid(backend: Backend, model: ModelProfile, model_path: Path, workload: 
              on_rows: Callable[[list[dict[str, Any]]], None]) -> tuple[list[dict[str, Any]], bool]:
     """The grid's rows, continuing after ``done`` (rows of an interrupted run, in grid order);
     ``on_rows`` gets them all after each new row. Configs predicted over the largest cap
-    (with a margin) are not measured. Stops before a config when less time is left than a row
-    has taken on average; returns (rows, complete)."""
+    (with a margin) are not measured. After its first new row, stops before a config when less
+    time is left than a row has taken on average; returns (rows, complete)."""
     rows = list(done)
+    measured = 0  # rows measured by this call
     for position, config in enumerate(grid_configs(spec)):
         if position < len(rows):
             if rows[position]["config"] != config:
@@ -121,8 +122,9 @@ def run_grid(backend: Backend, model: ModelProfile, model_path: Path, workload: 
             on_rows(rows)
             continue
         took = [r["seconds"] for r in rows if r["outcome"] != "skipped"]
-        if time_left() <= max(0.0, sum(took) / len(took) if took else 0.0):
+        if measured and time_left() <= sum(took) / len(took):
             return rows, False
         rows.append(measure(backend, config, model, model_path, workload, deadline_s))
+        measured += 1
         on_rows(rows)
     return rows, True

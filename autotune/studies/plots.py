@@ -98,7 +98,7 @@ def cache_figure(points: list[CachePoint], caps: list[int], title: str, footer: 
                         marker=MARKERS[i % len(MARKERS)], label=f"{backend}, {variant}")
         _caps_axis(ax, caps)
         ax.set_ylabel(label)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.0) if attr == "hit_rate" else ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
     figure.suptitle(title)
     return _save(figure, footer, path)

@@ -1,8 +1,8 @@
 """``autotune study run``: every part of a study that ``results/`` does not hold yet, in order,
 each written to ``results/<part>.json`` as soon as it is done (so a study runs over several
-calls). A time budget stops between parts (a tuner part with a minutes budget starts only when
-that much time is left); the grid also stops between rows and continues from
-``results/<part>.json.partial`` on the next call."""
+calls). A time budget stops between parts (each call runs at least one; a tuner part with a
+minutes budget starts only when that much time is left); the grid also stops between rows and
+continues from ``results/<part>.json.partial`` on the next call."""
 
 from __future__ import annotations
 
@@ -128,10 +128,12 @@ class StudyRunner:
     def time_left(self) -> float:
         return math.inf if self.seconds is None else self.seconds - (self.clock() - self.started)
 
-    def _may_start(self, part: Part) -> bool:
+    def _may_start(self, part: Part, first: bool) -> bool:
+        """The call's first part always starts (so every call makes progress); a later one only
+        while time is left, and a tuner part with a minutes budget only when that much is left."""
         minutes = self.definition.tuner.minutes
         needed = minutes * 60 if part.kind == "tuner" and minutes is not None else 0.0
-        return self.time_left() > 0 and self.time_left() >= needed
+        return first or (self.time_left() > 0 and self.time_left() >= needed)
 
     def run(self) -> RunSummary:
         parts = plan(self.definition)
@@ -152,7 +154,7 @@ class StudyRunner:
         _check_same_machine(existing, machine)
         try:
             for part in pending:
-                if not self._may_start(part):
+                if not self._may_start(part, first=part is pending[0]):
                     self.console.print(f"[yellow]time is up[/]: {summary.ran} part(s) run, {summary.left} left; "
                                        "run the same command again to continue")
                     break

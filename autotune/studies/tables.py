@@ -34,13 +34,15 @@ def _value(value: Any) -> str:
 
 
 def knob_texts(configs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
-    """The knobs with one value in every config that sets them, and each config's other knobs
-    as ``k=v`` text (configs of different backends, or defaults left out, set different keys)."""
+    """The knobs with one value in every config that sets them (more than one does, unless there
+    is one config), and each config's other knobs as ``k=v`` text (configs of different
+    backends, or with defaults left out, set different keys)."""
     values: dict[str, list[Any]] = {}
     for config in configs:
         for key, value in config.items():
             values.setdefault(key, []).append(value)
-    common = {k: v[0] for k, v in sorted(values.items()) if all(x == v[0] for x in v)}
+    common = {k: v[0] for k, v in sorted(values.items())
+              if all(x == v[0] for x in v) and (len(v) > 1 or len(configs) == 1)}
     return common, [" ".join(f"{k}={_value(v)}" for k, v in c.items() if k not in common) for c in configs]
 
 
