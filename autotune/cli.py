@@ -182,6 +182,7 @@ def run(
     batch: int = typer.Option(2, min=1, help="trials per model load (siblings differ only in knobs set after loading)"),
     llama_bench: Optional[Path] = typer.Option(None, "--llama-bench", help="llama-bench executable for the llama_bench backend"),
     gpus: Optional[str] = typer.Option(None, help="one worker process per listed GPU on the same study, e.g. 0,1"),
+    tui: bool = typer.Option(False, "--tui", help="run the study behind the live dashboard (x or Ctrl-C: stop after the running trial)"),
 ) -> None:
     """Tune MODEL under a VRAM cap; the winner is stored and printed as a launch command."""
     from autotune.search.runner import run_study
@@ -195,6 +196,10 @@ def run(
 
     if not trials and not time_budget:
         raise AutotuneError("--trials 0 (no limit) needs a --time budget")
+    if tui and gpus is not None:
+        raise AutotuneError("--tui runs the study in this process; with --gpus, watch it with autotune dashboard instead")
+    if tui:
+        from autotune.tui.run import run_with_dashboard as run_study
     run_study(
         model_path=model,
         vram_cap=parse_size(vram_cap),
@@ -298,6 +303,21 @@ def export(
     from autotune.search.runner import export_command
 
     print(export_command(model, vram_cap, fmt, objective, storage))
+
+
+@app.command()
+@user_errors
+def dashboard(
+    study: Optional[str] = typer.Argument(None, help="study name (default: the latest study in the database)"),
+    storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL (default: SQLite in the user data dir)"),
+) -> None:
+    """Watch a study live (running in another process, or finished) and steer it: sort, filter, copy, stop."""
+    from autotune.storage import Database
+    from autotune.tui.dashboard import DashboardApp
+    from autotune.tui.study_view import StudyView, latest_study
+
+    db = Database(storage)
+    DashboardApp(StudyView(db, study or latest_study(db))).run()
 
 
 @app.command()

@@ -1,0 +1,47 @@
+"""``autotune run --tui``: the study runs in a worker thread of the dashboard, which shows it live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from autotune.errors import AutotuneError
+from autotune.search.runner import PreparedStudy, prepare_study, report
+from autotune.search.study import Budget, StudyOutcome, TrialRecord
+from autotune.tui.dashboard import POLL_S, DashboardApp
+from autotune.tui.study_view import StudyView
+
+
+def dashboard_for(prepared: PreparedStudy, model_path: Path, budget: Budget, remeasure: bool,
+                  poll_s: float = POLL_S) -> DashboardApp:
+    """The app that runs the prepared study; each finished trial asks it to read the database again."""
+    tuner = prepared.tuner
+    app = DashboardApp(StudyView(tuner.db, tuner.study_name), poll_s=poll_s,
+                       study=lambda: tuner.run(model_path, budget, remeasure=remeasure))
+
+    def on_trial(record: TrialRecord) -> None:
+        app.call_from_thread(app.poll)
+
+    tuner.on_trial = on_trial
+    return app
+
+
+def run_with_dashboard(*, remeasure: bool, console: Console, gpus: None = None, **settings: Any) -> StudyOutcome:
+    """``run_study`` behind the dashboard (``settings`` as ``prepare_study`` takes them); once the
+    app closes, the report of ``autotune run``."""
+    prepared = prepare_study(**settings)
+    for note in prepared.notes:
+        console.print(note)
+    model_path = settings["model_path"]
+    app = dashboard_for(prepared, model_path, Budget(settings["trials"], settings["seconds"]), remeasure)
+    app.run()
+    if app.study_error is not None:
+        raise app.study_error
+    outcome: StudyOutcome | None = app.outcome
+    if outcome is None:
+        raise AutotuneError(f"the dashboard closed before study {prepared.tuner.study_name} ended; "
+                            "continue it with autotune run ... --resume")
+    report(console, outcome, model_path, prepared.backends, prepared.unit, prepared.tuner.study_name)
+    return outcome
