@@ -161,3 +161,17 @@ def test_bad_definitions_are_one_line_errors(tmp_path: Path, text: str, message:
     (tmp_path / "study.toml").write_text(text)
     with pytest.raises(AutotuneError, match=message):
         load_definition(tmp_path)
+
+
+def test_a_tuner_part_that_cannot_start_records_why(tiny_model: Path, tmp_path: Path):
+    pytest.importorskip("llama_cpp")
+    from rich.console import Console
+
+    from autotune.studies.tuner_part import run_tuner_part
+
+    (tmp_path / "study.toml").write_text(f'caps = ["1M"]\nbackends = ["llama_cpp"]\n[model]\npath = "{tiny_model}"\n')
+    definition = load_definition(tmp_path)
+    [part] = plan(definition)
+    record = run_tuner_part(definition, part, tiny_model, Console(quiet=True))
+    assert "below the smallest config" in record["error"] and record["winner"] is None
+    assert record["command"].startswith("autotune run tiny.gguf --vram-cap 1M --backends llama_cpp --trials 20")

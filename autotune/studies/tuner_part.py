@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 from rich.console import Console
 
-from autotune.backends.base import TrialResult, Workload
+from autotune.backends.base import Outcome, TrialResult, Workload
 from autotune.backends.registry import get_backend
 from autotune.errors import AutotuneError
 from autotune.search.runner import run_study
@@ -75,7 +75,8 @@ def _winner_row(study: optuna.Study, backend: str, config: dict[str, Any], cap: 
 
 def run_tuner_part(definition: StudyDefinition, part: Part, model_path: Path, console: Console) -> dict[str, Any]:
     """The part's record: its command, every trial, the finalists and the winner (or the error
-    that ended it, e.g. a cap below the smallest config: recorded, so the study goes on)."""
+    that ended it, e.g. a cap below the smallest config: recorded, so the study goes on; a lost
+    GPU is the machine's fault, not the part's: then nothing is recorded)."""
     assert part.cap is not None
     argv = tuner_argv(definition, part, model_path.name)
     tuner, workload = definition.tuner, definition.workload
@@ -92,12 +93,14 @@ def run_tuner_part(definition: StudyDefinition, part: Part, model_path: Path, co
         except AutotuneError as exc:
             record["error"] = str(exc)
             outcome = None
-        database = Database(url)
         try:
-            study = optuna.load_study(study_name=argv[-1], storage=database.optuna_storage())
+            study = optuna.load_study(study_name=argv[-1], storage=Database(url).optuna_storage())
         except KeyError:  # it ended before the study was made
             return record | {"trials": [], "winner": None}
         record["trials"] = _trial_rows(study, workload)
+        if any(row["outcome"] == Outcome.GPU_LOST.value for row in record["trials"]):
+            raise AutotuneError(f"{record.get('error', 'the GPU was lost')} (part {part.name} is not written; "
+                                "it runs again on the next call)")
         record["finalists"] = study.user_attrs.get("finalists", [])
         winner = outcome.winner if outcome is not None else None
         record["winner"] = (_winner_row(study, winner.backend, winner.config, part.cap, workload, model_path)
