@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -104,7 +104,7 @@ class _RowProgress:
         self.progress.stop()
 
     def row(self, row: dict[str, Any]) -> None:
-        knobs = " ".join(f"{k}={v}" for k, v in row["config"].items() if k not in ("n_threads_batch",))
+        knobs = " ".join(f"{k}={v}" for k, v in row["config"].items())
         figure = (f"[green]{row['objective']['mean']:.1f} ± {row['objective']['std']:.1f} {self.unit}[/]"
                   if row.get("objective") else f"[yellow]{row['outcome']}[/] {row['message'][:100]}")
         peak = f", peak {format_size(row['peak_vram'])}" if row.get("peak_vram") else ""
@@ -115,18 +115,16 @@ class _RowProgress:
 class StudyRunner:
     """One call of ``autotune study run``."""
 
-    def __init__(self, directory: Path, seconds: float | None, models_dir: Path | None, console: Console,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, directory: Path, seconds: float | None, models_dir: Path | None, console: Console):
         self.definition: StudyDefinition = load_definition(directory)
         self.seconds = seconds
         self.models_dir = models_dir or default_models_dir()
         self.console = console
-        self.clock = clock
-        self.started = clock()
+        self.started = time.monotonic()
         self.results = self.definition.results_dir
 
     def time_left(self) -> float:
-        return math.inf if self.seconds is None else self.seconds - (self.clock() - self.started)
+        return math.inf if self.seconds is None else self.seconds - (time.monotonic() - self.started)
 
     def _may_start(self, part: Part, first: bool) -> bool:
         """The call's first part always starts (so every call makes progress); a later one only
@@ -148,8 +146,8 @@ class StudyRunner:
             reason = get_backend(name).available()
             if reason:
                 raise AutotuneError(f"backend {name} cannot run here: {reason}")
-        self.hardware = probe_hardware()
-        machine = describe_machine(self.hardware)
+        hardware = probe_hardware()
+        machine = describe_machine(hardware)
         existing = _existing(self.results)
         _check_same_machine(existing, machine)
         try:
@@ -159,7 +157,7 @@ class StudyRunner:
                                        "run the same command again to continue")
                     break
                 self.console.rule(f"part {summary.done_before + summary.ran + 1}/{summary.parts}: {part.name}")
-                record = self._run_part(part, machine, existing)
+                record = self._run_part(part, hardware, machine, existing)
                 if record is None:  # the grid stopped for time; its rows so far are kept
                     self.console.print(f"[yellow]time is up[/] in {part.name}: its rows so far are kept; "
                                        "run the same command again to continue")
@@ -176,7 +174,9 @@ class StudyRunner:
             self.console.print(f"[bold green]all {summary.parts} parts done[/]: autotune report {self.definition.directory}")
         return summary
 
-    def _run_part(self, part: Part, machine: dict[str, Any], existing: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def _run_part(self, part: Part, hardware: HardwareProfile, machine: dict[str, Any],
+                  existing: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The part's record; None when the grid stopped for time (its rows so far are saved)."""
         definition = self.definition
         model_path = ensure_model(definition, part.variant, self.models_dir, self.console)
         model = inspect_model(model_path)
@@ -196,7 +196,7 @@ class StudyRunner:
         elif part.kind == "baselines":
             assert definition.baselines is not None and part.cap is not None
             with _RowProgress(self.console, None, unit) as progress:
-                record |= run_baselines(get_backend(part.backend), model, model_path, self.hardware, part.cap,
+                record |= run_baselines(get_backend(part.backend), model, model_path, hardware, part.cap,
                                         definition.workload, definition.baselines, deadline_s, progress.row)
         else:
             assert definition.grid is not None
