@@ -93,6 +93,6 @@ def test_planning_does_not_import_torch(tiny_model, tmp_path, monkeypatch) -> No
     monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path))
     code = ("import sys\nfrom autotune.cache_runtime import CacheConfig\n"
             "from autotune.cache_runtime.budget import predict_peak_vram\n"
-            f"predict_peak_vram({str(tiny_model)!r}, CacheConfig(vram_cap=2**30))\n"
+            f"predict_peak_vram({str(tiny_model)!r}, CacheConfig(vram_cap=2 * 2**30))\n"
             "assert 'torch' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
