@@ -295,7 +295,9 @@ def best(
 def export(
     model: Path = typer.Argument(..., help="GGUF model file"),
     vram_cap: str = typer.Option(..., "--vram-cap", help="the cap the winner was tuned for"),
-    fmt: str = typer.Option("llama-server", "--format", help="llama-server | llama-bench | python | json"),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", help="llama-server | llama-bench | python | json (llama backends); serve | json (cache); "
+        "default: the winning backend's own"),
     objective: str = typer.Option("decode", help="whose winner: decode | prefill | request"),
     storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL"),
 ) -> None:
@@ -303,6 +305,38 @@ def export(
     from autotune.search.runner import export_command
 
     print(export_command(model, vram_cap, fmt, objective, storage))
+
+
+@app.command()
+@user_errors
+def serve(
+    model: Path = typer.Argument(..., help="GGUF model file"),
+    vram_cap: Optional[str] = typer.Option(None, "--vram-cap", help="VRAM the runtime may use, e.g. 16G (with --best: whose winner)"),
+    ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="context size in tokens [default: 4096]"),
+    eviction: Optional[str] = typer.Option(None, help="static | lfu_decay | lru [default: lfu_decay]"),
+    miss_mode: Optional[str] = typer.Option(None, "--miss-mode", help="zero_copy | copy [default: zero_copy]"),
+    rebalance_interval: Optional[int] = typer.Option(None, "--rebalance-interval", help="tokens between rebalances; 0: never"),
+    decay: Optional[float] = typer.Option(None, help="decay of routing counts per rebalance (lfu_decay)"),
+    prefetch_depth: Optional[int] = typer.Option(None, "--prefetch-depth", help="layers ahead whose experts are prefetched"),
+    prefill_bypass: Optional[int] = typer.Option(None, "--prefill-bypass", help="batches of this many tokens skip the cache; 0: never"),
+    slot_split: Optional[float] = typer.Option(None, "--slot-split", help="0: equal slots per layer .. 1: by routing entropy"),
+    learned_placement: Optional[bool] = typer.Option(None, "--learned-placement/--no-learned-placement", help="seed the placement from earlier runs' routing"),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="a config as `autotune export --format json` writes it"),
+    best: bool = typer.Option(False, "--best", help="the stored cache winner for this model, machine and --vram-cap"),
+    objective: str = typer.Option("decode", help="with --best: whose winner: decode | prefill | request"),
+    storage: Optional[str] = typer.Option(None, help="with --best: SQLAlchemy URL"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="port to listen on"),
+) -> None:
+    """Serve MODEL with the expert-cache runtime behind an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
+    from autotune.serve.launch import resolve_config, serve_model
+
+    knobs = {"max_ctx": ctx, "eviction": eviction, "miss_mode": miss_mode, "rebalance_interval": rebalance_interval,
+             "decay": decay, "prefetch_depth": prefetch_depth, "prefill_bypass": prefill_bypass,
+             "slot_split": slot_split, "learned_placement": learned_placement}
+    given = {key: value for key, value in knobs.items() if value is not None}
+    config = resolve_config(model, vram_cap, given, config_file, best, objective, storage)
+    serve_model(model, config, host, port, console)
 
 
 @app.command()

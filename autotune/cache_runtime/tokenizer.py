@@ -39,6 +39,8 @@ class Tokenizer:
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.eos_id = llama_cpp.llama_vocab_eos(self._vocab)
+        # the token a prompt starts with, where the vocabulary asks for one
+        self.bos_id = llama_cpp.llama_vocab_bos(self._vocab) if llama_cpp.llama_vocab_get_add_bos(self._vocab) else None
 
     def encode(self, text: str, special: bool = True) -> list[int]:
         """Token ids of ``text``; ``special``: parse control tokens such as <|im_start|>."""
@@ -50,13 +52,25 @@ class Tokenizer:
             raise AutotuneError(f"tokenizing needs room for {-n} tokens")
         return list(buffer[:n])
 
-    def decode(self, tokens: list[int]) -> str:
-        pieces = bytearray()
+    def piece(self, token: int) -> bytes:
+        """The bytes ``token`` stands for (none for a control token); a character may span tokens."""
         buffer = ctypes.create_string_buffer(256)
-        for token in tokens:
+        n = self._api.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+        if n < 0:  # a longer piece: -n bytes
+            buffer = ctypes.create_string_buffer(-n)
             n = self._api.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
-            pieces += buffer.raw[: max(n, 0)]
-        return pieces.decode(errors="replace")
+        return buffer.raw[: max(n, 0)]
+
+    def decode(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(token) for token in tokens).decode(errors="replace")
+
+    def is_end(self, token: int) -> bool:
+        """Whether ``token`` ends generation (end of text, end of turn)."""
+        return bool(self._api.llama_vocab_is_eog(self._vocab, token))
+
+    def text(self, token: int) -> str:
+        """The token as written in the vocabulary (control tokens by name, e.g. ``<|im_end|>``)."""
+        return self._api.llama_vocab_get_text(self._vocab, token).decode(errors="replace")
 
     def __del__(self):
         if getattr(self, "_model", None):

@@ -1,0 +1,81 @@
+"""What ``autotune serve`` does, minus the argument parsing: resolve the config, load, serve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from autotune.backends.base import Config
+from autotune.backends.cache_knobs import normalize
+from autotune.errors import AutotuneError
+from autotune.units import format_size, parse_size
+
+
+def _config_file(path: Path) -> Config:
+    """A config as ``autotune export --format json`` writes it, or a bare config object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise AutotuneError(f"cannot read --config {path}: {exc}") from None
+    config = data.get("config", data) if isinstance(data, dict) else data
+    if not isinstance(config, dict):
+        raise AutotuneError(f"--config {path}: expected a JSON object of cache knobs")
+    return config
+
+
+def resolve_config(
+    model: Path, vram_cap: str | None, knobs: dict[str, Any], config_file: Path | None, best: bool,
+    objective: str, storage_url: str | None,
+) -> Config:
+    """The config to serve: a base (``--config FILE``, ``--best``: the stored cache winner for
+    the model, this machine and ``vram_cap``; else the defaults) with the flags given on top.
+    With ``--best`` the winner keeps its own budget (the study's cap less what this machine
+    measured above the predictions); ``knobs`` holds only flags the user gave."""
+    if config_file is not None and best:
+        raise AutotuneError("choose one of --config and --best")
+    base: Config = {}
+    if config_file is not None:
+        base = _config_file(config_file)
+    elif best:
+        if vram_cap is None:
+            raise AutotuneError("--best needs --vram-cap: whose winner to serve")
+        from autotune.search.runner import stored_winner
+
+        base = dict(stored_winner(model, vram_cap, objective, storage_url, backend="cache").config)
+    if vram_cap is not None and not best:
+        base["vram_cap"] = parse_size(vram_cap)
+    if "vram_cap" not in base:
+        raise AutotuneError("say how much VRAM the runtime may use: --vram-cap (or --config, --best)")
+    return normalize({**base, **knobs})
+
+
+def serve_model(model: Path, config: Config, host: str, port: int, console: Console) -> None:
+    """Load the runtime with ``config`` and serve it until interrupted; the routing counts it
+    saw are saved at the end (they seed the next start's placement)."""
+    try:
+        import uvicorn
+
+        from autotune.serve.app import create_app
+    except ImportError as exc:
+        raise AutotuneError(f"serving needs the serve extra (pip install 'autotune[serve]'): {exc}") from None
+    from autotune.backends.cache_knobs import cache_config
+    from autotune.cache_runtime.engine import Engine
+    from autotune.model import inspect_model
+    from autotune.serve.session import Session
+
+    inspect_model(model)  # a clear error for a missing or broken file before torch loads
+    with console.status(f"loading {model.name} ..."):
+        engine = Engine(model, cache=cache_config(config))
+    plan = engine.expert_cache.plan
+    console.print(f"{model.name}: {sum(plan.slots)} of {len(plan.slots) * engine.cfg.n_expert} experts in VRAM "
+                  f"slots, planned peak {format_size(plan.peak)} of {format_size(config['vram_cap'])}, "
+                  f"{engine.device}; context {config['max_ctx']} tokens", highlight=False)
+    session = Session(engine, model.stem, config)
+    try:
+        uvicorn.run(create_app(session), host=host, port=port)
+    finally:
+        session.close()
+        engine.close()

@@ -1,0 +1,156 @@
+"""The served model: its engine, tokenizer and chat template, one sequence at a time.
+
+Every call into the engine runs on one thread (``call``), in order, so a request that ends
+early (a client gone mid-stream) leaves nothing running beside the next one; ``lock`` keeps
+a sequence's steps together. Greedy decoding gives exactly ``Engine.generate``'s tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, TypeVar
+
+from autotune.serve.chat import ChatTemplate, gguf_chat_fields
+from autotune.serve.text import TextStream
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class BadRequest(Exception):
+    """A request the server refuses (HTTP 400); ``param`` names the field at fault."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep generating past end-of-generation tokens
+
+
+@dataclass
+class Chunk:
+    """Text that became safe to send, the tokens behind it, and (last chunk) why it ended."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Session:
+    def __init__(self, engine: Any, model_id: str, config: dict[str, Any]):
+        self.engine = engine
+        self.model_id = model_id
+        self.config = config  # the cache config it runs with (shown at /v1/stats)
+        self.max_ctx: int = engine.cache.max_ctx
+        self.tokenizer = engine.tokenizer
+        self.chat = self._chat_template(engine.path)
+        self.counters = Counters()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self.lock = asyncio.Lock()  # bound to the event loop that first waits on it
+
+    def _chat_template(self, path: Path) -> ChatTemplate:
+        source, ids = gguf_chat_fields(path)
+        tokens = {name: self.tokenizer.text(token) for name, token in ids.items()}
+        try:
+            return ChatTemplate(source, **tokens)
+        except Exception as exc:  # noqa: BLE001 - a template this Jinja cannot parse: ChatML serves instead
+            log.warning("the GGUF's chat template does not parse (%s); using ChatML", exc)
+            return ChatTemplate(None, **tokens)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the engine's thread."""
+        return await asyncio.wrap_future(self._executor.submit(fn, *args))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    # -- the engine's thread -----------------------------------------------------------
+
+    def _start(self, prompt: list[int], sampling: Sampling) -> int:
+        """Prefill the prompt (a new sequence) and choose the first token, as Engine.generate does."""
+        import torch
+
+        from autotune.cache_runtime.sampling import greedy, gumbel_sample
+
+        engine = self.engine
+        with torch.inference_mode():
+            engine.reset()
+            if sampling.temperature > 0:
+                engine.inv_temperature.fill_(1.0 / sampling.temperature)
+            logits = engine.prefill(prompt)
+            engine.token.copy_(gumbel_sample(logits, engine.inv_temperature) if sampling.temperature > 0
+                               else greedy(logits))
+            return int(engine.token.item())
+
+    def _next(self, sample: bool) -> int:
+        self.engine.decode(sample=sample)
+        return int(self.engine.token.item())
+
+    def stats(self) -> dict[str, Any]:
+        """The cache's statistics since start, as plain JSON values."""
+        stats = self.engine.cache_stats()
+        return json.loads(json.dumps(stats, default=lambda value: value.item() if hasattr(value, "item") else str(value)))
+
+    # -- requests ------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text)
+        bos = self.tokenizer.bos_id
+        return [bos] + ids if bos is not None and ids[:1] != [bos] else ids
+
+    def check_prompt(self, prompt: list[int], max_tokens: int | None) -> int:
+        """The number of tokens to generate (``None``: as many as the context holds)."""
+        if not prompt:
+            raise BadRequest("the prompt is empty", "prompt")
+        if any(not 0 <= token < self.tokenizer.n_vocab for token in prompt):
+            raise BadRequest(f"prompt token ids must be within [0, {self.tokenizer.n_vocab})", "prompt")
+        room = self.max_ctx - len(prompt)
+        if room < 1 or (max_tokens is not None and max_tokens > room):
+            wanted = len(prompt) + (max_tokens or 1)
+            raise BadRequest(f"the context holds {self.max_ctx} tokens; this request needs {wanted} "
+                             f"({len(prompt)} in the prompt)", "max_tokens" if room >= 1 else "prompt",
+                             "context_length_exceeded")
+        return room if max_tokens is None else max_tokens
+
+    async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[Chunk]:
+        """Chunks of the completion; the last one carries ``finish_reason`` ("stop" or "length")."""
+        async with self.lock:
+            self.counters.requests += 1
+            self.counters.prompt_tokens += len(prompt)
+            text = TextStream(self.tokenizer.piece, sampling.stop)
+            sample = sampling.temperature > 0
+            token = await self.call(self._start, prompt, sampling)
+            generated = 0
+            while True:
+                if not sampling.ignore_eos and self.tokenizer.is_end(token):
+                    yield Chunk(text.rest(), finish_reason="stop")
+                    return
+                generated += 1
+                self.counters.completion_tokens += 1
+                delta = text.add(token)
+                if text.stopped:
+                    yield Chunk(delta, [token], "stop")
+                    return
+                if generated == sampling.max_tokens:
+                    yield Chunk(delta + text.rest(), [token], "length")
+                    return
+                yield Chunk(delta, [token])
+                token = await self.call(self._next, sample)

@@ -1,0 +1,188 @@
+"""The ``cache`` backend on CPU (tiny preset): what it accepts, its search space, VRAM
+prediction, trials in a child with the cache's statistics, and a whole study whose winner
+exports as an ``autotune serve`` command that runs that same config."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from autotune.backends.base import Outcome, Workload
+from autotune.backends.cache import CacheBackend
+from autotune.backends.cache_commands import parse_command, size_text
+from autotune.backends.cache_knobs import DEFAULTS, cache_config, normalize
+from autotune.cache_runtime.budget import model_sizes, plan_with_slots, predict_peak_vram
+from autotune.cli import app
+from autotune.hardware import probe_hardware
+from autotune.model import inspect_model
+from autotune.storage import Database
+
+pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOAD = Workload(n_prompt=8, n_gen=4, repetitions=2, n_ctx=64)
+
+
+@pytest.fixture(scope="module")
+def cap(tiny_model: Path) -> int:
+    """The tiny model's fixed need (CUDA context and margin included) and half its experts."""
+    return plan_with_slots(model_sizes(tiny_model), cache_config({"vram_cap": 1, "max_ctx": 64}), 32).peak
+
+
+@pytest.fixture(autouse=True)
+def own_store_and_one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Trial children inherit both: their own learned counts, and one torch thread each (the CPU
+    path dequantizes experts per step; threads fighting over CI's cores only slow it down)."""
+    monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_supports_moe_models_the_runtime_runs_and_declines_dense_ones(tiny_model: Path, dense_model: Path):
+    backend = CacheBackend()
+    assert backend.available() is None
+    assert backend.supports(inspect_model(tiny_model)) is None
+    assert backend.supports(inspect_model(dense_model)) == "a dense model has no routed experts: nothing to cache"
+
+
+def test_cli_names_the_reason_a_dense_model_is_declined(dense_model: Path, tmp_path: Path):
+    done = CliRunner().invoke(app, ["run", str(dense_model), "--backends", "cache", "--vram-cap", "1G",
+                                    "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}"])
+    assert done.exit_code == 2
+    assert "cache: a dense model has no routed experts" in done.output
+
+
+def test_the_space_samples_every_knob_and_leaves_moot_ones_alone(tiny_model: Path, cap: int):
+    backend, model, hw = CacheBackend(), inspect_model(tiny_model), probe_hardware()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen: dict[str, set] = {}
+    for objective in ("decode", "prefill"):
+        workload = Workload(n_ctx=2048, objective=objective)
+        for _ in range(120):
+            trial = study.ask()
+            config = backend.fill_cap(backend.suggest(trial, model, hw, workload), cap)
+            assert config == normalize(config) and config["vram_cap"] == cap and config["max_ctx"] == 2048
+            if config["eviction"] == "static":
+                assert not {"miss_mode", "rebalance_interval", "decay"} & set(trial.params)
+            if not config["learned_placement"]:
+                assert "slot_split" not in trial.params and config["slot_split"] == 0.0
+            if objective == "decode":
+                assert config["prefill_bypass"] == DEFAULTS["prefill_bypass"]
+            for key, value in config.items():
+                seen.setdefault(key, set()).add(value)
+            study.tell(trial, 0.0)
+    assert seen["eviction"] == {"static", "lfu_decay", "lru"} and seen["miss_mode"] == {"zero_copy", "copy"}
+    assert seen["prefetch_depth"] == {0, 1, 2, 3} and seen["slot_split"] == {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert len(seen["prefill_bypass"]) > 1 and len(seen["decay"]) > 1 and len(seen["rebalance_interval"]) > 1
+
+
+def test_baselines_lie_in_the_space_and_fit_the_cap(tiny_model: Path, cap: int):
+    """Seeded into a study, each baseline comes back as itself through suggest + fill_cap."""
+    backend, model, hw = CacheBackend(), inspect_model(tiny_model), probe_hardware()
+    baselines = backend.baselines(model, hw, cap, WORKLOAD)
+    assert {(c["eviction"], c["prefetch_depth"], c["miss_mode"]) for c in baselines} == {
+        ("static", 0, "zero_copy"), ("static", 2, "zero_copy"), ("lfu_decay", 0, "zero_copy"), ("lfu_decay", 2, "zero_copy")}
+    study = optuna.create_study()
+    for config in baselines:
+        study.enqueue_trial(config)
+        trial = study.ask()
+        assert backend.fill_cap(backend.suggest(trial, model, hw, WORKLOAD), cap) == config
+        study.tell(trial, 0.0)
+        assert backend.predict_vram(config, model, WORKLOAD) <= cap
+
+
+def test_vram_prediction_is_the_runtimes_plan_and_a_cap_too_small_is_over_it(tiny_model: Path, cap: int):
+    backend, model = CacheBackend(), inspect_model(tiny_model)
+    config = {"vram_cap": cap, "prefetch_depth": 1}
+    assert backend.predict_vram(config, model, WORKLOAD) == predict_peak_vram(
+        tiny_model, cache_config({**config, "max_ctx": WORKLOAD.n_ctx}))
+    small = {"vram_cap": 700 * 2**20}
+    fixed_need = plan_with_slots(model_sizes(tiny_model), cache_config({**small, "max_ctx": 64}), 0).peak
+    assert backend.predict_vram(small, model, WORKLOAD) == fixed_need > small["vram_cap"]
+
+
+def test_trials_share_one_load_and_report_the_cache_statistics(tiny_model: Path, cap: int):
+    backend = CacheBackend()
+    configs = [{"vram_cap": cap, "eviction": "static"},
+               {"vram_cap": cap, "eviction": "lru", "miss_mode": "copy", "rebalance_interval": 16, "prefetch_depth": 1}]
+    results = backend.run_trials(configs, tiny_model, WORKLOAD, deadline_s=300)
+    assert [r.outcome for r in results] == [Outcome.OK, Outcome.OK], [r.message for r in results]
+    first, second = results
+    assert first.load_seconds > 0 and second.load_seconds == 0  # one child loaded the model once
+    for result in results:
+        assert len(result.decode_tps.samples) == len(result.prefill_tps.samples) == WORKLOAD.repetitions
+        assert result.decode_tps.mean > 0 and result.prefill_tps.mean > 0
+        assert result.peak_vram_bytes is None  # CPU
+        assert 0 < result.extra["hit_rate"] < 1 and result.extra["pcie_bytes_per_token"] > 0
+        assert result.extra["total_slots"] < 4 * 16
+        for key in ("effective_hit_rate", "prefetch_precision", "prefetch_recall", "rebalances", "host_wait_s"):
+            assert key in result.extra
+    assert first.extra["prefetch_precision"] is None and second.extra["prefetch_precision"] is not None
+    assert first.extra["admissions"] == 0 and second.extra["admissions"] > 0  # copy mode brings misses in
+    assert second.extra["effective_hit_rate"] >= second.extra["hit_rate"]
+
+
+def test_a_config_the_runtime_cannot_hold_is_a_failed_trial_not_a_crash_of_the_caller(tiny_model: Path):
+    [result] = CacheBackend().run_trials([{"vram_cap": 700 * 2**20}], tiny_model, WORKLOAD, deadline_s=300)
+    assert result.outcome is Outcome.CRASH
+    assert "below the cache runtime's fixed need" in result.message
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autotune.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_study_stores_a_winner_that_exports_and_serves_as_that_config(tiny_model: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch, cap: int):
+    url = f"sqlite:///{tmp_path / 'autotune.db'}"
+    done = _cli("run", str(tiny_model), "--backends", "cache", "--vram-cap", size_text(cap), "--trials", "4",
+                "--no-remeasure", "--storage", url, "--prompt-tokens", "8", "--gen-tokens", "4", "--repetitions", "2", "--ctx", "64")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "winner (cache" in done.stdout and "autotune serve" in done.stdout
+    [best] = Database(url).best_configs(inspect_model(tiny_model).fingerprint)
+    assert best.backend == "cache" and best.objective_mean > 0 and best.config["vram_cap"] == cap
+
+    exported = {}
+    for fmt in (None, "serve", "json"):
+        answer = CliRunner().invoke(app, ["export", str(tiny_model), "--vram-cap", size_text(cap), "--storage", url,
+                                          *(["--format", fmt] if fmt else [])])
+        assert answer.exit_code == 0, answer.output
+        config, path = parse_command(answer.stdout)
+        assert (config, path) == (best.config, tiny_model)
+        exported[fmt] = answer.stdout.strip()
+    assert exported[None] == exported["serve"]
+
+    served = []
+    monkeypatch.setattr("autotune.serve.launch.serve_model", lambda model, config, *rest: served.append((model, config)))
+    argv = shlex.split(exported["serve"])
+    json_file = tmp_path / "best.json"
+    json_file.write_text(exported["json"])
+    for args in (argv[1:], ["serve", str(tiny_model), "--config", str(json_file)],
+                 ["serve", str(tiny_model), "--vram-cap", size_text(cap), "--best", "--storage", url]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert served.pop() == (tiny_model, best.config)
+
+
+def test_serve_flags_override_the_base_config_and_bad_ones_are_one_line_errors(tiny_model: Path, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch):
+    served = []
+    monkeypatch.setattr("autotune.serve.launch.serve_model", lambda model, config, *rest: served.append(config))
+    result = CliRunner().invoke(app, ["serve", str(tiny_model), "--vram-cap", "12G", "--eviction", "lru",
+                                      "--prefetch-depth", "2", "--no-learned-placement", "--ctx", "1024"])
+    assert result.exit_code == 0, result.output
+    assert served.pop() == normalize({"vram_cap": 12 * 2**30, "eviction": "lru", "prefetch_depth": 2,
+                                      "learned_placement": False, "max_ctx": 1024})
+    for args, message in ((["--eviction", "fifo", "--vram-cap", "12G"], "eviction must be one of"),
+                          (["--slot-split", "2", "--vram-cap", "12G"], "slot_split must be within"),
+                          ([], "--vram-cap"),
+                          (["--best"], "--best needs --vram-cap"),
+                          (["--config", str(tmp_path / "missing.json")], "cannot read --config")):
+        result = CliRunner().invoke(app, ["serve", str(tiny_model), *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    assert not served
