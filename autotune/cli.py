@@ -164,7 +164,7 @@ def _workload(objective: str, prompt_tokens: int, gen_tokens: int, repetitions: 
 def run(
     model: Path = typer.Argument(..., help="GGUF model file"),
     vram_cap: str = typer.Option(..., "--vram-cap", help="VRAM the model may use, e.g. 16G, 16GiB, 12000M"),
-    backends: str = typer.Option("llama_cpp", help="comma-separated: llama_cpp, llama_bench"),
+    backends: str = typer.Option("llama_cpp", help="comma-separated: llama_cpp, llama_bench, cache"),
     trials: int = typer.Option(30, min=0, help="measured trials to run (pruned ones are free; 0: no limit, with --time)"),
     time_budget: Optional[str] = typer.Option(None, "--time", help="wall-time budget, e.g. 15m"),
     objective: str = typer.Option("decode", help="decode | prefill | request (prompt + generation)"),
