@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import signal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -143,9 +145,12 @@ async def test_the_stop_key_stores_a_stop_request_only_for_a_running_study(tmp_p
             assert bool(study.user_attrs.get(STOP_ATTR)) is stopped
 
 
+@pytest.mark.parametrize("stop", ["ctrl+c", "sigterm"])
 @run_async
-async def test_run_tui_stops_after_the_running_trial(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """``autotune run --tui``: the study runs in the app's worker; x stops it once its trial is recorded."""
+async def test_run_tui_stops_after_the_running_trial(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    stop: str):
+    """``autotune run --tui``: the study runs in the app's worker; Ctrl-C (as x) or SIGTERM (as q) stops it
+    once its running trial is recorded."""
     monkeypatch.setenv("FAKE_BACKEND_SECONDS", "1.0")
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     settings = dict(model_path=tiny_model, vram_cap=8 * 2**30, backend_names=[FAKE], trials=6, seconds=None,
@@ -154,9 +159,13 @@ async def test_run_tui_stops_after_the_running_trial(tiny_model: Path, tmp_path:
     app = dashboard_for(prepare_study(**settings), tiny_model, Budget(6), remeasure=False, poll_s=0.1)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.snapshot is not None and any(r.outcome == "running" for r in app.snapshot.rows))
-        await pilot.press("ctrl+c")  # as x: stop after the running trial
-        await until(pilot, lambda: app.outcome is not None)
-        await until(pilot, lambda: app.snapshot.status == "stopped")
+        if stop == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)  # the app stops the study, then leaves
+            await until(pilot, lambda: app.outcome is not None and app.return_code is not None)
+        else:
+            await pilot.press("ctrl+c")  # the study stops; the app stays
+            await until(pilot, lambda: app.outcome is not None and app.snapshot.status == "stopped")
+    assert Database(url).study("tui").status == "stopped"
     assert app.outcome.interrupted and app.study_error is None
     trials = optuna.load_study(study_name="tui", storage=Database(url).optuna_storage()).get_trials()
     assert trials and all(t.state is TrialState.COMPLETE for t in trials)  # the running trial was recorded

@@ -23,8 +23,6 @@ class BestPanel(Static):
         text.append(f"#{best.number} ", style="bold")
         text.append(f"{measurement} {snapshot.unit}", style="bold green")
         text.append(f" {snapshot.objective} · {best.backend}")
-        if snapshot.winner_objective is not None:
-            text.append(" (re-measurements pooled)", style="dim")
         if command:
             text.append("\n" + command, style="cyan")
         self.update(text)

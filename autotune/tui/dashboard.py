@@ -6,11 +6,12 @@ worker thread (``autotune run --tui``); either way the screen is drawn from the 
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy.exc import SQLAlchemyError
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -44,7 +45,7 @@ class DashboardApp(App[None]):
         Binding("c", "copy_command", "copy"),
         Binding("w", "write_command", "write"),
         Binding("x", "stop", "stop"),
-        Binding("ctrl+c", "stop", "stop", show=False, priority=True),
+        Binding("ctrl+c", "interrupt", "stop", show=False, priority=True),
         Binding("q", "quit", "quit"),
     ]
     ENABLE_COMMAND_PALETTE = False
@@ -86,6 +87,8 @@ class DashboardApp(App[None]):
         self.set_interval(self.poll_s, self.poll)
         if self._study is not None:
             self.run_worker(self._study, name=STUDY_WORKER, thread=True, exit_on_error=False)
+            # SIGTERM, which stops ``autotune run`` as Ctrl-C does, stops the study here as q does
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: self.call_next(self.action_quit))
 
     # -- reading the database ---------------------------------------------------
 
@@ -98,7 +101,7 @@ class DashboardApp(App[None]):
     def _read(self) -> None:
         try:
             snapshot = self.view.snapshot()
-        except (SQLAlchemyError, AutotuneError) as exc:
+        except Exception as exc:  # a database error or a malformed stored trial: shown, and read again next poll
             self.call_from_thread(self._read_failed, exc)
             return
         self.call_from_thread(self.show, snapshot)
@@ -218,6 +221,13 @@ class DashboardApp(App[None]):
         self.call_from_thread(self.notify, "stop requested: the running trial finishes, then the study stops "
                                            "(continue it later with autotune run ... --resume)", timeout=10)
         self.call_from_thread(self.poll)
+
+    async def action_interrupt(self) -> None:
+        """Ctrl-C: as Ctrl-C stops ``autotune run``, it stops a study run here (gracefully); a viewer leaves."""
+        if self._study is not None:
+            self.action_stop()
+        else:
+            self.exit()
 
     async def action_quit(self) -> None:
         """Leave; a study run by this app is stopped first, after its running trial."""

@@ -8,7 +8,7 @@ the same. Reading never changes the study; ``request_stop`` is the one write.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -79,7 +79,6 @@ class StudySnapshot:
     importances: tuple[tuple[str, float], ...] = ()
     complete_trials: int = 0  # Optuna's COMPLETE trials (what importances are computed from)
     eta_seconds: float | None = None  # while running: time to the end of the trial budget or the time budget
-    backends: tuple[str, ...] = field(default=())
 
     @cached_property
     def measured(self) -> list[TrialRow]:
@@ -201,7 +200,6 @@ class StudyView:
             winner_objective=Measurement(winner.objective_mean, winner.objective_std) if winner else None,
             importances=self._importances_of(trials),
             complete_trials=sum(t.state is TrialState.COMPLETE for t in trials),
-            backends=tuple(settings.get("backends", ())),
         )
         if row.status != "running":
             return snapshot

@@ -18,9 +18,7 @@ OUTCOME_STYLE = {"ok": "green", "pruned": "yellow", RUNNING: "cyan"}
 
 
 def _ordered(value: Any) -> tuple[int, Any]:
-    """Numbers before text, and missing values last, whatever the direction."""
-    if value is None:
-        return (2, 0)
+    """Numbers (and booleans) before text, so a knob column of mixed values still sorts."""
     if isinstance(value, (int, float)):
         return (0, value)
     return (1, str(value))
@@ -51,7 +49,8 @@ def matches(row: TrialRow, backend: str | None, outcome: str | None) -> bool:
 
 
 def arrange(rows: tuple[TrialRow, ...], sort: str, reverse: bool, backend: str | None, outcome: str | None) -> list[TrialRow]:
-    """The rows to show, in order: filtered by backend and outcome, sorted (ties by trial number)."""
+    """The rows to show, in order: filtered by backend and outcome, sorted (ties by trial number),
+    rows without the value (a failed trial's speed) last in either direction."""
     shown = [row for row in rows if matches(row, backend, outcome)]
     present = sorted((r for r in shown if sort_value(r, sort) is not None), key=lambda r: r.number)
     missing = [r for r in shown if sort_value(r, sort) is None]
