@@ -12,8 +12,10 @@ from typing import Any, Callable
 import optuna
 import pytest
 from optuna.trial import TrialState
+from typer.testing import CliRunner
 
 from autotune.backends.base import Workload
+from autotune.cli import app as cli
 from autotune.search.runner import prepare_study
 from autotune.search.study import STOP_ATTR, Budget
 from autotune.storage import Database
@@ -185,3 +187,18 @@ def test_main_screen_snapshot(snap_compare, tmp_path: Path, size: tuple[int, int
         await until(pilot, lambda: app.polls > 0)
 
     assert snap_compare(app, terminal_size=size, run_before=shown)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["dashboard"], "no study in"),
+    (["dashboard", "nope"], "no study named 'nope'"),
+])
+def test_dashboard_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str):
+    result = CliRunner().invoke(cli, [*args, "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}"])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_run_tui_with_gpus_is_refused(tiny_model: Path, tmp_path: Path):
+    result = CliRunner().invoke(cli, ["run", str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--tui",
+                                      "--gpus", "0,1", "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}"])
+    assert result.exit_code == 2 and "autotune dashboard" in result.output
