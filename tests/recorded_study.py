@@ -36,14 +36,15 @@ def speed(n_cpu_moe: int, n_threads: int) -> float:
     return 10.0 + 2.0 * n_threads + 3.0 * (LAYERS - n_cpu_moe)
 
 
-def register(db: Database, name: str, trials: int | None = 11, status: str = "running") -> optuna.Study:
+def register(db: Database, name: str, trials: int | None = 11, status: str = "running",
+             seconds: float | None = None) -> optuna.Study:
     """The rows ``autotune run`` writes before its first trial, and the empty Optuna study."""
     db.upsert_model("f" * 16, "tiny", "/models/tiny.gguf", {})
     db.upsert_hardware("h" * 16, "no GPU · test CPU", {})
     db.add_study(StudyRow(
         name=name, model_fingerprint="f" * 16, hardware_fingerprint="h" * 16, vram_cap=CAP,
         workload_key=WORKLOAD.key(), status=status, created=datetime(2026, 1, 1, tzinfo=timezone.utc),
-        settings={"backends": ["fake"], "backend_specs": [FAKE], "trials": trials, "seconds": None,
+        settings={"backends": ["fake"], "backend_specs": [FAKE], "trials": trials, "seconds": seconds,
                   "model_name": "tiny", "workload": asdict(WORKLOAD), "sampler": "tpe", "batch": 1},
     ))
     return optuna.create_study(study_name=name, storage=db.optuna_storage(), direction="maximize")

@@ -58,7 +58,7 @@ def _app(db: Database, tmp_path: Path, name: str = "demo", poll_s: float = 0.1) 
 @run_async
 async def test_rows_appear_as_trials_are_added(tmp_path: Path):
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    study = register(db, "live")
+    study = register(db, "live", seconds=3600)
     app = _app(db, tmp_path, "live")
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.polls > 0)
@@ -66,6 +66,7 @@ async def test_rows_appear_as_trials_are_added(tmp_path: Path):
         add_trial(study, 4, 2, "ok")
         add_trial(study, 1, 4, "ok")
         await until(pilot, lambda: _numbers(app) == [0, 1])
+        assert 0 < app.snapshot.eta_seconds < 3600  # the pace of the trials so far, within the time budget
         add_running(study, 2, 3)
         await until(pilot, lambda: _numbers(app) == [0, 1, 2])
         assert app.query_one(TrialsTable).shown[-1].outcome == "running"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -104,7 +104,7 @@ class StudySnapshot:
         return [key for key in keys if len(keys[key]) > 1 or key not in present]
 
 
-def _row(trial: FrozenTrial, workload: Workload) -> TrialRow | None:
+def _row(trial: FrozenTrial) -> TrialRow | None:
     attrs = trial.user_attrs
     if "backend" not in attrs or "config" not in attrs:
         return None  # asked but not yet sampled, or never got that far
@@ -166,6 +166,8 @@ class StudyView:
             raise AutotuneError(f"no study named {name!r} in {shown_url(db.url)} (see: autotune history)")
         self.name = name
         self.row: StudyRow = row
+        if "workload" not in row.settings:
+            raise AutotuneError(f"study {name!r} was made by an older autotune, which did not store its workload")
         self.workload = Workload(**row.settings["workload"])
         try:
             self.study = optuna.load_study(study_name=name, storage=db.optuna_storage())
@@ -178,10 +180,10 @@ class StudyView:
         self._backends: dict[str, Backend | None] = {}
         self._importances: tuple[int, tuple[tuple[str, float], ...]] = (-1, ())
 
-    def snapshot(self, now: datetime | None = None) -> StudySnapshot:
+    def snapshot(self) -> StudySnapshot:
         row = self.db.study(self.name) or self.row
         trials = self.study.get_trials(deepcopy=False)
-        rows = tuple(r for r in (_row(t, self.workload) for t in trials) if r is not None)
+        rows = tuple(r for r in map(_row, trials) if r is not None)
         attrs = self.study.user_attrs
         settings = row.settings
         winner = self._winner(row)
@@ -204,7 +206,7 @@ class StudyView:
         if row.status != "running":
             return snapshot
         eta = _eta(trials, len(snapshot.measured), snapshot.trials_budget, snapshot.seconds_budget,
-                   now or datetime.now(timezone.utc))
+                   datetime.now())  # naive local time, as Optuna stores its trial times
         return replace(snapshot, eta_seconds=eta)
 
     def _winner(self, row: StudyRow) -> BestConfigRow | None:
