@@ -105,14 +105,15 @@ def test_commands_people_write_by_hand_parse():
     config, path = parse_command("autotune serve ~/q.gguf --vram-cap=12G --eviction lru --prefetch-depth 1")
     assert path == Path("~/q.gguf")
     assert config == normalize({"vram_cap": 12 * 2**30, "eviction": "lru", "prefetch_depth": 1})
-    config, path = parse_command("/usr/bin/autotune serve --no-learned-placement --vram-cap 1000000 -- --odd.gguf")
+    config, path = parse_command("/usr/bin/autotune serve --no-learned-placement --vram-cap 1000000 --port 9000 "
+                                 "--host=0.0.0.0 -- --odd.gguf")
     assert path == Path("--odd.gguf") and config["vram_cap"] == 1000000 and not config["learned_placement"]
 
 
 @pytest.mark.parametrize(
     "command, message",
     [
-        ("autotune serve q.gguf --vram-cap 16G --port 80", "not a knob autotune reads"),
+        ("autotune serve q.gguf --vram-cap 16G --best", "not a knob autotune reads"),
         ("autotune serve q.gguf --vram-cap", "needs a value"),
         ("autotune serve q.gguf --vram-cap lots", "cannot read the size"),
         ("autotune serve q.gguf --vram-cap 16G --prefetch-depth two", "expects an integer"),

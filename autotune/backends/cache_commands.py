@@ -33,6 +33,7 @@ FLAGS = {
     "slot_split": "--slot-split",
 }
 SWITCHES = {"--learned-placement": True, "--no-learned-placement": False}
+NOT_KNOBS = ("--host", "--port")  # where the server listens: read, not part of the config
 
 
 def size_text(n_bytes: int) -> str:
@@ -112,12 +113,13 @@ def parse_serve_argv(argv: list[str]) -> tuple[Config, Path]:
             positional += list(words)
         elif word in SWITCHES:
             parsed["learned_placement"] = SWITCHES[word]
-        elif flag in _KEY_OF_FLAG:
+        elif flag in _KEY_OF_FLAG or flag in NOT_KNOBS:
             raw = inline if equals else next(words, None)
             if raw is None:
                 raise ConfigError(f"{flag} needs a value")
-            key = _KEY_OF_FLAG[flag]
-            parsed[key] = _PARSERS[key](flag, raw)
+            if flag in _KEY_OF_FLAG:
+                key = _KEY_OF_FLAG[flag]
+                parsed[key] = _PARSERS[key](flag, raw)
         elif word.startswith("-"):
             raise ConfigError(f"autotune serve flag {word!r} is not a knob autotune reads")
         else:
