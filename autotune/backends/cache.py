@@ -11,7 +11,6 @@ the study's cap (``fill_cap``). Configs with the same context size share one mod
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,7 @@ from autotune.backends.cache_knobs import (
     cache_config,
     normalize,
 )
-from autotune.backends.isolation import run_isolated
+from autotune.backends.isolation import run_in_load_groups
 from autotune.errors import AutotuneError, ModelFileError
 
 if TYPE_CHECKING:
@@ -142,18 +141,10 @@ class CacheBackend:
         """One result per config, in order. Configs with the same context size share a child
         (one model load); ``deadline_s`` bounds the load and each config's measurement."""
         normalized = [self._trial_config(config, workload) for config in configs]
-        groups: dict[str, list[int]] = {}
-        for index, config in enumerate(normalized):
-            groups.setdefault(json.dumps({key: config[key] for key in LOAD_KEYS}), []).append(index)
-        results: list[TrialResult | None] = [None] * len(configs)
-        for indexes in groups.values():
-            common = {"model_path": str(model_path), "config": normalized[indexes[0]]}
-            items = [self._item(normalized[i], workload) for i in indexes]
-            measured = run_isolated(self.trial_target, common, items, deadline_s,
-                                    vram_cap=vram_cap, gpu_index=self.gpu_index)
-            for index, result in zip(indexes, measured):
-                results[index] = result
-        return [result for result in results if result is not None]
+        return run_in_load_groups(
+            self.trial_target, normalized, lambda c: {key: c[key] for key in LOAD_KEYS},
+            lambda c: {"model_path": str(model_path), "config": c}, lambda c: self._item(c, workload),
+            deadline_s, vram_cap=vram_cap, gpu_index=self.gpu_index)
 
     def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
         return self.run_trials([config], model_path, workload, deadline_s)[0]

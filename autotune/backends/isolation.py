@@ -65,6 +65,31 @@ def run_isolated(
     return results
 
 
+def run_in_load_groups(
+    target: str,
+    configs: list[dict[str, Any]],
+    load_key: Callable[[dict[str, Any]], Any],
+    common: Callable[[dict[str, Any]], dict[str, Any]],
+    item: Callable[[dict[str, Any]], dict[str, Any]],
+    deadline_s: float,
+    *,
+    vram_cap: int | None = None,
+    gpu_index: int = 0,
+) -> list[TrialResult]:
+    """One result per config, in order: configs equal in ``load_key`` share a child (one model
+    load, set up from the group's first config by ``common``), each measured as ``item``."""
+    groups: dict[str, list[int]] = {}
+    for index, config in enumerate(configs):
+        groups.setdefault(json.dumps(load_key(config), sort_keys=True), []).append(index)
+    results: list[TrialResult | None] = [None] * len(configs)
+    for indexes in groups.values():
+        measured = run_isolated(target, common(configs[indexes[0]]), [item(configs[i]) for i in indexes],
+                                deadline_s, vram_cap=vram_cap, gpu_index=gpu_index)
+        for index, result in zip(indexes, measured):
+            results[index] = result
+    return [result for result in results if result is not None]
+
+
 def mentions_oom(text: str) -> bool:
     """Whether output names an out-of-memory condition (a pinned-memory fallback does not count)."""
     return any(_OOM.search(line) and "pinned" not in line for line in text.splitlines())

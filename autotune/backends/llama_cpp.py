@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.backends.base import Config, ConfigError, TrialResult, Workload
 from autotune.backends.commands import format_command, parse_command
-from autotune.backends.isolation import run_isolated
+from autotune.backends.isolation import run_in_load_groups
 from autotune.backends.llama_arch import load_problem
 from autotune.backends.llama_config import KV_TYPES, LOAD_KEYS, cpu_expert_patterns, load_params, normalize
 from autotune.backends.llama_memory import estimate_vram
@@ -165,18 +165,9 @@ class LlamaCppBackend:
         """One result per config, in order. Configs with the same load-time knobs share a child
         (one model load); ``deadline_s`` bounds the load and each config's measurement."""
         normalized = [self._trial_config(config, workload) for config in configs]
-        groups: dict[str, list[int]] = {}
-        for index, config in enumerate(normalized):
-            groups.setdefault(json.dumps(load_params(config), sort_keys=True), []).append(index)
-        results: list[TrialResult | None] = [None] * len(configs)
-        for indexes in groups.values():
-            first = normalized[indexes[0]]
-            items = [self._item(normalized[i], model_path, workload) for i in indexes]
-            measured = run_isolated(self.trial_target, self._job(first, model_path), items, deadline_s,
-                                    vram_cap=vram_cap, gpu_index=self.gpu_index)
-            for index, result in zip(indexes, measured):
-                results[index] = result
-        return [result for result in results if result is not None]
+        return run_in_load_groups(
+            self.trial_target, normalized, load_params, lambda c: self._job(c, model_path),
+            lambda c: self._item(c, model_path, workload), deadline_s, vram_cap=vram_cap, gpu_index=self.gpu_index)
 
     def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
         return self.run_trials([config], model_path, workload, deadline_s)[0]
