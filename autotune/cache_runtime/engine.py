@@ -235,14 +235,21 @@ class Engine:
         return graph
 
     @torch.inference_mode()
-    def generate(self, prompt: list[int], n: int, temperature: float = 0.0) -> list[int]:
-        """Prefill ``prompt`` (after a reset) and decode ``n`` new tokens; their ids."""
+    def start(self, prompt: list[int], temperature: float = 0.0) -> int:
+        """Begin a new sequence: prefill ``prompt`` and choose its first token (also left in
+        ``self.token``); ``decode(sample=temperature > 0)`` continues it."""
         self.reset()
-        sample = temperature > 0
-        if sample:
+        if temperature > 0:
             self.inv_temperature.fill_(1.0 / temperature)
         logits = self.prefill(prompt)
-        self.token.copy_(gumbel_sample(logits, self.inv_temperature) if sample else greedy(logits))
+        self.token.copy_(gumbel_sample(logits, self.inv_temperature) if temperature > 0 else greedy(logits))
+        return int(self.token.item())
+
+    @torch.inference_mode()
+    def generate(self, prompt: list[int], n: int, temperature: float = 0.0) -> list[int]:
+        """Prefill ``prompt`` (after a reset) and decode ``n`` new tokens; their ids."""
+        sample = temperature > 0
+        self.start(prompt, temperature)
         out = [self.token.clone()]
         for _ in range(n - 1):
             self.decode(sample=sample)

@@ -85,20 +85,7 @@ class Session:
     # -- the engine's thread -----------------------------------------------------------
 
     def _start(self, prompt: list[int], sampling: Sampling) -> int:
-        """Prefill the prompt (a new sequence) and choose the first token, as Engine.generate does."""
-        import torch
-
-        from autotune.cache_runtime.sampling import greedy, gumbel_sample
-
-        engine = self.engine
-        with torch.inference_mode():
-            engine.reset()
-            if sampling.temperature > 0:
-                engine.inv_temperature.fill_(1.0 / sampling.temperature)
-            logits = engine.prefill(prompt)
-            engine.token.copy_(gumbel_sample(logits, engine.inv_temperature) if sampling.temperature > 0
-                               else greedy(logits))
-            return int(engine.token.item())
+        return self.engine.start(prompt, sampling.temperature)
 
     def _next(self, sample: bool) -> int:
         self.engine.decode(sample=sample)
