@@ -56,6 +56,9 @@ SETTINGS = {
     "lfu16_zc": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=0),
     "lfu16_zc_pf1": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=1),
     "lfu16_zc_pf2": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=2),
+    "lfu16_zc_pf3": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=3),
+    "split1_lfu16_zc_pf2": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16,
+                                prefetch_depth=2, slot_split=1.0),
 }
 # bench-only variants: name suffix -> prefetch.COPY_PROGRAMS (programs per matrix of the ring copy)
 COPY_PROGRAM_VARIANTS = {"_cp4": 4, "_cp32": 32}
