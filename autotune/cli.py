@@ -164,7 +164,8 @@ def _workload(objective: str, prompt_tokens: int, gen_tokens: int, repetitions: 
 def run(
     model: Path = typer.Argument(..., help="GGUF model file"),
     vram_cap: str = typer.Option(..., "--vram-cap", help="VRAM the model may use, e.g. 16G, 16GiB, 12000M"),
-    backends: str = typer.Option("llama_cpp", help="comma-separated: llama_cpp, llama_bench, cache"),
+    backends: str = typer.Option("auto", help="comma-separated: llama_cpp, llama_bench, cache; auto: llama_cpp, "
+                                                "and cache where there is an NVIDIA GPU"),
     trials: int = typer.Option(30, min=0, help="measured trials to run (pruned ones are free; 0: no limit, with --time)"),
     time_budget: Optional[str] = typer.Option(None, "--time", help="wall-time budget, e.g. 15m"),
     objective: str = typer.Option("decode", help="decode | prefill | request (prompt + generation)"),
@@ -185,8 +186,6 @@ def run(
     tui: bool = typer.Option(False, "--tui", help="run the study behind the live dashboard (x or Ctrl-C: stop after the running trial)"),
 ) -> None:
     """Tune MODEL under a VRAM cap; the winner is stored and printed as a launch command."""
-    from autotune.search.runner import run_study
-
     _interrupt_on_sigterm()
 
     if llama_bench is not None:
@@ -200,6 +199,8 @@ def run(
         raise AutotuneError("--tui runs the study in this process; with --gpus, watch it with autotune dashboard instead")
     if tui:
         from autotune.tui.run import run_with_dashboard as run_study
+    else:
+        from autotune.search.runner import run_study
     run_study(
         model_path=model,
         vram_cap=parse_size(vram_cap),

@@ -14,13 +14,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from autotune.backends.base import Backend, Config, Outcome, Workload
 from autotune.backends.registry import get_backend
 from autotune.errors import AutotuneError
-from autotune.hardware import probe_hardware
+from autotune.hardware import HardwareProfile, probe_hardware
 from autotune.model import ModelProfile, inspect_model
 from autotune.search.objective import UNITS
 from autotune.search.study import Budget, StudyOutcome, Tuner, TrialRecord, register_study
 from autotune.search.workers import run_on_gpus
 from autotune.storage import BestConfigRow, Database
 from autotune.units import format_size, parse_size
+
+
+AUTO = "auto"
+
+
+def default_backends(hw: HardwareProfile) -> list[str]:
+    """What ``--backends auto`` tunes: llama.cpp, and the expert cache where there is an NVIDIA
+    GPU for it (on a CPU its trials only measure the runtime's reference path)."""
+    return ["llama_cpp", "cache"] if hw.has_gpu else ["llama_cpp"]
 
 
 def _usable_backends(names: list[str], model: ModelProfile) -> list[Backend]:
@@ -126,6 +135,8 @@ def prepare_study(
     """Check the inputs, register (or reopen) the study, and queue its first trials."""
     model = inspect_model(model_path)
     hardware = probe_hardware()
+    if backend_names == [AUTO]:
+        backend_names = default_backends(hardware)
     backends = _usable_backends(backend_names, model)
     _check_cap(backends, model, hardware, vram_cap, workload)
     db = Database(storage_url)
