@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from typer.testing import CliRunner
@@ -18,6 +19,7 @@ from autotune.backends.cache import CacheBackend
 from autotune.backends.cache_commands import parse_command, size_text
 from autotune.backends.cache_knobs import DEFAULTS, cache_config, normalize
 from autotune.cache_runtime.budget import model_sizes, plan_with_slots, predict_peak_vram
+from autotune.cache_runtime.learned import counts_path, model_fingerprint, save_counts
 from autotune.cli import app
 from autotune.hardware import probe_hardware
 from autotune.model import inspect_model
@@ -105,7 +107,7 @@ def test_vram_prediction_is_the_runtimes_plan_and_a_cap_too_small_is_over_it(tin
     assert backend.predict_vram(small, model, WORKLOAD) == fixed_need > small["vram_cap"]
 
 
-def test_trials_share_one_load_and_report_the_cache_statistics(tiny_model: Path, cap: int):
+def test_trials_share_one_load_and_report_the_cache_statistics(tiny_model: Path, cap: int, tmp_path: Path):
     backend = CacheBackend()
     configs = [{"vram_cap": cap, "eviction": "static"},
                {"vram_cap": cap, "eviction": "lru", "miss_mode": "copy", "rebalance_interval": 16, "prefetch_depth": 1}]
@@ -124,6 +126,20 @@ def test_trials_share_one_load_and_report_the_cache_statistics(tiny_model: Path,
     assert first.extra["prefetch_precision"] is None and second.extra["prefetch_precision"] is not None
     assert first.extra["admissions"] == 0 and second.extra["admissions"] > 0  # copy mode brings misses in
     assert second.extra["effective_hit_rate"] >= second.extra["hit_rate"]
+    # no counts stored for the model: the child learned its own, and wrote nothing to the user's store
+    assert {r.extra["routing_counts"] for r in results} == {"learned in the trial"}
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.npy"))
+
+
+def test_a_trial_places_experts_by_the_users_routing_counts_and_leaves_them_as_they_were(tiny_model: Path, cap: int):
+    sizes = model_sizes(tiny_model)
+    counts = np.arange(sizes.n_layers * sizes.n_expert, dtype=np.float64).reshape(sizes.n_layers, sizes.n_expert)
+    stored = save_counts(model_fingerprint(tiny_model), counts)
+    before = stored.read_bytes()
+    [result] = CacheBackend().run_trials([{"vram_cap": cap, "eviction": "static"}], tiny_model, WORKLOAD, 300)
+    assert result.outcome is Outcome.OK, result.message
+    assert result.extra["routing_counts"] == "the user's"
+    assert counts_path(model_fingerprint(tiny_model)).read_bytes() == before
 
 
 def test_a_config_the_runtime_cannot_hold_is_a_failed_trial_not_a_crash_of_the_caller(tiny_model: Path):

@@ -9,29 +9,55 @@ statistics of those decode runs, and prefill of P tokens r times after a warm-up
 tokens are seeded, so every config sees the same sequences, and every config starts from the
 same learned routing counts: trials never save theirs (benchmark traffic would otherwise
 reshape the placement of the trials after it, and of the user's next ``autotune serve``).
-Peak VRAM is sampled by the parent (``isolation``).
+Where the user has no counts for the model yet, the child learns its own first, from decode of
+a prompt no measurement uses (``learn_placement``), so learned placement is measured as a
+returning user gets it. Peak VRAM is sampled by the parent (``isolation``).
 """
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.engine import Engine
+from autotune.cache_runtime.learned import DATA_DIR_ENV, load_counts
 
 STATS = ("hit_rate", "effective_hit_rate", "pcie_bytes_per_token", "prefetch_precision", "prefetch_recall",
          "rebalances", "host_wait_s", "misses", "admissions")
+
+
+LEARN_PROMPT_TOKENS, LEARN_TOKENS = 16, 256  # the decode whose routing seeds a first placement
 
 
 @dataclass
 class Loaded:
     engine: Engine
     config: CacheConfig  # what the cache is configured with now
+    own_store: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # learned counts
+
+
+def learn_placement(engine: Engine, config: CacheConfig) -> tempfile.TemporaryDirectory | None:
+    """Where no routing counts are stored for the model, learn them: decode a seeded prompt no
+    measurement uses, save its counts in a directory of this child's own (the user's store is
+    never written) and re-configure, so the placement starts from them. None when the user's
+    counts exist (they are used as they are)."""
+    if load_counts(engine.fingerprint, (engine.cfg.n_layers, engine.cfg.n_expert)) is not None:
+        return None
+    store = tempfile.TemporaryDirectory(prefix="autotune-placement-")
+    os.environ[DATA_DIR_ENV] = store.name
+    rng = random.Random(f"learn {engine.fingerprint}")
+    prompt = [rng.randrange(engine.cfg.n_vocab) for _ in range(LEARN_PROMPT_TOKENS)]
+    engine.generate(prompt, min(LEARN_TOKENS, engine.cache.max_ctx - LEARN_PROMPT_TOKENS))
+    engine.save_routing()
+    engine.configure_cache(config)
+    return store
 
 
 def setup(common: dict[str, Any]) -> tuple[Loaded, dict[str, Any]]:
@@ -40,9 +66,11 @@ def setup(common: dict[str, Any]) -> tuple[Loaded, dict[str, Any]]:
     started = time.perf_counter()
     engine = Engine(common["model_path"], cache=config)
     engine.persist_routing = False
+    own_store = learn_placement(engine, config)
     info = {"load_seconds": time.perf_counter() - started,
-            "extra": {"device": str(engine.device), "kernels": type(engine.ops).__name__}}
-    return Loaded(engine, config), info
+            "extra": {"device": str(engine.device), "kernels": type(engine.ops).__name__,
+                      "routing_counts": "learned in the trial" if own_store else "the user's"}}
+    return Loaded(engine, config, own_store), info
 
 
 def _timed(engine: Engine, run: Callable[[], None]) -> float:
