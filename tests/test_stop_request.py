@@ -40,7 +40,7 @@ def test_a_stop_request_ends_the_study_after_the_running_trial_and_resume_goes_o
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     tuner = _tuner(tiny_model, url, StoppingBackend(url, stop_at=2))
     outcome = tuner.run(tiny_model, Budget(trials=5), remeasure=False)
-    assert outcome.interrupted and outcome.winner is None
+    assert outcome.interrupted and outcome.stop_requested and outcome.winner is None
     trials = tuner.study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # the running trial was recorded, nothing else asked
     assert Database(url).study("stoppable").status == "stopped"

@@ -214,7 +214,8 @@ def report(console: Console, outcome: StudyOutcome, model_path: Path, backends: 
     if total:
         console.print(f"time in trials {total:.0f} s, of which loading models {100 * outcome.load_seconds / total:.0f}%")
     if outcome.interrupted:
-        console.print(f"[yellow]interrupted[/]: every finished trial is stored. Continue with: autotune run {model_path} ... --resume --study {name}")
+        how = "stopped on request" if outcome.stop_requested else "interrupted"
+        console.print(f"[yellow]{how}[/]: every finished trial is stored. Continue with: autotune run {model_path} ... --resume --study {name}")
         raise SystemExit(130)
     winner = outcome.winner
     if winner is None:

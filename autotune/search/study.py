@@ -89,7 +89,8 @@ class StudyOutcome:
     winner: BestConfigRow | None = None
     load_seconds: float = 0.0
     trial_seconds: float = 0.0
-    interrupted: bool = False
+    interrupted: bool = False  # Ctrl-C, SIGTERM or a stop request ended it before its budget
+    stop_requested: bool = False  # by a stop request (the dashboard's x), not a signal
 
 
 def _own(outcome: StudyOutcome) -> int:
@@ -421,6 +422,7 @@ class Tuner:
                 self.study.set_user_attr("finalists", [])
         except (KeyboardInterrupt, StopRequested) as stop:
             outcome.interrupted = True
+            outcome.stop_requested = isinstance(stop, StopRequested)
             if conclude:
                 self.db.set_study_status(self.study_name, "stopped" if isinstance(stop, StopRequested) else "interrupted")
             return outcome
