@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import DataTable
 
@@ -103,6 +104,10 @@ def columns_of(snapshot: StudySnapshot) -> list[Column]:
     return columns
 
 
+def _width(cell: str | Text) -> int:
+    return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
+
+
 def _outcome_cell(row: TrialRow, snapshot: StudySnapshot) -> Text:
     label = row.outcome + (" (warm)" if row.warm_start_from else "") + (" ★" if row is snapshot.best else "")
     return Text(label, style=OUTCOME_STYLE.get(row.outcome, "red"))
@@ -118,7 +123,7 @@ class TrialsTable(DataTable):
         self.reverse = False
         self.backend_filter: str | None = None
         self.outcome_filter: str | None = None
-        self._columns: list[str] = []
+        self._columns: list[tuple[str, int]] = []  # (key, width) of the columns shown
         self._shown: list[TrialRow] = []
 
     @property
@@ -142,17 +147,20 @@ class TrialsTable(DataTable):
             return
         selected = self.selected.number if self.selected else None
         columns = columns_of(snapshot)
-        keys = [column.key for column in columns]
-        if keys != self._columns:
+        self._shown = arrange(snapshot.rows, self.sort, self.reverse, self.backend_filter, self.outcome_filter)
+        cells = [[column.cell(row, snapshot) for column in columns] for row in self._shown]
+        # widths from the content itself: DataTable's own measuring lags behind rows added in bulk
+        layout = [(column.key, max([cell_len(column.label)] + [_width(r[i]) for r in cells]))
+                  for i, column in enumerate(columns)]
+        if layout != self._columns:
             self.clear(columns=True)
-            for column in columns:
-                self.add_column(column.label, key=column.key)
-            self._columns = keys
+            for column, (_, width) in zip(columns, layout):
+                self.add_column(column.label, key=column.key, width=width)
+            self._columns = layout
         else:
             self.clear()
-        self._shown = arrange(snapshot.rows, self.sort, self.reverse, self.backend_filter, self.outcome_filter)
-        for row in self._shown:
-            self.add_row(*(column.cell(row, snapshot) for column in columns), key=str(row.number))
+        for row, row_cells in zip(self._shown, cells):
+            self.add_row(*row_cells, key=str(row.number))
         if selected is not None and any(row.number == selected for row in self._shown):
             self.move_cursor(row=self.get_row_index(str(selected)), animate=False)
         self.border_title = self.describe()
