@@ -215,7 +215,7 @@ def test_signal_during_a_trial_then_resume(model_env: None, tmp_path: Path, sign
         _when_measured(url, "s", 2)
         time.sleep(0.2)  # into the next trial (each takes 0.5 s)
         process.send_signal(signum)
-        assert process.wait(timeout=60) == 130
+        assert process.wait(timeout=180) == 130
 
     _interrupted_then_resumed(url, "s", interrupt)
 
@@ -235,7 +235,7 @@ def test_sigint_during_a_database_write_then_resume(model_env: None, tmp_path: P
         time.sleep(0.5)
         lock.execute("COMMIT")
         lock.close()
-        assert process.wait(timeout=60) == 130
+        assert process.wait(timeout=180) == 130
 
     _interrupted_then_resumed(url, "s", interrupt, seconds="0.5")
 
@@ -249,7 +249,7 @@ def test_kill_9_of_the_tuner_then_resume(model_env: None, tmp_path: Path):
         running = [t for t in _trials(url, "s") if t.state is TrialState.RUNNING]
         assert running and running[0].user_attrs[WORKER_ATTR]["pid"] == process.pid
         process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
+        process.wait(timeout=180)
 
     _interrupted_then_resumed(url, "s", interrupt)
 
