@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from autotune.backends.base import Config, ConfigError
 from autotune.backends.cache_knobs import normalize
+from autotune.backends.commands import int_flag
 from autotune.errors import AutotuneError
 from autotune.units import parse_size
 
@@ -71,13 +72,6 @@ def format_command(config: Config, model_path: Path | str, fmt: str) -> str:
 # -- parsing ------------------------------------------------------------------
 
 
-def _int(flag: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"{flag} expects an integer, not {value!r}") from None
-
-
 def _float(flag: str, value: str) -> float:
     try:
         return float(value)
@@ -93,7 +87,7 @@ def _size(flag: str, value: str) -> int:
 
 
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "vram_cap": _size, "max_ctx": _int, "rebalance_interval": _int, "prefetch_depth": _int, "prefill_bypass": _int,
+    "vram_cap": _size, "max_ctx": int_flag, "rebalance_interval": int_flag, "prefetch_depth": int_flag, "prefill_bypass": int_flag,
     "decay": _float, "slot_split": _float, "eviction": lambda flag, value: value, "miss_mode": lambda flag, value: value,
 }
 _KEY_OF_FLAG = {flag: key for key, flag in FLAGS.items()}

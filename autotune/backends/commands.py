@@ -103,7 +103,8 @@ def format_command(config: Config, model_path: Path | str, fmt: str) -> str:
 # -- parsing ------------------------------------------------------------------
 
 
-def _int(flag: str, value: str) -> int:
+def int_flag(flag: str, value: str) -> int:
+    """A flag's integer value (also the cache backend's commands); a ConfigError names the flag."""
     try:
         return int(value)
     except ValueError:
@@ -131,7 +132,7 @@ def _load_mode(flag: str, value: str) -> bool:
 
 
 def _gpu_layers(flag: str, value: str) -> int:
-    return 999 if value == "all" else _int(flag, value)
+    return 999 if value == "all" else int_flag(flag, value)
 
 
 def _overrides(flag: str, value: str) -> list[int]:
@@ -161,20 +162,20 @@ def _negated_switch(flag: str, value: str) -> bool:
 _COMMON = [
     (("-m", "--model"), "model", lambda flag, value: value),
     (("-ngl", "--gpu-layers", "--n-gpu-layers"), "n_gpu_layers", _gpu_layers),
-    (("-ncmoe", "--n-cpu-moe"), "n_cpu_moe", _int),
+    (("-ncmoe", "--n-cpu-moe"), "n_cpu_moe", int_flag),
     (("-ot", "--override-tensor"), "cpu_moe_layers", _overrides),
     (("-fa", "--flash-attn"), "flash_attn", _switch),
-    (("-b", "--batch-size"), "n_batch", _int),
-    (("-ub", "--ubatch-size"), "n_ubatch", _int),
+    (("-b", "--batch-size"), "n_batch", int_flag),
+    (("-ub", "--ubatch-size"), "n_ubatch", int_flag),
     (("-ctk", "--cache-type-k"), "type_k", _kv_type),
     (("-ctv", "--cache-type-v"), "type_v", _kv_type),
-    (("-t", "--threads"), "n_threads", _int),
+    (("-t", "--threads"), "n_threads", int_flag),
     (("-lm", "--load-mode"), "use_mmap", _load_mode),
 ]
 # flag -> (config key, parser of its value); key "" reads the value and ignores it.
 _SERVER_VALUES = _table(_COMMON + [
-    (("-c", "--ctx-size"), "n_ctx", _int),
-    (("-tb", "--threads-batch"), "n_threads_batch", _int),
+    (("-c", "--ctx-size"), "n_ctx", int_flag),
+    (("-tb", "--threads-batch"), "n_threads_batch", int_flag),
 ])
 _SERVER_SWITCHES = {"--no-op-offload": ("op_offload", False), "--op-offload": ("op_offload", True),
                     "--no-mmap": ("use_mmap", False), "--mmap": ("use_mmap", True)}
