@@ -29,11 +29,23 @@ from autotune.cache_runtime.weights import ModelWeights, load_weights
 from autotune.errors import AutotuneError
 
 
+PIN_THREADS = 8
+
+
+def _pin_with_threads() -> None:
+    """Pin host memory by registering its pages from several threads (a torch allocator option)
+    rather than by cudaHostAlloc's one: pinning the experts is most of a large model's load."""
+    torch._C._accelerator_setAllocatorSettings(
+        f"pinned_use_cuda_host_register:True,pinned_num_register_threads:{PIN_THREADS}")
+
+
 def experts_on_host(weights: ModelWeights, device: torch.device) -> ModelWeights:
     """Every weight on ``device`` except the routed experts, which stay in host memory:
     pinned for a GPU (its kernels read them there), the file's memory map for the CPU."""
     import dataclasses
 
+    if device.type == "cuda":
+        _pin_with_threads()
     moved = ModelWeights(weights.config, weights.token_embd.to(device), [], weights.output_norm.to(device),
                          weights.output.to(device))
     for layer in weights.layers:

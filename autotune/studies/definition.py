@@ -3,7 +3,8 @@
 ::
 
     description = "what the study asks"
-    caps = ["8G", "12G"]                 # VRAM caps (sizes as --vram-cap takes them; numbers are GiB)
+    caps = ["8G", "12G"]                 # VRAM caps (sizes as --vram-cap takes them; numbers are GiB),
+                                         # their parts run in this order
     backends = ["llama_bench", "cache"]  # each one tuned at every cap
 
     [model]                              # a preset to synthesize, at each skew ...
@@ -99,7 +100,8 @@ class StudyDefinition:
     directory: Path
     description: str
     model: ModelSpec
-    caps: tuple[int, ...]
+    caps: tuple[int, ...]  # smallest first
+    cap_order: tuple[int, ...]  # as study.toml lists them: the order their parts run
     backends: tuple[str, ...]
     workload: Workload
     tuner: TunerSpec
@@ -272,6 +274,7 @@ def load_definition(directory: Path) -> StudyDefinition:
         description=description,
         model=model,
         caps=tuple(sorted(caps)),
+        cap_order=caps,
         backends=backends,
         workload=workload,
         tuner=tuner,

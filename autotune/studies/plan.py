@@ -45,10 +45,11 @@ def variants(definition: StudyDefinition) -> list[Variant]:
 
 
 def plan(definition: StudyDefinition) -> list[Part]:
-    """Every part, in the order they run: per variant, each cap's baselines and tuners, then its grid."""
+    """Every part, in the order they run: per variant, each cap's baselines and tuners (caps in the
+    definition's order), then its grid."""
     parts: list[Part] = []
     for variant in variants(definition):
-        for cap in definition.caps:
+        for cap in definition.cap_order:
             prefix = f"{variant.name}-{cap_label(cap)}"
             if definition.baselines is not None:
                 parts.append(Part(f"{prefix}-baselines", "baselines", variant, cap, definition.baselines.backend))
