@@ -45,6 +45,23 @@ def test_an_ok_trial_has_figures_from_llama_cpp_counters(tiny_model: Path):
     assert result.peak_vram_bytes is None or result.peak_vram_bytes > 0
 
 
+def test_llama_cpp_errors_reach_the_trial_log_and_debug_lines_only_while_loading(capsys: pytest.CaptureFixture):
+    """ggml's log levels: DEBUG 1, INFO 2, ERROR 4, CONT 5 (a GPU run once lost a cudaMalloc
+    failure here, recording a real OOM as a crash)."""
+    from autotune.backends.isolation import mentions_oom
+    from autotune.backends.llama_cpp_trial import LlamaLog
+
+    log = LlamaLog(debug=False)
+    log(1, b"a debug line\n", None)
+    log(4, b"alloc_buffer: allocating 2048.00 MiB on device 0: ", None)
+    log(5, b"cudaMalloc failed: out of memory\n", None)
+    log(2, b"llama_context:      CUDA0 compute buffer size =     0.97 MiB\n", None)
+    err = capsys.readouterr().err
+    assert "debug line" not in err
+    assert mentions_oom(err) and "on device 0: cudaMalloc failed" in err
+    assert log.buffers_mib == {"compute:CUDA0": 0.97}
+
+
 def test_expert_placement_reaches_the_loader(tiny_model: Path):
     """llama.cpp's loader logs every tensor an override moved; exactly the placed experts are."""
     backend = LlamaCppBackend()

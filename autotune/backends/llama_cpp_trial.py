@@ -26,7 +26,7 @@ import llama_cpp
 
 from autotune.backends.llama_python import buft_overrides, cpu_buffer_type
 
-GGML_LOG_LEVEL_DEBUG, GGML_LOG_LEVEL_CONT = 4, 5
+GGML_LOG_LEVEL_DEBUG, GGML_LOG_LEVEL_CONT = 1, 5  # ggml.h's enum ggml_log_level (ERROR is 4)
 KV_TYPE_IDS = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
 
 _BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output|RS) buffer size =\s*([\d.]+) MiB")
