@@ -52,14 +52,21 @@ def describe_machine(hw: HardwareProfile) -> dict[str, Any]:
     }
 
 
-def _commit() -> str | None:
-    """The code's git commit, where the code is a git checkout."""
+def _git(*args: str) -> str | None:
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=10)
+        done = subprocess.run(["git", *args], cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _commit() -> str | None:
+    """The code's git commit, where the code is a git checkout; ``+changes`` where the package's
+    tracked files differ from it (the figures then come from code no commit holds)."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return None
+    return commit + "+changes" if _git("status", "--porcelain", "--untracked-files=no", ".") else commit
 
 
 def _write_json(path: Path, data: Any) -> None:
