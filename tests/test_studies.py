@@ -175,3 +175,23 @@ def test_a_tuner_part_that_cannot_start_records_why(tiny_model: Path, tmp_path: 
     record = run_tuner_part(definition, part, tiny_model, Console(quiet=True))
     assert "below the smallest config" in record["error"] and record["winner"] is None
     assert record["command"].startswith("autotune run tiny.gguf --vram-cap 1M --backends llama_cpp --trials 20")
+
+
+def test_a_results_commit_says_when_the_package_differs_from_it(monkeypatch: pytest.MonkeyPatch):
+    from autotune.studies import runner
+
+    answers = {("rev-parse", "--short", "HEAD"): "abc1234",
+               ("status", "--porcelain", "--untracked-files=no", "."): " M autotune/cli.py"}
+    monkeypatch.setattr(runner, "_git", lambda *args: answers.get(args))
+    assert runner._commit() == "abc1234+changes"
+    answers[("status", "--porcelain", "--untracked-files=no", ".")] = ""
+    assert runner._commit() == "abc1234"
+    answers.clear()
+    assert runner._commit() is None
+
+
+def test_parts_run_in_the_order_the_definition_lists_its_caps(tmp_path: Path):
+    (tmp_path / "study.toml").write_text('caps = ["16G", "8G"]\nbackends = ["llama_cpp"]\n[model]\npreset = "tiny"\n')
+    definition = load_definition(tmp_path)
+    assert definition.caps == (8 * 2**30, 16 * 2**30)
+    assert [part.name for part in plan(definition)] == ["skew1-16G-tuner-llama_cpp", "skew1-8G-tuner-llama_cpp"]
