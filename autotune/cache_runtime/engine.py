@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from pathlib import Path
 
@@ -19,48 +20,34 @@ import torch
 
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.graph import DecodeGraph
+from autotune.cache_runtime.host_memory import copy_into_arenas, pin_with_threads
 from autotune.cache_runtime.kv_cache import KVCache
 from autotune.cache_runtime.model import forward
 from autotune.cache_runtime.rope import RopeTable
 from autotune.cache_runtime.routing import RoutingTrace
 from autotune.cache_runtime.sampling import greedy, gumbel_sample
 from autotune.cache_runtime.torch_ops import TorchOps
-from autotune.cache_runtime.weights import ModelWeights, load_weights
+from autotune.cache_runtime.weights import LayerWeights, ModelWeights, load_weights
 from autotune.errors import AutotuneError
-
-
-PIN_THREADS = 8
-
-
-def _pin_with_threads() -> None:
-    """Pin host memory by registering its pages from several threads (a torch allocator option)
-    rather than by cudaHostAlloc's one: pinning the experts is most of a large model's load."""
-    torch._C._accelerator_setAllocatorSettings(
-        f"pinned_use_cuda_host_register:True,pinned_num_register_threads:{PIN_THREADS}")
 
 
 def experts_on_host(weights: ModelWeights, device: torch.device) -> ModelWeights:
     """Every weight on ``device`` except the routed experts, which stay in host memory:
     pinned for a GPU (its kernels read them there), the file's memory map for the CPU."""
-    import dataclasses
-
+    expert_fields = {f.name for f in dataclasses.fields(LayerWeights) if f.name.endswith("_exps")}
+    experts = {(il, name): getattr(layer, name) for il, layer in enumerate(weights.layers) for name in expert_fields}
     if device.type == "cuda":
-        _pin_with_threads()
-    moved = ModelWeights(weights.config, weights.token_embd.to(device), [], weights.output_norm.to(device),
-                         weights.output.to(device))
-    for layer in weights.layers:
-        fields = {}
-        for f in dataclasses.fields(layer):
-            value = getattr(layer, f.name)
-            if f.name.endswith("_exps"):
-                if device.type == "cuda":
-                    pinned = torch.empty(value.data.shape, dtype=torch.uint8, pin_memory=True)
-                    value = type(value)(pinned.copy_(value.data), value.qtype, value.cols)
-            elif value is not None:
-                value = value.to(device)
-            fields[f.name] = value
-        moved.layers.append(type(layer)(**fields))
-    return moved
+        pin_with_threads()
+        pinned = copy_into_arenas([q.data for q in experts.values()])
+        experts = {key: type(q)(data, q.qtype, q.cols) for (key, q), data in zip(experts.items(), pinned)}
+
+    def placed(il: int, name: str, value):
+        return experts[(il, name)] if name in expert_fields else value.to(device) if value is not None else None
+
+    layers = [type(layer)(**{f.name: placed(il, f.name, getattr(layer, f.name)) for f in dataclasses.fields(layer)})
+              for il, layer in enumerate(weights.layers)]
+    return ModelWeights(weights.config, weights.token_embd.to(device), layers, weights.output_norm.to(device),
+                        weights.output.to(device))
 
 
 class Engine:
