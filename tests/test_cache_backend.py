@@ -115,6 +115,8 @@ def test_trials_share_one_load_and_report_the_cache_statistics(tiny_model: Path,
     assert [r.outcome for r in results] == [Outcome.OK, Outcome.OK], [r.message for r in results]
     first, second = results
     assert first.load_seconds > 0 and second.load_seconds == 0  # one child loaded the model once
+    setup = first.extra["model_load_seconds"], first.extra["placement_seconds"]  # the load, timed in parts
+    assert min(setup) > 0 and sum(setup) <= first.load_seconds
     for result in results:
         assert len(result.decode_tps.samples) == len(result.prefill_tps.samples) == WORKLOAD.repetitions
         assert result.decode_tps.mean > 0 and result.prefill_tps.mean > 0
