@@ -57,6 +57,8 @@ SETTINGS = {
     "lfu16_zc_pf1": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=1),
     "lfu16_zc_pf2": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=2),
     "lfu16_zc_pf3": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=3),
+    "lfu16_zc_pf4": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=4),
+    "static_zc_pf3": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0, prefetch_depth=3),
     "split1_lfu16_zc_pf2": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16,
                                 prefetch_depth=2, slot_split=1.0),
 }
