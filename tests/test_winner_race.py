@@ -103,3 +103,31 @@ def test_llama_cpp_expects_fewer_cpu_layers_to_be_faster_all_else_equal():
     assert prior(fewer, more, decode) and not prior(more, fewer, decode)
     assert not prior(fewer, more, Workload(objective="prefill"))  # there the batch size matters
     assert not prior({**fewer, "n_threads": 8}, more, decode)
+
+
+class LoadSharingBackend(ScriptedBackend):
+    """Also offers ``run_trials``, as the backends whose configs can share a model load do."""
+
+    def __init__(self, script: dict[int, tuple[list[float], list[float]]]):
+        super().__init__(script)
+        self.batches: list[list[int]] = []
+
+    def run_trials(self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float
+                   ) -> list[TrialResult]:
+        self.batches.append([config["n_cpu_moe"] for config in configs])
+        return [self.run_trial(config, model_path, workload, deadline_s) for config in configs]
+
+
+def test_a_rounds_finalists_that_can_share_a_load_are_measured_in_one_call_in_rotating_order(
+        tiny_model: Path, tmp_path: Path):
+    backend = LoadSharingBackend({1: ([140, 140], [120, 121]), 2: ([130, 131], [130, 131]), 3: ([125, 126], [125, 126])})
+    tuner = Tuner(Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), inspect_model(tiny_model), probe_hardware(),
+                  [backend], 8 * 2**30, Workload(repetitions=2), "race", seed=0, batch=1)
+    for n_cpu_moe in (1, 2, 3):
+        tuner.study.enqueue_trial({"n_cpu_moe": n_cpu_moe, "n_threads": 2})
+    tuner.run(tiny_model, Budget(trials=3))
+    rounds = backend.batches
+    assert rounds[0] == [1, 2, 3]  # the finalists, best first
+    assert all(len(batch) == len(set(batch)) for batch in rounds)
+    assert len(rounds) >= 2 and rounds[1][0] == rounds[0][1]  # the next round starts one further on
+    assert sum(map(len, rounds)) == sum(backend.calls.values()) - 3  # every re-measurement went through a shared call

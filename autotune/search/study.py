@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.backends.base import Backend, Config, Measurement, Outcome, TrialResult, Workload
+from autotune import interrupts
 from autotune.errors import AutotuneError
 from autotune.hardware import HardwareProfile
 from autotune.model import ModelProfile
@@ -242,6 +243,7 @@ class Tuner:
             self.study.set_user_attr(STOP_ATTR, False)
 
     def _check_stop(self) -> None:
+        interrupts.raise_if_requested()
         if self.study.user_attrs.get(STOP_ATTR):
             raise StopRequested
 
@@ -317,11 +319,10 @@ class Tuner:
             siblings.append(sibling)
         return siblings
 
-    def _measure(self, group: list[_Asked], model_path: Path) -> list[TrialResult]:
+    def _measure(self, backend_name: str, configs: list[Config], model_path: Path) -> list[TrialResult]:
         """One backend's configs, in one child per model load where the backend offers ``run_trials``."""
-        backend = self.backends[group[0].backend]
-        configs = [asked.config for asked in group]
-        if len(group) > 1 and hasattr(backend, "run_trials"):
+        backend = self.backends[backend_name]
+        if len(configs) > 1 and hasattr(backend, "run_trials"):
             return backend.run_trials(configs, model_path, self.workload, self.trial_timeout_s)
         return [backend.run_trial(config, model_path, self.workload, self.trial_timeout_s) for config in configs]
 
@@ -333,7 +334,7 @@ class Tuner:
             return 0
         group = [lead] + self._siblings(lead, min(self.batch, room) - 1, outcome)
         try:
-            results = self._measure(group, model_path)
+            results = self._measure(lead.backend, [asked.config for asked in group], model_path)
         except KeyboardInterrupt:
             self._give_back(group, Outcome.STOPPED, "stopped by the user")
             raise
@@ -453,7 +454,9 @@ class Tuner:
     def _remeasure(self, model_path: Path, outcome: StudyOutcome) -> None:
         """Race the best few configs: each round measures every finalist still in the race once
         more, in fresh processes and in rotating order (so drift of the machine spreads evenly);
-        finalists the leader stands clear of leave; the race ends when one is left."""
+        a round's finalists that share a model load share its child, as trials do (a load can
+        cost more than the measurement); finalists the leader stands clear of leave; the race
+        ends when one is left."""
         groups = sorted(self.config_groups(), key=lambda g: self.pooled(g)[0].mean, reverse=True)[:REMEASURE_TOP]
         self.study.set_user_attr("finalists", [group[0].number for group in groups])
         racing = list(groups)
@@ -461,19 +464,26 @@ class Tuner:
             if len(racing) < 2:
                 break
             shift = round_number % len(racing)
+            by_backend: dict[str, list[FrozenTrial]] = {}
             for group in racing[shift:] + racing[:shift]:
-                self._check_stop()
-                trial = group[0]
-                backend = self.backends[trial.user_attrs["backend"]]
-                result = backend.run_trial(trial.user_attrs["config"], model_path, self.workload, self.trial_timeout_s)
-                # A finished trial cannot be changed, so re-measurements live on the study.
-                key = f"remeasured:{trial.number}"
-                self.study.set_user_attr(key, self.study.user_attrs.get(key, []) + [result.to_json()])
-                outcome.trial_seconds += result.wall_seconds + result.load_seconds
-                outcome.load_seconds += result.load_seconds
+                by_backend.setdefault(group[0].user_attrs["backend"], []).append(group[0])
+            for backend_name, trials in by_backend.items():
+                shared = hasattr(self.backends[backend_name], "run_trials")
+                for batch in [trials] if shared else [[trial] for trial in trials]:
+                    self._check_stop()
+                    self._record_remeasured(batch, self._measure(backend_name, [t.user_attrs["config"] for t in batch],
+                                                                 model_path), outcome)
             measured = {id(group): self.pooled(group)[0] for group in racing}
             leader = max(racing, key=lambda g: measured[id(g)].mean)
             racing = [g for g in racing if g is leader or not _stands_clear(measured[id(leader)], measured[id(g)])]
+
+    def _record_remeasured(self, trials: list[FrozenTrial], results: list[TrialResult], outcome: StudyOutcome) -> None:
+        for trial, result in zip(trials, results, strict=True):
+            # A finished trial cannot be changed, so re-measurements live on the study.
+            key = f"remeasured:{trial.number}"
+            self.study.set_user_attr(key, self.study.user_attrs.get(key, []) + [result.to_json()])
+            outcome.trial_seconds += result.wall_seconds + result.load_seconds
+            outcome.load_seconds += result.load_seconds
 
     def _expected_at_least_as_fast(self, a: FrozenTrial, b: FrozenTrial) -> bool:
         backend = self.backends.get(a.user_attrs["backend"])
