@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from autotune import interrupts
 from autotune.errors import AutotuneError
 
 app = typer.Typer(
@@ -186,7 +187,7 @@ def run(
     tui: bool = typer.Option(False, "--tui", help="run the study behind the live dashboard (x or Ctrl-C: stop after the running trial)"),
 ) -> None:
     """Tune MODEL under a VRAM cap; the winner is stored and printed as a launch command."""
-    _interrupt_on_sigterm()
+    interrupts.install()
 
     if llama_bench is not None:
         _use_llama_bench(llama_bench)
@@ -228,13 +229,6 @@ def _gpu_list(text: str) -> list[str]:
     return gpus
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM stops a study as Ctrl-C does: finished trials stay, the running ones are queued again."""
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-
 @app.command()
 @user_errors
 def worker(
@@ -248,7 +242,7 @@ def worker(
     from autotune.search.workers import join_study
     from autotune.units import parse_duration
 
-    _interrupt_on_sigterm()
+    interrupts.install()
     join_study(model, study, storage, trials, parse_duration(time_budget) if time_budget else None, console)
 
 
@@ -385,7 +379,7 @@ def study_run(
     from autotune.studies.runner import StudyRunner
     from autotune.units import parse_duration
 
-    _interrupt_on_sigterm()
+    interrupts.install()
     StudyRunner(directory, parse_duration(time_budget) if time_budget else None, models, console).run()
 
 
