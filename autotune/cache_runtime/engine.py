@@ -34,7 +34,7 @@ from autotune.errors import AutotuneError
 def experts_on_host(weights: ModelWeights, device: torch.device) -> ModelWeights:
     """Every weight on ``device`` except the routed experts, which stay in host memory:
     pinned for a GPU (its kernels read them there), the file's memory map for the CPU."""
-    expert_fields = {f.name for f in dataclasses.fields(LayerWeights) if f.name.endswith("_exps")}
+    expert_fields = tuple(f.name for f in dataclasses.fields(LayerWeights) if f.name.endswith("_exps"))
     experts = {(il, name): getattr(layer, name) for il, layer in enumerate(weights.layers) for name in expert_fields}
     if device.type == "cuda":
         pin_with_threads()
