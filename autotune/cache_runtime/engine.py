@@ -42,7 +42,9 @@ def experts_on_host(weights: ModelWeights, device: torch.device) -> ModelWeights
         experts = {key: type(q)(data, q.qtype, q.cols) for (key, q), data in zip(experts.items(), pinned)}
 
     def placed(il: int, name: str, value):
-        return experts[(il, name)] if name in expert_fields else value.to(device) if value is not None else None
+        if name in expert_fields:
+            return experts[(il, name)]
+        return None if value is None else value.to(device)
 
     layers = [type(layer)(**{f.name: placed(il, f.name, getattr(layer, f.name)) for f in dataclasses.fields(layer)})
               for il, layer in enumerate(weights.layers)]

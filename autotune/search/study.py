@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.backends.base import Backend, Config, Measurement, Outcome, TrialResult, Workload
 from autotune import interrupts
+from autotune.backends.base import Backend, Config, Measurement, Outcome, TrialResult, Workload
 from autotune.errors import AutotuneError
 from autotune.hardware import HardwareProfile
 from autotune.model import ModelProfile
@@ -319,10 +319,14 @@ class Tuner:
             siblings.append(sibling)
         return siblings
 
+    def _shares_loads(self, backend_name: str) -> bool:
+        """Whether the backend measures several configs in one child per model load (``run_trials``)."""
+        return hasattr(self.backends[backend_name], "run_trials")
+
     def _measure(self, backend_name: str, configs: list[Config], model_path: Path) -> list[TrialResult]:
-        """One backend's configs, in one child per model load where the backend offers ``run_trials``."""
+        """One backend's configs, in one child per model load where the backend shares loads."""
         backend = self.backends[backend_name]
-        if len(configs) > 1 and hasattr(backend, "run_trials"):
+        if len(configs) > 1 and self._shares_loads(backend_name):
             return backend.run_trials(configs, model_path, self.workload, self.trial_timeout_s)
         return [backend.run_trial(config, model_path, self.workload, self.trial_timeout_s) for config in configs]
 
@@ -468,8 +472,7 @@ class Tuner:
             for group in racing[shift:] + racing[:shift]:
                 by_backend.setdefault(group[0].user_attrs["backend"], []).append(group[0])
             for backend_name, trials in by_backend.items():
-                shared = hasattr(self.backends[backend_name], "run_trials")
-                for batch in [trials] if shared else [[trial] for trial in trials]:
+                for batch in [trials] if self._shares_loads(backend_name) else [[trial] for trial in trials]:
                     self._check_stop()
                     self._record_remeasured(batch, self._measure(backend_name, [t.user_attrs["config"] for t in batch],
                                                                  model_path), outcome)
