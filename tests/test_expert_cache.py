@@ -160,3 +160,31 @@ def test_each_step_starts_with_the_prefetch_ring_empty(tiny_model: Path, full_to
     e.expert_cache.begin_step()
     assert not (pf.occupant >= 0).any()
     assert not ring & set(e.expert_cache.table.table[..., 0].flatten().tolist())
+
+
+class _LandedCopy:
+    """A swap's copy event that has completed (the CPU path has no copy stream)."""
+
+    def query(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        pass
+
+
+def test_prefill_bypass_with_a_swap_still_in_flight(tiny_model: Path, full_tokens) -> None:
+    """A rebalance's copy may still be in flight when a prompt arrives: its layer then holds one
+    expert fewer than its slots, and the bypass must still stage every other expert."""
+    e = engine(tiny_model, 32, eviction="lfu_decay", rebalance_interval=0, prefill_bypass=4)
+    cache = e.expert_cache
+    victim, slot = next(iter(cache.held[0].items()))
+    admit = next(x for x in range(cache.n_expert) if x not in cache.held[0])
+    # what _schedule does on the GPU, up to the copy's completion
+    cache.held[0].pop(victim)
+    cache.incoming.add((0, admit))
+    cache._write([(0, victim, cache.home_addr[0][victim], False)])
+    cache._copy_in(0, slot, admit)
+    cache.counters.swaps_in_flight.append((_LandedCopy(), [(0, slot, admit)]))
+    assert e.generate(PROMPT, STEPS) == full_tokens
+    assert cache.held[0][admit] == slot and not cache.incoming
+    assert_table_points_at_each_experts_bytes(e)

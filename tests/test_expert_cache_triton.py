@@ -29,7 +29,7 @@ PROMPT = [5, 17, 300, 42]
 def interpreter_friendly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path / "data"))
     if DEVICE == "cpu":
-        for name, value in dict(GEMV_WARPS=32, GATE_UP_WARPS=64, DOWN_ROWS=16, ATTN_SPLITS=4).items():
+        for name, value in dict(GEMV_WARPS=32, ROUTER_WARPS=32, GATE_UP_WARPS=64, DOWN_ROWS=16, ATTN_SPLITS=4).items():
             monkeypatch.setattr(triton_ops, name, value)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

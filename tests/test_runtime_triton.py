@@ -33,7 +33,7 @@ QTYPES = ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "F32", "F16", "BF16"]
 def interpreter_friendly(monkeypatch: pytest.MonkeyPatch):
     """On the CPU: one torch thread, and large tiles (the interpreter pays per program)."""
     if DEVICE == "cpu":
-        for name, value in dict(GEMV_WARPS=32, GATE_UP_WARPS=64, DOWN_ROWS=16, ATTN_SPLITS=4).items():
+        for name, value in dict(GEMV_WARPS=32, ROUTER_WARPS=32, GATE_UP_WARPS=64, DOWN_ROWS=16, ATTN_SPLITS=4).items():
             monkeypatch.setattr(triton_ops, name, value)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -126,7 +126,7 @@ def _moe_weights(rng):
 
 
 def test_moe_decode_kernels_route_and_sum_like_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(triton_ops, "GEMV_WARPS", 2)  # 4 router programs: the last one routes
+    monkeypatch.setattr(triton_ops, "ROUTER_WARPS", 2)  # 4 router programs: the last one routes
     rng = np.random.default_rng(2)
     gate, up, down = _moe_weights(rng)
     ops = _MoeStub(gate, up, down, top_k=3)
@@ -145,14 +145,42 @@ def test_moe_decode_kernels_route_and_sum_like_torch(monkeypatch: pytest.MonkeyP
         assert _rel(got[0].cpu(), want) < 1e-5
 
 
+@pytest.mark.parametrize("norm_topk", [True, False])
+def test_router_ranks_ties_by_lowest_id(norm_topk: bool) -> None:
+    """128 experts with repeated router rows (equal logits): the top 8 in rank order, a tie
+    going to the lower id, as a stable sort of the logits gives them."""
+    rng = np.random.default_rng(5)
+    rows = _qtensor("F32", 40, 256, rng).dequantize()
+    router_rows = rows[torch.from_numpy(rng.integers(0, 40, 128))]  # every row about 3 times
+    router = QTensor(router_rows.contiguous().view(torch.uint8).reshape(128, -1), "F32", 256)
+    ffn_norm = torch.rand(256, device=DEVICE) + 0.5
+    ops = _Stub()
+    ops.cfg = type("Cfg", (), dict(rms_eps=1e-6, n_expert=128, n_expert_used=8, n_embd=256,
+                                   norm_topk=norm_topk))()
+    ops.w = type("W", (), dict(layers=[type("Layer", (), dict(router=router, ffn_norm=ffn_norm))()]))()
+    h = torch.randn(256, device=DEVICE)
+    logits, xn = torch.empty(128, device=DEVICE), torch.empty(256, device=DEVICE)
+    ids, weights = torch.empty(8, dtype=torch.int32, device=DEVICE), torch.empty(8, device=DEVICE)
+    ops.route(h, 0, logits, xn, ops._done, ids, weights)
+    want_ids = np.argsort(-logits.cpu().numpy(), kind="stable")[:8]
+    assert len(set(logits.cpu().numpy()[want_ids].tolist())) < 8  # the top 8 hold a tie
+    assert ids.cpu().tolist() == want_ids.tolist()
+    probs = logits.double().softmax(0).cpu()
+    want_weights = probs[want_ids] / (probs[want_ids].sum() if norm_topk else 1.0)
+    assert _rel(weights.cpu(), want_weights) < 1e-5
+    assert _rel(xn.cpu(), rmsnorm(h[None], ffn_norm, 1e-6)[0].cpu()) < 1e-6
+
+
 def test_qgemm_experts_match_torch() -> None:
     rng = np.random.default_rng(3)
     gate, up, down = _moe_weights(rng)
     ops = _MoeStub(gate, up, down, top_k=2)
-    x = torch.randn(9, 512, device=DEVICE)
+    # drawn from rng (the same on every device) and small enough that the float16 operands
+    # cannot overflow on these random weights (torch.randn on the GPU overflowed one row)
+    x = torch.from_numpy(rng.standard_normal((9, 512), dtype=np.float32) * 0.1).to(DEVICE)
     ids = torch.from_numpy(rng.integers(0, 8, (9, 2))).to(DEVICE)
     ids[:, 1] = (ids[:, 0] + 1 + ids[:, 1] % 7) % 8  # two different experts per token
-    weights = torch.rand(9, 2, device=DEVICE)
+    weights = torch.from_numpy(rng.random((9, 2), dtype=np.float32)).to(DEVICE)
     got = ops.experts(x, weights, ids, 0)
     want = _expert_reference(x.cpu(), weights.cpu(), ids.cpu(), gate.to("cpu"), up.to("cpu"), down.to("cpu"))
     assert _rel(got.cpu(), want) < 3e-3  # float16 operands

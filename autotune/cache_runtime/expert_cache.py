@@ -174,6 +174,14 @@ class ExpertCache:
                 pending.append((done, moves))
         self.counters.swaps_in_flight = pending
 
+    def _land_swaps(self) -> None:
+        """Wait for every swap copy in flight and commit it, so each layer holds all its slots."""
+        start = time.perf_counter()
+        for done, _ in self.counters.swaps_in_flight:
+            done.synchronize()
+        self.counters.host_wait_s += time.perf_counter() - start
+        self._poll_swaps()
+
     def drain(self) -> None:
         """Wait for every copy and selection in flight and apply them (tests, reconfiguring)."""
         start = time.perf_counter()
@@ -304,6 +312,7 @@ class ExpertCache:
         """
         if layer == 0:
             self.counters.bypass_batches += 1
+            self._land_swaps()  # the staging area holds the non-resident experts of a full layer
         missing = [e for e in range(self.n_expert) if e not in self.held[layer]]
         if not missing:
             return

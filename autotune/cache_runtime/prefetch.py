@@ -158,15 +158,8 @@ class Prefetcher:
             _, ids = route(ops.linear(x, lw.router), self.k, cfg.norm_topk)
             self.pred[m].copy_(ids[0])
             return
-        from autotune.cache_runtime import triton_ops as T
-
         logits, xn, done, weights = self._scratch[m]
-        T.router_kernel[(triton.cdiv(cfg.n_expert, T.GEMV_WARPS),)](
-            self.x, lw.ffn_norm, cfg.rms_eps, lw.router.data, logits, xn, done, self.pred[m], weights,
-            cfg.n_expert, row_stride=lw.router.row_bytes, K=lw.router.cols, R=T.GEMV_WARPS,
-            S=T._superblocks(lw.router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
-            E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=self.k, K_PAD=triton.next_power_of_2(self.k),
-            NORM_TOPK=cfg.norm_topk, num_warps=T.GEMV_WARPS, **T._type_args(lw.router))
+        ops.route(self.x, m, logits, xn, done, self.pred[m], weights)
 
     def _stage(self, m: int) -> None:
         self._predict(m)

@@ -71,35 +71,36 @@ def gemv_kernel(x_ptr, norm_ptr, eps, w0_ptr, w1_ptr, n0, resid_ptr, out_ptr, N,
 
 
 @triton.jit
-def _route(logits_ptr, n_expert, E_PAD: tl.constexpr, TOP_K: tl.constexpr, K_PAD: tl.constexpr,
+def _route(logits_ptr, ids_ptr, wts_ptr, n_expert, E_PAD: tl.constexpr, TOP_K: tl.constexpr,
            NORM_TOPK: tl.constexpr):
-    """Softmax over the experts, top k (ties: lowest id), weights renormalized if NORM_TOPK."""
+    """Softmax over the experts, top k (ties: lowest id) into ids and weights, in rank order;
+    weights renormalized over the k if NORM_TOPK.
+
+    Each expert's rank is the count of experts ahead of it (a higher logit, or the same
+    logit and a lower id), all ranks in one comparison tile: one reduction instead of two
+    per selected expert, which made this the slowest part of the router.
+    """
     e = tl.arange(0, E_PAD)
     # .cg: read the other programs' fresh stores from L2, never a stale L1 line
     logits = tl.load(logits_ptr + e, mask=e < n_expert, other=-float("inf"), cache_modifier=".cg")
-    top = tl.max(logits, 0)
-    total = tl.sum(tl.exp(logits - top), 0)
-    slots = tl.arange(0, K_PAD)
-    ids = tl.zeros([K_PAD], tl.int32)
-    weights = tl.zeros([K_PAD], tl.float32)
-    for s in tl.static_range(TOP_K):
-        best = tl.max(logits, 0)
-        idx = tl.min(tl.where(logits == best, e, E_PAD), 0)
-        ids = tl.where(slots == s, idx, ids)
-        weights = tl.where(slots == s, tl.exp(best - top), weights)
-        logits = tl.where(e == idx, -float("inf"), logits)
+    p = tl.exp(logits - tl.max(logits, 0))
+    mine, theirs = logits[:, None], logits[None, :]
+    ahead = (theirs > mine) | ((theirs == mine) & (e[None, :] < e[:, None]))
+    rank = tl.sum(ahead.to(tl.int32), 1)
+    chosen = rank < TOP_K
     if NORM_TOPK:
-        weights = weights / tl.sum(weights, 0)
+        weights = p / tl.sum(tl.where(chosen, p, 0.0), 0)
     else:
-        weights = weights / total
-    return ids, weights
+        weights = p / tl.sum(p, 0)
+    tl.store(ids_ptr + rank, e, mask=chosen)
+    tl.store(wts_ptr + rank, weights, mask=chosen)
 
 
 @triton.jit
 def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, done_ptr, ids_ptr, wts_ptr,
                   N, row_stride, K: tl.constexpr, QT: tl.constexpr, SB_BYTES: tl.constexpr,
                   R: tl.constexpr, S: tl.constexpr, BLOCK_K: tl.constexpr, E_PAD: tl.constexpr,
-                  TOP_K: tl.constexpr, K_PAD: tl.constexpr, NORM_TOPK: tl.constexpr):
+                  TOP_K: tl.constexpr, NORM_TOPK: tl.constexpr):
     """logits = W_router RMSNorm(x); program 0 also stores RMSNorm(x) for the experts, and
     the last program to finish (counted on ``done_ptr``, which it resets to 0) selects the
     experts: ids and weights (TOP_K,)."""
@@ -121,10 +122,7 @@ def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, done_ptr, ids
         tl.store(xn_ptr + offs, xn, mask=ok)
     tl.debug_barrier()  # all of this program's logits are stored before it counts as done
     if tl.atomic_add(done_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
-        ids, weights = _route(logits_ptr, N, E_PAD, TOP_K, K_PAD, NORM_TOPK)
-        slots = tl.arange(0, K_PAD)
-        tl.store(ids_ptr + slots, ids, mask=slots < TOP_K)
-        tl.store(wts_ptr + slots, weights, mask=slots < TOP_K)
+        _route(logits_ptr, ids_ptr, wts_ptr, N, E_PAD, TOP_K, NORM_TOPK)
         tl.atomic_xchg(done_ptr, 0)
 
 

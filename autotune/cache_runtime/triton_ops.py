@@ -26,7 +26,8 @@ from autotune.cache_runtime.weights import ModelWeights, QTensor
 
 # Launch shapes (see studies/runtime_full_residency). The GEMV tiles put one warp on each
 # row (triton_tiles explains how), so rows per program = warps per program.
-GEMV_WARPS = 4  # warps (= rows) per program of the dense GEMVs and the router
+GEMV_WARPS = 4  # warps (= rows) per program of the dense GEMVs
+ROUTER_WARPS = 4  # warps (= rows) per program of the router
 GATE_UP_WARPS = 8  # warps (= virtual rows, gate and up interleaved) per program
 DOWN_ROWS, DOWN_WARPS = 1, 8  # output rows per program, each read from all top-k experts
 ATTN_SPLITS, ATTN_BLOCK = 16, 64
@@ -172,6 +173,18 @@ class TritonOps(TorchOps):
             return super().out_proj(a, il, h)
         return self._gemv(a[0], [self.w.layers[il].wo], resid=h[0])[None]
 
+    def route(self, x: torch.Tensor, il: int, logits: torch.Tensor, xn: torch.Tensor, done: torch.Tensor,
+              ids: torch.Tensor, weights: torch.Tensor) -> None:
+        """Layer il's router on x (n_embd,): logits, RMSNorm-ed x (xn), top-k ids and weights;
+        ``done``: a zeroed int32 counter that only this launch's stream uses."""
+        cfg, router = self.cfg, self.w.layers[il].router
+        router_kernel[(triton.cdiv(cfg.n_expert, ROUTER_WARPS),)](
+            x, self.w.layers[il].ffn_norm, cfg.rms_eps, router.data, logits, xn, done, ids, weights,
+            cfg.n_expert, row_stride=router.row_bytes, K=router.cols, R=ROUTER_WARPS,
+            S=_superblocks(router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
+            E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=cfg.n_expert_used, NORM_TOPK=cfg.norm_topk,
+            num_warps=ROUTER_WARPS, **_type_args(router))
+
     def moe(self, h, il):
         if h.shape[0] > 1:
             return super().moe(h, il)
@@ -181,12 +194,7 @@ class TritonOps(TorchOps):
         xn = torch.empty(cfg.n_embd, dtype=torch.float32, device=dev)
         ids = torch.empty(1, k, dtype=torch.int32, device=dev)
         weights = torch.empty(k, dtype=torch.float32, device=dev)
-        router_kernel[(triton.cdiv(cfg.n_expert, GEMV_WARPS),)](
-            x, lw.ffn_norm, cfg.rms_eps, lw.router.data, logits, xn, self._done, ids, weights,
-            cfg.n_expert, row_stride=lw.router.row_bytes, K=lw.router.cols, R=GEMV_WARPS,
-            S=_superblocks(lw.router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
-            E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=k, K_PAD=triton.next_power_of_2(k),
-            NORM_TOPK=cfg.norm_topk, num_warps=GEMV_WARPS, **_type_args(lw.router))
+        self.route(x, il, logits, xn, self._done, ids, weights)
         if self.hooks is not None:
             self.hooks.after_router(il, h)
         hidden = torch.empty(k, cfg.n_ff_expert, dtype=torch.float32, device=dev)

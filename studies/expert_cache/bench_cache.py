@@ -64,6 +64,7 @@ SETTINGS = {
 }
 # bench-only variants: name suffix -> prefetch.COPY_PROGRAMS (programs per matrix of the ring copy)
 COPY_PROGRAM_VARIANTS = {"_cp4": 4, "_cp32": 32}
+TIMELINE = bool(os.environ.get("TIMELINE"))  # profile a few decode steps per setting (decode_timeline)
 
 
 def base_name(name: str) -> str:
@@ -104,6 +105,51 @@ def prefill_tps(engine: Engine, n: int, reps: int) -> list[float]:
 
     run()
     return [n / synced(run) for _ in range(reps)]
+
+
+def decode_timeline(engine: Engine, keep: Path | None = None, steps: int = 4) -> dict:
+    """Where a decode step's time goes, per CUDA stream: kernels and copies of ``steps``
+    graph replays (after 8 unprofiled ones), from the profiler's trace: per stream the busy
+    time per step and the kernels that take it, and the step's wall time. ``keep``: where to
+    save the device events (gzipped JSON) for a closer look."""
+    import gzip
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    engine.reset()
+    engine.decode(1)
+    for _ in range(8):
+        engine.decode()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.decode()
+        torch.cuda.synchronize()
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        trace = json.loads(Path(f.name).read_text())
+    events = [e for e in trace.get("traceEvents", []) if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    if not events:
+        return {"error": "no device events in the trace"}
+    if keep is not None:
+        with gzip.open(keep, "wt") as f:
+            json.dump(events, f)
+    start = min(e["ts"] for e in events)
+    end = max(e["ts"] + e["dur"] for e in events)
+    streams: dict = {}
+    for e in events:
+        row = streams.setdefault(str(e.get("args", {}).get("stream", "?")), {"n": 0, "busy_us": 0.0, "kernels": {}})
+        row["n"] += 1
+        row["busy_us"] += e["dur"]
+        name = e["name"][:60]
+        row["kernels"][name] = row["kernels"].get(name, 0.0) + e["dur"]
+    for row in streams.values():
+        row["n"] = row["n"] / steps
+        row["busy_us"] = round(row["busy_us"] / steps, 1)
+        top = sorted(row["kernels"].items(), key=lambda kv: -kv[1])[:10]
+        row["kernels"] = {k: round(v / steps, 1) for k, v in top}
+    return {"steps": steps, "step_us": round((end - start) / steps, 1), "streams": streams}
 
 
 def summary(samples: list[float]) -> dict:
@@ -159,6 +205,8 @@ def reference(model: str, out: Path) -> None:
     result["prefill_pp512"] = summary(prefill_tps(engine, 512, 3))
     result["prefill_pp2048"] = summary(prefill_tps(engine, 2048, 2))
     result["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
+    if TIMELINE:
+        result["timeline"] = decode_timeline(engine, out / "timeline_full.json.gz")
     (out / "reference.json").write_text(json.dumps(result, indent=1))
     print("reference", {k: v for k, v in result.items() if k != "greedy_tokens"}, flush=True)
 
@@ -198,7 +246,7 @@ def configure(engine: Engine, cfg: CacheConfig, profile_to: Path | None) -> None
 
 
 def run_setting(engine: Engine, cfg: CacheConfig, ref_tokens: list[int] | None, vram: PeakVram,
-                counts: np.ndarray | None, profile_to: Path | None = None) -> dict:
+                counts: np.ndarray | None, profile_to: Path | None = None, timeline_to: Path | None = None) -> dict:
     row: dict = {"config": cfg.to_dict()}
     plan = plan_vram(model_sizes(engine.path), cfg, counts if cfg.learned_placement else None)
     row["predicted_peak_gib"] = round(plan.peak / GIB, 3)
@@ -212,6 +260,8 @@ def run_setting(engine: Engine, cfg: CacheConfig, ref_tokens: list[int] | None, 
     row["tokens_match_full_residency"] = None if ref_tokens is None else tokens == ref_tokens
     row["decode_tg128"] = summary(phases.run("tg128", lambda: decode_tps(engine, 128, 5)))
     stats_decode = engine.cache_stats()
+    if TIMELINE:
+        row["timeline"] = decode_timeline(engine, timeline_to)
     row["prefill_pp512"] = summary(phases.run("pp512", lambda: prefill_tps(engine, 512, 3)))
     row["prefill_pp2048"] = summary(phases.run("pp2048", lambda: prefill_tps(engine, 2048, 2)))
     row["phases"] = phases.rows
@@ -250,7 +300,8 @@ def cache(model: str, out: Path, caps: list[float], only: list[str] | None) -> N
             cfg = CacheConfig(vram_cap=int(cap * GIB), **SETTINGS[base_name(name)])
             profile_to = out / "configure_profile.txt" if not rows else None
             try:
-                row = run_setting(engine, cfg, ref_tokens, vram, counts, profile_to)
+                row = run_setting(engine, cfg, ref_tokens, vram, counts, profile_to,
+                                  out / f"timeline_cap{cap:g}_{name}.json.gz")
             except Exception as exc:  # noqa: BLE001 - every setting reports, failed or not
                 row = {"config": cfg.to_dict(), "error": f"{type(exc).__name__}: {exc}",
                        "traceback": traceback.format_exc()[-3000:]}
