@@ -92,6 +92,7 @@ def test_zero_copy_bytes_are_the_misses_read_over_pcie(tiny_model: Path, full_to
 
 def test_prefetch_precision_and_recall_bookkeeping(tiny_model: Path) -> None:
     from autotune.cache_runtime.prefetch import Prefetcher
+    from autotune.cache_runtime.step_counts import count_step
 
     e = engine(tiny_model, 4, eviction="static", rebalance_interval=0, prefetch_depth=1)
     pf: Prefetcher = e.expert_cache.prefetcher
@@ -101,7 +102,9 @@ def test_prefetch_precision_and_recall_bookkeeping(tiny_model: Path) -> None:
     pf.pred.copy_(torch.tensor([[0, 1, 2, 3], [4, 5, 0, 1], [8, 9, 10, 0], [0, 1, 2, 3]]))
     pf.staged.copy_(torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]]))
     pf.counters.zero_()
-    pf.record(selected, in_slot)
+    hits, tokens = torch.zeros(4, dtype=torch.int64), torch.zeros(1, dtype=torch.int64)
+    count_step(selected.int(), in_slot, hits, tokens, pf.step_counts(), fused=False)
+    assert hits.tolist() == [0, 1, 1, 0] and tokens.tolist() == [1]
     # layer 0 is never predicted; layers 1-3: 12 predictions, 2 + 3 + 0 right; 3 + 3 + 4 staged,
     # 1 + 2 + 0 of them used; 3 + 3 + 4 selections missed the slots
     s = pf.stats()

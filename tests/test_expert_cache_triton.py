@@ -74,6 +74,35 @@ def test_stage_kernels_copy_predicted_misses_and_repoint_the_table() -> None:
         assert torch.equal(r[1], h[1]) and not r[0].any()
 
 
+@pytest.mark.parametrize("with_prefetch", [True, False])
+def test_fused_step_counts_match_the_torch_ops(with_prefetch: bool) -> None:
+    """One step's hit and prefetch counters: the Triton kernel adds what the torch ops add."""
+    from autotune.cache_runtime.step_counts import PrefetchCounts, count_step
+
+    rng = np.random.default_rng(4)
+    layers, n_expert, k = 6, 16, 4
+    ids = torch.from_numpy(np.stack([rng.choice(n_expert, k, replace=False) for _ in range(layers)])
+                           .astype(np.int32)).to(DEVICE)
+    in_slot = torch.from_numpy(rng.random((layers, n_expert)) < 0.5).to(DEVICE)
+    pred = torch.from_numpy(np.stack([rng.choice(n_expert, k, replace=False) for _ in range(layers)])
+                            .astype(np.int32)).to(DEVICE)
+    predicted = torch.tensor([False] + [True] * (layers - 1), device=DEVICE)
+    staged = torch.from_numpy(rng.integers(0, 2, (layers, k), dtype=np.int32)).to(DEVICE)
+    results = []
+    for fused in (False, True):
+        hits = torch.full((layers,), 3, dtype=torch.int64, device=DEVICE)
+        tokens = torch.full((1,), 7, dtype=torch.int64, device=DEVICE)
+        counters = torch.arange(5, dtype=torch.int64, device=DEVICE)
+        prefetch = PrefetchCounts(pred, predicted, staged, counters) if with_prefetch else None
+        for _ in range(2):
+            count_step(ids, in_slot, hits, tokens, prefetch, fused)
+        results.append((hits.tolist(), tokens.tolist(), counters.tolist()))
+    assert results[0] == results[1]
+    assert results[0][1] == [9]  # two steps counted
+    if with_prefetch:
+        assert results[0][2] != list(range(5))
+
+
 @pytest.mark.slow
 def test_cache_on_triton_kernels_gives_full_residency_tokens(tiny_model: Path) -> None:
     """1 slot per layer, copy mode with rebalances, prefetch depth 1, prefill bypass: the

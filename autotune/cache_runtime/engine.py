@@ -126,7 +126,8 @@ class Engine:
         plan = plan_vram(sizes, cfg, counts, prefill_chunk=self.prefill_chunk,
                          kv_element_bytes=self.cache.k.element_size())
         table = getattr(self.ops, "experts_table", None) or ExpertTable(self.weights.layers, self.device)
-        cache = ExpertCache(self.weights.layers, table, cfg, plan, self.device, self.cfg.n_expert_used, counts)
+        cache = ExpertCache(self.weights.layers, table, cfg, plan, self.device, self.cfg.n_expert_used, counts,
+                            triton=hasattr(self.ops, "experts_table"))
         if cfg.prefetch_depth and sum(plan.slots) < sizes.n_layers * sizes.n_expert:
             from autotune.cache_runtime.prefetch import Prefetcher
 

@@ -34,6 +34,7 @@ from autotune.cache_runtime.budget import VramPlan
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.expert_table import ExpertTable
 from autotune.cache_runtime.placement import RoutingStats, initial_placement, pick_victim, plan_swaps
+from autotune.cache_runtime.step_counts import count_step
 from autotune.cache_runtime.weights import LayerWeights, QTensor
 
 REBALANCE_BYTES = 512 * 2**20  # copies one rebalance may schedule (about 10 ms of PCIe)
@@ -58,8 +59,10 @@ class _Counters:
 
 class ExpertCache:
     def __init__(self, layers: list[LayerWeights], table: ExpertTable, cfg: CacheConfig, plan: VramPlan,
-                 device: torch.device, top_k: int, counts: np.ndarray | None = None):
+                 device: torch.device, top_k: int, counts: np.ndarray | None = None, triton: bool = False):
+        """``triton``: the decode step runs on the Triton kernels (its counters too)."""
         self.cfg, self.plan, self.device, self.top_k = cfg, plan, device, top_k
+        self.triton = triton
         self.n_layers, self.n_expert = len(layers), layers[0].gate_exps.data.shape[0]
         self.home = [(lw.gate_exps.data, lw.up_exps.data, lw.down_exps.data) for lw in layers]
         self.table = table
@@ -192,9 +195,14 @@ class ExpertCache:
 
     # -- decode ----------------------------------------------------------------------------
 
-    def after_router(self, layer: int, h: torch.Tensor) -> None:
+    def router_input(self, layer: int) -> torch.Tensor | None:
+        """Where a decode step's router may save its input for prefetch (None: not needed)."""
+        return self.prefetcher.input_buffer(layer) if self.prefetcher is not None else None
+
+    def after_router(self, layer: int, h: torch.Tensor, kept: bool = False) -> None:
+        """``kept``: the router already saved ``h`` where ``router_input`` said."""
         if self.prefetcher is not None and h.shape[0] == 1:
-            self.prefetcher.after_router(layer, h)
+            self.prefetcher.after_router(layer, h, kept)
 
     def begin_step(self) -> None:
         """Start of a decode step (captured with it)."""
@@ -210,11 +218,8 @@ class ExpertCache:
         """End of a decode step (captured with it): join the prefetch stream, count hits on the
         device against the residency this step saw. ids (1, layers, k)."""
         self.join()
-        selected = ids[0].long()
-        self.hits += self.in_slot.gather(1, selected).sum(1)
-        self.decode_tokens += 1
-        if self.prefetcher is not None:
-            self.prefetcher.record(selected, self.in_slot)
+        count_step(ids[0], self.in_slot, self.hits, self.decode_tokens,
+                   None if self.prefetcher is None else self.prefetcher.step_counts(), self.triton)
 
     def device_counters(self) -> list[torch.Tensor]:
         """The statistics a captured step updates (the engine restores them after capture's warm-up)."""

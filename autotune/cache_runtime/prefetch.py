@@ -30,6 +30,7 @@ import triton.language as tl
 
 from autotune.cache_runtime.expert_cache import ExpertCache
 from autotune.cache_runtime.routing import route
+from autotune.cache_runtime.step_counts import PrefetchCounts
 from autotune.cache_runtime.torch_ops import TorchOps, rmsnorm
 
 # int32 words per load, and programs per matrix. The copy is bound by PCIe latency: 16
@@ -108,7 +109,9 @@ class Prefetcher:
         self.predicted[1:] = True
         self.counters = torch.zeros(5, dtype=torch.int64, device=dev)  # overlap, n_pred, staged, served, misses
         self.triton = hasattr(ops, "experts_table")  # TritonOps; the torch path reads cache.resolve
-        self.x = torch.empty(ops.cfg.n_embd, dtype=torch.float32, device=dev)
+        # each layer's input to its experts, kept apart: the side stream may still be predicting
+        # from layer l's while the compute stream saves layer l + 1's
+        self.xs = torch.empty(n_layers, ops.cfg.n_embd, dtype=torch.float32, device=dev)
         self.side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
         if dev.type == "cpu":
             cache.register(self.ring)
@@ -122,20 +125,26 @@ class Prefetcher:
         layers = range(1, self.depth + 1) if il == 0 else [il + self.depth]
         return [m for m in layers if m < self.cache.n_layers]
 
-    def after_router(self, il: int, h: torch.Tensor) -> None:
-        """Predict and stage the targets of layer ``il``; ``h`` (1, n_embd): its experts' input."""
+    def input_buffer(self, il: int) -> torch.Tensor | None:
+        """Where layer il's experts' input is kept for predicting its targets (None: it has none)."""
+        return self.xs[il] if self.targets(il) else None
+
+    def after_router(self, il: int, h: torch.Tensor, kept: bool = False) -> None:
+        """Predict and stage the targets of layer ``il``; ``h`` (1, n_embd): its experts' input,
+        already in ``input_buffer(il)`` if ``kept``."""
         targets = self.targets(il)
         if not targets:
             return
-        self.x.copy_(h[0])  # the compute stream updates h in place next
+        if not kept:
+            self.xs[il].copy_(h[0])  # the compute stream updates h in place next
         if self.side is None:
             for m in targets:
-                self._stage(m)
+                self._stage(m, il)
             return
         self.side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.side):
             for m in targets:
-                self._stage(m)
+                self._stage(m, il)
 
     def begin_step(self) -> None:
         """Point every ring occupant home (compute stream, before the step's first layer)."""
@@ -151,18 +160,19 @@ class Prefetcher:
         if self.side is not None:
             torch.cuda.current_stream().wait_stream(self.side)
 
-    def _predict(self, m: int) -> None:
+    def _predict(self, m: int, source: int) -> None:
         ops, lw, cfg = self.ops, self.ops.w.layers[m], self.ops.cfg
         if not self.triton:
-            x = rmsnorm(self.x[None], lw.ffn_norm, cfg.rms_eps)
+            x = rmsnorm(self.xs[source][None], lw.ffn_norm, cfg.rms_eps)
             _, ids = route(ops.linear(x, lw.router), self.k, cfg.norm_topk)
             self.pred[m].copy_(ids[0])
             return
         logits, xn, done, weights = self._scratch[m]
-        ops.route(self.x, m, logits, xn, done, self.pred[m], weights)
+        ops.route(self.xs[source], m, logits, xn, done, self.pred[m], weights)
 
-    def _stage(self, m: int) -> None:
-        self._predict(m)
+    def _stage(self, m: int, source: int) -> None:
+        """Predict layer m's experts from layer ``source``'s input and bring the misses in."""
+        self._predict(m, source)
         row = (m % self.rows) * self.k
         table = self.cache.table.table
         if not self.triton:
@@ -196,14 +206,8 @@ class Prefetcher:
                 flat[o] = home[o]
             self.occupant[i] = -1
 
-    def record(self, selected: torch.Tensor, in_slot: torch.Tensor) -> None:
-        """Device-side bookkeeping of one step (captured with it): selected (layers, k)."""
-        used = (self.pred.long()[:, :, None] == selected[:, None, :]).any(-1)
-        mask = self.predicted[:, None]
-        staged = self.staged.bool() & mask
-        miss = ~in_slot.gather(1, selected) & mask
-        self.counters += torch.stack([(used & mask).sum(), mask.sum() * self.k, staged.sum(),
-                                      (staged & used).sum(), miss.sum()])
+    def step_counts(self) -> PrefetchCounts:
+        return PrefetchCounts(self.pred, self.predicted, self.staged, self.counters)
 
     def stats(self) -> dict:
         overlap, n_pred, staged, served, misses = (int(v) for v in self.counters.cpu().tolist())

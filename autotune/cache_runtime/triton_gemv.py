@@ -97,13 +97,14 @@ def _route(logits_ptr, ids_ptr, wts_ptr, n_expert, E_PAD: tl.constexpr, TOP_K: t
 
 
 @triton.jit
-def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, done_ptr, ids_ptr, wts_ptr,
+def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, keep_ptr, done_ptr, ids_ptr, wts_ptr,
                   N, row_stride, K: tl.constexpr, QT: tl.constexpr, SB_BYTES: tl.constexpr,
                   R: tl.constexpr, S: tl.constexpr, BLOCK_K: tl.constexpr, E_PAD: tl.constexpr,
-                  TOP_K: tl.constexpr, NORM_TOPK: tl.constexpr):
-    """logits = W_router RMSNorm(x); program 0 also stores RMSNorm(x) for the experts, and
-    the last program to finish (counted on ``done_ptr``, which it resets to 0) selects the
-    experts: ids and weights (TOP_K,)."""
+                  TOP_K: tl.constexpr, NORM_TOPK: tl.constexpr, KEEP: tl.constexpr):
+    """logits = W_router RMSNorm(x); program 0 also stores RMSNorm(x) for the experts (and x
+    itself at ``keep_ptr`` if KEEP: the prefetcher's input, saved before the experts add to
+    x in place), and the last program to finish (counted on ``done_ptr``, which it resets
+    to 0) selects the experts: ids and weights (TOP_K,)."""
     pid = tl.program_id(0)
     rows = pid * R + tl.arange(0, R)
     r_ok = rows < N
@@ -118,8 +119,10 @@ def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, done_ptr, ids
     if pid == 0:
         offs = tl.arange(0, BLOCK_K)
         ok = offs < K
-        xn = tl.load(x_ptr + offs, mask=ok, other=0.0) * inv * tl.load(norm_ptr + offs, mask=ok, other=0.0)
-        tl.store(xn_ptr + offs, xn, mask=ok)
+        x = tl.load(x_ptr + offs, mask=ok, other=0.0)
+        tl.store(xn_ptr + offs, x * inv * tl.load(norm_ptr + offs, mask=ok, other=0.0), mask=ok)
+        if KEEP:
+            tl.store(keep_ptr + offs, x, mask=ok)
     tl.debug_barrier()  # all of this program's logits are stored before it counts as done
     if tl.atomic_add(done_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
         _route(logits_ptr, ids_ptr, wts_ptr, N, E_PAD, TOP_K, NORM_TOPK)

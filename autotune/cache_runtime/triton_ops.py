@@ -32,14 +32,15 @@ GATE_UP_WARPS = 8  # warps (= virtual rows, gate and up interleaved) per program
 DOWN_ROWS, DOWN_WARPS = 1, 8  # output rows per program, each read from all top-k experts
 ATTN_SPLITS, ATTN_BLOCK = 16, 64
 GEMM_BM, GEMM_BN, GEMM_WARPS, GEMM_STAGES = 32, 32, 4, 2
+CHUNK_ROUNDS = 1  # load rounds per warp per GEMV chunk (more: more loads in flight, more registers)
 DENSE_DEQUANT_TOKENS = 64  # from this many tokens on, dense weights go dequant + cuBLAS
 DEQUANT_ROWS = 32
 
 
 def _superblocks(w: QTensor) -> int:
-    """Super-blocks per GEMV chunk: as many as one warp's lanes cover (4, or 2 for the
-    2-byte aligned Q6_K and Q8_0), fewer for short rows."""
-    per_warp = 2 if w.qtype in ("Q6_K", "Q8_0") else 4
+    """Super-blocks per GEMV chunk: CHUNK_ROUNDS times as many as one warp's lanes cover in
+    one round (4, or 2 for the 2-byte aligned Q6_K and Q8_0), fewer for short rows."""
+    per_warp = (2 if w.qtype in ("Q6_K", "Q8_0") else 4) * CHUNK_ROUNDS
     return min(per_warp, triton.next_power_of_2(w.cols // 256))
 
 
@@ -174,16 +175,18 @@ class TritonOps(TorchOps):
         return self._gemv(a[0], [self.w.layers[il].wo], resid=h[0])[None]
 
     def route(self, x: torch.Tensor, il: int, logits: torch.Tensor, xn: torch.Tensor, done: torch.Tensor,
-              ids: torch.Tensor, weights: torch.Tensor) -> None:
-        """Layer il's router on x (n_embd,): logits, RMSNorm-ed x (xn), top-k ids and weights;
-        ``done``: a zeroed int32 counter that only this launch's stream uses."""
+              ids: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Layer il's router on x (n_embd,): logits, RMSNorm-ed x (xn), top-k ids and weights,
+        and a copy of x into ``keep`` if given; ``done``: a zeroed int32 counter that only
+        this launch's stream uses."""
         cfg, router = self.cfg, self.w.layers[il].router
         router_kernel[(triton.cdiv(cfg.n_expert, ROUTER_WARPS),)](
-            x, self.w.layers[il].ffn_norm, cfg.rms_eps, router.data, logits, xn, done, ids, weights,
+            x, self.w.layers[il].ffn_norm, cfg.rms_eps, router.data, logits, xn, x if keep is None else keep,
+            done, ids, weights,
             cfg.n_expert, row_stride=router.row_bytes, K=router.cols, R=ROUTER_WARPS,
             S=_superblocks(router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
             E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=cfg.n_expert_used, NORM_TOPK=cfg.norm_topk,
-            num_warps=ROUTER_WARPS, **_type_args(router))
+            KEEP=keep is not None, num_warps=ROUTER_WARPS, **_type_args(router))
 
     def moe(self, h, il):
         if h.shape[0] > 1:
@@ -194,9 +197,10 @@ class TritonOps(TorchOps):
         xn = torch.empty(cfg.n_embd, dtype=torch.float32, device=dev)
         ids = torch.empty(1, k, dtype=torch.int32, device=dev)
         weights = torch.empty(k, dtype=torch.float32, device=dev)
-        self.route(x, il, logits, xn, self._done, ids, weights)
+        keep = self.hooks.router_input(il) if self.hooks is not None else None
+        self.route(x, il, logits, xn, self._done, ids, weights, keep)
         if self.hooks is not None:
-            self.hooks.after_router(il, h)
+            self.hooks.after_router(il, h, kept=keep is not None)
         hidden = torch.empty(k, cfg.n_ff_expert, dtype=torch.float32, device=dev)
         table = self.experts_table.table[il]
         moe_gate_up_kernel[(k, triton.cdiv(cfg.n_ff_expert, GATE_UP_WARPS // 2))](
