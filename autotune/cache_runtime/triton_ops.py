@@ -24,15 +24,17 @@ from autotune.cache_runtime.triton_gemv import (gemv_kernel, moe_down_kernel, mo
 from autotune.cache_runtime.triton_tiles import QTYPE_CODES, SUPERBLOCK_BYTES
 from autotune.cache_runtime.weights import ModelWeights, QTensor
 
-# Launch shapes (see studies/runtime_full_residency). The GEMV tiles put one warp on each
-# row (triton_tiles explains how), so rows per program = warps per program.
+# Launch shapes (see studies/runtime_full_residency; CHUNK_ROUNDS 2 with GATE_UP_WARPS 4 from
+# the H200 sweep in studies/expert_cache, run 6: 305.9 against 291.1 tok/s at full residency).
+# The GEMV tiles put one warp on each row (triton_tiles explains how), so rows per program =
+# warps per program.
 GEMV_WARPS = 4  # warps (= rows) per program of the dense GEMVs
 ROUTER_WARPS = 4  # warps (= rows) per program of the router
-GATE_UP_WARPS = 8  # warps (= virtual rows, gate and up interleaved) per program
+GATE_UP_WARPS = 4  # warps (= virtual rows, gate and up interleaved) per program
 DOWN_ROWS, DOWN_WARPS = 1, 8  # output rows per program, each read from all top-k experts
 ATTN_SPLITS, ATTN_BLOCK = 16, 64
 GEMM_BM, GEMM_BN, GEMM_WARPS, GEMM_STAGES = 32, 32, 4, 2
-CHUNK_ROUNDS = 1  # load rounds per warp per GEMV chunk (more: more loads in flight, more registers)
+CHUNK_ROUNDS = 2  # load rounds per warp per GEMV chunk (more: more loads in flight, more registers)
 DENSE_DEQUANT_TOKENS = 64  # from this many tokens on, dense weights go dequant + cuBLAS
 DEQUANT_ROWS = 32
 
