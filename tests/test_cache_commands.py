@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from autotune.backends.base import ConfigError
 from autotune.backends.cache_commands import FORMATS, format_command, parse_command, serve_argv, size_text
 from autotune.backends.cache_knobs import normalize
-from autotune.cache_runtime.cache_config import EVICTION_RULES, MISS_MODES
+from autotune.cache_runtime.cache_config import CHUNK_ROUNDS, EVICTION_RULES, GATE_UP_WARPS, MISS_MODES
 from autotune.units import parse_size
 
 NASTY_PATHS = [
@@ -46,6 +46,8 @@ def configs(draw: st.DrawFn) -> dict:
         "slot_split": draw(unit_fractions),
         "learned_placement": draw(st.booleans()),
         "max_ctx": draw(st.integers(1, 1 << 20)),
+        "chunk_rounds": draw(st.sampled_from(CHUNK_ROUNDS)),
+        "gate_up_warps": draw(st.sampled_from(GATE_UP_WARPS)),
     }
     return {key: value for key, value in config.items() if key == "vram_cap" or draw(st.booleans())}
 
@@ -70,7 +72,7 @@ def test_the_serve_command_has_every_knob_as_a_flag():
     assert format_command(config, "/m/q 30b.gguf", "serve") == (
         "autotune serve '/m/q 30b.gguf' --vram-cap 16G --ctx 4096 --eviction lfu_decay --miss-mode zero_copy "
         "--rebalance-interval 32 --decay 0.9 --prefetch-depth 2 --prefill-bypass 32 --slot-split 0.25 "
-        "--learned-placement"
+        "--chunk-rounds 2 --gate-up-warps 4 --learned-placement"
     )
     assert json.loads(format_command(config, "q.gguf", "json")) == {"model": "q.gguf", "config": normalize(config)}
 
@@ -94,6 +96,8 @@ def test_normalize_fixes_knobs_a_choice_makes_moot():
         ({"vram_cap": 1, "decay": float("nan")}, "must be a number"),
         ({"vram_cap": 1, "learned_placement": "yes"}, "true or false"),
         ({"vram_cap": 1, "prefetch": 2}, "unknown cache config key"),
+        ({"vram_cap": 1, "chunk_rounds": 3}, "chunk_rounds must be one of 1, 2, 4"),
+        ({"vram_cap": 1, "gate_up_warps": 6}, "gate_up_warps must be one of 2, 4, 8, 16"),
     ],
 )
 def test_invalid_configs_are_config_errors(config, message):

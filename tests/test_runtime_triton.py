@@ -125,11 +125,13 @@ def _moe_weights(rng):
     return gate, up, down
 
 
-def test_moe_decode_kernels_route_and_sum_like_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("shapes", [(None, None), (1, 2)])  # a cache config's launch shapes
+def test_moe_decode_kernels_route_and_sum_like_torch(monkeypatch: pytest.MonkeyPatch, shapes) -> None:
     monkeypatch.setattr(triton_ops, "ROUTER_WARPS", 2)  # 4 router programs: the last one routes
     rng = np.random.default_rng(2)
     gate, up, down = _moe_weights(rng)
     ops = _MoeStub(gate, up, down, top_k=3)
+    ops.chunk_rounds, ops.gate_up_warps = shapes
     router = _qtensor("F32", 8, 512, rng)
     ffn_norm = torch.rand(512, device=DEVICE) + 0.5
     layer = ops.w.layers[0]

@@ -21,6 +21,8 @@ from autotune.backends.cache_knobs import (
     PREFETCH_DEPTHS,
     PREFILL_BYPASSES,
     REBALANCE_INTERVALS,
+    SEARCHED_CHUNK_ROUNDS,
+    SEARCHED_GATE_UP_WARPS,
     SLOT_SPLIT_STEP,
     cache_config,
     normalize,
@@ -68,7 +70,7 @@ class CacheBackend:
     def suggest(
         self, trial: optuna.Trial, model: ModelProfile, hw: HardwareProfile, workload: Workload | None = None
     ) -> Config:
-        """Every knob of the cache. Knobs a choice makes moot are not sampled (``normalize``
+        """Every knob of the cache, the decode launch shapes included. Knobs a choice makes moot are not sampled (``normalize``
         fixes them): miss mode and rebalancing under static eviction, decay outside LFU, the
         slot split without learned counts. For the decode objective the prefill bypass keeps
         its default (decode never bypasses). ``vram_cap`` comes from ``fill_cap``; the
@@ -84,6 +86,8 @@ class CacheBackend:
         config["learned_placement"] = trial.suggest_categorical("learned_placement", [True, False])
         if config["learned_placement"]:
             config["slot_split"] = trial.suggest_float("slot_split", 0.0, 1.0, step=SLOT_SPLIT_STEP)
+        config["chunk_rounds"] = trial.suggest_categorical("chunk_rounds", list(SEARCHED_CHUNK_ROUNDS))
+        config["gate_up_warps"] = trial.suggest_categorical("gate_up_warps", list(SEARCHED_GATE_UP_WARPS))
         if workload is not None and workload.objective != "decode":
             config["prefill_bypass"] = trial.suggest_categorical("prefill_bypass", list(PREFILL_BYPASSES))
         if workload is not None:

@@ -32,6 +32,8 @@ FLAGS = {
     "prefetch_depth": "--prefetch-depth",
     "prefill_bypass": "--prefill-bypass",
     "slot_split": "--slot-split",
+    "chunk_rounds": "--chunk-rounds",
+    "gate_up_warps": "--gate-up-warps",
 }
 SWITCHES = {"--learned-placement": True, "--no-learned-placement": False}
 NOT_KNOBS = ("--host", "--port")  # where the server listens: read, not part of the config
@@ -89,6 +91,7 @@ def _size(flag: str, value: str) -> int:
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "vram_cap": _size, "max_ctx": int_flag, "rebalance_interval": int_flag, "prefetch_depth": int_flag, "prefill_bypass": int_flag,
     "decay": _float, "slot_split": _float, "eviction": lambda flag, value: value, "miss_mode": lambda flag, value: value,
+    "chunk_rounds": int_flag, "gate_up_warps": int_flag,
 }
 _KEY_OF_FLAG = {flag: key for key, flag in FLAGS.items()}
 

@@ -14,11 +14,12 @@ from dataclasses import fields
 from typing import Any
 
 from autotune.backends.base import Config, ConfigError
-from autotune.cache_runtime.cache_config import EVICTION_RULES, MISS_MODES, CacheConfig
+from autotune.cache_runtime.cache_config import CHUNK_ROUNDS, EVICTION_RULES, GATE_UP_WARPS, MISS_MODES, CacheConfig
 
 KEYS = tuple(f.name for f in fields(CacheConfig))
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(CacheConfig) if f.name != "vram_cap"}
-INT_KEYS = ("vram_cap", "rebalance_interval", "prefetch_depth", "prefill_bypass", "max_ctx")
+INT_KEYS = ("vram_cap", "rebalance_interval", "prefetch_depth", "prefill_bypass", "max_ctx", "chunk_rounds",
+            "gate_up_warps")
 FLOAT_KEYS = ("decay", "slot_split")
 
 # The search space (see CacheBackend.suggest).
@@ -27,6 +28,8 @@ DECAYS = (0.5, 0.8, 0.9, 0.95, 0.99)
 PREFETCH_DEPTHS = (0, 3)  # inclusive range
 PREFILL_BYPASSES = (0, 8, 32, 128, 512)
 SLOT_SPLIT_STEP = 0.25
+SEARCHED_CHUNK_ROUNDS = (1, 2)
+SEARCHED_GATE_UP_WARPS = (4, 8)
 
 
 def _int(key: str, value: Any, minimum: int) -> int:
@@ -65,6 +68,9 @@ def normalize(config: Config) -> Config:
     out["slot_split"] = _float("slot_split", c["slot_split"], 0.0, 1.0)
     out["eviction"] = _choice("eviction", c["eviction"], EVICTION_RULES)
     out["miss_mode"] = _choice("miss_mode", c["miss_mode"], MISS_MODES)
+    for key, allowed in (("chunk_rounds", CHUNK_ROUNDS), ("gate_up_warps", GATE_UP_WARPS)):
+        if out[key] not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, not {out[key]}")
     if not isinstance(c["learned_placement"], bool):
         raise ConfigError(f"learned_placement must be true or false, not {c['learned_placement']!r}")
     out["learned_placement"] = c["learned_placement"]

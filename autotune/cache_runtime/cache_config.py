@@ -14,6 +14,8 @@ from typing import Any
 
 EVICTION_RULES = ("lfu_decay", "lru", "static")
 MISS_MODES = ("zero_copy", "copy")
+CHUNK_ROUNDS = (1, 2, 4)
+GATE_UP_WARPS = (2, 4, 8, 16)
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class CacheConfig:
     slot_split: float = 0.0  # 0: equal slots per layer; 1: slots in proportion to routing entropy
     learned_placement: bool = True  # seed the placement from the routing counts of earlier runs
     max_ctx: int = 4096
+    # decode launch shapes (triton_ops): the 12 GiB cap measured faster with 1 and 8 than with
+    # the full-residency winner 2 and 4 (studies/expert_cache, run 6)
+    chunk_rounds: int = 2  # load rounds per warp per GEMV chunk: 1, 2 or 4
+    gate_up_warps: int = 4  # warps per gate-up program: 2, 4, 8 or 16
 
     def __post_init__(self) -> None:
         if self.eviction not in EVICTION_RULES:
@@ -38,6 +44,10 @@ class CacheConfig:
             raise ValueError(f"slot_split must be within [0, 1], not {self.slot_split}")
         if min(self.rebalance_interval, self.prefetch_depth, self.prefill_bypass) < 0:
             raise ValueError("rebalance_interval, prefetch_depth and prefill_bypass must be >= 0")
+        if self.chunk_rounds not in CHUNK_ROUNDS:
+            raise ValueError(f"chunk_rounds must be one of {CHUNK_ROUNDS}, not {self.chunk_rounds}")
+        if self.gate_up_warps not in GATE_UP_WARPS:
+            raise ValueError(f"gate_up_warps must be one of {GATE_UP_WARPS}, not {self.gate_up_warps}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

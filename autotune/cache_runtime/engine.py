@@ -134,6 +134,8 @@ class Engine:
             cache.prefetcher = Prefetcher(self.ops, cache, cfg.prefetch_depth)
         self.expert_cache = cache
         self.ops.hooks = cache
+        if hasattr(self.ops, "experts_table"):  # the Triton kernels' launch shapes
+            self.ops.chunk_rounds, self.ops.gate_up_warps = cfg.chunk_rounds, cfg.gate_up_warps
 
     def save_routing(self) -> Path | None:
         """Persist the routing counts seen so far (they seed the next start's placement)."""

@@ -39,10 +39,10 @@ DENSE_DEQUANT_TOKENS = 64  # from this many tokens on, dense weights go dequant 
 DEQUANT_ROWS = 32
 
 
-def _superblocks(w: QTensor) -> int:
-    """Super-blocks per GEMV chunk: CHUNK_ROUNDS times as many as one warp's lanes cover in
+def _superblocks(w: QTensor, rounds: int) -> int:
+    """Super-blocks per GEMV chunk: ``rounds`` times as many as one warp's lanes cover in
     one round (4, or 2 for the 2-byte aligned Q6_K and Q8_0), fewer for short rows."""
-    per_warp = (2 if w.qtype in ("Q6_K", "Q8_0") else 4) * CHUNK_ROUNDS
+    per_warp = (2 if w.qtype in ("Q6_K", "Q8_0") else 4) * rounds
     return min(per_warp, triton.next_power_of_2(w.cols // 256))
 
 
@@ -53,6 +53,10 @@ def _type_args(w: QTensor) -> dict:
 
 
 class TritonOps(TorchOps):
+    # decode launch shapes an engine may set per cache config; None: the module's constants
+    chunk_rounds: int | None = None
+    gate_up_warps: int | None = None
+
     def __init__(self, weights: ModelWeights, cache: KVCache, rope: RopeTable):
         super().__init__(weights, cache, rope)
         self.experts_table = ExpertTable(weights.layers, cache.k.device)
@@ -60,6 +64,9 @@ class TritonOps(TorchOps):
         self._dense_tables: dict[int, torch.Tensor] = {}
 
     # -- launch helpers ----------------------------------------------------------------
+
+    def _superblocks(self, w: QTensor) -> int:
+        return _superblocks(w, self.chunk_rounds or CHUNK_ROUNDS)
 
     def _gemv(self, x: torch.Tensor, ws: list[QTensor], norm: torch.Tensor | None = None,
               resid: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,7 +80,7 @@ class TritonOps(TorchOps):
             x, x if norm is None else norm, self.cfg.rms_eps, w0.data, w1.data, w0.rows,
             out if resid is None else resid, out, n, row_stride=w0.row_bytes, K=w0.cols,
             HAS_NORM=norm is not None, HAS_RESID=resid is not None, R=GEMV_WARPS,
-            S=_superblocks(w0), BLOCK_K=triton.next_power_of_2(w0.cols),
+            S=self._superblocks(w0), BLOCK_K=triton.next_power_of_2(w0.cols),
             num_warps=GEMV_WARPS, **_type_args(w0))
         return out
 
@@ -186,7 +193,7 @@ class TritonOps(TorchOps):
             x, self.w.layers[il].ffn_norm, cfg.rms_eps, router.data, logits, xn, x if keep is None else keep,
             done, ids, weights,
             cfg.n_expert, row_stride=router.row_bytes, K=router.cols, R=ROUTER_WARPS,
-            S=_superblocks(router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
+            S=self._superblocks(router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
             E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=cfg.n_expert_used, NORM_TOPK=cfg.norm_topk,
             KEEP=keep is not None, num_warps=ROUTER_WARPS, **_type_args(router))
 
@@ -205,14 +212,15 @@ class TritonOps(TorchOps):
             self.hooks.after_router(il, h, kept=keep is not None)
         hidden = torch.empty(k, cfg.n_ff_expert, dtype=torch.float32, device=dev)
         table = self.experts_table.table[il]
-        moe_gate_up_kernel[(k, triton.cdiv(cfg.n_ff_expert, GATE_UP_WARPS // 2))](
+        warps = self.gate_up_warps or GATE_UP_WARPS
+        moe_gate_up_kernel[(k, triton.cdiv(cfg.n_ff_expert, warps // 2))](
             ids, xn, table, hidden, cfg.n_ff_expert, row_stride=lw.gate_exps.row_bytes, K=cfg.n_embd,
-            R=GATE_UP_WARPS, S=_superblocks(lw.gate_exps), num_warps=GATE_UP_WARPS,
+            R=warps, S=self._superblocks(lw.gate_exps), num_warps=warps,
             **_type_args(lw.gate_exps))
         moe_down_kernel[(triton.cdiv(cfg.n_embd, DOWN_ROWS),)](
             hidden, ids, weights, table, x, cfg.n_embd, row_stride=lw.down_exps.row_bytes,
             K=cfg.n_ff_expert, TOP_K=k, K_PAD=triton.next_power_of_2(k), BN=DOWN_ROWS,
-            S=_superblocks(lw.down_exps), num_warps=DOWN_WARPS, **_type_args(lw.down_exps))
+            S=self._superblocks(lw.down_exps), num_warps=DOWN_WARPS, **_type_args(lw.down_exps))
         return h, ids
 
     def head(self, h):
