@@ -59,6 +59,9 @@ SETTINGS = {
     "lfu16_zc_pf3": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=3),
     "lfu16_zc_pf4": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=4),
     "static_zc_pf3": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0, prefetch_depth=3),
+    # run 6's setting on the launch shapes before run 6 (1 load round per chunk, 8 gate-up warps)
+    "lfu16_zc_pf3_r1w8": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=3,
+                              chunk_rounds=1, gate_up_warps=8),
     "split1_lfu16_zc_pf2": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16,
                                 prefetch_depth=2, slot_split=1.0),
 }
