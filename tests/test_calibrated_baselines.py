@@ -45,3 +45,30 @@ def test_the_fit_split_is_queued_again_once_the_memory_model_is_calibrated(tiny_
     ran = [(t.params["n_cpu_moe"], t.user_attrs.get("seeded")) for t in tuner.measured_trials()]
     assert ran[:3] == [(4, "baseline"), (2, "baseline"), (1, "baseline, memory model calibrated")]
     assert tuner.choose_winner().config["n_cpu_moe"] == 1
+
+
+class BudgetFillingBackend(OverestimatingBackend):
+    """A runtime that fills the VRAM budget its config names, as the cache backend does."""
+
+    name = "budget_filling"
+
+    def baselines(self, model, hw, vram_cap, workload) -> list[Config]:
+        return [{"n_cpu_moe": model.n_layers, "n_threads": 2, "vram_cap": vram_cap}]
+
+    def fill_cap(self, config: Config, vram_cap: int) -> Config:
+        return {**config, "vram_cap": vram_cap}
+
+
+def test_a_budget_filling_runtime_that_overestimates_is_not_queued_again_above_the_cap(tiny_model: Path,
+                                                                                       tmp_path: Path):
+    """Its sampled configs never get more than the cap, so its calibrated baselines do not
+    either: the same baseline again (same budget) is not queued a second time."""
+    model = inspect_model(tiny_model)
+    cap = int(2.6 * GIB)
+    tuner = Tuner(Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), model, probe_hardware(), [BudgetFillingBackend()],
+                  cap, Workload(repetitions=2), "fill", seed=0, batch=1)
+    tuner.seed_baselines()
+    tuner.run(tiny_model, Budget(trials=1), remeasure=False)
+    assert tuner.calibration.correction("budget_filling") < 0  # the formula overestimated
+    queued = [t.system_attrs["fixed_params"] for t in tuner.study.get_trials(deepcopy=False)]
+    assert [p["vram_cap"] for p in queued] == [cap]

@@ -217,9 +217,13 @@ class Tuner:
 
     def seed_baselines(self, reason: str = "baseline") -> None:
         """Queue each backend's baselines, for the cap as the calibrated memory model sees it
-        (so "the largest split that fits" is what fits by this machine's measurements)."""
+        (so "the largest split that fits" is what fits by this machine's measurements). A
+        runtime that fills the budget it is given gets the budget sampled configs get (never
+        above the cap), so its baselines change only when that does."""
         for name, backend in self.backends.items():
-            cap_for_formula = self.vram_cap - self.calibration.correction(name)
+            correction = self.calibration.correction(name)
+            fills_budget = getattr(backend, "fill_cap", None) is not None
+            cap_for_formula = self.vram_cap - (max(0, correction) if fills_budget else correction)
             for config in backend.baselines(self.model, self.hardware, cap_for_formula, self.workload):
                 self._enqueue(name, config, reason=reason)
             if self.calibration.residuals.get(name):
