@@ -1,5 +1,7 @@
-"""The "largest split that fits" baseline follows the calibrated memory model: once the first
-measured peak shows the formula overestimates, the split it had ruled out is queued."""
+"""How baselines are queued and run: the "largest split that fits" follows the calibrated
+memory model (once the first measured peak shows the formula overestimates, the split it had
+ruled out is queued); a budget-filling runtime's baselines stay within the cap; queued
+baselines that share a model load are measured in one."""
 
 from __future__ import annotations
 
@@ -72,3 +74,35 @@ def test_a_budget_filling_runtime_that_overestimates_is_not_queued_again_above_t
     assert tuner.calibration.correction("budget_filling") < 0  # the formula overestimated
     queued = [t.system_attrs["fixed_params"] for t in tuner.study.get_trials(deepcopy=False)]
     assert [p["vram_cap"] for p in queued] == [cap]
+
+
+class QueuedLoadSharingBackend(OverestimatingBackend):
+    """Measures configs with the same thread count in one call (its load-time knob)."""
+
+    name = "sharing"
+    load_keys = ("n_threads",)
+
+    def __init__(self):
+        self.loads: list[list[int]] = []
+
+    def baselines(self, model, hw, vram_cap, workload) -> list[Config]:
+        return [{"n_cpu_moe": n, "n_threads": t} for n, t in ((4, 2), (3, 2), (2, 4), (1, 2))]
+
+    def run_trials(self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float) -> list[TrialResult]:
+        self.loads.append([config["n_cpu_moe"] for config in configs])
+        return [super(QueuedLoadSharingBackend, self).run_trial(c, model_path, workload, deadline_s) for c in configs]
+
+    def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
+        self.loads.append([config["n_cpu_moe"]])
+        return super().run_trial(config, model_path, workload, deadline_s)
+
+
+def test_queued_baselines_that_share_a_model_load_are_measured_in_one(tiny_model: Path, tmp_path: Path):
+    """In queue order: the two baselines behind each other with 2 threads share one load, the
+    one with 4 threads and the last one (2 threads again, but not next to the first two) do not."""
+    backend = QueuedLoadSharingBackend()
+    tuner = Tuner(Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), inspect_model(tiny_model), probe_hardware(),
+                  [backend], 8 * GIB, Workload(repetitions=2), "share", seed=0, batch=2)
+    tuner.seed_baselines()
+    tuner.run(tiny_model, Budget(trials=4), remeasure=False)
+    assert backend.loads == [[4, 3], [2], [1]]

@@ -303,13 +303,15 @@ class Tuner:
         self.on_trial(record)
 
     def _siblings(self, lead: _Asked, room: int, outcome: StudyOutcome) -> list[_Asked]:
-        """Up to ``room`` more trials that share the lead's model load (its load-time knobs fixed,
-        the rest sampled). Only for a freely sampled lead with nothing else queued, so the
-        queue order of seeded trials is kept."""
+        """Up to ``room`` more trials that share the lead's model load. A queued lead takes the
+        queued trials right behind it that share it (queue order kept); a freely sampled lead,
+        with nothing queued, gets new trials with its load-time knobs fixed, the rest sampled."""
         load_keys = getattr(self.backends[lead.backend], "load_keys", None)
-        if load_keys is None or room <= 0 or self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if load_keys is None or room <= 0:
             return []
         if "seeded" in lead.trial.user_attrs:  # every trial this tuner queues carries it
+            return self._queued_siblings(lead, load_keys, room, outcome)
+        if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return []
         fixed = {key: value for key, value in lead.trial.params.items() if key in load_keys or key == "backend"}
         siblings: list[_Asked] = []
@@ -322,6 +324,39 @@ class Tuner:
                 break
             siblings.append(sibling)
         return siblings
+
+    def _queued_siblings(self, lead: _Asked, load_keys: tuple[str, ...], room: int,
+                         outcome: StudyOutcome) -> list[_Asked]:
+        """The next queued trials while they share the lead's load (a baseline after a baseline
+        of the same backend, say); over-cap ones are pruned on the way."""
+        siblings: list[_Asked] = []
+        while len(siblings) < room:
+            queued = min(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)),
+                         key=lambda t: t.number, default=None)
+            fixed = queued.system_attrs.get("fixed_params", {}) if queued is not None else {}
+            if queued is None or fixed.get("backend", lead.backend) != lead.backend or any(
+                    fixed.get(key, lead.config.get(key)) != lead.config.get(key) for key in load_keys):
+                break
+            sibling = self._ask()  # that queued trial, unless another worker took it first
+            if sibling.predicted > self.vram_cap:
+                self._prune(sibling, outcome)
+                continue
+            siblings.append(sibling)
+        return siblings
+
+    @staticmethod
+    def _load_groups(group: list[_Asked], load_keys: tuple[str, ...] | None) -> list[list[_Asked]]:
+        """Consecutive runs of the group that share one model load (the same backend and
+        load-time knobs): a queued sibling another worker's ask displaced may not."""
+        parts: list[list[_Asked]] = []
+        for asked in group:
+            key = (asked.backend, tuple(asked.config.get(k) for k in load_keys or ()))
+            lead = parts[-1][0] if parts else None
+            if lead is not None and (lead.backend, tuple(lead.config.get(k) for k in load_keys or ())) == key:
+                parts[-1].append(asked)
+            else:
+                parts.append([asked])
+        return parts
 
     def _shares_loads(self, backend_name: str) -> bool:
         """Whether the backend measures several configs in one child per model load (``run_trials``)."""
@@ -341,6 +376,15 @@ class Tuner:
             self._prune(lead, outcome)
             return 0
         group = [lead] + self._siblings(lead, min(self.batch, room) - 1, outcome)
+        load_keys = getattr(self.backends[lead.backend], "load_keys", None)
+        for part in self._load_groups(group, load_keys):
+            self._measure_and_record(part, model_path, outcome)
+        self._reseed_once_calibrated()
+        return len(group)
+
+    def _measure_and_record(self, group: list[_Asked], model_path: Path, outcome: StudyOutcome) -> None:
+        """Measure trials that share one model load, and tell the study their results."""
+        lead = group[0]
         try:
             results = self._measure(lead.backend, [asked.config for asked in group], model_path)
         except KeyboardInterrupt:
@@ -365,8 +409,6 @@ class Tuner:
             outcome.load_seconds += result.load_seconds
             outcome.trial_seconds += result.wall_seconds + result.load_seconds
             self.on_trial(record)
-        self._reseed_once_calibrated()
-        return len(group)
 
     def _record(self, trial: optuna.Trial, name: str, raw: int, predicted: int, result: TrialResult) -> None:
         trial.set_user_attr("result", result.to_json())
