@@ -38,15 +38,33 @@ class OverestimatingBackend(FakeBackend):
                            peak_vram_bytes=self.real_vram(config, model))
 
 
-def test_the_fit_split_is_queued_again_once_the_memory_model_is_calibrated(tiny_model: Path, tmp_path: Path):
+def test_the_fit_split_waits_for_the_calibrated_memory_model(tiny_model: Path, tmp_path: Path):
+    """The probe (all experts on the CPU) runs first; the split that fits is queued only once
+    its peak calibrated the formula: the split the formula alone allowed (2) is never queued."""
     model = inspect_model(tiny_model)  # 4 layers: really 2.5 GiB with n_cpu_moe 1, 2.8 GiB by the formula
     tuner = Tuner(Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), model, probe_hardware(), [OverestimatingBackend()],
                   int(2.6 * GIB), Workload(repetitions=2), "fit", seed=0, batch=1)
     tuner.seed_baselines()
     tuner.run(tiny_model, Budget(trials=3), remeasure=False)
     ran = [(t.params["n_cpu_moe"], t.user_attrs.get("seeded")) for t in tuner.measured_trials()]
-    assert ran[:3] == [(4, "baseline"), (2, "baseline"), (1, "baseline, memory model calibrated")]
+    assert ran[:2] == [(4, "baseline"), (1, "baseline, memory model calibrated")]
+    assert (2, "baseline") not in ran
     assert tuner.choose_winner().config["n_cpu_moe"] == 1
+
+
+def test_baselines_held_back_are_queued_even_when_the_probe_measures_no_peak(tiny_model: Path, tmp_path: Path,
+                                                                              monkeypatch):
+    """A probe that crashes calibrates nothing; the other baselines still follow it."""
+    monkeypatch.setenv("FAKE_BACKEND_FAULTS", "4=crash")
+    backend = OverestimatingBackend()
+    backend.run_trial = FakeBackend.run_trial.__get__(backend)  # the fault-injecting child process
+    model = inspect_model(tiny_model)
+    tuner = Tuner(Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), model, probe_hardware(), [backend],
+                  int(2.6 * GIB), Workload(repetitions=2), "probe", seed=0, batch=1)
+    tuner.seed_baselines()
+    tuner.run(tiny_model, Budget(trials=2), remeasure=False)
+    seeded = [(t.params["n_cpu_moe"], t.user_attrs.get("seeded")) for t in tuner.study.get_trials(deepcopy=False)]
+    assert seeded[0] == (4, "baseline") and (2, "baseline") in seeded[1:]
 
 
 class BudgetFillingBackend(OverestimatingBackend):
@@ -76,7 +94,7 @@ def test_a_budget_filling_runtime_that_overestimates_is_not_queued_again_above_t
     assert [p["vram_cap"] for p in queued] == [cap]
 
 
-class QueuedLoadSharingBackend(OverestimatingBackend):
+class QueuedLoadSharingBackend(BudgetFillingBackend):
     """Measures configs with the same thread count in one call (its load-time knob)."""
 
     name = "sharing"
@@ -90,7 +108,7 @@ class QueuedLoadSharingBackend(OverestimatingBackend):
 
     def run_trials(self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float) -> list[TrialResult]:
         self.loads.append([config["n_cpu_moe"] for config in configs])
-        return [super(QueuedLoadSharingBackend, self).run_trial(c, model_path, workload, deadline_s) for c in configs]
+        return [BudgetFillingBackend.run_trial(self, c, model_path, workload, deadline_s) for c in configs]
 
     def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
         self.loads.append([config["n_cpu_moe"]])

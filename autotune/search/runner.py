@@ -153,6 +153,7 @@ def prepare_study(
     notes = []
     if resume:
         notes.append(f"resuming study {name}: {done} measured trials kept, {recovered} interrupted trial(s) queued again")
+        tuner.seed_baselines()  # those still held back when it stopped (queued or tried ones are skipped)
     else:
         copied = tuner.warm_start()
         tuner.seed_baselines()

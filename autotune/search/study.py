@@ -156,6 +156,7 @@ class Tuner:
         self.on_trial = on_trial or (lambda record: None)
         self.batch = max(1, batch)  # trials per model load, where the backend allows it
         self._calibrated: set[str] = set()  # backends whose baselines were sized with a calibration
+        self._baselines_held = False  # only the formula probes are queued yet (seed_baselines)
         self.calibration = MemoryCalibration()
         storage = db.optuna_storage()
         self.study = optuna.create_study(
@@ -215,25 +216,42 @@ class Tuner:
                 self._enqueue(best.backend, best.config, reason=f"best of {best.study_name}", skip_if_exists=False)
         return copied
 
-    def seed_baselines(self, reason: str = "baseline") -> None:
+    def seed_baselines(self, probes_first: bool = True) -> None:
         """Queue each backend's baselines, for the cap as the calibrated memory model sees it
         (so "the largest split that fits" is what fits by this machine's measurements). A
         runtime that fills the budget it is given gets the budget sampled configs get (never
-        above the cap), so its baselines change only when that does."""
+        above the cap), so its baselines change only when that does.
+
+        While a backend's formula has no measured peak on this machine yet, only its first
+        baseline (the probe) is queued, and everything else after the first measured trial:
+        else the split the formula alone allows, and every other backend's baselines, would
+        be queued before the split the calibrated formula allows (which a short budget may
+        then never reach)."""
+        probes_only = probes_first and any(self._formula_uncalibrated(name) for name in self.backends)
         for name, backend in self.backends.items():
             correction = self.calibration.correction(name)
             fills_budget = getattr(backend, "fill_cap", None) is not None
             cap_for_formula = self.vram_cap - (max(0, correction) if fills_budget else correction)
-            for config in backend.baselines(self.model, self.hardware, cap_for_formula, self.workload):
-                self._enqueue(name, config, reason=reason)
-            if self.calibration.residuals.get(name):
+            configs = backend.baselines(self.model, self.hardware, cap_for_formula, self.workload)
+            if probes_only:
+                configs = configs[:1] if self._formula_uncalibrated(name) else []
+            calibrated = bool(self.calibration.residuals.get(name))
+            for config in configs:
+                self._enqueue(name, config, reason="baseline, memory model calibrated" if calibrated else "baseline")
+            if calibrated:
                 self._calibrated.add(name)
+        self._baselines_held = probes_only
+
+    def _formula_uncalibrated(self, name: str) -> bool:
+        """Whether the backend's baselines follow a memory formula not yet checked by a measurement."""
+        return getattr(self.backends[name], "fill_cap", None) is None and not self.calibration.residuals.get(name)
 
     def _reseed_once_calibrated(self) -> None:
-        """After a backend's first measured peak, baselines sized by the formula alone may be
-        one split off; queue those that change (configs already tried are skipped)."""
-        if {name for name in self.backends if self.calibration.residuals.get(name)} - self._calibrated:
-            self.seed_baselines(reason="baseline, memory model calibrated")
+        """After the first measured trial, the baselines held back; after a backend's first
+        measured peak, those of its baselines sized by the formula alone that change (configs
+        already queued or tried are skipped)."""
+        if self._baselines_held or {name for name in self.backends if self.calibration.residuals.get(name)} - self._calibrated:
+            self.seed_baselines(probes_first=False)
 
     def _enqueue(self, backend: str, config: Config, reason: str, skip_if_exists: bool = True) -> None:
         params = dict(config)
