@@ -202,6 +202,17 @@ def _when_measured(url: str, name: str, count: int) -> None:
     raise AssertionError(f"study {name} never reached {count} measured trials")
 
 
+def _when_running(url: str, name: str):
+    """The first trial found running (its worker's attributes set), polled for up to 60 s."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        running = [t for t in _trials(url, name) if t.state is TrialState.RUNNING and WORKER_ATTR in t.user_attrs]
+        if running:
+            return running[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no trial of study {name} was seen running")
+
+
 @pytest.fixture
 def model_env(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOTUNE_TEST_MODEL", str(tiny_model))
@@ -245,9 +256,8 @@ def test_kill_9_of_the_tuner_then_resume(model_env: None, tmp_path: Path):
 
     def interrupt(process: subprocess.Popen) -> None:
         _when_measured(url, "s", 2)
-        time.sleep(0.2)
-        running = [t for t in _trials(url, "s") if t.state is TrialState.RUNNING]
-        assert running and running[0].user_attrs[WORKER_ATTR]["pid"] == process.pid
+        running = _when_running(url, "s")  # a trial in flight (a loaded machine may take a while to ask)
+        assert running.user_attrs[WORKER_ATTR]["pid"] == process.pid
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=180)
 
