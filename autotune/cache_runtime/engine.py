@@ -125,16 +125,17 @@ class Engine:
         counts = load_counts(self.fingerprint, (sizes.n_layers, sizes.n_expert)) if cfg.learned_placement else None
         plan = plan_vram(sizes, cfg, counts, prefill_chunk=self.prefill_chunk,
                          kv_element_bytes=self.cache.k.element_size())
-        table = getattr(self.ops, "experts_table", None) or ExpertTable(self.weights.layers, self.device)
+        triton = hasattr(self.ops, "experts_table")  # TritonOps: the decode step runs on its kernels
+        table = self.ops.experts_table if triton else ExpertTable(self.weights.layers, self.device)
         cache = ExpertCache(self.weights.layers, table, cfg, plan, self.device, self.cfg.n_expert_used, counts,
-                            triton=hasattr(self.ops, "experts_table"))
+                            triton=triton)
         if cfg.prefetch_depth and sum(plan.slots) < sizes.n_layers * sizes.n_expert:
             from autotune.cache_runtime.prefetch import Prefetcher
 
             cache.prefetcher = Prefetcher(self.ops, cache, cfg.prefetch_depth)
         self.expert_cache = cache
         self.ops.hooks = cache
-        if hasattr(self.ops, "experts_table"):  # the Triton kernels' launch shapes
+        if triton:  # the kernels' launch shapes
             self.ops.chunk_rounds, self.ops.gate_up_warps = cfg.chunk_rounds, cfg.gate_up_warps
 
     def save_routing(self) -> Path | None:

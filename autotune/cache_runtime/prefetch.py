@@ -108,7 +108,7 @@ class Prefetcher:
         self.predicted = torch.zeros(n_layers, dtype=torch.bool, device=dev)
         self.predicted[1:] = True
         self.counters = torch.zeros(5, dtype=torch.int64, device=dev)  # overlap, n_pred, staged, served, misses
-        self.triton = hasattr(ops, "experts_table")  # TritonOps; the torch path reads cache.resolve
+        self.triton = cache.triton  # the torch path reads cache.resolve
         # each layer's input to its experts, kept apart: the side stream may still be predicting
         # from layer l's while the compute stream saves layer l + 1's
         self.xs = torch.empty(n_layers, ops.cfg.n_embd, dtype=torch.float32, device=dev)

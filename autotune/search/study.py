@@ -14,6 +14,7 @@ model x machine x cap x workload.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -229,9 +230,8 @@ class Tuner:
         then never reach)."""
         probes_only = probes_first and any(self._formula_uncalibrated(name) for name in self.backends)
         for name, backend in self.backends.items():
-            correction = self.calibration.correction(name)
-            fills_budget = getattr(backend, "fill_cap", None) is not None
-            cap_for_formula = self.vram_cap - (max(0, correction) if fills_budget else correction)
+            cap_for_formula = (self._budget(name) if self._fills_budget(name)
+                               else self.vram_cap - self.calibration.correction(name))
             configs = backend.baselines(self.model, self.hardware, cap_for_formula, self.workload)
             if probes_only:
                 configs = configs[:1] if self._formula_uncalibrated(name) else []
@@ -242,9 +242,18 @@ class Tuner:
                 self._calibrated.add(name)
         self._baselines_held = probes_only
 
+    def _fills_budget(self, name: str) -> bool:
+        """Whether the backend is a runtime that fills the VRAM budget its config names (``fill_cap``)."""
+        return getattr(self.backends[name], "fill_cap", None) is not None
+
+    def _budget(self, name: str) -> int:
+        """The budget a budget-filling runtime gets: the cap, less what this machine measured
+        above its predictions (never more than the cap)."""
+        return self.vram_cap - max(0, self.calibration.correction(name))
+
     def _formula_uncalibrated(self, name: str) -> bool:
         """Whether the backend's baselines follow a memory formula not yet checked by a measurement."""
-        return getattr(self.backends[name], "fill_cap", None) is None and not self.calibration.residuals.get(name)
+        return not self._fills_budget(name) and not self.calibration.residuals.get(name)
 
     def _reseed_once_calibrated(self) -> None:
         """After the first measured trial, the baselines held back; after a backend's first
@@ -295,9 +304,8 @@ class Tuner:
         name = names[0] if len(names) == 1 else trial.suggest_categorical("backend", names)
         backend = self.backends[name]
         config = backend.suggest(trial, self.model, self.hardware, self.workload)
-        fill_cap = getattr(backend, "fill_cap", None)  # a runtime that fills the VRAM budget it is given
-        if fill_cap is not None:
-            config = fill_cap(config, self.vram_cap - max(0, self.calibration.correction(name)))
+        if self._fills_budget(name):
+            config = backend.fill_cap(config, self._budget(name))
         return name, config
 
     def _ask(self) -> _Asked:
@@ -366,15 +374,10 @@ class Tuner:
     def _load_groups(group: list[_Asked], load_keys: tuple[str, ...] | None) -> list[list[_Asked]]:
         """Consecutive runs of the group that share one model load (the same backend and
         load-time knobs): a queued sibling another worker's ask displaced may not."""
-        parts: list[list[_Asked]] = []
-        for asked in group:
-            key = (asked.backend, tuple(asked.config.get(k) for k in load_keys or ()))
-            lead = parts[-1][0] if parts else None
-            if lead is not None and (lead.backend, tuple(lead.config.get(k) for k in load_keys or ())) == key:
-                parts[-1].append(asked)
-            else:
-                parts.append([asked])
-        return parts
+        def load(asked: _Asked) -> tuple:
+            return asked.backend, tuple(asked.config.get(key) for key in load_keys or ())
+
+        return [list(part) for _, part in itertools.groupby(group, key=load)]
 
     def _shares_loads(self, backend_name: str) -> bool:
         """Whether the backend measures several configs in one child per model load (``run_trials``)."""
