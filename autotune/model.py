@@ -6,6 +6,7 @@ reader); the tensor data is never touched, so a 20 GB file is inspected in momen
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import defaultdict
@@ -261,3 +262,15 @@ def inspect_model(path: str | Path) -> ModelProfile:
         fingerprint=_fingerprint(reader, tensors),
         tensors=tensors,
     )
+
+
+def cached_profile(path: str | Path) -> ModelProfile:
+    """``inspect_model`` kept per file (path, size and modification time): a header with a
+    large vocabulary takes seconds to read, and a study asks for it once per trial."""
+    stat = Path(path).stat()
+    return _cached_profile(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_profile(path: str, size: int, mtime_ns: int) -> ModelProfile:
+    return inspect_model(path)

@@ -61,7 +61,7 @@ def run_isolated(
     while len(results) < len(items):
         results += _run_child(target, common, items[len(results) :], deadline_s, gpu_index, sampler)
     if vram_cap is not None:
-        results = [_check_cap(result, vram_cap) for result in results]
+        results = [check_cap(result, vram_cap) for result in results]
     return results
 
 
@@ -95,7 +95,8 @@ def mentions_oom(text: str) -> bool:
     return any(_OOM.search(line) and "pinned" not in line for line in text.splitlines())
 
 
-def _check_cap(result: TrialResult, vram_cap: int) -> TrialResult:
+def check_cap(result: TrialResult, vram_cap: int) -> TrialResult:
+    """The result, marked over the cap where its measured peak is above it."""
     peak = result.peak_vram_bytes
     if not result.ok or peak is None or peak <= vram_cap:
         return result

@@ -3,10 +3,14 @@
 What most users already trust. The binary is the one given, else ``$AUTOTUNE_LLAMA_BENCH``,
 else ``llama-bench`` on PATH or next to this Python. Each trial runs it in the same isolation
 (child process, deadline, VRAM sampler) as the llama_cpp engine. llama-bench sizes its
-context to the measured tokens (no ``-c``), so its KV cache and measured VRAM are those of
-``n_ctx = n_prompt + n_gen``, while ``predict_vram`` keeps the workload's n_ctx (what the
-exported command serves). When n_threads_batch differs from n_threads it runs every test at
-both counts (``-t a,b``); prefill is read at n_threads_batch, decode at n_threads.
+context to each test's tokens (no ``-c``: a prefill test gets n_prompt, a decode test n_gen),
+so its KV cache and measured VRAM are those of a short context, while ``predict_vram`` keeps
+the workload's n_ctx (what the exported command serves). A trial's peak is therefore reported
+at the served context: the measured peak plus what the memory model adds from the longest
+test's context to the served one (``served_context_bytes``); the cap, the memory model's
+calibration and the winner all see that peak, and ``extra`` keeps the measured one. When
+n_threads_batch differs from n_threads it runs every test at both counts (``-t a,b``);
+prefill is read at n_threads_batch, decode at n_threads.
 """
 
 from __future__ import annotations
@@ -14,12 +18,17 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from autotune.backends.base import Config, Workload
+from autotune.backends.base import Config, TrialResult, Workload
 from autotune.backends.commands import bench_argv
+from autotune.backends.isolation import check_cap
+from autotune.backends.llama_config import normalize
 from autotune.backends.llama_cpp import LlamaCppBackend
+from autotune.backends.llama_memory import estimate_vram
+from autotune.model import ModelProfile, cached_profile
 
 ENV_BINARY = "AUTOTUNE_LLAMA_BENCH"
 
@@ -32,6 +41,15 @@ def find_llama_bench(binary: str | None = None) -> str | None:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return str(Path(candidate).resolve())
     return None
+
+
+def served_context_bytes(config: Config, model: ModelProfile, workload: Workload) -> int:
+    """VRAM the served context (the config's n_ctx) takes beyond llama-bench's longest test
+    context, by the memory model: mostly the KV cache of the tokens llama-bench never holds."""
+    served = normalize({"n_ctx": workload.n_ctx, **config})
+    tested = [n for n in (workload.n_prompt, workload.n_gen) if n]
+    benched = max(estimate_vram({**served, "n_ctx": n}, model).total for n in tested)
+    return max(0, estimate_vram(served, model).total - benched)
 
 
 class LlamaBenchBackend(LlamaCppBackend):
@@ -48,6 +66,28 @@ class LlamaBenchBackend(LlamaCppBackend):
             where = self.binary or f"on PATH, next to {sys.executable} or in ${ENV_BINARY}"
             return f"no llama-bench executable found ({where})"
         return None
+
+    def run_trials(
+        self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float,
+        vram_cap: int | None = None,
+    ) -> list[TrialResult]:
+        """As ``LlamaCppBackend.run_trials``, with peaks at the served context (module docstring)."""
+        measured = super().run_trials(configs, model_path, workload, deadline_s)
+        model = cached_profile(model_path) if any(r.peak_vram_bytes is not None for r in measured) else None
+        results = [self._at_served_context(result, config, model, workload)
+                   for result, config in zip(measured, configs, strict=True)]
+        return results if vram_cap is None else [check_cap(result, vram_cap) for result in results]
+
+    @staticmethod
+    def _at_served_context(
+        result: TrialResult, config: Config, model: ModelProfile | None, workload: Workload
+    ) -> TrialResult:
+        if result.peak_vram_bytes is None or model is None:
+            return result
+        extra = served_context_bytes(config, model, workload)
+        return replace(result, peak_vram_bytes=result.peak_vram_bytes + extra,
+                       extra={**result.extra, "measured_peak_vram_bytes": result.peak_vram_bytes,
+                              "served_context_bytes": extra})
 
     def _job(self, config: Config, model_path: Path) -> dict[str, Any]:
         return {"binary": find_llama_bench(self.binary)}
