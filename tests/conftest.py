@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from autotune.synth import write_synthetic_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def trial_store_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Cache trials keep the routing counts they learn here, not in the user's cache dir."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AUTOTUNE_TRIAL_STORE", str(tmp_path_factory.mktemp("trial-store")))
+        yield
 
 
 @pytest.fixture(scope="session")

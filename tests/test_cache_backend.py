@@ -38,9 +38,11 @@ def cap(tiny_model: Path) -> int:
 
 @pytest.fixture(autouse=True)
 def own_store_and_one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Trial children inherit both: their own learned counts, and one torch thread each (the CPU
-    path dequantizes experts per step; threads fighting over CI's cores only slow it down)."""
+    """Trial children inherit all: the user's store and the trials' store of this test, and one
+    torch thread each (the CPU path dequantizes experts per step; threads fighting over CI's
+    cores only slow it down)."""
     monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("AUTOTUNE_TRIAL_STORE", str(tmp_path / "trial store"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
@@ -129,9 +131,12 @@ def test_trials_share_one_load_and_report_the_cache_statistics(tiny_model: Path,
     assert first.extra["prefetch_precision"] is None and second.extra["prefetch_precision"] is not None
     assert first.extra["admissions"] == 0 and second.extra["admissions"] > 0  # copy mode brings misses in
     assert second.extra["effective_hit_rate"] >= second.extra["hit_rate"]
-    # no counts stored for the model: the child learned its own, and wrote nothing to the user's store
+    # no counts stored for the model: the child learned them into the trials' store, not the user's
     assert {r.extra["routing_counts"] for r in results} == {"learned in the trial"}
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.npy"))
+    assert len(list((tmp_path / "trial store").rglob("*.npy"))) == 1
+    [later] = backend.run_trials(configs[:1], tiny_model, WORKLOAD, deadline_s=300)  # a new child
+    assert later.outcome is Outcome.OK and later.extra["routing_counts"] == "learned by an earlier trial"
 
 
 def test_a_trial_places_experts_by_the_users_routing_counts_and_leaves_them_as_they_were(tiny_model: Path, cap: int):

@@ -1,6 +1,7 @@
 """How baselines are queued and run: the "largest split that fits" follows the calibrated
 memory model (once the first measured peak shows the formula overestimates, the split it had
-ruled out is queued); a budget-filling runtime's baselines stay within the cap; queued
+ruled out is queued; once a split that fit by it is measured over the cap, the next one is); a
+budget-filling runtime's baselines stay within the cap; queued
 baselines that share a model load are measured in one."""
 
 from __future__ import annotations
@@ -50,6 +51,34 @@ def test_the_fit_split_waits_for_the_calibrated_memory_model(tiny_model: Path, t
     assert ran[:2] == [(4, "baseline"), (1, "baseline, memory model calibrated")]
     assert (2, "baseline") not in ran
     assert tuner.choose_winner().config["n_cpu_moe"] == 1
+
+
+class LessOverestimatingNearTheGpuBackend(OverestimatingBackend):
+    """Its formula overestimates the all-CPU probe by 0.3 GiB, and each layer's experts on the
+    GPU by 0.05 GiB less (as llama.cpp's formula does): a split that fits by the probe's
+    calibration can be over the cap."""
+
+    name = "drifting"
+
+    def predict_vram(self, config: Config, model, workload: Workload) -> int:
+        on_gpu = model.n_layers - config["n_cpu_moe"]
+        return self.real_vram(config, model) + OVERESTIMATE - on_gpu * GIB // 20
+
+
+def test_a_split_measured_over_the_cap_gives_way_to_the_next(tiny_model: Path, tmp_path: Path):
+    """By the probe (-0.3 GiB), n_cpu_moe 1 fits 2.4 GiB; it measures 2.5 GiB, and the split the
+    formula allows with that error (-0.15 GiB) is queued next: 2, which fits and wins."""
+    model = inspect_model(tiny_model)
+    tuner = Tuner(Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), model, probe_hardware(),
+                  [LessOverestimatingNearTheGpuBackend()], int(2.4 * GIB), Workload(repetitions=2), "drift",
+                  seed=0, batch=1)
+    tuner.seed_baselines()
+    tuner.run(tiny_model, Budget(trials=3), remeasure=False)
+    ran = [(t.params["n_cpu_moe"], t.user_attrs.get("seeded"), t.user_attrs["outcome"])
+           for t in tuner.measured_trials()]
+    calibrated = "baseline, memory model calibrated"
+    assert ran == [(4, "baseline", "ok"), (1, calibrated, "over_cap"), (2, calibrated, "ok")]
+    assert tuner.choose_winner().config["n_cpu_moe"] == 2
 
 
 def test_baselines_held_back_are_queued_even_when_the_probe_measures_no_peak(tiny_model: Path, tmp_path: Path,

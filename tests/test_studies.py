@@ -188,6 +188,8 @@ def test_a_results_commit_says_when_the_package_differs_from_it(monkeypatch: pyt
     assert runner._commit() == "abc1234"
     answers.clear()
     assert runner._commit() is None
+    monkeypatch.setenv("AUTOTUNE_COMMIT", "def5678")  # a copy of the code, named by whoever copied it
+    assert runner._commit() == "def5678"
 
 
 def test_parts_run_in_the_order_the_definition_lists_its_caps(tmp_path: Path):

@@ -9,20 +9,23 @@ statistics of those decode runs, and prefill of P tokens r times after a warm-up
 tokens are seeded, so every config sees the same sequences, and every config starts from the
 same learned routing counts: trials never save theirs (benchmark traffic would otherwise
 reshape the placement of the trials after it, and of the user's next ``autotune serve``).
-Where the user has no counts for the model yet, the child learns its own first, from decode of
-a prompt no measurement uses (``learn_placement``), so learned placement is measured as a
-returning user gets it. Peak VRAM is sampled by the parent (``isolation``).
+Where the user has no counts for the model yet, trials use counts learned from decode of a
+prompt no measurement uses (``learn_placement``), so learned placement is measured as a
+returning user gets it; the first child to need them learns them into the trials' own store
+(``trial_store``), and later children (of this study and the next) read them from there.
+Peak VRAM is sampled by the parent (``isolation``).
 """
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
+import platformdirs
 import torch
 
 from autotune.cache_runtime.cache_config import CacheConfig
@@ -34,30 +37,39 @@ STATS = ("hit_rate", "effective_hit_rate", "pcie_bytes_per_token", "prefetch_pre
 
 
 LEARN_PROMPT_TOKENS, LEARN_TOKENS = 16, 256  # the decode whose routing seeds a first placement
+TRIAL_STORE_ENV = "AUTOTUNE_TRIAL_STORE"
 
 
 @dataclass
 class Loaded:
     engine: Engine
     config: CacheConfig  # what the cache is configured with now
-    own_store: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # learned counts
 
 
-def learn_placement(engine: Engine, config: CacheConfig) -> tempfile.TemporaryDirectory | None:
-    """Where no routing counts are stored for the model, learn them: decode a seeded prompt no
-    measurement uses, save its counts in a directory of this child's own (the user's store is
-    never written) and re-configure, so the placement starts from them. None when the user's
-    counts exist (they are used as they are)."""
-    if load_counts(engine.fingerprint, (engine.cfg.n_layers, engine.cfg.n_expert)) is not None:
-        return None
-    store = tempfile.TemporaryDirectory(prefix="autotune-placement-")
-    os.environ[DATA_DIR_ENV] = store.name
-    rng = random.Random(f"learn {engine.fingerprint}")
-    prompt = [rng.randrange(engine.cfg.n_vocab) for _ in range(LEARN_PROMPT_TOKENS)]
-    engine.generate(prompt, min(LEARN_TOKENS, engine.cache.max_ctx - LEARN_PROMPT_TOKENS))
-    engine.save_routing()
+def trial_store() -> Path:
+    """Where trials keep the routing counts they learn (``$AUTOTUNE_TRIAL_STORE``, else the user
+    cache dir), apart from the user's store. The seeded decode gives a model the same counts
+    in every child (the runtime's tokens do not depend on the cache), so one learning serves all."""
+    return Path(os.environ.get(TRIAL_STORE_ENV) or platformdirs.user_cache_dir("autotune", appauthor=False)) / "trials"
+
+
+def learn_placement(engine: Engine, config: CacheConfig) -> str:
+    """Start the placement from routing counts, and say whose: the user's where stored (used as
+    they are), else the trials' store's, learned first where it has none (decode of a seeded
+    prompt no measurement uses). The user's store is never written."""
+    shape = (engine.cfg.n_layers, engine.cfg.n_expert)
+    if load_counts(engine.fingerprint, shape) is not None:
+        return "the user's"
+    os.environ[DATA_DIR_ENV] = str(trial_store())
+    source = "learned by an earlier trial"
+    if load_counts(engine.fingerprint, shape) is None:
+        rng = random.Random(f"learn {engine.fingerprint}")
+        prompt = [rng.randrange(engine.cfg.n_vocab) for _ in range(LEARN_PROMPT_TOKENS)]
+        engine.generate(prompt, min(LEARN_TOKENS, engine.cache.max_ctx - LEARN_PROMPT_TOKENS))
+        engine.save_routing()
+        source = "learned in the trial"
     engine.configure_cache(config)
-    return store
+    return source
 
 
 def setup(common: dict[str, Any]) -> tuple[Loaded, dict[str, Any]]:
@@ -67,13 +79,13 @@ def setup(common: dict[str, Any]) -> tuple[Loaded, dict[str, Any]]:
     engine = Engine(common["model_path"], cache=config)
     engine.persist_routing = False
     loaded = time.perf_counter()
-    own_store = learn_placement(engine, config)
+    routing_counts = learn_placement(engine, config)
     done = time.perf_counter()
     info = {"load_seconds": done - started,
             "extra": {"device": str(engine.device), "kernels": type(engine.ops).__name__,
-                      "routing_counts": "learned in the trial" if own_store else "the user's",
+                      "routing_counts": routing_counts,
                       "model_load_seconds": loaded - started, "placement_seconds": done - loaded}}
-    return Loaded(engine, config, own_store), info
+    return Loaded(engine, config), info
 
 
 def _timed(engine: Engine, run: Callable[[], None]) -> float:

@@ -25,6 +25,12 @@ class MemoryCalibration:
         values = self.residuals.get(backend)
         return int(statistics.median(values)) if values else 0
 
+    def largest(self, backend: str) -> int:
+        """The largest (measured - predicted) so far, 0 with none: the formula raised by it
+        puts every config measured here at or above its measured peak."""
+        values = self.residuals.get(backend)
+        return max(values) if values else 0
+
     def predict(self, backend: str, predicted_raw: int) -> int:
         return predicted_raw + self.correction(backend)
 

@@ -157,6 +157,7 @@ class Tuner:
         self.on_trial = on_trial or (lambda record: None)
         self.batch = max(1, batch)  # trials per model load, where the backend allows it
         self._calibrated: set[str] = set()  # backends whose baselines were sized with a calibration
+        self._baseline_caps: dict[str, int] = {}  # the cap each backend's baselines were last sized for
         self._baselines_held = False  # only the formula probes are queued yet (seed_baselines)
         self.calibration = MemoryCalibration()
         storage = db.optuna_storage()
@@ -217,11 +218,10 @@ class Tuner:
                 self._enqueue(best.backend, best.config, reason=f"best of {best.study_name}", skip_if_exists=False)
         return copied
 
-    def seed_baselines(self, probes_first: bool = True) -> None:
-        """Queue each backend's baselines, for the cap as the calibrated memory model sees it
-        (so "the largest split that fits" is what fits by this machine's measurements). A
-        runtime that fills the budget it is given gets the budget sampled configs get (never
-        above the cap), so its baselines change only when that does.
+    def seed_baselines(self, probes_first: bool = True, names: Iterable[str] | None = None) -> None:
+        """Queue the baselines of each backend (of ``names``, else all), sized for
+        ``_baseline_cap`` (so "the largest split that fits" is what fits by this machine's
+        measurements). Configs already queued or tried are skipped.
 
         While a backend's formula has no measured peak on this machine yet, only its first
         baseline (the probe) is queued, and everything else after the first measured trial:
@@ -229,10 +229,9 @@ class Tuner:
         be queued before the split the calibrated formula allows (which a short budget may
         then never reach)."""
         probes_only = probes_first and any(self._formula_uncalibrated(name) for name in self.backends)
-        for name, backend in self.backends.items():
-            cap_for_formula = (self._budget(name) if self._fills_budget(name)
-                               else self.vram_cap - self.calibration.correction(name))
-            configs = backend.baselines(self.model, self.hardware, cap_for_formula, self.workload)
+        for name in names or self.backends:
+            cap_for_formula = self._baseline_cap(name)
+            configs = self.backends[name].baselines(self.model, self.hardware, cap_for_formula, self.workload)
             if probes_only:
                 configs = configs[:1] if self._formula_uncalibrated(name) else []
             calibrated = bool(self.calibration.residuals.get(name))
@@ -240,7 +239,17 @@ class Tuner:
                 self._enqueue(name, config, reason="baseline, memory model calibrated" if calibrated else "baseline")
             if calibrated:
                 self._calibrated.add(name)
+            self._baseline_caps[name] = cap_for_formula
         self._baselines_held = probes_only
+
+    def _baseline_cap(self, name: str) -> int:
+        """The cap a backend's baselines are sized for. A runtime that fills the budget it is
+        given gets the budget sampled configs get (never above the cap). A backend with a
+        memory formula gets the cap less the largest error measured above its formula here,
+        so no split measured over the cap is queued again: the next one that fits is."""
+        if self._fills_budget(name):
+            return self._budget(name)
+        return self.vram_cap - self.calibration.largest(name)
 
     def _fills_budget(self, name: str) -> bool:
         """Whether the backend is a runtime that fills the VRAM budget its config names (``fill_cap``)."""
@@ -255,12 +264,17 @@ class Tuner:
         """Whether the backend's baselines follow a memory formula not yet checked by a measurement."""
         return not self._fills_budget(name) and not self.calibration.residuals.get(name)
 
-    def _reseed_once_calibrated(self) -> None:
-        """After the first measured trial, the baselines held back; after a backend's first
-        measured peak, those of its baselines sized by the formula alone that change (configs
-        already queued or tried are skipped)."""
-        if self._baselines_held or {name for name in self.backends if self.calibration.residuals.get(name)} - self._calibrated:
-            self.seed_baselines(probes_first=False)
+    def _reseed_outdated_baselines(self) -> None:
+        """After the first measured trial, the baselines held back. After a backend's first
+        measured peak, its baselines sized without one. After a peak above a formula by more
+        than any before (a split that fit by the formula, measured over the cap), that
+        backend's baselines for the cap the formula now allows. A budget-filling runtime's
+        budget follows every trial, so its baselines are sized again once only."""
+        measured = [name for name in self.backends if self.calibration.residuals.get(name)]
+        outdated = [name for name in measured if name not in self._calibrated
+                    or (not self._fills_budget(name) and self._baseline_caps.get(name) != self._baseline_cap(name))]
+        if self._baselines_held or outdated:
+            self.seed_baselines(probes_first=False, names=None if self._baselines_held else outdated)
 
     def _enqueue(self, backend: str, config: Config, reason: str, skip_if_exists: bool = True) -> None:
         params = dict(config)
@@ -400,7 +414,7 @@ class Tuner:
         load_keys = getattr(self.backends[lead.backend], "load_keys", None)
         for part in self._load_groups(group, load_keys):
             self._measure_and_record(part, model_path, outcome)
-        self._reseed_once_calibrated()
+        self._reseed_outdated_baselines()
         return len(group)
 
     def _measure_and_record(self, group: list[_Asked], model_path: Path, outcome: StudyOutcome) -> None:

@@ -32,6 +32,7 @@ from autotune.studies.tuner_part import run_tuner_part
 from autotune.units import format_size, parse_duration
 
 PARTIAL_SUFFIX = ".partial"
+COMMIT_ENV = "AUTOTUNE_COMMIT"
 
 
 @dataclass
@@ -62,7 +63,11 @@ def _git(*args: str) -> str | None:
 
 def _commit() -> str | None:
     """The code's git commit, where the code is a git checkout; ``+changes`` where the package's
-    tracked files differ from it (the figures then come from code no commit holds)."""
+    tracked files differ from it (the figures then come from code no commit holds). A copy of
+    the code whose git history is not its own (a machine it was copied to) is named by
+    ``$AUTOTUNE_COMMIT``, as whoever copied it knows it."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
     commit = _git("rev-parse", "--short", "HEAD")
     if not commit:
         return None
