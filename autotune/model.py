@@ -164,9 +164,11 @@ def _fingerprint(reader: Any, tensors: list[TensorInfo]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _open_reader(path: Path) -> Any:
-    from gguf import GGUFReader
-
+def open_gguf(path: str | Path) -> Any:
+    """A GGUF file's reader (the ``gguf`` package's), kept per file (path, size and
+    modification time): reading a header with a large vocabulary takes seconds, and loading
+    a model asks for it several times (config, sizes, fingerprint, tensors)."""
+    path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such file")
     if not path.is_file():
@@ -175,6 +177,14 @@ def _open_reader(path: Path) -> Any:
         magic = handle.read(4)
     if magic != GGUF_MAGIC:
         raise ModelFileError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+    stat = path.stat()
+    return _reader(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _reader(path: str, size: int, mtime_ns: int) -> Any:
+    from gguf import GGUFReader
+
     try:
         return GGUFReader(path, "r")
     except Exception as exc:  # the reader raises many kinds on a cut-off header
@@ -184,7 +194,7 @@ def _open_reader(path: Path) -> Any:
 def inspect_model(path: str | Path) -> ModelProfile:
     """Read a GGUF file's header and tensor table into a ModelProfile."""
     path = Path(path)
-    reader = _open_reader(path)
+    reader = open_gguf(path)
     file_bytes = path.stat().st_size
 
     arch = _field_value(reader, "general.architecture")
@@ -263,14 +273,3 @@ def inspect_model(path: str | Path) -> ModelProfile:
         tensors=tensors,
     )
 
-
-def cached_profile(path: str | Path) -> ModelProfile:
-    """``inspect_model`` kept per file (path, size and modification time): a header with a
-    large vocabulary takes seconds to read, and a study asks for it once per trial."""
-    stat = Path(path).stat()
-    return _cached_profile(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_profile(path: str, size: int, mtime_ns: int) -> ModelProfile:
-    return inspect_model(path)

@@ -28,7 +28,7 @@ from autotune.backends.isolation import check_cap
 from autotune.backends.llama_config import normalize
 from autotune.backends.llama_cpp import LlamaCppBackend
 from autotune.backends.llama_memory import estimate_vram
-from autotune.model import ModelProfile, cached_profile
+from autotune.model import ModelProfile, inspect_model
 
 ENV_BINARY = "AUTOTUNE_LLAMA_BENCH"
 
@@ -73,7 +73,7 @@ class LlamaBenchBackend(LlamaCppBackend):
     ) -> list[TrialResult]:
         """As ``LlamaCppBackend.run_trials``, with peaks at the served context (module docstring)."""
         measured = super().run_trials(configs, model_path, workload, deadline_s)
-        model = cached_profile(model_path) if any(r.peak_vram_bytes is not None for r in measured) else None
+        model = inspect_model(model_path) if any(r.peak_vram_bytes is not None for r in measured) else None
         results = [self._at_served_context(result, config, model, workload)
                    for result, config in zip(measured, configs, strict=True)]
         return results if vram_cap is None else [check_cap(result, vram_cap) for result in results]

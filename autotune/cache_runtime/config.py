@@ -62,9 +62,9 @@ class ModelConfig:
 
 
 def _fields(path: Path) -> dict[str, Any]:
-    from gguf import GGUFReader
+    from autotune.model import open_gguf
 
-    reader = GGUFReader(path, "r")
+    reader = open_gguf(path)
     return {name: field.contents() for name, field in reader.fields.items()
             if not name.startswith("tokenizer.ggml.")}
 

@@ -24,9 +24,9 @@ class ChatError(AutotuneError):
 def gguf_chat_fields(path: str | Path) -> tuple[str | None, dict[str, int]]:
     """The GGUF's chat template (None without one) and its BOS and EOS token ids by template
     variable (``bos_token``, ``eos_token``), where the file names them."""
-    from gguf import GGUFReader
+    from autotune.model import open_gguf
 
-    fields = GGUFReader(path, "r").fields
+    fields = open_gguf(path).fields
     template = fields.get("tokenizer.chat_template")
     ids = {name: int(fields[f"tokenizer.ggml.{name}_id"].contents()) for name in ("bos_token", "eos_token")
            if f"tokenizer.ggml.{name}_id" in fields}
