@@ -139,6 +139,26 @@ def test_trials_share_one_load_and_report_the_cache_statistics(tiny_model: Path,
     assert later.outcome is Outcome.OK and later.extra["routing_counts"] == "learned by an earlier trial"
 
 
+def test_a_trial_child_reads_the_gguf_header_once(tiny_model: Path, cap: int, monkeypatch: pytest.MonkeyPatch):
+    """Config, sizes, fingerprint and tensors all come from one read (a large vocabulary
+    makes each read take seconds): the child's setup, learning its placement included."""
+    import gguf
+
+    from autotune import model as model_module
+    from autotune.backends import cache_trial
+    from autotune.cache_runtime import budget
+
+    reads: list[str] = []
+    real = gguf.GGUFReader
+    monkeypatch.setattr(gguf, "GGUFReader", lambda path, *rest: reads.append(str(path)) or real(path, *rest))
+    model_module._reader.cache_clear()
+    budget._model_sizes.cache_clear()
+    config = normalize({"vram_cap": cap, "max_ctx": 64})
+    _, info = cache_trial.setup({"model_path": str(tiny_model), "config": config})
+    assert info["extra"]["routing_counts"] == "learned in the trial"
+    assert reads == [str(tiny_model.resolve())]
+
+
 def test_a_trial_places_experts_by_the_users_routing_counts_and_leaves_them_as_they_were(tiny_model: Path, cap: int):
     sizes = model_sizes(tiny_model)
     counts = np.arange(sizes.n_layers * sizes.n_expert, dtype=np.float64).reshape(sizes.n_layers, sizes.n_expert)
