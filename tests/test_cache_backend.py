@@ -149,8 +149,13 @@ def test_a_trial_child_reads_the_gguf_header_once(tiny_model: Path, cap: int, mo
     from autotune.cache_runtime import budget
 
     reads: list[str] = []
-    real = gguf.GGUFReader
-    monkeypatch.setattr(gguf, "GGUFReader", lambda path, *rest: reads.append(str(path)) or real(path, *rest))
+    read = gguf.GGUFReader.__init__
+
+    def counted(reader, path, *rest) -> None:
+        reads.append(str(path))
+        read(reader, path, *rest)
+
+    monkeypatch.setattr(gguf.GGUFReader, "__init__", counted)
     model_module._reader.cache_clear()
     budget._model_sizes.cache_clear()
     config = normalize({"vram_cap": cap, "max_ctx": 64})
