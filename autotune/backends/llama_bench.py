@@ -47,9 +47,10 @@ def served_context_bytes(config: Config, model: ModelProfile, workload: Workload
     """VRAM the served context (the config's n_ctx) takes beyond llama-bench's longest test
     context, by the memory model: mostly the KV cache of the tokens llama-bench never holds."""
     served = normalize({"n_ctx": workload.n_ctx, **config})
+    total = estimate_vram(served, model).total
     tested = [n for n in (workload.n_prompt, workload.n_gen) if n]
-    benched = max(estimate_vram({**served, "n_ctx": n}, model).total for n in tested)
-    return max(0, estimate_vram(served, model).total - benched)
+    benched = max((estimate_vram({**served, "n_ctx": n}, model).total for n in tested), default=total)
+    return max(0, total - benched)
 
 
 class LlamaBenchBackend(LlamaCppBackend):
