@@ -160,6 +160,7 @@ def test_report_writes_every_figure_with_its_table(hand_study: Path):
         "Machine: H100 · 16 cores (hardware fingerprint abc)",
         "autotune study run studies/",
         "Not run yet (1 part(s)): skew1-16G-baselines",
+        "so a llama_bench peak is the measured one plus the memory model's KV cache",
     ):
         assert expected in text, expected
     assert text.count("*Figure ") == 3
