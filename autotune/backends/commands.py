@@ -54,6 +54,9 @@ def bench_argv(
 ) -> list[str]:
     """A llama-bench run of the config; ``both_thread_counts`` adds n_threads_batch to ``-t``
     (llama-bench then runs every test with each count)."""
+    if "," in str(model_path):
+        raise ConfigError(f"{model_path}: llama-bench reads -m as a comma-separated list, so it cannot be given "
+                          "a path with a comma (link the model under another name)")
     c, w = normalize(config), workload or Workload()
     threads = [c["n_threads"]]
     if both_thread_counts and c["n_threads_batch"] != c["n_threads"]:

@@ -68,6 +68,11 @@ class LlamaBenchBackend(LlamaCppBackend):
             return f"no llama-bench executable found ({where})"
         return None
 
+    def supports(self, model: ModelProfile) -> str | None:
+        if "," in model.path:
+            return "llama-bench reads -m as a comma-separated list: the model's path has a comma"
+        return super().supports(model)
+
     def run_trials(
         self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float,
         vram_cap: int | None = None,
