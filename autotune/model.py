@@ -285,4 +285,3 @@ def inspect_model(path: str | Path) -> ModelProfile:
         fingerprint=_fingerprint(reader, tensors),
         tensors=tensors,
     )
-

@@ -1,8 +1,8 @@
 """How baselines are queued and run: the "largest split that fits" follows the calibrated
 memory model (once the first measured peak shows the formula overestimates, the split it had
 ruled out is queued; once a split that fit by it is measured over the cap, the next one is); a
-budget-filling runtime's baselines stay within the cap; queued
-baselines that share a model load are measured in one."""
+budget-filling runtime's baselines stay within the cap; queued baselines that share a model
+load are measured in one."""
 
 from __future__ import annotations
 

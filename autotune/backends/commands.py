@@ -48,15 +48,22 @@ def server_argv(config: Config, model_path: Path | str, binary: str = "llama-ser
     return argv
 
 
+def bench_path_problem(model_path: Path | str) -> str | None:
+    """Why llama-bench cannot be given this model path, or None: it splits ``-m`` on commas."""
+    if "," in str(model_path):
+        return "llama-bench reads -m as a comma-separated list: the model's path has a comma"
+    return None
+
+
 def bench_argv(
     config: Config, model_path: Path | str, workload: Workload | None = None, binary: str = "llama-bench",
     both_thread_counts: bool = False,
 ) -> list[str]:
     """A llama-bench run of the config; ``both_thread_counts`` adds n_threads_batch to ``-t``
     (llama-bench then runs every test with each count)."""
-    if "," in str(model_path):
-        raise ConfigError(f"{model_path}: llama-bench reads -m as a comma-separated list, so it cannot be given "
-                          "a path with a comma (link the model under another name)")
+    problem = bench_path_problem(model_path)
+    if problem:
+        raise ConfigError(f"{model_path}: {problem} (link the model under another name)")
     c, w = normalize(config), workload or Workload()
     threads = [c["n_threads"]]
     if both_thread_counts and c["n_threads_batch"] != c["n_threads"]:

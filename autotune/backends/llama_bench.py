@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.backends.base import Config, TrialResult, Workload
-from autotune.backends.commands import bench_argv
+from autotune.backends.commands import bench_argv, bench_path_problem
 from autotune.backends.isolation import check_cap
 from autotune.backends.llama_config import normalize
 from autotune.backends.llama_cpp import LlamaCppBackend
@@ -69,9 +69,7 @@ class LlamaBenchBackend(LlamaCppBackend):
         return None
 
     def supports(self, model: ModelProfile) -> str | None:
-        if "," in model.path:
-            return "llama-bench reads -m as a comma-separated list: the model's path has a comma"
-        return super().supports(model)
+        return bench_path_problem(model.path) or super().supports(model)
 
     def run_trials(
         self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float,

@@ -52,10 +52,10 @@ def _setup(results: StudyResults, command: str) -> list[str]:
         "tuner part is in its `results/<part>.json`",
         f"- Reproduce: `{command}`",
     ]
+    measured_by = {*d.backends, *(part.backend for part in (d.baselines, d.grid) if part is not None)}
     lines.append("- Peak VRAM: the trial process's, sampled by NVML, at the context the exported command serves"
                  + ("; llama-bench holds only each test's tokens, so a llama_bench peak is the measured one plus the "
-                    "memory model's KV cache and buffers for the rest of that context"
-                    if "llama_bench" in {*d.backends, *(p.backend for p in (d.baselines, d.grid) if p is not None)}
+                    "memory model's KV cache and buffers for the rest of that context" if "llama_bench" in measured_by
                     else ""))
     if d.baselines is not None:
         lines.append(f"- Baselines ({d.baselines.backend}): each config measured {d.baselines.repeats} time(s), each in a "
