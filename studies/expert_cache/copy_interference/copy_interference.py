@@ -2,7 +2,7 @@
 prefetcher's stage copy, by program count) against the DMA engines (``copy_`` on a side stream).
 
 Usage (GPU machine, project root, after `source .gpu/device-setup.sh`):
-  python3 studies/expert_cache/copy_interference.py [OUT.json]
+  python3 studies/expert_cache/copy_interference/copy_interference.py [OUT.json]
 
 The compute is a chain of fp16 GEMVs over a 1 GiB matrix in VRAM (memory-bound, as decode's
 kernels are); the copy moves 512 MiB from pinned host memory into VRAM, the SM way reading the
