@@ -313,6 +313,7 @@ def serve(
     rebalance_interval: Optional[int] = typer.Option(None, "--rebalance-interval", help="tokens between rebalances; 0: never"),
     decay: Optional[float] = typer.Option(None, help="decay of routing counts per rebalance (lfu_decay)"),
     prefetch_depth: Optional[int] = typer.Option(None, "--prefetch-depth", help="layers ahead whose experts are prefetched"),
+    prefetch_engine: Optional[str] = typer.Option(None, "--prefetch-engine", help="who copies prefetched experts: sm (copy programs) | dma (the copy engines) [default: sm]"),
     prefill_bypass: Optional[int] = typer.Option(None, "--prefill-bypass", help="batches of this many tokens skip the cache; 0: never"),
     slot_split: Optional[float] = typer.Option(None, "--slot-split", help="0: equal slots per layer .. 1: by routing entropy"),
     learned_placement: Optional[bool] = typer.Option(None, "--learned-placement/--no-learned-placement", help="seed the placement from earlier runs' routing"),
@@ -329,7 +330,8 @@ def serve(
     from autotune.serve.launch import resolve_config, serve_model
 
     knobs = {"max_ctx": ctx, "eviction": eviction, "miss_mode": miss_mode, "rebalance_interval": rebalance_interval,
-             "decay": decay, "prefetch_depth": prefetch_depth, "prefill_bypass": prefill_bypass,
+             "decay": decay, "prefetch_depth": prefetch_depth, "prefetch_engine": prefetch_engine,
+             "prefill_bypass": prefill_bypass,
              "slot_split": slot_split, "learned_placement": learned_placement, "chunk_rounds": chunk_rounds,
              "gate_up_warps": gate_up_warps}
     given = {key: value for key, value in knobs.items() if value is not None}

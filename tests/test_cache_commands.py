@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from autotune.backends.base import ConfigError
 from autotune.backends.cache_commands import FORMATS, format_command, parse_command, serve_argv, size_text
 from autotune.backends.cache_knobs import normalize
-from autotune.cache_runtime.cache_config import CHUNK_ROUNDS, EVICTION_RULES, GATE_UP_WARPS, MISS_MODES
+from autotune.cache_runtime.cache_config import CHUNK_ROUNDS, EVICTION_RULES, GATE_UP_WARPS, MISS_MODES, PREFETCH_ENGINES
 from autotune.units import parse_size
 
 NASTY_PATHS = [
@@ -42,6 +42,7 @@ def configs(draw: st.DrawFn) -> dict:
         "rebalance_interval": draw(st.integers(0, 100_000)),
         "decay": draw(unit_fractions),
         "prefetch_depth": draw(st.integers(0, 64)),
+        "prefetch_engine": draw(st.sampled_from(PREFETCH_ENGINES)),
         "prefill_bypass": draw(st.integers(0, 1 << 20)),
         "slot_split": draw(unit_fractions),
         "learned_placement": draw(st.booleans()),
@@ -68,10 +69,10 @@ def test_sizes_are_written_exactly(n_bytes: int):
 
 def test_the_serve_command_has_every_knob_as_a_flag():
     config = {"vram_cap": 16 * 2**30, "eviction": "lfu_decay", "rebalance_interval": 32, "decay": 0.9,
-              "prefetch_depth": 2, "slot_split": 0.25}
+              "prefetch_depth": 2, "prefetch_engine": "dma", "slot_split": 0.25}
     assert format_command(config, "/m/q 30b.gguf", "serve") == (
         "autotune serve '/m/q 30b.gguf' --vram-cap 16G --ctx 4096 --eviction lfu_decay --miss-mode zero_copy "
-        "--rebalance-interval 32 --decay 0.9 --prefetch-depth 2 --prefill-bypass 32 --slot-split 0.25 "
+        "--rebalance-interval 32 --decay 0.9 --prefetch-depth 2 --prefetch-engine dma --prefill-bypass 32 --slot-split 0.25 "
         "--chunk-rounds 2 --gate-up-warps 4 --learned-placement"
     )
     assert json.loads(format_command(config, "q.gguf", "json")) == {"model": "q.gguf", "config": normalize(config)}
@@ -82,6 +83,7 @@ def test_normalize_fixes_knobs_a_choice_makes_moot():
     assert (static["miss_mode"], static["rebalance_interval"], static["decay"]) == ("zero_copy", 0, 0.95)
     assert normalize({"vram_cap": 1, "eviction": "lru", "decay": 0.5})["decay"] == 0.95
     assert normalize({"vram_cap": 1, "learned_placement": False, "slot_split": 0.5})["slot_split"] == 0.0
+    assert normalize({"vram_cap": 1, "prefetch_depth": 0, "prefetch_engine": "dma"})["prefetch_engine"] == "sm"
 
 
 @pytest.mark.parametrize(
@@ -98,6 +100,7 @@ def test_normalize_fixes_knobs_a_choice_makes_moot():
         ({"vram_cap": 1, "prefetch": 2}, "unknown cache config key"),
         ({"vram_cap": 1, "chunk_rounds": 3}, "chunk_rounds must be one of 1, 2, 4"),
         ({"vram_cap": 1, "gate_up_warps": 6}, "gate_up_warps must be one of 2, 4, 8, 16"),
+        ({"vram_cap": 1, "prefetch_engine": "cpu"}, "prefetch_engine must be one of sm, dma"),
     ],
 )
 def test_invalid_configs_are_config_errors(config, message):

@@ -191,3 +191,18 @@ def test_prefill_bypass_with_a_swap_still_in_flight(tiny_model: Path, full_token
     assert e.generate(PROMPT, STEPS) == full_tokens
     assert cache.held[0][admit] == slot and not cache.incoming
     assert_table_points_at_each_experts_bytes(e)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_dma_prefetch_gives_full_residency_tokens(tiny_model: Path, full_tokens, depth: int) -> None:
+    """Prefetch copies queued by the host (the DMA engine's way) and claimed on the compute
+    side: the same tokens, experts served from the ring, every copy counted as PCIe bytes."""
+    e = engine(tiny_model, 4, eviction="static", rebalance_interval=0, prefetch_depth=depth, prefetch_engine="dma")
+    assert e.generate(PROMPT, STEPS) == full_tokens
+    assert_table_points_at_each_experts_bytes(e)
+    s = e.cache_stats()
+    assert s["served_by_prefetch"] > 0 and s["prefetch_recall"] > 0
+    copied = e.expert_cache.prefetcher.stager.copied
+    assert copied >= e.expert_cache.prefetcher.stats()["staged"] > 0
+    assert s["copy_bytes"] == copied * 127488
+    e.close()

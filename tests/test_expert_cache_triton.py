@@ -74,6 +74,40 @@ def test_stage_kernels_copy_predicted_misses_and_repoint_the_table() -> None:
         assert torch.equal(r[1], h[1]) and not r[0].any()
 
 
+def test_dma_claim_takes_only_this_steps_landed_rows() -> None:
+    """The DMA prefetch's claim on a hand-made table of 2 layers x 6 experts, ring rows 2..3 for
+    layer 1: the previous occupant goes home; a row tagged for this step and layer is claimed
+    unless its expert is resident; a row of another step, or made invalid, is not."""
+    from autotune.cache_runtime.dma_prefetch import publish_kernel, ring_claim_kernel, tag
+
+    home = torch.arange(2 * 6 * 3, dtype=torch.int64, device=DEVICE).reshape(2, 6, 3) + 1000
+    ring_addr = torch.arange(4 * 3, dtype=torch.int64, device=DEVICE).reshape(4, 3) + 5000
+    table = home.clone()
+    table[1, 2] = torch.tensor([7000, 7001, 7002])  # layer 1, expert 2 is resident
+    table[0, 4] = ring_addr[2]  # row 2 still holds layer 0's expert 4 from earlier
+    occupant = torch.tensor([-1, -1, 4, -1], dtype=torch.int64, device=DEVICE)
+    seq = torch.tensor([7], dtype=torch.int64, device=DEVICE)
+    staged = torch.full((2,), -1, dtype=torch.int32, device=DEVICE)
+    # row 2: layer 1's expert 5 for step 7 (landed); row 3: expert 2 (resident) for step 7
+    tags = torch.tensor([-1, -1, tag(7, 1, 5, 2, 6), tag(7, 1, 2, 2, 6)], dtype=torch.int64, device=DEVICE)
+    ring_claim_kernel[(1,)](tags, seq, table, home, ring_addr, 2, occupant, staged, 1, 2, 6, TOP_K=2, K_PAD=2)
+    assert table[0, 4].tolist() == home[0, 4].tolist()  # released
+    assert table[1, 5].tolist() == ring_addr[2].tolist()  # claimed
+    assert table[1, 2].tolist() == [7000, 7001, 7002]  # resident: untouched
+    assert occupant.tolist() == [-1, -1, 6 + 5, -1] and staged.tolist() == [1, 0]
+    # the next step: the same tags are a step old, nothing is claimed, row 2's occupant goes home
+    seq += 1
+    ring_claim_kernel[(1,)](tags, seq, table, home, ring_addr, 2, occupant, staged, 1, 2, 6, TOP_K=2, K_PAD=2)
+    assert torch.equal(table[1, 5], home[1, 5]) and staged.tolist() == [0, 0] and occupant.tolist() == [-1] * 4
+    # the mailbox: predictions, then the step's number, into host memory
+    mailbox = torch.zeros(2, 3, dtype=torch.int64, pin_memory=DEVICE == "cuda")
+    pred = torch.tensor([3, 1], dtype=torch.int32, device=DEVICE)
+    publish_kernel[(1,)](pred, seq, mailbox.data_ptr(), 1, TOP_K=2, K_PAD=2)
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    assert mailbox.tolist() == [[0, 0, 0], [3, 1, 8]]
+
+
 @pytest.mark.parametrize("with_prefetch", [True, False])
 def test_fused_step_counts_match_the_torch_ops(with_prefetch: bool) -> None:
     """One step's hit and prefetch counters: the Triton kernel adds what the torch ops add."""
@@ -120,15 +154,20 @@ def test_cache_on_triton_kernels_gives_full_residency_tokens(tiny_model: Path) -
     e.configure_cache(CacheConfig.from_dict({**cfg.to_dict(), "chunk_rounds": 1, "gate_up_warps": 16}))
     assert (e.ops.chunk_rounds, e.ops.gate_up_warps) == (1, 16)
     assert e.generate(PROMPT, 2) == full[:2]  # one decode step on those shapes
+    # prefetch by the DMA engines' protocol: the claim kernel points layers at landed ring rows
+    e.configure_cache(CacheConfig.from_dict({**cfg.to_dict(), "prefetch_engine": "dma"}))
+    assert e.generate(PROMPT, 2) == full[:2]
+    assert e.cache_stats()["served_by_prefetch"] > 0
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
 def test_decode_graph_survives_rebalances_admissions_and_prefetch(tiny_model: Path) -> None:
     full = Engine(tiny_model, kernels="triton", max_ctx=64).generate(PROMPT, 48)
-    for mode, depth in (("zero_copy", 0), ("copy", 1), ("zero_copy", 2)):
-        cfg = config(tiny_model, 8, miss_mode=mode, rebalance_interval=4, prefetch_depth=depth)
+    for mode, depth, copies in (("zero_copy", 0, "sm"), ("copy", 1, "sm"), ("zero_copy", 2, "sm"),
+                                ("copy", 2, "dma")):
+        cfg = config(tiny_model, 8, miss_mode=mode, rebalance_interval=4, prefetch_depth=depth, prefetch_engine=copies)
         e = Engine(tiny_model, kernels="triton", cache=cfg)
-        assert e.generate(PROMPT, 48) == full, (mode, depth)
+        assert e.generate(PROMPT, 48) == full, (mode, depth, copies)
         stats = e.cache_stats()
         assert stats["rebalances"] > 0 and 0 < stats["hit_rate"] < 1

@@ -30,6 +30,7 @@ FLAGS = {
     "rebalance_interval": "--rebalance-interval",
     "decay": "--decay",
     "prefetch_depth": "--prefetch-depth",
+    "prefetch_engine": "--prefetch-engine",
     "prefill_bypass": "--prefill-bypass",
     "slot_split": "--slot-split",
     "chunk_rounds": "--chunk-rounds",
@@ -91,6 +92,7 @@ def _size(flag: str, value: str) -> int:
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "vram_cap": _size, "max_ctx": int_flag, "rebalance_interval": int_flag, "prefetch_depth": int_flag, "prefill_bypass": int_flag,
     "decay": _float, "slot_split": _float, "eviction": lambda flag, value: value, "miss_mode": lambda flag, value: value,
+    "prefetch_engine": lambda flag, value: value,
     "chunk_rounds": int_flag, "gate_up_warps": int_flag,
 }
 _KEY_OF_FLAG = {flag: key for key, flag in FLAGS.items()}

@@ -4,7 +4,8 @@ A config is ``CacheConfig``'s fields as a flat dict. ``normalize`` checks types 
 (a ``ConfigError`` for anything else) and puts knobs that cannot matter at one value, so two
 configs that run the same way compare equal: ``static`` eviction never moves an expert
 (miss mode, rebalance interval and decay unused), decay only weighs ``lfu_decay`` counts,
-and the slot split follows learned routing counts (none without ``learned_placement``).
+the slot split follows learned routing counts (none without ``learned_placement``), and
+without prefetch nothing is copied by a prefetch engine.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import fields
 from typing import Any
 
 from autotune.backends.base import Config, ConfigError
-from autotune.cache_runtime.cache_config import CHUNK_ROUNDS, EVICTION_RULES, GATE_UP_WARPS, MISS_MODES, CacheConfig
+from autotune.cache_runtime.cache_config import (CHUNK_ROUNDS, EVICTION_RULES, GATE_UP_WARPS, MISS_MODES,
+                                                 PREFETCH_ENGINES, CacheConfig)
 
 KEYS = tuple(f.name for f in fields(CacheConfig))
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(CacheConfig) if f.name != "vram_cap"}
@@ -68,6 +70,7 @@ def normalize(config: Config) -> Config:
     out["slot_split"] = _float("slot_split", c["slot_split"], 0.0, 1.0)
     out["eviction"] = _choice("eviction", c["eviction"], EVICTION_RULES)
     out["miss_mode"] = _choice("miss_mode", c["miss_mode"], MISS_MODES)
+    out["prefetch_engine"] = _choice("prefetch_engine", c["prefetch_engine"], PREFETCH_ENGINES)
     for key, allowed in (("chunk_rounds", CHUNK_ROUNDS), ("gate_up_warps", GATE_UP_WARPS)):
         if out[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, not {out[key]}")
@@ -80,6 +83,8 @@ def normalize(config: Config) -> Config:
         out["decay"] = DEFAULTS["decay"]
     if not out["learned_placement"]:
         out["slot_split"] = 0.0
+    if out["prefetch_depth"] == 0:
+        out["prefetch_engine"] = DEFAULTS["prefetch_engine"]
     return {key: out[key] for key in KEYS}
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 EVICTION_RULES = ("lfu_decay", "lru", "static")
 MISS_MODES = ("zero_copy", "copy")
+PREFETCH_ENGINES = ("sm", "dma")
 CHUNK_ROUNDS = (1, 2, 4)
 GATE_UP_WARPS = (2, 4, 8, 16)
 
@@ -26,6 +27,9 @@ class CacheConfig:
     eviction: str = "lfu_decay"  # one of EVICTION_RULES
     miss_mode: str = "zero_copy"  # read a missing expert from pinned host memory, or copy it in
     prefetch_depth: int = 0  # layers ahead whose experts are predicted and brought in
+    # who copies them: copy programs inside the decode step ("sm"), or the DMA engines, queued by
+    # a host thread ("dma"), which slow the compute beside them far less
+    prefetch_engine: str = "sm"
     prefill_bypass: int = 32  # batches of at least this many tokens skip the cache; 0: never
     slot_split: float = 0.0  # 0: equal slots per layer; 1: slots in proportion to routing entropy
     learned_placement: bool = True  # seed the placement from the routing counts of earlier runs
@@ -40,6 +44,8 @@ class CacheConfig:
             raise ValueError(f"eviction must be one of {EVICTION_RULES}, not {self.eviction!r}")
         if self.miss_mode not in MISS_MODES:
             raise ValueError(f"miss_mode must be one of {MISS_MODES}, not {self.miss_mode!r}")
+        if self.prefetch_engine not in PREFETCH_ENGINES:
+            raise ValueError(f"prefetch_engine must be one of {PREFETCH_ENGINES}, not {self.prefetch_engine!r}")
         if not 0.0 <= self.slot_split <= 1.0:
             raise ValueError(f"slot_split must be within [0, 1], not {self.slot_split}")
         if min(self.rebalance_interval, self.prefetch_depth, self.prefill_bypass) < 0:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 from pathlib import Path
@@ -132,7 +133,7 @@ class Engine:
         if cfg.prefetch_depth and sum(plan.slots) < sizes.n_layers * sizes.n_expert:
             from autotune.cache_runtime.prefetch import Prefetcher
 
-            cache.prefetcher = Prefetcher(self.ops, cache, cfg.prefetch_depth)
+            cache.prefetcher = Prefetcher(self.ops, cache, cfg.prefetch_depth, cfg.prefetch_engine)
         self.expert_cache = cache
         self.ops.hooks = cache
         if triton:  # the kernels' launch shapes
@@ -233,7 +234,9 @@ class Engine:
         """Capture the decode step; the warm-up steps leave the cache's counters as they were."""
         counters = self.expert_cache.device_counters() if self.expert_cache is not None else []
         saved = [c.clone() for c in counters]
-        graph = DecodeGraph(lambda t: self._step(t, sample), self.token, self.cache.pos)
+        quiet = self.expert_cache.capturing() if self.expert_cache is not None else contextlib.nullcontext()
+        with quiet:
+            graph = DecodeGraph(lambda t: self._step(t, sample), self.token, self.cache.pos)
         for c, s in zip(counters, saved):
             c.copy_(s)
         self._graphs[sample] = graph

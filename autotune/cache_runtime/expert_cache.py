@@ -24,6 +24,7 @@ experts are read in place.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -130,7 +131,9 @@ class ExpertCache:
             torch.cuda.synchronize(self.device)
 
     def release(self) -> None:
-        """Point every entry home (before the cache's memory is dropped)."""
+        """Point every entry home (before the cache's memory is dropped); stop the prefetcher."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()
         self.table.table.copy_(torch.from_numpy(self.home_addr).to(self.device))
         self.in_slot.zero_()
 
@@ -220,6 +223,10 @@ class ExpertCache:
         self.join()
         count_step(ids[0], self.in_slot, self.hits, self.decode_tokens,
                    None if self.prefetcher is None else self.prefetcher.step_counts(), self.triton)
+
+    def capturing(self):
+        """A context for capturing the decode step: no other thread queues GPU work inside."""
+        return self.prefetcher.paused() if self.prefetcher is not None else contextlib.nullcontext()
 
     def device_counters(self) -> list[torch.Tensor]:
         """The statistics a captured step updates (the engine restores them after capture's warm-up)."""
@@ -381,7 +388,7 @@ class ExpertCache:
         prefetch = self.prefetcher.stats() if self.prefetcher is not None else {}
         from_prefetch = prefetch.get("served", 0)
         zero_copy = (misses - from_prefetch) * self.expert_bytes
-        copied = c.rebalance_bytes + c.admission_bytes + prefetch.get("staged", 0) * self.expert_bytes
+        copied = c.rebalance_bytes + c.admission_bytes + prefetch.get("copied", 0) * self.expert_bytes
         out.update(
             misses=misses,
             served_by_prefetch=from_prefetch,
@@ -392,5 +399,6 @@ class ExpertCache:
             prefetch_precision=prefetch.get("precision"),
             prefetch_recall=prefetch.get("recall"),
             prediction_overlap=prefetch.get("overlap"),
+            prefetch_late=prefetch.get("late"),
         )
         return out

@@ -20,9 +20,15 @@ Ring safety (the side stream may lag the compute stream by many layers when copi
 
 On the CPU (torch path) the same steps run eagerly in PyTorch. Precision and recall are
 counted on the device against the step's actual selections.
+
+``engine="dma"``: the side stream only predicts; the copies are made by the DMA engines,
+queued by a host thread, and claimed on the compute stream (``dma_prefetch``).
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 import triton
@@ -32,6 +38,9 @@ from autotune.cache_runtime.expert_cache import ExpertCache
 from autotune.cache_runtime.routing import route
 from autotune.cache_runtime.step_counts import PrefetchCounts
 from autotune.cache_runtime.torch_ops import TorchOps, rmsnorm
+
+if TYPE_CHECKING:
+    from autotune.cache_runtime.dma_prefetch import DmaStager
 
 # int32 words per load, and programs per matrix. The copy is bound by PCIe latency: 16
 # programs per matrix decoded 6% faster than 4 at 16 GiB (237 vs 223 tok/s, H200, with
@@ -91,7 +100,8 @@ def ring_release_kernel(occupant_ptr, table_ptr, home_ptr, ring_ptr, ring_row,
 
 
 class Prefetcher:
-    def __init__(self, ops: TorchOps, cache: ExpertCache, depth: int):
+    def __init__(self, ops: TorchOps, cache: ExpertCache, depth: int, engine: str = "sm"):
+        """``engine``: who copies the predicted misses, "sm" copy programs in the step or the "dma" engines."""
         self.ops, self.cache, self.depth = ops, cache, depth
         self.rows = depth + 1  # ring rows of k experts
         dev, k, n_layers = cache.device, cache.top_k, cache.n_layers
@@ -120,6 +130,29 @@ class Prefetcher:
                               torch.empty(ops.cfg.n_embd, dtype=torch.float32, device=dev),
                               torch.zeros(1, dtype=torch.int32, device=dev),
                               torch.empty(k, dtype=torch.float32, device=dev)) for _ in range(n_layers)]
+        self.stager = self._dma_stager() if engine == "dma" else None
+
+    def _dma_stager(self) -> "DmaStager":
+        from autotune.cache_runtime.dma_prefetch import DmaStager
+
+        dev, n_layers = self.cache.device, self.cache.n_layers
+        self.seq = torch.zeros(1, dtype=torch.int64, device=dev)  # the decode step's number, from 1
+        self.tags = torch.full((self.rows * self.k,), -1, dtype=torch.int64, device=dev)
+        self.mailbox = torch.zeros(n_layers, self.k + 1, dtype=torch.int64, pin_memory=dev.type == "cuda")
+        stager = DmaStager(self.mailbox, self.tags, self.ring, self.cache.home, self.cache.held, self.depth,
+                           self.cache.copy_stream)
+        if dev.type == "cuda":
+            stager.start()
+        return stager
+
+    def close(self) -> None:
+        """Stop the DMA stager's thread (if any)."""
+        if self.stager is not None:
+            self.stager.close()
+
+    def paused(self):
+        """A context in which no other thread queues GPU work (a graph capture)."""
+        return self.stager.paused() if self.stager is not None else contextlib.nullcontext()
 
     def targets(self, il: int) -> list[int]:
         layers = range(1, self.depth + 1) if il == 0 else [il + self.depth]
@@ -132,6 +165,8 @@ class Prefetcher:
     def after_router(self, il: int, h: torch.Tensor, kept: bool = False) -> None:
         """Predict and stage the targets of layer ``il``; ``h`` (1, n_embd): its experts' input,
         already in ``input_buffer(il)`` if ``kept``."""
+        if self.stager is not None and il > 0:
+            self._claim(il)
         targets = self.targets(il)
         if not targets:
             return
@@ -149,6 +184,8 @@ class Prefetcher:
     def begin_step(self) -> None:
         """Point every ring occupant home (compute stream, before the step's first layer)."""
         table = self.cache.table.table
+        if self.stager is not None:
+            self.seq.add_(1)
         if not self.triton:
             self._release_torch(range(self.rows * self.k), table)
             return
@@ -173,6 +210,9 @@ class Prefetcher:
     def _stage(self, m: int, source: int) -> None:
         """Predict layer m's experts from layer ``source``'s input and bring the misses in."""
         self._predict(m, source)
+        if self.stager is not None:
+            self._publish(m)
+            return
         row = (m % self.rows) * self.k
         table = self.cache.table.table
         if not self.triton:
@@ -185,6 +225,37 @@ class Prefetcher:
                                                       *self.words, BLOCK=COPY_WORDS, ITERS=iters, num_warps=4)
         stage_commit_kernel[(1,)](self.pred[m], table[m], self.home[m], self.ring_addr, row, self.occupant,
                                   self.staged[m], m * n_expert, TOP_K=self.k, K_PAD=k_pad)
+
+    def _publish(self, m: int) -> None:
+        """DMA: hand layer m's predictions to the stager (the mailbox on the GPU, a call on the CPU)."""
+        if self.cache.device.type == "cpu":
+            self.stager.stage(int(self.seq), m, self.pred[m].numpy())
+            return
+        from autotune.cache_runtime.dma_prefetch import publish_kernel
+
+        publish_kernel[(1,)](self.pred[m], self.seq, self.mailbox.data_ptr(), m, TOP_K=self.k,
+                             K_PAD=triton.next_power_of_2(self.k))
+
+    def _claim(self, m: int) -> None:
+        """DMA, compute stream, after layer m's router: read layer m's landed ring rows."""
+        row, table, n_expert = (m % self.rows) * self.k, self.cache.table.table, self.cache.n_expert
+        if not self.triton:
+            self._release_torch(range(row, row + self.k), table)
+            from autotune.cache_runtime.dma_prefetch import tag
+
+            for j in range(self.k):
+                e = int(self.tags[row + j]) - tag(int(self.seq), m, 0, self.cache.n_layers, n_expert)
+                claim = 0 <= e < n_expert and int(table[m, e, 0]) == int(self.home[m, e, 0])
+                if claim:
+                    table[m, e] = self.ring_addr[row + j]
+                self.occupant[row + j] = m * n_expert + e if claim else -1
+                self.staged[m, j] = int(claim)
+            return
+        from autotune.cache_runtime.dma_prefetch import ring_claim_kernel
+
+        ring_claim_kernel[(1,)](self.tags, self.seq, table, self.home, self.ring_addr, row, self.occupant,
+                                self.staged[m], m, self.cache.n_layers, n_expert, TOP_K=self.k,
+                                K_PAD=triton.next_power_of_2(self.k))
 
     def _stage_torch(self, m: int, row: int, table: torch.Tensor) -> None:
         """The same three steps, eagerly (CPU)."""
@@ -210,6 +281,12 @@ class Prefetcher:
         return PrefetchCounts(self.pred, self.predicted, self.staged, self.counters)
 
     def stats(self) -> dict:
+        """``staged``: experts read from the ring when used; ``copied``: experts copied (with
+        DMA also those that landed too late to be claimed)."""
         overlap, n_pred, staged, served, misses = (int(v) for v in self.counters.cpu().tolist())
-        return {"overlap": overlap / n_pred if n_pred else None, "staged": staged, "served": served,
-                "precision": served / staged if staged else None, "recall": served / misses if misses else None}
+        out = {"overlap": overlap / n_pred if n_pred else None, "staged": staged, "served": served,
+               "precision": served / staged if staged else None, "recall": served / misses if misses else None,
+               "copied": staged if self.stager is None else self.stager.copied}
+        if self.stager is not None:
+            out["late"] = self.stager.late
+        return out

@@ -64,6 +64,16 @@ SETTINGS = {
                               chunk_rounds=1, gate_up_warps=8),
     "split1_lfu16_zc_pf2": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16,
                                 prefetch_depth=2, slot_split=1.0),
+    # prefetch copies by the DMA engines, queued by a host thread (copy_interference: they slow
+    # the kernels beside them 7%, the SM copy programs up to 2x)
+    "lfu16_zc_pf2_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=2,
+                             prefetch_engine="dma"),
+    "lfu16_zc_pf3_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=3,
+                             prefetch_engine="dma"),
+    "lfu16_zc_pf4_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=4,
+                             prefetch_engine="dma"),
+    "static_zc_pf3_dma": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0, prefetch_depth=3,
+                              prefetch_engine="dma"),
 }
 # bench-only variants: name suffix -> prefetch.COPY_PROGRAMS (programs per matrix of the ring copy)
 COPY_PROGRAM_VARIANTS = {"_cp4": 4, "_cp32": 32}
@@ -330,7 +340,8 @@ def print_row(row: dict, ref: dict) -> None:
           f"pp512 {row['prefill_pp512']['median']}, pp2048 {row['prefill_pp2048']['median']}, "
           f"peak {row['peak_vram_gib']} GiB (predicted {row['predicted_peak_gib']}), "
           f"hit {s['hit_rate']:.3f} (with prefetch {s['effective_hit_rate']:.3f}), PCIe {s['pcie_bytes_per_token'] / 1e6:.1f} MB/token, "
-          f"prefetch P/R {_fmt(s['prefetch_precision'], 2)}/{_fmt(s['prefetch_recall'], 2)}, "
+          f"prefetch P/R {_fmt(s['prefetch_precision'], 2)}/{_fmt(s['prefetch_recall'], 2)}"
+          + (f" (late {s['prefetch_late']})" if s.get("prefetch_late") is not None else "") + ", "
           f"tokens match {row['tokens_match_full_residency']}", flush=True)
 
 

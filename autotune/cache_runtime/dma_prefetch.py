@@ -1,0 +1,175 @@
+"""Prefetch copies made by the DMA engines (``prefetch_engine="dma"``), issued by a host thread.
+
+The SM copy programs of ``prefetch.py`` slow the compute kernels beside them (up to 2x for
+the same bytes, ``studies/expert_cache/copy_interference``); the DMA engines barely do. A DMA
+copy's addresses are fixed when it is issued, and the predictions are made on the device
+inside the captured step, so the host issues the copies:
+
+1. the step's side stream writes each layer's predictions and the step's number into a
+   *mailbox* in pinned host memory (``publish_kernel``);
+2. a host thread (``DmaStager``) reads the mailbox in step and layer order and, for each
+   predicted expert not in a slot, queues on a copy stream: the row's tag made invalid, the
+   copy home -> ring row, then the row's tag set to (step, layer, expert);
+3. on the compute stream, right after layer m's router, ``ring_claim_kernel`` points
+   layer m's entries at the ring rows whose tag names this step and layer (the copy has
+   landed) and whose expert is still read from home. An entry not claimed reads home.
+
+Why a row is never overwritten while the compute stream may read it: the mailbox entry of
+(step s, layer m) is written after the compute stream passed layer m - d's router; the host
+handles entries in increasing (step, layer) order, and reuses layer m's rows only for layer
+m + d + 1 of the same step or a later one, so the compute stream has finished the previous
+user of those rows (layer m) before the tag is made invalid and the copy starts. A claim
+checks the step, so a copy that lands a step late is never used. A torn mailbox read only
+copies the wrong experts: the tags say which expert each row holds.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+IDLE_SPIN_S = 0.002  # spin this long for the next mailbox entry, then sleep between looks
+IDLE_SLEEP_S = 0.0005
+SWITCH_INTERVAL_S = 0.0002  # the GIL's hand-over interval while a stager runs (Python's default: 5 ms)
+
+
+@triton.jit
+def publish_kernel(pred_ptr, seq_ptr, mailbox_addr, layer, TOP_K: tl.constexpr, K_PAD: tl.constexpr):
+    """Write layer's predicted experts, then the step's number, into its mailbox row (host
+    memory; written through to it, not kept in the GPU's cache)."""
+    mailbox = mailbox_addr.to(tl.pointer_type(tl.int64)) + layer * (TOP_K + 1)
+    j = tl.arange(0, K_PAD)
+    ok = j < TOP_K
+    tl.store(mailbox + j, tl.load(pred_ptr + j, mask=ok).to(tl.int64), mask=ok, cache_modifier=".wt")
+    tl.store(mailbox + TOP_K, tl.load(seq_ptr), cache_modifier=".wt")
+
+
+@triton.jit
+def ring_claim_kernel(tags_ptr, seq_ptr, table_ptr, home_ptr, ring_ptr, ring_row, occupant_ptr, staged_ptr,
+                      layer, n_layers, n_expert, TOP_K: tl.constexpr, K_PAD: tl.constexpr):
+    """Layer's ring rows: point their previous occupant home (if its entry still points there),
+    then point each landed expert of this step and layer at its row (if it still reads home).
+    ``table_ptr``/``home_ptr``: the whole tables; ``staged_ptr``: the layer's row of flags."""
+    j = tl.arange(0, K_PAD)
+    ok = j < TOP_K
+    rows = ring_row + j
+    old = tl.load(occupant_ptr + rows, mask=ok, other=-1)
+    had = ok & (old >= 0)
+    old = tl.where(had, old, 0)
+    back = had & (tl.load(table_ptr + old * 3, mask=had, other=1) == tl.load(ring_ptr + rows * 3, mask=had, other=0))
+    for c in tl.static_range(3):
+        tl.store(table_ptr + old * 3 + c, tl.load(home_ptr + old * 3 + c, mask=back), mask=back)
+    e = tl.load(tags_ptr + rows, mask=ok, other=-1) - (tl.load(seq_ptr) * n_layers + layer) * n_expert
+    valid = ok & (e >= 0) & (e < n_expert)
+    flat = layer * n_expert + tl.where(valid, e, 0)
+    do = valid & (tl.load(table_ptr + flat * 3, mask=valid, other=0) == tl.load(home_ptr + flat * 3, mask=valid, other=1))
+    for c in tl.static_range(3):
+        tl.store(table_ptr + flat * 3 + c, tl.load(ring_ptr + rows * 3 + c, mask=do), mask=do)
+    tl.store(occupant_ptr + rows, tl.where(do, flat, -1), mask=ok)
+    tl.store(staged_ptr + j, do.to(tl.int32), mask=ok)
+
+
+def tag(seq: int, layer: int, expert: int, n_layers: int, n_expert: int) -> int:
+    """What a ring row's tag says once expert's copy for (step seq, layer) has landed."""
+    return (seq * n_layers + layer) * n_expert + expert
+
+
+class DmaStager:
+    """Queues the copies of predicted non-resident experts (see the module).
+
+    On the GPU ``start`` runs a daemon thread that reads the mailbox; on the CPU the
+    prefetcher calls ``stage`` itself, in step order. ``held``: per layer, the experts in
+    slots (the cache's own dicts, read without a lock: a stale answer only wastes or skips a
+    copy).
+    """
+
+    def __init__(self, mailbox: torch.Tensor, tags: torch.Tensor, ring: tuple[torch.Tensor, ...],
+                 home: list[tuple[torch.Tensor, ...]], held: list[dict], depth: int, copy_stream: torch.cuda.Stream | None):
+        self.mailbox, self.tags, self.ring, self.home, self.held = mailbox, tags, ring, home, held
+        self.n_layers, width = mailbox.shape
+        self.k = width - 1
+        self.n_expert = home[0][0].shape[0]
+        self.depth, self.copy_stream = depth, copy_stream
+        self.copied = 0  # experts copied
+        self.late = 0  # mailbox entries skipped: the compute stream had passed the layer, or a newer step overwrote it
+        self._issue = threading.Lock()  # held while queueing a layer's copies; capture holds it to pause
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._switch_interval = sys.getswitchinterval()
+
+    def start(self) -> None:
+        """Read the mailbox on a thread from now on (its entries so far are old)."""
+        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
+        self._thread = threading.Thread(target=self._run, args=(int(self.mailbox[1, self.k]) + 1,),
+                                        name="autotune-dma-prefetch", daemon=True)
+        self._thread.start()
+
+    def stage(self, seq: int, layer: int, experts: np.ndarray) -> None:
+        """Queue the copies of ``experts`` predicted for (step seq, layer) that are not in slots."""
+        missing = [(j, int(e)) for j, e in enumerate(experts) if int(e) not in self.held[layer]]
+        if not missing:
+            return
+        base = (layer % (self.depth + 1)) * self.k
+        self.tags[base:base + self.k].fill_(-1)
+        for j, e in missing:
+            for dst, src in zip(self.ring, self.home[layer]):
+                dst[base + j].copy_(src[e], non_blocking=True)
+            self.tags[base + j].fill_(tag(seq, layer, e, self.n_layers, self.n_expert))
+        self.copied += len(missing)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No copy is queued inside (a CUDA graph capture must not see another thread's work)."""
+        with self._issue:
+            yield
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            sys.setswitchinterval(self._switch_interval)
+
+    def _run(self, seq: int) -> None:
+        box = self.mailbox.numpy()
+        first = layer = 1  # layer 0 has no prediction
+        with torch.inference_mode(), torch.cuda.stream(self.copy_stream):
+            while not self._stop.is_set():
+                published = self._wait_for(box, layer, seq)
+                if published is None:
+                    return
+                if published > seq:  # behind: a newer step overwrote this layer's entry
+                    self.late += 1
+                    seq = published
+                if self._passed(box, seq, layer):
+                    self.late += 1
+                else:
+                    experts = box[layer, :self.k].copy()
+                    with self._issue:
+                        self.stage(seq, layer, experts)
+                layer += 1
+                if layer == self.n_layers:
+                    seq, layer = seq + 1, first
+
+    def _wait_for(self, box: np.ndarray, layer: int, seq: int) -> int | None:
+        """The step number in layer's mailbox row once it reaches seq (None: stopped)."""
+        started = time.perf_counter()
+        while not self._stop.is_set():
+            published = int(box[layer, self.k])
+            if published >= seq:
+                return published
+            time.sleep(0 if time.perf_counter() - started < IDLE_SPIN_S else IDLE_SLEEP_S)
+        return None
+
+    def _passed(self, box: np.ndarray, seq: int, layer: int) -> bool:
+        """Whether the compute stream has already run layer's router in step seq (a copy is too late)."""
+        ahead = layer + self.depth
+        return ahead < self.n_layers and int(box[ahead, self.k]) >= seq
