@@ -8,8 +8,8 @@ inside the captured step, so the host issues the copies:
 1. the step's side stream writes each layer's predictions and the step's number into a
    *mailbox* in pinned host memory (``publish_kernel``);
 2. a host thread (``DmaStager``) reads the mailbox in step and layer order and, for each
-   predicted expert not in a slot, queues on a copy stream: the row's tag made invalid, the
-   copy home -> ring row, then the row's tag set to (step, layer, expert);
+   predicted expert not in a slot, queues on a copy stream the copy home -> ring row, then
+   the row's tag: (step, layer, expert);
 3. on the compute stream, right after layer m's router, ``ring_claim_kernel`` points
    layer m's entries at the ring rows whose tag names this step and layer (the copy has
    landed) and whose expert is still read from home. An entry not claimed reads home.
@@ -18,9 +18,10 @@ Why a row is never overwritten while the compute stream may read it: the mailbox
 (step s, layer m) is written after the compute stream passed layer m - d's router; the host
 handles entries in increasing (step, layer) order, and reuses layer m's rows only for layer
 m + d + 1 of the same step or a later one, so the compute stream has finished the previous
-user of those rows (layer m) before the tag is made invalid and the copy starts. A claim
-checks the step, so a copy that lands a step late is never used. A torn mailbox read only
-copies the wrong experts: the tags say which expert each row holds.
+user of those rows (layer m) before the copy starts. A tag names its step and layer, so only
+that layer of that step claims the row: an old tag is never claimed again, and a copy that
+lands too late is never used. A torn mailbox read only copies the wrong experts: the tags say
+which expert each row holds.
 """
 
 from __future__ import annotations
@@ -118,11 +119,15 @@ class DmaStager:
         if not missing:
             return
         base = (layer % (self.depth + 1)) * self.k
-        self.tags[base:base + self.k].fill_(-1)
+        tags, dsts, srcs = [-1] * self.k, [], []
         for j, e in missing:
+            tags[j] = tag(seq, layer, e, self.n_layers, self.n_expert)
             for dst, src in zip(self.ring, self.home[layer]):
-                dst[base + j].copy_(src[e], non_blocking=True)
-            self.tags[base + j].fill_(tag(seq, layer, e, self.n_layers, self.n_expert))
+                dsts.append(dst[base + j])
+                srcs.append(src[e])
+        torch._foreach_copy_(dsts, srcs, non_blocking=True)
+        # from pageable memory: the values are taken now, and land after the copies, in stream order
+        self.tags[base:base + self.k].copy_(torch.tensor(tags, dtype=torch.int64), non_blocking=True)
         self.copied += len(missing)
 
     @contextmanager
