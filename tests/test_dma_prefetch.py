@@ -5,12 +5,16 @@ jump to the newest step when the thread falls behind."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
 import torch
 
-from autotune.cache_runtime.dma_prefetch import DmaStager, tag
+if not torch.cuda.is_available():  # the module's kernels are made for the interpreter when first imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from autotune.cache_runtime.dma_prefetch import DmaStager, tag  # noqa: E402
 
 N_LAYERS, N_EXPERT, K, DEPTH = 4, 6, 2, 1
 

@@ -28,19 +28,16 @@ queued by a host thread, and claimed on the compute stream (``dma_prefetch``).
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
 
 import torch
 import triton
 import triton.language as tl
 
+from autotune.cache_runtime.dma_prefetch import DmaStager, publish_kernel, ring_claim_kernel, tag
 from autotune.cache_runtime.expert_cache import ExpertCache
 from autotune.cache_runtime.routing import route
 from autotune.cache_runtime.step_counts import PrefetchCounts
 from autotune.cache_runtime.torch_ops import TorchOps, rmsnorm
-
-if TYPE_CHECKING:
-    from autotune.cache_runtime.dma_prefetch import DmaStager
 
 # int32 words per load, and programs per matrix. The copy is bound by PCIe latency: 16
 # programs per matrix decoded 6% faster than 4 at 16 GiB (237 vs 223 tok/s, H200, with
@@ -132,9 +129,7 @@ class Prefetcher:
                               torch.empty(k, dtype=torch.float32, device=dev)) for _ in range(n_layers)]
         self.stager = self._dma_stager() if engine == "dma" else None
 
-    def _dma_stager(self) -> "DmaStager":
-        from autotune.cache_runtime.dma_prefetch import DmaStager
-
+    def _dma_stager(self) -> DmaStager:
         dev, n_layers = self.cache.device, self.cache.n_layers
         self.seq = torch.zeros(1, dtype=torch.int64, device=dev)  # the decode step's number, from 1
         self.tags = torch.full((self.rows * self.k,), -1, dtype=torch.int64, device=dev)
@@ -231,8 +226,6 @@ class Prefetcher:
         if self.cache.device.type == "cpu":
             self.stager.stage(int(self.seq), m, self.pred[m].numpy())
             return
-        from autotune.cache_runtime.dma_prefetch import publish_kernel
-
         publish_kernel[(1,)](self.pred[m], self.seq, self.mailbox.data_ptr(), m, TOP_K=self.k,
                              K_PAD=triton.next_power_of_2(self.k))
 
@@ -241,8 +234,6 @@ class Prefetcher:
         row, table, n_expert = (m % self.rows) * self.k, self.cache.table.table, self.cache.n_expert
         if not self.triton:
             self._release_torch(range(row, row + self.k), table)
-            from autotune.cache_runtime.dma_prefetch import tag
-
             for j in range(self.k):
                 e = int(self.tags[row + j]) - tag(int(self.seq), m, 0, self.cache.n_layers, n_expert)
                 claim = 0 <= e < n_expert and int(table[m, e, 0]) == int(self.home[m, e, 0])
@@ -251,8 +242,6 @@ class Prefetcher:
                 self.occupant[row + j] = m * n_expert + e if claim else -1
                 self.staged[m, j] = int(claim)
             return
-        from autotune.cache_runtime.dma_prefetch import ring_claim_kernel
-
         ring_claim_kernel[(1,)](self.tags, self.seq, table, self.home, self.ring_addr, row, self.occupant,
                                 self.staged[m], m, self.cache.n_layers, n_expert, TOP_K=self.k,
                                 K_PAD=triton.next_power_of_2(self.k))
