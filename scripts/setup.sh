@@ -10,9 +10,14 @@ python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
 if ! python -c "import llama_cpp" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null && command -v nvcc >/dev/null; then
     export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_CUDA=on}"
+  else
+    # A portable CPU build (AVX2, no AVX-512 or AMX): a virtual machine may report AMX and
+    # then fault on its first tile instruction (seen: SIGILL/SIGSEGV in ggml's AMX mul_mat).
+    export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
   fi
   echo "building llama-cpp-python 0.3.36 (about 8 minutes on a CPU) ..."
-  python -m pip install -q "llama-cpp-python==0.3.36"
+  # no wheel cache: a wheel built earlier with other CMAKE_ARGS would be taken as is
+  python -m pip install -q --no-cache-dir "llama-cpp-python==0.3.36"
 fi
 python -m pip install -q -e ".[llama,runtime,test,postgres,serve]"
 # Triton runs the runtime's kernels on a GPU and, through its interpreter, in the CPU tests.
