@@ -134,8 +134,10 @@ class Prefetcher:
         self.seq = torch.zeros(1, dtype=torch.int64, device=dev)  # the decode step's number, from 1
         self.tags = torch.full((self.rows * self.k,), -1, dtype=torch.int64, device=dev)
         self.mailbox = torch.zeros(n_layers, self.k + 1, dtype=torch.int64, pin_memory=dev.type == "cuda")
-        stager = DmaStager(self.mailbox, self.tags, self.ring, self.cache.home, self.cache.held, self.depth,
-                           self.cache.copy_stream)
+        # its own stream: on the cache's copy stream, a rebalance's copies wait for every step the
+        # host has queued, and prefetch copies queued behind them would land steps too late
+        stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+        stager = DmaStager(self.mailbox, self.tags, self.ring, self.cache.home, self.cache.held, self.depth, stream)
         if dev.type == "cuda":
             stager.start()
         return stager
