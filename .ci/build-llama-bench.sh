@@ -9,7 +9,8 @@ trap 'rm -rf "$work"' EXIT
 python -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$work"
 tar xzf "$work"/llama_cpp_python-$version.tar.gz -C "$work"
 src="$work/llama_cpp_python-$version/vendor/llama.cpp"
-cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+# GGML_NATIVE=OFF: portable (AVX2, no AMX), as scripts/setup.sh builds llama-cpp-python on a CPU machine
+cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF \
   -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > "$work/cmake.log" 2>&1 || { tail -30 "$work/cmake.log"; exit 1; }
 cmake --build "$work/build" --target llama-bench -j "$(nproc)" > "$work/build.log" 2>&1 || { tail -30 "$work/build.log"; exit 1; }
