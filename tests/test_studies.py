@@ -197,3 +197,32 @@ def test_parts_run_in_the_order_the_definition_lists_its_caps(tmp_path: Path):
     definition = load_definition(tmp_path)
     assert definition.caps == (8 * 2**30, 16 * 2**30)
     assert [part.name for part in plan(definition)] == ["skew1-16G-tuner-llama_cpp", "skew1-8G-tuner-llama_cpp"]
+
+
+def test_a_part_that_cannot_start_yet_gives_way_to_later_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """With less time left than a tuner part's minutes, the call runs the shorter parts after it
+    (the next cap's baselines) instead of stopping; each part here takes 50 s of a 100 s budget."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from autotune.studies import runner
+
+    (tmp_path / "study.toml").write_text(TINY_STUDY.replace("trials = 3", "trials = 3\nminutes = 1"))
+    monkeypatch.setattr(runner, "get_backend", lambda name: SimpleNamespace(available=lambda: None))
+    monkeypatch.setattr(runner, "probe_hardware", lambda: None)
+    monkeypatch.setattr(runner, "describe_machine", lambda hardware: {"fingerprint": "m"})
+    call = runner.StudyRunner(tmp_path, 100.0, None, Console(quiet=True))
+    used, ran = [0.0], []
+    monkeypatch.setattr(call, "time_left", lambda: 100.0 - used[0])
+
+    def run_part(part, hardware, machine, existing):
+        ran.append(part.name)
+        used[0] += 50.0
+        return {"part": part.name, "machine": machine}
+
+    monkeypatch.setattr(call, "_run_part", run_part)
+    summary = call.run()
+    assert ran == ["skew1-523M-baselines", "skew1-1G-baselines"]  # each tuner part needs 60 s
+    assert (summary.ran, summary.left) == (2, 3)
+    assert sorted(p.name for p in (tmp_path / "results").glob("*.json")) == [f"{name}.json" for name in sorted(ran)]

@@ -1,8 +1,9 @@
 """``autotune study run``: every part of a study that ``results/`` does not hold yet, in order,
 each written to ``results/<part>.json`` as soon as it is done (so a study runs over several
 calls). A time budget stops between parts (each call runs at least one; a tuner part with a
-minutes budget starts only when that much time is left); the grid also stops between rows and
-continues from ``results/<part>.json.partial`` on the next call."""
+minutes budget starts only when that much time is left, and until then later parts that can
+start run: baselines, grid rows); the grid also stops between rows and continues from
+``results/<part>.json.partial`` on the next call."""
 
 from __future__ import annotations
 
@@ -162,17 +163,15 @@ class StudyRunner:
         machine = describe_machine(hardware)
         existing = _existing(self.results)
         _check_same_machine(existing, machine)
+        stopped_in = ""
         try:
             for part in pending:
                 if not self._may_start(part, first=part is pending[0]):
-                    self.console.print(f"[yellow]time is up[/]: {summary.ran} part(s) run, {summary.left} left; "
-                                       "run the same command again to continue")
-                    break
+                    continue  # a later part may still fit in the time left
                 self.console.rule(f"part {summary.done_before + summary.ran + 1}/{summary.parts}: {part.name}")
                 record = self._run_part(part, hardware, machine, existing)
                 if record is None:  # the grid stopped for time; its rows so far are kept
-                    self.console.print(f"[yellow]time is up[/] in {part.name}: its rows so far are kept; "
-                                       "run the same command again to continue")
+                    stopped_in = f" in {part.name}: its rows so far are kept;"
                     break
                 _write_json(self.results / f"{part.name}.json", record)
                 existing.append(record)
@@ -182,7 +181,10 @@ class StudyRunner:
             self.console.print(f"[yellow]interrupted[/]: {summary.ran} part(s) written; run the same command again "
                                "to continue")
             raise SystemExit(130) from None
-        if not summary.left:
+        if summary.left:
+            self.console.print(f"[yellow]time is up[/]{stopped_in or ':'} {summary.ran} part(s) run, {summary.left} "
+                               "left; run the same command again to continue")
+        else:
             self.console.print(f"[bold green]all {summary.parts} parts done[/]: autotune report {self.definition.directory}")
         return summary
 
