@@ -78,7 +78,8 @@ def test_dma_claim_takes_only_this_steps_landed_rows() -> None:
     """The DMA prefetch's claim on a hand-made table of 2 layers x 6 experts, ring rows 2..3 for
     layer 1: the previous occupant goes home; a row tagged for this step and layer is claimed
     unless its expert is resident; a row of another step, or made invalid, is not."""
-    from autotune.cache_runtime.dma_prefetch import publish_kernel, ring_claim_kernel, tag
+    from autotune.cache_runtime.dma_prefetch import publish_kernel, tag
+    from autotune.cache_runtime.prefetch import ring_claim_kernel
 
     home = torch.arange(2 * 6 * 3, dtype=torch.int64, device=DEVICE).reshape(2, 6, 3) + 1000
     ring_addr = torch.arange(4 * 3, dtype=torch.int64, device=DEVICE).reshape(4, 3) + 5000

@@ -10,7 +10,7 @@ inside the captured step, so the host issues the copies:
 2. a host thread (``DmaStager``) reads the mailbox in step and layer order and, for each
    predicted expert not in a slot, queues on a copy stream the copy home -> ring row, then
    the row's tag: (step, layer, expert);
-3. on the compute stream, right after layer m's router, ``ring_claim_kernel`` points
+3. on the compute stream, right after layer m's router, ``prefetch.ring_claim_kernel`` points
    layer m's entries at the ring rows whose tag names this step and layer (the copy has
    landed) and whose expert is still read from home. An entry not claimed reads home.
 
@@ -51,31 +51,6 @@ def publish_kernel(pred_ptr, seq_ptr, mailbox_addr, layer, TOP_K: tl.constexpr, 
     ok = j < TOP_K
     tl.store(mailbox + j, tl.load(pred_ptr + j, mask=ok).to(tl.int64), mask=ok, cache_modifier=".wt")
     tl.store(mailbox + TOP_K, tl.load(seq_ptr), cache_modifier=".wt")
-
-
-@triton.jit
-def ring_claim_kernel(tags_ptr, seq_ptr, table_ptr, home_ptr, ring_ptr, ring_row, occupant_ptr, staged_ptr,
-                      layer, n_layers, n_expert, TOP_K: tl.constexpr, K_PAD: tl.constexpr):
-    """Layer's ring rows: point their previous occupant home (if its entry still points there),
-    then point each landed expert of this step and layer at its row (if it still reads home).
-    ``table_ptr``/``home_ptr``: the whole tables; ``staged_ptr``: the layer's row of flags."""
-    j = tl.arange(0, K_PAD)
-    ok = j < TOP_K
-    rows = ring_row + j
-    old = tl.load(occupant_ptr + rows, mask=ok, other=-1)
-    had = ok & (old >= 0)
-    old = tl.where(had, old, 0)
-    back = had & (tl.load(table_ptr + old * 3, mask=had, other=1) == tl.load(ring_ptr + rows * 3, mask=had, other=0))
-    for c in tl.static_range(3):
-        tl.store(table_ptr + old * 3 + c, tl.load(home_ptr + old * 3 + c, mask=back), mask=back)
-    e = tl.load(tags_ptr + rows, mask=ok, other=-1) - (tl.load(seq_ptr) * n_layers + layer) * n_expert
-    valid = ok & (e >= 0) & (e < n_expert)
-    flat = layer * n_expert + tl.where(valid, e, 0)
-    do = valid & (tl.load(table_ptr + flat * 3, mask=valid, other=0) == tl.load(home_ptr + flat * 3, mask=valid, other=1))
-    for c in tl.static_range(3):
-        tl.store(table_ptr + flat * 3 + c, tl.load(ring_ptr + rows * 3 + c, mask=do), mask=do)
-    tl.store(occupant_ptr + rows, tl.where(do, flat, -1), mask=ok)
-    tl.store(staged_ptr + j, do.to(tl.int32), mask=ok)
 
 
 def tag(seq: int, layer: int, expert: int, n_layers: int, n_expert: int) -> int:

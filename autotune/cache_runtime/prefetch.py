@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from autotune.cache_runtime.dma_prefetch import DmaStager, publish_kernel, ring_claim_kernel, tag
+from autotune.cache_runtime.dma_prefetch import DmaStager, publish_kernel, tag
 from autotune.cache_runtime.expert_cache import ExpertCache
 from autotune.cache_runtime.routing import route
 from autotune.cache_runtime.step_counts import PrefetchCounts
@@ -81,19 +81,44 @@ def stage_commit_kernel(pred_ptr, table_ptr, home_ptr, ring_ptr, ring_row, occup
 
 
 @triton.jit
+def _release_rows(occupant_ptr, table_ptr, home_ptr, ring_ptr, rows, ok):
+    """Point the rows' occupants back home (if their entry still points there); empty the rows.
+    ``table_ptr``/``home_ptr``: the whole tables (an occupant is a flat entry index)."""
+    o = tl.load(occupant_ptr + rows, mask=ok, other=-1)
+    valid = ok & (o >= 0)
+    o = tl.where(valid, o, 0)
+    back = valid & (tl.load(table_ptr + o * 3, mask=valid, other=1) == tl.load(ring_ptr + rows * 3, mask=valid, other=0))
+    for c in tl.static_range(3):
+        tl.store(table_ptr + o * 3 + c, tl.load(home_ptr + o * 3 + c, mask=back), mask=back)
+    tl.store(occupant_ptr + rows, tl.zeros_like(o) - 1, mask=ok)
+
+
+@triton.jit
 def ring_release_kernel(occupant_ptr, table_ptr, home_ptr, ring_ptr, ring_row,
                         TOP_K: tl.constexpr, K_PAD: tl.constexpr):
     """Point the ring rows' occupants back home (if their entry still points here); empty the rows."""
     j = tl.arange(0, K_PAD)
+    _release_rows(occupant_ptr, table_ptr, home_ptr, ring_ptr, ring_row + j, j < TOP_K)
+
+
+@triton.jit
+def ring_claim_kernel(tags_ptr, seq_ptr, table_ptr, home_ptr, ring_ptr, ring_row, occupant_ptr, staged_ptr,
+                      layer, n_layers, n_expert, TOP_K: tl.constexpr, K_PAD: tl.constexpr):
+    """DMA prefetch (``dma_prefetch``): release the layer's ring rows, then point each landed
+    expert of this step and layer at its row (if it still reads home). ``table_ptr``/``home_ptr``:
+    the whole tables; ``staged_ptr``: the layer's row of flags."""
+    j = tl.arange(0, K_PAD)
     ok = j < TOP_K
-    o = tl.load(occupant_ptr + ring_row + j, mask=ok, other=-1)
-    valid = ok & (o >= 0)
-    o = tl.where(valid, o, 0)
-    mine = tl.load(ring_ptr + (ring_row + j) * 3, mask=valid, other=0)
-    back = valid & (tl.load(table_ptr + o * 3, mask=valid, other=1) == mine)
+    rows = ring_row + j
+    _release_rows(occupant_ptr, table_ptr, home_ptr, ring_ptr, rows, ok)
+    e = tl.load(tags_ptr + rows, mask=ok, other=-1) - (tl.load(seq_ptr) * n_layers + layer) * n_expert
+    valid = ok & (e >= 0) & (e < n_expert)
+    flat = layer * n_expert + tl.where(valid, e, 0)
+    do = valid & (tl.load(table_ptr + flat * 3, mask=valid, other=0) == tl.load(home_ptr + flat * 3, mask=valid, other=1))
     for c in tl.static_range(3):
-        tl.store(table_ptr + o * 3 + c, tl.load(home_ptr + o * 3 + c, mask=back), mask=back)
-    tl.store(occupant_ptr + ring_row + j, tl.full([K_PAD], -1, tl.int64), mask=ok)
+        tl.store(table_ptr + flat * 3 + c, tl.load(ring_ptr + rows * 3 + c, mask=do), mask=do)
+    tl.store(occupant_ptr + rows, tl.where(do, flat, -1), mask=ok)
+    tl.store(staged_ptr + j, do.to(tl.int32), mask=ok)
 
 
 class Prefetcher:
@@ -236,13 +261,10 @@ class Prefetcher:
         row, table, n_expert = (m % self.rows) * self.k, self.cache.table.table, self.cache.n_expert
         if not self.triton:
             self._release_torch(range(row, row + self.k), table)
+            base = tag(int(self.seq), m, 0, self.cache.n_layers, n_expert)
             for j in range(self.k):
-                e = int(self.tags[row + j]) - tag(int(self.seq), m, 0, self.cache.n_layers, n_expert)
-                claim = 0 <= e < n_expert and int(table[m, e, 0]) == int(self.home[m, e, 0])
-                if claim:
-                    table[m, e] = self.ring_addr[row + j]
-                self.occupant[row + j] = m * n_expert + e if claim else -1
-                self.staged[m, j] = int(claim)
+                e = int(self.tags[row + j]) - base
+                self._take_row_torch(table, m, row + j, j, e if 0 <= e < n_expert else None)
             return
         ring_claim_kernel[(1,)](self.tags, self.seq, table, self.home, self.ring_addr, row, self.occupant,
                                 self.staged[m], m, self.cache.n_layers, n_expert, TOP_K=self.k,
@@ -252,13 +274,19 @@ class Prefetcher:
         """The same three steps, eagerly (CPU)."""
         self._release_torch(range(row, row + self.k), table)
         for j, e in enumerate(self.pred[m].tolist()):
-            stage = int(table[m, e, 0]) == int(self.home[m, e, 0])
-            if stage:
+            if self._take_row_torch(table, m, row + j, j, e):
                 for dst, src in zip(self.ring, self.cache.home[m]):
                     dst[row + j].copy_(src[e])
-                table[m, e] = self.ring_addr[row + j]
-            self.occupant[row + j] = m * self.cache.n_expert + e if stage else -1
-            self.staged[m, j] = int(stage)
+
+    def _take_row_torch(self, table: torch.Tensor, m: int, ring_row: int, j: int, e: int | None) -> bool:
+        """Point layer m's expert e at ``ring_row`` if it still reads home, and record the row's
+        occupant and prediction j's staged flag (e None: nothing to take)."""
+        take = e is not None and int(table[m, e, 0]) == int(self.home[m, e, 0])
+        if take:
+            table[m, e] = self.ring_addr[ring_row]
+        self.occupant[ring_row] = m * self.cache.n_expert + e if take else -1
+        self.staged[m, j] = int(take)
+        return take
 
     def _release_torch(self, rows: range, table: torch.Tensor) -> None:
         flat, home = table.view(-1, 3), self.home.view(-1, 3)
