@@ -45,8 +45,9 @@ SWITCH_INTERVAL_S = 0.0002  # the GIL's hand-over interval while a stager runs (
 @triton.jit
 def publish_kernel(pred_ptr, seq_ptr, mailbox_addr, layer, TOP_K: tl.constexpr, K_PAD: tl.constexpr):
     """Write layer's predicted experts, then the step's number, into its mailbox row (host
-    memory; written through to it, not kept in the GPU's cache)."""
-    mailbox = mailbox_addr.to(tl.pointer_type(tl.int64)) + layer * (TOP_K + 1)
+    memory; written through to it, not kept in the GPU's cache). Triton passes an address below
+    2**31 as an i32, so it is widened before it becomes a pointer."""
+    mailbox = mailbox_addr.to(tl.int64).to(tl.pointer_type(tl.int64)) + layer * (TOP_K + 1)
     j = tl.arange(0, K_PAD)
     ok = j < TOP_K
     tl.store(mailbox + j, tl.load(pred_ptr + j, mask=ok).to(tl.int64), mask=ok, cache_modifier=".wt")
