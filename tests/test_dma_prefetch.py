@@ -6,15 +6,17 @@ jump to the newest step when the thread falls behind."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Callable
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():  # the module's kernels are made for the interpreter when first imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from autotune.cache_runtime.dma_prefetch import DmaStager, tag  # noqa: E402
+from autotune.cache_runtime.dma_prefetch import DmaStager, DriverCopies, tag  # noqa: E402
 
 N_LAYERS, N_EXPERT, K, DEPTH = 4, 6, 2, 1
 
@@ -78,3 +80,26 @@ def test_a_paused_stager_queues_nothing() -> None:
         wait_until(lambda: stager.copied == 2)
     finally:
         stager.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA driver's copies need a GPU")
+def test_driver_copies_land_before_their_tag_on_another_thread() -> None:
+    home = [tuple(torch.randint(0, 255, (N_EXPERT, n), dtype=torch.uint8).pin_memory() for n in (4096, 4096, 8192))
+            for _ in range(N_LAYERS)]
+    ring = tuple(torch.zeros(2, m.shape[1], dtype=torch.uint8, device="cuda") for m in home[0])
+    tags = torch.full((2,), -1, dtype=torch.int64, device="cuda")
+    stream = torch.cuda.Stream()
+    copies = DriverCopies(ring, home, tags, stream)
+
+    def work() -> None:
+        copies.bind_thread()
+        copies.copy(1, 2, 4)
+        copies.write_tag(1, 12345)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    stream.synchronize()
+    assert tags.tolist() == [-1, 12345]
+    assert all(torch.equal(r[1].cpu(), h[4]) for r, h in zip(ring, home[2]))
+    assert all(int(r[0].abs().sum()) == 0 for r in ring)

@@ -26,6 +26,7 @@ which expert each row holds.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import threading
 import time
@@ -59,6 +60,67 @@ def tag(seq: int, layer: int, expert: int, n_layers: int, n_expert: int) -> int:
     return (seq * n_layers + layer) * n_expert + expert
 
 
+class TorchCopies:
+    """Copies and tags through torch ops, done at once (the CPU path, whose stager runs in the
+    prefetcher's own calls)."""
+
+    def __init__(self, ring: tuple[torch.Tensor, ...], home: list[tuple[torch.Tensor, ...]], tags: torch.Tensor):
+        self.ring, self.home, self.tags = ring, home, tags
+
+    def copy(self, row: int, layer: int, expert: int) -> None:
+        for dst, src in zip(self.ring, self.home[layer]):
+            dst[row].copy_(src[expert])
+
+    def write_tag(self, row: int, value: int) -> None:
+        self.tags[row] = value
+
+
+class DriverCopies:
+    """Copies and tags queued on ``stream`` through the CUDA driver, called by ctypes.
+
+    Queued through torch ops (a few tens of microseconds each), the GPU stager fell behind
+    the decode step and most copies landed too late (run 7 in studies/expert_cache). A driver
+    call takes a microsecond or two. The tag is written by ``cuStreamWriteValue64`` after the
+    copies, in stream order and behind a memory fence, so a tag is seen only after its bytes.
+    The driver is called with the GIL held (``PyDLL``): its calls only queue work, and
+    releasing the GIL around each would hand it to the decode thread every time.
+    """
+
+    def __init__(self, ring: tuple[torch.Tensor, ...], home: list[tuple[torch.Tensor, ...]], tags: torch.Tensor,
+                 stream: torch.cuda.Stream):
+        self.lib = ctypes.PyDLL("libcuda.so.1")
+        self.ring_addr = [[m[i].data_ptr() for m in ring] for i in range(ring[0].shape[0])]
+        self.home_addr = [[[m[e].data_ptr() for m in mats] for e in range(mats[0].shape[0])] for mats in home]
+        self.nbytes = [[m[0].nbytes for m in mats] for mats in home]
+        self.tag_addr = [tags[i].data_ptr() for i in range(tags.numel())]
+        self.stream = ctypes.c_void_p(stream.cuda_stream)
+        self.ctx = ctypes.c_void_p()
+        self._check(self.lib.cuCtxGetCurrent(ctypes.byref(self.ctx)), "cuCtxGetCurrent")
+        if not self.ctx.value:
+            raise RuntimeError("no current CUDA context: create the copier after torch has used the GPU")
+        self.memcpy = self.lib.cuMemcpyHtoDAsync_v2
+        self.memcpy.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        self.write_value = getattr(self.lib, "cuStreamWriteValue64_v2", None) or self.lib.cuStreamWriteValue64
+        self.write_value.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint]
+
+    def bind_thread(self) -> None:
+        """Make the context torch uses current on the calling thread (driver calls need it)."""
+        self._check(self.lib.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
+
+    def copy(self, row: int, layer: int, expert: int) -> None:
+        for dst, src, n in zip(self.ring_addr[row], self.home_addr[layer][expert], self.nbytes[layer]):
+            self._check(self.memcpy(dst, src, n, self.stream), "cuMemcpyHtoDAsync")
+
+    def write_tag(self, row: int, value: int) -> None:
+        self._check(self.write_value(self.stream, self.tag_addr[row], value, 0), "cuStreamWriteValue64")
+
+    def _check(self, result: int, call: str) -> None:
+        if result != 0:
+            name = ctypes.c_char_p()
+            self.lib.cuGetErrorName(result, ctypes.byref(name))
+            raise RuntimeError(f"{call} failed: {(name.value or b'?').decode()} ({result})")
+
+
 class DmaStager:
     """Queues the copies of predicted non-resident experts (see the module).
 
@@ -70,11 +132,11 @@ class DmaStager:
 
     def __init__(self, mailbox: torch.Tensor, tags: torch.Tensor, ring: tuple[torch.Tensor, ...],
                  home: list[tuple[torch.Tensor, ...]], held: list[dict], depth: int, copy_stream: torch.cuda.Stream | None):
-        self.mailbox, self.tags, self.ring, self.home, self.held = mailbox, tags, ring, home, held
+        self.mailbox, self.held, self.depth = mailbox, held, depth
         self.n_layers, width = mailbox.shape
         self.k = width - 1
         self.n_expert = home[0][0].shape[0]
-        self.depth, self.copy_stream = depth, copy_stream
+        self.copies = TorchCopies(ring, home, tags) if copy_stream is None else DriverCopies(ring, home, tags, copy_stream)
         self.copied = 0  # experts copied
         self.late = 0  # mailbox entries skipped: the compute stream had passed the layer, or a newer step overwrote it
         self._issue = threading.Lock()  # held while queueing a layer's copies; capture holds it to pause
@@ -90,21 +152,14 @@ class DmaStager:
         self._thread.start()
 
     def stage(self, seq: int, layer: int, experts: np.ndarray) -> None:
-        """Queue the copies of ``experts`` predicted for (step seq, layer) that are not in slots."""
-        missing = [(j, int(e)) for j, e in enumerate(experts) if int(e) not in self.held[layer]]
-        if not missing:
-            return
+        """Queue the copies of ``experts`` predicted for (step seq, layer) that are not in slots,
+        each followed by its row's tag."""
         base = (layer % (self.depth + 1)) * self.k
-        tags, dsts, srcs = [-1] * self.k, [], []
-        for j, e in missing:
-            tags[j] = tag(seq, layer, e, self.n_layers, self.n_expert)
-            for dst, src in zip(self.ring, self.home[layer]):
-                dsts.append(dst[base + j])
-                srcs.append(src[e])
-        torch._foreach_copy_(dsts, srcs, non_blocking=True)
-        # from pageable memory: the values are taken now, and land after the copies, in stream order
-        self.tags[base:base + self.k].copy_(torch.tensor(tags, dtype=torch.int64), non_blocking=True)
-        self.copied += len(missing)
+        for j, e in enumerate(experts.tolist()):
+            if e not in self.held[layer]:
+                self.copies.copy(base + j, layer, e)
+                self.copies.write_tag(base + j, tag(seq, layer, e, self.n_layers, self.n_expert))
+                self.copied += 1
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -122,7 +177,9 @@ class DmaStager:
     def _run(self, seq: int) -> None:
         box = self.mailbox.numpy()
         first = layer = 1  # layer 0 has no prediction
-        with torch.inference_mode(), torch.cuda.stream(self.copy_stream):
+        if isinstance(self.copies, DriverCopies):
+            self.copies.bind_thread()
+        with torch.inference_mode():
             while not self._stop.is_set():
                 published = self._wait_for(box, layer, seq)
                 if published is None:
