@@ -43,6 +43,10 @@ from autotune.cache_runtime.torch_ops import TorchOps, rmsnorm
 # programs per matrix decoded 6% faster than 4 at 16 GiB (237 vs 223 tok/s, H200, with
 # lfu_decay every 16 tokens and prefetch depth 2), their SM slots notwithstanding
 COPY_WORDS, COPY_PROGRAMS = 1024, 16
+# DMA prefetch: how many times the claim reads the layer's tags while a predicted copy is in
+# flight (one read from GPU memory, about a microsecond): without waiting, most copies landed
+# just after their layer and were wasted (recall 0.17-0.49 on the GPU, run 7)
+CLAIM_WAIT_SPINS = 256
 
 
 @triton.jit
@@ -102,16 +106,27 @@ def ring_release_kernel(occupant_ptr, table_ptr, home_ptr, ring_ptr, ring_row,
 
 
 @triton.jit
-def ring_claim_kernel(tags_ptr, seq_ptr, table_ptr, home_ptr, ring_ptr, ring_row, occupant_ptr, staged_ptr,
-                      layer, n_layers, n_expert, TOP_K: tl.constexpr, K_PAD: tl.constexpr):
-    """DMA prefetch (``dma_prefetch``): release the layer's ring rows, then point each landed
-    expert of this step and layer at its row (if it still reads home). ``table_ptr``/``home_ptr``:
-    the whole tables; ``staged_ptr``: the layer's row of flags."""
+def ring_claim_kernel(tags_ptr, seq_ptr, pred_ptr, table_ptr, home_ptr, ring_ptr, ring_row, occupant_ptr, staged_ptr,
+                      layer, n_layers, n_expert, TOP_K: tl.constexpr, K_PAD: tl.constexpr, WAIT_SPINS: tl.constexpr):
+    """DMA prefetch (``dma_prefetch``): release the layer's ring rows, wait (at most WAIT_SPINS
+    reads of the tags) for the copies of this step's predicted experts that still read home,
+    then point each landed expert of this step and layer at its row. ``table_ptr``/``home_ptr``:
+    the whole tables; ``pred_ptr``/``staged_ptr``: the layer's predictions and flags; the
+    stager copies prediction j into the layer's row j."""
     j = tl.arange(0, K_PAD)
     ok = j < TOP_K
     rows = ring_row + j
     _release_rows(occupant_ptr, table_ptr, home_ptr, ring_ptr, rows, ok)
-    e = tl.load(tags_ptr + rows, mask=ok, other=-1) - (tl.load(seq_ptr) * n_layers + layer) * n_expert
+    base = (tl.load(seq_ptr) * n_layers + layer) * n_expert
+    predicted = layer * n_expert + tl.load(pred_ptr + j, mask=ok, other=0).to(tl.int64)
+    awaited = ok & (tl.load(table_ptr + predicted * 3, mask=ok, other=0) == tl.load(home_ptr + predicted * 3, mask=ok, other=1))
+    want = base + predicted - layer * n_expert
+    t = tl.load(tags_ptr + rows, mask=ok, other=-1, volatile=True)
+    spins = 0
+    while (tl.max((awaited & (t != want)).to(tl.int32), axis=0) > 0) & (spins < WAIT_SPINS):
+        t = tl.load(tags_ptr + rows, mask=ok, other=-1, volatile=True)
+        spins += 1
+    e = t - base
     valid = ok & (e >= 0) & (e < n_expert)
     flat = layer * n_expert + tl.where(valid, e, 0)
     do = valid & (tl.load(table_ptr + flat * 3, mask=valid, other=0) == tl.load(home_ptr + flat * 3, mask=valid, other=1))
@@ -266,9 +281,9 @@ class Prefetcher:
                 e = int(self.tags[row + j]) - base
                 self._take_row_torch(table, m, row + j, j, e if 0 <= e < n_expert else None)
             return
-        ring_claim_kernel[(1,)](self.tags, self.seq, table, self.home, self.ring_addr, row, self.occupant,
+        ring_claim_kernel[(1,)](self.tags, self.seq, self.pred[m], table, self.home, self.ring_addr, row, self.occupant,
                                 self.staged[m], m, self.cache.n_layers, n_expert, TOP_K=self.k,
-                                K_PAD=triton.next_power_of_2(self.k))
+                                K_PAD=triton.next_power_of_2(self.k), WAIT_SPINS=CLAIM_WAIT_SPINS)
 
     def _stage_torch(self, m: int, row: int, table: torch.Tensor) -> None:
         """The same three steps, eagerly (CPU)."""
