@@ -19,6 +19,7 @@ from autotune.backends.cache_commands import format_command, parse_command
 from autotune.backends.cache_knobs import (
     DECAYS,
     PREFETCH_DEPTHS,
+    PREFETCH_ENGINES,
     PREFILL_BYPASSES,
     REBALANCE_INTERVALS,
     SEARCHED_CHUNK_ROUNDS,
@@ -72,12 +73,14 @@ class CacheBackend:
     ) -> Config:
         """Every knob of the cache, the decode launch shapes included. Knobs a choice makes moot are not sampled (``normalize``
         fixes them): miss mode and rebalancing under static eviction, decay outside LFU, the
-        slot split without learned counts. For the decode objective the prefill bypass keeps
+        slot split without learned counts, the prefetch engine without prefetch. For the decode objective the prefill bypass keeps
         its default (decode never bypasses). ``vram_cap`` comes from ``fill_cap``; the
         context size from the workload."""
         eviction = trial.suggest_categorical("eviction", ["static", "lfu_decay", "lru"])
         config: Config = {"eviction": eviction,
                           "prefetch_depth": trial.suggest_int("prefetch_depth", *PREFETCH_DEPTHS)}
+        if config["prefetch_depth"] > 0:
+            config["prefetch_engine"] = trial.suggest_categorical("prefetch_engine", list(PREFETCH_ENGINES))
         if eviction != "static":
             config["miss_mode"] = trial.suggest_categorical("miss_mode", ["zero_copy", "copy"])
             config["rebalance_interval"] = trial.suggest_categorical("rebalance_interval", list(REBALANCE_INTERVALS))

@@ -27,7 +27,7 @@ FLOAT_KEYS = ("decay", "slot_split")
 # The search space (see CacheBackend.suggest).
 REBALANCE_INTERVALS = (16, 32, 64, 128, 256)
 DECAYS = (0.5, 0.8, 0.9, 0.95, 0.99)
-PREFETCH_DEPTHS = (0, 3)  # inclusive range
+PREFETCH_DEPTHS = (0, 4)  # inclusive range; depth 4 with DMA copies was the best at 12 GiB (run 7)
 PREFILL_BYPASSES = (0, 8, 32, 128, 512)
 SLOT_SPLIT_STEP = 0.25
 SEARCHED_CHUNK_ROUNDS = (1, 2)
