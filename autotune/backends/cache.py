@@ -71,11 +71,11 @@ class CacheBackend:
     def suggest(
         self, trial: optuna.Trial, model: ModelProfile, hw: HardwareProfile, workload: Workload | None = None
     ) -> Config:
-        """Every knob of the cache, the decode launch shapes included. Knobs a choice makes moot are not sampled (``normalize``
-        fixes them): miss mode and rebalancing under static eviction, decay outside LFU, the
-        slot split without learned counts, the prefetch engine without prefetch. For the decode objective the prefill bypass keeps
-        its default (decode never bypasses). ``vram_cap`` comes from ``fill_cap``; the
-        context size from the workload."""
+        """Every knob of the cache, the decode launch shapes included. Knobs a choice makes moot
+        are not sampled (``normalize`` fixes them): miss mode and rebalancing under static
+        eviction, decay outside LFU, the slot split without learned counts, the prefetch engine
+        without prefetch. For the decode objective the prefill bypass keeps its default (decode
+        never bypasses). ``vram_cap`` comes from ``fill_cap``; the context size from the workload."""
         eviction = trial.suggest_categorical("eviction", ["static", "lfu_decay", "lru"])
         config: Config = {"eviction": eviction,
                           "prefetch_depth": trial.suggest_int("prefetch_depth", *PREFETCH_DEPTHS)}

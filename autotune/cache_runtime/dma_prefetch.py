@@ -78,9 +78,9 @@ class TorchCopies:
 class DriverCopies:
     """Copies and tags queued on ``stream`` through the CUDA driver, called by ctypes.
 
-    Queued through torch ops (a few tens of microseconds each), the GPU stager fell behind
-    the decode step and most copies landed too late (run 7 in studies/expert_cache). A driver
-    call takes a microsecond or two. The tag is written by ``cuStreamWriteValue64`` after the
+    A driver call takes a microsecond or two, a torch op tens: on the GPU (run 7 in
+    studies/expert_cache) the stager queued a layer's copies about 30 µs after the step had
+    published its predictions. The tag is written by ``cuStreamWriteValue64`` after the
     copies, in stream order and behind a memory fence, so a tag is seen only after its bytes.
     The driver is called with the GIL held (``PyDLL``): its calls only queue work, and
     releasing the GIL around each would hand it to the decode thread every time.
@@ -136,7 +136,8 @@ class DmaStager:
         self.n_layers, width = mailbox.shape
         self.k = width - 1
         self.n_expert = home[0][0].shape[0]
-        self.copies = TorchCopies(ring, home, tags) if copy_stream is None else DriverCopies(ring, home, tags, copy_stream)
+        self.copies = (TorchCopies(ring, home, tags) if copy_stream is None
+                       else DriverCopies(ring, home, tags, copy_stream))
         self.copied = 0  # experts copied
         self.late = 0  # mailbox entries skipped: the compute stream had passed the layer, or a newer step overwrote it
         self._issue = threading.Lock()  # held while queueing a layer's copies; capture holds it to pause

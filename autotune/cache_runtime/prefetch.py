@@ -106,8 +106,9 @@ def ring_release_kernel(occupant_ptr, table_ptr, home_ptr, ring_ptr, ring_row,
 
 
 @triton.jit
-def ring_claim_kernel(tags_ptr, seq_ptr, pred_ptr, table_ptr, home_ptr, ring_ptr, ring_row, occupant_ptr, staged_ptr,
-                      layer, n_layers, n_expert, TOP_K: tl.constexpr, K_PAD: tl.constexpr, WAIT_SPINS: tl.constexpr):
+def ring_claim_kernel(tags_ptr, seq_ptr, pred_ptr, table_ptr, home_ptr, ring_ptr, ring_row, occupant_ptr,
+                      staged_ptr, layer, n_layers, n_expert,
+                      TOP_K: tl.constexpr, K_PAD: tl.constexpr, WAIT_SPINS: tl.constexpr):
     """DMA prefetch (``dma_prefetch``): release the layer's ring rows, wait (at most WAIT_SPINS
     reads of the tags) for the copies of this step's predicted experts that still read home,
     then point each landed expert of this step and layer at its row. ``table_ptr``/``home_ptr``:
@@ -281,8 +282,8 @@ class Prefetcher:
                 e = int(self.tags[row + j]) - base
                 self._take_row_torch(table, m, row + j, j, e if 0 <= e < n_expert else None)
             return
-        ring_claim_kernel[(1,)](self.tags, self.seq, self.pred[m], table, self.home, self.ring_addr, row, self.occupant,
-                                self.staged[m], m, self.cache.n_layers, n_expert, TOP_K=self.k,
+        ring_claim_kernel[(1,)](self.tags, self.seq, self.pred[m], table, self.home, self.ring_addr, row,
+                                self.occupant, self.staged[m], m, self.cache.n_layers, n_expert, TOP_K=self.k,
                                 K_PAD=triton.next_power_of_2(self.k), WAIT_SPINS=CLAIM_WAIT_SPINS)
 
     def _stage_torch(self, m: int, row: int, table: torch.Tensor) -> None:
