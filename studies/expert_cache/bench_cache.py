@@ -76,15 +76,29 @@ SETTINGS = {
                               prefetch_engine="dma"),
 }
 # bench-only variants: name suffix -> prefetch.COPY_PROGRAMS (programs per matrix of the ring copy)
-COPY_PROGRAM_VARIANTS = {"_cp4": 4, "_cp32": 32}
+# bench-only variants: a suffix on a setting's name sets one of prefetch.py's constants
+VARIANTS = {"_cp4": ("COPY_PROGRAMS", 4), "_cp32": ("COPY_PROGRAMS", 32),  # SM copy programs per matrix
+            "_w64": ("CLAIM_WAIT_SPINS", 64), "_w1k": ("CLAIM_WAIT_SPINS", 1024),  # DMA claim's wait
+            "_w4k": ("CLAIM_WAIT_SPINS", 4096)}
 TIMELINE = bool(os.environ.get("TIMELINE"))  # profile a few decode steps per setting (decode_timeline)
 
 
 def base_name(name: str) -> str:
     """The setting a bench-only variant name stands for."""
-    for suffix in COPY_PROGRAM_VARIANTS:
+    for suffix in VARIANTS:
         name = name.removesuffix(suffix)
     return name
+
+
+def apply_variant(name: str, defaults: dict[str, int]) -> None:
+    """Set prefetch.py's constants for ``name``: its variant's value, else the default."""
+    from autotune.cache_runtime import prefetch
+
+    for constant, value in defaults.items():
+        setattr(prefetch, constant, value)
+    for suffix, (constant, value) in VARIANTS.items():
+        if name.endswith(suffix):
+            setattr(prefetch, constant, value)
 
 
 DEFAULT = ["static_zc", "static_zc_pf1", "static_zc_pf2", "lfu64_zc", "lfu64_zc_pf1", "lfu64_copy", "cold_lfu64_zc"]
@@ -305,11 +319,10 @@ def cache(model: str, out: Path, caps: list[float], only: list[str] | None) -> N
     (out / "settings").mkdir(exist_ok=True)
     from autotune.cache_runtime import prefetch
 
-    default_programs = prefetch.COPY_PROGRAMS
+    defaults = {constant: getattr(prefetch, constant) for constant, _ in VARIANTS.values()}
     for cap in caps:
         for name in names:
-            prefetch.COPY_PROGRAMS = next((n for suffix, n in COPY_PROGRAM_VARIANTS.items()
-                                           if name.endswith(suffix)), default_programs)
+            apply_variant(name, defaults)
             cfg = CacheConfig(vram_cap=int(cap * GIB), **SETTINGS[base_name(name)])
             profile_to = out / "configure_profile.txt" if not rows else None
             try:
