@@ -103,3 +103,21 @@ def test_driver_copies_land_before_their_tag_on_another_thread() -> None:
     assert tags.tolist() == [-1, 12345]
     assert all(torch.equal(r[1].cpu(), h[4]) for r, h in zip(ring, home[2]))
     assert all(int(r[0].abs().sum()) == 0 for r in ring)
+
+
+def test_a_failed_stager_thread_is_raised_in_the_decode_thread() -> None:
+    """A copy that fails (here a torch error) stops the thread; the caller hears of it."""
+    home = [tuple(torch.zeros(N_EXPERT, 8, dtype=torch.uint8) for _ in range(3)) for _ in range(N_LAYERS)]
+    ring = tuple(torch.zeros((DEPTH + 1) * K, 4, dtype=torch.uint8) for _ in range(3))  # rows too short
+    tags = torch.full(((DEPTH + 1) * K,), -1, dtype=torch.int64)
+    mailbox = torch.zeros(N_LAYERS, K + 1, dtype=torch.int64)
+    stager = DmaStager(mailbox, tags, ring, home, [{} for _ in range(N_LAYERS)], DEPTH, copy_stream=None)
+    stager.start()
+    try:
+        stager.raise_if_failed()  # nothing yet
+        publish(mailbox, 1, 1, [1, 2])
+        wait_until(lambda: stager.error is not None)
+        with pytest.raises(RuntimeError, match="DMA prefetch stopped"):
+            stager.raise_if_failed()
+    finally:
+        stager.close()

@@ -143,6 +143,7 @@ class DmaStager:
         self._issue = threading.Lock()  # held while queueing a layer's copies; capture holds it to pause
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.error: Exception | None = None  # what stopped the thread
         self._switch_interval = sys.getswitchinterval()
 
     def start(self) -> None:
@@ -175,7 +176,18 @@ class DmaStager:
             self._thread = None
             sys.setswitchinterval(self._switch_interval)
 
+    def raise_if_failed(self) -> None:
+        """Raise what stopped the thread, if anything did (the step would go on without prefetch)."""
+        if self.error is not None:
+            raise RuntimeError(f"DMA prefetch stopped: {self.error}") from self.error
+
     def _run(self, seq: int) -> None:
+        try:
+            self._stage_published(seq)
+        except Exception as exc:  # noqa: BLE001 - kept for the decode thread, which raises it
+            self.error = exc
+
+    def _stage_published(self, seq: int) -> None:
         box = self.mailbox.numpy()
         first = layer = 1  # layer 0 has no prediction
         if isinstance(self.copies, DriverCopies):

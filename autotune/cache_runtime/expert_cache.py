@@ -235,6 +235,8 @@ class ExpertCache:
 
     def after_step(self, ids: torch.Tensor) -> None:
         """Host side, after a step was queued: fetch its selections asynchronously, then poll."""
+        if self.prefetcher is not None:
+            self.prefetcher.raise_if_failed()
         if self.device.type != "cuda":
             self._observe(ids[0].numpy().astype(np.int64))
             self.poll()

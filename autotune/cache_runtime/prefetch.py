@@ -188,6 +188,11 @@ class Prefetcher:
         if self.stager is not None:
             self.stager.close()
 
+    def raise_if_failed(self) -> None:
+        """Raise what stopped the DMA stager's thread, if anything did."""
+        if self.stager is not None:
+            self.stager.raise_if_failed()
+
     def paused(self):
         """A context in which no other thread queues GPU work (a graph capture)."""
         return self.stager.paused() if self.stager is not None else contextlib.nullcontext()
