@@ -92,8 +92,9 @@ def test_baselines_lie_in_the_space_and_fit_the_cap(tiny_model: Path, cap: int):
     """Seeded into a study, each baseline comes back as itself through suggest + fill_cap."""
     backend, model, hw = CacheBackend(), inspect_model(tiny_model), probe_hardware()
     baselines = backend.baselines(model, hw, cap, WORKLOAD)
-    assert {(c["eviction"], c["prefetch_depth"], c["miss_mode"]) for c in baselines} == {
-        ("static", 0, "zero_copy"), ("static", 2, "zero_copy"), ("lfu_decay", 0, "zero_copy"), ("lfu_decay", 2, "zero_copy")}
+    assert {(c["eviction"], c["prefetch_depth"], c["prefetch_engine"]) for c in baselines} == {
+        ("static", 0, "sm"), ("static", 2, "sm"), ("lfu_decay", 3, "sm"), ("lfu_decay", 4, "dma")}
+    assert {c["miss_mode"] for c in baselines} == {"zero_copy"}
     study = optuna.create_study()
     for config in baselines:
         study.enqueue_trial(config)

@@ -105,14 +105,18 @@ class CacheBackend:
     def baselines(
         self, model: ModelProfile, hw: HardwareProfile, vram_cap: int, workload: Workload | None = None
     ) -> list[Config]:
-        """Static placement from the learned counts, and LFU with decay rebalancing every 16
-        tokens; both reading misses zero-copy, without and with prefetch two layers ahead (the
-        best settings of studies/expert_cache at 16 and 12 GiB were the two with prefetch)."""
+        """Misses read zero-copy, and: static placement from the learned counts, without and
+        with prefetch two layers ahead; LFU with decay rebalancing every 16 tokens with prefetch
+        three layers ahead by SM copies (studies/expert_cache's best at 16 GiB, runs 6 and 7)
+        and four ahead by the DMA engines (its best at 12 GiB, run 7)."""
         common: Config = {"vram_cap": vram_cap, "miss_mode": "zero_copy"}
         if workload is not None:
             common["max_ctx"] = workload.n_ctx
-        evictions = ({"eviction": "static"}, {"eviction": "lfu_decay", "rebalance_interval": 16})
-        configs = [{**common, **eviction, "prefetch_depth": depth} for eviction in evictions for depth in (0, 2)]
+        lfu16: Config = {"eviction": "lfu_decay", "rebalance_interval": 16}
+        configs = [{"eviction": "static", "prefetch_depth": 0}, {"eviction": "static", "prefetch_depth": 2},
+                   {**lfu16, "prefetch_depth": 3, "prefetch_engine": "sm"},
+                   {**lfu16, "prefetch_depth": 4, "prefetch_engine": "dma"}]
+        configs = [{**common, **config} for config in configs]
         return [normalize(config) for config in configs]
 
     def predict_vram(self, config: Config, model: ModelProfile, workload: Workload) -> int:
