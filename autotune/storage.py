@@ -8,6 +8,7 @@ answers at once and a later ``run`` can warm-start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from datetime import datetime, timezone
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
+from filelock import FileLock
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, String, create_engine, event, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -142,6 +144,17 @@ class Database:
             if self.url.startswith("sqlite") and "unable to open" in reason:
                 reason += " (does its directory exist, and may autotune write there?)"
             raise AutotuneError(f"cannot open the storage {shown_url(self.url)}: {reason}") from None
+
+    def ask_lock(self) -> contextlib.AbstractContextManager:
+        """Held while a worker takes its next trial from Optuna. On SQLite, taking a queued
+        trial reads it, then marks it running, and ``SELECT ... FOR UPDATE`` does nothing
+        there, so two workers could take the same one (and the later one died when it told
+        its result). A lock file beside the database makes them take turns; other databases
+        lock the row themselves."""
+        path = make_url(self.url).database if self.url.startswith("sqlite") else None
+        if not path or path == ":memory:":
+            return contextlib.nullcontext()
+        return FileLock(f"{path}.lock")
 
     def optuna_storage(self) -> Any:
         """Optuna's RDB storage; a trial whose heartbeats stop (its worker died) is failed by the

@@ -4,6 +4,9 @@ Decode speed rises with threads and falls with experts on the CPU; VRAM falls wi
 on the CPU. ``FAKE_BACKEND_FAULTS`` maps n_cpu_moe values to a fault: ``crash``, ``hang``,
 ``oom``, ``gpu_lost`` (e.g. "3=crash,5=hang"). Each trial runs a real child process; an ok
 result names the worker process and its CUDA_VISIBLE_DEVICES in ``extra``.
+``FAKE_BACKEND_BARRIER=DIR:N``: a trial first waits (up to a minute) until trials under N
+different CUDA_VISIBLE_DEVICES values have started, so that every worker gets trials however
+slowly the others start.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class FakeBackend:
         model = inspect_model(model_path)
         fault = dict(item.split("=") for item in os.environ.get("FAKE_BACKEND_FAULTS", "").split(",") if item)
         kind = fault.get(str(config["n_cpu_moe"]), "none")
+        _wait_at_barrier(os.environ.get("FAKE_BACKEND_BARRIER"))
         sleep = float(os.environ.get("FAKE_BACKEND_SECONDS", "0.05"))
         code = {"crash": "import os; os.abort()", "hang": "import time; time.sleep(3600)"}.get(kind, f"import time; time.sleep({sleep})")
         started = time.monotonic()
@@ -86,3 +90,13 @@ class FakeBackend:
     def parse_command(self, command: str) -> tuple[Config, Path]:
         words = shlex.split(command)
         return json.loads(words[words.index("--config") + 1]), Path(words[words.index("-m") + 1])
+
+
+def _wait_at_barrier(spec: str | None, timeout_s: float = 60.0) -> None:
+    if not spec:
+        return
+    folder, n = spec.rsplit(":", 1)
+    Path(folder, os.environ.get("CUDA_VISIBLE_DEVICES", "none")).touch()
+    deadline = time.monotonic() + timeout_s
+    while len(os.listdir(folder)) < int(n) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -49,10 +49,14 @@ def _nothing_stuck_or_doubled(trials: list[optuna.trial.FrozenTrial]) -> None:
 
 def test_run_on_two_gpus_pins_one_worker_to_each(tiny_model: Path, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    barrier = tmp_path / "barrier"  # both workers measure, however slowly the second starts
+    barrier.mkdir()
     done = _cli(["run", str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--trials", "8", "--storage", url,
-                 "--study", "pair", "--gpus", "0,1", "--no-remeasure", "--seed", "5"], _env(FAKE_BACKEND_SECONDS="0.5"))
+                 "--study", "pair", "--gpus", "0,1", "--no-remeasure", "--seed", "5"],
+                _env(FAKE_BACKEND_SECONDS="0.5", FAKE_BACKEND_BARRIER=f"{barrier}:2"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 workers on study pair" in done.stdout and "winner" in done.stdout
+    assert "ended with status" not in done.stdout  # no worker died (two taking one queued trial did)
     trials = _trials(url, "pair")
     _nothing_stuck_or_doubled(trials)
     measured = _measured(trials)
@@ -183,3 +187,15 @@ def test_real_llama_cpp_trials_from_two_workers_on_postgres(tiny_model: Path, po
     assert len({t.user_attrs[WORKER_ATTR]["pid"] for t in measured}) == 2
     [best] = Database(postgres_url).best_configs(Database(postgres_url).studies()[0].model_fingerprint)
     assert best.backend == "llama_cpp" and best.study_name == "real"
+
+
+def test_workers_on_one_sqlite_file_take_trials_in_turn(tmp_path: Path):
+    """The ask lock of a SQLite file is one lock for every process; in memory there is none."""
+    from filelock import FileLock, Timeout
+
+    lock = Database(f"sqlite:///{tmp_path / 'db.sqlite'}").ask_lock()
+    with lock:
+        with pytest.raises(Timeout):
+            FileLock(f"{tmp_path / 'db.sqlite'}.lock").acquire(timeout=0.1)
+    FileLock(f"{tmp_path / 'db.sqlite'}.lock").acquire(timeout=0.1)
+    assert not isinstance(Database("sqlite://").ask_lock(), FileLock)

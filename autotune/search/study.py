@@ -325,7 +325,8 @@ class Tuner:
     def _ask(self) -> _Asked:
         with warnings.catch_warnings():  # Optuna warns of heartbeats outside optimize(): ours beat for ask-and-tell
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-            trial = self.study.ask()
+            with self.db.ask_lock():
+                trial = self.study.ask()
         self._heartbeat.add(trial._trial_id)
         trial.set_user_attr(WORKER_ATTR, identity(trial.number))
         name, config = self._sample(trial)
