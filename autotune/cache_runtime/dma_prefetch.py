@@ -67,6 +67,9 @@ class TorchCopies:
     def __init__(self, ring: tuple[torch.Tensor, ...], home: list[tuple[torch.Tensor, ...]], tags: torch.Tensor):
         self.ring, self.home, self.tags = ring, home, tags
 
+    def bind_thread(self) -> None:
+        """Nothing to set up on the calling thread."""
+
     def copy(self, row: int, layer: int, expert: int) -> None:
         for dst, src in zip(self.ring, self.home[layer]):
             dst[row].copy_(src[expert])
@@ -190,8 +193,7 @@ class DmaStager:
     def _stage_published(self, seq: int) -> None:
         box = self.mailbox.numpy()
         first = layer = 1  # layer 0 has no prediction
-        if isinstance(self.copies, DriverCopies):
-            self.copies.bind_thread()
+        self.copies.bind_thread()
         with torch.inference_mode():
             while not self._stop.is_set():
                 published = self._wait_for(box, layer, seq)

@@ -119,9 +119,10 @@ def ring_claim_kernel(tags_ptr, seq_ptr, pred_ptr, table_ptr, home_ptr, ring_ptr
     rows = ring_row + j
     _release_rows(occupant_ptr, table_ptr, home_ptr, ring_ptr, rows, ok)
     base = (tl.load(seq_ptr) * n_layers + layer) * n_expert
-    predicted = layer * n_expert + tl.load(pred_ptr + j, mask=ok, other=0).to(tl.int64)
+    p = tl.load(pred_ptr + j, mask=ok, other=0).to(tl.int64)
+    predicted = layer * n_expert + p
     awaited = ok & (tl.load(table_ptr + predicted * 3, mask=ok, other=0) == tl.load(home_ptr + predicted * 3, mask=ok, other=1))
-    want = base + predicted - layer * n_expert
+    want = base + p
     t = tl.load(tags_ptr + rows, mask=ok, other=-1, volatile=True)
     spins = 0
     while (tl.max((awaited & (t != want)).to(tl.int32), axis=0) > 0) & (spins < WAIT_SPINS):
