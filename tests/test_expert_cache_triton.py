@@ -78,7 +78,8 @@ def test_dma_claim_takes_only_this_steps_landed_rows() -> None:
     """The DMA prefetch's claim on a hand-made table of 2 layers x 6 experts, ring rows 2..3 for
     layer 1: the previous occupant goes home; a row tagged for this step and layer is claimed
     unless its expert is resident; a row of another step, or made invalid, is not; a predicted
-    copy that never lands is waited for WAIT_SPINS reads, then its expert reads home."""
+    copy that never lands is waited for WAIT_SPINS reads, then its expert reads home, and the
+    wait is counted."""
     from autotune.cache_runtime.dma_prefetch import publish_kernel, tag
     from autotune.cache_runtime.prefetch import ring_claim_kernel
 
@@ -90,20 +91,23 @@ def test_dma_claim_takes_only_this_steps_landed_rows() -> None:
     occupant = torch.tensor([-1, -1, 4, -1], dtype=torch.int64, device=DEVICE)
     seq = torch.tensor([7], dtype=torch.int64, device=DEVICE)
     staged = torch.full((2,), -1, dtype=torch.int32, device=DEVICE)
+    waits = torch.zeros(2, dtype=torch.int64, device=DEVICE)
     pred = torch.tensor([5, 2], dtype=torch.int32, device=DEVICE)  # layer 1's predictions, rows 2 and 3
     # row 2: layer 1's expert 5 for step 7 (landed); row 3: expert 2 (resident) for step 7
     tags = torch.tensor([-1, -1, tag(7, 1, 5, 2, 6), tag(7, 1, 2, 2, 6)], dtype=torch.int64, device=DEVICE)
-    ring_claim_kernel[(1,)](tags, seq, pred, table, home, ring_addr, 2, occupant, staged, 1, 2, 6, TOP_K=2, K_PAD=2,
-                            WAIT_SPINS=3)
+    ring_claim_kernel[(1,)](tags, seq, pred, table, home, ring_addr, 2, occupant, staged, waits, 1, 2, 6, TOP_K=2,
+                            K_PAD=2, WAIT_SPINS=3)
     assert table[0, 4].tolist() == home[0, 4].tolist()  # released
     assert table[1, 5].tolist() == ring_addr[2].tolist()  # claimed
     assert table[1, 2].tolist() == [7000, 7001, 7002]  # resident: untouched
     assert occupant.tolist() == [-1, -1, 6 + 5, -1] and staged.tolist() == [1, 0]
+    assert waits.tolist() == [0, 0]  # landed before the claim
     # the next step: the same tags are a step old, nothing is claimed, row 2's occupant goes home
     seq += 1
-    ring_claim_kernel[(1,)](tags, seq, pred, table, home, ring_addr, 2, occupant, staged, 1, 2, 6, TOP_K=2, K_PAD=2,
-                            WAIT_SPINS=3)
+    ring_claim_kernel[(1,)](tags, seq, pred, table, home, ring_addr, 2, occupant, staged, waits, 1, 2, 6, TOP_K=2,
+                            K_PAD=2, WAIT_SPINS=3)
     assert torch.equal(table[1, 5], home[1, 5]) and staged.tolist() == [0, 0] and occupant.tolist() == [-1] * 4
+    assert waits.tolist() == [3, 1]  # expert 5 awaited 3 reads, then given up
     # the mailbox: predictions, then the step's number, into host memory
     mailbox = torch.zeros(2, 3, dtype=torch.int64, pin_memory=DEVICE == "cuda")
     pred = torch.tensor([3, 1], dtype=torch.int32, device=DEVICE)
@@ -124,7 +128,7 @@ def test_dma_claim_waits_for_a_copy_in_flight() -> None:
     ring_addr = torch.arange(4 * 3, dtype=torch.int64, device=DEVICE).reshape(4, 3) + 5000
     table, occupant = home.clone(), torch.full((4,), -1, dtype=torch.int64, device=DEVICE)
     seq, pred = torch.tensor([7], device=DEVICE), torch.tensor([5, 2], dtype=torch.int32, device=DEVICE)
-    staged = torch.zeros(2, dtype=torch.int32, device=DEVICE)
+    staged, waits = torch.zeros(2, dtype=torch.int32, device=DEVICE), torch.zeros(2, dtype=torch.int64, device=DEVICE)
     tags = torch.full((4,), -1, dtype=torch.int64, device=DEVICE)
     landed = torch.tensor([tag(7, 1, 5, 2, 6), tag(7, 1, 2, 2, 6)], device=DEVICE)
     copier = torch.cuda.Stream()
@@ -132,10 +136,11 @@ def test_dma_claim_waits_for_a_copy_in_flight() -> None:
     with torch.cuda.stream(copier):
         torch.cuda._sleep(2_000_000)  # about a millisecond
         tags[2:].copy_(landed)
-    ring_claim_kernel[(1,)](tags, seq, pred, table, home, ring_addr, 2, occupant, staged, 1, 2, 6, TOP_K=2, K_PAD=2,
-                            WAIT_SPINS=1 << 20)
+    ring_claim_kernel[(1,)](tags, seq, pred, table, home, ring_addr, 2, occupant, staged, waits, 1, 2, 6, TOP_K=2,
+                            K_PAD=2, WAIT_SPINS=1 << 20)
     torch.cuda.synchronize()
     assert staged.tolist() == [1, 1] and table[1, 5].tolist() == ring_addr[2].tolist()
+    assert waits[0] > 0 and waits[1] == 0
 
 
 @pytest.mark.parametrize("with_prefetch", [True, False])

@@ -230,7 +230,7 @@ class ExpertCache:
 
     def device_counters(self) -> list[torch.Tensor]:
         """The statistics a captured step updates (the engine restores them after capture's warm-up)."""
-        extra = [self.prefetcher.counters] if self.prefetcher is not None else []
+        extra = self.prefetcher.device_counters() if self.prefetcher is not None else []
         return [self.hits, self.decode_tokens, *extra]
 
     def after_step(self, ids: torch.Tensor) -> None:
@@ -402,5 +402,9 @@ class ExpertCache:
             prefetch_recall=prefetch.get("recall"),
             prediction_overlap=prefetch.get("overlap"),
             prefetch_late=prefetch.get("late"),
+            # DMA: the claims' tag reads while copies were in flight (about a microsecond each),
+            # and the claims that gave up on one (its expert read home, its copy wasted)
+            claim_spins=prefetch.get("claim_spins"),
+            claims_given_up=prefetch.get("claims_given_up"),
         )
         return out

@@ -107,13 +107,14 @@ def ring_release_kernel(occupant_ptr, table_ptr, home_ptr, ring_ptr, ring_row,
 
 @triton.jit
 def ring_claim_kernel(tags_ptr, seq_ptr, pred_ptr, table_ptr, home_ptr, ring_ptr, ring_row, occupant_ptr,
-                      staged_ptr, layer, n_layers, n_expert,
+                      staged_ptr, waits_ptr, layer, n_layers, n_expert,
                       TOP_K: tl.constexpr, K_PAD: tl.constexpr, WAIT_SPINS: tl.constexpr):
     """DMA prefetch (``dma_prefetch``): release the layer's ring rows, wait (at most WAIT_SPINS
     reads of the tags) for the copies of this step's predicted experts that still read home,
     then point each landed expert of this step and layer at its row. ``table_ptr``/``home_ptr``:
     the whole tables; ``pred_ptr``/``staged_ptr``: the layer's predictions and flags; the
-    stager copies prediction j into the layer's row j."""
+    stager copies prediction j into the layer's row j. ``waits_ptr``: adds the spins to [0]
+    and, if the wait ran out with a copy still in flight, 1 to [1]."""
     j = tl.arange(0, K_PAD)
     ok = j < TOP_K
     rows = ring_row + j
@@ -128,6 +129,9 @@ def ring_claim_kernel(tags_ptr, seq_ptr, pred_ptr, table_ptr, home_ptr, ring_ptr
     while (tl.max((awaited & (t != want)).to(tl.int32), axis=0) > 0) & (spins < WAIT_SPINS):
         t = tl.load(tags_ptr + rows, mask=ok, other=-1, volatile=True)
         spins += 1
+    tl.store(waits_ptr, tl.load(waits_ptr) + spins)
+    timed_out = tl.max((awaited & (t != want)).to(tl.int64), axis=0)
+    tl.store(waits_ptr + 1, tl.load(waits_ptr + 1) + timed_out)
     e = t - base
     valid = ok & (e >= 0) & (e < n_expert)
     flat = layer * n_expert + tl.where(valid, e, 0)
@@ -176,6 +180,7 @@ class Prefetcher:
         self.seq = torch.zeros(1, dtype=torch.int64, device=dev)  # the decode step's number, from 1
         self.tags = torch.full((self.rows * self.k,), -1, dtype=torch.int64, device=dev)
         self.mailbox = torch.zeros(n_layers, self.k + 1, dtype=torch.int64, pin_memory=dev.type == "cuda")
+        self.claim_waits = torch.zeros(2, dtype=torch.int64, device=dev)  # tag reads, claims that gave up
         # its own stream: on the cache's copy stream, a rebalance's copies wait for every step the
         # host has queued, and prefetch copies queued behind them would land steps too late
         stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
@@ -289,7 +294,8 @@ class Prefetcher:
                 self._take_row_torch(table, m, row + j, j, e if 0 <= e < n_expert else None)
             return
         ring_claim_kernel[(1,)](self.tags, self.seq, self.pred[m], table, self.home, self.ring_addr, row,
-                                self.occupant, self.staged[m], m, self.cache.n_layers, n_expert, TOP_K=self.k,
+                                self.occupant, self.staged[m], self.claim_waits, m, self.cache.n_layers, n_expert,
+                                TOP_K=self.k,
                                 K_PAD=triton.next_power_of_2(self.k), WAIT_SPINS=CLAIM_WAIT_SPINS)
 
     def _stage_torch(self, m: int, row: int, table: torch.Tensor) -> None:
@@ -318,6 +324,10 @@ class Prefetcher:
                 flat[o] = home[o]
             self.occupant[i] = -1
 
+    def device_counters(self) -> list[torch.Tensor]:
+        """The statistics a captured step updates."""
+        return [self.counters] + ([self.claim_waits] if self.stager is not None else [])
+
     def step_counts(self) -> PrefetchCounts:
         return PrefetchCounts(self.pred, self.predicted, self.staged, self.counters)
 
@@ -329,5 +339,6 @@ class Prefetcher:
                "precision": served / staged if staged else None, "recall": served / misses if misses else None,
                "copied": staged if self.stager is None else self.stager.copied}
         if self.stager is not None:
-            out["late"] = self.stager.late
+            spins, gave_up = (int(v) for v in self.claim_waits.cpu().tolist())
+            out.update(late=self.stager.late, claim_spins=spins, claims_given_up=gave_up)
         return out

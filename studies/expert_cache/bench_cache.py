@@ -59,9 +59,6 @@ SETTINGS = {
     "lfu16_zc_pf3": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=3),
     "lfu16_zc_pf4": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=4),
     "static_zc_pf3": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0, prefetch_depth=3),
-    # run 6's setting on the launch shapes before run 6 (1 load round per chunk, 8 gate-up warps)
-    "lfu16_zc_pf3_r1w8": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=3,
-                              chunk_rounds=1, gate_up_warps=8),
     "split1_lfu16_zc_pf2": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16,
                                 prefetch_depth=2, slot_split=1.0),
     # prefetch copies by the DMA engines, queued by a host thread (copy_interference: they slow
@@ -72,33 +69,49 @@ SETTINGS = {
                              prefetch_engine="dma"),
     "lfu16_zc_pf4_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=4,
                              prefetch_engine="dma"),
+    # deeper: a copy gets more layers to land (the DMA claim's recall was 0.72 at depth 4, run 7)
+    "lfu16_zc_pf5_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=5,
+                             prefetch_engine="dma"),
+    "lfu16_zc_pf6_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=6,
+                             prefetch_engine="dma"),
+    "lfu16_zc_pf8_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=8,
+                             prefetch_engine="dma"),
     "static_zc_pf3_dma": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0, prefetch_depth=3,
                               prefetch_engine="dma"),
 }
-# bench-only variants: name suffix -> prefetch.COPY_PROGRAMS (programs per matrix of the ring copy)
-# bench-only variants: a suffix on a setting's name sets one of prefetch.py's constants
-VARIANTS = {"_cp4": ("COPY_PROGRAMS", 4), "_cp32": ("COPY_PROGRAMS", 32),  # SM copy programs per matrix
-            "_w64": ("CLAIM_WAIT_SPINS", 64), "_w1k": ("CLAIM_WAIT_SPINS", 1024),  # DMA claim's wait
-            "_w4k": ("CLAIM_WAIT_SPINS", 4096)}
+# bench-only variants: suffixes on a setting's name (any number, in any order), each setting one
+# of prefetch.py's constants ...
+CONSTANT_VARIANTS = {"_cp4": ("COPY_PROGRAMS", 4), "_cp32": ("COPY_PROGRAMS", 32),  # SM copy programs per matrix
+                     "_w64": ("CLAIM_WAIT_SPINS", 64), "_w1k": ("CLAIM_WAIT_SPINS", 1024),  # DMA claim's wait
+                     "_w4k": ("CLAIM_WAIT_SPINS", 4096)}
+# ... or cache knobs: launch shapes (1 load round per chunk, 8 gate-up warps: the shapes before
+# run 6), slots split by routing entropy
+KNOB_VARIANTS = {"_r1w8": dict(chunk_rounds=1, gate_up_warps=8), "_split1": dict(slot_split=1.0)}
 TIMELINE = bool(os.environ.get("TIMELINE"))  # profile a few decode steps per setting (decode_timeline)
 
 
-def base_name(name: str) -> str:
-    """The setting a bench-only variant name stands for."""
-    for suffix in VARIANTS:
-        name = name.removesuffix(suffix)
-    return name
+def parse_name(name: str) -> tuple[str, dict, dict[str, int]]:
+    """A setting's name -> (its base setting, its knobs, the prefetch constants its variants set)."""
+    knobs, constants = {}, {}
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix, (constant, value) in CONSTANT_VARIANTS.items():
+            if name.endswith(suffix):
+                name, constants[constant], stripped = name.removesuffix(suffix), value, True
+        for suffix, values in KNOB_VARIANTS.items():
+            if name.endswith(suffix):
+                name, stripped = name.removesuffix(suffix), True
+                knobs.update(values)
+    return name, {**SETTINGS.get(name, {}), **knobs}, constants
 
 
-def apply_variant(name: str, defaults: dict[str, int]) -> None:
-    """Set prefetch.py's constants for ``name``: its variant's value, else the default."""
+def apply_constants(constants: dict[str, int], defaults: dict[str, int]) -> None:
+    """Set prefetch.py's constants: the variant's values, else the defaults."""
     from autotune.cache_runtime import prefetch
 
-    for constant, value in defaults.items():
+    for constant, value in {**defaults, **constants}.items():
         setattr(prefetch, constant, value)
-    for suffix, (constant, value) in VARIANTS.items():
-        if name.endswith(suffix):
-            setattr(prefetch, constant, value)
 
 
 DEFAULT = ["static_zc", "static_zc_pf1", "static_zc_pf2", "lfu64_zc", "lfu64_zc_pf1", "lfu64_copy", "cold_lfu64_zc"]
@@ -305,7 +318,7 @@ def cache(model: str, out: Path, caps: list[float], only: list[str] | None) -> N
     ref = json.loads(ref_path.read_text()) if ref_path.exists() else {}
     ref_tokens = ref.get("greedy_tokens")
     names = only or DEFAULT
-    first = CacheConfig(vram_cap=int(caps[0] * GIB), **SETTINGS[base_name(names[0])])
+    first = CacheConfig(vram_cap=int(caps[0] * GIB), **parse_name(names[0])[1])
     vram = PeakVram()
     start = time.perf_counter()
     engine = Engine(model, cache=first)
@@ -319,11 +332,12 @@ def cache(model: str, out: Path, caps: list[float], only: list[str] | None) -> N
     (out / "settings").mkdir(exist_ok=True)
     from autotune.cache_runtime import prefetch
 
-    defaults = {constant: getattr(prefetch, constant) for constant, _ in VARIANTS.values()}
+    defaults = {constant: getattr(prefetch, constant) for constant, _ in CONSTANT_VARIANTS.values()}
     for cap in caps:
         for name in names:
-            apply_variant(name, defaults)
-            cfg = CacheConfig(vram_cap=int(cap * GIB), **SETTINGS[base_name(name)])
+            _, knobs, constants = parse_name(name)
+            apply_constants(constants, defaults)
+            cfg = CacheConfig(vram_cap=int(cap * GIB), **knobs)
             profile_to = out / "configure_profile.txt" if not rows else None
             try:
                 row = run_setting(engine, cfg, ref_tokens, vram, counts, profile_to,
@@ -354,7 +368,8 @@ def print_row(row: dict, ref: dict) -> None:
           f"peak {row['peak_vram_gib']} GiB (predicted {row['predicted_peak_gib']}), "
           f"hit {s['hit_rate']:.3f} (with prefetch {s['effective_hit_rate']:.3f}), PCIe {s['pcie_bytes_per_token'] / 1e6:.1f} MB/token, "
           f"prefetch P/R {_fmt(s['prefetch_precision'], 2)}/{_fmt(s['prefetch_recall'], 2)}"
-          + (f" (late {s['prefetch_late']})" if s.get("prefetch_late") is not None else "") + ", "
+          + (f" (late {s['prefetch_late']}, claims given up {s['claims_given_up']}, "
+             f"tag reads {s['claim_spins']})" if s.get("prefetch_late") is not None else "") + ", "
           f"tokens match {row['tokens_match_full_residency']}", flush=True)
 
 
@@ -390,8 +405,10 @@ def main() -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("AUTOTUNE_DATA_DIR", str(out / "data"))
-    if args.only and {base_name(n) for n in args.only} - set(SETTINGS):
-        sys.exit(f"unknown settings {set(map(base_name, args.only)) - set(SETTINGS)}; known: {list(SETTINGS)}")
+    unknown = {parse_name(n)[0] for n in args.only or []} - set(SETTINGS)
+    if unknown:
+        sys.exit(f"unknown settings {unknown}; known: {list(SETTINGS)}, with suffixes "
+                 f"{list(CONSTANT_VARIANTS) + list(KNOB_VARIANTS)}")
     with torch.inference_mode():
         if args.mode == "reference":
             reference(args.model, out)
