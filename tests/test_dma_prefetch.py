@@ -29,7 +29,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def publish(mailbox: torch.Tensor, seq: int, layer: int, experts: list[int]) -> None:
-    """What the step's publish kernel does: the predictions, then the step's number."""
+    """What the step's publish kernel does: the predictions that read home (else -1), then the step's number."""
     mailbox[layer, :K] = torch.tensor(experts)
     mailbox[layer, K] = seq
 
@@ -40,15 +40,14 @@ def test_the_stager_thread_copies_in_step_and_layer_order() -> None:
     ring = tuple(torch.zeros((DEPTH + 1) * K, m.shape[1], dtype=torch.uint8) for m in home[0])
     tags = torch.full(((DEPTH + 1) * K,), -1, dtype=torch.int64)
     mailbox = torch.zeros(N_LAYERS, K + 1, dtype=torch.int64)
-    held = [{0: 0}, {3: 0}, {}, {}]  # layer 1 holds expert 3 in a slot
-    stager = DmaStager(mailbox, tags, ring, home, held, DEPTH, copy_stream=None)
+    stager = DmaStager(mailbox, tags, ring, home, DEPTH, copy_stream=None)
     stager.start()
     try:
         def landed(seq: int, layer: int, j: int, e: int) -> bool:
             row = (layer % (DEPTH + 1)) * K + j
             return int(tags[row]) == tag(seq, layer, e, N_LAYERS, N_EXPERT)
 
-        publish(mailbox, 1, 1, [3, 5])  # step 1, layer 1: expert 3 is resident, 5 is copied
+        publish(mailbox, 1, 1, [-1, 5])  # step 1, layer 1: the first prediction is in a slot, 5 is copied
         wait_until(lambda: landed(1, 1, 1, 5))
         assert int(tags[2]) == -1 and stager.copied == 1
         assert all(torch.equal(r[3], h[5]) for r, h in zip(ring, home[1]))
@@ -70,7 +69,7 @@ def test_a_paused_stager_queues_nothing() -> None:
     ring = tuple(torch.zeros((DEPTH + 1) * K, 8, dtype=torch.uint8) for _ in range(3))
     tags = torch.full(((DEPTH + 1) * K,), -1, dtype=torch.int64)
     mailbox = torch.zeros(N_LAYERS, K + 1, dtype=torch.int64)
-    stager = DmaStager(mailbox, tags, ring, home, [{} for _ in range(N_LAYERS)], DEPTH, copy_stream=None)
+    stager = DmaStager(mailbox, tags, ring, home, DEPTH, copy_stream=None)
     stager.start()
     try:
         with stager.paused():
@@ -111,7 +110,7 @@ def test_a_failed_stager_thread_is_raised_in_the_decode_thread() -> None:
     ring = tuple(torch.zeros((DEPTH + 1) * K, 4, dtype=torch.uint8) for _ in range(3))  # rows too short
     tags = torch.full(((DEPTH + 1) * K,), -1, dtype=torch.int64)
     mailbox = torch.zeros(N_LAYERS, K + 1, dtype=torch.int64)
-    stager = DmaStager(mailbox, tags, ring, home, [{} for _ in range(N_LAYERS)], DEPTH, copy_stream=None)
+    stager = DmaStager(mailbox, tags, ring, home, DEPTH, copy_stream=None)
     stager.start()
     try:
         stager.raise_if_failed()  # nothing yet

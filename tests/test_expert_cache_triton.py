@@ -108,19 +108,20 @@ def test_dma_claim_takes_only_this_steps_landed_rows() -> None:
                             K_PAD=2, WAIT_SPINS=3)
     assert torch.equal(table[1, 5], home[1, 5]) and staged.tolist() == [0, 0] and occupant.tolist() == [-1] * 4
     assert waits.tolist() == [3, 1]  # expert 5 awaited 3 reads, then given up
-    # the mailbox: predictions, then the step's number, into host memory
+    # the mailbox: the predictions that read home (expert 2 is resident: -1), then the step's
+    # number, into host memory
     mailbox = torch.zeros(2, 3, dtype=torch.int64, pin_memory=DEVICE == "cuda")
-    pred = torch.tensor([3, 1], dtype=torch.int32, device=DEVICE)
-    publish_kernel[(1,)](pred, seq, mailbox.data_ptr(), 1, TOP_K=2, K_PAD=2)
+    pred = torch.tensor([3, 2], dtype=torch.int32, device=DEVICE)
+    publish_kernel[(1,)](pred, table[1], home[1], seq, mailbox.data_ptr(), 1, TOP_K=2, K_PAD=2)
     if DEVICE == "cuda":
         torch.cuda.synchronize()
-    assert mailbox.tolist() == [[0, 0, 0], [3, 1, 8]]
+    assert mailbox.tolist() == [[0, 0, 0], [3, -1, 8]]
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="a copy landing while the claim runs needs two GPU streams")
 def test_dma_claim_waits_for_a_copy_in_flight() -> None:
     """The claim starts before the tag of a predicted expert lands (another stream writes it
-    after a sleep) and still takes the row."""
+    after a sleep) and still takes the row, counting its reads of the tags."""
     from autotune.cache_runtime.dma_prefetch import tag
     from autotune.cache_runtime.prefetch import ring_claim_kernel
 
@@ -131,13 +132,16 @@ def test_dma_claim_waits_for_a_copy_in_flight() -> None:
     staged, waits = torch.zeros(2, dtype=torch.int32, device=DEVICE), torch.zeros(2, dtype=torch.int64, device=DEVICE)
     tags = torch.full((4,), -1, dtype=torch.int64, device=DEVICE)
     landed = torch.tensor([tag(7, 1, 5, 2, 6), tag(7, 1, 2, 2, 6)], device=DEVICE)
+    claim_args = (tags, seq, pred, table, home, ring_addr, 2, occupant, staged, waits, 1, 2, 6)
+    tags[2:].copy_(landed)  # compiled now, not while the copier sleeps: a claim that finds its rows landed
+    ring_claim_kernel[(1,)](*claim_args, TOP_K=2, K_PAD=2, WAIT_SPINS=1 << 20)
+    table.copy_(home), occupant.fill_(-1), staged.zero_(), waits.zero_(), tags.fill_(-1)
     copier = torch.cuda.Stream()
     torch.cuda.synchronize()
     with torch.cuda.stream(copier):
         torch.cuda._sleep(2_000_000)  # about a millisecond
         tags[2:].copy_(landed)
-    ring_claim_kernel[(1,)](tags, seq, pred, table, home, ring_addr, 2, occupant, staged, waits, 1, 2, 6, TOP_K=2,
-                            K_PAD=2, WAIT_SPINS=1 << 20)
+    ring_claim_kernel[(1,)](*claim_args, TOP_K=2, K_PAD=2, WAIT_SPINS=1 << 20)
     torch.cuda.synchronize()
     assert staged.tolist() == [1, 1] and table[1, 5].tolist() == ring_addr[2].tolist()
     assert waits[0] > 0 and waits[1] == 0

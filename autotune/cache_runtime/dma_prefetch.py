@@ -5,11 +5,12 @@ the same bytes, ``studies/expert_cache/copy_interference``); the DMA engines bar
 copy's addresses are fixed when it is issued, and the predictions are made on the device
 inside the captured step, so the host issues the copies:
 
-1. the step's side stream writes each layer's predictions and the step's number into a
-   *mailbox* in pinned host memory (``publish_kernel``);
+1. the step's side stream writes each layer's predicted experts that are not in a slot (the
+   others as -1) and the step's number into a *mailbox* in pinned host memory
+   (``publish_kernel``);
 2. a host thread (``DmaStager``) reads the mailbox in step and layer order and, for each
-   predicted expert not in a slot, queues on a copy stream the copy home -> ring row, then
-   the row's tag: (step, layer, expert);
+   expert there, queues on a copy stream the copy home -> ring row, then the row's tag:
+   (step, layer, expert);
 3. on the compute stream, right after layer m's router, ``prefetch.ring_claim_kernel`` points
    layer m's entries at the ring rows whose tag names this step and layer (the copy has
    landed) and whose expert is still read from home. An entry not claimed reads home.
@@ -22,6 +23,12 @@ user of those rows (layer m) before the copy starts. A tag names its step and la
 that layer of that step claims the row: an old tag is never claimed again, and a copy that
 lands too late is never used. A torn mailbox read only copies the wrong experts: the tags say
 which expert each row holds.
+
+Which experts are in slots is read from the device's own expert table when the predictions are
+published, not from the host's view: the host runs steps ahead of the device and commits a
+rebalance's admissions before the device's table says so, and a copy it skipped for an expert
+the device still reads from home left the claim waiting in vain (run 8 in studies/expert_cache).
+The table only changes between steps, so the claim sees the residency the publish saw.
 """
 
 from __future__ import annotations
@@ -44,14 +51,18 @@ SWITCH_INTERVAL_S = 0.0002  # the GIL's hand-over interval while a stager runs (
 
 
 @triton.jit
-def publish_kernel(pred_ptr, seq_ptr, mailbox_addr, layer, TOP_K: tl.constexpr, K_PAD: tl.constexpr):
-    """Write layer's predicted experts, then the step's number, into its mailbox row (host
-    memory; written through to it, not kept in the GPU's cache). Triton passes an address below
-    2**31 as an i32, so it is widened before it becomes a pointer."""
+def publish_kernel(pred_ptr, table_ptr, home_ptr, seq_ptr, mailbox_addr, layer,
+                   TOP_K: tl.constexpr, K_PAD: tl.constexpr):
+    """Write layer's predicted experts that read home (-1 for those in slots), then the step's
+    number, into its mailbox row (host memory; written through to it, not kept in the GPU's
+    cache). ``table_ptr``/``home_ptr``: the layer's rows. Triton passes an address below 2**31
+    as an i32, so it is widened before it becomes a pointer."""
     mailbox = mailbox_addr.to(tl.int64).to(tl.pointer_type(tl.int64)) + layer * (TOP_K + 1)
     j = tl.arange(0, K_PAD)
     ok = j < TOP_K
-    tl.store(mailbox + j, tl.load(pred_ptr + j, mask=ok).to(tl.int64), mask=ok, cache_modifier=".wt")
+    e = tl.load(pred_ptr + j, mask=ok, other=0).to(tl.int64)
+    at_home = tl.load(table_ptr + e * 3, mask=ok, other=0) == tl.load(home_ptr + e * 3, mask=ok, other=1)
+    tl.store(mailbox + j, tl.where(at_home, e, -1), mask=ok, cache_modifier=".wt")
     tl.store(mailbox + TOP_K, tl.load(seq_ptr), cache_modifier=".wt")
 
 
@@ -128,14 +139,12 @@ class DmaStager:
     """Queues the copies of predicted non-resident experts (see the module).
 
     On the GPU ``start`` runs a daemon thread that reads the mailbox; on the CPU the
-    prefetcher calls ``stage`` itself, in step order. ``held``: per layer, the experts in
-    slots (the cache's own dicts, read without a lock: a stale answer only wastes or skips a
-    copy).
+    prefetcher calls ``stage`` itself, in step order.
     """
 
     def __init__(self, mailbox: torch.Tensor, tags: torch.Tensor, ring: tuple[torch.Tensor, ...],
-                 home: list[tuple[torch.Tensor, ...]], held: list[dict], depth: int, copy_stream: torch.cuda.Stream | None):
-        self.mailbox, self.held, self.depth = mailbox, held, depth
+                 home: list[tuple[torch.Tensor, ...]], depth: int, copy_stream: torch.cuda.Stream | None):
+        self.mailbox, self.depth = mailbox, depth
         self.n_layers, width = mailbox.shape
         self.k = width - 1
         self.n_expert = home[0][0].shape[0]
@@ -157,11 +166,11 @@ class DmaStager:
         self._thread.start()
 
     def stage(self, seq: int, layer: int, experts: np.ndarray) -> None:
-        """Queue the copies of ``experts`` predicted for (step seq, layer) that are not in slots,
-        each followed by its row's tag."""
+        """Queue the copies of ``experts`` predicted for (step seq, layer), each followed by its
+        row's tag (-1: in a slot, nothing to copy)."""
         base = (layer % (self.depth + 1)) * self.k
         for j, e in enumerate(experts.tolist()):
-            if e not in self.held[layer]:
+            if e >= 0:
                 self.copies.copy(base + j, layer, e)
                 self.copies.write_tag(base + j, tag(seq, layer, e, self.n_layers, self.n_expert))
                 self.copied += 1

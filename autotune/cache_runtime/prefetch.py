@@ -47,6 +47,9 @@ COPY_WORDS, COPY_PROGRAMS = 1024, 16
 # flight (one read from GPU memory, about a microsecond): without waiting, most copies landed
 # just after their layer and were wasted (recall 0.17-0.49 on the GPU, run 7)
 CLAIM_WAIT_SPINS = 256
+# the prediction stream's priority (lower runs first; torch allows -1 and 0): its small kernels
+# publish the predictions the DMA copies wait for, beside the compute stream's larger ones
+SIDE_STREAM_PRIORITY = 0
 
 
 @triton.jit
@@ -165,7 +168,7 @@ class Prefetcher:
         # each layer's input to its experts, kept apart: the side stream may still be predicting
         # from layer l's while the compute stream saves layer l + 1's
         self.xs = torch.empty(n_layers, ops.cfg.n_embd, dtype=torch.float32, device=dev)
-        self.side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+        self.side = torch.cuda.Stream(dev, priority=SIDE_STREAM_PRIORITY) if dev.type == "cuda" else None
         if dev.type == "cpu":
             cache.register(self.ring)
         if self.triton:
@@ -184,7 +187,7 @@ class Prefetcher:
         # its own stream: on the cache's copy stream, a rebalance's copies wait for every step the
         # host has queued, and prefetch copies queued behind them would land steps too late
         stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
-        stager = DmaStager(self.mailbox, self.tags, self.ring, self.cache.home, self.cache.held, self.depth, stream)
+        stager = DmaStager(self.mailbox, self.tags, self.ring, self.cache.home, self.depth, stream)
         if dev.type == "cuda":
             stager.start()
         return stager
@@ -276,12 +279,16 @@ class Prefetcher:
                                   self.staged[m], m * n_expert, TOP_K=self.k, K_PAD=k_pad)
 
     def _publish(self, m: int) -> None:
-        """DMA: hand layer m's predictions to the stager (the mailbox on the GPU, a call on the CPU)."""
+        """DMA: hand layer m's predicted experts that read home to the stager (the mailbox on the
+        GPU, a call on the CPU)."""
+        table = self.cache.table.table
         if self.cache.device.type == "cpu":
-            self.stager.stage(int(self.seq), m, self.pred[m].numpy())
+            pred = self.pred[m].long()
+            at_home = table[m, pred, 0] == self.home[m, pred, 0]
+            self.stager.stage(int(self.seq), m, torch.where(at_home, pred, -1).numpy())
             return
-        publish_kernel[(1,)](self.pred[m], self.seq, self.mailbox.data_ptr(), m, TOP_K=self.k,
-                             K_PAD=triton.next_power_of_2(self.k))
+        publish_kernel[(1,)](self.pred[m], table[m], self.home[m], self.seq, self.mailbox.data_ptr(), m,
+                             TOP_K=self.k, K_PAD=triton.next_power_of_2(self.k))
 
     def _claim(self, m: int) -> None:
         """DMA, compute stream, after layer m's router: read layer m's landed ring rows."""

@@ -83,7 +83,8 @@ SETTINGS = {
 # of prefetch.py's constants ...
 CONSTANT_VARIANTS = {"_cp4": ("COPY_PROGRAMS", 4), "_cp32": ("COPY_PROGRAMS", 32),  # SM copy programs per matrix
                      "_w64": ("CLAIM_WAIT_SPINS", 64), "_w1k": ("CLAIM_WAIT_SPINS", 1024),  # DMA claim's wait
-                     "_w4k": ("CLAIM_WAIT_SPINS", 4096)}
+                     "_w4k": ("CLAIM_WAIT_SPINS", 4096),
+                     "_hp": ("SIDE_STREAM_PRIORITY", -1)}  # the prediction stream at high priority
 # ... or cache knobs: launch shapes (1 load round per chunk, 8 gate-up warps: the shapes before
 # run 6), slots split by routing entropy
 KNOB_VARIANTS = {"_r1w8": dict(chunk_rounds=1, gate_up_warps=8), "_split1": dict(slot_split=1.0)}
