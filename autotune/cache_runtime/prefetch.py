@@ -44,9 +44,11 @@ from autotune.cache_runtime.torch_ops import TorchOps, rmsnorm
 # lfu_decay every 16 tokens and prefetch depth 2), their SM slots notwithstanding
 COPY_WORDS, COPY_PROGRAMS = 1024, 16
 # DMA prefetch: how many times the claim reads the layer's tags while a predicted copy is in
-# flight (one read from GPU memory, about a microsecond): without waiting, most copies landed
-# just after their layer and were wasted (recall 0.17-0.49 on the GPU, run 7)
-CLAIM_WAIT_SPINS = 256
+# flight (a read from GPU memory, well under a microsecond): without waiting, most copies landed
+# just after their layer and were wasted (recall 0.17-0.49 on the GPU, run 7). At 12 GiB 1024
+# reads decoded 12% faster than 256 (203.0 against 180.9 tok/s, depth 4), at 16 GiB 1% slower
+# (260.1 against 262.2; H200, run 8)
+CLAIM_WAIT_SPINS = 1024
 # the prediction stream's priority (lower runs first; torch allows -1 and 0): its small kernels
 # publish the predictions the DMA copies wait for, beside the compute stream's larger ones
 SIDE_STREAM_PRIORITY = 0

@@ -82,7 +82,8 @@ SETTINGS = {
 # bench-only variants: suffixes on a setting's name (any number, in any order), each setting one
 # of prefetch.py's constants ...
 CONSTANT_VARIANTS = {"_cp4": ("COPY_PROGRAMS", 4), "_cp32": ("COPY_PROGRAMS", 32),  # SM copy programs per matrix
-                     "_w64": ("CLAIM_WAIT_SPINS", 64), "_w1k": ("CLAIM_WAIT_SPINS", 1024),  # DMA claim's wait
+                     "_w64": ("CLAIM_WAIT_SPINS", 64), "_w256": ("CLAIM_WAIT_SPINS", 256),  # DMA claim's wait
+                     "_w1k": ("CLAIM_WAIT_SPINS", 1024),
                      "_w4k": ("CLAIM_WAIT_SPINS", 4096),
                      "_hp": ("SIDE_STREAM_PRIORITY", -1)}  # the prediction stream at high priority
 # ... or cache knobs: launch shapes (1 load round per chunk, 8 gate-up warps: the shapes before
