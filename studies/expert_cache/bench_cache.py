@@ -63,21 +63,11 @@ SETTINGS = {
                                 prefetch_depth=2, slot_split=1.0),
     # prefetch copies by the DMA engines, queued by a host thread (copy_interference: they slow
     # the kernels beside them 7%, the SM copy programs up to 2x)
-    "lfu16_zc_pf2_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=2,
-                             prefetch_engine="dma"),
-    "lfu16_zc_pf3_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=3,
-                             prefetch_engine="dma"),
-    "lfu16_zc_pf4_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=4,
-                             prefetch_engine="dma"),
-    # deeper: a copy gets more layers to land (the DMA claim's recall was 0.72 at depth 4, run 7)
-    "lfu16_zc_pf5_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=5,
-                             prefetch_engine="dma"),
-    "lfu16_zc_pf6_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=6,
-                             prefetch_engine="dma"),
-    "lfu16_zc_pf8_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=8,
-                             prefetch_engine="dma"),
     "static_zc_pf3_dma": dict(miss_mode="zero_copy", eviction="static", rebalance_interval=0, prefetch_depth=3,
                               prefetch_engine="dma"),
+    # LFU every 16 tokens, DMA prefetch at depths 2 to 8 (past 4, a copy gets more layers to land)
+    **{f"lfu16_zc_pf{depth}_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16,
+                                       prefetch_depth=depth, prefetch_engine="dma") for depth in (2, 3, 4, 5, 6, 8)},
 }
 # bench-only variants: suffixes on a setting's name (any number, in any order), each setting one
 # of prefetch.py's constants ...
