@@ -79,7 +79,10 @@ CONSTANT_VARIANTS = {"_cp4": ("COPY_PROGRAMS", 4), "_cp32": ("COPY_PROGRAMS", 32
 # ... or cache knobs: launch shapes (1 load round per chunk, 8 gate-up warps: the shapes before
 # run 6), slots split by routing entropy
 KNOB_VARIANTS = {"_r1w8": dict(chunk_rounds=1, gate_up_warps=8), "_split1": dict(slot_split=1.0)}
-TIMELINE = bool(os.environ.get("TIMELINE"))  # profile a few decode steps per setting (decode_timeline)
+# profile a few decode steps per setting (decode_timeline). The profiler stays hooked into the
+# process: DMA settings after the first profiled one decode ~45% slower (run 9), so profile one
+# DMA setting per process
+TIMELINE = bool(os.environ.get("TIMELINE"))
 
 
 def parse_name(name: str) -> tuple[str, dict, dict[str, int]]:
