@@ -13,7 +13,7 @@ from PIL import Image
 from autotune.studies.report import write_report
 from autotune.studies.simulate import Curve, best_at, median_and_spread, random_search
 from autotune.studies.tables import convergence_table, knob_texts, markdown_table, speed_table
-from autotune.studies.views import Point, convergence, load_results
+from autotune.studies.views import Point, cache_points, convergence, load_results
 
 GIB = 2**30
 
@@ -144,6 +144,13 @@ def test_convergence_compares_the_tuner_of_the_grids_backend_at_each_cap(hand_st
     assert "| 12G | 1 | 82.0 | llama_bench | 83.0 (1.01) | 4 / 2.0 | 2 | 1 [1–1] | 1 | 1.0 | 0.2 [0.2–0.2] | 0.2 |" in table
     # 16G: target 123.5: the tuner needs 2 trials; the grid in its order 1 (its first row is the best)
     assert "| 16G | 3 | 130.0 | llama_bench | 131.0 (1.01) | 4 / 2.0 | 2 |" in table
+
+
+def test_cache_points_go_by_increasing_cap_whatever_order_the_study_runs_its_caps(hand_study: Path):
+    toml = hand_study / "study.toml"
+    toml.write_text(toml.read_text().replace('caps = ["12G", "16G"]', 'caps = ["16G", "12G"]'))
+    points = cache_points(load_results(hand_study))
+    assert [(p.cap, p.hit_rate) for p in points] == [(12 * GIB, 0.8), (16 * GIB, 0.9)]
 
 
 def test_report_writes_every_figure_with_its_table(hand_study: Path):

@@ -157,10 +157,11 @@ class CachePoint:
 
 
 def cache_points(results: StudyResults) -> list[CachePoint]:
-    """The tuner winners whose results carry a hit rate or PCIe bytes per token (the cache backend's)."""
+    """The tuner winners whose results carry a hit rate or PCIe bytes per token (the cache
+    backend's), per variant by increasing cap (a study may run its caps in another order)."""
     points = []
     for variant in results.variants():
-        for part, record in results.parts(variant, "tuner"):
+        for part, record in sorted(results.parts(variant, "tuner"), key=lambda pr: pr[0].cap):
             extra = (record.get("winner") or {}).get("extra", {})
             if HIT_RATE in extra or PCIE_BYTES in extra:
                 points.append(CachePoint(variant.name, part.backend, part.cap, extra.get(HIT_RATE), extra.get(PCIE_BYTES),
