@@ -75,7 +75,8 @@ class CacheBackend:
         are not sampled (``normalize`` fixes them): miss mode and rebalancing under static
         eviction, decay outside LFU, the slot split without learned counts, the prefetch engine
         without prefetch. For the decode objective the prefill bypass keeps its default (decode
-        never bypasses). ``vram_cap`` comes from ``fill_cap``; the context size from the workload."""
+        never bypasses). ``vram_cap`` comes from ``fill_cap``; the context size from the workload.
+        ``front_resident`` keeps its default until the GPU has measured it (studies/expert_cache)."""
         eviction = trial.suggest_categorical("eviction", ["static", "lfu_decay", "lru"])
         config: Config = {"eviction": eviction,
                           "prefetch_depth": trial.suggest_int("prefetch_depth", *PREFETCH_DEPTHS)}

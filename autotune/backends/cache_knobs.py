@@ -20,8 +20,9 @@ from autotune.cache_runtime.cache_config import (CHUNK_ROUNDS, EVICTION_RULES, G
 
 KEYS = tuple(f.name for f in fields(CacheConfig))
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(CacheConfig) if f.name != "vram_cap"}
-INT_KEYS = ("vram_cap", "rebalance_interval", "prefetch_depth", "prefill_bypass", "max_ctx", "chunk_rounds",
-            "gate_up_warps")
+INT_KEYS = ("vram_cap", "rebalance_interval", "prefetch_depth", "prefill_bypass", "front_resident", "max_ctx",
+            "chunk_rounds", "gate_up_warps")
+AT_LEAST_ZERO = ("rebalance_interval", "prefetch_depth", "prefill_bypass", "front_resident")
 FLOAT_KEYS = ("decay", "slot_split")
 
 # The search space (see CacheBackend.suggest).
@@ -64,8 +65,7 @@ def normalize(config: Config) -> Config:
     if "vram_cap" not in config:
         raise ConfigError("a cache config needs vram_cap (bytes for the whole process)")
     c = {**DEFAULTS, **config}
-    out: Config = {key: _int(key, c[key], 0 if key in ("rebalance_interval", "prefetch_depth", "prefill_bypass") else 1)
-                   for key in INT_KEYS}
+    out: Config = {key: _int(key, c[key], 0 if key in AT_LEAST_ZERO else 1) for key in INT_KEYS}
     out["decay"] = _float("decay", c["decay"], 0.0, 1.0)
     out["slot_split"] = _float("slot_split", c["slot_split"], 0.0, 1.0)
     out["eviction"] = _choice("eviction", c["eviction"], EVICTION_RULES)

@@ -32,6 +32,9 @@ class CacheConfig:
     prefetch_engine: str = "sm"
     prefill_bypass: int = 32  # batches of at least this many tokens skip the cache; 0: never
     slot_split: float = 0.0  # 0: equal slots per layer; 1: slots in proportion to routing entropy
+    # the first N layers hold every expert, the rest share what is left: no prediction reaches
+    # layer 0, and the next layers' prefetch copies have the least lead (run 9 of studies/expert_cache)
+    front_resident: int = 0
     learned_placement: bool = True  # seed the placement from the routing counts of earlier runs
     max_ctx: int = 4096
     # decode launch shapes (triton_ops): the 12 GiB cap measured faster with 1 and 8 than with
@@ -48,8 +51,8 @@ class CacheConfig:
             raise ValueError(f"prefetch_engine must be one of {PREFETCH_ENGINES}, not {self.prefetch_engine!r}")
         if not 0.0 <= self.slot_split <= 1.0:
             raise ValueError(f"slot_split must be within [0, 1], not {self.slot_split}")
-        if min(self.rebalance_interval, self.prefetch_depth, self.prefill_bypass) < 0:
-            raise ValueError("rebalance_interval, prefetch_depth and prefill_bypass must be >= 0")
+        if min(self.rebalance_interval, self.prefetch_depth, self.prefill_bypass, self.front_resident) < 0:
+            raise ValueError("rebalance_interval, prefetch_depth, prefill_bypass and front_resident must be >= 0")
         if self.chunk_rounds not in CHUNK_ROUNDS:
             raise ValueError(f"chunk_rounds must be one of {CHUNK_ROUNDS}, not {self.chunk_rounds}")
         if self.gate_up_warps not in GATE_UP_WARPS:
