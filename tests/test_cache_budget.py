@@ -72,7 +72,15 @@ def test_plan_at_full_residency_needs_no_staging_or_ring() -> None:
 def test_plan_counts_kv_cache_and_activations() -> None:
     small, large = (plan_with_slots(QWEN, CacheConfig(vram_cap=GIB, max_ctx=ctx), 0) for ctx in (4096, 32768))
     assert large.kv_cache == 8 * small.kv_cache == 8 * 2 * 48 * 4 * 4096 * 128 * 2
-    assert plan_with_slots(QWEN, CacheConfig(vram_cap=GIB), 0, prefill_chunk=512).activations < small.activations
+    assert plan_with_slots(QWEN, CacheConfig(vram_cap=GIB, prefill_chunk=512), 0).activations < small.activations
+
+
+def test_a_smaller_prefill_chunk_leaves_room_for_more_slots() -> None:
+    full = plan_vram(QWEN, CacheConfig(vram_cap=12 * GIB, prefetch_depth=4))
+    small = plan_vram(QWEN, CacheConfig(vram_cap=12 * GIB, prefetch_depth=4, prefill_chunk=512))
+    assert small.peak <= 12 * GIB and sum(small.slots) > sum(full.slots)
+    freed = full.activations - small.activations
+    assert sum(small.slots) - sum(full.slots) >= freed // QWEN.expert_bytes - 48  # staging grows a little
 
 
 def test_cap_below_fixed_need_is_a_one_line_error() -> None:

@@ -101,6 +101,16 @@ def test_front_layers_resident_never_miss_and_the_tokens_hold(tiny_model: Path, 
     assert s["hit_rate_per_layer"][:2] == [1.0, 1.0] and min(s["hit_rate_per_layer"][2:]) < 1.0
 
 
+def test_prefill_runs_in_the_configured_chunks(tiny_model: Path, full_tokens) -> None:
+    e = engine(tiny_model, 32, prefill_chunk=2, prefill_bypass=4)
+    assert e.prefill_chunk == 2
+    assert e.generate(PROMPT, STEPS) == full_tokens
+    assert e.cache_stats()["prefill_bypass_batches"] == 0  # chunks of 2 tokens never reach the bypass's 4
+    e.configure_cache(config(tiny_model, 32, prefill_chunk=6, prefill_bypass=4))
+    assert e.generate(PROMPT, STEPS) == full_tokens
+    assert e.cache_stats()["prefill_bypass_batches"] == 1
+
+
 def test_prefetch_precision_and_recall_bookkeeping(tiny_model: Path) -> None:
     from autotune.cache_runtime.prefetch import Prefetcher
     from autotune.cache_runtime.step_counts import count_step

@@ -159,7 +159,7 @@ class VramPlan:
 
 
 def plan_with_slots(m: ModelSizes, cfg: CacheConfig, total: int, counts: np.ndarray | None = None, *,
-                    prefill_chunk: int = 2048, kv_element_bytes: int = 2,
+                    kv_element_bytes: int = 2,
                     context: int = CONTEXT_BYTES, margin: int = MARGIN_BYTES) -> VramPlan:
     """The plan holding ``total`` expert slots (split over layers by ``cfg.front_resident`` and
     ``cfg.slot_split``)."""
@@ -170,7 +170,7 @@ def plan_with_slots(m: ModelSizes, cfg: CacheConfig, total: int, counts: np.ndar
     ring = 0 if full or cfg.prefetch_depth == 0 else (cfg.prefetch_depth + 1) * m.n_expert_used * m.expert_bytes
     return VramPlan(cap=cfg.vram_cap, context=context, margin=margin, resident=m.resident_bytes,
                     kv_cache=kv_bytes(m, cfg.max_ctx, kv_element_bytes),
-                    activations=activation_bytes(m, prefill_chunk, cfg.max_ctx), staging=staging,
+                    activations=activation_bytes(m, cfg.prefill_chunk, cfg.max_ctx), staging=staging,
                     prefetch_ring=ring, expert_bytes=m.expert_bytes, slots=tuple(slots))
 
 

@@ -31,6 +31,9 @@ class CacheConfig:
     # a host thread ("dma"), which slow the compute beside them far less
     prefetch_engine: str = "sm"
     prefill_bypass: int = 32  # batches of at least this many tokens skip the cache; 0: never
+    # prompt tokens per prefill pass: the budget holds one pass's activations (0.49 GiB at 2048
+    # for qwen3-30b-a3b), so fewer leave more room for slots, and prefill streams experts more often
+    prefill_chunk: int = 2048
     slot_split: float = 0.0  # 0: equal slots per layer; 1: slots in proportion to routing entropy
     # the first N layers hold every expert, the rest share what is left: no prediction reaches
     # layer 0, and the next layers' prefetch copies have the least lead (run 9 of studies/expert_cache)
@@ -53,6 +56,8 @@ class CacheConfig:
             raise ValueError(f"slot_split must be within [0, 1], not {self.slot_split}")
         if min(self.rebalance_interval, self.prefetch_depth, self.prefill_bypass, self.front_resident) < 0:
             raise ValueError("rebalance_interval, prefetch_depth, prefill_bypass and front_resident must be >= 0")
+        if self.prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be at least 1, not {self.prefill_chunk}")
         if self.chunk_rounds not in CHUNK_ROUNDS:
             raise ValueError(f"chunk_rounds must be one of {CHUNK_ROUNDS}, not {self.chunk_rounds}")
         if self.gate_up_warps not in GATE_UP_WARPS:

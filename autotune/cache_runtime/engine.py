@@ -124,8 +124,7 @@ class Engine:
         self._graphs.clear()
         sizes = model_sizes(self.path)
         counts = load_counts(self.fingerprint, (sizes.n_layers, sizes.n_expert)) if cfg.learned_placement else None
-        plan = plan_vram(sizes, cfg, counts, prefill_chunk=self.prefill_chunk,
-                         kv_element_bytes=self.cache.k.element_size())
+        plan = plan_vram(sizes, cfg, counts, kv_element_bytes=self.cache.k.element_size())
         triton = hasattr(self.ops, "experts_table")  # TritonOps: the decode step runs on its kernels
         table = self.ops.experts_table if triton else ExpertTable(self.weights.layers, self.device)
         cache = ExpertCache(self.weights.layers, table, cfg, plan, self.device, self.cfg.n_expert_used, counts,
@@ -136,6 +135,7 @@ class Engine:
             cache.prefetcher = Prefetcher(self.ops, cache, cfg.prefetch_depth, cfg.prefetch_engine)
         self.expert_cache = cache
         self.ops.hooks = cache
+        self.prefill_chunk = cfg.prefill_chunk  # the plan holds one chunk's activations
         if triton:  # the kernels' launch shapes
             self.ops.chunk_rounds, self.ops.gate_up_warps = cfg.chunk_rounds, cfg.gate_up_warps
 
