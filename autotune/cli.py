@@ -333,8 +333,8 @@ def serve(
 
     knobs = {"max_ctx": ctx, "eviction": eviction, "miss_mode": miss_mode, "rebalance_interval": rebalance_interval,
              "decay": decay, "prefetch_depth": prefetch_depth, "prefetch_engine": prefetch_engine,
-             "prefill_bypass": prefill_bypass, "prefill_chunk": prefill_chunk,
-             "slot_split": slot_split, "front_resident": front_resident, "learned_placement": learned_placement, "chunk_rounds": chunk_rounds,
+             "prefill_bypass": prefill_bypass, "prefill_chunk": prefill_chunk, "slot_split": slot_split,
+             "front_resident": front_resident, "learned_placement": learned_placement, "chunk_rounds": chunk_rounds,
              "gate_up_warps": gate_up_warps}
     given = {key: value for key, value in knobs.items() if value is not None}
     config = resolve_config(model, vram_cap, given, config_file, best, objective, storage)

@@ -57,7 +57,8 @@ class Engine:
     """One model, one sequence. ``kernels``: "triton" (the GPU default) or "torch".
 
     ``cache``: run with the expert cache (experts in host memory, the hottest in VRAM slots
-    within ``cache.vram_cap``); the KV cache then holds ``cache.max_ctx`` tokens.
+    within ``cache.vram_cap``); the KV cache then holds ``cache.max_ctx`` tokens, and prefill
+    runs in passes of ``cache.prefill_chunk`` tokens (``prefill_chunk`` without a cache).
     """
 
     def __init__(self, path: str | Path, device: str | None = None, max_ctx: int = 4096,
