@@ -31,6 +31,8 @@ def test_an_ok_trial_reads_llama_bench_samples(tiny_model: Path):
     assert [(r["n_prompt"], r["n_gen"], r["n_threads"]) for r in rows] == [(32, 0, 2), (0, 8, 1)]
     assert result.decode_tps.mean == pytest.approx(rows[1]["avg_ts"], rel=1e-3)
     assert result.load_seconds >= 0
+    assert result.extra["llama_bench"] == "llama-bench"  # the name only: no machine's path in a result
+    assert result.extra["llama_bench_build"].split()[0].isdigit()
 
 
 def test_llama_bench_takes_every_knob_as_given(tiny_model: Path):

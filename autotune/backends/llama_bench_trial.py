@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -21,7 +22,8 @@ def _signal_name(number: int) -> str:
 
 
 def setup(common: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    return common, {"load_seconds": 0.0, "extra": {"llama_bench": common["binary"]}}
+    """Results name the binary, not its path: they are committed from other machines."""
+    return common, {"load_seconds": 0.0, "extra": {"llama_bench": Path(common["binary"]).name}}
 
 
 def _row(rows: list[dict[str, Any]], n_prompt: int, n_gen: int, n_threads: int) -> dict[str, Any]:
@@ -52,6 +54,7 @@ def run(common: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
         value["decode_tps"] = chosen[-1]["samples_ts"]
     measured = sum(sum(row["samples_ns"]) for row in rows) / 1e9
     value["load_seconds"] = max(0.0, wall - measured)  # loading, warm-up and contexts
-    value["extra"] = {"llama_bench_rows": [{key: row[key] for key in ("n_prompt", "n_gen", "n_threads", "avg_ts",
+    value["extra"] = {"llama_bench_build": f"{rows[0]['build_number']} ({rows[0]['build_commit']})",
+                      "llama_bench_rows": [{key: row[key] for key in ("n_prompt", "n_gen", "n_threads", "avg_ts",
                                                                     "stddev_ts")} for row in chosen]}
     return value
