@@ -317,7 +317,6 @@ def serve(
     prefill_bypass: Optional[int] = typer.Option(None, "--prefill-bypass", help="batches of this many tokens skip the cache; 0: never"),
     prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="prompt tokens per prefill pass; fewer leave more VRAM for experts [default: 2048]"),
     slot_split: Optional[float] = typer.Option(None, "--slot-split", help="0: equal slots per layer .. 1: by routing entropy"),
-    front_resident: Optional[int] = typer.Option(None, "--front-resident", help="the first N layers hold every expert [default: 0]"),
     learned_placement: Optional[bool] = typer.Option(None, "--learned-placement/--no-learned-placement", help="seed the placement from earlier runs' routing"),
     chunk_rounds: Optional[int] = typer.Option(None, "--chunk-rounds", help="decode kernels: load rounds per GEMV chunk, 1 | 2 | 4 [default: 2]"),
     gate_up_warps: Optional[int] = typer.Option(None, "--gate-up-warps", help="decode kernels: warps per gate-up program, 2 | 4 | 8 | 16 [default: 4]"),
@@ -334,7 +333,7 @@ def serve(
     knobs = {"max_ctx": ctx, "eviction": eviction, "miss_mode": miss_mode, "rebalance_interval": rebalance_interval,
              "decay": decay, "prefetch_depth": prefetch_depth, "prefetch_engine": prefetch_engine,
              "prefill_bypass": prefill_bypass, "prefill_chunk": prefill_chunk, "slot_split": slot_split,
-             "front_resident": front_resident, "learned_placement": learned_placement, "chunk_rounds": chunk_rounds,
+             "learned_placement": learned_placement, "chunk_rounds": chunk_rounds,
              "gate_up_warps": gate_up_warps}
     given = {key: value for key, value in knobs.items() if value is not None}
     config = resolve_config(model, vram_cap, given, config_file, best, objective, storage)

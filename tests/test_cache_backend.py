@@ -227,11 +227,10 @@ def test_serve_flags_override_the_base_config_and_bad_ones_are_one_line_errors(t
     served = []
     monkeypatch.setattr("autotune.serve.launch.serve_model", lambda model, config, *rest: served.append(config))
     result = CliRunner().invoke(app, ["serve", str(tiny_model), "--vram-cap", "12G", "--eviction", "lru",
-                                      "--prefetch-depth", "2", "--no-learned-placement", "--ctx", "1024",
-                                      "--front-resident", "1"])
+                                      "--prefetch-depth", "2", "--no-learned-placement", "--ctx", "1024"])
     assert result.exit_code == 0, result.output
     assert served.pop() == normalize({"vram_cap": 12 * 2**30, "eviction": "lru", "prefetch_depth": 2,
-                                      "learned_placement": False, "max_ctx": 1024, "front_resident": 1})
+                                      "learned_placement": False, "max_ctx": 1024})
     for args, message in ((["--eviction", "fifo", "--vram-cap", "12G"], "eviction must be one of"),
                           (["--slot-split", "2", "--vram-cap", "12G"], "slot_split must be within"),
                           ([], "--vram-cap"),

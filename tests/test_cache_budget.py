@@ -25,22 +25,6 @@ def test_split_slots_equal_capped_and_proportional() -> None:
     assert sum(split_slots(37, 16, np.random.default_rng(0).random(5))) == 37
 
 
-def test_front_layers_hold_every_expert_before_the_rest_share() -> None:
-    assert split_slots(20, 8, [1, 1, 1, 1], front=1) == [8, 4, 4, 4]
-    assert split_slots(12, 8, [1, 1, 1, 1], front=2) == [8, 4, 0, 0]  # too few: the front fills in order
-    assert split_slots(40, 8, [1, 1, 1], front=5) == [8, 8, 8]  # more front layers than layers
-    assert split_slots(17, 8, [1, 1, 1, 1], front=0) == split_slots(17, 8, [1, 1, 1, 1])
-
-
-def test_plan_with_front_layers_resident_fits_the_cap() -> None:
-    uniform = plan_vram(QWEN, CacheConfig(vram_cap=12 * GIB, prefetch_depth=4))
-    front = plan_vram(QWEN, CacheConfig(vram_cap=12 * GIB, prefetch_depth=4, front_resident=2))
-    assert front.slots[:2] == (128, 128) and front.peak <= 12 * GIB
-    assert max(front.slots[2:]) - min(front.slots[2:]) <= 1 and min(front.slots[2:]) < min(uniform.slots)
-    # the layer with the fewest slots sets the prefill staging area: it grows with the front
-    assert front.staging == (128 - min(front.slots)) * QWEN.expert_bytes > uniform.staging
-
-
 def test_entropy_shares_favour_flat_layers() -> None:
     counts = np.array([[100, 0, 0, 0], [25, 25, 25, 25]])
     h = entropies(counts)

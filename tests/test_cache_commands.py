@@ -45,7 +45,6 @@ def configs(draw: st.DrawFn) -> dict:
         "prefetch_engine": draw(st.sampled_from(PREFETCH_ENGINES)),
         "prefill_bypass": draw(st.integers(0, 1 << 20)),
         "slot_split": draw(unit_fractions),
-        "front_resident": draw(st.integers(0, 256)),
         "prefill_chunk": draw(st.integers(1, 1 << 16)),
         "learned_placement": draw(st.booleans()),
         "max_ctx": draw(st.integers(1, 1 << 20)),
@@ -75,7 +74,7 @@ def test_the_serve_command_has_every_knob_as_a_flag():
     assert format_command(config, "/m/q 30b.gguf", "serve") == (
         "autotune serve '/m/q 30b.gguf' --vram-cap 16G --ctx 4096 --eviction lfu_decay --miss-mode zero_copy "
         "--rebalance-interval 32 --decay 0.9 --prefetch-depth 2 --prefetch-engine dma --prefill-bypass 32 --prefill-chunk 2048 --slot-split 0.25 "
-        "--front-resident 0 --chunk-rounds 2 --gate-up-warps 4 --learned-placement"
+        "--chunk-rounds 2 --gate-up-warps 4 --learned-placement"
     )
     assert json.loads(format_command(config, "q.gguf", "json")) == {"model": "q.gguf", "config": normalize(config)}
 
@@ -96,7 +95,6 @@ def test_normalize_fixes_knobs_a_choice_makes_moot():
         ({"vram_cap": 0}, "at least 1"),
         ({"vram_cap": 1, "eviction": "fifo"}, "eviction must be one of"),
         ({"vram_cap": 1, "prefetch_depth": -1}, "at least 0"),
-        ({"vram_cap": 1, "front_resident": -1}, "front_resident must be at least 0"),
         ({"vram_cap": 1, "prefill_chunk": 0}, "prefill_chunk must be at least 1"),
         ({"vram_cap": 1, "slot_split": 1.5}, r"within \[0, 1\]"),
         ({"vram_cap": 1, "decay": float("nan")}, "must be a number"),

@@ -76,8 +76,8 @@ class CacheBackend:
         eviction, decay outside LFU, the slot split without learned counts, the prefetch engine
         without prefetch. For the decode objective the prefill bypass keeps its default (decode
         never bypasses). ``vram_cap`` comes from ``fill_cap``; the context size from the workload.
-        ``front_resident`` and ``prefill_chunk`` keep their defaults until the GPU has measured
-        them (studies/expert_cache); a smaller prefill chunk would always win decode."""
+        ``prefill_chunk`` keeps its default until the GPU has measured it (studies/expert_cache);
+        a smaller prefill chunk would always win decode."""
         eviction = trial.suggest_categorical("eviction", ["static", "lfu_decay", "lru"])
         config: Config = {"eviction": eviction,
                           "prefetch_depth": trial.suggest_int("prefetch_depth", *PREFETCH_DEPTHS)}

@@ -34,7 +34,6 @@ FLAGS = {
     "prefill_bypass": "--prefill-bypass",
     "prefill_chunk": "--prefill-chunk",
     "slot_split": "--slot-split",
-    "front_resident": "--front-resident",
     "chunk_rounds": "--chunk-rounds",
     "gate_up_warps": "--gate-up-warps",
 }
@@ -93,7 +92,7 @@ def _size(flag: str, value: str) -> int:
 
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "vram_cap": _size, "max_ctx": int_flag, "rebalance_interval": int_flag, "prefetch_depth": int_flag,
-    "prefill_bypass": int_flag, "prefill_chunk": int_flag, "front_resident": int_flag,
+    "prefill_bypass": int_flag, "prefill_chunk": int_flag,
     "decay": _float, "slot_split": _float, "eviction": lambda flag, value: value, "miss_mode": lambda flag, value: value,
     "prefetch_engine": lambda flag, value: value,
     "chunk_rounds": int_flag, "gate_up_warps": int_flag,

@@ -20,9 +20,9 @@ from autotune.cache_runtime.cache_config import (CHUNK_ROUNDS, EVICTION_RULES, G
 
 KEYS = tuple(f.name for f in fields(CacheConfig))
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(CacheConfig) if f.name != "vram_cap"}
-INT_KEYS = ("vram_cap", "rebalance_interval", "prefetch_depth", "prefill_bypass", "prefill_chunk", "front_resident",
-            "max_ctx", "chunk_rounds", "gate_up_warps")
-AT_LEAST_ZERO = ("rebalance_interval", "prefetch_depth", "prefill_bypass", "front_resident")
+INT_KEYS = ("vram_cap", "rebalance_interval", "prefetch_depth", "prefill_bypass", "prefill_chunk", "max_ctx",
+            "chunk_rounds", "gate_up_warps")
+AT_LEAST_ZERO = ("rebalance_interval", "prefetch_depth", "prefill_bypass")
 FLOAT_KEYS = ("decay", "slot_split")
 
 # The search space (see CacheBackend.suggest).

@@ -73,15 +73,7 @@ def entropies(counts: np.ndarray) -> np.ndarray:
     return -(p * np.log(np.where(p > 0, p, 1.0))).sum(1)
 
 
-def split_slots(total: int, n_expert: int, weights: Sequence[float], front: int = 0) -> list[int]:
-    """``total`` slots over layers: the first ``front`` layers take ``n_expert`` each (in
-    order, as far as ``total`` goes), the others share the rest by ``weights``."""
-    front = min(front, len(weights))
-    head = [min(n_expert, max(total - i * n_expert, 0)) for i in range(front)]
-    return head + _split_by_weights(total - sum(head), n_expert, weights[front:])
-
-
-def _split_by_weights(total: int, n_expert: int, weights: Sequence[float]) -> list[int]:
+def split_slots(total: int, n_expert: int, weights: Sequence[float]) -> list[int]:
     """``total`` slots over layers in proportion to ``weights``, at most ``n_expert`` each.
 
     Water-filling: layers that hit the cap give their excess to the others; the last
@@ -161,10 +153,9 @@ class VramPlan:
 def plan_with_slots(m: ModelSizes, cfg: CacheConfig, total: int, counts: np.ndarray | None = None, *,
                     kv_element_bytes: int = 2,
                     context: int = CONTEXT_BYTES, margin: int = MARGIN_BYTES) -> VramPlan:
-    """The plan holding ``total`` expert slots (split over layers by ``cfg.front_resident`` and
-    ``cfg.slot_split``)."""
+    """The plan holding ``total`` expert slots (split over layers by ``cfg.slot_split``)."""
     all_slots = m.n_layers * m.n_expert
-    slots = split_slots(total, m.n_expert, layer_weights(m.n_layers, cfg.slot_split, counts), cfg.front_resident)
+    slots = split_slots(total, m.n_expert, layer_weights(m.n_layers, cfg.slot_split, counts))
     full = total >= all_slots
     staging = 0 if full or cfg.prefill_bypass == 0 else (m.n_expert - min(slots)) * m.expert_bytes
     ring = 0 if full or cfg.prefetch_depth == 0 else (cfg.prefetch_depth + 1) * m.n_expert_used * m.expert_bytes

@@ -35,9 +35,6 @@ class CacheConfig:
     # for qwen3-30b-a3b), so fewer leave more room for slots, and prefill streams experts more often
     prefill_chunk: int = 2048
     slot_split: float = 0.0  # 0: equal slots per layer; 1: slots in proportion to routing entropy
-    # the first N layers hold every expert, the rest share what is left: no prediction reaches
-    # layer 0, and the next layers' prefetch copies have the least lead (run 9 of studies/expert_cache)
-    front_resident: int = 0
     learned_placement: bool = True  # seed the placement from the routing counts of earlier runs
     max_ctx: int = 4096
     # decode launch shapes (triton_ops): the 12 GiB cap measured faster with 1 and 8 than with
@@ -54,8 +51,8 @@ class CacheConfig:
             raise ValueError(f"prefetch_engine must be one of {PREFETCH_ENGINES}, not {self.prefetch_engine!r}")
         if not 0.0 <= self.slot_split <= 1.0:
             raise ValueError(f"slot_split must be within [0, 1], not {self.slot_split}")
-        if min(self.rebalance_interval, self.prefetch_depth, self.prefill_bypass, self.front_resident) < 0:
-            raise ValueError("rebalance_interval, prefetch_depth, prefill_bypass and front_resident must be >= 0")
+        if min(self.rebalance_interval, self.prefetch_depth, self.prefill_bypass) < 0:
+            raise ValueError("rebalance_interval, prefetch_depth and prefill_bypass must be >= 0")
         if self.prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be at least 1, not {self.prefill_chunk}")
         if self.chunk_rounds not in CHUNK_ROUNDS:

@@ -77,10 +77,9 @@ CONSTANT_VARIANTS = {"_cp4": ("COPY_PROGRAMS", 4), "_cp32": ("COPY_PROGRAMS", 32
                      "_w4k": ("CLAIM_WAIT_SPINS", 4096),
                      "_hp": ("SIDE_STREAM_PRIORITY", -1)}  # the prediction stream at high priority
 # ... or cache knobs: launch shapes (1 load round per chunk, 8 gate-up warps: the shapes before
-# run 6), slots split by routing entropy, the first 1, 2 or 4 layers holding every expert, prefill
-# chunks of 512 or 1024 tokens (less room for activations, more for slots)
+# run 6), slots split by routing entropy, prefill chunks of 512 or 1024 tokens (less room for
+# activations, more for slots)
 KNOB_VARIANTS = {"_r1w8": dict(chunk_rounds=1, gate_up_warps=8), "_split1": dict(slot_split=1.0),
-                 **{f"_front{n}": dict(front_resident=n) for n in (1, 2, 4)},
                  "_chunk512": dict(prefill_chunk=512), "_chunk1k": dict(prefill_chunk=1024)}
 # profile a few decode steps per setting (decode_timeline). The profiler stays hooked into the
 # process: DMA settings after the first profiled one decode ~45% slower (run 9), so profile one
