@@ -318,6 +318,7 @@ def serve(
     prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="prompt tokens per prefill pass; fewer leave more VRAM for experts [default: 2048]"),
     slot_split: Optional[float] = typer.Option(None, "--slot-split", help="0: equal slots per layer .. 1: by routing entropy"),
     learned_placement: Optional[bool] = typer.Option(None, "--learned-placement/--no-learned-placement", help="seed the placement from earlier runs' routing"),
+    lend_prefill_room: Optional[bool] = typer.Option(None, "--lend-prefill-room/--no-lend-prefill-room", help="between prefills, fill the prefill's VRAM with more experts [default: no]"),
     chunk_rounds: Optional[int] = typer.Option(None, "--chunk-rounds", help="decode kernels: load rounds per GEMV chunk, 1 | 2 | 4 [default: 2]"),
     gate_up_warps: Optional[int] = typer.Option(None, "--gate-up-warps", help="decode kernels: warps per gate-up program, 2 | 4 | 8 | 16 [default: 4]"),
     config_file: Optional[Path] = typer.Option(None, "--config", help="a config as `autotune export --format json` writes it"),
@@ -333,7 +334,7 @@ def serve(
     knobs = {"max_ctx": ctx, "eviction": eviction, "miss_mode": miss_mode, "rebalance_interval": rebalance_interval,
              "decay": decay, "prefetch_depth": prefetch_depth, "prefetch_engine": prefetch_engine,
              "prefill_bypass": prefill_bypass, "prefill_chunk": prefill_chunk, "slot_split": slot_split,
-             "learned_placement": learned_placement, "chunk_rounds": chunk_rounds,
+             "learned_placement": learned_placement, "lend_prefill_room": lend_prefill_room, "chunk_rounds": chunk_rounds,
              "gate_up_warps": gate_up_warps}
     given = {key: value for key, value in knobs.items() if value is not None}
     config = resolve_config(model, vram_cap, given, config_file, best, objective, storage)

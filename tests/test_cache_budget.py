@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autotune.cache_runtime.budget import (GIB, ModelSizes, entropies, layer_weights, plan_vram,
+from autotune.cache_runtime.budget import (GIB, ModelSizes, activation_bytes, entropies, layer_weights, plan_vram,
                                            plan_with_slots, predict_peak_vram, split_slots)
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.learned import save_counts
@@ -65,6 +65,26 @@ def test_a_smaller_prefill_chunk_leaves_room_for_more_slots() -> None:
     assert small.peak <= 12 * GIB and sum(small.slots) > sum(full.slots)
     freed = full.activations - small.activations
     assert sum(small.slots) - sum(full.slots) >= freed // QWEN.expert_bytes - 48  # staging grows a little
+
+
+def test_activations_hold_the_keys_a_last_chunk_attends_to() -> None:
+    """A 4096-token prompt in 512-token passes: the last pass repeats K and V of all 4096
+    positions to every head (f16), and masks them."""
+    repeated = 2 * QWEN.n_head * 4096 * QWEN.head_dim * 2
+    assert activation_bytes(QWEN, 512, 4096) >= repeated + 512 * 4096 + 512 * 180_000
+
+
+def test_lent_slots_fill_the_room_only_a_prefill_needs() -> None:
+    for cap_gib in (12, 16):
+        plain = plan_vram(QWEN, CacheConfig(vram_cap=cap_gib * GIB, prefetch_depth=4))
+        lent = plan_vram(QWEN, CacheConfig(vram_cap=cap_gib * GIB, prefetch_depth=4, lend_prefill_room=True))
+        assert (lent.slots, lent.peak) == (plain.slots, plain.peak) and not any(plain.lent_slots)
+        room = lent.activations + lent.staging
+        assert room - 48 * QWEN.expert_bytes < sum(lent.lent_slots) * QWEN.expert_bytes <= room
+        assert max(lent.lent_slots) - min(lent.lent_slots) <= 1
+    near_full = plan_vram(QWEN, CacheConfig(vram_cap=20 * GIB, lend_prefill_room=True))
+    assert sum(near_full.slots) < 48 * 128
+    assert [s + n for s, n in zip(near_full.slots, near_full.lent_slots)] == [128] * 48  # decode: all resident
 
 
 def test_cap_below_fixed_need_is_a_one_line_error() -> None:

@@ -47,6 +47,7 @@ def configs(draw: st.DrawFn) -> dict:
         "slot_split": draw(unit_fractions),
         "prefill_chunk": draw(st.integers(1, 1 << 16)),
         "learned_placement": draw(st.booleans()),
+        "lend_prefill_room": draw(st.booleans()),
         "max_ctx": draw(st.integers(1, 1 << 20)),
         "chunk_rounds": draw(st.sampled_from(CHUNK_ROUNDS)),
         "gate_up_warps": draw(st.sampled_from(GATE_UP_WARPS)),
@@ -74,7 +75,7 @@ def test_the_serve_command_has_every_knob_as_a_flag():
     assert format_command(config, "/m/q 30b.gguf", "serve") == (
         "autotune serve '/m/q 30b.gguf' --vram-cap 16G --ctx 4096 --eviction lfu_decay --miss-mode zero_copy "
         "--rebalance-interval 32 --decay 0.9 --prefetch-depth 2 --prefetch-engine dma --prefill-bypass 32 --prefill-chunk 2048 --slot-split 0.25 "
-        "--chunk-rounds 2 --gate-up-warps 4 --learned-placement"
+        "--chunk-rounds 2 --gate-up-warps 4 --learned-placement --no-lend-prefill-room"
     )
     assert json.loads(format_command(config, "q.gguf", "json")) == {"model": "q.gguf", "config": normalize(config)}
 
@@ -99,6 +100,7 @@ def test_normalize_fixes_knobs_a_choice_makes_moot():
         ({"vram_cap": 1, "slot_split": 1.5}, r"within \[0, 1\]"),
         ({"vram_cap": 1, "decay": float("nan")}, "must be a number"),
         ({"vram_cap": 1, "learned_placement": "yes"}, "true or false"),
+        ({"vram_cap": 1, "lend_prefill_room": 1}, "lend_prefill_room must be true or false"),
         ({"vram_cap": 1, "prefetch": 2}, "unknown cache config key"),
         ({"vram_cap": 1, "chunk_rounds": 3}, "chunk_rounds must be one of 1, 2, 4"),
         ({"vram_cap": 1, "gate_up_warps": 6}, "gate_up_warps must be one of 2, 4, 8, 16"),
@@ -115,8 +117,9 @@ def test_commands_people_write_by_hand_parse():
     assert path == Path("~/q.gguf")
     assert config == normalize({"vram_cap": 12 * 2**30, "eviction": "lru", "prefetch_depth": 1})
     config, path = parse_command("/usr/bin/autotune serve --no-learned-placement --vram-cap 1000000 --port 9000 "
-                                 "--host=0.0.0.0 -- --odd.gguf")
+                                 "--host=0.0.0.0 --lend-prefill-room -- --odd.gguf")
     assert path == Path("--odd.gguf") and config["vram_cap"] == 1000000 and not config["learned_placement"]
+    assert config["lend_prefill_room"]
 
 
 @pytest.mark.parametrize(

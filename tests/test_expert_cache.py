@@ -100,6 +100,47 @@ def test_prefill_runs_in_the_configured_chunks(tiny_model: Path, full_tokens) ->
     assert e.cache_stats()["prefill_bypass_batches"] == 1
 
 
+def test_lent_slots_hold_experts_between_prefills_and_empty_for_them(tiny_model: Path, full_tokens) -> None:
+    """On the tiny model the prefill's room holds every other expert: decode at full residency,
+    prefill with one planned slot per layer and the staging area."""
+    e = engine(tiny_model, 4, lend_prefill_room=True, prefill_bypass=4, rebalance_interval=3)
+    cache = e.expert_cache
+    assert cache.plan.lent_slots == (15, 15, 15, 15) and cache.staging is None
+    assert [len(h) for h in cache.held] == [16] * 4
+    for _ in range(2):  # a second sequence takes the room back and lends it again
+        e.reset()
+        assert e.generate(PROMPT, STEPS) == full_tokens
+    assert_table_points_at_each_experts_bytes(e)
+    s = e.cache_stats()
+    assert s["hit_rate"] == 1.0 and s["prefill_bypass_batches"] == 2 and s["lend_refusals"] == 0
+    cache.before_prefill()
+    assert [len(h) for h in cache.held] == [1] * 4 and cache.lent.buffer is None and len(cache.staging[0]) == 15
+    assert_table_points_at_each_experts_bytes(e)
+    cache.after_prefill()
+    assert [len(h) for h in cache.held] == [16] * 4 and cache.staging is None
+
+
+@pytest.mark.parametrize("engine_name", ["sm", "dma"])
+def test_partly_lent_slots_under_swaps_and_prefetch(tiny_model: Path, full_tokens, monkeypatch, engine_name) -> None:
+    """Two lent slots per layer beside one planned: copy-mode admissions and LRU rebalances move
+    experts through lent slots, and prefills take them back, with the same tokens."""
+    from dataclasses import replace
+
+    from autotune.cache_runtime import budget
+
+    planned = budget.plan_vram
+    monkeypatch.setattr(budget, "plan_vram", lambda *a, **k: replace(planned(*a, **k), lent_slots=(2, 2, 2, 2)))
+    e = engine(tiny_model, 4, lend_prefill_room=True, prefill_bypass=4, miss_mode="copy", eviction="lru",
+               rebalance_interval=2, prefetch_depth=1, prefetch_engine=engine_name)
+    for _ in range(2):
+        e.reset()
+        assert e.generate(PROMPT, STEPS) == full_tokens
+    assert_table_points_at_each_experts_bytes(e)
+    s = e.cache_stats()
+    assert s["lent_slots_per_layer"] == [2, 2, 2, 2] and s["admissions"] > 0 and 0 < s["hit_rate"] < 1
+    assert all(sorted(h.values()) == [0, 1, 2] for h in e.expert_cache.held)
+
+
 def test_prefetch_precision_and_recall_bookkeeping(tiny_model: Path) -> None:
     from autotune.cache_runtime.prefetch import Prefetcher
     from autotune.cache_runtime.step_counts import count_step

@@ -210,3 +210,32 @@ def test_decode_graph_survives_rebalances_admissions_and_prefetch(tiny_model: Pa
         assert e.generate(PROMPT, 48) == full, (mode, depth, copies)
         stats = e.cache_stats()
         assert stats["rebalances"] > 0 and 0 < stats["hit_rate"] < 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
+def test_lent_slots_survive_prefills_beside_the_decode_graph(tiny_model: Path, monkeypatch) -> None:
+    """Three sequences, each prefill taking the lent slots' memory back and lending it again,
+    with the captured decode graph reading them: every lend allocated (none refused), and the
+    tokens of full residency. Then two lent slots per layer beside one planned, under
+    copy-mode admissions, rebalances and DMA prefetch."""
+    from dataclasses import replace
+
+    from autotune.cache_runtime import budget
+
+    full = Engine(tiny_model, kernels="triton", max_ctx=64).generate(PROMPT, 24)
+    e = Engine(tiny_model, kernels="triton", cache=config(tiny_model, 4, lend_prefill_room=True, prefill_bypass=4))
+    for _ in range(3):
+        e.reset()
+        assert e.generate(PROMPT, 24) == full
+    stats = e.cache_stats()
+    assert stats["lent_slots_per_layer"] == [15] * 4 and stats["lend_refusals"] == 0 and stats["hit_rate"] == 1.0
+    planned = budget.plan_vram
+    monkeypatch.setattr(budget, "plan_vram", lambda *a, **k: replace(planned(*a, **k), lent_slots=(2, 2, 2, 2)))
+    e.configure_cache(config(tiny_model, 4, lend_prefill_room=True, prefill_bypass=4, miss_mode="copy",
+                             rebalance_interval=4, prefetch_depth=1, prefetch_engine="dma"))
+    for _ in range(3):
+        e.reset()
+        assert e.generate(PROMPT, 24) == full
+    stats = e.cache_stats()
+    assert stats["lend_refusals"] == 0 and stats["admissions"] > 0 and 0 < stats["hit_rate"] < 1

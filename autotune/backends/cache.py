@@ -76,8 +76,9 @@ class CacheBackend:
         eviction, decay outside LFU, the slot split without learned counts, the prefetch engine
         without prefetch. For the decode objective the prefill bypass keeps its default (decode
         never bypasses). ``vram_cap`` comes from ``fill_cap``; the context size from the workload.
-        ``prefill_chunk`` keeps its default until the GPU has measured it (studies/expert_cache);
-        a smaller prefill chunk would always win decode."""
+        ``prefill_chunk`` and ``lend_prefill_room`` keep their defaults until the caps study's
+        cache parts are done (its parts search one space): a smaller prefill chunk would always
+        win decode, at prefill's cost (studies/expert_cache, run 10)."""
         eviction = trial.suggest_categorical("eviction", ["static", "lfu_decay", "lru"])
         config: Config = {"eviction": eviction,
                           "prefetch_depth": trial.suggest_int("prefetch_depth", *PREFETCH_DEPTHS)}

@@ -21,7 +21,7 @@ from autotune.units import parse_size
 
 FORMATS = ("serve", "json")
 
-# config key -> flag of `autotune serve`; learned_placement is a switch pair.
+# config key -> flag of `autotune serve`; the true-or-false knobs are switch pairs (SWITCHES).
 FLAGS = {
     "vram_cap": "--vram-cap",
     "max_ctx": "--ctx",
@@ -37,7 +37,8 @@ FLAGS = {
     "chunk_rounds": "--chunk-rounds",
     "gate_up_warps": "--gate-up-warps",
 }
-SWITCHES = {"--learned-placement": True, "--no-learned-placement": False}
+SWITCHES = {"--learned-placement": ("learned_placement", True), "--no-learned-placement": ("learned_placement", False),
+            "--lend-prefill-room": ("lend_prefill_room", True), "--no-lend-prefill-room": ("lend_prefill_room", False)}
 NOT_KNOBS = ("--host", "--port")  # where the server listens: read, not part of the config
 
 
@@ -61,7 +62,7 @@ def serve_argv(config: Config, model_path: Path | str) -> list[str]:
     for key, flag in FLAGS.items():
         if key != "vram_cap":
             argv += [flag, repr(c[key]) if isinstance(c[key], float) else str(c[key])]
-    argv.append("--learned-placement" if c["learned_placement"] else "--no-learned-placement")
+    argv += [flag for flag, (key, value) in SWITCHES.items() if c[key] == value]
     return argv
 
 
@@ -113,7 +114,8 @@ def parse_serve_argv(argv: list[str]) -> tuple[Config, Path]:
         if word == "--":
             positional += list(words)
         elif word in SWITCHES:
-            parsed["learned_placement"] = SWITCHES[word]
+            key, value = SWITCHES[word]
+            parsed[key] = value
         elif flag in _KEY_OF_FLAG or flag in NOT_KNOBS:
             raw = inline if equals else next(words, None)
             if raw is None:

@@ -24,6 +24,7 @@ INT_KEYS = ("vram_cap", "rebalance_interval", "prefetch_depth", "prefill_bypass"
             "chunk_rounds", "gate_up_warps")
 AT_LEAST_ZERO = ("rebalance_interval", "prefetch_depth", "prefill_bypass")
 FLOAT_KEYS = ("decay", "slot_split")
+BOOL_KEYS = ("learned_placement", "lend_prefill_room")
 
 # The search space (see CacheBackend.suggest).
 REBALANCE_INTERVALS = (16, 32, 64, 128, 256)
@@ -74,9 +75,10 @@ def normalize(config: Config) -> Config:
     for key, allowed in (("chunk_rounds", CHUNK_ROUNDS), ("gate_up_warps", GATE_UP_WARPS)):
         if out[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}, not {out[key]}")
-    if not isinstance(c["learned_placement"], bool):
-        raise ConfigError(f"learned_placement must be true or false, not {c['learned_placement']!r}")
-    out["learned_placement"] = c["learned_placement"]
+    for key in BOOL_KEYS:
+        if not isinstance(c[key], bool):
+            raise ConfigError(f"{key} must be true or false, not {c[key]!r}")
+        out[key] = c[key]
     if out["eviction"] == "static":
         out.update(miss_mode="zero_copy", rebalance_interval=0)
     if out["eviction"] != "lfu_decay":

@@ -12,6 +12,9 @@ What the process holds on the GPU, besides expert slots:
 - activations of the largest prefill chunk (``activation_bytes``);
 - the prefill-bypass staging area (the layer with the fewest slots must fit all its other
   experts) and the prefetch ring ((depth + 1) x top-k experts).
+
+With ``lend_prefill_room`` the activations' and the staging area's room holds more slots
+(``lent_slots``) between prefills; they are emptied before a prefill needs that room.
 """
 
 from __future__ import annotations
@@ -53,13 +56,17 @@ class ModelSizes:
 
 
 def activation_bytes(m: ModelSizes, chunk: int, max_ctx: int) -> int:
-    """Peak temporaries of one prefill chunk of ``chunk`` tokens (decode needs far less)."""
+    """Peak temporaries of one prefill chunk of ``chunk`` tokens (decode needs far less).
+
+    Attention reads the cache's keys and values repeated to every head, for every position
+    up to the chunk's last: with a long prompt, the last chunk's reach ``max_ctx``."""
     q_dim, kv_dim = m.n_head * m.head_dim, m.n_head_kv * m.head_dim
     routed = m.n_expert_used * (m.n_ff_expert * (4 + 2) + m.n_embd * 4)  # hidden f32+f16, y f32
     dense = m.n_embd * 4 * 4 + q_dim * (4 + 2 + 4) + kv_dim * 4 * 2  # h, x, norms; q; k, v
     per_token = routed + dense
-    keys = 2 * m.n_head * min(chunk, max_ctx) * m.head_dim * 2  # K and V repeated per head, f16
-    return int(ACTIVATION_SLACK * (chunk * per_token + keys + m.largest_dense_elems * 2 + m.n_vocab * 4))
+    keys = 2 * m.n_head * max_ctx * m.head_dim * 2  # K and V repeated per head, f16
+    mask = min(chunk, max_ctx) * max_ctx  # a chunk after the first attends through a bool mask
+    return int(ACTIVATION_SLACK * (chunk * per_token + keys + mask + m.largest_dense_elems * 2 + m.n_vocab * 4))
 
 
 def kv_bytes(m: ModelSizes, max_ctx: int, element_bytes: int = 2) -> int:
@@ -133,6 +140,7 @@ class VramPlan:
     prefetch_ring: int
     expert_bytes: int
     slots: tuple[int, ...]
+    lent_slots: tuple[int, ...]  # more slots per layer between prefills (``lend_prefill_room``)
 
     @property
     def slot_bytes(self) -> int:
@@ -145,8 +153,9 @@ class VramPlan:
                 + self.staging + self.prefetch_ring + self.slot_bytes)
 
     def summary(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k != "slots"}
-        out.update(slots_per_layer=list(self.slots), total_slots=sum(self.slots), peak=self.peak)
+        out = {k: v for k, v in asdict(self).items() if k not in ("slots", "lent_slots")}
+        out.update(slots_per_layer=list(self.slots), total_slots=sum(self.slots),
+                   lent_slots_per_layer=list(self.lent_slots), peak=self.peak)
         return out
 
 
@@ -155,14 +164,20 @@ def plan_with_slots(m: ModelSizes, cfg: CacheConfig, total: int, counts: np.ndar
                     context: int = CONTEXT_BYTES, margin: int = MARGIN_BYTES) -> VramPlan:
     """The plan holding ``total`` expert slots (split over layers by ``cfg.slot_split``)."""
     all_slots = m.n_layers * m.n_expert
-    slots = split_slots(total, m.n_expert, layer_weights(m.n_layers, cfg.slot_split, counts))
+    weights = layer_weights(m.n_layers, cfg.slot_split, counts)
+    slots = split_slots(total, m.n_expert, weights)
     full = total >= all_slots
     staging = 0 if full or cfg.prefill_bypass == 0 else (m.n_expert - min(slots)) * m.expert_bytes
     ring = 0 if full or cfg.prefetch_depth == 0 else (cfg.prefetch_depth + 1) * m.n_expert_used * m.expert_bytes
+    activations = activation_bytes(m, cfg.prefill_chunk, cfg.max_ctx)
+    lent = [0] * m.n_layers
+    if cfg.lend_prefill_room and not full:
+        room = (activations + staging) // m.expert_bytes
+        lent = [min(n, m.n_expert - s) for n, s in zip(split_slots(room, m.n_expert, weights), slots)]
     return VramPlan(cap=cfg.vram_cap, context=context, margin=margin, resident=m.resident_bytes,
-                    kv_cache=kv_bytes(m, cfg.max_ctx, kv_element_bytes),
-                    activations=activation_bytes(m, cfg.prefill_chunk, cfg.max_ctx), staging=staging,
-                    prefetch_ring=ring, expert_bytes=m.expert_bytes, slots=tuple(slots))
+                    kv_cache=kv_bytes(m, cfg.max_ctx, kv_element_bytes), activations=activations,
+                    staging=staging, prefetch_ring=ring, expert_bytes=m.expert_bytes, slots=tuple(slots),
+                    lent_slots=tuple(lent))
 
 
 def plan_vram(m: ModelSizes, cfg: CacheConfig, counts: np.ndarray | None = None, **kwargs) -> VramPlan:

@@ -34,6 +34,9 @@ class CacheConfig:
     # prompt tokens per prefill pass: the budget holds one pass's activations (0.49 GiB at 2048
     # for qwen3-30b-a3b), so fewer leave more room for slots, and prefill streams experts more often
     prefill_chunk: int = 2048
+    # between prefills, that room (the pass's activations and the bypass's staging area) holds
+    # more slots, emptied before each prefill and filled again after it
+    lend_prefill_room: bool = False
     slot_split: float = 0.0  # 0: equal slots per layer; 1: slots in proportion to routing entropy
     learned_placement: bool = True  # seed the placement from the routing counts of earlier runs
     max_ctx: int = 4096

@@ -184,15 +184,22 @@ class Engine:
         """Process prompt tokens; the last one's logits (vocab,) float32."""
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device).reshape(-1)
         self._check_room(len(tokens))
-        for chunk in tokens.split(self.prefill_chunk):
-            self.cache.pos.fill_(self.n_past)  # a one-token chunk runs the decode kernels
-            if self.expert_cache is not None:
-                self.expert_cache.begin_step()
-            logits, ids = forward(self.ops, chunk, self.n_past)
-            if self.expert_cache is not None:
-                self.expert_cache.join()  # a one-token chunk may have forked prefetch work
-            self.trace.record(ids)
-            self.n_past += len(chunk)
+        room_lent = self.expert_cache is not None and len(tokens) > 1
+        if room_lent:
+            self.expert_cache.before_prefill()
+        try:
+            for chunk in tokens.split(self.prefill_chunk):
+                self.cache.pos.fill_(self.n_past)  # a one-token chunk runs the decode kernels
+                if self.expert_cache is not None:
+                    self.expert_cache.begin_step()
+                logits, ids = forward(self.ops, chunk, self.n_past)
+                if self.expert_cache is not None:
+                    self.expert_cache.join()  # a one-token chunk may have forked prefetch work
+                self.trace.record(ids)
+                self.n_past += len(chunk)
+        finally:
+            if room_lent:
+                self.expert_cache.after_prefill()
         self.cache.pos.fill_(self.n_past)
         return logits
 

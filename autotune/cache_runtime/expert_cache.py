@@ -20,6 +20,10 @@ inside the graph, against the residency each step actually saw.
 Prefill batches of at least ``prefill_bypass`` tokens skip the cache: each layer's
 non-resident experts are copied once into a staging area and read from there; resident
 experts are read in place.
+
+With ``lend_prefill_room``, each layer also has lent slots (``lent_slots.LentArena``) between
+prefills: before a prefill their experts go home and their memory is freed for the prefill's
+activations and staging area; after it they are filled again with the hottest experts.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import torch
 from autotune.cache_runtime.budget import VramPlan
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.expert_table import ExpertTable
+from autotune.cache_runtime.lent_slots import LentArena
 from autotune.cache_runtime.placement import RoutingStats, initial_placement, pick_victim, plan_swaps
 from autotune.cache_runtime.step_counts import count_step
 from autotune.cache_runtime.weights import LayerWeights, QTensor
@@ -74,16 +79,15 @@ class ExpertCache:
         self.copy_stream = torch.cuda.Stream(device) if cuda else None
         self.slots = [tuple(torch.empty((s, *m.shape[1:]), dtype=torch.uint8, device=device) for m in mats)
                       for s, mats in zip(plan.slots, self.home)]
-        self.slot_addr = [np.array([[m[i].data_ptr() for m in mats] for i in range(len(mats[0]))],
-                                   dtype=np.int64).reshape(-1, 3) for mats in self.slots]
+        # slots plan.slots[layer] onwards of a layer are its lent ones, while they exist
+        self.lent = LentArena(plan.lent_slots, [m.shape[1:] for m in self.home[0]], device) \
+            if any(plan.lent_slots) else None
         self.held = [dict() for _ in layers]  # layer -> {expert: slot}
         self.incoming: set[tuple[int, int]] = set()  # (layer, expert) being copied in
         self.routing = RoutingStats(self.n_layers, self.n_expert, counts)
         self.seeded = counts is not None
         self.counters = _Counters()
-        n_bypass = self.n_expert - min(plan.slots) if plan.staging else 0
-        self.staging = tuple(torch.empty((n_bypass, *m.shape[1:]), dtype=torch.uint8, device=device)
-                             for m in self.home[0])
+        self.staging: tuple[torch.Tensor, ...] | None = None  # with lent slots: only during a prefill
         # device-side statistics, updated inside the decode graph
         self.in_slot = torch.zeros(self.n_layers, self.n_expert, dtype=torch.bool, device=device)
         self.hits = torch.zeros(self.n_layers, dtype=torch.int64, device=device)
@@ -95,10 +99,14 @@ class ExpertCache:
         self.prefetcher = None  # set by the engine when cfg.prefetch_depth > 0
         self._where: dict[int, tuple[tuple[torch.Tensor, ...], int]] = {}
         if device.type == "cpu":
-            for mats in (*self.home, *self.slots, self.staging):
+            for mats in (*self.home, *self.slots):
                 self.register(mats)
         self._staged: tuple[int, list[int]] | None = None
         self._fill(initial_placement(plan.slots, self.n_expert, counts if cfg.learned_placement else None))
+        if self.lent is None:
+            self._take_staging()
+        else:
+            self._lend()
 
     # -- table writes --------------------------------------------------------------------
 
@@ -114,9 +122,17 @@ class ExpertCache:
         self.table.table.view(-1, 3).index_copy_(0, idx, addr)
         self.in_slot.view(-1).index_copy_(0, idx, flags)
 
+    def _slot(self, layer: int, slot: int) -> tuple[torch.Tensor, ...]:
+        """The slot's gate, up and down storage (a planned slot, or a lent one)."""
+        planned = self.plan.slots[layer]
+        return tuple(m[slot] for m in self.slots[layer]) if slot < planned else self.lent.views[layer][slot - planned]
+
+    def _slot_addr(self, layer: int, slot: int) -> np.ndarray:
+        return np.array([m.data_ptr() for m in self._slot(layer, slot)], dtype=np.int64)
+
     def _copy_in(self, layer: int, slot: int, expert: int) -> None:
-        for dst, src in zip(self.slots[layer], self.home[layer]):
-            dst[slot].copy_(src[expert], non_blocking=True)
+        for dst, src in zip(self._slot(layer, slot), self.home[layer]):
+            dst.copy_(src[expert], non_blocking=True)
 
     def _fill(self, placement: list[list[int]]) -> None:
         """The initial placement, copied synchronously (at start, nothing is running)."""
@@ -125,7 +141,7 @@ class ExpertCache:
             for slot, e in enumerate(experts):
                 self._copy_in(layer, slot, e)
                 self.held[layer][e] = slot
-                entries.append((layer, e, self.slot_addr[layer][slot], True))
+                entries.append((layer, e, self._slot_addr(layer, slot), True))
         self._write(entries)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -136,6 +152,8 @@ class ExpertCache:
             self.prefetcher.close()
         self.table.table.copy_(torch.from_numpy(self.home_addr).to(self.device))
         self.in_slot.zero_()
+        if self.lent is not None:
+            self.lent.free()
 
     # -- swaps -----------------------------------------------------------------------------
 
@@ -169,7 +187,7 @@ class ExpertCache:
         for layer, slot, admit in moves:
             self.incoming.discard((layer, admit))
             self.held[layer][admit] = slot
-        self._write([(layer, admit, self.slot_addr[layer][slot], True) for layer, slot, admit in moves])
+        self._write([(layer, admit, self._slot_addr(layer, slot), True) for layer, slot, admit in moves])
 
     def _poll_swaps(self) -> None:
         pending = []
@@ -311,12 +329,72 @@ class ExpertCache:
         self.counters.rebalances += 1
         self.counters.rebalance_bytes += nbytes
 
+    # -- lent slots ---------------------------------------------------------------------------
+
+    def before_prefill(self) -> None:
+        """A prefill of several tokens begins: its room, lent to slots, is taken back."""
+        if self.lent is None:
+            return
+        self._land_swaps()
+        entries = []
+        for layer, held in enumerate(self.held):
+            planned = self.plan.slots[layer]
+            for e in [e for e, slot in held.items() if slot >= planned]:
+                del held[e]
+                entries.append((layer, e, self.home_addr[layer][e], False))
+        self._write(entries)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # no step in flight reads a lent slot any more
+        else:
+            for views in (v for layer in self.lent.views for v in layer):
+                self._where.pop(views[0].data_ptr(), None)
+        self.lent.free()
+        self._take_staging()
+
+    def after_prefill(self) -> None:
+        """The prefill is over: its room is lent to slots again."""
+        if self.lent is None:
+            return
+        if self.device.type == "cpu":
+            for i in range(len(self.staging[0])):
+                self._where.pop(self.staging[0][i].data_ptr(), None)
+        self.staging = None
+        self._lend()
+
+    def _lend(self) -> None:
+        """Allocate the lent slots and fill them with each layer's hottest non-resident experts
+        (copies and table writes in stream order: the next step reads them)."""
+        if not self.lent.allocate():
+            return
+        scores = self.routing.scores(self.cfg.eviction)
+        entries = []
+        for layer, n in enumerate(self.plan.lent_slots):
+            planned, row = self.plan.slots[layer], scores[layer]
+            outside = sorted((e for e in range(self.n_expert)
+                              if e not in self.held[layer] and (layer, e) not in self.incoming), key=lambda e: (-row[e], e))
+            for j, e in enumerate(outside[:n]):
+                if self.device.type == "cpu":
+                    self._where[self.lent.views[layer][j][0].data_ptr()] = \
+                        (tuple(m[None] for m in self.lent.views[layer][j]), 0)
+                self._copy_in(layer, planned + j, e)
+                self.held[layer][e] = planned + j
+                entries.append((layer, e, self._slot_addr(layer, planned + j), True))
+        self._write(entries)
+
     # -- prefill bypass ----------------------------------------------------------------------
+
+    def _take_staging(self) -> None:
+        """The staging area: the non-resident experts of the layer with the fewest planned slots."""
+        n_bypass = self.n_expert - min(self.plan.slots) if self.plan.staging else 0
+        self.staging = tuple(torch.empty((n_bypass, *m.shape[1:]), dtype=torch.uint8, device=self.device)
+                             for m in self.home[0])
+        if self.device.type == "cpu":
+            self.register(self.staging)
 
     def bypasses(self, n_tokens: int) -> bool:
         """Whether a batch of ``n_tokens`` (more than one) skips the cache."""
         return (n_tokens > 1 and bool(self.cfg.prefill_bypass) and n_tokens >= self.cfg.prefill_bypass
-                and len(self.staging[0]) > 0)
+                and self.staging is not None and len(self.staging[0]) > 0)
 
     def stage_layer(self, layer: int) -> None:
         """Copy the layer's non-resident experts into the staging area and point at them there.
@@ -376,6 +454,8 @@ class ExpertCache:
             "hit_rate": float(hits_layer.sum() / max(selections * self.n_layers, 1)),
             "hit_rate_per_layer": [round(float(h) / max(selections, 1), 4) for h in hits_layer],
             "slots_per_layer": list(self.plan.slots),
+            "lent_slots_per_layer": list(self.plan.lent_slots),
+            "lend_refusals": 0 if self.lent is None else self.lent.refusals,
             "seeded_from_learned_counts": self.seeded,
             "rebalances": c.rebalances,
             "rebalance_bytes": c.rebalance_bytes,

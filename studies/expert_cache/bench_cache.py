@@ -78,9 +78,10 @@ CONSTANT_VARIANTS = {"_cp4": ("COPY_PROGRAMS", 4), "_cp32": ("COPY_PROGRAMS", 32
                      "_hp": ("SIDE_STREAM_PRIORITY", -1)}  # the prediction stream at high priority
 # ... or cache knobs: launch shapes (1 load round per chunk, 8 gate-up warps: the shapes before
 # run 6), slots split by routing entropy, prefill chunks of 512 or 1024 tokens (less room for
-# activations, more for slots)
+# activations, more for slots), prefill's room lent to slots between prefills
 KNOB_VARIANTS = {"_r1w8": dict(chunk_rounds=1, gate_up_warps=8), "_split1": dict(slot_split=1.0),
-                 "_chunk512": dict(prefill_chunk=512), "_chunk1k": dict(prefill_chunk=1024)}
+                 "_chunk512": dict(prefill_chunk=512), "_chunk1k": dict(prefill_chunk=1024),
+                 "_lend": dict(lend_prefill_room=True)}
 # profile a few decode steps per setting (decode_timeline). The profiler stays hooked into the
 # process: DMA settings after the first profiled one decode ~45% slower (run 9), so profile one
 # DMA setting per process
@@ -363,7 +364,8 @@ def print_row(row: dict, ref: dict) -> None:
     print(f"cap {row['cap_gib']:g} {row['name']}: tg128 {row['decode_tg128']['median']} tok/s, "
           f"pp512 {row['prefill_pp512']['median']}, pp2048 {row['prefill_pp2048']['median']}, "
           f"peak {row['peak_vram_gib']} GiB (predicted {row['predicted_peak_gib']}), "
-          f"hit {s['hit_rate']:.3f} (with prefetch {s['effective_hit_rate']:.3f}), PCIe {s['pcie_bytes_per_token'] / 1e6:.1f} MB/token, "
+          f"slots {sum(s['slots_per_layer'])} + {sum(s['lent_slots_per_layer'])} lent "
+          f"({row['stats']['lend_refusals']} refused), hit {s['hit_rate']:.3f} (with prefetch {s['effective_hit_rate']:.3f}), PCIe {s['pcie_bytes_per_token'] / 1e6:.1f} MB/token, "
           f"prefetch P/R {_fmt(s['prefetch_precision'], 2)}/{_fmt(s['prefetch_recall'], 2)}"
           + (f" (late {s['prefetch_late']}, claims given up {s['claims_given_up']}, "
              f"tag reads {s['claim_spins']})" if s.get("prefetch_late") is not None else "") + ", "
