@@ -9,8 +9,9 @@ One risk is checked, not assumed: a tensor that outlives the prefill (a library'
 made workspace, say) may land inside the freed memory and pin it, and the arena would then
 take new memory beyond the plan. So before each allocation the unused cached memory is
 released and the memory the allocator still holds unused is measured: where it grew by more
-than ``STRANDED_LIMIT`` since the first allocation, the arena is not allocated (a refusal,
-counted) and decode runs on the planned slots alone.
+than ``STRANDED_LIMIT`` since the last allocation (a captured decode graph keeps a few MB
+of its own), the arena is not allocated (a refusal, counted) and decode runs on the planned
+slots alone.
 """
 
 from __future__ import annotations
@@ -35,26 +36,31 @@ class LentArena:
         self.buffer: torch.Tensor | None = None
         self.views: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in self.per_layer]
         self.refusals = 0
-        self._stranded_at_start: int | None = None
+        self._stranded_before: int | None = None  # at the last allocation
 
     def allocate(self) -> bool:
         """Allocate the arena and cut it into slots (``views[layer][j]``: gate, up, down);
         False, holding nothing, where the allocator could not give the room back."""
-        if self.device.type == "cuda":
-            if self._stranded_at_start is None:
-                _make_lazy_workspaces(self.device)
-            torch.cuda.empty_cache()
-            stranded = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-            if self._stranded_at_start is None:
-                self._stranded_at_start = stranded
-            elif stranded > self._stranded_at_start + STRANDED_LIMIT:
-                self.refusals += 1
-                return False
+        if self.device.type == "cuda" and not self._room_given_back():
+            self.refusals += 1
+            return False
         self.buffer = torch.empty(sum(self.per_layer) * self.slot_bytes, dtype=torch.uint8, device=self.device)
         start = 0
         for layer, n in enumerate(self.per_layer):
             self.views[layer] = [self._slot(start + j) for j in range(n)]
             start += n
+        return True
+
+    def _room_given_back(self) -> bool:
+        """Release the allocator's unused cached memory; False where it still holds more unused
+        than at the last allocation, beyond ``STRANDED_LIMIT`` (a live tensor pins the room)."""
+        if self._stranded_before is None:
+            _make_lazy_workspaces(self.device)
+        torch.cuda.empty_cache()
+        stranded = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        if self._stranded_before is not None and stranded > self._stranded_before + STRANDED_LIMIT:
+            return False
+        self._stranded_before = stranded
         return True
 
     def free(self) -> None:
