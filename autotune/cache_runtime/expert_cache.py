@@ -347,7 +347,7 @@ class ExpertCache:
             torch.cuda.synchronize(self.device)  # no step in flight reads a lent slot any more
         else:
             for views in (v for layer in self.lent.views for v in layer):
-                self._where.pop(views[0].data_ptr(), None)
+                self._forget(tuple(m[None] for m in views))
         self.lent.free()
         self._take_staging()
 
@@ -356,8 +356,7 @@ class ExpertCache:
         if self.lent is None:
             return
         if self.device.type == "cpu":
-            for i in range(len(self.staging[0])):
-                self._where.pop(self.staging[0][i].data_ptr(), None)
+            self._forget(self.staging)
         self.staging = None
         self._lend()
 
@@ -366,6 +365,9 @@ class ExpertCache:
         (copies and table writes in stream order: the next step reads them)."""
         if not self.lent.allocate():
             return
+        if self.device.type == "cpu":
+            for views in (v for layer in self.lent.views for v in layer):
+                self.register(tuple(m[None] for m in views))
         scores = self.routing.scores(self.cfg.eviction)
         entries = []
         for layer, n in enumerate(self.plan.lent_slots):
@@ -373,9 +375,6 @@ class ExpertCache:
             outside = sorted((e for e in range(self.n_expert)
                               if e not in self.held[layer] and (layer, e) not in self.incoming), key=lambda e: (-row[e], e))
             for j, e in enumerate(outside[:n]):
-                if self.device.type == "cpu":
-                    self._where[self.lent.views[layer][j][0].data_ptr()] = \
-                        (tuple(m[None] for m in self.lent.views[layer][j]), 0)
                 self._copy_in(layer, planned + j, e)
                 self.held[layer][e] = planned + j
                 entries.append((layer, e, self._slot_addr(layer, planned + j), True))
@@ -433,6 +432,11 @@ class ExpertCache:
         """Make ``resolve`` find experts stored in ``mats`` (gate, up, down stacks)."""
         for i in range(len(mats[0])):
             self._where[mats[0][i].data_ptr()] = (mats, i)
+
+    def _forget(self, mats: tuple[torch.Tensor, ...]) -> None:
+        """Undo ``register`` for storage about to be freed."""
+        for i in range(len(mats[0])):
+            self._where.pop(mats[0][i].data_ptr(), None)
 
     def resolve(self, layer: int, expert: int, like: tuple[QTensor, QTensor, QTensor]) -> tuple[QTensor, ...]:
         """The expert's matrices wherever its table entry points (slot, staging, ring or home):
