@@ -114,7 +114,7 @@ def test_lent_slots_hold_experts_between_prefills_and_empty_for_them(tiny_model:
     s = e.cache_stats()
     assert s["hit_rate"] == 1.0 and s["prefill_bypass_batches"] == 2 and s["lend_refusals"] == 0
     cache.before_prefill()
-    assert [len(h) for h in cache.held] == [1] * 4 and cache.lent.pieces == [] and len(cache.staging[0]) == 15
+    assert [len(h) for h in cache.held] == [1] * 4 and cache.lent.buffer is None and len(cache.staging[0]) == 15
     assert_table_points_at_each_experts_bytes(e)
     cache.after_prefill()
     assert [len(h) for h in cache.held] == [16] * 4 and cache.staging is None
