@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autotune.cache_runtime.budget import (GIB, ModelSizes, activation_bytes, entropies, layer_weights, plan_vram,
+from autotune.cache_runtime.budget import (ACTIVATION_SLACK, GIB, ModelSizes, activation_bytes, entropies, layer_weights, plan_vram,
                                            plan_with_slots, predict_peak_vram, split_slots)
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.learned import save_counts
@@ -79,12 +79,11 @@ def test_lent_slots_fill_the_room_only_a_prefill_needs() -> None:
         plain = plan_vram(QWEN, CacheConfig(vram_cap=cap_gib * GIB, prefetch_depth=4))
         lent = plan_vram(QWEN, CacheConfig(vram_cap=cap_gib * GIB, prefetch_depth=4, lend_prefill_room=True))
         assert (lent.slots, lent.peak) == (plain.slots, plain.peak) and not any(plain.lent_slots)
-        room = lent.activations + lent.staging
+        room = lent.activations / ACTIVATION_SLACK + lent.staging  # the slack is kept for fragmentation
         assert room - 48 * QWEN.expert_bytes < sum(lent.lent_slots) * QWEN.expert_bytes <= room
         assert max(lent.lent_slots) - min(lent.lent_slots) <= 1
     near_full = plan_vram(QWEN, CacheConfig(vram_cap=20 * GIB, lend_prefill_room=True))
-    assert sum(near_full.slots) < 48 * 128
-    assert [s + n for s, n in zip(near_full.slots, near_full.lent_slots)] == [128] * 48  # decode: all resident
+    assert sum(near_full.slots) < 48 * 128 and all(s + n <= 128 for s, n in zip(near_full.slots, near_full.lent_slots))
 
 
 def test_cap_below_fixed_need_is_a_one_line_error() -> None:

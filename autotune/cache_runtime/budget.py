@@ -13,8 +13,9 @@ What the process holds on the GPU, besides expert slots:
 - the prefill-bypass staging area (the layer with the fewest slots must fit all its other
   experts) and the prefetch ring ((depth + 1) x top-k experts).
 
-With ``lend_prefill_room`` the activations' and the staging area's room holds more slots
-(``lent_slots``) between prefills; they are emptied before a prefill needs that room.
+With ``lend_prefill_room`` the activations' and the staging area's room (less the activations'
+slack for fragmentation) holds more slots (``lent_slots``) between prefills; they are emptied
+before a prefill needs that room.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ def plan_with_slots(m: ModelSizes, cfg: CacheConfig, total: int, counts: np.ndar
     activations = activation_bytes(m, cfg.prefill_chunk, cfg.max_ctx)
     lent = [0] * m.n_layers
     if cfg.lend_prefill_room and not full:
-        room = (activations + staging) // m.expert_bytes
+        # the activations' slack stays free: the allocator's fragmentation needs it (run 11)
+        room = (int(activations / ACTIVATION_SLACK) + staging) // m.expert_bytes
         lent = [min(n, m.n_expert - s) for n, s in zip(split_slots(room, m.n_expert, weights), slots)]
     return VramPlan(cap=cfg.vram_cap, context=context, margin=margin, resident=m.resident_bytes,
                     kv_cache=kv_bytes(m, cfg.max_ctx, kv_element_bytes), activations=activations,
