@@ -1,12 +1,12 @@
 """What pins the lent slots' room after a prefill (GPU machine): the allocator's segments.
 
 Usage (project root, after `source .gpu/device-setup.sh`):
-  python3 studies/expert_cache/lend_memory.py MODEL OUT.json [--cap 12]
+  python3 studies/expert_cache/lend_memory.py MODEL OUT.json [--cap 12] [--chunk 2048]
 
 One engine at the cap with ``lend_prefill_room`` (the bench's ``lfu16_zc_pf6_dma_lend``, no
 learned placement), torch's allocation history recorded. After a decode and after each of
-pp512, pp2048, pp2048, pp2048 it prints the allocator's reserved and allocated memory and the
-refusals so far, and lists every segment holding more than 16 MiB unused: its size and
+pp512, pp2048, pp2048, pp2048 it prints the process's VRAM as the driver counts it, the
+allocator's reserved and allocated memory and the refusals so far, and lists every segment holding more than 16 MiB unused: its size and
 the live blocks in it, each with the top frames of where it was allocated. Those blocks are
 what keeps torch from giving the freed room back (``cache_runtime/lent_slots.py``).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +46,20 @@ def segments_with_room(engine: Engine, unused_min: int = 16 * MIB) -> list[dict]
     return found
 
 
+def process_vram() -> int:
+    """This process's VRAM as the driver counts it (CUDA context included), as the bench reads it."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+    return next((int(p.usedGpuMemory or 0) for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                 if p.pid == os.getpid()), 0)
+
+
 def state(engine: Engine, phase: str) -> dict:
     torch.cuda.synchronize()
     lent = engine.expert_cache.lent
-    row = {"phase": phase, "reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 3),
+    row = {"phase": phase, "nvml_gib": round(process_vram() / 2**30, 3), "reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 3),
            "allocated_gib": round(torch.cuda.memory_allocated() / 2**30, 3),
            "lent_allocated": lent.buffer is not None, "refusals": lent.refusals,
            "segments_with_room": segments_with_room(engine)}
@@ -65,11 +76,12 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("out", type=Path)
     ap.add_argument("--cap", type=float, default=12)
+    ap.add_argument("--chunk", type=int, default=2048, help="prefill_chunk")
     args = ap.parse_args()
     torch.cuda.memory._record_memory_history(max_entries=100_000)
     cfg = CacheConfig(vram_cap=int(args.cap * 2**30), miss_mode="zero_copy", eviction="lfu_decay",
                       rebalance_interval=16, prefetch_depth=6, prefetch_engine="dma",
-                      lend_prefill_room=True, learned_placement=False)
+                      lend_prefill_room=True, learned_placement=False, prefill_chunk=args.chunk)
     engine = Engine(args.model, kernels="triton", cache=cfg)
     rows = [state(engine, "configured")]
     engine.generate(list(range(100, 140)), 32)  # 40 tokens: a bypassed prefill
