@@ -86,6 +86,7 @@ def test_the_space_samples_every_knob_and_leaves_moot_ones_alone(tiny_model: Pat
     assert seen["slot_split"] == {0.0, 0.25, 0.5, 0.75, 1.0}
     assert len(seen["prefill_bypass"]) > 1 and len(seen["decay"]) > 1 and len(seen["rebalance_interval"]) > 1
     assert seen["chunk_rounds"] == {1, 2} and seen["gate_up_warps"] == {4, 8}
+    assert seen["lend_prefill_room"] == {False, True} and seen["prefill_chunk"] == {DEFAULTS["prefill_chunk"]}
 
 
 def test_baselines_lie_in_the_space_and_fit_the_cap(tiny_model: Path, cap: int):

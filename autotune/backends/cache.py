@@ -76,9 +76,8 @@ class CacheBackend:
         eviction, decay outside LFU, the slot split without learned counts, the prefetch engine
         without prefetch. For the decode objective the prefill bypass keeps its default (decode
         never bypasses). ``vram_cap`` comes from ``fill_cap``; the context size from the workload.
-        ``prefill_chunk`` and ``lend_prefill_room`` keep their defaults until the caps study's
-        cache parts are done (its parts search one space): a smaller prefill chunk would always
-        win decode, at prefill's cost (studies/expert_cache, run 10)."""
+        ``prefill_chunk`` keeps its default: a smaller chunk always wins decode, at a cost to
+        prefill that a decode objective does not see (studies/expert_cache, run 10)."""
         eviction = trial.suggest_categorical("eviction", ["static", "lfu_decay", "lru"])
         config: Config = {"eviction": eviction,
                           "prefetch_depth": trial.suggest_int("prefetch_depth", *PREFETCH_DEPTHS)}
@@ -92,6 +91,7 @@ class CacheBackend:
         config["learned_placement"] = trial.suggest_categorical("learned_placement", [True, False])
         if config["learned_placement"]:
             config["slot_split"] = trial.suggest_float("slot_split", 0.0, 1.0, step=SLOT_SPLIT_STEP)
+        config["lend_prefill_room"] = trial.suggest_categorical("lend_prefill_room", [False, True])
         config["chunk_rounds"] = trial.suggest_categorical("chunk_rounds", list(SEARCHED_CHUNK_ROUNDS))
         config["gate_up_warps"] = trial.suggest_categorical("gate_up_warps", list(SEARCHED_GATE_UP_WARPS))
         if workload is not None and workload.objective != "decode":
