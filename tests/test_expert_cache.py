@@ -120,6 +120,32 @@ def test_lent_slots_hold_experts_between_prefills_and_empty_for_them(tiny_model:
     assert [len(h) for h in cache.held] == [16] * 4 and cache.staging is None
 
 
+def test_the_passes_expert_ids_are_gone_when_the_room_is_lent_again(tiny_model: Path, monkeypatch) -> None:
+    """On a GPU a tensor alive when the room is lent again would pin it (``lent_slots``): the
+    ids every pass made (6 MB at 2048 tokens on the 30B preset) are dropped by then."""
+    import weakref
+
+    from autotune.cache_runtime import engine as engine_module
+
+    e = engine(tiny_model, 4, lend_prefill_room=True, prefill_bypass=4, prefill_chunk=8)
+    made: list[weakref.ref] = []
+    forward = engine_module.forward
+
+    def recording_forward(ops, tokens, start):
+        logits, ids = forward(ops, tokens, start)
+        made.append(weakref.ref(ids))
+        return logits, ids
+
+    alive_at_lend: list[bool] = []
+    after_prefill = e.expert_cache.after_prefill
+    monkeypatch.setattr(engine_module, "forward", recording_forward)
+    monkeypatch.setattr(e.expert_cache, "after_prefill",
+                        lambda: (alive_at_lend.extend(r() is not None for r in made), after_prefill()))
+    e.reset()
+    e.prefill(list(range(10, 30)))
+    assert len(made) == 3 and alive_at_lend == [False] * 3
+
+
 @pytest.mark.parametrize("engine_name", ["sm", "dma"])
 def test_partly_lent_slots_under_swaps_and_prefetch(tiny_model: Path, full_tokens, monkeypatch, engine_name) -> None:
     """Two lent slots per layer beside one planned: copy-mode admissions and LRU rebalances move

@@ -189,18 +189,24 @@ class Engine:
             self.expert_cache.before_prefill()
         try:
             for chunk in tokens.split(self.prefill_chunk):
-                self.cache.pos.fill_(self.n_past)  # a one-token chunk runs the decode kernels
-                if self.expert_cache is not None:
-                    self.expert_cache.begin_step()
-                logits, ids = forward(self.ops, chunk, self.n_past)
-                if self.expert_cache is not None:
-                    self.expert_cache.join()  # a one-token chunk may have forked prefetch work
-                self.trace.record(ids)
-                self.n_past += len(chunk)
+                logits = self._prefill_pass(chunk)
         finally:
             if room_lent:
                 self.expert_cache.after_prefill()
         self.cache.pos.fill_(self.n_past)
+        return logits
+
+    def _prefill_pass(self, chunk: torch.Tensor) -> torch.Tensor:
+        """One pass of a prefill: the last token's logits. The pass's expert ids (6 MB at 2048
+        tokens) die here: alive when the prefill's room is lent again, they would pin it."""
+        self.cache.pos.fill_(self.n_past)  # a one-token chunk runs the decode kernels
+        if self.expert_cache is not None:
+            self.expert_cache.begin_step()
+        logits, ids = forward(self.ops, chunk, self.n_past)
+        if self.expert_cache is not None:
+            self.expert_cache.join()  # a one-token chunk may have forked prefetch work
+        self.trace.record(ids)
+        self.n_past += len(chunk)
         return logits
 
     def _step(self, token: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
