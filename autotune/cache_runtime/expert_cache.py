@@ -98,9 +98,8 @@ class ExpertCache:
         self._since_rebalance = 0
         self.prefetcher = None  # set by the engine when cfg.prefetch_depth > 0
         self._where: dict[int, tuple[tuple[torch.Tensor, ...], int]] = {}
-        if device.type == "cpu":
-            for mats in (*self.home, *self.slots):
-                self.register(mats)
+        for mats in (*self.home, *self.slots):
+            self.register(mats)
         self._staged: tuple[int, list[int]] | None = None
         self._fill(initial_placement(plan.slots, self.n_expert, counts if cfg.learned_placement else None))
         if self.lent is None:
@@ -345,9 +344,8 @@ class ExpertCache:
         self._write(entries)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # no step in flight reads a lent slot any more
-        else:
-            for views in (v for layer in self.lent.views for v in layer):
-                self._forget(tuple(m[None] for m in views))
+        for mats in self._lent_stacks():
+            self._forget(mats)
         self.lent.free()
         self._take_staging()
 
@@ -355,8 +353,7 @@ class ExpertCache:
         """The prefill is over: its room is lent to slots again."""
         if self.lent is None:
             return
-        if self.device.type == "cpu":
-            self._forget(self.staging)
+        self._forget(self.staging)
         self.staging = None
         self._lend()
 
@@ -365,9 +362,8 @@ class ExpertCache:
         (copies and table writes in stream order: the next step reads them)."""
         if not self.lent.allocate():
             return
-        if self.device.type == "cpu":
-            for views in (v for layer in self.lent.views for v in layer):
-                self.register(tuple(m[None] for m in views))
+        for mats in self._lent_stacks():
+            self.register(mats)
         scores = self.routing.scores(self.cfg.eviction)
         entries = []
         for layer, n in enumerate(self.plan.lent_slots):
@@ -380,6 +376,13 @@ class ExpertCache:
                 entries.append((layer, e, self._slot_addr(layer, planned + j), True))
         self._write(entries)
 
+    def _lent_stacks(self) -> list[tuple[torch.Tensor, ...]]:
+        """Each lent slot as a stack of one expert (gate, up, down), as ``register`` takes them;
+        none on a GPU, where nothing is registered (a prefill need not cut hundreds of views)."""
+        if self.device.type != "cpu":
+            return []
+        return [tuple(m[None] for m in views) for layer in self.lent.views for views in layer]
+
     # -- prefill bypass ----------------------------------------------------------------------
 
     def _take_staging(self) -> None:
@@ -387,8 +390,7 @@ class ExpertCache:
         n_bypass = self.n_expert - min(self.plan.slots) if self.plan.staging else 0
         self.staging = tuple(torch.empty((n_bypass, *m.shape[1:]), dtype=torch.uint8, device=self.device)
                              for m in self.home[0])
-        if self.device.type == "cpu":
-            self.register(self.staging)
+        self.register(self.staging)
 
     def bypasses(self, n_tokens: int) -> bool:
         """Whether a batch of ``n_tokens`` (more than one) skips the cache."""
@@ -429,12 +431,17 @@ class ExpertCache:
     # -- where an expert is, for the torch path --------------------------------------------
 
     def register(self, mats: tuple[torch.Tensor, ...]) -> None:
-        """Make ``resolve`` find experts stored in ``mats`` (gate, up, down stacks)."""
+        """Make ``resolve`` find experts stored in ``mats`` (gate, up, down stacks). Only on the
+        CPU, where the torch path reads experts through it; a GPU's kernels read the table."""
+        if self.device.type != "cpu":
+            return
         for i in range(len(mats[0])):
             self._where[mats[0][i].data_ptr()] = (mats, i)
 
     def _forget(self, mats: tuple[torch.Tensor, ...]) -> None:
         """Undo ``register`` for storage about to be freed."""
+        if self.device.type != "cpu":
+            return
         for i in range(len(mats[0])):
             self._where.pop(mats[0][i].data_ptr(), None)
 

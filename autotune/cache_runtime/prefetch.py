@@ -171,8 +171,7 @@ class Prefetcher:
         # from layer l's while the compute stream saves layer l + 1's
         self.xs = torch.empty(n_layers, ops.cfg.n_embd, dtype=torch.float32, device=dev)
         self.side = torch.cuda.Stream(dev, priority=SIDE_STREAM_PRIORITY) if dev.type == "cuda" else None
-        if dev.type == "cpu":
-            cache.register(self.ring)
+        cache.register(self.ring)
         if self.triton:
             self._scratch = [(torch.empty(ops.cfg.n_expert, dtype=torch.float32, device=dev),
                               torch.empty(ops.cfg.n_embd, dtype=torch.float32, device=dev),
