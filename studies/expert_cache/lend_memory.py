@@ -6,16 +6,16 @@ Usage (project root, after `source .gpu/device-setup.sh`):
 One engine at the cap with ``lend_prefill_room`` (the bench's ``lfu16_zc_pf6_dma_lend``, no
 learned placement), torch's allocation history recorded. After a decode and after each of
 pp512, pp2048, pp2048, pp2048 it prints the process's VRAM as the driver counts it, the
-allocator's reserved and allocated memory and the refusals so far, and lists every segment holding more than 16 MiB unused: its size and
-the live blocks in it, each with the top frames of where it was allocated. Those blocks are
-what keeps torch from giving the freed room back (``cache_runtime/lent_slots.py``).
+allocator's reserved and allocated memory and the refusals so far, and lists every segment
+holding more than 16 MiB unused: its size and the live blocks in it, each with the top frames
+of where it was allocated. Those blocks are what keeps torch from giving the freed room back
+(``cache_runtime/lent_slots.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.engine import Engine
+from bench_cache import PeakVram  # this directory, where the script runs from
 
 MIB = 2**20
 
@@ -34,7 +35,7 @@ def frames(block: dict, keep: int = 6) -> list[str]:
     return out[:keep]
 
 
-def segments_with_room(engine: Engine, unused_min: int = 16 * MIB) -> list[dict]:
+def segments_with_room(unused_min: int = 16 * MIB) -> list[dict]:
     found = []
     for seg in torch.cuda.memory._snapshot()["segments"]:
         live = [b for b in seg["blocks"] if b["state"] == "active_allocated"]
@@ -46,23 +47,15 @@ def segments_with_room(engine: Engine, unused_min: int = 16 * MIB) -> list[dict]
     return found
 
 
-def process_vram() -> int:
-    """This process's VRAM as the driver counts it (CUDA context included), as the bench reads it."""
-    import pynvml
-
-    pynvml.nvmlInit()
-    handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-    return next((int(p.usedGpuMemory or 0) for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-                 if p.pid == os.getpid()), 0)
-
-
-def state(engine: Engine, phase: str) -> dict:
+def state(engine: Engine, vram: PeakVram, phase: str) -> dict:
+    """``vram.used()``: the process's VRAM now, as the bench's driver count reads it."""
     torch.cuda.synchronize()
     lent = engine.expert_cache.lent
-    row = {"phase": phase, "nvml_gib": round(process_vram() / 2**30, 3), "reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 3),
+    row = {"phase": phase, "nvml_gib": round(vram.used() / 2**30, 3),
+           "reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 3),
            "allocated_gib": round(torch.cuda.memory_allocated() / 2**30, 3),
            "lent_allocated": lent.buffer is not None, "refusals": lent.refusals,
-           "segments_with_room": segments_with_room(engine)}
+           "segments_with_room": segments_with_room()}
     print(json.dumps({k: v for k, v in row.items() if k != "segments_with_room"}), flush=True)
     for seg in row["segments_with_room"]:
         print(f"  segment {seg['segment_mib']} MiB, {seg['unused_mib']} unused, pool {seg['pool']}:", flush=True)
@@ -83,13 +76,15 @@ def main() -> None:
                       rebalance_interval=16, prefetch_depth=6, prefetch_engine="dma",
                       lend_prefill_room=True, learned_placement=False, prefill_chunk=args.chunk)
     engine = Engine(args.model, kernels="triton", cache=cfg)
-    rows = [state(engine, "configured")]
+    vram = PeakVram()
+    rows = [state(engine, vram, "configured")]
     engine.generate(list(range(100, 140)), 32)  # 40 tokens: a bypassed prefill
-    rows.append(state(engine, "greedy 32 tokens"))
+    rows.append(state(engine, vram, "greedy 32 tokens"))
     for n in (512, 2048, 2048, 2048):
         engine.reset()
         engine.prefill(np.random.default_rng(n).integers(0, engine.cfg.n_vocab, n).tolist())
-        rows.append(state(engine, f"pp{n}"))
+        rows.append(state(engine, vram, f"pp{n}"))
+    vram.stop()
     args.out.write_text(json.dumps(rows, indent=1))
 
 
