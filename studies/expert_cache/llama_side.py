@@ -7,14 +7,14 @@ expert layers that fit 16 and 12 GiB on the H200 machine with ubatch 512 (the be
 configs of studies/tuner_vs_grid, n_cpu_moe 9 / 20 on the H100 machine, took 16.21 / 12.20
 GiB there), and with ubatch 2048 (faster prefill, a larger compute buffer).
 
-Usage (GPU machine): python3 studies/expert_cache/llama_side.py MODEL OUT.json [REPS]
+Usage (GPU machine): python3 studies/expert_cache/llama_side.py MODEL OUT.json [--reps R] [--only NAME ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
-import sys
 import threading
 import time
 
@@ -52,11 +52,12 @@ def process_peak(proc: subprocess.Popen, handle) -> tuple[int, str, str]:
     return peak, out, err
 
 
-def main(model: str, out_path: str, reps: int = 3) -> None:
+def main(model: str, out_path: str, reps: int = 3, only: list[str] | None = None) -> None:
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
     report = {}
-    for name, extra in CONFIGS.items():
+    for name in only or CONFIGS:
+        extra = CONFIGS[name]
         argv = ["llama-bench", "-m", model, "-p", "512,2048", "-n", "128", "-r", str(reps), "-o", "jsonl",
                 "-ngl", "99", "-fa", "1", "-t", "16", "-b", "2048", *extra]
         peak, out, err = process_peak(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -74,4 +75,10 @@ def main(model: str, out_path: str, reps: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:4]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("out")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="run these configs only")
+    args = parser.parse_args()
+    main(args.model, args.out, args.reps, args.only)

@@ -4,7 +4,8 @@
 #   bash studies/expert_cache/run.sh OUT_DIR [MODEL_PATH] [extra bench_cache.py cache args]
 # Writes the qwen3-30b-a3b preset if MODEL_PATH is missing, runs the cache's kernel tests
 # compiled (SKIP_TESTS=1 skips them), llama.cpp's best configs at the caps and all-GPU
-# (llama_side.py; SKIP_LLAMA=1 skips it), then the full-residency reference (its greedy
+# (llama_side.py; SKIP_LLAMA=1 skips it, LLAMA_ARGS="--only NAME..." narrows it), then the
+# full-residency reference (its greedy
 # tokens, speed and routing counts, which seed the learned placement) and the cache settings
 # at 16 and 12 GiB in one load.
 set -uo pipefail
@@ -21,7 +22,7 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   echo "pytest exit $?" | tee -a "$out/pytest.txt"; tail -3 "$out/pytest.txt"
 fi
 if [ -z "${SKIP_LLAMA:-}" ]; then
-  timeout 170 python3 $here/llama_side.py "$model" "$out/llama.json" 2>&1 | tee "$out/llama.txt"
+  timeout 170 python3 $here/llama_side.py "$model" "$out/llama.json" ${LLAMA_ARGS:-} 2>&1 | tee "$out/llama.txt"
 fi
 timeout 90 python3 $here/bench_cache.py reference "$model" "$out" 2>&1 | tee "$out/reference.txt" | grep -v "^\s*$" | tail -5
 timeout ${CACHE_TIMEOUT:-330} python3 $here/bench_cache.py cache "$model" "$out" "$@" 2>&1 | tee "$out/cache.txt" | grep -v "^\s*$" | tail -40
