@@ -120,6 +120,24 @@ def test_lent_slots_hold_experts_between_prefills_and_empty_for_them(tiny_model:
     assert [len(h) for h in cache.held] == [16] * 4 and cache.staging is None
 
 
+def test_storage_taken_inside_a_prefill_can_be_written_outside_one(tiny_model: Path) -> None:
+    """A prefill (inference mode) takes the staging area and lends the room again; on a GPU the
+    statistics then admit experts into lent slots outside inference mode, so neither may be an
+    inference tensor (torch refuses in-place writes to one there)."""
+    e = engine(tiny_model, 4, lend_prefill_room=True, prefill_bypass=4)
+    cache = e.expert_cache
+    with torch.inference_mode():
+        cache.before_prefill()
+        staging = cache.staging
+        cache.after_prefill()
+    lent = [m for layer in cache.lent.views for views in layer for m in views]
+    for m in (*lent, *staging):
+        m.copy_(m)  # raises on an inference tensor
+    e.reset()
+    e.generate(PROMPT, 2)
+    assert not any(m.is_inference() for layer in cache.lent.views for views in layer for m in views)
+
+
 def test_the_passes_expert_ids_are_gone_when_the_room_is_lent_again(tiny_model: Path, monkeypatch) -> None:
     """On a GPU a tensor alive when the room is lent again would pin it (``lent_slots``): the
     ids every pass made (6 MB at 2048 tokens on the 30B preset) are dropped by then."""

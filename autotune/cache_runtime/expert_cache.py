@@ -388,8 +388,9 @@ class ExpertCache:
     def _take_staging(self) -> None:
         """The staging area: the non-resident experts of the layer with the fewest planned slots."""
         n_bypass = self.n_expert - min(self.plan.slots) if self.plan.staging else 0
-        self.staging = tuple(torch.empty((n_bypass, *m.shape[1:]), dtype=torch.uint8, device=self.device)
-                             for m in self.home[0])
+        with torch.inference_mode(False):  # taken inside a prefill: storage, not an inference tensor
+            self.staging = tuple(torch.empty((n_bypass, *m.shape[1:]), dtype=torch.uint8, device=self.device)
+                                 for m in self.home[0])
         self.register(self.staging)
 
     def bypasses(self, n_tokens: int) -> bool:

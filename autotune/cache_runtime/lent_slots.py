@@ -44,11 +44,12 @@ class LentArena:
         if self.device.type == "cuda" and not self._room_given_back():
             self.refusals += 1
             return False
-        self.buffer = torch.empty(sum(self.per_layer) * self.slot_bytes, dtype=torch.uint8, device=self.device)
-        start = 0
-        for layer, n in enumerate(self.per_layer):
-            self.views[layer] = [self._slot(start + j) for j in range(n)]
-            start += n
+        with torch.inference_mode(False):  # lent inside a prefill, written to outside one too
+            self.buffer = torch.empty(sum(self.per_layer) * self.slot_bytes, dtype=torch.uint8, device=self.device)
+            start = 0
+            for layer, n in enumerate(self.per_layer):
+                self.views[layer] = [self._slot(start + j) for j in range(n)]
+                start += n
         return True
 
     def _room_given_back(self) -> bool:
