@@ -5,9 +5,8 @@
 # Writes the qwen3-30b-a3b preset if MODEL_PATH is missing, runs the cache's kernel tests
 # compiled (SKIP_TESTS=1 skips them), llama.cpp's best configs at the caps and all-GPU
 # (llama_side.py; SKIP_LLAMA=1 skips it, LLAMA_ARGS="--only NAME..." narrows it), then the
-# full-residency reference (its greedy
-# tokens, speed and routing counts, which seed the learned placement) and the cache settings
-# at 16 and 12 GiB in one load.
+# full-residency reference (its greedy tokens, speed and routing counts, which seed the learned
+# placement) and the cache settings at 16 and 12 GiB in one load.
 set -uo pipefail
 out=${1:?output dir}; model=${2:-/tmp/q.gguf}; shift $(( $# < 2 ? $# : 2 ))
 here=studies/expert_cache
