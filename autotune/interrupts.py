@@ -4,16 +4,21 @@ Both stop a study as Ctrl-C does: finished trials stay, the running ones are que
 Python raises the KeyboardInterrupt wherever the main thread is when the signal arrives; where
 that is inside a finalizer (a weakref callback, a ``__del__``), Python prints it as "ignored"
 and goes on as if nothing had happened. So the handler also records the request, and the tuner
-calls ``raise_if_requested`` between trials, which raises it again.
+calls ``raise_if_requested`` between trials, which raises it again. Inside ``deferred()`` the
+handler only records the request, and the block's end raises it: for steps that must not be
+cut in two (a trial created in the storage but not yet claimed by its worker).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
 _requested = threading.Event()
+_deferring = 0  # how many deferred() blocks the main thread is in
 
 
 def install() -> None:
@@ -23,7 +28,21 @@ def install() -> None:
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     _requested.set()
-    raise KeyboardInterrupt
+    if not _deferring:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold a signal's KeyboardInterrupt until the block has run to its end."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring:
+        raise_if_requested()
 
 
 def raise_if_requested() -> None:

@@ -1,4 +1,5 @@
-"""A Ctrl-C that lands inside a finalizer, where Python ignores the exception, still stops the study."""
+"""A Ctrl-C that lands inside a finalizer, where Python ignores the exception, still stops the
+study; one that lands while a trial is being created waits until its worker has claimed it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from autotune import interrupts
 from autotune.backends.base import Config, Measurement, Outcome, TrialResult, Workload
 from autotune.hardware import probe_hardware
 from autotune.model import inspect_model
+from autotune.search.liveness import WORKER_ATTR
 from autotune.search.study import Budget, Tuner, register_study
 from autotune.storage import Database
 from tests.fake_backend import FakeBackend
@@ -80,3 +82,33 @@ def test_the_tuner_stops_after_the_trial_in_which_a_ctrl_c_was_swallowed(install
     assert outcome.interrupted and not outcome.stop_requested
     assert backend.calls == 2
     assert len(tuner.study.get_trials(states=(TrialState.COMPLETE,))) == 2
+
+
+def test_a_signal_inside_a_deferred_block_is_raised_at_its_end(installed):
+    ran_on = False
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            ran_on = True
+    assert ran_on
+    interrupts.raise_if_requested()  # raised once only
+
+
+def test_a_ctrl_c_while_a_trial_is_created_leaves_it_claimed(installed, tiny_model: Path, tmp_path: Path):
+    """The trial exists in the storage once ``ask`` has made it; stopped before its worker names
+    itself, it would stay running and unclaimed until the grace period, through a resume."""
+    db, model, hardware, workload = (Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), inspect_model(tiny_model),
+                                     probe_hardware(), Workload(repetitions=2))
+    register_study(db, model, hardware, "asked", 8 * 2**30, workload, {})
+    tuner = Tuner(db, model, hardware, [FakeBackend()], 8 * 2**30, workload, "asked", seed=0, batch=1)
+    ask = tuner.study.ask
+
+    def ask_then_ctrl_c(*args, **kwargs):
+        trial = ask(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return trial
+
+    tuner.study.ask = ask_then_ctrl_c
+    assert tuner.run(tiny_model, Budget(trials=3), remeasure=False).interrupted
+    running = tuner.study.get_trials(states=(TrialState.RUNNING,))
+    assert len(running) == 1 and running[0].user_attrs[WORKER_ATTR]["pid"] == os.getpid()

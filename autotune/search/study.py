@@ -325,10 +325,10 @@ class Tuner:
     def _ask(self) -> _Asked:
         with warnings.catch_warnings():  # Optuna warns of heartbeats outside optimize(): ours beat for ask-and-tell
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-            with self.db.ask_lock():
+            with interrupts.deferred(), self.db.ask_lock():  # a trial is never left running unclaimed
                 trial = self.study.ask()
-        self._heartbeat.add(trial._trial_id)
-        trial.set_user_attr(WORKER_ATTR, identity(trial.number))
+                self._heartbeat.add(trial._trial_id)
+                trial.set_user_attr(WORKER_ATTR, identity(trial.number))
         name, config = self._sample(trial)
         raw = self.backends[name].predict_vram(config, self.model, self.workload)
         predicted = self.calibration.predict(name, raw)
