@@ -34,8 +34,13 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Hold a signal's KeyboardInterrupt until the block has run to its end."""
+    """Hold a signal's KeyboardInterrupt until the block has run to its end. Off the main thread
+    (the dashboard's study) it holds nothing: Python raises the signal's exception on the main
+    thread only, which must not lose it while another thread is in a block."""
     global _deferring
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _deferring += 1
     try:
         yield

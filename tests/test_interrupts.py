@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import threading
 import weakref
 from pathlib import Path
 
@@ -92,6 +93,33 @@ def test_a_signal_inside_a_deferred_block_is_raised_at_its_end(installed):
             ran_on = True
     assert ran_on
     interrupts.raise_if_requested()  # raised once only
+
+
+def test_a_deferred_block_in_another_thread_does_not_hold_the_main_threads_signal(installed):
+    """The dashboard runs the study in a worker thread: its blocks leave Ctrl-C to the main thread."""
+    entered, release = threading.Event(), threading.Event()
+    raised: list[BaseException] = []
+
+    def study_thread() -> None:
+        try:
+            with interrupts.deferred():
+                entered.set()
+                release.wait(10)
+        except BaseException as exc:  # noqa: BLE001 - the test reports whatever escaped
+            raised.append(exc)
+
+    thread = threading.Thread(target=study_thread)
+    thread.start()
+    entered.wait(10)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        release.set()
+        thread.join(10)
+    assert raised == []
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.raise_if_requested()  # and the study's next check stops it
 
 
 def test_a_ctrl_c_while_a_trial_is_created_leaves_it_claimed(installed, tiny_model: Path, tmp_path: Path):
