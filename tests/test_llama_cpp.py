@@ -137,9 +137,20 @@ def test_baselines_all_on_cpu_largest_split_that_fits_and_defaults(tiny_model: P
     model, backend = inspect_model(tiny_model), LlamaCppBackend()
     predicted = [backend.predict_vram({"n_cpu_moe": n}, model, WORKLOAD) for n in range(model.n_layers + 1)]
     cap = (predicted[1] + predicted[2]) // 2  # fits with the experts of 2 layers on the CPU, not 1
-    configs = backend.baselines(model, HW, cap, WORKLOAD)
+    configs = [c for c in backend.baselines(model, HW, cap, WORKLOAD) if c["n_ubatch"] == 512]
     assert [c["n_cpu_moe"] for c in configs] == [model.n_layers, 2, 0]
     assert all(c["n_gpu_layers"] == model.n_layers + 1 and c["n_threads"] == HW.physical_cores for c in configs)
+
+
+def test_a_smaller_ubatch_that_lets_fewer_layers_experts_fit_is_a_baseline_too():
+    """On the H200 machine, --n-cpu-moe 21 -ub 512 took 12.01 GiB holding 4096 tokens and -ub 256
+    11.86 GiB (studies/skew0): at a 12 GiB cap only the smaller compute buffer lets it fit."""
+    model, backend, workload = qwen3_30b_shape(), LlamaCppBackend(), Workload(n_ctx=4096)
+    hw = HardwareProfile(cpu_model="test", physical_cores=16, logical_cores=16, ram_bytes=128 * 2**30)
+    cap = backend.predict_vram({"n_cpu_moe": 21, "n_ubatch": 256}, model, workload)
+    assert backend.predict_vram({"n_cpu_moe": 21, "n_ubatch": 512}, model, workload) > cap
+    splits = [(c["n_cpu_moe"], c["n_ubatch"]) for c in backend.baselines(model, hw, cap, workload)]
+    assert splits == [(48, 512), (22, 512), (21, 256), (0, 512)]  # 256 is the largest ubatch that fits 21
 
 
 def test_memory_model_terms(tiny_model: Path):

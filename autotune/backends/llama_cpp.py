@@ -17,7 +17,7 @@ from autotune.backends.base import Config, ConfigError, TrialResult, Workload
 from autotune.backends.commands import format_command, parse_command
 from autotune.backends.isolation import run_in_load_groups
 from autotune.backends.llama_arch import load_problem
-from autotune.backends.llama_config import KV_TYPES, LOAD_KEYS, cpu_expert_patterns, load_params, normalize
+from autotune.backends.llama_config import DEFAULTS, KV_TYPES, LOAD_KEYS, cpu_expert_patterns, load_params, normalize
 from autotune.backends.llama_memory import estimate_vram
 
 if TYPE_CHECKING:
@@ -105,7 +105,9 @@ class LlamaCppBackend:
         self, model: ModelProfile, hw: HardwareProfile, vram_cap: int, workload: Workload | None = None
     ) -> list[Config]:
         """All experts on the CPU; the fewest first layers' experts on the CPU that fit the cap
-        (the largest split a --n-cpu-moe user would find); llama.cpp's defaults, all on the GPU."""
+        (the largest split a --n-cpu-moe user would find), and where a smaller ubatch (a smaller
+        compute buffer) lets fewer layers' experts fit, that split too, with the largest such
+        ubatch; llama.cpp's defaults, all on the GPU."""
         common = {"n_gpu_layers": model.n_layers + 1, "n_threads": hw.physical_cores,
                   "n_threads_batch": hw.physical_cores}
         if workload is not None:
@@ -113,10 +115,13 @@ class LlamaCppBackend:
         configs = []
         if model.is_moe:
             configs.append({**common, "n_cpu_moe": model.n_layers})
-            fits = [n for n in range(model.n_layers + 1)
-                    if self.predict_vram({**common, "n_cpu_moe": n}, model, workload or Workload()) <= vram_cap]
-            if fits:
-                configs.append({**common, "n_cpu_moe": fits[0]})
+            splits = [self._fewest_cpu_expert_layers({**common, "n_ubatch": ubatch}, model, vram_cap, workload)
+                      for ubatch in sorted(UBATCH_SIZES, reverse=True) if ubatch <= DEFAULTS["n_ubatch"]]
+            if splits[0] is not None:
+                configs.append(splits[0])
+            fewest = min((split for split in splits if split is not None), key=lambda c: c["n_cpu_moe"], default=None)
+            if fewest is not None:
+                configs.append(fewest)
         else:  # dense: every layer on the CPU, and the most layers on the GPU that fit
             configs.append({**common, "n_gpu_layers": 0})
             fits = [n for n in range(model.n_layers + 1, -1, -1)
@@ -126,6 +131,16 @@ class LlamaCppBackend:
         configs.append(common)
         unique = {json.dumps(normalize(c), sort_keys=True): normalize(c) for c in configs}
         return list(unique.values())
+
+    def _fewest_cpu_expert_layers(
+        self, config: Config, model: ModelProfile, vram_cap: int, workload: Workload | None
+    ) -> Config | None:
+        """The config with the fewest first layers' experts on the CPU that fits the cap, or None."""
+        for n_cpu_moe in range(model.n_layers + 1):
+            candidate = {**config, "n_cpu_moe": n_cpu_moe}
+            if self.predict_vram(candidate, model, workload or Workload()) <= vram_cap:
+                return candidate
+        return None
 
     def predict_vram(self, config: Config, model: ModelProfile, workload: Workload) -> int:
         return estimate_vram(normalize({"n_ctx": workload.n_ctx, **config}), model).total

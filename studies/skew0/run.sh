@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Issue 6's skew-0 bar at one cap, in one GPU call: the tuner given both backends on the
+# uniform-routing preset, then its winner against llama.cpp's best at the cap, side by side.
+# Usage (GPU machine, project root): bash studies/skew0/run.sh OUT_DIR CAP_GIB [MODEL] [TUNER_TIME]
+set -euo pipefail
+out=${1:?out dir}; cap=${2:?cap in GiB}; model=${3:-/tmp/s0.gguf}; budget=${4:-3m}
+mkdir -p "$out"
+if [ ! -f "$model" ]; then
+  python3 -m autotune.cli synth "$model" --preset qwen3-30b-a3b --skew 0 --no-measure | tee "$out/synth.txt"
+  sync  # the file's write-back slows the first runs after it by up to a third (trial_vs_alone round 1)
+fi
+url="sqlite:///$out/tuner.db"
+python3 -m autotune.cli run "$model" --vram-cap "${cap}G" --backends llama_bench,cache --trials 30 --time "$budget" \
+  --gen-tokens 64 --repetitions 2 --trial-timeout 3m --remeasure --seed 0 --storage "$url" \
+  --study "skew0-${cap}G" 2>&1 | tee "$out/tuner-${cap}G.txt"
+python3 studies/skew0/side_by_side.py "$model" "$url" "$out/side-${cap}G.json" "$cap" --rounds "${ROUNDS:-4}" \
+  2>&1 | tee "$out/side-${cap}G.txt"
