@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 from autotune.backends.base import Workload
 from autotune.backends.commands import bench_argv
@@ -44,7 +45,8 @@ def run_argv(argv: list[str]) -> list[float]:
     return decode_samples(done.stdout)
 
 
-def measure_ways(config: dict, model: str, binary: str) -> dict[str, callable]:
+def measure_ways(config: dict, model: str, binary: str) -> tuple[dict[str, Callable[[], list[float]]], list[str]]:
+    """The four ways by name, and the tuner's argv (taken from the backend, so it is exactly the trial's)."""
     backend = LlamaBenchBackend(binary)
     argv = backend._item(config, Path(model), TUNER_WORKLOAD)["argv"]
     tg128 = [*argv]
@@ -59,8 +61,9 @@ def measure_ways(config: dict, model: str, binary: str) -> dict[str, callable]:
             raise RuntimeError(result.message)
         return [round(s, 2) for s in result.decode_tps.samples]
 
-    return {"trial": trial, "argv": lambda: run_argv(argv), "argv_tg128": lambda: run_argv(tg128),
-            "side": lambda: run_argv(side), "_argv": argv}
+    ways = {"trial": trial, "argv": lambda: run_argv(argv), "argv_tg128": lambda: run_argv(tg128),
+            "side": lambda: run_argv(side)}
+    return ways, argv
 
 
 def served_peak(model: str, binary: str, n_cpu_moe: int, ubatch: int, ctx: int, threads: int) -> float | None:
@@ -88,8 +91,8 @@ def main() -> None:
     binary = find_llama_bench()
     config = {"n_gpu_layers": 49, "n_cpu_moe": args.n_cpu_moe, "n_ubatch": args.ubatch, "flash_attn": True,
               "n_threads": args.threads, "n_threads_batch": args.threads, "n_ctx": 4096}
-    ways = measure_ways(config, args.model, binary)
-    report: dict = {"config": config, "tuner_argv": [Path(a).name if a == binary else a for a in ways.pop("_argv")],
+    ways, argv = measure_ways(config, args.model, binary)
+    report: dict = {"config": config, "tuner_argv": [Path(a).name if a == binary else a for a in argv],
                     "samples": {name: [] for name in ways}, "order": []}
     names = list(ways)
     for round_index in range(args.rounds):
