@@ -31,6 +31,22 @@ def test_inspect_json_reports_what_was_written(tiny_model: Path):
     assert data["quant_types"].keys() == {"Q4_K", "Q6_K", "F32"}
 
 
+def test_the_file_is_on_disk_before_it_takes_its_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import os
+
+    synced: list[tuple[str, int, bool]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((name, os.fstat(fd).st_size, (tmp_path / "m.gguf").exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    report = write_synthetic_model(tmp_path / "m.gguf", preset="tiny")
+    assert synced == [(str(tmp_path / "m.gguf.partial"), report.file_bytes, False)]
+
+
 def test_fingerprint_is_stable_and_tracks_content(tiny_model: Path, tmp_path: Path):
     assert inspect_model(tiny_model).fingerprint == inspect_model(tiny_model).fingerprint
     other = tmp_path / "other.gguf"

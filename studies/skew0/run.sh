@@ -8,7 +8,6 @@ out=${1:?out dir}; cap=${2:?cap in GiB}; model=${3:-/tmp/s0.gguf}; budget=${4:-3
 mkdir -p "$out"
 if [ ! -f "$model" ]; then
   python3 -m autotune.cli synth "$model" --preset qwen3-30b-a3b --skew 0 --no-measure | tee "$out/synth.txt"
-  sync  # the file's write-back slows the first runs after it by up to a third (trial_vs_alone round 1)
 fi
 url="sqlite:///$out/tuner.db"
 python3 -m autotune.cli run "$model" --vram-cap "${cap}G" --backends llama_bench,cache --trials 30 --time "$budget" \
