@@ -181,6 +181,8 @@ def run(
     sampler: str = typer.Option("tpe", help="tpe | tpe-independent | gp | random"),
     seed: Optional[int] = typer.Option(None, help="sampler seed"),
     remeasure: bool = typer.Option(True, help="measure the best few again before choosing the winner"),
+    verify: bool = typer.Option(True, help="serve the finalists' exported commands, measure them over HTTP and "
+                                           "pick the winner by served speed"),
     batch: int = typer.Option(2, min=1, help="trials per model load (siblings differ only in knobs set after loading)"),
     llama_bench: Optional[Path] = typer.Option(None, "--llama-bench", help="llama-bench executable for the llama_bench backend"),
     gpus: Optional[str] = typer.Option(None, help="one worker process per listed GPU on the same study, e.g. 0,1"),
@@ -219,6 +221,7 @@ def run(
         console=console,
         batch=batch,
         gpus=_gpu_list(gpus) if gpus is not None else None,
+        verify=verify,
     )
 
 
@@ -272,16 +275,19 @@ def best(
     if as_json:
         print(json.dumps([
             {"vram_cap": r.vram_cap, "workload": r.workload_key, "backend": r.backend, "config": r.config,
-             "objective_mean": r.objective_mean, "objective_std": r.objective_std, "study": r.study_name}
+             "objective_mean": r.objective_mean, "objective_std": r.objective_std, "study": r.study_name,
+             "served": r.result.get("served")}
             for r in rows], indent=2))
         return
     table = Table(title=f"best configs for {model.name} on this machine")
-    for column in ("cap", "workload", "backend", "objective", "peak VRAM", "config", "study"):
+    for column in ("cap", "workload", "backend", "trials", "served", "peak VRAM", "config", "study"):
         table.add_column(column)
     for r in rows:
         peak = r.result.get("peak_vram_bytes")
+        served = r.result.get("served")
         table.add_row(_gib(r.vram_cap), r.workload_key, r.backend, f"{r.objective_mean:.1f} ± {r.objective_std:.1f}",
-                      _gib(peak) if peak else "n/a", json.dumps(r.config), r.study_name)
+                      f"decode {served['decode_tps']['mean']:.1f}, prefill {served['prefill_tps']['mean']:.1f}"
+                      if served else "not served", _gib(peak) if peak else "n/a", json.dumps(r.config), r.study_name)
     console.print(table)
 
 
@@ -297,9 +303,12 @@ def export(
     storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL"),
 ) -> None:
     """Print the stored winner's launch command (shell-quoted)."""
-    from autotune.search.runner import export_command
+    from autotune.search.runner import export_command, served_text
 
-    print(export_command(model, vram_cap, fmt, objective, storage))
+    command, row = export_command(model, vram_cap, fmt, objective, storage)
+    err_console.print(f"# {row.backend} winner of study {row.study_name}: {row.objective_mean:.1f} ± "
+                      f"{row.objective_std:.1f} in its trials{served_text(row) or ', not served yet'}", highlight=False)
+    print(command)
 
 
 @app.command()
@@ -321,24 +330,27 @@ def serve(
     lend_prefill_room: Optional[bool] = typer.Option(None, "--lend-prefill-room/--no-lend-prefill-room", help="between prefills, fill the prefill's VRAM with more experts [default: no]"),
     chunk_rounds: Optional[int] = typer.Option(None, "--chunk-rounds", help="decode kernels: load rounds per GEMV chunk, 1 | 2 | 4 [default: 2]"),
     gate_up_warps: Optional[int] = typer.Option(None, "--gate-up-warps", help="decode kernels: warps per gate-up program, 2 | 4 | 8 | 16 [default: 4]"),
+    placement: Optional[Path] = typer.Option(None, "--placement", help="routing counts that seed which experts start in VRAM (a file `autotune run` writes for its winner); this machine's own saved counts replace them once they cover more"),
     config_file: Optional[Path] = typer.Option(None, "--config", help="a config as `autotune export --format json` writes it"),
     best: bool = typer.Option(False, "--best", help="the stored cache winner for this model, machine and --vram-cap"),
     objective: str = typer.Option("decode", help="with --best: whose winner: decode | prefill | request"),
     storage: Optional[str] = typer.Option(None, help="with --best: SQLAlchemy URL"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, help="port to listen on"),
+    save_every: str = typer.Option("30s", "--save-every", help="save the routing counts learned while serving this often (and at exit)"),
 ) -> None:
     """Serve MODEL with the expert-cache runtime behind an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
     from autotune.serve.launch import resolve_config, serve_model
+    from autotune.units import parse_duration
 
     knobs = {"max_ctx": ctx, "eviction": eviction, "miss_mode": miss_mode, "rebalance_interval": rebalance_interval,
              "decay": decay, "prefetch_depth": prefetch_depth, "prefetch_engine": prefetch_engine,
              "prefill_bypass": prefill_bypass, "prefill_chunk": prefill_chunk, "slot_split": slot_split,
              "learned_placement": learned_placement, "lend_prefill_room": lend_prefill_room, "chunk_rounds": chunk_rounds,
-             "gate_up_warps": gate_up_warps}
+             "gate_up_warps": gate_up_warps, "placement": str(placement) if placement is not None else None}
     given = {key: value for key, value in knobs.items() if value is not None}
     config = resolve_config(model, vram_cap, given, config_file, best, objective, storage)
-    serve_model(model, config, host, port, console)
+    serve_model(model, config, host, port, console, parse_duration(save_every))
 
 
 @app.command()

@@ -139,7 +139,7 @@ def test_trials_share_one_load_and_report_the_cache_statistics(tiny_model: Path,
     # no counts stored for the model: the child learned them into the trials' store, not the user's
     assert {r.extra["routing_counts"] for r in results} == {"learned in the trial"}
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.npy"))
-    assert len(list((tmp_path / "trial store").rglob("*.npy"))) == 1
+    assert len(list((tmp_path / "trial store").rglob("*.json"))) == 1
     [later] = backend.run_trials(configs[:1], tiny_model, WORKLOAD, deadline_s=300)  # a new child
     assert later.outcome is Outcome.OK and later.extra["routing_counts"] == "learned by an earlier trial"
 

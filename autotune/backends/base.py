@@ -140,6 +140,15 @@ class Backend(Protocol):
     ) -> TrialResult:
         """Measure one config in a child process; never raises for trial failures."""
 
+    def keep_winner(self, config: Config, model: ModelProfile, study_name: str) -> tuple[Config, dict[str, Any]]:
+        """The winner's config as stored and exported, and what the database keeps beside it:
+        whatever a trial's speed depended on outside its knobs goes into the config, so the
+        exported command reproduces it on a fresh start (the identity where nothing does)."""
+
+    def restore_winner(self, config: Config, kept: dict[str, Any]) -> None:
+        """Recreate what a stored winner's config names outside the database (a file gone
+        since) from what ``keep_winner`` kept; nothing where it names nothing."""
+
     def launch_command(self, config: Config, model_path: Path, fmt: str) -> str:
         """A shell-quoted command (or Python snippet) that runs the model with this config."""
 

@@ -28,6 +28,7 @@ from autotune.backends.cache_knobs import (
     cache_config,
     normalize,
 )
+from autotune.backends.cache_placement import keep_winner, restore_winner, with_trial_placement
 from autotune.backends.isolation import run_in_load_groups
 from autotune.errors import AutotuneError, ModelFileError
 
@@ -127,7 +128,7 @@ class CacheBackend:
         need with zero slots (over the cap: the tuner prunes the config)."""
         from autotune.cache_runtime.budget import model_sizes, plan_with_slots, predict_peak_vram
 
-        cfg = cache_config({"max_ctx": workload.n_ctx, **config})
+        cfg = cache_config(with_trial_placement({"max_ctx": workload.n_ctx, **config}, model.fingerprint))
         try:
             return predict_peak_vram(model.path, cfg)
         except ModelFileError:
@@ -139,9 +140,9 @@ class CacheBackend:
 
     def _trial_config(self, config: Config, workload: Workload) -> Config:
         config = normalize({"max_ctx": workload.n_ctx, **config})
-        if config["max_ctx"] < max(workload.n_prompt, workload.n_gen):
+        if config["max_ctx"] < workload.n_prompt + workload.n_gen:
             raise ConfigError(f"max_ctx {config['max_ctx']} is smaller than the {workload.n_prompt} prompt "
-                              f"or {workload.n_gen} generated tokens measured")
+                              f"and {workload.n_gen} generated tokens measured")
         return config
 
     def _item(self, config: Config, workload: Workload) -> dict[str, Any]:
@@ -162,6 +163,16 @@ class CacheBackend:
 
     def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
         return self.run_trials([config], model_path, workload, deadline_s)[0]
+
+    # -- the winner --------------------------------------------------------------
+
+    def keep_winner(self, config: Config, model: ModelProfile, study_name: str) -> tuple[Config, dict[str, Any]]:
+        """The winner names a placement file of its own holding the counts its trials seeded
+        from (``cache_placement``); the database keeps the counts too."""
+        return keep_winner(config, model.fingerprint, (model.n_layers, model.n_expert), study_name)
+
+    def restore_winner(self, config: Config, kept: dict[str, Any]) -> None:
+        restore_winner(config, kept)
 
     # -- launching ---------------------------------------------------------------
 

@@ -36,10 +36,11 @@ FLAGS = {
     "slot_split": "--slot-split",
     "chunk_rounds": "--chunk-rounds",
     "gate_up_warps": "--gate-up-warps",
+    "placement": "--placement",
 }
 SWITCHES = {"--learned-placement": ("learned_placement", True), "--no-learned-placement": ("learned_placement", False),
             "--lend-prefill-room": ("lend_prefill_room", True), "--no-lend-prefill-room": ("lend_prefill_room", False)}
-NOT_KNOBS = ("--host", "--port")  # where the server listens: read, not part of the config
+NOT_KNOBS = ("--host", "--port", "--save-every")  # how the server runs: read, not part of the config
 
 
 def size_text(n_bytes: int) -> str:
@@ -60,7 +61,9 @@ def serve_argv(config: Config, model_path: Path | str) -> list[str]:
     c = normalize(config)
     argv = ["autotune", "serve", _model_word(model_path), "--vram-cap", size_text(c["vram_cap"])]
     for key, flag in FLAGS.items():
-        if key != "vram_cap":
+        if key == "placement" and c[key]:
+            argv += [flag, c[key]]
+        elif key not in ("vram_cap", "placement"):
             argv += [flag, repr(c[key]) if isinstance(c[key], float) else str(c[key])]
     argv += [flag for flag, (key, value) in SWITCHES.items() if c[key] == value]
     return argv
@@ -96,7 +99,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "prefill_bypass": int_flag, "prefill_chunk": int_flag,
     "decay": _float, "slot_split": _float, "eviction": lambda flag, value: value, "miss_mode": lambda flag, value: value,
     "prefetch_engine": lambda flag, value: value,
-    "chunk_rounds": int_flag, "gate_up_warps": int_flag,
+    "chunk_rounds": int_flag, "gate_up_warps": int_flag, "placement": lambda flag, value: value,
 }
 _KEY_OF_FLAG = {flag: key for key, flag in FLAGS.items()}
 

@@ -5,12 +5,15 @@ A config is ``CacheConfig``'s fields as a flat dict. ``normalize`` checks types 
 configs that run the same way compare equal: ``static`` eviction never moves an expert
 (miss mode, rebalance interval and decay unused), decay only weighs ``lfu_decay`` counts,
 the slot split follows learned routing counts (none without ``learned_placement``), and
-without prefetch nothing is copied by a prefetch engine.
+without prefetch nothing is copied by a prefetch engine. ``placement`` (a file of routing
+counts) is no knob the tuner searches: a winner's stored config names the file its trials'
+counts were frozen in.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import fields
 from typing import Any
 
@@ -83,6 +86,11 @@ def normalize(config: Config) -> Config:
         out.update(miss_mode="zero_copy", rebalance_interval=0)
     if out["eviction"] != "lfu_decay":
         out["decay"] = DEFAULTS["decay"]
+    placement = c["placement"]
+    if not isinstance(placement, str):
+        raise ConfigError(f"placement must be a file path, not {placement!r}")
+    # absolute, so a stored config names the same file from any working directory
+    out["placement"] = os.path.abspath(placement) if placement and out["learned_placement"] else ""
     if not out["learned_placement"]:
         out["slot_split"] = 0.0
     if out["prefetch_depth"] == 0:

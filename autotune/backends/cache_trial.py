@@ -2,42 +2,38 @@
 
 Only trial children (``autotune.backends.worker``) import this module, and torch with it.
 ``setup`` loads the runtime with the first config's expert cache; ``run`` re-configures the
-cache for its config (no reload), then measures as llama-bench's tests do: decode of N
-tokens from a fresh sequence (a start token, then each step's greedy token fed back) r
-times after one warm-up run (which captures the decode graph on a GPU), the cache's
-statistics of those decode runs, and prefill of P tokens r times after a warm-up run. The
-tokens are seeded, so every config sees the same sequences, and every config starts from the
-same learned routing counts: trials never save theirs (benchmark traffic would otherwise
-reshape the placement of the trials after it, and of the user's next ``autotune serve``).
-Where the user has no counts for the model yet, trials use counts learned from decode of a
-prompt no measurement uses (``learn_placement``), so learned placement is measured as a
-returning user gets it; the first child to need them learns them into the trials' own store
-(``trial_store``), and later children (of this study and the next) read them from there.
+cache for its config (no reload), then measures as ``autotune serve`` runs a request: prefill
+of a prompt of P tokens, then decode of N tokens with each token read back to the host (as a
+server must, to stop at an end token), r times after one warm-up run (which captures the
+decode graph on a GPU); the cache's statistics of those decode runs; and prefill of P tokens
+r times after a warm-up run. The tokens are seeded, so every config sees the same sequences,
+and every config starts from the same routing counts (``cache_placement``): trials never
+save theirs (benchmark traffic would otherwise reshape the placement of the trials after it,
+and of the user's next ``autotune serve``). Where neither the user nor the trial store has
+counts for the model yet, the child learns them first (``learn_placement``).
 Peak VRAM is sampled by the parent (``isolation``).
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-import platformdirs
 import torch
 
+from autotune.backends.cache_placement import trial_placement_path, with_trial_placement
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.engine import Engine
-from autotune.cache_runtime.learned import DATA_DIR_ENV, load_counts
+from autotune.cache_runtime.learned import load_counts, write_placement
 
 STATS = ("hit_rate", "effective_hit_rate", "pcie_bytes_per_token", "prefetch_precision", "prefetch_recall",
          "rebalances", "host_wait_s", "misses", "admissions")
 
 
 LEARN_PROMPT_TOKENS, LEARN_TOKENS = 16, 256  # the decode whose routing seeds a first placement
-TRIAL_STORE_ENV = "AUTOTUNE_TRIAL_STORE"
 
 
 @dataclass
@@ -46,40 +42,39 @@ class Loaded:
     config: CacheConfig  # what the cache is configured with now
 
 
-def trial_store() -> Path:
-    """Where trials keep the routing counts they learn (``$AUTOTUNE_TRIAL_STORE``, else the user
-    cache dir), apart from the user's store. The seeded decode gives a model the same counts
-    in every child (the runtime's tokens do not depend on the cache), so one learning serves all."""
-    return Path(os.environ.get(TRIAL_STORE_ENV) or platformdirs.user_cache_dir("autotune", appauthor=False)) / "trials"
+def trial_config(engine: Engine, config: dict[str, Any]) -> CacheConfig:
+    """The config as trials run it: naming the trials' placement file (``cache_placement``)."""
+    return CacheConfig.from_dict(with_trial_placement(config, engine.fingerprint))
 
 
-def learn_placement(engine: Engine, config: CacheConfig) -> str:
-    """Start the placement from routing counts, and say whose: the user's where stored (used as
-    they are), else the trials' store's, learned first where it has none (decode of a seeded
-    prompt no measurement uses). The user's store is never written."""
+def learn_placement(engine: Engine) -> str:
+    """Make sure there are counts to seed from, and say whose: the user's where stored, else
+    the trial store's, learned first where it has none (decode of a seeded prompt no
+    measurement uses, written to the trials' placement file). The user's store is never written."""
     shape = (engine.cfg.n_layers, engine.cfg.n_expert)
     if load_counts(engine.fingerprint, shape) is not None:
         return "the user's"
-    os.environ[DATA_DIR_ENV] = str(trial_store())
-    source = "learned by an earlier trial"
-    if load_counts(engine.fingerprint, shape) is None:
-        rng = random.Random(f"learn {engine.fingerprint}")
-        prompt = [rng.randrange(engine.cfg.n_vocab) for _ in range(LEARN_PROMPT_TOKENS)]
-        engine.generate(prompt, min(LEARN_TOKENS, engine.cache.max_ctx - LEARN_PROMPT_TOKENS))
-        engine.save_routing()
-        source = "learned in the trial"
-    engine.configure_cache(config)
-    return source
+    path = trial_placement_path(engine.fingerprint)
+    if path.exists():
+        return "learned by an earlier trial"
+    rng = random.Random(f"learn {engine.fingerprint}")
+    prompt = [rng.randrange(engine.cfg.n_vocab) for _ in range(LEARN_PROMPT_TOKENS)]
+    engine.generate(prompt, min(LEARN_TOKENS, engine.cache.max_ctx - LEARN_PROMPT_TOKENS))
+    engine.expert_cache.drain()
+    write_placement(path, engine.expert_cache.routing.total, engine.fingerprint, "learned by a trial")
+    return "learned in the trial"
 
 
 def setup(common: dict[str, Any]) -> tuple[Loaded, dict[str, Any]]:
     """Load the model: ``common`` has model_path and the first item's config."""
-    config = CacheConfig.from_dict(common["config"])
+    first = CacheConfig.from_dict(common["config"])
     started = time.perf_counter()
-    engine = Engine(common["model_path"], cache=config)
+    engine = Engine(common["model_path"], cache=dataclasses.replace(first, placement=""))
     engine.persist_routing = False
     loaded = time.perf_counter()
-    routing_counts = learn_placement(engine, config)
+    routing_counts = learn_placement(engine)
+    config = trial_config(engine, common["config"])
+    engine.configure_cache(config)
     done = time.perf_counter()
     info = {"load_seconds": done - started,
             "extra": {"device": str(engine.device), "kernels": type(engine.ops).__name__,
@@ -99,18 +94,24 @@ def _timed(engine: Engine, run: Callable[[], None]) -> float:
     return time.perf_counter() - started
 
 
-def decode_tps(engine: Engine, n_gen: int, repetitions: int) -> list[float]:
-    """Tokens per second of ``n_gen`` decode steps from a fresh sequence, per repetition."""
-    start_tokens = [random.Random(rep).randrange(engine.cfg.n_vocab) for rep in range(repetitions)]
+def decode_tps(engine: Engine, n_prompt: int, n_gen: int, repetitions: int) -> list[float]:
+    """Tokens per second of ``n_gen`` decode steps after a prompt of ``n_prompt`` tokens (its
+    prefill not timed), each token read back to the host as a server reads it; per repetition,
+    each with a prompt of its own."""
+    prompts = [[rng.randrange(engine.cfg.n_vocab) for _ in range(max(1, n_prompt))]
+               for rng in (random.Random(f"decode {rep}") for rep in range(repetitions))]
 
-    def run(token: int) -> None:
-        engine.reset()
-        engine.decode(token)
-        for _ in range(n_gen - 1):
+    def steps() -> None:
+        for _ in range(n_gen):
             engine.decode()
+            engine.token.item()  # the host waits for each token, as a server does
 
-    run(start_tokens[0])  # warm-up (and the graph's capture)
-    return [n_gen / _timed(engine, lambda: run(token)) for token in start_tokens]
+    def run(prompt: list[int]) -> float:
+        engine.start(prompt)
+        return _timed(engine, steps)
+
+    run(prompts[0])  # warm-up (and the graph's capture)
+    return [n_gen / run(prompt) for prompt in prompts]
 
 
 def prefill_tps(engine: Engine, n_prompt: int, repetitions: int) -> list[float]:
@@ -127,14 +128,15 @@ def prefill_tps(engine: Engine, n_prompt: int, repetitions: int) -> list[float]:
 
 def run(loaded: Loaded, item: dict[str, Any]) -> dict[str, Any]:
     """Measure one config (``item["config"]``) for ``item["workload"]``."""
-    config, workload = CacheConfig.from_dict(item["config"]), item["workload"]
+    config, workload = trial_config(loaded.engine, item["config"]), item["workload"]
     started = time.perf_counter()
     if config != loaded.config:
         loaded.engine.configure_cache(config)
         loaded.config = config
     configure_seconds = time.perf_counter() - started
     engine = loaded.engine
-    decode = decode_tps(engine, workload["n_gen"], workload["repetitions"]) if workload["n_gen"] else []
+    decode = decode_tps(engine, workload["n_prompt"], workload["n_gen"], workload["repetitions"]) \
+        if workload["n_gen"] else []
     stats = engine.cache_stats()
     prefill = prefill_tps(engine, workload["n_prompt"], workload["repetitions"]) if workload["n_prompt"] else []
     plan = engine.expert_cache.plan

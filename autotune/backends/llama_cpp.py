@@ -189,6 +189,12 @@ class LlamaCppBackend:
 
     # -- launching ---------------------------------------------------------------
 
+    def keep_winner(self, config: Config, model: ModelProfile, study_name: str) -> tuple[Config, dict[str, Any]]:
+        return config, {}  # a llama.cpp config names everything its speed depends on
+
+    def restore_winner(self, config: Config, kept: dict[str, Any]) -> None:
+        return None
+
     def launch_command(self, config: Config, model_path: Path, fmt: str | None = None) -> str:
         return format_command(config, model_path, fmt or self.default_format)
 

@@ -243,12 +243,12 @@ def predict_peak_vram(path: str | Path, cfg: CacheConfig) -> int:
     """Peak VRAM (bytes, CUDA context included) of the runtime started with ``cfg`` on ``path``.
 
     Plans with the same learned routing counts the runtime would load (they shape the slot
-    split), so prediction and allocation agree. Raises AutotuneError when the cap cannot
-    hold the runtime at all.
+    split; ``learned.seed_counts``), so prediction and allocation agree. Raises AutotuneError
+    when the cap cannot hold the runtime at all.
     """
-    from autotune.cache_runtime.learned import load_counts, model_fingerprint
+    from autotune.cache_runtime.learned import model_fingerprint, seed_counts
 
     sizes = model_sizes(path)
-    counts = load_counts(model_fingerprint(path), (sizes.n_layers, sizes.n_expert)) \
+    counts = seed_counts(model_fingerprint(path), (sizes.n_layers, sizes.n_expert), cfg.placement)[0] \
         if cfg.learned_placement else None
     return plan_vram(sizes, cfg, counts).peak

@@ -39,6 +39,9 @@ class CacheConfig:
     lend_prefill_room: bool = False
     slot_split: float = 0.0  # 0: equal slots per layer; 1: slots in proportion to routing entropy
     learned_placement: bool = True  # seed the placement from the routing counts of earlier runs
+    # a placement file (``learned.write_placement``): the counts a tuner's winner ran with; they
+    # seed the placement unless the user's own saved counts cover more (``learned.seed_counts``)
+    placement: str = ""
     max_ctx: int = 4096
     # decode launch shapes (triton_ops): the 12 GiB cap measured faster with 1 and 8 than with
     # the full-residency winner 2 and 4 (studies/expert_cache, run 6)

@@ -95,6 +95,7 @@ class Engine:
         self.expert_cache = None
         self.persist_routing = True  # close() saves the routing counts for the next start
         self._fingerprint: str | None = None
+        self.placement_source = "no counts"  # whose routing counts seeded the expert cache's placement
         if cache is not None:
             self.configure_cache(cache)
 
@@ -114,7 +115,7 @@ class Engine:
         from autotune.cache_runtime.budget import model_sizes, plan_vram
         from autotune.cache_runtime.expert_cache import ExpertCache
         from autotune.cache_runtime.expert_table import ExpertTable
-        from autotune.cache_runtime.learned import load_counts
+        from autotune.cache_runtime.learned import seed_counts
 
         if self.expert_cache is None and self.weights.layers[0].gate_exps.data.device == self.device \
                 and self.device.type == "cuda":
@@ -124,7 +125,8 @@ class Engine:
         self.close()
         self._graphs.clear()
         sizes = model_sizes(self.path)
-        counts = load_counts(self.fingerprint, (sizes.n_layers, sizes.n_expert)) if cfg.learned_placement else None
+        counts, self.placement_source = seed_counts(self.fingerprint, (sizes.n_layers, sizes.n_expert), cfg.placement) \
+            if cfg.learned_placement else (None, "no counts (learned placement off)")
         plan = plan_vram(sizes, cfg, counts, kv_element_bytes=self.cache.k.element_size())
         triton = hasattr(self.ops, "experts_table")  # TritonOps: the decode step runs on its kernels
         table = self.ops.experts_table if triton else ExpertTable(self.weights.layers, self.device)
@@ -151,7 +153,7 @@ class Engine:
 
     def cache_stats(self) -> dict:
         """The expert cache's statistics since it was configured (empty without a cache)."""
-        return {} if self.expert_cache is None else self.expert_cache.stats()
+        return {} if self.expert_cache is None else {**self.expert_cache.stats(), "placement_source": self.placement_source}
 
     def close(self) -> None:
         """Save the routing counts and drop the expert cache's VRAM (the engine keeps its model)."""

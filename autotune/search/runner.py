@@ -179,6 +179,7 @@ def run_study(
     console: Console,
     batch: int = 2,
     gpus: list[str] | None = None,
+    verify: bool = True,
 ) -> StudyOutcome:
     prepared = prepare_study(model_path, vram_cap, backend_names, trials, seconds, workload, study_name, storage_url,
                              resume, trial_timeout_s, sampler, seed, batch)
@@ -206,6 +207,10 @@ def run_study(
         else:
             outcome = tuner.run(model_path, Budget(trials, seconds), remeasure=remeasure)
 
+    if verify and outcome.winner is not None and not outcome.interrupted:
+        from autotune.search.verify import serve_finalists
+
+        outcome.winner = serve_finalists(tuner, outcome.winner, model_path, trial_timeout_s, console)
     report(console, outcome, model_path, prepared.backends, unit, tuner.study_name)
     return outcome
 
@@ -224,9 +229,17 @@ def report(console: Console, outcome: StudyOutcome, model_path: Path, backends: 
     backend = next(b for b in backends if b.name == winner.backend)
     console.print(
         f"[bold green]winner[/] ({winner.backend}, study {winner.study_name}): "
-        f"{winner.objective_mean:.1f} ± {winner.objective_std:.1f} {unit}"
+        f"{winner.objective_mean:.1f} ± {winner.objective_std:.1f} {unit} in its trials" + served_text(winner)
     )
     console.print(launch_command(backend, winner.config, model_path), highlight=False, soft_wrap=True)
+
+
+def served_text(row: BestConfigRow) -> str:
+    """``, served: decode X, prefill Y tok/s`` where the winner was served, else nothing."""
+    served = row.result.get("served")
+    if not served:
+        return ""
+    return f", served: decode {served['decode_tps']['mean']:.1f}, prefill {served['prefill_tps']['mean']:.1f} tok/s"
 
 
 def launch_command(backend: Backend, config: Config, model_path: Path) -> str:
@@ -259,11 +272,14 @@ def stored_winner(model_path: Path, vram_cap: str, objective: str, storage_url: 
     return max(rows, key=lambda r: r.updated)
 
 
-def export_command(model_path: Path, vram_cap: str, fmt: str | None, objective: str, storage_url: str | None) -> str:
-    """The stored winner's launch command, in ``fmt`` or (None) its backend's own format."""
+def export_command(model_path: Path, vram_cap: str, fmt: str | None, objective: str,
+                   storage_url: str | None) -> tuple[str, BestConfigRow]:
+    """The stored winner's launch command, in ``fmt`` or (None) its backend's own format, and
+    the winner (whatever the command names outside the database is written again if gone)."""
     row = stored_winner(model_path, vram_cap, objective, storage_url)
     backend = get_backend(row.backend)
-    return backend.launch_command(row.config, model_path, fmt or getattr(backend, "default_format", "json"))
+    backend.restore_winner(row.config, row.result.get("kept", {}))
+    return backend.launch_command(row.config, model_path, fmt or getattr(backend, "default_format", "json")), row
 
 
 def study_history(storage_url: str | None) -> list[tuple[str, ...]]:

@@ -576,12 +576,12 @@ class Tuner:
         return (prior is not None and a.user_attrs["backend"] == b.user_attrs["backend"]
                 and prior(a.user_attrs["config"], b.user_attrs["config"], self.workload))
 
-    def choose_winner(self) -> BestConfigRow | None:
-        """The finalist of the race with the highest mean over all its samples (without a race:
-        the config with the highest mean less one standard error), unless a finalist the
-        backend expects to be at least as fast (``expected_at_least_as_fast``, e.g. fewer
-        experts on the CPU, all else equal) is within its spread: then that one. Stored as
-        the best config."""
+    def ranked_finalists(self) -> list[BestConfigRow]:
+        """The finalists of the race as rows to store, the winner first: the one with the
+        highest mean over all its samples (without a race: the config with the highest mean
+        less one standard error), unless a finalist the backend expects to be at least as
+        fast (``expected_at_least_as_fast``, e.g. fewer experts on the CPU, all else equal)
+        is within its spread: then that one. The others follow by that score."""
         finalists = set(self.study.user_attrs.get("finalists", []))
         candidates: list[tuple[float, FrozenTrial, tuple[Measurement, list[TrialResult]]]] = []
         for group in self.config_groups():
@@ -592,17 +592,21 @@ class Tuner:
                 score = measurement.mean if finalists else lower_bound(measurement)
                 candidates.append((score, group[0], (measurement, results)))
         if not candidates:
-            return None
-        best = max(candidates, key=lambda c: c[0])
+            return []
+        candidates.sort(key=lambda c: c[0], reverse=True)
+        best = candidates[0]
         preferred = [c for c in candidates if c is not best and self._expected_at_least_as_fast(c[1], best[1])
                      and not _stands_clear(best[2][0], c[2][0])]
         if preferred:
             best = max(preferred, key=lambda c: c[0])
-        _, trial, (measurement, results) = best
+        ranked = [best] + [c for c in candidates if c is not best]
+        return [self._row(trial, measurement, results) for _, trial, (measurement, results) in ranked[:REMEASURE_TOP]]
+
+    def _row(self, trial: FrozenTrial, measurement: Measurement, results: list[TrialResult]) -> BestConfigRow:
         peak = max((r.peak_vram_bytes or 0) for r in results if r.ok) or None
         result = results[0]
         result.peak_vram_bytes = peak
-        row = BestConfigRow(
+        return BestConfigRow(
             model_fingerprint=self.model.fingerprint,
             hardware_fingerprint=self.hardware.fingerprint,
             vram_cap=self.vram_cap,
@@ -611,20 +615,43 @@ class Tuner:
             config=trial.user_attrs["config"],
             objective_mean=measurement.mean,
             objective_std=measurement.std,
-            result=result.to_json() | {"objective_samples": measurement.samples, "trial": trial.number},
+            result=result.to_json() | {"objective_samples": measurement.samples, "trial": trial.number,
+                                       "trial_config": trial.user_attrs["config"]},
             study_name=self.study_name,
         )
+
+    def choose_winner(self) -> BestConfigRow | None:
+        """The first of ``ranked_finalists``, stored as the best config unless an earlier
+        study's winner of another config still stands (a higher mean less one standard error)."""
+        ranked = self.ranked_finalists()
+        if not ranked:
+            return None
+        row = ranked[0]
         existing = [
             b for b in self.db.best_configs(self.model.fingerprint, self.hardware.fingerprint, self.vram_cap)
             if b.workload_key == self.workload.key()
         ]
-        if existing and existing[0].config != row.config:
+        if existing and trial_config_of(existing[0]) != trial_config_of(row):
             previous = existing[0]
             old = Measurement(previous.objective_mean, previous.objective_std, previous.result.get("objective_samples", []))
-            if lower_bound(old) >= lower_bound(measurement):
+            new = Measurement(row.objective_mean, row.objective_std, row.result["objective_samples"])
+            if lower_bound(old) >= lower_bound(new):
                 return previous  # the earlier winner still stands
+        return self.save_winner(row)
+
+    def save_winner(self, row: BestConfigRow) -> BestConfigRow:
+        """Store ``row`` as the best config, its config as the backend keeps a winner's
+        (``keep_winner``: e.g. naming the placement its trials ran with)."""
+        trial_config = trial_config_of(row)
+        row.config, kept = self.backends[row.backend].keep_winner(trial_config, self.model, self.study_name)
+        row.result = row.result | {"kept": kept, "trial_config": trial_config}
         self.db.save_best(row)
         return row
+
+
+def trial_config_of(row: BestConfigRow) -> Config:
+    """The config a winner's trials ran (before ``keep_winner`` made it the stored one)."""
+    return row.result.get("trial_config", row.config)
 
 
 def register_study(

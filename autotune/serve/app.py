@@ -9,6 +9,8 @@ a prompt the context cannot hold, messages the chat template refuses).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -109,8 +111,19 @@ def _usage(prompt: list[int], completion: list[int]) -> dict[str, int]:
 
 
 def create_app(session: Session) -> FastAPI:
-    """The routes over ``session`` (whose engine the caller loads and closes)."""
-    app = FastAPI(title="autotune serve", version="1")
+    """The routes over ``session`` (whose engine the caller loads and closes). While the app
+    runs, the session saves its routing counts as it goes, and once more at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        saving = asyncio.create_task(session.autosave())
+        try:
+            yield
+        finally:
+            saving.cancel()
+            await session.call(session.save_routing)
+
+    app = FastAPI(title="autotune serve", version="1", lifespan=lifespan)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,11 @@ def resolve_config(
             raise AutotuneError("--best needs --vram-cap: whose winner to serve")
         from autotune.search.runner import stored_winner
 
-        base = dict(stored_winner(model, vram_cap, objective, storage_url, backend="cache").config)
+        from autotune.backends.registry import get_backend
+
+        row = stored_winner(model, vram_cap, objective, storage_url, backend="cache")
+        get_backend("cache").restore_winner(row.config, row.result.get("kept", {}))
+        base = dict(row.config)
     if vram_cap is not None and not best:
         base["vram_cap"] = parse_size(vram_cap)
     if "vram_cap" not in base:
@@ -52,9 +57,41 @@ def resolve_config(
     return normalize({**base, **knobs})
 
 
-def serve_model(model: Path, config: Config, host: str, port: int, console: Console) -> None:
-    """Load the runtime with ``config`` and serve it until interrupted; the routing counts it
-    saw are saved at the end (they seed the next start's placement)."""
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything is loaded: a port taken or a host that is not
+    this machine's is a one-line error at once, not after the model's load."""
+    if not 1 <= port <= 65535:
+        raise AutotuneError(f"--port {port}: a port is a number from 1 to 65535")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise AutotuneError(f"--host {host!r}: not an address of this machine ({exc})") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise AutotuneError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_placement(model: Path, config: Config) -> None:
+    """A ``--placement`` file that is missing or another model's: a one-line error before the load."""
+    if not config.get("placement"):
+        return
+    from autotune.cache_runtime.learned import read_placement
+    from autotune.model import inspect_model
+
+    profile = inspect_model(model)
+    read_placement(config["placement"], profile.fingerprint, (profile.n_layers, profile.n_expert))
+
+
+def serve_model(model: Path, config: Config, host: str, port: int, console: Console, save_every: float = 30.0) -> None:
+    """Load the runtime with ``config`` and serve it until interrupted (SIGINT or SIGTERM);
+    the routing counts it sees are saved every ``save_every`` seconds and at the end (they
+    seed the next start's placement, ``learned.seed_counts``)."""
     try:
         import uvicorn
 
@@ -66,16 +103,23 @@ def serve_model(model: Path, config: Config, host: str, port: int, console: Cons
     from autotune.model import inspect_model
     from autotune.serve.session import Session
 
+    if save_every <= 0:
+        raise AutotuneError("--save-every must be more than zero seconds")
     inspect_model(model)  # a clear error for a missing or broken file before torch loads
+    check_placement(model, config)
+    sock = listening_socket(host, port)
     with console.status(f"loading {model.name} ..."):
         engine = Engine(model, cache=cache_config(config))
     plan = engine.expert_cache.plan
     console.print(f"{model.name}: {sum(plan.slots)} of {len(plan.slots) * engine.cfg.n_expert} experts in VRAM "
-                  f"slots, planned peak {format_size(plan.peak)} of {format_size(config['vram_cap'])}, "
-                  f"{engine.device}; context {config['max_ctx']} tokens", highlight=False)
-    session = Session(engine, model.stem, config)
+                  f"slots (placed by {engine.placement_source}), planned peak {format_size(plan.peak)} "
+                  f"of {format_size(config['vram_cap'])}, {engine.device}; context {config['max_ctx']} tokens",
+                  highlight=False)
+    session = Session(engine, model.stem, config, save_every)
+    server = uvicorn.Server(uvicorn.Config(create_app(session), timeout_graceful_shutdown=3))
     try:
-        uvicorn.run(create_app(session), host=host, port=port)
+        server.run(sockets=[sock])
     finally:
         session.close()
         engine.close()
+        sock.close()

@@ -3,6 +3,11 @@
 Every call into the engine runs on one thread (``call``), in order, so a request that ends
 early (a client gone mid-stream) leaves nothing running beside the next one; ``lock`` keeps
 a sequence's steps together. Greedy decoding gives exactly ``Engine.generate``'s tokens.
+
+The routing counts the engine learns are saved as it serves (``autosave``: every
+``save_every`` seconds once tokens were generated since the last save, between two steps of
+a sequence if one is running), and at shutdown, so a server killed outright loses at most
+one interval of them.
 """
 
 from __future__ import annotations
@@ -55,8 +60,10 @@ class Counters:
 
 
 class Session:
-    def __init__(self, engine: Any, model_id: str, config: dict[str, Any]):
+    def __init__(self, engine: Any, model_id: str, config: dict[str, Any], save_every: float = 30.0):
         self.engine = engine
+        self.save_every = save_every
+        self._saved_at_tokens = 0  # completion tokens counted at the last save
         self.model_id = model_id
         self.config = config  # the cache config it runs with (shown at /v1/stats)
         self.max_ctx: int = engine.cache.max_ctx
@@ -82,6 +89,12 @@ class Session:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
 
+    async def autosave(self) -> None:
+        """Save the routing counts every ``save_every`` seconds while tokens are generated."""
+        while True:
+            await asyncio.sleep(self.save_every)
+            await self.call(self.save_routing)
+
     # -- the engine's thread -----------------------------------------------------------
 
     def _start(self, prompt: list[int], sampling: Sampling) -> int:
@@ -90,6 +103,13 @@ class Session:
     def _next(self, sample: bool) -> int:
         self.engine.decode(sample=sample)
         return int(self.engine.token.item())
+
+    def save_routing(self) -> None:
+        """Persist the counts if tokens were generated since the last save (engine thread)."""
+        generated = self.counters.completion_tokens
+        if generated != self._saved_at_tokens:
+            self.engine.save_routing()
+            self._saved_at_tokens = generated
 
     def stats(self) -> dict[str, Any]:
         """The cache's statistics since start, as plain JSON values."""

@@ -23,6 +23,10 @@ class BestPanel(Static):
         text.append(f"#{best.number} ", style="bold")
         text.append(f"{measurement} {snapshot.unit}", style="bold green")
         text.append(f" {snapshot.objective} · {best.backend}")
+        served = snapshot.winner_served
+        if served:
+            text.append(f"\nserved: decode {served['decode_tps']['mean']:.1f}, "
+                        f"prefill {served['prefill_tps']['mean']:.1f} tok/s", style="bold")
         if command:
             text.append("\n" + command, style="cyan")
         self.update(text)

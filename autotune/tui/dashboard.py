@@ -120,7 +120,8 @@ class DashboardApp(App[None]):
         table.show(snapshot)
         self.query_one(ProgressLine).show(snapshot)
         best = snapshot.best
-        self.query_one(BestPanel).show(snapshot, self._command_or_reason(best) if best else None)
+        command = snapshot.winner_command or (self._command_or_reason(best) if best else None)
+        self.query_one(BestPanel).show(snapshot, command)
         self._show_vram(table.selected)
         self.query_one(TpsChart).show(snapshot)
         self.query_one(Importances).show(snapshot)

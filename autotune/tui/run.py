@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,21 @@ from autotune.tui.study_view import StudyView
 
 
 def dashboard_for(prepared: PreparedStudy, model_path: Path, budget: Budget, remeasure: bool,
-                  poll_s: float = POLL_S) -> DashboardApp:
-    """The app that runs the prepared study; each finished trial asks it to read the database again."""
+                  poll_s: float = POLL_S, verify: bool = False, log: Console | None = None) -> DashboardApp:
+    """The app that runs the prepared study (then, with ``verify``, serves its finalists, writing
+    what it says to ``log``); each finished trial asks it to read the database again."""
     tuner = prepared.tuner
-    app = DashboardApp(StudyView(tuner.db, tuner.study_name), poll_s=poll_s,
-                       study=lambda: tuner.run(model_path, budget, remeasure=remeasure))
+
+    def study() -> StudyOutcome:
+        outcome = tuner.run(model_path, budget, remeasure=remeasure)
+        if verify and outcome.winner is not None and not outcome.interrupted:
+            from autotune.search.verify import serve_finalists
+
+            outcome.winner = serve_finalists(tuner, outcome.winner, model_path, tuner.trial_timeout_s,
+                                             log or Console(file=io.StringIO()))
+        return outcome
+
+    app = DashboardApp(StudyView(tuner.db, tuner.study_name), poll_s=poll_s, study=study)
 
     def on_trial(record: TrialRecord) -> None:
         app.call_from_thread(app.poll)
@@ -28,15 +39,19 @@ def dashboard_for(prepared: PreparedStudy, model_path: Path, budget: Budget, rem
     return app
 
 
-def run_with_dashboard(*, remeasure: bool, console: Console, gpus: None = None, **settings: Any) -> StudyOutcome:
+def run_with_dashboard(*, remeasure: bool, console: Console, gpus: None = None, verify: bool = True,
+                       **settings: Any) -> StudyOutcome:
     """``run_study`` behind the dashboard (``settings`` as ``prepare_study`` takes them); once the
-    app closes, the report of ``autotune run``."""
+    app closes, what serving the finalists said, and the report of ``autotune run``."""
     prepared = prepare_study(**settings)
     for note in prepared.notes:
         console.print(note)
     model_path = settings["model_path"]
-    app = dashboard_for(prepared, model_path, Budget(settings["trials"], settings["seconds"]), remeasure)
+    log = Console(file=io.StringIO(), width=console.width, force_terminal=console.is_terminal)
+    app = dashboard_for(prepared, model_path, Budget(settings["trials"], settings["seconds"]), remeasure,
+                        verify=verify, log=log)
     app.run()
+    console.file.write(log.file.getvalue())
     if app.study_error is not None:
         raise app.study_error
     outcome: StudyOutcome | None = app.outcome

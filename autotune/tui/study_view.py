@@ -76,6 +76,8 @@ class StudySnapshot:
     stop_requested: bool = False
     winner: int | None = None  # trial number of the stored winner, once the study has one
     winner_objective: Measurement | None = None  # the winner's samples pooled with its re-measurements
+    winner_served: dict | None = None  # what the winner's exported command served (autotune.served figures)
+    winner_command: str | None = None  # the stored winner's launch command, as `autotune export` prints it
     importances: tuple[tuple[str, float], ...] = ()
     complete_trials: int = 0  # Optuna's COMPLETE trials (what importances are computed from)
     eta_seconds: float | None = None  # while running: time to the end of the trial budget or the time budget
@@ -200,6 +202,8 @@ class StudyView:
             stop_requested=bool(attrs.get(STOP_ATTR)),
             winner=winner.result.get("trial") if winner else None,
             winner_objective=Measurement(winner.objective_mean, winner.objective_std) if winner else None,
+            winner_served=winner.result.get("served") if winner else None,
+            winner_command=self._stored_command(winner) if winner else None,
             importances=self._importances_of(trials),
             complete_trials=sum(t.state is TrialState.COMPLETE for t in trials),
         )
@@ -248,6 +252,12 @@ class StudyView:
                     self._backends[name] = backend
                     break
         return self._backends[name]
+
+    def _stored_command(self, winner: BestConfigRow) -> str | None:
+        backend = self.backend(winner.backend)
+        if backend is None or self.model_path is None:
+            return None
+        return launch_command(backend, winner.config, self.model_path)
 
     def command(self, row: TrialRow) -> str:
         """The launch command of a trial's config (what ``autotune run`` prints for a winner)."""

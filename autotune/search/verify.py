@@ -1,0 +1,104 @@
+"""The end-to-end check of a study's winner: what its exported command serves.
+
+Each finalist's launch command (the winner's first) is started as printed, fresh, on a free
+local port, and measured from an HTTP client for the study's prompt and generation lengths
+(``autotune.served``). The finalist that serves the objective fastest within the cap is
+stored as the winner, with its served figures beside its trial figures.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from autotune.backends.base import Measurement, Outcome, TrialResult, Workload
+from autotune.search.study import Tuner, trial_config_of
+from autotune.served import ServedFigures, ServeFailed, measure_command
+from autotune.storage import BestConfigRow
+from autotune.units import format_size
+
+SHORTFALL = 0.9  # served under this fraction of the trial figure is said in one line
+
+
+@dataclass
+class Served:
+    """One finalist as served: its row (config as exported), command and figures."""
+
+    row: BestConfigRow
+    command: str
+    figures: ServedFigures
+
+    def objective(self, workload: Workload) -> float:
+        from autotune.search.objective import objective_of
+
+        result = TrialResult(Outcome.OK, decode_tps=self.figures.decode_tps, prefill_tps=self.figures.prefill_tps)
+        return objective_of(result, workload).mean
+
+    def within(self, vram_cap: int) -> bool:
+        peak = self.figures.peak_vram_bytes
+        return peak is None or peak <= vram_cap
+
+
+def _finalists(tuner: Tuner, winner: BestConfigRow) -> list[BestConfigRow]:
+    """The stored winner, then the race's other finalists."""
+    key = _trial_key(winner)
+    return [winner] + [row for row in tuner.ranked_finalists() if _trial_key(row) != key]
+
+
+def _trial_key(row: BestConfigRow) -> tuple:
+    return row.backend, sorted(trial_config_of(row).items())
+
+
+def serve_finalists(tuner: Tuner, winner: BestConfigRow, model_path: Path, deadline_s: float,
+                    console: Console) -> BestConfigRow:
+    """Serve each finalist's exported command and store the one that serves fastest within the
+    cap as the winner (the stored winner where none could be served); returns it."""
+    workload, unit = tuner.workload, "tok/s" if tuner.workload.objective != "request" else "req/s"
+    served: list[Served] = []
+    for row in _finalists(tuner, winner):
+        backend = tuner.backends[row.backend]
+        config, _ = backend.keep_winner(trial_config_of(row), tuner.model, tuner.study_name)
+        command = backend.launch_command(config, model_path, backend.default_format)
+        console.print(f"serving {row.backend} as exported: {command}", highlight=False, soft_wrap=True)
+        try:
+            figures = measure_command(shlex.split(command), n_prompt=workload.n_prompt, n_gen=workload.n_gen,
+                                      repetitions=workload.repetitions, n_vocab=tuner.model.n_vocab,
+                                      deadline_s=deadline_s)
+        except ServeFailed as exc:
+            console.print(f"[red]could not serve it[/]: {exc}", highlight=False)
+            continue
+        row.config = config
+        one = Served(row, command, figures)
+        served.append(one)
+        console.print(_line(one, workload, unit, tuner.vram_cap), highlight=False)
+    fitting = [one for one in served if one.within(tuner.vram_cap)]
+    if not fitting:
+        console.print("[yellow]no finalist served within the cap[/]: the winner stays as its trials measured it")
+        return winner
+    best = max(fitting, key=lambda one: one.objective(workload))
+    best.row.result = best.row.result | {"served": best.figures.to_json(), "served_command": best.command}
+    if best.row is not winner:
+        console.print(f"[bold]the {best.row.backend} finalist serves fastest[/]: it is the winner")
+    return tuner.save_winner(best.row)
+
+
+def _line(one: Served, workload: Workload, unit: str, vram_cap: int) -> str:
+    """Served figures beside the trial figure, and what falls short, in one or two lines."""
+    figures, trial = one.figures, one.row.objective_mean
+    objective = one.objective(workload)
+    peak = figures.peak_vram_bytes
+    text = (f"  served: decode {_tps(figures.decode_tps)}, prefill {_tps(figures.prefill_tps)} tok/s, "
+            f"peak {format_size(peak) if peak else 'n/a'} (trial: {trial:.1f} {unit})")
+    if objective < SHORTFALL * trial:
+        text += (f"\n  [yellow]served {objective:.1f} {unit} is {objective / trial:.0%} of what its trials measured "
+                 f"({trial:.1f})[/]")
+    if not one.within(vram_cap):
+        text += f"\n  [red]served peak {format_size(peak)} is over the cap {format_size(vram_cap)}[/]"
+    return text
+
+
+def _tps(measurement: Measurement) -> str:
+    return f"{measurement.mean:.1f} ± {measurement.std:.1f}"
