@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
+import re
 
-from autotune.cache_runtime.learned import counts_path, load_counts, save_counts
+import numpy as np
+import pytest
+
+from autotune.cache_runtime.learned import (counts_path, load_counts, read_placement, save_counts, seed_counts,
+                                            write_placement)
+from autotune.errors import AutotuneError
 from autotune.cache_runtime.placement import RoutingStats, initial_placement, pick_victim, plan_swaps
 
 
@@ -65,3 +70,36 @@ def test_counts_persist_round_trip(tmp_path, monkeypatch) -> None:
     assert load_counts("abc123", (4, 3)) is None  # another shape: not this model's
     assert load_counts("other", (3, 4)) is None
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_a_placement_file_seeds_a_start_until_this_machines_own_counts_cover_more(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path / "data"))
+    tuned = np.arange(12.0).reshape(3, 4)  # 66 selections
+    path = write_placement(tmp_path / "winner.json", tuned, "abc123", "learned by a trial")
+    assert seed_counts("abc123", (3, 4), None) == (None, "no counts")
+    counts, source = seed_counts("abc123", (3, 4), path)
+    np.testing.assert_array_equal(counts, tuned)
+    assert source == "the placement file's counts"
+    save_counts("abc123", np.full((3, 4), 5.5))  # 66 selections too: a tie goes to the file
+    assert seed_counts("abc123", (3, 4), path)[1] == "the placement file's counts"
+    save_counts("abc123", tuned + 1)  # a serve seeded from the file saved the file's counts and more
+    counts, source = seed_counts("abc123", (3, 4), path)
+    np.testing.assert_array_equal(counts, tuned + 1)
+    assert source == "this machine's saved counts"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "winner.json"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, "does not exist"),
+    ("not json", "cannot read placement file"),
+    ('{"format": "something else"}', "is not an autotune placement file"),
+    ('{"format": "autotune-placement-1", "model_fingerprint": "other", "counts": []}', "of another model"),
+    ('{"format": "autotune-placement-1", "model_fingerprint": "abc123", "counts": [[1, 2]]}', "counts of shape (1, 2)"),
+])
+def test_a_placement_file_that_is_missing_or_not_this_models_is_a_one_line_error(tmp_path, text, message) -> None:
+    path = tmp_path / "placement.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(AutotuneError, match=re.escape(message)) as error:
+        read_placement(path, "abc123", (3, 4))
+    assert "\n" not in str(error.value)

@@ -81,7 +81,8 @@ def serve_finalists(tuner: Tuner, winner: BestConfigRow, model_path: Path, deadl
     best = max(fitting, key=lambda one: one.objective(workload))
     best.row.result = best.row.result | {"served": best.figures.to_json(), "served_command": best.command}
     if best.row is not winner:
-        console.print(f"[bold]the {best.row.backend} finalist serves fastest[/]: it is the winner")
+        console.print(f"[bold]trial #{best.row.result.get('trial')} ({best.row.backend}) serves fastest[/]: "
+                      "it is the winner")
     return tuner.save_winner(best.row)
 
 
