@@ -4,6 +4,7 @@ exports as an ``autotune serve`` command that runs that same config."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -200,6 +201,16 @@ def test_study_stores_a_winner_that_exports_and_serves_as_that_config(tiny_model
     assert "winner (cache" in done.stdout and "autotune serve" in done.stdout
     [best] = Database(url).best_configs(inspect_model(tiny_model).fingerprint)
     assert best.backend == "cache" and best.objective_mean > 0 and best.config["vram_cap"] == cap
+    # served as exported, from a first start: figures stored beside the trial's
+    served = best.result["served"]
+    assert served["decode_tps"]["mean"] > 0 and served["prefill_tps"]["mean"] > 0 and served["peak_vram_bytes"] is None
+    assert f"served: decode {served['decode_tps']['mean']:.1f}" in " ".join(done.stdout.split())
+    # the winner names a placement file of its own, holding the counts its trials learned
+    placement = Path(best.config["placement"])
+    trial_counts = json.loads(next((tmp_path / "trial store").rglob("*.json")).read_text())["counts"]
+    assert json.loads(placement.read_text())["counts"] == trial_counts
+    assert placement.is_relative_to(tmp_path / "data") and not list((tmp_path / "data").rglob("*.npy"))
+    placement.unlink()  # gone: export writes it again from the database
 
     exported = {}
     for fmt in (None, "serve", "json"):
@@ -210,6 +221,8 @@ def test_study_stores_a_winner_that_exports_and_serves_as_that_config(tiny_model
         assert (config, path) == (best.config, tiny_model)
         exported[fmt] = answer.stdout.strip()
     assert exported[None] == exported["serve"]
+    assert f"--placement {placement}" in exported["serve"]
+    assert json.loads(placement.read_text())["counts"] == trial_counts
 
     served = []
     monkeypatch.setattr("autotune.serve.launch.serve_model", lambda model, config, *rest: served.append((model, config)))
@@ -240,3 +253,22 @@ def test_serve_flags_override_the_base_config_and_bad_ones_are_one_line_errors(t
         result = CliRunner().invoke(app, ["serve", str(tiny_model), *args])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
     assert not served
+
+
+def test_the_parent_plans_the_slot_split_the_child_allocates_from_the_same_counts(tiny_model: Path, cap: int):
+    """The parent's VRAM prediction and the trial child seed from one source (the trials'
+    placement file, ``cache_placement``), so a slot split by routing is planned as allocated."""
+    from autotune.backends.cache_placement import with_trial_placement
+    from autotune.cache_runtime.budget import plan_vram
+    from autotune.cache_runtime.learned import seed_counts
+
+    config = normalize({"vram_cap": cap, "max_ctx": 64, "eviction": "static", "slot_split": 1.0})
+    [result] = CacheBackend().run_trials([config], tiny_model, WORKLOAD, 300)  # learns the trials' counts
+    assert result.outcome is Outcome.OK, result.message
+    model, sizes = inspect_model(tiny_model), model_sizes(tiny_model)
+    cfg = cache_config(with_trial_placement(config, model.fingerprint))
+    counts, source = seed_counts(model.fingerprint, (sizes.n_layers, sizes.n_expert), cfg.placement)
+    assert source == "the placement file's counts"
+    planned = plan_vram(sizes, cfg, counts, kv_element_bytes=4)  # the CPU path's float32 KV cache
+    assert list(planned.slots) == result.extra["slots_per_layer"]
+    assert list(plan_vram(sizes, cfg, None, kv_element_bytes=4).slots) != result.extra["slots_per_layer"]

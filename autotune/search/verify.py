@@ -1,7 +1,9 @@
 """The end-to-end check of a study's winner: what its exported command serves.
 
-Each finalist's launch command (the winner's first) is started as printed, fresh, on a free
-local port, and measured from an HTTP client for the study's prompt and generation lengths
+Each finalist's launch command (the winner's first) is started as printed, on a free local
+port, as a first start: with a user data directory of its own, empty (no routing counts saved,
+as on a new machine; what it saves is dropped, so benchmark traffic never reaches the user's
+counts). It is measured from an HTTP client for the study's prompt and generation lengths
 (``autotune.served``). The finalist that serves the objective fastest within the cap is
 stored as the winner, with its served figures beside its trial figures.
 """
@@ -9,12 +11,14 @@ stored as the winner, with its served figures beside its trial figures.
 from __future__ import annotations
 
 import shlex
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
 from autotune.backends.base import Measurement, Outcome, TrialResult, Workload
+from autotune.cache_runtime.learned import DATA_DIR_ENV
 from autotune.search.study import Tuner, trial_config_of
 from autotune.served import ServedFigures, ServeFailed, measure_command
 from autotune.storage import BestConfigRow
@@ -64,9 +68,10 @@ def serve_finalists(tuner: Tuner, winner: BestConfigRow, model_path: Path, deadl
         command = backend.launch_command(config, model_path, backend.default_format)
         console.print(f"serving {row.backend} as exported: {command}", highlight=False, soft_wrap=True)
         try:
-            figures = measure_command(shlex.split(command), n_prompt=workload.n_prompt, n_gen=workload.n_gen,
-                                      repetitions=workload.repetitions, n_vocab=tuner.model.n_vocab,
-                                      deadline_s=deadline_s)
+            with tempfile.TemporaryDirectory(prefix="autotune-first-start-") as fresh:
+                figures = measure_command(shlex.split(command), n_prompt=workload.n_prompt, n_gen=workload.n_gen,
+                                          repetitions=workload.repetitions, n_vocab=tuner.model.n_vocab,
+                                          deadline_s=deadline_s, env={DATA_DIR_ENV: fresh})
         except ServeFailed as exc:
             console.print(f"[red]could not serve it[/]: {exc}", highlight=False)
             continue

@@ -60,8 +60,9 @@ def last_line(log: Path) -> str:
 class ServerProcess:
     """``argv`` listening on 127.0.0.1:``port`` from ``__enter__`` until ``__exit__`` stops its group."""
 
-    def __init__(self, argv: list[str], port: int, log: Path, label: str):
+    def __init__(self, argv: list[str], port: int, log: Path, label: str, env: dict[str, str] | None = None):
         self.argv = [*argv, "--host", "127.0.0.1", "--port", str(port)]
+        self.env = env or {}  # variables set for the server on top of this process's environment
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self.label = label
@@ -75,7 +76,7 @@ class ServerProcess:
         return self.process.pid
 
     def __enter__(self) -> "ServerProcess":
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a Python server's last words reach the log
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}  # a Python server's last words reach the log
         with self.log.open("wb") as output:
             self.started = time.monotonic()
             try:
