@@ -21,6 +21,7 @@ if [ "${STEP:-all}" != side ]; then
   python3 -m autotune.cli run "$model" --vram-cap "${cap}G" --time "$budget" --storage "$url" --seed 0 \
     --study "served-${cap}G" 2>&1 | tee "$out/run-${cap}G.txt"
   python3 -m autotune.cli best "$model" --vram-cap "${cap}G" --storage "$url" --json > "$out/best-${cap}G.json"
+  cp "$work/autotune.db" "$out/tuner-${cap}G.db"
 fi
 [ "${STEP:-all}" = tune ] && exit 0
 winner=$(python3 -m autotune.cli export "$model" --vram-cap "${cap}G" --storage "$url")
