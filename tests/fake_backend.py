@@ -28,6 +28,7 @@ GIB = 2**30
 
 class FakeBackend:
     name = "fake"
+    served_format = None  # no server: `autotune run` cannot serve its finalists
 
     def available(self) -> str | None:
         return None

@@ -28,6 +28,11 @@ def test_six_trial_study_stores_best_and_exports_it(tiny_model: Path, tmp_path: 
     assert "winner" in done.stdout
     [best] = Database(url).best_configs(Database(url).studies()[0].model_fingerprint)
     assert best.backend == "llama_cpp" and best.objective_mean > 0
+    # the finalists' llama-server commands were served as printed and measured over HTTP
+    assert done.stdout.count("serving llama_cpp as exported: llama-server -m") >= 1
+    served = best.result["served"]
+    assert served["decode_tps"]["mean"] > 0 and len(served["decode_tps"]["samples"]) == 2
+    assert f"served: decode {served['decode_tps']['mean']:.1f}" in " ".join(done.stdout.split())
     _check_siblings_shared_a_load(url)
 
     answer = _cli("best", str(tiny_model), "--storage", url, "--json")

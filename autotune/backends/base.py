@@ -115,6 +115,9 @@ class Backend(Protocol):
     """One way of running a model. Implementations live one per module in this package."""
 
     name: str
+    # the launch-command format that starts an OpenAI-compatible HTTP server: what `autotune run`
+    # serves to check its finalists (``search.verify``); None where the backend has none
+    served_format: str | None
 
     def available(self) -> str | None:
         """None when usable here, else the one-line reason it is not (missing package, ...)."""

@@ -45,6 +45,7 @@ class CacheBackend:
     name = "cache"
     trial_target = "autotune.backends.cache_trial"
     default_format = "serve"
+    served_format: str | None = "serve"
     load_keys: tuple[str, ...] | None = LOAD_KEYS
 
     def __init__(self, gpu_index: int = 0):

@@ -43,6 +43,7 @@ class LlamaCppBackend:
     name = "llama_cpp"
     trial_target = "autotune.backends.llama_cpp_trial"
     default_format = "llama-server"
+    served_format: str | None = "llama-server"
     load_keys: tuple[str, ...] | None = LOAD_KEYS  # knobs fixed at model load: configs equal in them share a load
 
     def __init__(self, gpu_index: int = 0):

@@ -64,8 +64,11 @@ def serve_finalists(tuner: Tuner, winner: BestConfigRow, model_path: Path, deadl
     served: list[Served] = []
     for row in _finalists(tuner, winner):
         backend = tuner.backends[row.backend]
+        if backend.served_format is None:
+            console.print(f"{row.backend} has no server command: its finalist is not served")
+            continue
         config, _ = backend.keep_winner(trial_config_of(row), tuner.model, tuner.study_name)
-        command = backend.launch_command(config, model_path, backend.default_format)
+        command = backend.launch_command(config, model_path, backend.served_format)
         console.print(f"serving {row.backend} as exported: {command}", highlight=False, soft_wrap=True)
         try:
             with tempfile.TemporaryDirectory(prefix="autotune-first-start-") as fresh:
@@ -81,7 +84,8 @@ def serve_finalists(tuner: Tuner, winner: BestConfigRow, model_path: Path, deadl
         console.print(_line(one, workload, unit, tuner.vram_cap), highlight=False)
     fitting = [one for one in served if one.within(tuner.vram_cap)]
     if not fitting:
-        console.print("[yellow]no finalist served within the cap[/]: the winner stays as its trials measured it")
+        why = "served within the cap" if served else "could be served"
+        console.print(f"[yellow]no finalist {why}[/]: the winner stays as its trials measured it")
         return winner
     best = max(fitting, key=lambda one: one.objective(workload))
     best.row.result = best.row.result | {"served": best.figures.to_json(), "served_command": best.command}
