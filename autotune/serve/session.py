@@ -4,10 +4,10 @@ Every call into the engine runs on one thread (``call``), in order, so a request
 early (a client gone mid-stream) leaves nothing running beside the next one; ``lock`` keeps
 a sequence's steps together. Greedy decoding gives exactly ``Engine.generate``'s tokens.
 
-The routing counts the engine learns are saved as it serves (``autosave``: every
-``save_every`` seconds once tokens were generated since the last save, between two steps of
-a sequence if one is running), and at shutdown, so a server killed outright loses at most
-one interval of them.
+The routing counts the engine learns are saved as it serves (every ``save_every`` seconds
+once tokens were generated since the last save: ``autosave`` between sequences, the
+sequence itself between its steps), and at shutdown, so a server killed outright loses at
+most one interval of them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +66,7 @@ class Session:
         self.engine = engine
         self.save_every = save_every
         self._saved_at_tokens = 0  # completion tokens counted at the last save
+        self._saved_at = time.monotonic()
         self.model_id = model_id
         self.config = config  # the cache config it runs with (shown at /v1/stats)
         self.max_ctx: int = engine.cache.max_ctx
@@ -110,6 +113,7 @@ class Session:
         if generated != self._saved_at_tokens:
             self.engine.save_routing()
             self._saved_at_tokens = generated
+        self._saved_at = time.monotonic()
 
     def stats(self) -> dict[str, Any]:
         """The cache's statistics since start, as plain JSON values."""
@@ -138,26 +142,55 @@ class Session:
         return room if max_tokens is None else max_tokens
 
     async def generate(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[Chunk]:
-        """Chunks of the completion; the last one carries ``finish_reason`` ("stop" or "length")."""
+        """Chunks of the completion; the last one carries ``finish_reason`` ("stop" or "length").
+        The whole sequence runs in one call on the engine's thread (``_sequence``), which hands
+        each chunk over as it is ready: no thread hop per token. A consumer that stops early (a
+        client gone mid-stream) stops the sequence at its next token."""
         async with self.lock:
             self.counters.requests += 1
             self.counters.prompt_tokens += len(prompt)
+            loop = asyncio.get_running_loop()
+            chunks: asyncio.Queue[Chunk | BaseException] = asyncio.Queue()
+            cancelled = threading.Event()
+            job = self._executor.submit(self._sequence, prompt, sampling,
+                                        lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item), cancelled)
+            try:
+                while True:
+                    chunk = await chunks.get()
+                    if isinstance(chunk, BaseException):
+                        raise chunk
+                    yield chunk
+                    if chunk.finish_reason is not None:
+                        return
+            finally:
+                cancelled.set()
+                await asyncio.wrap_future(job)  # the engine is free before the next sequence
+
+    def _sequence(self, prompt: list[int], sampling: Sampling, put: Callable[[Chunk | BaseException], None],
+                  cancelled: threading.Event) -> None:
+        """One sequence on the engine's thread: prefill, then a token at a time until an end
+        token, a stop string or ``max_tokens``; each chunk goes to ``put`` (an error too)."""
+        try:
             text = TextStream(self.tokenizer.piece, sampling.stop)
             sample = sampling.temperature > 0
-            token = await self.call(self._start, prompt, sampling)
+            token = self._start(prompt, sampling)
             generated = 0
-            while True:
+            while not cancelled.is_set():
                 if not sampling.ignore_eos and self.tokenizer.is_end(token):
-                    yield Chunk(text.rest(), finish_reason="stop")
+                    put(Chunk(text.rest(), finish_reason="stop"))
                     return
                 generated += 1
                 self.counters.completion_tokens += 1
                 delta = text.add(token)
                 if text.stopped:
-                    yield Chunk(delta, [token], "stop")
+                    put(Chunk(delta, [token], "stop"))
                     return
                 if generated == sampling.max_tokens:
-                    yield Chunk(delta + text.rest(), [token], "length")
+                    put(Chunk(delta + text.rest(), [token], "length"))
                     return
-                yield Chunk(delta, [token])
-                token = await self.call(self._next, sample)
+                put(Chunk(delta, [token]))
+                if time.monotonic() - self._saved_at >= self.save_every:
+                    self.save_routing()  # a long sequence saves as it goes
+                token = self._next(sample)
+        except BaseException as exc:  # noqa: BLE001 - handed to the request, which raises it
+            put(exc)
