@@ -1,0 +1,36 @@
+"""The figures a served command gives, and the one error measuring it raises."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from autotune.backends.base import Measurement
+from autotune.errors import AutotuneError
+
+
+class ServeFailed(AutotuneError):
+    """The served command did not serve: it exited (with its status and last line of output),
+    did not answer within the deadline, or answered other than asked."""
+
+
+@dataclass
+class ServedFigures:
+    """Throughput measured over HTTP, the server's peak VRAM and how long it took to start."""
+
+    decode_tps: Measurement
+    prefill_tps: Measurement
+    peak_vram_bytes: int | None  # NVML peak of the server's process group; None without a GPU
+    start_seconds: float  # from spawn until /health answered ok
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ServedFigures":
+        return cls(
+            decode_tps=Measurement(**data["decode_tps"]),
+            prefill_tps=Measurement(**data["prefill_tps"]),
+            peak_vram_bytes=data.get("peak_vram_bytes"),
+            start_seconds=float(data["start_seconds"]),
+        )

@@ -1,0 +1,47 @@
+"""``measure_command``: start a served command, wait for it, measure it over HTTP, stop it."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from autotune.backends.vram import VramSampler
+from autotune.served.client import measure_completions, random_prompts
+from autotune.served.figures import ServedFigures, ServeFailed
+from autotune.served.server import ServerProcess, free_port, resolve_program
+
+
+def measure_command(
+    argv: list[str], *, n_prompt: int, n_gen: int, repetitions: int, n_vocab: int,
+    deadline_s: float, gpu_index: int = 0, seed: int = 0,
+) -> ServedFigures:
+    """Start argv (an exported command split with shlex; the tool appends --host 127.0.0.1
+    --port P on a free port), wait for it to answer, measure, stop it (whole process group:
+    SIGTERM, then SIGKILL after a grace period), return figures.
+
+    ``deadline_s`` bounds the start (spawn until ``/health`` answers ok) and, separately, each
+    request. ``gpu_index`` counts the GPUs CUDA sees, as ``VramSampler`` does. Raises
+    ServeFailed (one line) when the command cannot start, exits, or does not answer in time.
+    """
+    if n_prompt < 1 or n_gen < 2 or repetitions < 1 or n_vocab < 1:
+        raise ValueError(f"need n_prompt >= 1, n_gen >= 2, repetitions >= 1, n_vocab >= 1 "
+                         f"(got {n_prompt}, {n_gen}, {repetitions}, {n_vocab})")
+    command = resolve_program(argv)
+    prompts = random_prompts(1 + repetitions, n_prompt, n_vocab, seed)
+    with tempfile.TemporaryDirectory(prefix="autotune-served-") as tmp, VramSampler(gpu_index) as vram:
+        with ServerProcess(command, free_port(), Path(tmp, "server.log"), _label(argv)) as server:
+            vram.watch(server.pgid)
+            with httpx.Client(base_url=server.url, trust_env=False) as http:  # no proxy for 127.0.0.1
+                start_seconds = server.wait_ready(http, deadline_s)
+                decode, prefill = measure_completions(http, server, prompts, n_gen, deadline_s)
+        if vram.lost:
+            raise ServeFailed(f"{server.label}: {vram.lost}")
+        return ServedFigures(decode, prefill, vram.peak, start_seconds)
+
+
+def _label(argv: list[str]) -> str:
+    """How messages name the command: ``autotune serve``, ``llama-server``."""
+    name = Path(argv[0]).name
+    return f"{name} {argv[1]}" if name == "autotune" and len(argv) > 1 else name
