@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build a CPU llama-bench (statically linked) from the same llama.cpp that llama-cpp-python 0.3.36
-# vendors, and put it in DEST (a directory on PATH). The llama_bench engine's tests use it.
+# Build CPU llama-bench and llama-server (llama.cpp statically linked) from the same llama.cpp that
+# llama-cpp-python 0.3.36 vendors, and put them in DEST (a directory on PATH). The llama_bench
+# engine's tests use llama-bench; the served-figures tests (autotune.served) start llama-server.
 set -euo pipefail
 dest=${1:?destination directory}
 version=0.3.36
@@ -9,12 +10,17 @@ trap 'rm -rf "$work"' EXIT
 python -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$work"
 tar xzf "$work"/llama_cpp_python-$version.tar.gz -C "$work"
 src="$work/llama_cpp_python-$version/vendor/llama.cpp"
-# GGML_NATIVE=OFF: portable (AVX2, no AMX), as scripts/setup.sh builds llama-cpp-python on a CPU machine
+# GGML_NATIVE=OFF: portable (AVX2, no AMX), as scripts/setup.sh builds llama-cpp-python on a CPU machine.
+# No CURL or OpenSSL: neither tool downloads models, and llama-server is measured over plain HTTP.
+# No web UI: llama-server would otherwise fetch its prebuilt assets from Hugging Face while building.
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF \
-  -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
-  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > "$work/cmake.log" 2>&1 || { tail -30 "$work/cmake.log"; exit 1; }
-cmake --build "$work/build" --target llama-bench -j "$(nproc)" > "$work/build.log" 2>&1 || { tail -30 "$work/build.log"; exit 1; }
+  -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=ON \
+  -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > "$work/cmake.log" 2>&1 || { tail -30 "$work/cmake.log"; exit 1; }
+cmake --build "$work/build" --target llama-bench llama-server -j "$(nproc)" > "$work/build.log" 2>&1 \
+  || { tail -30 "$work/build.log"; exit 1; }
 mkdir -p "$dest"
-cp "$work/build/bin/llama-bench" "$dest/"
-"$dest/llama-bench" --help > /dev/null 2>&1 || true
-echo "llama-bench built into $dest"
+for tool in llama-bench llama-server; do
+  cp "$work/build/bin/$tool" "$dest/"
+  "$dest/$tool" --help > /dev/null 2>&1 || { echo "$dest/$tool --help failed" >&2; exit 1; }
+done
+echo "llama-bench and llama-server built into $dest"
