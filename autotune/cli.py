@@ -200,21 +200,24 @@ def run(
         raise AutotuneError("--trials 0 (no limit) needs a --time budget")
     if tui and gpus is not None:
         raise AutotuneError("--tui runs the study in this process; with --gpus, watch it with autotune dashboard instead")
+    from autotune.search.samplers import check_sampler
+
+    check_sampler(sampler)  # before the study is registered in the database
     if tui:
         from autotune.tui.run import run_with_dashboard as run_study
     else:
         from autotune.search.runner import run_study
     run_study(
         model_path=model,
-        vram_cap=parse_size(vram_cap),
+        vram_cap=parse_size(vram_cap, "--vram-cap"),
         backend_names=[b.strip() for b in backends.split(",") if b.strip()],
         trials=trials or None,
-        seconds=parse_duration(time_budget) if time_budget else None,
+        seconds=parse_duration(time_budget, "--time") if time_budget else None,
         workload=_workload(objective, prompt_tokens, gen_tokens, repetitions, ctx),
         study_name=study,
         storage_url=storage,
         resume=resume,
-        trial_timeout_s=parse_duration(trial_timeout),
+        trial_timeout_s=parse_duration(trial_timeout, "--trial-timeout"),
         sampler=sampler,
         seed=seed,
         remeasure=remeasure,
@@ -246,7 +249,7 @@ def worker(
     from autotune.units import parse_duration
 
     interrupts.install()
-    join_study(model, study, storage, trials, parse_duration(time_budget) if time_budget else None, console)
+    join_study(model, study, storage, trials, parse_duration(time_budget, "--time") if time_budget else None, console)
 
 
 def _use_llama_bench(binary: Path) -> None:
@@ -399,7 +402,7 @@ def study_run(
     from autotune.units import parse_duration
 
     interrupts.install()
-    StudyRunner(directory, parse_duration(time_budget) if time_budget else None, models, console).run()
+    StudyRunner(directory, parse_duration(time_budget, "--time") if time_budget else None, models, console).run()
 
 
 @app.command()

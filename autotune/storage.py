@@ -143,6 +143,8 @@ class Database:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             if self.url.startswith("sqlite") and "unable to open" in reason:
                 reason += " (does its directory exist, and may autotune write there?)"
+            elif "://" not in self.url:  # a file path where a URL belongs
+                reason = f"not a database URL; for a SQLite file write sqlite:///{Path(self.url).absolute()}"
             raise AutotuneError(f"cannot open the storage {shown_url(self.url)}: {reason}") from None
 
     def ask_lock(self) -> contextlib.AbstractContextManager:

@@ -29,6 +29,7 @@ GIB = 2**30
 class FakeBackend:
     name = "fake"
     served_format = None  # no server: `autotune run` cannot serve its finalists
+    gpu_only_knobs = ("n_cpu_moe",)
 
     def available(self) -> str | None:
         return None
@@ -44,6 +45,9 @@ class FakeBackend:
 
     def baselines(self, model, hw, vram_cap, workload) -> list[Config]:
         return [{"n_cpu_moe": model.n_layers, "n_threads": 2}]
+
+    def defaults(self, model, hw, workload, config: Config | None = None) -> Config:
+        return {"n_cpu_moe": 0, "n_threads": 2}
 
     def predict_vram(self, config: Config, model, workload: Workload) -> int:
         return GIB + (model.n_layers - config["n_cpu_moe"]) * GIB // 2

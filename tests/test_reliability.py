@@ -97,6 +97,13 @@ def test_bad_input_is_one_line_and_leaves_nothing_behind(tiny_model: Path, dense
         ([str(tiny_model), "--vram-cap", "0G", "--backends", FAKE], "must be more than zero"),
         ([str(tiny_model), "--vram-cap", "-4G", "--backends", FAKE], "cannot read the size '-4G'"),
         ([str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--time", "soon"], "cannot read the duration"),
+        ([str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--time", "0s"],
+         "--time: the duration '0s' must be more than zero"),
+        ([str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--time", "-5m"],
+         "--time: cannot read the duration '-5m'"),
+        ([str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--trial-timeout", "0"],
+         "--trial-timeout: the duration '0' must be more than zero"),
+        ([str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--sampler", "bogus"], "unknown sampler 'bogus'"),
         ([str(tiny_model), "--vram-cap", "8G", "--backends", "nonsense"], "unknown backend 'nonsense'"),
         ([str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--resume"], "no study named 's' to resume"),
     ]
@@ -121,6 +128,7 @@ def _has_llama_cpp() -> bool:
     ("sqlite:///{tmp}/a-file/db.sqlite", "does its directory exist"),
     ("postgresql://nobody:hunter2@127.0.0.1:1/x", "nobody:***@127.0.0.1:1/x"),
     ("nosuchdb://x", "cannot open the storage"),
+    ("autotune.db", "not a database URL; for a SQLite file write sqlite:////"),
 ])
 def test_unreachable_storage_is_one_line(tiny_model: Path, tmp_path: Path, storage: str, message: str):
     (tmp_path / "a-file").write_text("")
@@ -129,7 +137,19 @@ def test_unreachable_storage_is_one_line(tiny_model: Path, tmp_path: Path, stora
                     ["worker", str(tiny_model), "--study", "s"]):
         error = _one_line_error(_cli([*command, "--storage", storage]))
         assert "cannot open the storage" in error and message in error and "hunter2" not in error
-    assert not (tmp_path / "missing").exists()
+    assert not (tmp_path / "missing").exists() and not (ROOT / "autotune.db").exists()
+
+
+@pytest.mark.parametrize("command", [["worker", "{model}", "--study", "s"], ["study", "run", "{tmp}"]])
+@pytest.mark.parametrize("budget, message", [("0s", "--time: the duration '0s' must be more than zero"),
+                                             ("0.0m", "--time: the duration '0.0m' must be more than zero")])
+def test_a_zero_time_budget_names_its_flag(tiny_model: Path, tmp_path: Path, command: list[str], budget: str,
+                                           message: str):
+    args = [arg.format(model=tiny_model, tmp=tmp_path) for arg in command]
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    storage = ["--storage", url] if command[0] == "worker" else []
+    assert message in _one_line_error(_cli([*args, *storage, "--time", budget]))
+    assert not (tmp_path / "db.sqlite").exists()  # refused before anything was opened
 
 
 def test_odd_model_paths_run_and_export(tiny_model: Path, tmp_path: Path):
@@ -276,9 +296,10 @@ def test_two_runs_on_one_sqlite_database_and_on_one_study(tiny_model: Path, tmp_
     same_study = _start([*common, "--study", "a", "--trials", "10", "--resume"], FAKE_BACKEND_SECONDS="0.3")
     outputs = [process.communicate(timeout=300)[0] for process in (first, other_study, same_study)]
     assert [p.returncode for p in (first, other_study, same_study)] == [0, 0, 0], outputs
-    assert len(_complete(url, "b")) == 4
+    # whichever of a and b starts later warm-starts from what the other measured by then: copies, not measurements
+    assert len([t for t in _complete(url, "b") if "warm_start_from" not in t.user_attrs]) == 4
     trials = _trials(url, "a")
     _no_trial_counted_twice(trials)
-    measured = [t for t in trials if t.state is TrialState.COMPLETE]
+    measured = [t for t in trials if t.state is TrialState.COMPLETE and "warm_start_from" not in t.user_attrs]
     assert len(measured) >= 10 and all("result" in t.user_attrs for t in measured)
     assert {t.user_attrs[WORKER_ATTR]["pid"] for t in measured} == {first.pid, same_study.pid}  # both contributed

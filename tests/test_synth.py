@@ -98,3 +98,21 @@ def test_synth_bad_options_are_one_line_errors(tmp_path: Path, args: list[str], 
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("where, message", [
+    ("folder", "it is a folder; name the .gguf file to write"),
+    ("a-file/x.gguf", "a-file is a file, not a folder"),
+    ("/proc/x.gguf", "no new file can be made in /proc"),
+])
+def test_synth_to_a_path_it_cannot_write_is_one_line_before_any_work(tmp_path: Path, where: str, message: str):
+    if where.startswith("/proc") and not Path("/proc").is_dir():
+        pytest.skip("no /proc here")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a-file").write_text("")
+    before = sorted(tmp_path.rglob("*"))
+    result = runner.invoke(app, ["synth", str(tmp_path / where), "--no-measure"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert [line for line in result.output.splitlines() if line.strip()][0].startswith("error: cannot write")
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, no .partial left

@@ -1,6 +1,6 @@
 """The small interface every backend implements, and the values that cross it.
 
-A backend knows four things: which knobs it has (its search space), how much VRAM a
+A backend knows four things: which knobs it has (its search space and their defaults), how much VRAM a
 config will take (before running it), how to run one measured trial, and how to
 launch the winning config for real.  Trials always run in a child process
 (see ``autotune.backends.isolation``); nothing here touches CUDA in the caller.
@@ -115,9 +115,12 @@ class Backend(Protocol):
     """One way of running a model. Implementations live one per module in this package."""
 
     name: str
-    # the launch-command format that starts an OpenAI-compatible HTTP server: what `autotune run`
-    # serves to check its finalists (``search.verify``); None where the backend has none
     served_format: str | None
+    """The launch-command format that starts an OpenAI-compatible HTTP server: what ``autotune
+    run`` serves to check its finalists (``search.verify``); None where the backend has none."""
+    gpu_only_knobs: tuple[str, ...]
+    """Knobs that act only through a GPU: on a machine without one they change nothing, so
+    ``autotune run`` leaves them out of its trial lines there."""
 
     def available(self) -> str | None:
         """None when usable here, else the one-line reason it is not (missing package, ...)."""
@@ -134,6 +137,14 @@ class Backend(Protocol):
         self, model: ModelProfile, hw: HardwareProfile, vram_cap: int, workload: Workload
     ) -> list[Config]:
         """Configs a careful user would try first; the study is seeded with them."""
+
+    def defaults(
+        self, model: ModelProfile, hw: HardwareProfile, workload: Workload, config: Config | None = None
+    ) -> Config:
+        """The knob values this backend runs with where none is set, for this model, machine and
+        workload, in canonical form. Given a config, a knob whose default follows another knob
+        takes it from that config (llama.cpp's n_threads_batch follows n_threads). ``autotune
+        run`` names only the knobs of a trial that differ from these."""
 
     def predict_vram(self, config: Config, model: ModelProfile, workload: Workload) -> int:
         """Peak VRAM in bytes the config will take, CUDA context included, before running it."""

@@ -18,6 +18,7 @@ from autotune.backends.base import Config, ConfigError, TrialResult, Workload
 from autotune.backends.cache_commands import format_command, parse_command
 from autotune.backends.cache_knobs import (
     DECAYS,
+    DEFAULTS,
     PREFETCH_DEPTHS,
     PREFETCH_ENGINES,
     PREFILL_BYPASSES,
@@ -47,6 +48,8 @@ class CacheBackend:
     default_format = "serve"
     served_format: str | None = "serve"
     load_keys: tuple[str, ...] | None = LOAD_KEYS
+    # Launch shapes of the Triton decode kernels: without a GPU the runtime runs its torch ops.
+    gpu_only_knobs: tuple[str, ...] = ("chunk_rounds", "gate_up_warps")
 
     def __init__(self, gpu_index: int = 0):
         self.gpu_index = gpu_index
@@ -123,6 +126,19 @@ class CacheBackend:
                    {**lfu16, "prefetch_depth": 4, "prefetch_engine": "dma"}]
         configs = [{**common, **config} for config in configs]
         return [normalize(config) for config in configs]
+
+    def defaults(
+        self, model: ModelProfile, hw: HardwareProfile, workload: Workload, config: Config | None = None
+    ) -> Config:
+        """``CacheConfig``'s defaults at the workload's context. Given a config, its budget
+        (``vram_cap``: the study's cap, not a knob) and what its eviction rule makes of the other
+        knobs' defaults (static eviction never rebalances)."""
+        defaults = {**DEFAULTS, "max_ctx": workload.n_ctx}
+        if config is None or "vram_cap" not in config:
+            return defaults
+        eviction = config.get("eviction", DEFAULTS["eviction"])
+        ruled = normalize({**defaults, "vram_cap": config["vram_cap"], "eviction": eviction})
+        return {**ruled, "eviction": DEFAULTS["eviction"]}
 
     def predict_vram(self, config: Config, model: ModelProfile, workload: Workload) -> int:
         """The runtime's own plan; where the budget cannot hold even zero expert slots, the

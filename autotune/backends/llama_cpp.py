@@ -45,6 +45,13 @@ class LlamaCppBackend:
     default_format = "llama-server"
     served_format: str | None = "llama-server"
     load_keys: tuple[str, ...] | None = LOAD_KEYS  # knobs fixed at model load: configs equal in them share a load
+    # Without a GPU, llama.cpp has no device to offload to: n_gpu_layers places layers on none,
+    # and the experts that n_cpu_moe or cpu_moe_layers keep "on the CPU" are in the CPU's
+    # buffers anyway (the same repacked ones: since b6049 an override to the CPU buffer type
+    # considers its extra buffer types too); op_offload only sends host weights' ops to a GPU.
+    # flash_attn is not one of them: the CPU backend has a flash-attention kernel of its own,
+    # so it changes CPU speed (and a quantized V cache needs it).
+    gpu_only_knobs: tuple[str, ...] = ("n_gpu_layers", "n_cpu_moe", "cpu_moe_layers", "op_offload")
 
     def __init__(self, gpu_index: int = 0):
         self.gpu_index = gpu_index
@@ -132,6 +139,17 @@ class LlamaCppBackend:
         configs.append(common)
         unique = {json.dumps(normalize(c), sort_keys=True): normalize(c) for c in configs}
         return list(unique.values())
+
+    def defaults(
+        self, model: ModelProfile, hw: HardwareProfile, workload: Workload, config: Config | None = None
+    ) -> Config:
+        """llama.cpp's defaults (``llama_config.DEFAULTS``): every layer on the GPU, the physical
+        cores' threads, the workload's context; n_threads_batch follows the config's n_threads."""
+        defaults = normalize({"n_gpu_layers": model.n_layers + 1, "n_threads": hw.physical_cores,
+                              "n_ctx": workload.n_ctx})
+        if config is not None and "n_threads" in config:
+            defaults["n_threads_batch"] = config["n_threads"]
+        return defaults
 
     def _fewest_cpu_expert_layers(
         self, config: Config, model: ModelProfile, vram_cap: int, workload: Workload | None

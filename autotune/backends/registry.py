@@ -13,6 +13,8 @@ BUILTIN = {
     "cache": "autotune.backends.cache:CacheBackend",
 }
 
+MEMBERS = sorted(set(Backend.__annotations__) | {name for name in vars(Backend) if not name.startswith("_")})
+
 
 def get_backend(name: str) -> Backend:
     spec = BUILTIN.get(name, name)
@@ -23,4 +25,8 @@ def get_backend(name: str) -> Backend:
         backend_class = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
         raise AutotuneError(f"cannot load backend {name!r}: {exc}") from None
-    return backend_class()
+    backend = backend_class()
+    missing = [member for member in MEMBERS if not hasattr(backend, member)]
+    if missing:  # found now, not by the first trial that needs it
+        raise AutotuneError(f"backend {name!r} lacks {', '.join(missing)} (see autotune.backends.base.Backend)")
+    return backend

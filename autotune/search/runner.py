@@ -18,6 +18,7 @@ from autotune.hardware import HardwareProfile, probe_hardware
 from autotune.model import ModelProfile, inspect_model
 from autotune.search.objective import UNITS
 from autotune.search.study import Budget, StudyOutcome, Tuner, TrialRecord, register_study
+from autotune.search.trial_lines import TrialLines, cpu_only_note
 from autotune.search.workers import run_on_gpus
 from autotune.storage import BestConfigRow, Database
 from autotune.units import format_size, parse_size
@@ -93,19 +94,6 @@ def _resolve_study_name(db: Database, name: str | None, resume: bool, model: Mod
     return matching[-1].name
 
 
-def _describe(record: TrialRecord, unit: str) -> str:
-    knobs = " ".join(f"{k}={v}" for k, v in record.config.items())
-    predicted = f"pred {format_size(record.predicted_vram)}"
-    if record.outcome is Outcome.PRUNED:
-        return f"#{record.number:<3} {record.backend} {knobs}  [yellow]pruned[/] ({predicted} over the cap)"
-    result = record.result
-    peak = f", peak {format_size(result.peak_vram_bytes)}" if result and result.peak_vram_bytes else ""
-    if record.outcome is Outcome.OK:
-        return f"#{record.number:<3} {record.backend} {knobs}  [green]{record.objective:.1f} ± {record.objective_std:.1f} {unit}[/] ({predicted}{peak})"
-    message = (result.message if result else "").splitlines()[-1:] or [""]
-    return f"#{record.number:<3} {record.backend} {knobs}  [red]{record.outcome.value}[/] {message[0][:120]}"
-
-
 @dataclass
 class PreparedStudy:
     """A study ready to run: its tuner, the usable backends, and what to tell the user first."""
@@ -150,7 +138,7 @@ def prepare_study(
     tuner.clear_stop_request()
     recovered = tuner.recover_interrupted()
     done = len(tuner.measured_trials())
-    notes = []
+    notes = [note for note in (cpu_only_note(hardware),) if note]
     if resume:
         notes.append(f"resuming study {name}: {done} measured trials kept, {recovered} interrupted trial(s) queued again")
         tuner.seed_baselines()  # those still held back when it stopped (queued or tried ones are skipped)
@@ -184,6 +172,7 @@ def run_study(
     prepared = prepare_study(model_path, vram_cap, backend_names, trials, seconds, workload, study_name, storage_url,
                              resume, trial_timeout_s, sampler, seed, batch)
     tuner, unit = prepared.tuner, prepared.unit
+    lines = TrialLines.of(tuner, unit)
     best_so_far = [0.0]
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -192,7 +181,7 @@ def run_study(
         task = progress.add_task("trials", total=trials)
 
         def on_trial(record: TrialRecord) -> None:
-            progress.console.print(_describe(record, unit), highlight=False)
+            progress.console.print(lines.line(record), highlight=False, soft_wrap=True)
             if record.outcome is not Outcome.PRUNED:
                 if record.outcome is Outcome.OK:
                     best_so_far[0] = max(best_so_far[0], record.objective)

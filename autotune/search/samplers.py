@@ -14,6 +14,12 @@ ConstraintsFunc = Callable[[FrozenTrial], Sequence[float]]
 SAMPLERS = ("tpe", "tpe-independent", "gp", "random")
 
 
+def check_sampler(name: str) -> None:
+    """An AutotuneError unless ``name`` is one of ``SAMPLERS``."""
+    if name not in SAMPLERS:
+        raise AutotuneError(f"unknown sampler {name!r}; choose from: {', '.join(SAMPLERS)}")
+
+
 def make_sampler(name: str, seed: int | None, constraints_func: ConstraintsFunc) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():  # group= is "experimental", constraints_func "deprecated" in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -32,4 +38,5 @@ def _make_sampler(name: str, seed: int | None, constraints_func: ConstraintsFunc
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=6, constraints_func=constraints_func)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise AutotuneError(f"unknown sampler {name!r}; choose from: {', '.join(SAMPLERS)}")
+    check_sampler(name)
+    raise AssertionError(f"sampler {name!r} is listed but not made")

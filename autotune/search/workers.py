@@ -46,7 +46,8 @@ def join_study(
     console: Console,
 ) -> StudyOutcome:
     """Add trials to an existing study: ``trials`` of this worker's own, else until the study's budget is spent."""
-    from autotune.search.runner import _describe, _usable_backends
+    from autotune.search.runner import _usable_backends
+    from autotune.search.trial_lines import TrialLines, cpu_only_note
 
     db = Database(storage_url)
     row = db.study(study_name)
@@ -71,12 +72,15 @@ def join_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     unit = UNITS[workload.objective]
     tuner = Tuner(db, model, hardware, backends, row.vram_cap, workload, study_name, settings.get("sampler", "tpe"),
-                  None, settings.get("trial_timeout_s", 600.0),
-                  lambda record: console.print(_describe(record, unit), highlight=False), batch=settings.get("batch", 2))
+                  None, settings.get("trial_timeout_s", 600.0), batch=settings.get("batch", 2))
+    lines = TrialLines.of(tuner, unit)
+    tuner.on_trial = lambda record: console.print(lines.line(record), highlight=False, soft_wrap=True)
     tuner.recover_interrupted()
     budget = Budget(trials=None, seconds=seconds, own_trials=trials) if trials else Budget(settings.get("trials"), seconds)
     pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
     console.print(f"worker {os.getpid()} joins study {study_name}" + (f" on GPU {pinned}" if pinned else ""))
+    if note := cpu_only_note(hardware):
+        console.print(note)
     outcome = tuner.run(model_path, budget, conclude=False)
     measured = sum(record.outcome is not Outcome.PRUNED for record in outcome.records)
     console.print(f"worker {os.getpid()} measured {measured} trial(s) for study {study_name}")

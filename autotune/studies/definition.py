@@ -210,7 +210,7 @@ def _tuner(table: _Table) -> TunerSpec:
     _positive(spec.trials, "[tuner] trials")
     _positive(spec.minutes, "[tuner] minutes")
     _positive(spec.batch, "[tuner] batch")
-    parse_duration(spec.trial_timeout)
+    parse_duration(spec.trial_timeout, f"{table.where}: trial_timeout")
     return spec
 
 

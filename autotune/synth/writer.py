@@ -20,6 +20,7 @@ from gguf import GGMLQuantizationType as QType
 from gguf import GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES
 
+from autotune.errors import AutotuneError
 from autotune.quants import quantize
 from autotune.synth import skew as skew_model
 from autotune.synth.presets import SynthPreset, get_layout, get_preset
@@ -199,6 +200,23 @@ def _wait_for_write_back(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+def _check_output(path: Path, partial: Path) -> None:
+    """Fail before any work where the file cannot be written: a folder in its place, a file in
+    place of a folder above it, or a folder that takes no new files. Missing folders are made."""
+    if path.is_dir():
+        raise AutotuneError(f"cannot write {path}: it is a folder; name the .gguf file to write")
+    existing = next(folder for folder in path.parents if folder.exists())
+    if not existing.is_dir():
+        raise AutotuneError(f"cannot write {path}: {existing} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.open("wb").close()  # the writer's own first step, tried at once
+        partial.unlink()
+    except OSError as exc:
+        raise AutotuneError(f"cannot write {path}: no new file can be made in {path.parent} "
+                            f"({exc.strerror or exc})") from None
+
+
 def write_synthetic_model(
     path: str | Path,
     preset: str = "tiny",
@@ -210,13 +228,11 @@ def write_synthetic_model(
     started = time.perf_counter()
     path = Path(path)
     if skew < 0:
-        from autotune.errors import AutotuneError
-
         raise AutotuneError(f"--skew must be 0 or more (got {skew})")
+    partial = path.with_name(path.name + ".partial")
+    _check_output(path, partial)
     synth = _SynthWriter(get_preset(preset), quant, skew, seed)
     tensors = list(synth.tensors())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     writer = GGUFWriter(partial, "qwen3moe")
     synth.write_metadata(writer, preset, quant, seed)
     for name, shape, data, qtype in tensors:
