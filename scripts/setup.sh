@@ -23,4 +23,10 @@ python -m pip install -q -e ".[llama,runtime,test,postgres,serve]"
 # Triton runs the runtime's kernels on a GPU and, through its interpreter, in the CPU tests.
 # CUDA builds of torch bring their own; a CPU build does not.
 python -c "import triton" 2>/dev/null || python -m pip install -q "triton==3.6.0"
+# llama.cpp's own tools from the same source, beside autotune: the llama_bench backend measures
+# with llama-bench, and `autotune run` serves llama.cpp finalists with llama-server.
+if [ ! -x .venv/bin/llama-server ] || [ ! -x .venv/bin/llama-bench ]; then
+  echo "building llama-bench and llama-server (about 15 minutes on 2 CPU cores) ..."
+  bash scripts/build-llama-tools.sh .venv/bin
+fi
 echo "autotune is installed in .venv (activate with: . .venv/bin/activate)"
