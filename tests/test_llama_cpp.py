@@ -17,14 +17,16 @@ from autotune.backends.commands import python_snippet
 from autotune.backends.llama_config import normalize
 from autotune.backends.llama_cpp import LlamaCppBackend
 from autotune.backends.llama_memory import CUDA_CONTEXT_BYTES, estimate_vram
-from autotune.hardware import HardwareProfile
+from autotune.hardware import GpuInfo, HardwareProfile
 from autotune.model import LayerBytes, ModelProfile, inspect_model
 
 pytestmark = pytest.mark.skipif(LlamaCppBackend().available() is not None, reason="llama-cpp-python missing")
 
 WORKLOAD = Workload(n_prompt=32, n_gen=8, repetitions=2, n_ctx=256)
 ONE_THREAD = {"n_threads": 1, "n_threads_batch": 1}  # robust on a busy 2-core machine
-HW = HardwareProfile(cpu_model="test", physical_cores=2, logical_cores=4, ram_bytes=8 * 2**30)
+HW = HardwareProfile(cpu_model="test", physical_cores=2, logical_cores=4, ram_bytes=8 * 2**30,
+                     gpus=[GpuInfo(0, "test GPU", 24 * 2**30, 24 * 2**30, 4, 16, "8.9", "GPU-test")])
+CPU_ONLY = HardwareProfile(cpu_model="test", physical_cores=2, logical_cores=4, ram_bytes=8 * 2**30)
 
 
 def expert_tensors(*layers: int) -> set[str]:
@@ -146,7 +148,7 @@ def test_a_smaller_ubatch_that_lets_fewer_layers_experts_fit_is_a_baseline_too()
     """On the H200 machine, --n-cpu-moe 21 -ub 512 took 12.01 GiB holding 4096 tokens and -ub 256
     11.86 GiB (studies/skew0): at a 12 GiB cap only the smaller compute buffer lets it fit."""
     model, backend, workload = qwen3_30b_shape(), LlamaCppBackend(), Workload(n_ctx=4096)
-    hw = HardwareProfile(cpu_model="test", physical_cores=16, logical_cores=16, ram_bytes=128 * 2**30)
+    hw = HardwareProfile(cpu_model="test", physical_cores=16, logical_cores=16, ram_bytes=128 * 2**30, gpus=HW.gpus)
     cap = backend.predict_vram({"n_cpu_moe": 21, "n_ubatch": 256}, model, workload)
     assert backend.predict_vram({"n_cpu_moe": 21, "n_ubatch": 512}, model, workload) > cap
     splits = [(c["n_cpu_moe"], c["n_ubatch"]) for c in backend.baselines(model, hw, cap, workload)]
@@ -194,10 +196,9 @@ def test_memory_model_is_near_the_reference_figures(n_cpu_moe: int, measured_gib
 
 
 def test_on_a_dense_model_only_layer_offload_is_tuned(dense_model: Path):
-    from autotune.hardware import probe_hardware
     from autotune.model import inspect_model
 
-    model, hw = inspect_model(dense_model), probe_hardware()
+    model, hw = inspect_model(dense_model), HW
     backend = LlamaCppBackend()
     study = optuna.create_study()
     seen = set()
@@ -208,3 +209,20 @@ def test_on_a_dense_model_only_layer_offload_is_tuned(dense_model: Path):
     assert len(seen) > 1 and min(seen) >= 0 and max(seen) <= model.n_layers + 1
     layers = sorted(c["n_gpu_layers"] for c in backend.baselines(model, hw, 2**40, Workload()))
     assert layers[0] == 0 and layers[-1] == model.n_layers + 1  # all on the CPU; everything fits
+
+
+@pytest.mark.parametrize("objective", ["decode", "prefill"])
+def test_without_a_gpu_only_cpu_settings_are_tuned(tiny_model: Path, objective: str):
+    """GPU placement changes nothing on a machine without one: every layer stays on the CPU, and
+    the baselines are one config instead of several that would run the same way."""
+    model, backend, workload = inspect_model(tiny_model), LlamaCppBackend(), Workload(objective=objective)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    searched = set()
+    for _ in range(30):
+        trial = study.ask()
+        config = backend.suggest(trial, model, CPU_ONLY, workload)
+        assert (config["n_gpu_layers"], config["n_cpu_moe"], config["op_offload"]) == (0, 0, True)
+        searched |= set(trial.params)
+    assert not searched & set(backend.gpu_only_knobs) and "n_threads" in searched
+    [baseline] = backend.baselines(model, CPU_ONLY, 2**30, workload)
+    assert baseline["n_gpu_layers"] == 0 and baseline["n_threads"] == CPU_ONLY.physical_cores

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from autotune.backends.commands import parse_command
+from autotune.backends.llama_config import LOAD_KEYS
 from autotune.storage import Database
 
 pytest.importorskip("llama_cpp")
@@ -63,6 +64,7 @@ def _check_siblings_shared_a_load(url: str) -> None:
     assert siblings, "no trial shared a model load"
     for sibling in siblings:
         lead = trials[int(sibling.user_attrs["seeded"].rsplit(" ", 1)[1])]
-        assert sibling.params["n_cpu_moe"] == lead.params["n_cpu_moe"]
+        assert all(sibling.user_attrs["config"][key] == lead.user_attrs["config"][key] for key in LOAD_KEYS
+                   if key in lead.user_attrs["config"])
         assert json.loads(json.dumps(sibling.user_attrs["result"]))["load_seconds"] == 0.0
         assert lead.user_attrs["result"]["load_seconds"] > 0

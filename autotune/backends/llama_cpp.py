@@ -76,14 +76,17 @@ class LlamaCppBackend:
         For the decode objective, knobs that only matter for prefill or rarely help decode
         stay at llama.cpp's defaults, so a short budget is spent where decode speed is decided;
         n_ubatch stays searched there because its compute buffer trades VRAM with experts.
-        With a workload the config carries its n_ctx, so exported commands serve that context."""
-        n_layers = model.n_layers
+        With a workload the config carries its n_ctx, so exported commands serve that context.
+        Without a GPU the knobs that act only through one (``gpu_only_knobs``) are not searched:
+        every layer stays on the CPU."""
+        n_layers, gpu = model.n_layers, hw.has_gpu
         flash_attn = trial.suggest_categorical("flash_attn", [True, False])
-        n_cpu_moe = trial.suggest_int("n_cpu_moe", 0, n_layers) if model.is_moe else 0
+        n_cpu_moe = trial.suggest_int("n_cpu_moe", 0, n_layers) if model.is_moe and gpu else 0
         n_threads = trial.suggest_categorical("n_threads", thread_counts(hw))
         if workload is not None and workload.objective == "decode":
             config = {
-                "n_gpu_layers": n_layers + 1 if model.is_moe else trial.suggest_int("n_gpu_layers", 0, n_layers + 1),
+                "n_gpu_layers": (n_layers + 1 if model.is_moe else trial.suggest_int("n_gpu_layers", 0, n_layers + 1))
+                if gpu else 0,
                 "n_cpu_moe": n_cpu_moe,
                 "flash_attn": flash_attn,
                 "n_ubatch": trial.suggest_categorical("n_ubatch", UBATCH_SIZES),
@@ -93,7 +96,8 @@ class LlamaCppBackend:
         else:
             n_batch = trial.suggest_categorical("n_batch", BATCH_SIZES)
             config = {
-                "n_gpu_layers": trial.suggest_int("n_gpu_layers", n_layers // 2 if model.is_moe else 0, n_layers + 1),
+                "n_gpu_layers": trial.suggest_int("n_gpu_layers", n_layers // 2 if model.is_moe else 0, n_layers + 1)
+                if gpu else 0,
                 "n_cpu_moe": n_cpu_moe,
                 "flash_attn": flash_attn,
                 "n_batch": n_batch,
@@ -102,7 +106,7 @@ class LlamaCppBackend:
                 "type_v": trial.suggest_categorical("type_v", list(KV_TYPES)) if flash_attn else "f16",
                 "n_threads": n_threads,
                 "n_threads_batch": trial.suggest_categorical("n_threads_batch", thread_counts(hw)),
-                "op_offload": trial.suggest_categorical("op_offload", [True, False]),
+                "op_offload": trial.suggest_categorical("op_offload", [True, False]) if gpu else DEFAULTS["op_offload"],
                 "use_mmap": trial.suggest_categorical("use_mmap", [True, False]),
             }
         if workload is not None:
@@ -115,13 +119,14 @@ class LlamaCppBackend:
         """All experts on the CPU; the fewest first layers' experts on the CPU that fit the cap
         (the largest split a --n-cpu-moe user would find), and where a smaller ubatch (a smaller
         compute buffer) lets fewer layers' experts fit, that split too, with the largest such
-        ubatch; llama.cpp's defaults, all on the GPU."""
-        common = {"n_gpu_layers": model.n_layers + 1, "n_threads": hw.physical_cores,
+        ubatch; llama.cpp's defaults, all on the GPU. Without a GPU: llama.cpp's defaults, every
+        layer on the CPU."""
+        common = {"n_gpu_layers": model.n_layers + 1 if hw.has_gpu else 0, "n_threads": hw.physical_cores,
                   "n_threads_batch": hw.physical_cores}
         if workload is not None:
             common["n_ctx"] = workload.n_ctx
         configs = []
-        if model.is_moe:
+        if hw.has_gpu and model.is_moe:
             configs.append({**common, "n_cpu_moe": model.n_layers})
             splits = [self._fewest_cpu_expert_layers({**common, "n_ubatch": ubatch}, model, vram_cap, workload)
                       for ubatch in sorted(UBATCH_SIZES, reverse=True) if ubatch <= DEFAULTS["n_ubatch"]]
@@ -130,7 +135,7 @@ class LlamaCppBackend:
             fewest = min((split for split in splits if split is not None), key=lambda c: c["n_cpu_moe"], default=None)
             if fewest is not None:
                 configs.append(fewest)
-        else:  # dense: every layer on the CPU, and the most layers on the GPU that fit
+        elif hw.has_gpu:  # dense: every layer on the CPU, and the most layers on the GPU that fit
             configs.append({**common, "n_gpu_layers": 0})
             fits = [n for n in range(model.n_layers + 1, -1, -1)
                     if self.predict_vram({**common, "n_gpu_layers": n}, model, workload or Workload()) <= vram_cap]

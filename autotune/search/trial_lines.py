@@ -3,8 +3,8 @@
 ``#N backend <knobs that differ from the backend's defaults> <speed ± spread> <peak/cap>``;
 a pruned trial shows its predicted VRAM over the cap, a failed one its outcome and the last
 line of its message. On a machine without an NVIDIA GPU the knobs that only act through one
-(``Backend.gpu_only_knobs``) and every VRAM figure are left out: there only CPU settings
-change anything (the search still samples the others), and ``cpu_only_note`` says so once.
+(``Backend.gpu_only_knobs``, which the backends do not search there) and every VRAM figure
+are left out, and ``cpu_only_note`` says so once.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def cpu_only_note(hw: HardwareProfile) -> str | None:
     if hw.has_gpu:
         return None
     why = f" ({hw.gpu_error})" if hw.gpu_error else ""
-    return f"no NVIDIA GPU here: only CPU settings matter, so trial lines leave out GPU placement and VRAM{why}"
+    return f"no NVIDIA GPU here{why}: only CPU settings are tuned (no GPU placement, no VRAM figures)"
 
 
 def _against_cap(n_bytes: float, cap: int) -> str:
