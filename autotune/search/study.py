@@ -639,13 +639,20 @@ class Tuner:
                 return previous  # the earlier winner still stands
         return self.save_winner(row)
 
+    def kept(self, row: BestConfigRow) -> BestConfigRow:
+        """``row`` with its config as the backend keeps a winner's (``keep_winner``: e.g. naming
+        the placement its trials ran with), once; what a row kept earlier names is restored."""
+        if "kept" in row.result:
+            self.backends[row.backend].restore_winner(row.config, row.result["kept"])
+        else:
+            trial_config = trial_config_of(row)
+            row.config, kept = self.backends[row.backend].keep_winner(trial_config, self.model, self.study_name)
+            row.result = row.result | {"kept": kept, "trial_config": trial_config}
+        return row
+
     def save_winner(self, row: BestConfigRow) -> BestConfigRow:
-        """Store ``row`` as the best config, its config as the backend keeps a winner's
-        (``keep_winner``: e.g. naming the placement its trials ran with)."""
-        trial_config = trial_config_of(row)
-        row.config, kept = self.backends[row.backend].keep_winner(trial_config, self.model, self.study_name)
-        row.result = row.result | {"kept": kept, "trial_config": trial_config}
-        self.db.save_best(row)
+        """Store ``row``, as kept, as the best config."""
+        self.db.save_best(self.kept(row))
         return row
 
 

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from autotune.backends.base import Measurement, Outcome, TrialResult, Workload
 from autotune.cache_runtime.learned import DATA_DIR_ENV
+from autotune.search.objective import UNITS, objective_of
 from autotune.search.study import Tuner, trial_config_of
 from autotune.served import ServedFigures, ServeFailed, measure_command
 from autotune.storage import BestConfigRow
@@ -36,8 +37,6 @@ class Served:
     figures: ServedFigures
 
     def objective(self, workload: Workload) -> float:
-        from autotune.search.objective import objective_of
-
         result = TrialResult(Outcome.OK, decode_tps=self.figures.decode_tps, prefill_tps=self.figures.prefill_tps)
         return objective_of(result, workload).mean
 
@@ -60,15 +59,14 @@ def serve_finalists(tuner: Tuner, winner: BestConfigRow, model_path: Path, deadl
                     console: Console) -> BestConfigRow:
     """Serve each finalist's exported command and store the one that serves fastest within the
     cap as the winner (the stored winner where none could be served); returns it."""
-    workload, unit = tuner.workload, "tok/s" if tuner.workload.objective != "request" else "req/s"
+    workload, unit = tuner.workload, UNITS[tuner.workload.objective]
     served: list[Served] = []
     for row in _finalists(tuner, winner):
         backend = tuner.backends[row.backend]
         if backend.served_format is None:
             console.print(f"{row.backend} has no server command: its finalist is not served")
             continue
-        config, _ = backend.keep_winner(trial_config_of(row), tuner.model, tuner.study_name)
-        command = backend.launch_command(config, model_path, backend.served_format)
+        command = backend.launch_command(tuner.kept(row).config, model_path, backend.served_format)
         console.print(f"serving {row.backend} as exported: {command}", highlight=False, soft_wrap=True)
         try:
             with tempfile.TemporaryDirectory(prefix="autotune-first-start-") as fresh:
@@ -78,7 +76,6 @@ def serve_finalists(tuner: Tuner, winner: BestConfigRow, model_path: Path, deadl
         except ServeFailed as exc:
             console.print(f"[red]could not serve it[/]: {exc}", highlight=False)
             continue
-        row.config = config
         one = Served(row, command, figures)
         served.append(one)
         console.print(_line(one, workload, unit, tuner.vram_cap), highlight=False)
