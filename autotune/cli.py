@@ -353,7 +353,7 @@ def serve(
              "gate_up_warps": gate_up_warps, "placement": str(placement) if placement is not None else None}
     given = {key: value for key, value in knobs.items() if value is not None}
     config = resolve_config(model, vram_cap, given, config_file, best, objective, storage)
-    serve_model(model, config, host, port, console, parse_duration(save_every))
+    serve_model(model, config, host, port, console, parse_duration(save_every, "--save-every"))
 
 
 @app.command()

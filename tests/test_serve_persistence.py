@@ -156,7 +156,7 @@ def test_the_engine_places_the_hottest_experts_of_a_placement_file(tiny_model: P
     (["--port", "99999"], "--port 99999: a port is a number from 1 to 65535"),
     (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid': not an address of this machine"),
     (["--placement", "missing.json"], "does not exist"),
-    (["--save-every", "0s"], "--save-every must be more than zero"),
+    (["--save-every", "0s"], "--save-every: the duration '0s' must be more than zero"),
 ])
 def test_bad_serve_flags_are_one_line_errors_before_the_model_loads(tiny_model: Path, cap: int, tmp_path: Path,
                                                                      flags: list[str], message: str):

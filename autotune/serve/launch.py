@@ -103,8 +103,6 @@ def serve_model(model: Path, config: Config, host: str, port: int, console: Cons
     from autotune.model import inspect_model
     from autotune.serve.session import Session
 
-    if save_every <= 0:
-        raise AutotuneError("--save-every must be more than zero seconds")
     inspect_model(model)  # a clear error for a missing or broken file before torch loads
     check_placement(model, config)
     sock = listening_socket(host, port)
