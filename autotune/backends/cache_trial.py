@@ -16,7 +16,6 @@ Peak VRAM is sampled by the parent (``isolation``).
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -27,13 +26,14 @@ import torch
 from autotune.backends.cache_placement import trial_placement_path, with_trial_placement
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.engine import Engine
-from autotune.cache_runtime.learned import load_counts, write_placement
+from autotune.cache_runtime.learned import load_counts, model_fingerprint, write_placement
 
 STATS = ("hit_rate", "effective_hit_rate", "pcie_bytes_per_token", "prefetch_precision", "prefetch_recall",
          "rebalances", "host_wait_s", "misses", "admissions")
 
 
 LEARN_PROMPT_TOKENS, LEARN_TOKENS = 16, 256  # the decode whose routing seeds a first placement
+LEARNED_HERE = "learned in the trial"
 
 
 @dataclass
@@ -42,9 +42,9 @@ class Loaded:
     config: CacheConfig  # what the cache is configured with now
 
 
-def trial_config(engine: Engine, config: dict[str, Any]) -> CacheConfig:
+def trial_config(fingerprint: str, config: dict[str, Any]) -> CacheConfig:
     """The config as trials run it: naming the trials' placement file (``cache_placement``)."""
-    return CacheConfig.from_dict(with_trial_placement(config, engine.fingerprint))
+    return CacheConfig.from_dict(with_trial_placement(config, fingerprint))
 
 
 def learn_placement(engine: Engine) -> str:
@@ -62,19 +62,20 @@ def learn_placement(engine: Engine) -> str:
     engine.generate(prompt, min(LEARN_TOKENS, engine.cache.max_ctx - LEARN_PROMPT_TOKENS))
     engine.expert_cache.drain()
     write_placement(path, engine.expert_cache.routing.total, engine.fingerprint, "learned by a trial")
-    return "learned in the trial"
+    return LEARNED_HERE
 
 
 def setup(common: dict[str, Any]) -> tuple[Loaded, dict[str, Any]]:
     """Load the model: ``common`` has model_path and the first item's config."""
-    first = CacheConfig.from_dict(common["config"])
     started = time.perf_counter()
-    engine = Engine(common["model_path"], cache=dataclasses.replace(first, placement=""))
+    config = trial_config(model_fingerprint(common["model_path"]), common["config"])
+    engine = Engine(common["model_path"], cache=config)
     engine.persist_routing = False
     loaded = time.perf_counter()
     routing_counts = learn_placement(engine)
-    config = trial_config(engine, common["config"])
-    engine.configure_cache(config)
+    if routing_counts == LEARNED_HERE:  # placed before there were counts: again, by them
+        config = trial_config(engine.fingerprint, common["config"])
+        engine.configure_cache(config)
     done = time.perf_counter()
     info = {"load_seconds": done - started,
             "extra": {"device": str(engine.device), "kernels": type(engine.ops).__name__,
@@ -128,7 +129,7 @@ def prefill_tps(engine: Engine, n_prompt: int, repetitions: int) -> list[float]:
 
 def run(loaded: Loaded, item: dict[str, Any]) -> dict[str, Any]:
     """Measure one config (``item["config"]``) for ``item["workload"]``."""
-    config, workload = trial_config(loaded.engine, item["config"]), item["workload"]
+    config, workload = trial_config(loaded.engine.fingerprint, item["config"]), item["workload"]
     started = time.perf_counter()
     if config != loaded.config:
         loaded.engine.configure_cache(config)
