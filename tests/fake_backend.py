@@ -19,16 +19,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from autotune.backends.base import Config, Measurement, Outcome, TrialResult, Workload
+from autotune.backends.base import Backend, Config, Measurement, Outcome, TrialResult, Workload
 
 GIB = 2**30
 
 
-class FakeBackend:
-    name = "fake"
-    served_format = None  # no server: `autotune run` cannot serve its finalists
+class FakeBackend(Backend):
+    name = "fake"  # it has no server (served_format None): `autotune run` does not serve its finalists
     gpu_only_knobs = ("n_cpu_moe",)
 
     def available(self) -> str | None:
@@ -89,12 +87,6 @@ class FakeBackend:
             wall_seconds=time.monotonic() - started,
             extra={"worker_pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
         )
-
-    def keep_winner(self, config: Config, model: object, study_name: str) -> tuple[Config, dict[str, Any]]:
-        return config, {}
-
-    def restore_winner(self, config: Config, kept: dict[str, Any]) -> None:
-        return None
 
     def launch_command(self, config: Config, model_path: Path, fmt: str) -> str:
         return shlex.join(["fake-server", "-m", str(model_path), "--config", json.dumps(config, sort_keys=True)])

@@ -100,6 +100,7 @@ class BudgetFillingBackend(OverestimatingBackend):
     """A runtime that fills the VRAM budget its config names, as the cache backend does."""
 
     name = "budget_filling"
+    fills_budget = True
 
     def baselines(self, model, hw, vram_cap, workload) -> list[Config]:
         return [{"n_cpu_moe": model.n_layers, "n_threads": 2, "vram_cap": vram_cap}]

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from autotune.backends.base import Measurement, Outcome, TrialResult, Workload
+from tests.fake_backend import FakeBackend
 from autotune.errors import AutotuneError
 from autotune.studies.definition import GridSpec, load_definition
 from autotune.studies.measure import run_grid
@@ -109,7 +110,7 @@ def test_tiny_study_runs_in_two_calls_and_reports(tmp_path: Path):
             assert image.format == "PNG" and image.size[0] > 500
 
 
-class _CountingBackend:
+class _CountingBackend(FakeBackend):
     """Measures nothing: records which configs it was asked to run."""
 
     name = "counting"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from autotune.backends.base import Measurement, Outcome, TrialResult, Workload
+from autotune.backends.base import Backend, Measurement, Outcome, TrialResult, Workload
 from autotune.backends.cache import CacheBackend
 from autotune.backends.llama_cpp import LlamaCppBackend
 from autotune.hardware import GpuInfo, HardwareProfile
@@ -121,17 +121,24 @@ def test_run_prints_one_line_per_trial_and_the_cpu_note_once(tiny_model: Path, t
     assert FakeBackend.gpu_only_knobs == ("n_cpu_moe",)
 
 
-class _Undeclared:
+class _Undeclared(FakeBackend):
     """A plugin backend from before ``defaults``: refused when loaded, not at its first trial line."""
 
     name = "undeclared"
+    defaults = Backend.defaults  # still abstract: declared, never implemented
 
 
-def test_a_backend_without_the_protocol_members_is_refused_by_name():
+class _NotABackend:
+    name = "not a backend"
+
+
+def test_a_backend_without_the_abstract_members_is_refused_by_name():
     from autotune.backends.registry import get_backend
     from autotune.errors import AutotuneError
 
-    with pytest.raises(AutotuneError, match=r"lacks available, baselines, defaults, gpu_only_knobs"):
+    with pytest.raises(AutotuneError, match=r"lacks defaults \(see autotune.backends.base.Backend\)"):
         get_backend("tests.test_trial_lines:_Undeclared")
+    with pytest.raises(AutotuneError, match=r"is not a subclass of autotune.backends.base.Backend"):
+        get_backend("tests.test_trial_lines:_NotABackend")
     assert get_backend("tests.fake_backend:FakeBackend").defaults(None, CPU_ONLY, WORKLOAD) == {"n_cpu_moe": 0,
                                                                                                "n_threads": 2}

@@ -106,7 +106,10 @@ def test_llama_cpp_expects_fewer_cpu_layers_to_be_faster_all_else_equal():
 
 
 class LoadSharingBackend(ScriptedBackend):
-    """Also offers ``run_trials``, as the backends whose configs can share a model load do."""
+    """Declares load keys (none: every config shares one load) and measures configs that share a
+    load in one ``run_trials`` call, as the backends whose configs can share a model load do."""
+
+    load_keys = ()
 
     def __init__(self, script: dict[int, tuple[list[float], list[float]]]):
         super().__init__(script)

@@ -1,17 +1,18 @@
 """The small interface every backend implements, and the values that cross it.
 
-A backend knows four things: which knobs it has (its search space and their defaults), how much VRAM a
-config will take (before running it), how to run one measured trial, and how to
-launch the winning config for real.  Trials always run in a child process
-(see ``autotune.backends.isolation``); nothing here touches CUDA in the caller.
+A backend knows four things: which knobs it has (its search space and their defaults), how
+much VRAM a config will take (before running it), how to run one measured trial, and how to
+launch the winning config for real (``docs/writing-a-backend.md``). Trials always run in a
+child process (see ``autotune.backends.isolation``); nothing here touches CUDA in the caller.
 """
 
 from __future__ import annotations
 
+import abc
 import enum
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from autotune.errors import AutotuneError
 
@@ -110,34 +111,50 @@ class TrialResult:
         return cls(**data)
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """One way of running a model. Implementations live one per module in this package."""
+class Backend(abc.ABC):
+    """One way of running a model. Implementations live one per module (or subpackage) of this
+    package and subclass this one, as Optuna's samplers subclass ``BaseSampler``: the abstract
+    members are what every backend must say; the others are capabilities, each with the default
+    a backend without it gets. ``docs/writing-a-backend.md`` walks through one."""
 
-    name: str
-    served_format: str | None
+    name: ClassVar[str]
+    default_format: ClassVar[str] = "json"
+    """The format of ``launch_command`` that ``autotune run`` prints and ``export`` writes."""
+    served_format: ClassVar[str | None] = None
     """The launch-command format that starts an OpenAI-compatible HTTP server: what ``autotune
     run`` serves to check its finalists (``search.verify``); None where the backend has none."""
-    gpu_only_knobs: tuple[str, ...]
-    """Knobs that act only through a GPU: on a machine without one they change nothing, so
-    ``autotune run`` leaves them out of its trial lines there."""
+    gpu_only_knobs: ClassVar[tuple[str, ...]] = ()
+    """Knobs that act only through a GPU: on a machine without one they change nothing, so the
+    backend does not search them there and ``autotune run`` leaves them out of its trial lines."""
+    load_keys: ClassVar[tuple[str, ...] | None] = None
+    """Knobs fixed when the model loads. Where declared, the tuner measures configs equal in
+    them in one child (``run_trials``) and samples siblings that share a load; None: every
+    trial loads the model itself."""
+    fills_budget: ClassVar[bool] = False
+    """A runtime that fills whatever VRAM budget its config names: the tuner hands each sampled
+    config the study's cap through ``fill_cap`` instead of searching the budget."""
 
+    @abc.abstractmethod
     def available(self) -> str | None:
         """None when usable here, else the one-line reason it is not (missing package, ...)."""
 
+    @abc.abstractmethod
     def supports(self, model: ModelProfile) -> str | None:
         """None when this backend can run the model, else the reason it declines."""
 
+    @abc.abstractmethod
     def suggest(
         self, trial: optuna.Trial, model: ModelProfile, hw: HardwareProfile, workload: Workload
     ) -> Config:
         """Sample one config from this backend's (conditional) search space for the workload."""
 
+    @abc.abstractmethod
     def baselines(
         self, model: ModelProfile, hw: HardwareProfile, vram_cap: int, workload: Workload
     ) -> list[Config]:
         """Configs a careful user would try first; the study is seeded with them."""
 
+    @abc.abstractmethod
     def defaults(
         self, model: ModelProfile, hw: HardwareProfile, workload: Workload, config: Config | None = None
     ) -> Config:
@@ -146,25 +163,47 @@ class Backend(Protocol):
         takes it from that config (llama.cpp's n_threads_batch follows n_threads). ``autotune
         run`` names only the knobs of a trial that differ from these."""
 
+    @abc.abstractmethod
     def predict_vram(self, config: Config, model: ModelProfile, workload: Workload) -> int:
         """Peak VRAM in bytes the config will take, CUDA context included, before running it."""
 
+    @abc.abstractmethod
     def run_trial(
         self, config: Config, model_path: Path, workload: Workload, deadline_s: float
     ) -> TrialResult:
         """Measure one config in a child process; never raises for trial failures."""
 
-    def keep_winner(self, config: Config, model: ModelProfile, study_name: str) -> tuple[Config, dict[str, Any]]:
-        """The winner's config as stored and exported, and what the database keeps beside it:
-        whatever a trial's speed depended on outside its knobs goes into the config, so the
-        exported command reproduces it on a fresh start (the identity where nothing does)."""
-
-    def restore_winner(self, config: Config, kept: dict[str, Any]) -> None:
-        """Recreate what a stored winner's config names outside the database (a file gone
-        since) from what ``keep_winner`` kept; nothing where it names nothing."""
-
+    @abc.abstractmethod
     def launch_command(self, config: Config, model_path: Path, fmt: str) -> str:
         """A shell-quoted command (or Python snippet) that runs the model with this config."""
 
+    @abc.abstractmethod
     def parse_command(self, command: str) -> tuple[Config, Path]:
         """Inverse of ``launch_command``: the config and model path a command stands for."""
+
+    def run_trials(
+        self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float
+    ) -> list[TrialResult]:
+        """One result per config, in order. Default: a ``run_trial`` each; a backend with
+        ``load_keys`` measures configs that share a load in one child."""
+        return [self.run_trial(config, model_path, workload, deadline_s) for config in configs]
+
+    def fill_cap(self, config: Config, vram_cap: int) -> Config:
+        """The config with the VRAM budget it may fill (``fills_budget``). Default: unchanged."""
+        return config
+
+    def expected_at_least_as_fast(self, a: Config, b: Config, workload: Workload) -> bool:
+        """Whether config ``a`` is known, before measuring, to run at least as fast as ``b``
+        (a prior the winner's choice uses among finalists within each other's spread).
+        Default: nothing is known."""
+        return False
+
+    def keep_winner(self, config: Config, model: ModelProfile, study_name: str) -> tuple[Config, dict[str, Any]]:
+        """The winner's config as stored and exported, and what the database keeps beside it:
+        whatever a trial's speed depended on outside its knobs goes into the config, so the
+        exported command reproduces it on a fresh start. Default: the config as it is."""
+        return config, {}
+
+    def restore_winner(self, config: Config, kept: dict[str, Any]) -> None:
+        """Recreate what a stored winner's config names outside the database (a file gone
+        since) from what ``keep_winner`` kept. Default: nothing to recreate."""

@@ -14,7 +14,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autotune.backends.base import Config, ConfigError, TrialResult, Workload
+from autotune.backends.base import Backend, Config, ConfigError, TrialResult, Workload
 from autotune.backends.cache_commands import format_command, parse_command
 from autotune.backends.cache_knobs import (
     DECAYS,
@@ -42,14 +42,15 @@ if TYPE_CHECKING:
 LOAD_KEYS = ("max_ctx",)  # what the child fixes at load: the KV cache's size
 
 
-class CacheBackend:
+class CacheBackend(Backend):
     name = "cache"
     trial_target = "autotune.backends.cache_trial"
     default_format = "serve"
-    served_format: str | None = "serve"
-    load_keys: tuple[str, ...] | None = LOAD_KEYS
+    served_format = "serve"
+    load_keys = LOAD_KEYS
+    fills_budget = True
     # Launch shapes of the Triton decode kernels: without a GPU the runtime runs its torch ops.
-    gpu_only_knobs: tuple[str, ...] = ("chunk_rounds", "gate_up_warps")
+    gpu_only_knobs = ("chunk_rounds", "gate_up_warps")
 
     def __init__(self, gpu_index: int = 0):
         self.gpu_index = gpu_index

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autotune.backends.base import Config, ConfigError, TrialResult, Workload
+from autotune.backends.base import Backend, Config, ConfigError, TrialResult, Workload
 from autotune.backends.commands import format_command, parse_command
 from autotune.backends.isolation import run_in_load_groups
 from autotune.backends.llama_arch import load_problem
@@ -39,19 +39,19 @@ def thread_counts(hw: HardwareProfile) -> list[int]:
     return sorted(counts)
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(Backend):
     name = "llama_cpp"
     trial_target = "autotune.backends.llama_cpp_trial"
     default_format = "llama-server"
-    served_format: str | None = "llama-server"
-    load_keys: tuple[str, ...] | None = LOAD_KEYS  # knobs fixed at model load: configs equal in them share a load
+    served_format = "llama-server"
+    load_keys = LOAD_KEYS
     # Without a GPU, llama.cpp has no device to offload to: n_gpu_layers places layers on none,
     # and the experts that n_cpu_moe or cpu_moe_layers keep "on the CPU" are in the CPU's
     # buffers anyway (the same repacked ones: since b6049 an override to the CPU buffer type
     # considers its extra buffer types too); op_offload only sends host weights' ops to a GPU.
     # flash_attn is not one of them: the CPU backend has a flash-attention kernel of its own,
     # so it changes CPU speed (and a quantized V cache needs it).
-    gpu_only_knobs: tuple[str, ...] = ("n_gpu_layers", "n_cpu_moe", "cpu_moe_layers", "op_offload")
+    gpu_only_knobs = ("n_gpu_layers", "n_cpu_moe", "cpu_moe_layers", "op_offload")
 
     def __init__(self, gpu_index: int = 0):
         self.gpu_index = gpu_index
@@ -212,12 +212,6 @@ class LlamaCppBackend:
         return self.run_trials([config], model_path, workload, deadline_s)[0]
 
     # -- launching ---------------------------------------------------------------
-
-    def keep_winner(self, config: Config, model: ModelProfile, study_name: str) -> tuple[Config, dict[str, Any]]:
-        return config, {}  # a llama.cpp config names everything its speed depends on
-
-    def restore_winner(self, config: Config, kept: dict[str, Any]) -> None:
-        return None
 
     def launch_command(self, config: Config, model_path: Path, fmt: str | None = None) -> str:
         return format_command(config, model_path, fmt or self.default_format)

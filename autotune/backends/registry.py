@@ -13,9 +13,6 @@ BUILTIN = {
     "cache": "autotune.backends.cache:CacheBackend",
 }
 
-MEMBERS = sorted(set(Backend.__annotations__) | {name for name in vars(Backend) if not name.startswith("_")})
-
-
 def get_backend(name: str) -> Backend:
     spec = BUILTIN.get(name, name)
     if ":" not in spec:
@@ -25,8 +22,9 @@ def get_backend(name: str) -> Backend:
         backend_class = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
         raise AutotuneError(f"cannot load backend {name!r}: {exc}") from None
-    backend = backend_class()
-    missing = [member for member in MEMBERS if not hasattr(backend, member)]
+    if not (isinstance(backend_class, type) and issubclass(backend_class, Backend)):
+        raise AutotuneError(f"backend {name!r} is not a subclass of autotune.backends.base.Backend")
+    missing = sorted(backend_class.__abstractmethods__)
     if missing:  # found now, not by the first trial that needs it
         raise AutotuneError(f"backend {name!r} lacks {', '.join(missing)} (see autotune.backends.base.Backend)")
-    return backend
+    return backend_class()

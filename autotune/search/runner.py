@@ -233,7 +233,7 @@ def served_text(row: BestConfigRow) -> str:
 
 def launch_command(backend: Backend, config: Config, model_path: Path) -> str:
     """The command shown for a config: the backend's own format (llama-server, autotune serve), else JSON."""
-    return backend.launch_command(config, model_path, getattr(backend, "default_format", "json"))
+    return backend.launch_command(config, model_path, backend.default_format)
 
 
 def _best_rows(model_path: Path, vram_cap: str | None, storage_url: str | None) -> list[BestConfigRow]:
@@ -268,7 +268,7 @@ def export_command(model_path: Path, vram_cap: str, fmt: str | None, objective: 
     row = stored_winner(model_path, vram_cap, objective, storage_url)
     backend = get_backend(row.backend)
     backend.restore_winner(row.config, row.result.get("kept", {}))
-    return backend.launch_command(row.config, model_path, fmt or getattr(backend, "default_format", "json")), row
+    return backend.launch_command(row.config, model_path, fmt or backend.default_format), row
 
 
 def study_history(storage_url: str | None) -> list[tuple[str, ...]]:

@@ -253,7 +253,7 @@ class Tuner:
 
     def _fills_budget(self, name: str) -> bool:
         """Whether the backend is a runtime that fills the VRAM budget its config names (``fill_cap``)."""
-        return getattr(self.backends[name], "fill_cap", None) is not None
+        return self.backends[name].fills_budget
 
     def _budget(self, name: str) -> int:
         """The budget a budget-filling runtime gets: the cap, less what this machine measured
@@ -347,7 +347,7 @@ class Tuner:
         """Up to ``room`` more trials that share the lead's model load. A queued lead takes the
         queued trials right behind it that share it (queue order kept); a freely sampled lead,
         with nothing queued, gets new trials with its load-time knobs fixed, the rest sampled."""
-        load_keys = getattr(self.backends[lead.backend], "load_keys", None)
+        load_keys = self.backends[lead.backend].load_keys
         if load_keys is None or room <= 0:
             return []
         if "seeded" in lead.trial.user_attrs:  # every trial this tuner queues carries it
@@ -395,15 +395,15 @@ class Tuner:
         return [list(part) for _, part in itertools.groupby(group, key=load)]
 
     def _shares_loads(self, backend_name: str) -> bool:
-        """Whether the backend measures several configs in one child per model load (``run_trials``)."""
-        return hasattr(self.backends[backend_name], "run_trials")
+        """Whether the backend measures configs that share a model load in one child (``load_keys``)."""
+        return self.backends[backend_name].load_keys is not None
 
     def _measure(self, backend_name: str, configs: list[Config], model_path: Path) -> list[TrialResult]:
         """One backend's configs, in one child per model load where the backend shares loads."""
         backend = self.backends[backend_name]
-        if len(configs) > 1 and self._shares_loads(backend_name):
-            return backend.run_trials(configs, model_path, self.workload, self.trial_timeout_s)
-        return [backend.run_trial(config, model_path, self.workload, self.trial_timeout_s) for config in configs]
+        if len(configs) == 1:
+            return [backend.run_trial(configs[0], model_path, self.workload, self.trial_timeout_s)]
+        return backend.run_trials(configs, model_path, self.workload, self.trial_timeout_s)
 
     def _run_batch(self, model_path: Path, outcome: StudyOutcome, room: int) -> int:
         """Ask, predict, prune or run (with siblings sharing the load), tell. Returns how many ran."""
@@ -412,7 +412,7 @@ class Tuner:
             self._prune(lead, outcome)
             return 0
         group = [lead] + self._siblings(lead, min(self.batch, room) - 1, outcome)
-        load_keys = getattr(self.backends[lead.backend], "load_keys", None)
+        load_keys = self.backends[lead.backend].load_keys
         for part in self._load_groups(group, load_keys):
             self._measure_and_record(part, model_path, outcome)
         self._reseed_outdated_baselines()
@@ -572,9 +572,8 @@ class Tuner:
 
     def _expected_at_least_as_fast(self, a: FrozenTrial, b: FrozenTrial) -> bool:
         backend = self.backends.get(a.user_attrs["backend"])
-        prior = getattr(backend, "expected_at_least_as_fast", None)
-        return (prior is not None and a.user_attrs["backend"] == b.user_attrs["backend"]
-                and prior(a.user_attrs["config"], b.user_attrs["config"], self.workload))
+        return (backend is not None and a.user_attrs["backend"] == b.user_attrs["backend"]
+                and backend.expected_at_least_as_fast(a.user_attrs["config"], b.user_attrs["config"], self.workload))
 
     def ranked_finalists(self) -> list[BestConfigRow]:
         """The finalists of the race as rows to store, the winner first: the one with the

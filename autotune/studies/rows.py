@@ -53,7 +53,7 @@ def pooled_row(config: Config, results: list[TrialResult], workload: Workload, p
 
 def launch_command(backend: Backend, config: Config, model_path: Path) -> str:
     """The config's launch command, naming the model by its file name only."""
-    return backend.launch_command(config, Path(model_path.name), getattr(backend, "default_format", "json"))
+    return backend.launch_command(config, Path(model_path.name), backend.default_format)
 
 
 def fits(row: dict[str, Any], cap: int) -> bool:
