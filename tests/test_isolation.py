@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from autotune.backends.base import Outcome
 from autotune.backends.isolation import mentions_oom, run_isolated
 from autotune.backends.vram import VramSampler
+from autotune.hardware import probe_hardware
 
 TARGET = "test_isolation:Probe"  # the child imports this module: tests/ is on its path
 
@@ -86,7 +87,10 @@ def test_ok_items_share_one_child_and_its_setup():
     assert first.load_seconds == 0.25
     assert [r.load_seconds for r in results[1:]] == [0.0, 0.0]  # one load, counted once
     assert first.extra["loaded_by"] == first.extra["pid"]
-    assert first.peak_vram_bytes is None or first.peak_vram_bytes >= 0  # None without a GPU
+    if probe_hardware().has_gpu:
+        assert first.peak_vram_bytes is not None and first.peak_vram_bytes >= 0
+    else:
+        assert first.peak_vram_bytes is None  # no GPU, no figure
 
 
 def test_segfault_is_a_crash_and_later_items_run_in_a_fresh_child():
