@@ -273,6 +273,7 @@ def best(
 ) -> None:
     """The best configs stored for MODEL on this machine (from the database, at once)."""
     from autotune.search.runner import stored_best
+    from autotune.served import ServedFigures
 
     rows = stored_best(model, vram_cap, storage)
     if as_json:
@@ -289,8 +290,7 @@ def best(
         peak = r.result.get("peak_vram_bytes")
         served = r.result.get("served")
         table.add_row(_gib(r.vram_cap), r.workload_key, r.backend, f"{r.objective_mean:.1f} ± {r.objective_std:.1f}",
-                      f"decode {served['decode_tps']['mean']:.1f}, prefill {served['prefill_tps']['mean']:.1f}"
-                      if served else "not served", _gib(peak) if peak else "n/a", json.dumps(r.config), r.study_name)
+                      ServedFigures.summary(served) if served else "not served", _gib(peak) if peak else "n/a", json.dumps(r.config), r.study_name)
     console.print(table)
 
 

@@ -20,6 +20,7 @@ from autotune.search.objective import UNITS
 from autotune.search.study import Budget, StudyOutcome, Tuner, TrialRecord, register_study
 from autotune.search.trial_lines import TrialLines, cpu_only_note
 from autotune.search.workers import run_on_gpus
+from autotune.served import ServedFigures
 from autotune.storage import BestConfigRow, Database
 from autotune.units import format_size, parse_size
 
@@ -196,10 +197,10 @@ def run_study(
         else:
             outcome = tuner.run(model_path, Budget(trials, seconds), remeasure=remeasure)
 
-    if verify and outcome.winner is not None and not outcome.interrupted:
-        from autotune.search.verify import serve_finalists
+    if verify:
+        from autotune.search.verify import serve_concluded
 
-        outcome.winner = serve_finalists(tuner, outcome.winner, model_path, trial_timeout_s, console)
+        serve_concluded(tuner, outcome, model_path, console)
     report(console, outcome, model_path, prepared.backends, unit, tuner.study_name)
     return outcome
 
@@ -226,9 +227,7 @@ def report(console: Console, outcome: StudyOutcome, model_path: Path, backends: 
 def served_text(row: BestConfigRow) -> str:
     """``, served: decode X, prefill Y tok/s`` where the winner was served, else nothing."""
     served = row.result.get("served")
-    if not served:
-        return ""
-    return f", served: decode {served['decode_tps']['mean']:.1f}, prefill {served['prefill_tps']['mean']:.1f} tok/s"
+    return f", served: {ServedFigures.summary(served)}" if served else ""
 
 
 def launch_command(backend: Backend, config: Config, model_path: Path) -> str:

@@ -20,7 +20,7 @@ from rich.console import Console
 from autotune.backends.base import Measurement, Outcome, TrialResult, Workload
 from autotune.cache_runtime.learned import DATA_DIR_ENV
 from autotune.search.objective import UNITS, objective_of
-from autotune.search.study import Tuner, trial_config_of
+from autotune.search.study import StudyOutcome, Tuner, trial_config_of
 from autotune.served import ServedFigures, ServeFailed, measure_command
 from autotune.storage import BestConfigRow
 from autotune.units import format_size
@@ -90,6 +90,13 @@ def serve_finalists(tuner: Tuner, winner: BestConfigRow, model_path: Path, deadl
         console.print(f"[bold]trial #{best.row.result.get('trial')} ({best.row.backend}) serves fastest[/]: "
                       "it is the winner")
     return tuner.save_winner(best.row)
+
+
+def serve_concluded(tuner: Tuner, outcome: StudyOutcome, model_path: Path, console: Console) -> None:
+    """Where the study concluded with a winner, serve its finalists (``serve_finalists``): the
+    outcome's winner becomes the one stored then."""
+    if outcome.winner is not None and not outcome.interrupted:
+        outcome.winner = serve_finalists(tuner, outcome.winner, model_path, tuner.trial_timeout_s, console)
 
 
 def _line(one: Served, workload: Workload, unit: str, vram_cap: int) -> str:

@@ -26,6 +26,11 @@ class ServedFigures:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @staticmethod
+    def summary(data: dict[str, Any]) -> str:
+        """``decode X, prefill Y tok/s`` of figures stored as ``to_json`` writes them."""
+        return f"decode {data['decode_tps']['mean']:.1f}, prefill {data['prefill_tps']['mean']:.1f} tok/s"
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ServedFigures":
         return cls(

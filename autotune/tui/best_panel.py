@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from autotune.backends.base import Measurement
+from autotune.served import ServedFigures
 from autotune.tui.study_view import StudySnapshot
 
 
@@ -25,8 +26,7 @@ class BestPanel(Static):
         text.append(f" {snapshot.objective} · {best.backend}")
         served = snapshot.winner_served
         if served:
-            text.append(f"\nserved: decode {served['decode_tps']['mean']:.1f}, "
-                        f"prefill {served['prefill_tps']['mean']:.1f} tok/s", style="bold")
+            text.append(f"\nserved: {ServedFigures.summary(served)}", style="bold")
         if command:
             text.append("\n" + command, style="cyan")
         self.update(text)

@@ -16,18 +16,17 @@ from autotune.tui.study_view import StudyView
 
 
 def dashboard_for(prepared: PreparedStudy, model_path: Path, budget: Budget, remeasure: bool,
-                  poll_s: float = POLL_S, verify: bool = False, log: Console | None = None) -> DashboardApp:
-    """The app that runs the prepared study (then, with ``verify``, serves its finalists, writing
-    what it says to ``log``); each finished trial asks it to read the database again."""
+                  poll_s: float = POLL_S, serve_log: Console | None = None) -> DashboardApp:
+    """The app that runs the prepared study (then, given ``serve_log``, serves its finalists,
+    writing what that says there); each finished trial asks it to read the database again."""
     tuner = prepared.tuner
 
     def study() -> StudyOutcome:
         outcome = tuner.run(model_path, budget, remeasure=remeasure)
-        if verify and outcome.winner is not None and not outcome.interrupted:
-            from autotune.search.verify import serve_finalists
+        if serve_log is not None:
+            from autotune.search.verify import serve_concluded
 
-            outcome.winner = serve_finalists(tuner, outcome.winner, model_path, tuner.trial_timeout_s,
-                                             log or Console(file=io.StringIO()))
+            serve_concluded(tuner, outcome, model_path, serve_log)
         return outcome
 
     app = DashboardApp(StudyView(tuner.db, tuner.study_name), poll_s=poll_s, study=study)
@@ -49,7 +48,7 @@ def run_with_dashboard(*, remeasure: bool, console: Console, gpus: None = None, 
     model_path = settings["model_path"]
     log = Console(file=io.StringIO(), width=console.width, force_terminal=console.is_terminal)
     app = dashboard_for(prepared, model_path, Budget(settings["trials"], settings["seconds"]), remeasure,
-                        verify=verify, log=log)
+                        serve_log=log if verify else None)
     app.run()
     console.file.write(log.file.getvalue())
     if app.study_error is not None:
