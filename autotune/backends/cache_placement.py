@@ -24,12 +24,7 @@ from typing import Any
 import platformdirs
 
 from autotune.backends.base import Config
-from autotune.cache_runtime.learned import (
-    DATA_DIR_ENV,
-    placement_json,
-    seed_counts,
-    write_placement,
-)
+from autotune.cache_runtime.learned import data_dir, placement_json, seed_counts, write_placement
 
 TRIAL_STORE_ENV = "AUTOTUNE_TRIAL_STORE"
 
@@ -51,17 +46,15 @@ def with_trial_placement(config: Config, fingerprint: str) -> Config:
 
 
 def winners_dir() -> Path:
-    root = os.environ.get(DATA_DIR_ENV) or platformdirs.user_data_dir("autotune", appauthor=False)
-    return Path(root) / "winners"
+    return data_dir() / "winners"
 
 
 def keep_winner(config: Config, fingerprint: str, shape: tuple[int, int], study_name: str) -> tuple[Config, dict[str, Any]]:
     """The winner's config naming a placement file of its own that holds the counts its trials
     seeded from, and the same counts for the database; unchanged where it used none."""
-    trial_config = with_trial_placement(config, fingerprint)
     if not config.get("learned_placement", True):
         return config, {}
-    counts, source = seed_counts(fingerprint, shape, trial_config.get("placement"))
+    counts, source = seed_counts(fingerprint, shape, with_trial_placement(config, fingerprint).get("placement"))
     if counts is None:
         return config, {}
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", study_name).strip("-") or "winner"

@@ -27,9 +27,13 @@ DATA_DIR_ENV = "AUTOTUNE_DATA_DIR"
 PLACEMENT_FORMAT = "autotune-placement-1"
 
 
+def data_dir() -> Path:
+    """autotune's user data dir (``AUTOTUNE_DATA_DIR`` moves it)."""
+    return Path(os.environ.get(DATA_DIR_ENV) or platformdirs.user_data_dir("autotune", appauthor=False))
+
+
 def placement_dir() -> Path:
-    root = os.environ.get(DATA_DIR_ENV) or platformdirs.user_data_dir("autotune", appauthor=False)
-    return Path(root) / "placement"
+    return data_dir() / "placement"
 
 
 def counts_path(fingerprint: str) -> Path:

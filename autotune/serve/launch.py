@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -13,6 +13,9 @@ from autotune.backends.base import Config
 from autotune.backends.cache_knobs import normalize
 from autotune.errors import AutotuneError
 from autotune.units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from autotune.model import ModelProfile
 
 
 def _config_file(path: Path) -> Config:
@@ -43,9 +46,8 @@ def resolve_config(
     elif best:
         if vram_cap is None:
             raise AutotuneError("--best needs --vram-cap: whose winner to serve")
-        from autotune.search.runner import stored_winner
-
         from autotune.backends.registry import get_backend
+        from autotune.search.runner import stored_winner
 
         row = stored_winner(model, vram_cap, objective, storage_url, backend="cache")
         get_backend("cache").restore_winner(row.config, row.result.get("kept", {}))
@@ -77,15 +79,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def check_placement(model: Path, config: Config) -> None:
+def check_placement(profile: ModelProfile, config: Config) -> None:
     """A ``--placement`` file that is missing or another model's: a one-line error before the load."""
-    if not config.get("placement"):
-        return
-    from autotune.cache_runtime.learned import read_placement
-    from autotune.model import inspect_model
+    if config.get("placement"):
+        from autotune.cache_runtime.learned import read_placement
 
-    profile = inspect_model(model)
-    read_placement(config["placement"], profile.fingerprint, (profile.n_layers, profile.n_expert))
+        read_placement(config["placement"], profile.fingerprint, (profile.n_layers, profile.n_expert))
 
 
 def serve_model(model: Path, config: Config, host: str, port: int, console: Console, save_every: float = 30.0) -> None:
@@ -103,8 +102,7 @@ def serve_model(model: Path, config: Config, host: str, port: int, console: Cons
     from autotune.model import inspect_model
     from autotune.serve.session import Session
 
-    inspect_model(model)  # a clear error for a missing or broken file before torch loads
-    check_placement(model, config)
+    check_placement(inspect_model(model), config)  # clear errors for a broken file before torch loads
     sock = listening_socket(host, port)
     with console.status(f"loading {model.name} ..."):
         engine = Engine(model, cache=cache_config(config))
