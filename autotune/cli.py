@@ -51,7 +51,7 @@ def inspect(
     tensors: bool = typer.Option(False, "--tensors", help="with --json: include the tensor table"),
 ) -> None:
     """Architecture, experts, quant types and bytes by group of a GGUF model."""
-    from autotune.model import KV_TYPE_BYTES, inspect_model
+    from autotune.model_info import KV_TYPE_BYTES, inspect_model
 
     profile = inspect_model(model)
     if as_json:
@@ -139,7 +139,7 @@ def synth(
     )
     if not measure:
         return
-    from autotune.routing import measure_routing
+    from autotune.measured_routing import measure_routing
 
     with console.status("measuring routing with llama.cpp ..."):
         routing = measure_routing(out, n_tokens=measure_tokens, seed=seed)
@@ -206,7 +206,7 @@ def run(
     if tui:
         from autotune.tui.run import run_with_dashboard as run_study
     else:
-        from autotune.search.runner import run_study
+        from autotune.search.actions import run_study
     run_study(
         model_path=model,
         vram_cap=parse_size(vram_cap, "--vram-cap"),
@@ -256,7 +256,7 @@ def _use_llama_bench(binary: Path) -> None:
     """Point the llama_bench backend at this executable (through its environment variable)."""
     import os
 
-    from autotune.backends.llama_bench import ENV_BINARY
+    from autotune.backends.llama_cpp.bench import ENV_BINARY
 
     if not binary.is_file() or not os.access(binary, os.X_OK):
         raise AutotuneError(f"--llama-bench {binary}: not an executable file")
@@ -272,7 +272,7 @@ def best(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """The best configs stored for MODEL on this machine (from the database, at once)."""
-    from autotune.search.runner import stored_best
+    from autotune.search.actions import stored_best
     from autotune.served import ServedFigures
 
     rows = stored_best(model, vram_cap, storage)
@@ -306,7 +306,7 @@ def export(
     storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL"),
 ) -> None:
     """Print the stored winner's launch command (shell-quoted)."""
-    from autotune.search.runner import export_command, served_text
+    from autotune.search.actions import export_command, served_text
 
     command, row = export_command(model, vram_cap, fmt, objective, storage)
     err_console.print(f"# {row.backend} winner of study {row.study_name}: {row.objective_mean:.1f} ± "
@@ -375,7 +375,7 @@ def dashboard(
 @user_errors
 def history(storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL")) -> None:
     """Studies in the database: model, cap, workload, trials, best, status."""
-    from autotune.search.runner import study_history
+    from autotune.search.actions import study_history
 
     table = Table(title="studies")
     for column in ("study", "model", "cap", "workload", "trials", "best", "status", "created"):

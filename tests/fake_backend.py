@@ -55,7 +55,7 @@ class FakeBackend(Backend):
         return 10.0 + 2.0 * config["n_threads"] + 3.0 * (model.n_layers - config["n_cpu_moe"])
 
     def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
-        from autotune.model import inspect_model
+        from autotune.model_info import inspect_model
 
         model = inspect_model(model_path)
         fault = dict(item.split("=") for item in os.environ.get("FAKE_BACKEND_FAULTS", "").split(",") if item)

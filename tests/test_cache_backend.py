@@ -16,14 +16,14 @@ import pytest
 from typer.testing import CliRunner
 
 from autotune.backends.base import Outcome, Workload
-from autotune.backends.cache import CacheBackend
-from autotune.backends.cache_commands import parse_command, size_text
-from autotune.backends.cache_knobs import DEFAULTS, cache_config, normalize
+from autotune.backends.cache.backend import CacheBackend
+from autotune.backends.cache.commands import parse_command, size_text
+from autotune.backends.cache.knobs import DEFAULTS, cache_config, normalize
 from autotune.cache_runtime.budget import model_sizes, plan_with_slots, predict_peak_vram
 from autotune.cache_runtime.learned import counts_path, model_fingerprint, save_counts
 from autotune.cli import app
 from autotune.hardware import probe_hardware
-from autotune.model import inspect_model
+from autotune.model_info import inspect_model
 from autotune.storage import Database
 
 pytest.importorskip("torch")
@@ -150,8 +150,8 @@ def test_a_trial_child_reads_the_gguf_header_once(tiny_model: Path, cap: int, mo
     makes each read take seconds): the child's setup, learning its placement included."""
     import gguf
 
-    from autotune import model as model_module
-    from autotune.backends import cache_trial
+    from autotune import model_info as model_module
+    from autotune.backends.cache import trial as cache_trial
     from autotune.cache_runtime import budget
 
     reads: list[str] = []
@@ -258,7 +258,7 @@ def test_serve_flags_override_the_base_config_and_bad_ones_are_one_line_errors(t
 def test_the_parent_plans_the_slot_split_the_child_allocates_from_the_same_counts(tiny_model: Path, cap: int):
     """The parent's VRAM prediction and the trial child seed from one source (the trials'
     placement file, ``cache_placement``), so a slot split by routing is planned as allocated."""
-    from autotune.backends.cache_placement import with_trial_placement
+    from autotune.backends.cache.winner_placement import with_trial_placement
     from autotune.cache_runtime.budget import plan_vram
     from autotune.cache_runtime.learned import seed_counts
 

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autotune.backends.base import ConfigError
-from autotune.backends.cache_commands import FORMATS, format_command, parse_command, serve_argv, size_text
-from autotune.backends.cache_knobs import normalize
+from autotune.backends.cache.commands import FORMATS, format_command, parse_command, serve_argv, size_text
+from autotune.backends.cache.knobs import normalize
 from autotune.cache_runtime.cache_config import CHUNK_ROUNDS, EVICTION_RULES, GATE_UP_WARPS, MISS_MODES, PREFETCH_ENGINES
 from autotune.units import parse_size
 

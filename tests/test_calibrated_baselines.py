@@ -10,7 +10,7 @@ from pathlib import Path
 
 from autotune.backends.base import Config, Measurement, Outcome, TrialResult, Workload
 from autotune.hardware import probe_hardware
-from autotune.model import inspect_model
+from autotune.model_info import inspect_model
 from autotune.search.study import Budget, Tuner
 from autotune.storage import Database
 from tests.fake_backend import GIB, FakeBackend

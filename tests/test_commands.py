@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autotune.backends.base import ConfigError
-from autotune.backends.commands import (
+from autotune.backends.llama_cpp.commands import (
     BENCH_UNEXPRESSED,
     FORMATS,
     bench_argv,
@@ -23,7 +23,7 @@ from autotune.backends.commands import (
     python_snippet,
     server_argv,
 )
-from autotune.backends.llama_config import KEYS, KV_TYPES, cpu_expert_patterns, normalize
+from autotune.backends.llama_cpp.knobs import KEYS, KV_TYPES, cpu_expert_patterns, normalize
 
 NASTY_PATHS = [
     "models/qwen 30b.gguf",
@@ -198,8 +198,8 @@ def test_no_config_value_but_a_valid_knob_value_reaches_a_command(key: str, valu
 
 
 def test_llama_bench_declines_a_model_whose_path_has_a_comma(tiny_model: Path, tmp_path: Path):
-    from autotune.backends.llama_bench import LlamaBenchBackend
-    from autotune.model import inspect_model
+    from autotune.backends.llama_cpp.bench import LlamaBenchBackend
+    from autotune.model_info import inspect_model
 
     odd = tmp_path / "q4,k_m.gguf"
     odd.symlink_to(tiny_model)

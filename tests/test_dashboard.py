@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from autotune.backends.base import Workload
 from autotune.cli import app as cli
-from autotune.search.runner import prepare_study
+from autotune.search.actions import prepare_study
 from autotune.search.study import STOP_ATTR, Budget
 from autotune.storage import Database
 from autotune.tui.dashboard import DashboardApp

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from autotune.hardware import GpuInfo, HardwareProfile
-from autotune.search.runner import default_backends
+from autotune.search.actions import default_backends
 
 CPU_ONLY = HardwareProfile(cpu_model="test CPU", physical_cores=16, logical_cores=32, ram_bytes=128 * 2**30)
 H200 = GpuInfo(index=0, name="NVIDIA H200", total_bytes=141 * 2**30, free_bytes=140 * 2**30, pcie_generation=5,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFReader
 
-from autotune.model import inspect_model, open_gguf
+from autotune.model_info import inspect_model, open_gguf
 
 
 def test_it_reads_what_the_gguf_package_reads(tiny_model: Path):

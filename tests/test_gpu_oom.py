@@ -32,7 +32,7 @@ def test_llama_cpp_trial_beyond_what_another_process_left_free_is_an_oom_and_the
     """Another process holds all but 1.5 GiB of the card; a 2 GiB KV cache cannot be allocated."""
     pytest.importorskip("llama_cpp")
     torch = pytest.importorskip("torch")
-    from autotune.backends.llama_cpp import LlamaCppBackend
+    from autotune.backends.llama_cpp.backend import LlamaCppBackend
 
     free, _ = torch.cuda.mem_get_info()
     hog = torch.empty(free - LEFT_FREE, dtype=torch.uint8, device="cuda")
@@ -47,7 +47,7 @@ def test_llama_cpp_trial_beyond_what_another_process_left_free_is_an_oom_and_the
 
 def test_cache_trial_whose_kv_cache_cannot_fit_the_card_is_an_oom_and_the_next_trial_runs(tiny_model: Path):
     pytest.importorskip("torch")
-    from autotune.backends.cache import CacheBackend
+    from autotune.backends.cache.backend import CacheBackend
 
     normal = {"vram_cap": 4 * 2**30, "max_ctx": 64}
     huge = {"vram_cap": 2**60, "max_ctx": 2**30}  # a cap the budget cannot refuse: the allocation fails

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from autotune import interrupts
 from autotune.backends.base import Config, Measurement, Outcome, TrialResult, Workload
 from autotune.hardware import probe_hardware
-from autotune.model import inspect_model
+from autotune.model_info import inspect_model
 from autotune.search.liveness import WORKER_ATTR
 from autotune.search.study import Budget, Tuner, register_study
 from autotune.storage import Database

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 from typing import Any, Iterator
 
 from autotune.backends.base import Outcome
-from autotune.backends.isolation import mentions_oom, run_isolated
-from autotune.backends.vram import VramSampler
+from autotune.isolation.trial_process import mentions_oom, run_isolated
+from autotune.isolation.vram import VramSampler
 from autotune.hardware import probe_hardware
 
 TARGET = "test_isolation:Probe"  # the child imports this module: tests/ is on its path

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from autotune.backends.base import Outcome, Workload
-from autotune.backends.commands import bench_argv
-from autotune.backends.llama_bench import LlamaBenchBackend, find_llama_bench
+from autotune.backends.llama_cpp.commands import bench_argv
+from autotune.backends.llama_cpp.bench import LlamaBenchBackend, find_llama_bench
 
 pytestmark = pytest.mark.skipif(
     find_llama_bench() is None, reason="no llama-bench binary (build one with scripts/build-llama-tools.sh DIR)"

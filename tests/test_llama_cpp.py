@@ -13,12 +13,12 @@ import optuna
 import pytest
 
 from autotune.backends.base import Backend, Outcome, Workload
-from autotune.backends.commands import python_snippet
-from autotune.backends.llama_config import normalize
-from autotune.backends.llama_cpp import LlamaCppBackend
-from autotune.backends.llama_memory import CUDA_CONTEXT_BYTES, estimate_vram
+from autotune.backends.llama_cpp.commands import python_snippet
+from autotune.backends.llama_cpp.knobs import normalize
+from autotune.backends.llama_cpp.backend import LlamaCppBackend
+from autotune.backends.llama_cpp.memory import CUDA_CONTEXT_BYTES, estimate_vram
 from autotune.hardware import GpuInfo, HardwareProfile, probe_hardware
-from autotune.model import LayerBytes, ModelProfile, inspect_model
+from autotune.model_info import LayerBytes, ModelProfile, inspect_model
 
 pytestmark = pytest.mark.skipif(LlamaCppBackend().available() is not None, reason="llama-cpp-python missing")
 
@@ -58,8 +58,8 @@ def test_an_ok_trial_has_figures_from_llama_cpp_counters(tiny_model: Path):
 def test_llama_cpp_errors_reach_the_trial_log_and_debug_lines_only_while_loading(capsys: pytest.CaptureFixture):
     """ggml's log levels: DEBUG 1, INFO 2, ERROR 4, CONT 5 (a GPU run once lost a cudaMalloc
     failure here, recording a real OOM as a crash)."""
-    from autotune.backends.isolation import mentions_oom
-    from autotune.backends.llama_cpp_trial import LlamaLog
+    from autotune.isolation.trial_process import mentions_oom
+    from autotune.backends.llama_cpp.trial import LlamaLog
 
     log = LlamaLog(debug=False)
     log(1, b"a debug line\n", None)
@@ -94,7 +94,7 @@ def test_the_override_array_is_what_llama_h_expects():
     """Built in a child: the CPU buffer type is llama.cpp's own, from the one ggml it loaded."""
     code = r"""
 import ctypes, re
-from autotune.backends.llama_python import BuftOverride, buft_overrides, cpu_buffer_type
+from autotune.backends.llama_cpp.buft_overrides import BuftOverride, buft_overrides, cpu_buffer_type
 import llama_cpp.llama_cpp as api
 buft = cpu_buffer_type()
 api._lib.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
@@ -204,7 +204,7 @@ def test_memory_model_is_near_the_reference_figures(n_cpu_moe: int, measured_gib
 
 
 def test_on_a_dense_model_only_layer_offload_is_tuned(dense_model: Path):
-    from autotune.model import inspect_model
+    from autotune.model_info import inspect_model
 
     model, hw = inspect_model(dense_model), HW
     backend = LlamaCppBackend()

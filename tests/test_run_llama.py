@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from autotune.backends.commands import parse_command
-from autotune.backends.llama_config import LOAD_KEYS
+from autotune.backends.llama_cpp.commands import parse_command
+from autotune.backends.llama_cpp.knobs import LOAD_KEYS
 from autotune.storage import Database
 
 pytest.importorskip("llama_cpp")

@@ -190,7 +190,7 @@ def test_qgemm_experts_match_torch() -> None:
 
 @pytest.mark.parametrize("neox", [True, False])
 def test_decode_attention_matches_torch(neox: bool) -> None:
-    from autotune.cache_runtime.config import ModelConfig
+    from autotune.cache_runtime.hparams import ModelConfig
     from autotune.cache_runtime.kv_cache import KVCache
     from autotune.cache_runtime.rope import RopeTable
     from autotune.cache_runtime.torch_ops import TorchOps

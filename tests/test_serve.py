@@ -21,7 +21,7 @@ with warnings.catch_warnings():  # newer Starlette prefers httpx's successor; ht
 import httpx
 import torch
 
-from autotune.backends.cache_knobs import cache_config, normalize
+from autotune.backends.cache.knobs import cache_config, normalize
 from autotune.cache_runtime.budget import model_sizes, plan_with_slots
 from autotune.cache_runtime.engine import Engine
 from autotune.serve.app import create_app

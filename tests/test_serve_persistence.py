@@ -17,8 +17,8 @@ import httpx
 import numpy as np
 import pytest
 
-from autotune.backends.cache_commands import size_text
-from autotune.backends.cache_knobs import cache_config, normalize
+from autotune.backends.cache.commands import size_text
+from autotune.backends.cache.knobs import cache_config, normalize
 from autotune.cache_runtime.budget import model_sizes, plan_with_slots
 from autotune.cache_runtime.learned import counts_path, model_fingerprint, write_placement
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.model import inspect_model
+from autotune.model_info import inspect_model
 from autotune.served import ServedFigures, ServeFailed, measure_command
 from autotune.served import measure as measure_module
 from autotune.served import server as server_module

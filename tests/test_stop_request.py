@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from autotune.backends.base import Config, Measurement, Outcome, TrialResult, Workload
 from autotune.hardware import probe_hardware
-from autotune.model import inspect_model
+from autotune.model_info import inspect_model
 from autotune.search.study import STOP_ATTR, Budget, Tuner, register_study, request_stop
 from autotune.storage import Database
 from tests.fake_backend import FakeBackend

@@ -15,7 +15,7 @@ from autotune.backends.base import Measurement, Outcome, TrialResult, Workload
 from tests.fake_backend import FakeBackend
 from autotune.errors import AutotuneError
 from autotune.studies.definition import GridSpec, load_definition
-from autotune.studies.measure import run_grid
+from autotune.studies.fixed_configs import run_grid
 from autotune.studies.plan import plan
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autotune.cli import app
-from autotune.model import inspect_model
+from autotune.model_info import inspect_model
 from autotune.synth import PRESETS, write_synthetic_model
 
 runner = CliRunner()
@@ -73,7 +73,7 @@ def test_routing_skew_is_measured_in_the_file(tmp_path: Path, skew: float, low: 
     path = tmp_path / "small.gguf"
     write_synthetic_model(path, preset="small", skew=skew)
     script = (
-        "import sys\nfrom autotune.routing import measure_routing\n"
+        "import sys\nfrom autotune.measured_routing import measure_routing\n"
         "print(measure_routing(sys.argv[1], n_tokens=512).held_out_miss_rate())\n"
     )
     done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300)

@@ -12,11 +12,11 @@ import pytest
 from rich.console import Console
 
 from autotune.backends.base import Backend, Measurement, Outcome, TrialResult, Workload
-from autotune.backends.cache import CacheBackend
-from autotune.backends.llama_cpp import LlamaCppBackend
+from autotune.backends.cache.backend import CacheBackend
+from autotune.backends.llama_cpp.backend import LlamaCppBackend
 from autotune.hardware import GpuInfo, HardwareProfile
-from autotune.model import inspect_model
-from autotune.search import runner
+from autotune.model_info import inspect_model
+from autotune.search import actions as runner
 from autotune.search.study import TrialRecord
 from autotune.search.trial_lines import TrialLines, cpu_only_note
 from tests.fake_backend import FakeBackend

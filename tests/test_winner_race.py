@@ -7,7 +7,7 @@ from pathlib import Path
 
 from autotune.backends.base import Config, Measurement, Outcome, TrialResult, Workload
 from autotune.hardware import probe_hardware
-from autotune.model import inspect_model
+from autotune.model_info import inspect_model
 from autotune.search.study import RACE_ROUNDS, Budget, Tuner
 from autotune.storage import Database
 from tests.fake_backend import FakeBackend
@@ -96,7 +96,7 @@ def test_a_clear_lead_beats_the_prior(tiny_model: Path, tmp_path: Path):
 
 
 def test_llama_cpp_expects_fewer_cpu_layers_to_be_faster_all_else_equal():
-    from autotune.backends.llama_cpp import LlamaCppBackend
+    from autotune.backends.llama_cpp.backend import LlamaCppBackend
 
     prior, decode = LlamaCppBackend().expected_at_least_as_fast, Workload()
     fewer, more = {"n_cpu_moe": 20, "n_ubatch": 512, "n_threads": 16}, {"n_cpu_moe": 21, "n_ubatch": 2048, "n_threads": 16}

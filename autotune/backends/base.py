@@ -3,7 +3,7 @@
 A backend knows four things: which knobs it has (its search space and their defaults), how
 much VRAM a config will take (before running it), how to run one measured trial, and how to
 launch the winning config for real (``docs/writing-a-backend.md``). Trials always run in a
-child process (see ``autotune.backends.isolation``); nothing here touches CUDA in the caller.
+child process (see ``autotune.isolation.trial_process``); nothing here touches CUDA in the caller.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # kept out of trial child processes, which import this module
     import optuna
 
     from autotune.hardware import HardwareProfile
-    from autotune.model import ModelProfile
+    from autotune.model_info import ModelProfile
 
 Config = dict[str, Any]
 """A backend's knob values, flat and JSON-serialisable (what Optuna samples)."""

@@ -8,9 +8,9 @@ from autotune.backends.base import Backend
 from autotune.errors import AutotuneError
 
 BUILTIN = {
-    "llama_cpp": "autotune.backends.llama_cpp:LlamaCppBackend",
-    "llama_bench": "autotune.backends.llama_bench:LlamaBenchBackend",
-    "cache": "autotune.backends.cache:CacheBackend",
+    "llama_cpp": "autotune.backends.llama_cpp.backend:LlamaCppBackend",
+    "llama_bench": "autotune.backends.llama_cpp.bench:LlamaBenchBackend",
+    "cache": "autotune.backends.cache.backend:CacheBackend",
 }
 
 def get_backend(name: str) -> Backend:

@@ -215,8 +215,8 @@ def model_sizes(path: str | Path) -> ModelSizes:
 
 @functools.lru_cache(maxsize=8)
 def _model_sizes(path: str, size: int, mtime_ns: int) -> ModelSizes:
-    from autotune.cache_runtime.config import read_config
-    from autotune.model import inspect_model
+    from autotune.cache_runtime.hparams import read_config
+    from autotune.model_info import inspect_model
 
     cfg = read_config(path)
     tensors = inspect_model(path).tensors

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from autotune.cache_runtime.config import ModelConfig
+from autotune.cache_runtime.hparams import ModelConfig
 
 
 class KVCache:

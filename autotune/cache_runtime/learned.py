@@ -124,6 +124,6 @@ def seed_counts(fingerprint: str, shape: tuple[int, int], placement: str | Path 
 
 
 def model_fingerprint(path: str | Path) -> str:
-    from autotune.model import inspect_model
+    from autotune.model_info import inspect_model
 
     return inspect_model(path).fingerprint

@@ -15,7 +15,7 @@ import torch
 from gguf import GGUFReader
 from gguf import quants as gguf_quants
 
-from autotune.cache_runtime.config import ModelConfig, read_config
+from autotune.cache_runtime.hparams import ModelConfig, read_config
 
 
 def _dequantized(path: Path) -> dict[str, torch.Tensor]:

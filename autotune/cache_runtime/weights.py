@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autotune.cache_runtime.config import ModelConfig, read_config
+from autotune.cache_runtime.hparams import ModelConfig, read_config
 from autotune.cache_runtime.dequant import block_size, dequantize, row_bytes
 from autotune.errors import ModelFileError
-from autotune.model import TensorInfo, inspect_model
+from autotune.model_info import TensorInfo, inspect_model
 
 
 @dataclass

@@ -31,7 +31,7 @@ from autotune import interrupts
 from autotune.backends.base import Backend, Config, Measurement, Outcome, TrialResult, Workload
 from autotune.errors import AutotuneError
 from autotune.hardware import HardwareProfile
-from autotune.model import ModelProfile
+from autotune.model_info import ModelProfile
 from autotune.search.liveness import WORKER_ATTR, Heartbeat, fail_dead_trials, identity
 from autotune.search.memory import MemoryCalibration, relative_error
 from autotune.search.objective import lower_bound, objective_of

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from autotune.backends.base import Backend, Config, Outcome, Workload
 from autotune.hardware import HardwareProfile
-from autotune.model import ModelProfile
+from autotune.model_info import ModelProfile
 from autotune.search.study import TrialRecord, Tuner
 
 MESSAGE_CHARS = 60  # of a failed trial's last message line

@@ -28,7 +28,7 @@ from rich.console import Console
 from autotune.backends.base import Outcome, TrialResult, Workload
 from autotune.errors import AutotuneError
 from autotune.hardware import probe_hardware
-from autotune.model import inspect_model
+from autotune.model_info import inspect_model
 from autotune.search.objective import UNITS, objective_of
 from autotune.search.study import Budget, StudyOutcome, TrialRecord, Tuner
 from autotune.storage import Database, shown_url
@@ -46,7 +46,7 @@ def join_study(
     console: Console,
 ) -> StudyOutcome:
     """Add trials to an existing study: ``trials`` of this worker's own, else until the study's budget is spent."""
-    from autotune.search.runner import _usable_backends
+    from autotune.search.actions import _usable_backends
     from autotune.search.trial_lines import TrialLines, cpu_only_note
 
     db = Database(storage_url)

@@ -24,7 +24,7 @@ class ChatError(AutotuneError):
 def gguf_chat_fields(path: str | Path) -> tuple[str | None, dict[str, int]]:
     """The GGUF's chat template (None without one) and its BOS and EOS token ids by template
     variable (``bos_token``, ``eos_token``), where the file names them."""
-    from autotune.model import open_gguf
+    from autotune.model_info import open_gguf
 
     fields = open_gguf(path).fields
     template = fields.get("tokenizer.chat_template")

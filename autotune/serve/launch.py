@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from autotune.backends.base import Config
-from autotune.backends.cache_knobs import normalize
+from autotune.backends.cache.knobs import normalize
 from autotune.errors import AutotuneError
 from autotune.units import format_size, parse_size
 
 if TYPE_CHECKING:
-    from autotune.model import ModelProfile
+    from autotune.model_info import ModelProfile
 
 
 def _config_file(path: Path) -> Config:
@@ -47,7 +47,7 @@ def resolve_config(
         if vram_cap is None:
             raise AutotuneError("--best needs --vram-cap: whose winner to serve")
         from autotune.backends.registry import get_backend
-        from autotune.search.runner import stored_winner
+        from autotune.search.actions import stored_winner
 
         row = stored_winner(model, vram_cap, objective, storage_url, backend="cache")
         get_backend("cache").restore_winner(row.config, row.result.get("kept", {}))
@@ -97,9 +97,9 @@ def serve_model(model: Path, config: Config, host: str, port: int, console: Cons
         from autotune.serve.app import create_app
     except ImportError as exc:
         raise AutotuneError(f"serving needs the serve extra (pip install 'autotune[serve]'): {exc}") from None
-    from autotune.backends.cache_knobs import cache_config
+    from autotune.backends.cache.knobs import cache_config
     from autotune.cache_runtime.engine import Engine
-    from autotune.model import inspect_model
+    from autotune.model_info import inspect_model
     from autotune.serve.session import Session
 
     check_placement(inspect_model(model), config)  # clear errors for a broken file before torch loads

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from autotune.backends.vram import VramSampler
+from autotune.isolation.vram import VramSampler
 from autotune.served.client import measure_completions, random_prompts
 from autotune.served.figures import ServedFigures, ServeFailed
 from autotune.served.server import ServerProcess, free_port, resolve_program

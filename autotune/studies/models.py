@@ -11,7 +11,7 @@ import platformdirs
 from rich.console import Console
 
 from autotune.errors import AutotuneError
-from autotune.model import ModelProfile
+from autotune.model_info import ModelProfile
 from autotune.studies.definition import StudyDefinition
 from autotune.studies.plan import Variant
 

@@ -23,10 +23,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from autotune.backends.registry import get_backend
 from autotune.errors import AutotuneError
 from autotune.hardware import HardwareProfile, probe_hardware
-from autotune.model import inspect_model
+from autotune.model_info import inspect_model
 from autotune.search.objective import UNITS
 from autotune.studies.definition import StudyDefinition, load_definition
-from autotune.studies.measure import grid_configs, run_baselines, run_grid
+from autotune.studies.fixed_configs import grid_configs, run_baselines, run_grid
 from autotune.studies.models import default_models_dir, describe_model, ensure_model
 from autotune.studies.plan import Part, cap_label, plan
 from autotune.studies.tuner_part import run_tuner_part

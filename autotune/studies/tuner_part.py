@@ -14,7 +14,7 @@ from rich.console import Console
 from autotune.backends.base import Outcome, TrialResult, Workload
 from autotune.backends.registry import get_backend
 from autotune.errors import AutotuneError
-from autotune.search.runner import run_study
+from autotune.search.actions import run_study
 from autotune.storage import Database
 from autotune.studies.definition import StudyDefinition
 from autotune.studies.plan import Part, cap_label

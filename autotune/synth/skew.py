@@ -7,7 +7,7 @@ columns add token-dependent noise of unit variance. Popularity follows from the
 spread s of the biases; ``calibrate_bias_spread`` finds the s for which a static
 placement holding 64% of a layer's experts (chosen by frequency) misses ~7% of
 activations, the figure reported for real MoE models. The file's real routing is
-measured separately (``autotune.routing``), never assumed from this model.
+measured separately (``autotune.measured_routing``), never assumed from this model.
 """
 
 from __future__ import annotations

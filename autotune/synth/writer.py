@@ -24,7 +24,7 @@ from autotune.errors import AutotuneError
 from autotune.quants import quantize
 from autotune.synth import skew as skew_model
 from autotune.synth.presets import SynthPreset, get_layout, get_preset
-from autotune.synth.tokenizer import build_vocabulary
+from autotune.synth.vocab import build_vocabulary
 
 MASSIVE_ACTIVATION = 8.0  # channel 0 of every token embedding
 RESIDUAL_STEP = 0.05  # std each attention / MoE output adds to the residual stream

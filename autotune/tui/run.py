@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from autotune.errors import AutotuneError
-from autotune.search.runner import PreparedStudy, prepare_study, report
+from autotune.search.actions import PreparedStudy, prepare_study, report
 from autotune.search.study import Budget, StudyOutcome, TrialRecord
 from autotune.tui.dashboard import POLL_S, DashboardApp
 from autotune.tui.study_view import StudyView

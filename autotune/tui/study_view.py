@@ -20,7 +20,7 @@ from autotune.backends.base import Backend, Config, Measurement, Outcome, TrialR
 from autotune.backends.registry import get_backend
 from autotune.errors import AutotuneError
 from autotune.search.objective import UNITS
-from autotune.search.runner import launch_command
+from autotune.search.actions import launch_command
 from autotune.search.study import STOP_ATTR, request_stop
 from autotune.storage import BestConfigRow, Database, ModelRow, StudyRow, shown_url
 

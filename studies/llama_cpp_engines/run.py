@@ -28,10 +28,10 @@ from statistics import fmean
 from typing import Any
 
 from autotune.backends.base import TrialResult, Workload
-from autotune.backends.commands import format_command
-from autotune.backends.llama_bench import LlamaBenchBackend, find_llama_bench
-from autotune.backends.llama_cpp import LlamaCppBackend
-from autotune.model import inspect_model
+from autotune.backends.llama_cpp.commands import format_command
+from autotune.backends.llama_cpp.bench import LlamaBenchBackend, find_llama_bench
+from autotune.backends.llama_cpp.backend import LlamaCppBackend
+from autotune.model_info import inspect_model
 
 GIB = 2**30
 HERE = Path(__file__).parent

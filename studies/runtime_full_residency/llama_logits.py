@@ -3,7 +3,7 @@
 Usage (project root): python -m studies.runtime_full_residency.llama_logits MODEL.gguf OUT.npz [--steps 32] [--cpu]
 
 The model is loaded exactly as the llama_cpp backend's trial children load it
-(``llama_cpp_trial.setup`` in a ``autotune.backends.worker`` child): loading the CUDA build by
+(``llama_cpp_trial.setup`` in a ``autotune.isolation.child_main`` child): loading the CUDA build by
 hand in a script crashed on the GPU machine, while trial children load the same file fine.
 Saves the prompt, the greedy tokens and the logits (steps, vocab) after the prompt and after
 each generated token but the last.
@@ -20,7 +20,7 @@ TARGET = "studies.runtime_full_residency.llama_logits"
 
 
 def setup(common: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    from autotune.backends.llama_cpp_trial import setup as load_like_a_trial
+    from autotune.backends.llama_cpp.trial import setup as load_like_a_trial
 
     return load_like_a_trial(common)
 
@@ -58,7 +58,7 @@ def run(loaded: Any, item: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    from autotune.backends.isolation import run_isolated
+    from autotune.isolation.trial_process import run_isolated
 
     parser = argparse.ArgumentParser()
     parser.add_argument("model")

@@ -22,7 +22,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from autotune.model import inspect_model
+from autotune.model_info import inspect_model
 from autotune.served import ServeFailed, measure_command
 
 FIRST, RESTART = "winner, first start", "winner, after a restart"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from autotune.backends.base import Workload
 from autotune.backends.registry import get_backend
-from autotune.model import inspect_model
+from autotune.model_info import inspect_model
 from autotune.storage import Database
 
 WORKLOAD = Workload(n_prompt=512, n_gen=128, repetitions=3, n_ctx=4096)

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 from autotune.backends.base import Workload
-from autotune.backends.commands import bench_argv
-from autotune.backends.llama_bench import LlamaBenchBackend, find_llama_bench
-from autotune.backends.vram import VramSampler
+from autotune.backends.llama_cpp.commands import bench_argv
+from autotune.backends.llama_cpp.bench import LlamaBenchBackend, find_llama_bench
+from autotune.isolation.vram import VramSampler
 
 GIB = 2**30
 TUNER_WORKLOAD = Workload(n_prompt=512, n_gen=64, repetitions=2, n_ctx=4096)  # run 12 call d's

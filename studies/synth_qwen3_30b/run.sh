@@ -11,7 +11,7 @@ python3 -m autotune.cli synth "$model" --preset qwen3-30b-a3b --no-measure | tee
 echo "wall milliseconds: $(( ($(date +%s%N) - start) / 1000000 ))" | tee -a "$out/synth.txt"
 python3 -m autotune.cli inspect "$model" | tee "$out/inspect.txt"
 python3 -c "
-from autotune.routing import measure_routing
+from autotune.measured_routing import measure_routing
 trace = measure_routing('$model', n_tokens=2048)
 print(trace.summary())" | tee "$out/routing.txt"
 llama-bench --help > "$out/llama-bench-help.txt" 2>&1 || true

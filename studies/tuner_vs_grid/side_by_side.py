@@ -14,8 +14,8 @@ import subprocess
 import sys
 
 from autotune.backends.base import Workload
-from autotune.backends.commands import bench_argv
-from autotune.model import inspect_model
+from autotune.backends.llama_cpp.commands import bench_argv
+from autotune.model_info import inspect_model
 from autotune.storage import Database
 
 ROUNDS = 5

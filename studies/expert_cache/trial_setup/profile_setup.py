@@ -21,7 +21,7 @@ import torch  # noqa: E402
 torch.zeros(1, device="cuda")
 torch.cuda.synchronize()
 torch_ready = time.perf_counter()
-from autotune.backends.cache_trial import decode_tps, learn_placement, prefill_tps  # noqa: E402
+from autotune.backends.cache.trial import decode_tps, learn_placement, prefill_tps  # noqa: E402
 from autotune.cache_runtime.cache_config import CacheConfig  # noqa: E402
 from autotune.cache_runtime.engine import Engine  # noqa: E402
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autotune.backends.base import Config
-from autotune.backends.llama_config import cpu_expert_layers
-from autotune.model import ModelProfile
+from autotune.backends.llama_cpp.knobs import cpu_expert_layers
+from autotune.model_info import ModelProfile
 
 CUDA_CONTEXT_BYTES = 512 * 2**20
 KV_PADDING = 256  # llama.cpp pads n_ctx of the unified KV cache to this

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from autotune.backends.base import Backend, Config, Workload
 from autotune.errors import AutotuneError
 from autotune.hardware import HardwareProfile
-from autotune.model import ModelProfile
+from autotune.model_info import ModelProfile
 from autotune.studies.definition import BaselineSpec, GridSpec
 from autotune.studies.rows import fits, launch_command, objective_mean, pooled_row
 

@@ -1,10 +1,10 @@
-"""A trial's child process: ``python -m autotune.backends.worker JOB RESULTS``.
+"""A trial's child process: ``python -m autotune.isolation.child_main JOB RESULTS``.
 
 JOB is a JSON file ``{"target": "package.module[:object]", "common": {...}, "items": [...]}``.
 The target offers ``setup(common) -> (state, info)`` (load what all items share, e.g. a
 model) and ``run(state, item) -> dict`` (measure one item: ``decode_tps`` and
 ``prefill_tps`` sample lists, ``extra``, and ``load_seconds`` where an item loads its own). Each step appends one JSON line
-to RESULTS as soon as it is done, so the parent (``autotune.backends.isolation``) keeps
+to RESULTS as soon as it is done, so the parent (``autotune.isolation.trial_process``) keeps
 what finished even when a later item crashes or hangs:
 
 - ``{"kind": "ready", "info": {...}, "seconds": s}`` after setup,

@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from autotune.backends.isolation import run_isolated
+from autotune.isolation.trial_process import run_isolated
 
-TARGET = "autotune.backends.llama_arch"
+TARGET = "autotune.backends.llama_cpp.arch"
 DEADLINE_S = 120.0
 _UNKNOWN_ARCH = re.compile(r"unknown model architecture: '([^']*)'")
 

@@ -1,7 +1,7 @@
 """Run trial code in a fresh child process with a deadline, and record how it ended.
 
 The parent never imports what a trial uses (llama_cpp, torch, CUDA): each child is
-``python -m autotune.backends.worker`` on a target module (see there for the protocol),
+``python -m autotune.isolation.child_main`` on a target module (see there for the protocol),
 in its own session, so a timeout kills its whole process group, grandchildren included.
 One child may measure several items that share its setup (configs of one loaded model);
 every item gets its own result:
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager
 
 from autotune.backends.base import Measurement, Outcome, TrialResult
-from autotune.backends.vram import VramSampler
+from autotune.isolation.vram import VramSampler
 
 POLL_S = 0.05
 TAIL_LINES = 15
@@ -202,7 +202,7 @@ def _run_child(
         timed_out = False
         with sampler(gpu_index) as vram, log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "autotune.backends.worker", str(job), str(results_path)],
+                [sys.executable, "-m", "autotune.isolation.child_main", str(job), str(results_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autotune.backends.base import Config, ConfigError
-from autotune.backends.cache_knobs import normalize
-from autotune.backends.commands import int_flag
+from autotune.backends.cache.knobs import normalize
+from autotune.backends.llama_cpp.commands import int_flag
 from autotune.errors import AutotuneError
 from autotune.units import parse_size
 

@@ -2,7 +2,7 @@
 
 Formats (``FORMATS``): ``llama-server`` and ``llama-bench`` command lines, shell-quoted with
 shlex so that no model path or value can inject shell syntax; ``python``, a llama-cpp-python
-snippet (expert placement through ``autotune.backends.llama_python.cpu_experts``, as
+snippet (expert placement through ``autotune.backends.llama_cpp.buft_overrides.cpu_experts``, as
 ``Llama`` has no keyword for it); and ``json``. ``parse_command`` turns any of them back
 into (normalized config, model path). llama-bench has no context size and one thread count
 for both phases, so its commands carry neither ``n_ctx`` nor ``n_threads_batch``.
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autotune.backends.base import Config, ConfigError, Workload
-from autotune.backends.llama_config import EXPERTS_REGEX, KV_TYPES, layers_regex, normalize
+from autotune.backends.llama_cpp.knobs import EXPERTS_REGEX, KV_TYPES, layers_regex, normalize
 
 FORMATS = ("llama-server", "llama-bench", "python", "json")
 BENCH_UNEXPRESSED = ("n_ctx", "n_threads_batch")
@@ -93,7 +93,7 @@ def python_snippet(config: Config, model_path: Path | str) -> str:
     body = "    llm = llama_cpp.Llama(\n" + "".join(f"        {kw},\n" for kw in kwargs) + "    )\n"
     return (
         "import llama_cpp\n"
-        "from autotune.backends.llama_python import cpu_experts\n\n"
+        "from autotune.backends.llama_cpp.buft_overrides import cpu_experts\n\n"
         f"with cpu_experts({placement}):  # these layers' experts stay on the CPU\n" + body
     )
 

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 
 import llama_cpp.llama_cpp as llama_api  # the module Llama takes its default params from
 
-from autotune.backends.llama_config import cpu_expert_patterns
+from autotune.backends.llama_cpp.knobs import cpu_expert_patterns
 
 GGML_BACKEND_DEVICE_TYPE_CPU = 0
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autotune.backends.base import Backend, Config, ConfigError, TrialResult, Workload
-from autotune.backends.cache_commands import format_command, parse_command
-from autotune.backends.cache_knobs import (
+from autotune.backends.cache.commands import format_command, parse_command
+from autotune.backends.cache.knobs import (
     DECAYS,
     DEFAULTS,
     PREFETCH_DEPTHS,
@@ -29,22 +29,22 @@ from autotune.backends.cache_knobs import (
     cache_config,
     normalize,
 )
-from autotune.backends.cache_placement import keep_winner, restore_winner, with_trial_placement
-from autotune.backends.isolation import run_in_load_groups
+from autotune.backends.cache.winner_placement import keep_winner, restore_winner, with_trial_placement
+from autotune.isolation.trial_process import run_in_load_groups
 from autotune.errors import AutotuneError, ModelFileError
 
 if TYPE_CHECKING:
     import optuna
 
     from autotune.hardware import HardwareProfile
-    from autotune.model import ModelProfile
+    from autotune.model_info import ModelProfile
 
 LOAD_KEYS = ("max_ctx",)  # what the child fixes at load: the KV cache's size
 
 
 class CacheBackend(Backend):
     name = "cache"
-    trial_target = "autotune.backends.cache_trial"
+    trial_target = "autotune.backends.cache.trial"
     default_format = "serve"
     served_format = "serve"
     load_keys = LOAD_KEYS

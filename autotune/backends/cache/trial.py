@@ -1,6 +1,6 @@
 """Child side of the ``cache`` backend: load the model once, then measure cache configs.
 
-Only trial children (``autotune.backends.worker``) import this module, and torch with it.
+Only trial children (``autotune.isolation.child_main``) import this module, and torch with it.
 ``setup`` loads the runtime with the first config's expert cache; ``run`` re-configures the
 cache for its config (no reload), then measures as ``autotune serve`` runs a request: prefill
 of a prompt of P tokens, then decode of N tokens with each token read back to the host (as a
@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from autotune.backends.cache_placement import trial_placement_path, with_trial_placement
+from autotune.backends.cache.winner_placement import trial_placement_path, with_trial_placement
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.engine import Engine
 from autotune.cache_runtime.learned import load_counts, model_fingerprint, write_placement

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from autotune.errors import AutotuneError
-from autotune.model import inspect_model
+from autotune.model_info import inspect_model
 from autotune.synth.skew import PLACEMENT_FRACTION, static_placement_miss_rate
 
 TOPK_PREFIX = b"ffn_moe_topk-"
@@ -130,7 +130,7 @@ def measure_routing(model_path: str | Path, n_tokens: int = 256, seed: int = 0, 
     collector = _TopkCollector(ggml, profile.n_layers)
     callback = llama_cpp.ggml_backend_sched_eval_callback(collector)
     llama_cpp.llama_backend_init()
-    from autotune.backends.llama_python import silence_llama_log
+    from autotune.backends.llama_cpp.buft_overrides import silence_llama_log
 
     silence_llama_log()
     model_params = llama_cpp.llama_model_default_params()

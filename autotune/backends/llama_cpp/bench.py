@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from autotune.backends.base import Config, TrialResult, Workload
-from autotune.backends.commands import bench_argv, bench_path_problem
-from autotune.backends.isolation import check_cap
-from autotune.backends.llama_config import normalize
-from autotune.backends.llama_cpp import LlamaCppBackend
-from autotune.backends.llama_memory import estimate_vram
-from autotune.model import ModelProfile, inspect_model
+from autotune.backends.llama_cpp.commands import bench_argv, bench_path_problem
+from autotune.isolation.trial_process import check_cap
+from autotune.backends.llama_cpp.knobs import normalize
+from autotune.backends.llama_cpp.backend import LlamaCppBackend
+from autotune.backends.llama_cpp.memory import estimate_vram
+from autotune.model_info import ModelProfile, inspect_model
 
 ENV_BINARY = "AUTOTUNE_LLAMA_BENCH"
 
@@ -55,7 +55,7 @@ def served_context_bytes(config: Config, model: ModelProfile, workload: Workload
 
 class LlamaBenchBackend(LlamaCppBackend):
     name = "llama_bench"
-    trial_target = "autotune.backends.llama_bench_trial"
+    trial_target = "autotune.backends.llama_cpp.bench_trial"
     load_keys = None  # llama-bench loads the model for every run
 
     def __init__(self, binary: str | None = None, gpu_index: int = 0):

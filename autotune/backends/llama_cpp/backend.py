@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autotune.backends.base import Backend, Config, ConfigError, TrialResult, Workload
-from autotune.backends.commands import format_command, parse_command
-from autotune.backends.isolation import run_in_load_groups
-from autotune.backends.llama_arch import load_problem
-from autotune.backends.llama_config import DEFAULTS, KV_TYPES, LOAD_KEYS, cpu_expert_patterns, load_params, normalize
-from autotune.backends.llama_memory import estimate_vram
+from autotune.backends.llama_cpp.commands import format_command, parse_command
+from autotune.isolation.trial_process import run_in_load_groups
+from autotune.backends.llama_cpp.arch import load_problem
+from autotune.backends.llama_cpp.knobs import DEFAULTS, KV_TYPES, LOAD_KEYS, cpu_expert_patterns, load_params, normalize
+from autotune.backends.llama_cpp.memory import estimate_vram
 
 if TYPE_CHECKING:
     import optuna
 
     from autotune.hardware import HardwareProfile
-    from autotune.model import ModelProfile
+    from autotune.model_info import ModelProfile
 
 BATCH_SIZES = [512, 1024, 2048, 4096]
 UBATCH_SIZES = [128, 256, 512, 1024, 2048]
@@ -41,7 +41,7 @@ def thread_counts(hw: HardwareProfile) -> list[int]:
 
 class LlamaCppBackend(Backend):
     name = "llama_cpp"
-    trial_target = "autotune.backends.llama_cpp_trial"
+    trial_target = "autotune.backends.llama_cpp.trial"
     default_format = "llama-server"
     served_format = "llama-server"
     load_keys = LOAD_KEYS

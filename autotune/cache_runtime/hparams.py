@@ -62,7 +62,7 @@ class ModelConfig:
 
 
 def _fields(path: Path) -> dict[str, Any]:
-    from autotune.model import open_gguf
+    from autotune.model_info import open_gguf
 
     reader = open_gguf(path)
     return {name: field.contents() for name, field in reader.fields.items()

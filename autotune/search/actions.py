@@ -15,7 +15,7 @@ from autotune.backends.base import Backend, Config, Outcome, Workload
 from autotune.backends.registry import get_backend
 from autotune.errors import AutotuneError
 from autotune.hardware import HardwareProfile, probe_hardware
-from autotune.model import ModelProfile, inspect_model
+from autotune.model_info import ModelProfile, inspect_model
 from autotune.search.objective import UNITS
 from autotune.search.study import Budget, StudyOutcome, Tuner, TrialRecord, register_study
 from autotune.search.trial_lines import TrialLines, cpu_only_note

@@ -1,6 +1,6 @@
 """Child side of the llama_cpp engine: load a model once, then measure configs as llama-bench does.
 
-Only trial children (``autotune.backends.worker``) import this module, and llama_cpp with it.
+Only trial children (``autotune.isolation.child_main``) import this module, and llama_cpp with it.
 ``setup`` loads the model with its expert placement: tensor buffer-type
 overrides set on ``llama_model_params`` through the C API (see ``llama_python``). ``run`` creates a
 context for one config, then, as llama-bench's pp and tg tests, measures prefill of P random
@@ -24,7 +24,7 @@ from typing import Any
 
 import llama_cpp
 
-from autotune.backends.llama_python import buft_overrides, cpu_buffer_type
+from autotune.backends.llama_cpp.buft_overrides import buft_overrides, cpu_buffer_type
 
 GGML_LOG_LEVEL_DEBUG, GGML_LOG_LEVEL_CONT = 1, 5  # ggml.h's enum ggml_log_level (ERROR is 4)
 KV_TYPE_IDS = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
