@@ -122,6 +122,10 @@ def synth(
     preset: str = typer.Option("tiny", help="tiny | small | qwen3-30b-a3b"),
     quant: str = typer.Option("q4_k_m", help="q4_k_m | q4_k | q5_k | q6_k | q8_0 | f16"),
     skew: float = typer.Option(1.0, help="routing skew: 1 = calibrated like real MoE models, 0 = uniform"),
+    routing: str = typer.Option(
+        "temporal", help="temporal = concentration and temporal locality calibrated to a real model | "
+        "static = fixed per-expert bias plus independent noise (with --skew 0: uniform)"
+    ),
     seed: int = typer.Option(0, help="random seed"),
     measure: bool = typer.Option(
         True, help="measure the routing the file really gives (runs it with llama.cpp)"
@@ -132,9 +136,9 @@ def synth(
     from autotune.synth import write_synthetic_model
 
     with console.status(f"writing {preset} model to {out} ..."):
-        report = write_synthetic_model(out, preset=preset, quant=quant, skew=skew, seed=seed)
+        report = write_synthetic_model(out, preset=preset, quant=quant, skew=skew, seed=seed, routing=routing)
     console.print(
-        f"wrote {report.path} ({_gib(report.file_bytes)}, preset {preset}, {quant}, skew {skew})"
+        f"wrote {report.path} ({_gib(report.file_bytes)}, preset {preset}, {quant}, {routing} routing, skew {skew})"
         f" in {report.seconds:.1f} s"
     )
     if not measure:

@@ -1,9 +1,11 @@
 """Measure which experts a GGUF model really routes to, by running it in llama.cpp.
 
 llama.cpp names the top-k expert ids of layer ``il`` ``ffn_moe_topk-il`` in its graph;
-an eval callback copies them out while a batch of random tokens is decoded (as
-llama-bench does). From the trace follow expert popularity per layer and the miss
-rate of a static placement that holds the most frequent experts.
+an eval callback copies them out while one sequence of random tokens is decoded in order,
+chunk by chunk through the KV cache, so each token attends to all before it (temporal
+locality needs that). From the trace follow expert popularity per layer, the miss rate of
+a static placement that holds the most frequent experts, and the statistics published for
+real models (``autotune.routing_stats``): top share, adjacent-token overlap, the LRU curve.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import numpy as np
 
 from autotune.errors import AutotuneError
 from autotune.model_info import inspect_model
+from autotune.routing_stats import adjacent_overlap, lru_hit_rates, top_share
+from autotune.synth.real_routing import RoutingTargets
 from autotune.synth.skew import PLACEMENT_FRACTION, static_placement_miss_rate
 
 TOPK_PREFIX = b"ffn_moe_topk-"
 # Leading fields of struct ggml_tensor (stable across ggml versions): type, buffer, ne[4], nb[4].
 _NE_OFFSET, _NB_OFFSET = 16, 48
+CHUNK_TOKENS = 512  # decoded per llama_decode call; the sequence runs on through the KV cache
 
 
 @dataclass
@@ -45,15 +50,35 @@ class RoutingTrace:
         hits = np.take_along_axis(test, placed, axis=1).sum()
         return float(1.0 - hits / test.sum())
 
+    @property
+    def targets(self) -> RoutingTargets:
+        return RoutingTargets(self.n_expert, self.experts.shape[2])
+
+    def top_share(self) -> np.ndarray:
+        """Per layer, the share of selections to the top n/8 experts (top-16 of 128)."""
+        return top_share(self.experts, self.n_expert, self.targets.top)
+
+    def adjacent_overlap(self) -> float:
+        return adjacent_overlap(self.experts, self.n_expert)
+
+    def lru_hit_rates(self) -> dict[int, float]:
+        """Per-layer LRU hit rate at the slot counts the published figures scale to."""
+        return lru_hit_rates(self.experts, self.n_expert, self.targets.lru_slots)
+
     def summary(self) -> str:
         n_layers, n_tokens, k = self.experts.shape
         slots = int(round(PLACEMENT_FRACTION * self.n_expert))
+        shares = self.top_share()
+        lru = " / ".join(f"{100 * rate:.0f}%" for rate in self.lru_hit_rates().values())
         return (
-            f"routing measured with llama.cpp over {n_tokens} random tokens, {n_layers} layers, top-{k} of "
-            f"{self.n_expert}: a frequency-calibrated static placement of {slots}/{self.n_expert} experts "
-            f"per layer misses {100 * self.in_sample_miss_rate():.1f}% of activations in sample, "
+            f"routing measured with llama.cpp over a sequence of {n_tokens} random tokens, {n_layers} layers, "
+            f"top-{k} of {self.n_expert}: a frequency-calibrated static placement of {slots}/{self.n_expert} "
+            f"experts per layer misses {100 * self.in_sample_miss_rate():.1f}% of activations in sample, "
             f"{100 * self.held_out_miss_rate():.1f}% held out (uniform routing: about "
-            f"{100 * (1 - PLACEMENT_FRACTION):.0f}%)"
+            f"{100 * (1 - PLACEMENT_FRACTION):.0f}%); the top {self.targets.top} experts take "
+            f"{100 * shares.min():.0f}-{100 * shares.max():.0f}% of a layer's selections, adjacent tokens share "
+            f"{100 * self.adjacent_overlap():.0f}% of theirs, per-layer LRU at "
+            f"{'/'.join(map(str, self.targets.lru_slots))} slots hits {lru}"
         )
 
 
@@ -103,13 +128,14 @@ def _load_ggml(llama_cpp_module: object) -> ctypes.CDLL:
     return ggml
 
 
-def _batch_with_all_logits(llama_cpp: object, tokens: list[int]) -> object:
-    """A batch asking logits for every token, so the last layer routes every token too."""
+def _batch_with_all_logits(llama_cpp: object, tokens: list[int], first_pos: int) -> object:
+    """A batch of one sequence's tokens from ``first_pos`` on, asking logits for every token
+    so the last layer routes every token too."""
     batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
     batch.n_tokens = len(tokens)
     for i, token in enumerate(tokens):
         batch.token[i] = token
-        batch.pos[i] = i
+        batch.pos[i] = first_pos + i
         batch.n_seq_id[i] = 1
         batch.seq_id[i][0] = 0
         batch.logits[i] = 1
@@ -117,7 +143,8 @@ def _batch_with_all_logits(llama_cpp: object, tokens: list[int]) -> object:
 
 
 def measure_routing(model_path: str | Path, n_tokens: int = 256, seed: int = 0, n_gpu_layers: int = 99) -> RoutingTrace:
-    """Decode ``n_tokens`` random tokens in one batch and record every layer's expert choice."""
+    """Decode one sequence of ``n_tokens`` random tokens, in order, and record every layer's
+    expert choice per token."""
     profile = inspect_model(model_path)
     if not profile.is_moe:
         raise AutotuneError(f"{model_path}: a dense model has no routing to measure")
@@ -142,18 +169,20 @@ def measure_routing(model_path: str | Path, n_tokens: int = 256, seed: int = 0, 
     if not model:
         raise AutotuneError(f"{model_path}: llama.cpp could not load the model")
     ctx_params = llama_cpp.llama_context_default_params()
-    ctx_params.n_ctx = ctx_params.n_batch = ctx_params.n_ubatch = n_tokens
+    ctx_params.n_ctx = n_tokens
+    ctx_params.n_batch = ctx_params.n_ubatch = min(n_tokens, CHUNK_TOKENS)
     ctx_params.cb_eval = callback
     ctx_params.cb_eval_user_data = None
     ctx = llama_cpp.llama_init_from_model(model, ctx_params)
     try:
-        rng = np.random.default_rng(seed)
-        batch = _batch_with_all_logits(llama_cpp, rng.integers(0, profile.n_vocab, n_tokens).tolist())
-        try:
-            if llama_cpp.llama_decode(ctx, batch) != 0:
-                raise AutotuneError(f"{model_path}: llama.cpp failed to decode the routing batch")
-        finally:
-            llama_cpp.llama_batch_free(batch)
+        tokens = np.random.default_rng(seed).integers(0, profile.n_vocab, n_tokens).tolist()
+        for first in range(0, n_tokens, CHUNK_TOKENS):
+            batch = _batch_with_all_logits(llama_cpp, tokens[first : first + CHUNK_TOKENS], first)
+            try:
+                if llama_cpp.llama_decode(ctx, batch) != 0:
+                    raise AutotuneError(f"{model_path}: llama.cpp failed to decode the routing sequence")
+            finally:
+                llama_cpp.llama_batch_free(batch)
     finally:
         llama_cpp.llama_free(ctx)
         llama_cpp.llama_model_free(model)

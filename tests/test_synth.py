@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from autotune.cli import app
 from autotune.model_info import inspect_model
-from autotune.synth import PRESETS, write_synthetic_model
+from autotune.synth import PRESETS, real_routing, write_synthetic_model
 
 runner = CliRunner()
 
@@ -68,10 +68,10 @@ def test_llama_cpp_loads_and_generates_32_tokens(tiny_model: Path):
 
 
 @pytest.mark.parametrize("skew, low, high", [(1.0, 0.0, 0.15), (0.0, 0.25, 0.5)])
-def test_routing_skew_is_measured_in_the_file(tmp_path: Path, skew: float, low: float, high: float):
+def test_static_routing_skew_is_measured_in_the_file(tmp_path: Path, skew: float, low: float, high: float):
     pytest.importorskip("llama_cpp")
     path = tmp_path / "small.gguf"
-    write_synthetic_model(path, preset="small", skew=skew)
+    write_synthetic_model(path, preset="small", skew=skew, routing="static")
     script = (
         "import sys\nfrom autotune.measured_routing import measure_routing\n"
         "print(measure_routing(sys.argv[1], n_tokens=512).held_out_miss_rate())\n"
@@ -79,6 +79,26 @@ def test_routing_skew_is_measured_in_the_file(tmp_path: Path, skew: float, low: 
     done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert low <= float(done.stdout.split()[-1]) <= high
+
+
+def test_default_routing_meets_the_real_model_figures_measured_in_llama_cpp(tmp_path: Path):
+    """The bar of issue 30 on the small preset, scaled to its 32 experts, top-4 (real_routing)."""
+    pytest.importorskip("llama_cpp")
+    path = tmp_path / "small.gguf"
+    write_synthetic_model(path, preset="small")
+    script = (
+        "import sys, json\nfrom autotune.measured_routing import measure_routing\n"
+        "trace = measure_routing(sys.argv[1], n_tokens=1024)\n"
+        "print(json.dumps({'share': trace.top_share().tolist(), 'overlap': trace.adjacent_overlap(),"
+        " 'lru': list(trace.lru_hit_rates().values())}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json.loads(done.stdout.splitlines()[-1])
+    low, high = real_routing.TOP_SHARE_BAND
+    assert all(low <= share <= high for share in measured["share"]), measured
+    assert real_routing.ADJACENT_OVERLAP[0] - 0.05 <= measured["overlap"] <= real_routing.ADJACENT_OVERLAP[1] + 0.05
+    assert measured["lru"] == pytest.approx(list(real_routing.LRU_HIT), abs=0.05), measured
 
 
 def test_synth_cli_writes_and_reports(tmp_path: Path):
@@ -92,6 +112,7 @@ def test_synth_cli_writes_and_reports(tmp_path: Path):
     (["--preset", "huge"], "unknown preset"),
     (["--quant", "q3_x"], "unknown quantization"),
     (["--skew", "-1"], "--skew must be 0 or more"),
+    (["--routing", "bursty"], "unknown routing 'bursty'"),
 ])
 def test_synth_bad_options_are_one_line_errors(tmp_path: Path, args: list[str], message: str):
     result = runner.invoke(app, ["synth", str(tmp_path / "x.gguf"), "--no-measure", *args])

@@ -3,8 +3,9 @@
 Speed is what matters (a 20 GB file in well under two minutes), so weights are not
 quantized tensor by tensor: each (type, scale) gets a pool of real, well-scaled
 quantized blocks, a long "tape" is gathered from it once, and every tensor is a
-window of that tape. Only the router (routing skew) and the token embedding's
-channel 0 (which the router reads as a bias, see ``skew``) are crafted.
+window of that tape. Only the router (routing skew), the token embedding's channel 0
+(which the router reads as a bias, see ``skew``) and, for temporal routing, the first
+layer's attention (a recency window, see ``temporal``) are crafted.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from gguf.constants import GGML_QUANT_SIZES
 from autotune.errors import AutotuneError
 from autotune.quants import quantize
 from autotune.synth import skew as skew_model
+from autotune.synth import temporal
 from autotune.synth.presets import SynthPreset, get_layout, get_preset
 from autotune.synth.vocab import build_vocabulary
 
 MASSIVE_ACTIVATION = 8.0  # channel 0 of every token embedding
 RESIDUAL_STEP = 0.05  # std each attention / MoE output adds to the residual stream
+ROUTING_MODES = ("temporal", "static")  # the first is the default
 POOL_BLOCKS = 8192
 MAX_TAPE_BLOCKS = 1 << 20
 CHATML_TEMPLATE = (
@@ -80,15 +83,16 @@ class SynthReport:
     path: Path
     preset: str
     quant: str
+    routing: str
     skew: float
     bias_spread: float
-    simulated_miss_rate: float  # of the skew model, at the 64% static placement
+    slow_strength: float  # std of the recency window's part of the router logits (0: static routing)
     file_bytes: int
     seconds: float
 
 
 class _SynthWriter:
-    def __init__(self, preset: SynthPreset, quant: str, skew: float, seed: int):
+    def __init__(self, preset: SynthPreset, quant: str, skew: float, seed: int, routing: str):
         self.p = preset
         self.layout = get_layout(quant)
         self.rng = np.random.default_rng(seed)
@@ -96,13 +100,16 @@ class _SynthWriter:
         largest = max(preset.n_vocab, preset.n_expert * preset.n_ff_expert) * preset.n_embd
         self.tape_blocks = min(MAX_TAPE_BLOCKS, largest // 32)
         self.skew = skew
-        base_spread = skew_model.calibrate_bias_spread(preset.n_expert, preset.n_expert_used, seed=seed)
-        self.bias_spread = skew * base_spread
-        self.biases = skew_model.layer_biases(preset.n_layers, preset.n_expert, self.bias_spread, self.rng)
-        sim_rng = np.random.default_rng(seed + 1)
-        self.simulated_miss = skew_model.static_placement_miss_rate(
-            skew_model.simulated_counts(self.biases, preset.n_expert_used, 4000, sim_rng)
-        )
+        self.routing = routing
+        self.window = temporal.recency_window(preset.head_dim, preset.rope_freq_base)
+        if routing == "temporal":
+            fit = temporal.calibrate(preset.n_expert, preset.n_expert_used, self.window, seed=seed)
+            self.bias_spread, self.slow_strength = skew * fit.spread, fit.strength
+            self.biases = temporal.layer_biases(preset.n_layers, preset.n_expert, self.bias_spread, self.rng)
+        else:
+            base_spread = skew_model.calibrate_bias_spread(preset.n_expert, preset.n_expert_used, seed=seed)
+            self.bias_spread, self.slow_strength = skew * base_spread, 0.0
+            self.biases = skew_model.layer_biases(preset.n_layers, preset.n_expert, self.bias_spread, self.rng)
 
     def _quantized(self, role: str, rows: int, cols: int, scale: float, first_value: float | None = None) -> tuple[np.ndarray, QType]:
         """A (rows, cols) weight of this role's type as raw bytes shaped (rows, row_bytes)."""
@@ -113,6 +120,43 @@ class _SynthWriter:
             self.tapes[key] = BlockTape(qtype, scale, self.rng, self.tape_blocks, first_value)
         data = self.tapes[key].blocks(rows * per_row).reshape(rows, per_row * _block_bytes(qtype))
         return data, qtype
+
+    def _crafted(self, role: str, values: np.ndarray) -> tuple[np.ndarray, QType]:
+        """``values`` in this role's type: quantized raw bytes (rows, row_bytes), or F16/F32 floats."""
+        qtype = self.layout[role]
+        if qtype in (QType.F16, QType.F32):
+            return values.astype(np.float16 if qtype == QType.F16 else np.float32), qtype
+        return quantize(values, qtype).reshape(values.shape[0], -1), qtype
+
+    def _window_reader(self, role: str, n_heads: int) -> tuple[np.ndarray, QType]:
+        """Q or K of the recency window: each head reads channel 0 into the window's pair dims."""
+        p = self.p
+        values = np.zeros((n_heads, p.head_dim, p.n_embd), dtype=np.float32)
+        values[:, list(self.window.pairs), 0] = 1.0
+        return self._crafted(role, values.reshape(n_heads * p.head_dim, p.n_embd))
+
+    def _window_attention(self, embd_rms: float):
+        """Layer 0's attention as a recency window whose mean of V reaches the residual stream
+        with variance ``slow_strength**2`` per channel (the token embedding's is 1)."""
+        p = self.p
+        q_dim, kv_dim = p.n_head * p.head_dim, p.n_head_kv * p.head_dim
+        in_scale = 1.0 / math.sqrt(p.n_embd)
+        v_variance = in_scale**2 * (p.n_embd - 1) / embd_rms**2
+        head_variance = v_variance * float((self.window.weights(p.context_length) ** 2).sum())
+        out_scale = self.slow_strength / math.sqrt(q_dim * head_variance)
+        data, qtype = self._window_reader("attn_q", p.n_head)
+        yield "attn_q", (q_dim, p.n_embd), data, qtype
+        data, qtype = self._window_reader("attn_k", p.n_head_kv)
+        yield "attn_k", (kv_dim, p.n_embd), data, qtype
+        data, qtype = self._quantized("attn_v", kv_dim, p.n_embd, in_scale, first_value=0.0)
+        yield "attn_v", (kv_dim, p.n_embd), data, qtype
+        data, qtype = self._quantized("attn_output", p.n_embd, q_dim, out_scale)
+        yield "attn_output", (p.n_embd, q_dim), data, qtype
+
+    def _window_norm(self) -> np.ndarray:
+        weight = np.ones(self.p.head_dim, dtype=np.float32)
+        weight[list(self.window.pairs)] = self.window.norm_weight
+        return weight
 
     def tensors(self):
         """(name, numpy shape, raw array, type) for every tensor, lazily."""
@@ -127,23 +171,33 @@ class _SynthWriter:
         embd[:, : first.shape[1]] = first
         yield "token_embd.weight", (p.n_vocab, p.n_embd), embd, qtype
 
-        rms = math.sqrt((MASSIVE_ACTIVATION**2 + p.n_embd - 1) / p.n_embd)
+        embd_rms = math.sqrt((MASSIVE_ACTIVATION**2 + p.n_embd - 1) / p.n_embd)
+        # the router's input: the embedding plus the window's slow component (variance strength^2)
+        rms = math.sqrt((MASSIVE_ACTIVATION**2 + (p.n_embd - 1) * (1 + self.slow_strength**2)) / p.n_embd)
         x0 = MASSIVE_ACTIVATION / rms  # channel 0 of the router's (RMS-normalised) input
-        noise_std = 1.0 / math.sqrt(p.n_embd - x0**2)
+        noise_std = rms / math.sqrt(p.n_embd - 1)  # the token's own logit noise: unit variance
         down_scale = RESIDUAL_STEP / (0.6 * math.sqrt(p.n_ff_expert))
         for il in range(p.n_layers):
             blk = f"blk.{il}."
             yield blk + "attn_norm.weight", (p.n_embd,), ones(p.n_embd), QType.F32
-            for name, rows, cols, scale in (
-                ("attn_q", q_dim, p.n_embd, in_scale),
-                ("attn_k", kv_dim, p.n_embd, in_scale),
-                ("attn_v", kv_dim, p.n_embd, in_scale),
-                ("attn_output", p.n_embd, q_dim, RESIDUAL_STEP / math.sqrt(q_dim)),
-            ):
-                data, qtype = self._quantized(name, rows, cols, scale)
-                yield f"{blk}{name}.weight", (rows, cols), data, qtype
-            yield blk + "attn_q_norm.weight", (p.head_dim,), ones(p.head_dim), QType.F32
-            yield blk + "attn_k_norm.weight", (p.head_dim,), ones(p.head_dim), QType.F32
+            window = il == 0 and self.slow_strength > 0
+            if window:
+                attention = self._window_attention(embd_rms)
+            else:
+                attention = (
+                    (name, (rows, cols), *self._quantized(name, rows, cols, scale))
+                    for name, rows, cols, scale in (
+                        ("attn_q", q_dim, p.n_embd, in_scale),
+                        ("attn_k", kv_dim, p.n_embd, in_scale),
+                        ("attn_v", kv_dim, p.n_embd, in_scale),
+                        ("attn_output", p.n_embd, q_dim, RESIDUAL_STEP / math.sqrt(q_dim)),
+                    )
+                )
+            for name, shape, data, qtype in attention:
+                yield f"{blk}{name}.weight", shape, data, qtype
+            norm = self._window_norm() if window else ones(p.head_dim)
+            yield blk + "attn_q_norm.weight", (p.head_dim,), norm, QType.F32
+            yield blk + "attn_k_norm.weight", (p.head_dim,), norm, QType.F32
             yield blk + "ffn_norm.weight", (p.n_embd,), ones(p.n_embd), QType.F32
             router = noise_std * self.rng.standard_normal((p.n_expert, p.n_embd), dtype=np.float32)
             router[:, 0] = self.biases[il] / x0
@@ -188,8 +242,10 @@ class _SynthWriter:
         writer.add_string("autotune.synth.preset", preset_name)
         writer.add_string("autotune.synth.quant", quant)
         writer.add_uint32("autotune.synth.seed", seed)
+        writer.add_string("autotune.synth.routing", self.routing)
         writer.add_float32("autotune.synth.skew", self.skew)
         writer.add_float32("autotune.synth.bias_spread", self.bias_spread)
+        writer.add_float32("autotune.synth.slow_strength", self.slow_strength)
 
 
 def _wait_for_write_back(path: Path) -> None:
@@ -223,15 +279,24 @@ def write_synthetic_model(
     quant: str = "q4_k_m",
     skew: float = 1.0,
     seed: int = 0,
+    routing: str = ROUTING_MODES[0],
 ) -> SynthReport:
-    """Write a random-weight qwen3moe GGUF; ``skew`` 1 is the calibrated default, 0 uniform."""
+    """Write a random-weight qwen3moe GGUF.
+
+    ``routing`` "temporal" (the default) calibrates static concentration and temporal locality
+    to a real model's figures (``temporal``); "static" gives a fixed per-expert bias plus
+    independent noise (``skew``). ``skew`` scales the static bias: 1 calibrated, 0 none
+    (with static routing: uniform).
+    """
     started = time.perf_counter()
     path = Path(path)
     if skew < 0:
         raise AutotuneError(f"--skew must be 0 or more (got {skew})")
+    if routing not in ROUTING_MODES:
+        raise AutotuneError(f"unknown routing {routing!r}; choose one of: {', '.join(ROUTING_MODES)}")
     partial = path.with_name(path.name + ".partial")
     _check_output(path, partial)
-    synth = _SynthWriter(get_preset(preset), quant, skew, seed)
+    synth = _SynthWriter(get_preset(preset), quant, skew, seed, routing)
     tensors = list(synth.tensors())
     writer = GGUFWriter(partial, "qwen3moe")
     synth.write_metadata(writer, preset, quant, seed)
@@ -251,9 +316,10 @@ def write_synthetic_model(
         path=path,
         preset=preset,
         quant=quant,
+        routing=routing,
         skew=skew,
         bias_spread=synth.bias_spread,
-        simulated_miss_rate=synth.simulated_miss,
+        slow_strength=synth.slow_strength,
         file_bytes=path.stat().st_size,
         seconds=time.perf_counter() - started,
     )
