@@ -121,7 +121,7 @@ def synth(
     out: Path = typer.Argument(..., help="where to write the GGUF"),
     preset: str = typer.Option("tiny", help="tiny | small | qwen3-30b-a3b"),
     quant: str = typer.Option("q4_k_m", help="q4_k_m | q4_k | q5_k | q6_k | q8_0 | f16"),
-    skew: float = typer.Option(1.0, help="routing skew: 1 = calibrated like real MoE models, 0 = uniform"),
+    skew: float = typer.Option(1.0, help="static routing skew: 1 = calibrated like real MoE models, 0 = none"),
     routing: str = typer.Option(
         "temporal", help="temporal = concentration and temporal locality calibrated to a real model | "
         "static = fixed per-expert bias plus independent noise (with --skew 0: uniform)"
