@@ -85,7 +85,7 @@ def test_tiny_study_runs_in_two_calls_and_reports(tmp_path: Path):
     assert _results(study) == after_second
 
     tuner = json.loads(after_second["skew1-1G-tuner-llama_cpp.json"])
-    assert tuner["command"].startswith("autotune run tiny-q4_k_m-skew1-seed0.gguf --vram-cap 1G --backends llama_cpp --trials 3")
+    assert tuner["command"].startswith("autotune run tiny-q4_k_m-temporal-skew1-seed0.gguf --vram-cap 1G --backends llama_cpp --trials 3")
     assert tuner["machine"]["fingerprint"] and tuner["model"]["synth_command"].startswith("autotune synth")
     assert len([t for t in tuner["trials"] if t["outcome"] != "pruned"]) == 3 and tuner["winner"]["decode"]["mean"] > 0
     grid = json.loads(after_second["skew1-grid.json"])
@@ -157,6 +157,8 @@ def test_grid_stops_for_time_and_continues_from_its_saved_rows():
     ('caps = ["8X"]\nbackends = ["llama_cpp"]\n[model]\npreset = "tiny"', "cannot read the size"),
     ('caps = ["8G"]\nbackends = ["llama_cpp"]\n[model]\npreset = "tiny"\n[tuner]\nsampler = "tpe"', "trials, minutes"),
     ('caps = ["8G"]\nbackends = ["llama_cpp"]\n[model]\npreset = "huge"', "unknown preset"),
+    ('caps = ["8G"]\nbackends = ["llama_cpp"]\n[model]\npreset = "tiny"\nrouting = "bursty"', "routing must be one of"),
+    ('caps = ["8G"]\nbackends = ["llama_cpp"]\n[model]\npath = "m.gguf"\nrouting = "static"', "synthesized preset only"),
 ])
 def test_bad_definitions_are_one_line_errors(tmp_path: Path, text: str, message: str):
     (tmp_path / "study.toml").write_text(text)

@@ -10,6 +10,7 @@
     [model]                              # a preset to synthesize, at each skew ...
     preset = "qwen3-30b-a3b"
     skews = [1.0, 0.0]
+    routing = "temporal"                 # or "static" (autotune synth --routing)
     quant = "q4_k_m"
     seed = 0
     # path = "model.gguf"                # ... or a GGUF file (relative to the study directory)
@@ -53,6 +54,7 @@ from typing import Any
 from autotune.backends.base import Workload
 from autotune.errors import AutotuneError
 from autotune.search.objective import OBJECTIVES
+from autotune.synth.writer import ROUTING_MODES
 from autotune.units import parse_duration, parse_size
 
 DEFINITION_FILE = "study.toml"
@@ -64,6 +66,7 @@ class ModelSpec:
     preset: str | None = None
     path: Path | None = None
     skews: tuple[float, ...] = (1.0,)
+    routing: str = "temporal"
     quant: str = "q4_k_m"
     seed: int = 0
 
@@ -160,10 +163,16 @@ def _model(table: _Table, directory: Path) -> ModelSpec:
         raise AutotuneError(f"{table.where}: skews must be a list of numbers >= 0")
     if len(set(skews)) != len(skews):
         raise AutotuneError(f"{table.where}: skews repeat a value")
+    if path is not None and "routing" in table.data:
+        raise AutotuneError(f"{table.where}: routing applies to a synthesized preset only")
+    routing = table.take("routing", str, ROUTING_MODES[0])
+    if routing not in ROUTING_MODES:
+        raise AutotuneError(f"{table.where}: routing must be one of {', '.join(ROUTING_MODES)}, not {routing!r}")
     spec = ModelSpec(
         preset=preset,
         path=(directory / path) if path is not None else None,
         skews=tuple(float(s) for s in skews) if preset is not None else (),
+        routing=routing,
         quant=table.take("quant", str, "q4_k_m"),
         seed=table.take("seed", int, 0),
     )

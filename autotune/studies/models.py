@@ -24,7 +24,7 @@ def model_file(definition: StudyDefinition, variant: Variant, models_dir: Path) 
     spec = definition.model
     if spec.path is not None:
         return spec.path
-    return models_dir / f"{spec.preset}-{spec.quant}-skew{variant.skew:g}-seed{spec.seed}.gguf"
+    return models_dir / f"{spec.preset}-{spec.quant}-{spec.routing}-skew{variant.skew:g}-seed{spec.seed}.gguf"
 
 
 def synth_command(definition: StudyDefinition, variant: Variant) -> str | None:
@@ -34,7 +34,7 @@ def synth_command(definition: StudyDefinition, variant: Variant) -> str | None:
         return None
     name = model_file(definition, variant, Path()).name
     return shlex.join(["autotune", "synth", name, "--preset", spec.preset, "--quant", spec.quant,
-                       "--skew", f"{variant.skew:g}", "--seed", str(spec.seed), "--no-measure"])
+                       "--routing", spec.routing, "--skew", f"{variant.skew:g}", "--seed", str(spec.seed), "--no-measure"])
 
 
 def ensure_model(definition: StudyDefinition, variant: Variant, models_dir: Path, console: Console) -> Path:
@@ -46,9 +46,10 @@ def ensure_model(definition: StudyDefinition, variant: Variant, models_dir: Path
         raise AutotuneError(f"{path}: no such model file")
     from autotune.synth import write_synthetic_model
 
-    with console.status(f"writing the {definition.model.preset} model (skew {variant.skew:g}) to {path} ..."):
+    with console.status(f"writing the {definition.model.preset} model ({definition.model.routing} routing, skew {variant.skew:g}) to {path} ..."):
         report = write_synthetic_model(path, preset=definition.model.preset, quant=definition.model.quant,
-                                       skew=variant.skew or 0.0, seed=definition.model.seed)
+                                       skew=variant.skew or 0.0, seed=definition.model.seed,
+                                       routing=definition.model.routing)
     console.print(f"wrote {path.name} in {report.seconds:.1f} s")
     return path
 
@@ -65,6 +66,7 @@ def describe_model(definition: StudyDefinition, variant: Variant, profile: Model
         "n_expert_used": profile.n_expert_used,
         "preset": spec.preset,
         "quant": spec.quant if spec.preset else None,
+        "routing": spec.routing if spec.preset else None,
         "skew": variant.skew,
         "seed": spec.seed if spec.preset else None,
         "synth_command": synth_command(definition, variant),

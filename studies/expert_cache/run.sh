@@ -14,7 +14,8 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
 if [ ! -f "$model" ]; then
-  python3 -m autotune.cli synth "$model" --preset qwen3-30b-a3b --no-measure > "$out/synth.txt" 2>&1 || exit 1
+  # ROUTING: the synth routing mode; static by default, as every run so far was measured
+  python3 -m autotune.cli synth "$model" --preset qwen3-30b-a3b --routing "${ROUTING:-static}" --no-measure > "$out/synth.txt" 2>&1 || exit 1
 fi
 if [ -z "${SKIP_TESTS:-}" ]; then
   timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_expert_cache_triton.py > "$out/pytest.txt" 2>&1

@@ -14,7 +14,8 @@ work=/tmp/served-$cap  # the study's own user directories: a fresh machine's
 export AUTOTUNE_DATA_DIR=$work/data AUTOTUNE_TRIAL_STORE=$work/cache
 url="sqlite:///$work/autotune.db"
 if [ ! -f "$model" ]; then
-  python3 -m autotune.cli synth "$model" --preset qwen3-30b-a3b --no-measure | tee "$out/synth.txt"
+  # ROUTING: the synth routing mode; static by default, as the figures so far were measured
+  python3 -m autotune.cli synth "$model" --preset qwen3-30b-a3b --routing "${ROUTING:-static}" --no-measure | tee "$out/synth.txt"
 fi
 if [ "${STEP:-all}" != side ]; then
   rm -rf "$work"; mkdir -p "$work"

@@ -7,7 +7,7 @@ set -euo pipefail
 out=${1:?out dir}; cap=${2:?cap in GiB}; model=${3:-/tmp/s0.gguf}; budget=${4:-3m}
 mkdir -p "$out"
 if [ ! -f "$model" ]; then
-  python3 -m autotune.cli synth "$model" --preset qwen3-30b-a3b --skew 0 --no-measure | tee "$out/synth.txt"
+  python3 -m autotune.cli synth "$model" --preset qwen3-30b-a3b --routing static --skew 0 --no-measure | tee "$out/synth.txt"
 fi
 url="sqlite:///$out/tuner.db"
 python3 -m autotune.cli run "$model" --vram-cap "${cap}G" --backends llama_bench,cache --trials 30 --time "$budget" \
