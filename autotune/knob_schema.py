@@ -69,6 +69,14 @@ class Search:
     step: float | None = None
     objectives: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        if (self.low is None) != (self.high is None):
+            raise TypeError("a searched range needs low and high")
+
+    @property
+    def ranged(self) -> bool:
+        return self.low is not None
+
 
 @dataclass(frozen=True)
 class Knob:
@@ -158,7 +166,7 @@ class Knob:
         return text
 
     def sample(self, trial: optuna.Trial, search: Search) -> Any:
-        if search.low is None or search.high is None:
+        if search.low is None or search.high is None:  # not ranged
             return trial.suggest_categorical(self.name, list(search.values or self.choices))
         if self.type is int:
             return trial.suggest_int(self.name, int(search.low), int(search.high), step=int(search.step or 1))
@@ -181,12 +189,10 @@ class KnobSchema:
                 raise TypeError(f"knob {knob.name}: type {knob.type.__name__}, kind {knob.kind!r}")
             if knob.when is not None and knob.when.key not in seen:
                 raise TypeError(f"knob {knob.name} depends on {knob.when.key}, which must come before it")
-            ranged = knob.search is not None and (knob.search.low, knob.search.high) != (None, None)
-            if ranged and None in (knob.search.low, knob.search.high):
-                raise TypeError(f"knob {knob.name}: a searched range needs low and high")
-            if knob.search is not None and not (ranged or knob.search.values or knob.choices):
+            searched = knob.search.values if knob.search is not None else ()
+            if knob.search is not None and not (knob.search.ranged or searched or knob.choices):
                 raise TypeError(f"knob {knob.name}: a search needs values, a range or the knob's choices")
-            for value in (() if knob.required else (knob.default, knob.moot_value)) + (knob.search.values if knob.search else ()):
+            for value in (() if knob.required else (knob.default, knob.moot_value)) + searched:
                 knob.check(value)
             seen.add(knob.name)
         flags = [flag for knob in self.knobs for flag in (knob.option, knob.negative)[:1 + (knob.type is bool)]]
