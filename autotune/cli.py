@@ -13,7 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from autotune import interrupts
+from autotune.cache_runtime.cache_config import CACHE_KNOBS
 from autotune.errors import AutotuneError
+from autotune.knob_options import knob_options
 
 app = typer.Typer(
     help="Find, by measurement, the fastest way to run a MoE GGUF model under a VRAM cap.",
@@ -320,24 +322,12 @@ def export(
 
 @app.command()
 @user_errors
+@knob_options(CACHE_KNOBS, exclude=("vram_cap",))
 def serve(
     model: Path = typer.Argument(..., help="GGUF model file"),
     vram_cap: Optional[str] = typer.Option(None, "--vram-cap", help="VRAM the runtime may use, e.g. 16G (with --best: whose winner)"),
-    ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="context size in tokens [default: 4096]"),
-    eviction: Optional[str] = typer.Option(None, help="static | lfu_decay | lru [default: lfu_decay]"),
-    miss_mode: Optional[str] = typer.Option(None, "--miss-mode", help="zero_copy | copy [default: zero_copy]"),
-    rebalance_interval: Optional[int] = typer.Option(None, "--rebalance-interval", help="tokens between rebalances; 0: never"),
-    decay: Optional[float] = typer.Option(None, help="decay of routing counts per rebalance (lfu_decay)"),
-    prefetch_depth: Optional[int] = typer.Option(None, "--prefetch-depth", help="layers ahead whose experts are prefetched"),
-    prefetch_engine: Optional[str] = typer.Option(None, "--prefetch-engine", help="who copies prefetched experts: sm (copy programs) | dma (the copy engines) [default: sm]"),
-    prefill_bypass: Optional[int] = typer.Option(None, "--prefill-bypass", help="batches of this many tokens skip the cache; 0: never"),
-    prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="prompt tokens per prefill pass; fewer leave more VRAM for experts [default: 2048]"),
-    slot_split: Optional[float] = typer.Option(None, "--slot-split", help="0: equal slots per layer .. 1: by routing entropy"),
-    learned_placement: Optional[bool] = typer.Option(None, "--learned-placement/--no-learned-placement", help="seed the placement from earlier runs' routing"),
-    lend_prefill_room: Optional[bool] = typer.Option(None, "--lend-prefill-room/--no-lend-prefill-room", help="between prefills, fill the prefill's VRAM with more experts [default: no]"),
-    chunk_rounds: Optional[int] = typer.Option(None, "--chunk-rounds", help="decode kernels: load rounds per GEMV chunk, 1 | 2 | 4 [default: 2]"),
-    gate_up_warps: Optional[int] = typer.Option(None, "--gate-up-warps", help="decode kernels: warps per gate-up program, 2 | 4 | 8 | 16 [default: 4]"),
-    placement: Optional[Path] = typer.Option(None, "--placement", help="routing counts that seed which experts start in VRAM (a file `autotune run` writes for its winner); this machine's own saved counts replace them once they cover more"),
+    *,
+    knobs: dict[str, Any],  # an option per cache knob (knob_options); those given override the base config
     config_file: Optional[Path] = typer.Option(None, "--config", help="a config as `autotune export --format json` writes it"),
     best: bool = typer.Option(False, "--best", help="the stored cache winner for this model, machine and --vram-cap"),
     objective: str = typer.Option("decode", help="with --best: whose winner: decode | prefill | request"),
@@ -350,13 +340,7 @@ def serve(
     from autotune.serve.launch import resolve_config, serve_model
     from autotune.units import parse_duration
 
-    knobs = {"max_ctx": ctx, "eviction": eviction, "miss_mode": miss_mode, "rebalance_interval": rebalance_interval,
-             "decay": decay, "prefetch_depth": prefetch_depth, "prefetch_engine": prefetch_engine,
-             "prefill_bypass": prefill_bypass, "prefill_chunk": prefill_chunk, "slot_split": slot_split,
-             "learned_placement": learned_placement, "lend_prefill_room": lend_prefill_room, "chunk_rounds": chunk_rounds,
-             "gate_up_warps": gate_up_warps, "placement": str(placement) if placement is not None else None}
-    given = {key: value for key, value in knobs.items() if value is not None}
-    config = resolve_config(model, vram_cap, given, config_file, best, objective, storage)
+    config = resolve_config(model, vram_cap, knobs, config_file, best, objective, storage)
     serve_model(model, config, host, port, console, parse_duration(save_every, "--save-every"))
 
 

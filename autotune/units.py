@@ -45,3 +45,12 @@ def parse_duration(text: str, option: str | None = None) -> float:
 
 def format_size(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def size_text(n_bytes: int) -> str:
+    """The exact size in the largest binary unit that divides it (``16G``, ``12000M``, bytes):
+    ``parse_size`` reads it back to the same number."""
+    for unit, power in (("T", 4), ("G", 3), ("M", 2), ("K", 1)):
+        if n_bytes % 1024**power == 0:
+            return f"{n_bytes // 1024**power}{unit}"
+    return str(n_bytes)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from autotune.backends.base import Outcome, Workload
 from autotune.backends.cache.backend import CacheBackend
-from autotune.backends.cache.commands import parse_command, size_text
+from autotune.backends.cache.commands import parse_command
 from autotune.backends.cache.knobs import DEFAULTS, cache_config, normalize
 from autotune.cache_runtime.budget import model_sizes, plan_with_slots, predict_peak_vram
 from autotune.cache_runtime.learned import counts_path, model_fingerprint, save_counts
@@ -25,6 +25,7 @@ from autotune.cli import app
 from autotune.hardware import probe_hardware
 from autotune.model_info import inspect_model
 from autotune.storage import Database
+from autotune.units import size_text
 
 pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autotune.backends.base import ConfigError
-from autotune.backends.cache.commands import FORMATS, format_command, parse_command, serve_argv, size_text
+from autotune.backends.cache.commands import FORMATS, format_command, parse_command, serve_argv
 from autotune.backends.cache.knobs import normalize
-from autotune.cache_runtime.cache_config import CHUNK_ROUNDS, EVICTION_RULES, GATE_UP_WARPS, MISS_MODES, PREFETCH_ENGINES
-from autotune.units import parse_size
+from autotune.cache_runtime.cache_config import CACHE_KNOBS
+from autotune.units import parse_size, size_text
 
 NASTY_PATHS = [
     "models/qwen 30b.gguf",
@@ -37,20 +37,20 @@ unit_fractions = st.floats(0.0, 1.0, allow_nan=False)
 def configs(draw: st.DrawFn) -> dict:
     config = {
         "vram_cap": draw(st.one_of(st.integers(1, 1 << 45), st.integers(1, 64).map(lambda g: g << 30))),
-        "eviction": draw(st.sampled_from(EVICTION_RULES)),
-        "miss_mode": draw(st.sampled_from(MISS_MODES)),
+        "eviction": draw(st.sampled_from(CACHE_KNOBS['eviction'].choices)),
+        "miss_mode": draw(st.sampled_from(CACHE_KNOBS['miss_mode'].choices)),
         "rebalance_interval": draw(st.integers(0, 100_000)),
         "decay": draw(unit_fractions),
         "prefetch_depth": draw(st.integers(0, 64)),
-        "prefetch_engine": draw(st.sampled_from(PREFETCH_ENGINES)),
+        "prefetch_engine": draw(st.sampled_from(CACHE_KNOBS['prefetch_engine'].choices)),
         "prefill_bypass": draw(st.integers(0, 1 << 20)),
         "slot_split": draw(unit_fractions),
         "prefill_chunk": draw(st.integers(1, 1 << 16)),
         "learned_placement": draw(st.booleans()),
         "lend_prefill_room": draw(st.booleans()),
         "max_ctx": draw(st.integers(1, 1 << 20)),
-        "chunk_rounds": draw(st.sampled_from(CHUNK_ROUNDS)),
-        "gate_up_warps": draw(st.sampled_from(GATE_UP_WARPS)),
+        "chunk_rounds": draw(st.sampled_from(CACHE_KNOBS['chunk_rounds'].choices)),
+        "gate_up_warps": draw(st.sampled_from(CACHE_KNOBS['gate_up_warps'].choices)),
     }
     return {key: value for key, value in config.items() if key == "vram_cap" or draw(st.booleans())}
 
@@ -73,9 +73,10 @@ def test_the_serve_command_has_every_knob_as_a_flag():
     config = {"vram_cap": 16 * 2**30, "eviction": "lfu_decay", "rebalance_interval": 32, "decay": 0.9,
               "prefetch_depth": 2, "prefetch_engine": "dma", "slot_split": 0.25}
     assert format_command(config, "/m/q 30b.gguf", "serve") == (
-        "autotune serve '/m/q 30b.gguf' --vram-cap 16G --ctx 4096 --eviction lfu_decay --miss-mode zero_copy "
-        "--rebalance-interval 32 --decay 0.9 --prefetch-depth 2 --prefetch-engine dma --prefill-bypass 32 --prefill-chunk 2048 --slot-split 0.25 "
-        "--chunk-rounds 2 --gate-up-warps 4 --learned-placement --no-lend-prefill-room"
+        "autotune serve '/m/q 30b.gguf' --vram-cap 16G --ctx 4096 --eviction lfu_decay --prefetch-depth 2 "
+        "--prefetch-engine dma --miss-mode zero_copy --rebalance-interval 32 --decay 0.9 --learned-placement "
+        "--slot-split 0.25 --no-lend-prefill-room --chunk-rounds 2 --gate-up-warps 4 --prefill-bypass 32 "
+        "--prefill-chunk 2048"
     )
     assert json.loads(format_command(config, "q.gguf", "json")) == {"model": "q.gguf", "config": normalize(config)}
 

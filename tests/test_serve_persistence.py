@@ -17,10 +17,10 @@ import httpx
 import numpy as np
 import pytest
 
-from autotune.backends.cache.commands import size_text
 from autotune.backends.cache.knobs import cache_config, normalize
 from autotune.cache_runtime.budget import model_sizes, plan_with_slots
 from autotune.cache_runtime.learned import counts_path, model_fingerprint, write_placement
+from autotune.units import size_text
 
 pytest.importorskip("torch")
 pytest.importorskip("fastapi")

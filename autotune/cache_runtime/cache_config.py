@@ -1,76 +1,63 @@
-"""The expert cache's knobs: what the tuner's ``cache`` backend searches and ``serve`` runs.
+"""The expert cache's knobs (``CACHE_KNOBS``): what the runtime runs, the tuner's ``cache``
+backend searches and ``autotune serve`` takes as flags, all from this one table.
 
-One flat, JSON-serialisable record (the tuner stores configs as dicts: ``asdict`` /
-``CacheConfig.from_dict``). ``vram_cap`` is the whole process's budget; the runtime turns
-what is left after weights that always stay resident, KV cache, buffers and the CUDA
-context into expert slots per layer (``slot_split`` shifts slots towards layers whose
-routing is flatter).
+A config is one flat, JSON-serialisable record (the tuner stores configs as dicts: ``to_dict``
+/ ``CacheConfig.from_dict``). ``vram_cap`` is the whole process's budget; the runtime turns
+what is left after weights that always stay resident, KV cache, buffers and the CUDA context
+into expert slots per layer (``slot_split`` shifts slots towards layers whose routing is
+flatter). Knobs a choice makes moot (``When``): ``static`` eviction never moves an expert, so
+it has no miss mode, rebalancing or decay; decay only weighs ``lfu_decay`` counts; the slot
+split and a placement file need learned counts; the prefetch engine needs prefetch. The
+searched values and ranges come from studies/expert_cache (the run named beside each).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from autotune.knob_schema import Knob, KnobSchema, Search, when_in, when_positive, when_true
 
-EVICTION_RULES = ("lfu_decay", "lru", "static")
-MISS_MODES = ("zero_copy", "copy")
-PREFETCH_ENGINES = ("sm", "dma")
-CHUNK_ROUNDS = (1, 2, 4)
-GATE_UP_WARPS = (2, 4, 8, 16)
+CACHE_KNOBS = KnobSchema("cache", (
+    Knob("vram_cap", int, low=1, kind="size", help="bytes for the whole process, CUDA context included"),
+    # not searched: the tuner's workload sets it
+    Knob("max_ctx", int, 4096, "context size in tokens: the KV cache's length", low=1, flag="--ctx"),
+    Knob("eviction", str, "lfu_decay", "which experts the cache keeps", choices=("lfu_decay", "lru", "static"),
+         search=Search(values=("static", "lfu_decay", "lru"))),
+    # depth 4 with DMA copies was the best at 12 GiB (run 7)
+    Knob("prefetch_depth", int, 0, "layers ahead whose experts are predicted and prefetched", low=0,
+         search=Search(low=0, high=4)),
+    Knob("prefetch_engine", str, "sm", "who copies prefetched experts: copy programs in the decode step (sm), "
+         "or the DMA engines, queued by a host thread (dma), which slow the compute beside them far less",
+         choices=("sm", "dma"), search=Search(), when=when_positive("prefetch_depth")),
+    Knob("miss_mode", str, "zero_copy", "read a missing expert from pinned host memory, or copy it in",
+         choices=("zero_copy", "copy"), search=Search(), when=when_in("eviction", "lfu_decay", "lru")),
+    Knob("rebalance_interval", int, 64, "tokens between hot-set recomputations; 0: never", low=0,
+         search=Search(values=(16, 32, 64, 128, 256)), when=when_in("eviction", "lfu_decay", "lru"), moot=0),
+    Knob("decay", float, 0.95, "decay of routing counts per rebalance", low=0.0, high=1.0,
+         search=Search(values=(0.5, 0.8, 0.9, 0.95, 0.99)), when=when_in("eviction", "lfu_decay")),
+    Knob("learned_placement", bool, True, "seed the placement from the routing counts of earlier runs",
+         search=Search(values=(True, False))),
+    Knob("slot_split", float, 0.0, "0: equal expert slots per layer .. 1: in proportion to routing entropy",
+         low=0.0, high=1.0, search=Search(low=0.0, high=1.0, step=0.25), when=when_true("learned_placement")),
+    # not searched: a winner's stored config names the file its trials' counts were frozen in
+    Knob("placement", str, "", "routing counts that seed which experts start in VRAM (a file `autotune run` "
+         "writes for its winner); this machine's own saved counts replace them once they cover more",
+         kind="path", when=when_true("learned_placement")),
+    Knob("lend_prefill_room", bool, False, "between prefills, fill the prefill's VRAM (its activations and the "
+         "bypass's staging area) with more experts, emptied before each prefill",
+         search=Search(values=(False, True))),
+    # the decode kernels' launch shapes (triton_ops): the 12 GiB cap measured faster with 1 and 8
+    # than with the full-residency winner 2 and 4 (run 6)
+    Knob("chunk_rounds", int, 2, "decode kernels: load rounds per warp per GEMV chunk", choices=(1, 2, 4),
+         search=Search(values=(1, 2)), gpu_only=True),
+    Knob("gate_up_warps", int, 4, "decode kernels: warps per gate-up program", choices=(2, 4, 8, 16),
+         search=Search(values=(4, 8)), gpu_only=True),
+    # decode never bypasses: searched for prefill-heavy objectives only
+    Knob("prefill_bypass", int, 32, "batches of at least this many tokens skip the cache; 0: never", low=0,
+         search=Search(values=(0, 8, 32, 128, 512), objectives=("prefill", "request"))),
+    # not searched: a smaller chunk always wins decode, at a cost to prefill that a decode
+    # objective does not see (run 10); the budget holds one pass's activations (0.49 GiB at
+    # 2048 for qwen3-30b-a3b)
+    Knob("prefill_chunk", int, 2048, "prompt tokens per prefill pass; fewer leave more VRAM for experts",
+         low=1),
+))
 
-
-@dataclass(frozen=True)
-class CacheConfig:
-    vram_cap: int  # bytes for the whole process, CUDA context included
-    rebalance_interval: int = 64  # tokens between hot-set recomputations; 0: never
-    decay: float = 0.95  # per-rebalance decay of routing counts (lfu_decay)
-    eviction: str = "lfu_decay"  # one of EVICTION_RULES
-    miss_mode: str = "zero_copy"  # read a missing expert from pinned host memory, or copy it in
-    prefetch_depth: int = 0  # layers ahead whose experts are predicted and brought in
-    # who copies them: copy programs inside the decode step ("sm"), or the DMA engines, queued by
-    # a host thread ("dma"), which slow the compute beside them far less
-    prefetch_engine: str = "sm"
-    prefill_bypass: int = 32  # batches of at least this many tokens skip the cache; 0: never
-    # prompt tokens per prefill pass: the budget holds one pass's activations (0.49 GiB at 2048
-    # for qwen3-30b-a3b), so fewer leave more room for slots, and prefill streams experts more often
-    prefill_chunk: int = 2048
-    # between prefills, that room (the pass's activations and the bypass's staging area) holds
-    # more slots, emptied before each prefill and filled again after it
-    lend_prefill_room: bool = False
-    slot_split: float = 0.0  # 0: equal slots per layer; 1: slots in proportion to routing entropy
-    learned_placement: bool = True  # seed the placement from the routing counts of earlier runs
-    # a placement file (``learned.write_placement``): the counts a tuner's winner ran with; they
-    # seed the placement unless the user's own saved counts cover more (``learned.seed_counts``)
-    placement: str = ""
-    max_ctx: int = 4096
-    # decode launch shapes (triton_ops): the 12 GiB cap measured faster with 1 and 8 than with
-    # the full-residency winner 2 and 4 (studies/expert_cache, run 6)
-    chunk_rounds: int = 2  # load rounds per warp per GEMV chunk: 1, 2 or 4
-    gate_up_warps: int = 4  # warps per gate-up program: 2, 4, 8 or 16
-
-    def __post_init__(self) -> None:
-        if self.eviction not in EVICTION_RULES:
-            raise ValueError(f"eviction must be one of {EVICTION_RULES}, not {self.eviction!r}")
-        if self.miss_mode not in MISS_MODES:
-            raise ValueError(f"miss_mode must be one of {MISS_MODES}, not {self.miss_mode!r}")
-        if self.prefetch_engine not in PREFETCH_ENGINES:
-            raise ValueError(f"prefetch_engine must be one of {PREFETCH_ENGINES}, not {self.prefetch_engine!r}")
-        if not 0.0 <= self.slot_split <= 1.0:
-            raise ValueError(f"slot_split must be within [0, 1], not {self.slot_split}")
-        if min(self.rebalance_interval, self.prefetch_depth, self.prefill_bypass) < 0:
-            raise ValueError("rebalance_interval, prefetch_depth and prefill_bypass must be >= 0")
-        if self.prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk must be at least 1, not {self.prefill_chunk}")
-        if self.chunk_rounds not in CHUNK_ROUNDS:
-            raise ValueError(f"chunk_rounds must be one of {CHUNK_ROUNDS}, not {self.chunk_rounds}")
-        if self.gate_up_warps not in GATE_UP_WARPS:
-            raise ValueError(f"gate_up_warps must be one of {GATE_UP_WARPS}, not {self.gate_up_warps}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CacheConfig":
-        """Ignores keys that are not knobs (a tuner config may carry others)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+CacheConfig = CACHE_KNOBS.record("CacheConfig", __name__, "The expert cache's knobs (``CACHE_KNOBS``), checked.")

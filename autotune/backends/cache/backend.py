@@ -1,7 +1,7 @@
 """The ``cache`` backend: autotune's own runtime with its expert cache, every trial in a child.
 
-Knobs and canonical configs: ``cache_knobs``; measurement (child side): ``cache_trial``;
-launch commands (``autotune serve ...``): ``cache_commands``; peak VRAM:
+Knobs: the table ``cache_runtime.cache_config.CACHE_KNOBS``, canonical configs: ``knobs``;
+measurement (child side): ``trial``; launch commands (``autotune serve ...``): ``commands``; peak VRAM:
 ``cache_runtime.budget``, which needs no torch. The runtime fills whatever VRAM budget it is
 given with expert slots, so the budget is not searched: the tuner hands each sampled config
 the study's cap (``fill_cap``). Configs with the same context size share one model load
@@ -16,20 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from autotune.backends.base import Backend, Config, ConfigError, TrialResult, Workload
 from autotune.backends.cache.commands import format_command, parse_command
-from autotune.backends.cache.knobs import (
-    DECAYS,
-    DEFAULTS,
-    PREFETCH_DEPTHS,
-    PREFETCH_ENGINES,
-    PREFILL_BYPASSES,
-    REBALANCE_INTERVALS,
-    SEARCHED_CHUNK_ROUNDS,
-    SEARCHED_GATE_UP_WARPS,
-    SLOT_SPLIT_STEP,
-    cache_config,
-    normalize,
-)
+from autotune.backends.cache.knobs import DEFAULTS, cache_config, normalize
 from autotune.backends.cache.winner_placement import keep_winner, restore_winner, with_trial_placement
+from autotune.cache_runtime.cache_config import CACHE_KNOBS
 from autotune.isolation.trial_process import run_in_load_groups
 from autotune.errors import AutotuneError, ModelFileError
 
@@ -50,7 +39,7 @@ class CacheBackend(Backend):
     load_keys = LOAD_KEYS
     fills_budget = True
     # Launch shapes of the Triton decode kernels: without a GPU the runtime runs its torch ops.
-    gpu_only_knobs = ("chunk_rounds", "gate_up_warps")
+    gpu_only_knobs = CACHE_KNOBS.gpu_only
 
     def __init__(self, gpu_index: int = 0):
         self.gpu_index = gpu_index
@@ -77,31 +66,10 @@ class CacheBackend(Backend):
     def suggest(
         self, trial: optuna.Trial, model: ModelProfile, hw: HardwareProfile, workload: Workload | None = None
     ) -> Config:
-        """Every knob of the cache, the decode launch shapes included. Knobs a choice makes moot
-        are not sampled (``normalize`` fixes them): miss mode and rebalancing under static
-        eviction, decay outside LFU, the slot split without learned counts, the prefetch engine
-        without prefetch. For the decode objective the prefill bypass keeps its default (decode
-        never bypasses). ``vram_cap`` comes from ``fill_cap``; the context size from the workload.
-        ``prefill_chunk`` keeps its default: a smaller chunk always wins decode, at a cost to
-        prefill that a decode objective does not see (studies/expert_cache, run 10)."""
-        eviction = trial.suggest_categorical("eviction", ["static", "lfu_decay", "lru"])
-        config: Config = {"eviction": eviction,
-                          "prefetch_depth": trial.suggest_int("prefetch_depth", *PREFETCH_DEPTHS)}
-        if config["prefetch_depth"] > 0:
-            config["prefetch_engine"] = trial.suggest_categorical("prefetch_engine", list(PREFETCH_ENGINES))
-        if eviction != "static":
-            config["miss_mode"] = trial.suggest_categorical("miss_mode", ["zero_copy", "copy"])
-            config["rebalance_interval"] = trial.suggest_categorical("rebalance_interval", list(REBALANCE_INTERVALS))
-        if eviction == "lfu_decay":
-            config["decay"] = trial.suggest_categorical("decay", list(DECAYS))
-        config["learned_placement"] = trial.suggest_categorical("learned_placement", [True, False])
-        if config["learned_placement"]:
-            config["slot_split"] = trial.suggest_float("slot_split", 0.0, 1.0, step=SLOT_SPLIT_STEP)
-        config["lend_prefill_room"] = trial.suggest_categorical("lend_prefill_room", [False, True])
-        config["chunk_rounds"] = trial.suggest_categorical("chunk_rounds", list(SEARCHED_CHUNK_ROUNDS))
-        config["gate_up_warps"] = trial.suggest_categorical("gate_up_warps", list(SEARCHED_GATE_UP_WARPS))
-        if workload is not None and workload.objective != "decode":
-            config["prefill_bypass"] = trial.suggest_categorical("prefill_bypass", list(PREFILL_BYPASSES))
+        """The knobs ``CACHE_KNOBS`` searches, the decode launch shapes included; knobs a choice
+        makes moot are not sampled (``normalize`` fixes them), nor the prefill bypass for the
+        decode objective. ``vram_cap`` comes from ``fill_cap``; the context size from the workload."""
+        config = CACHE_KNOBS.suggest(trial, workload.objective if workload is not None else None)
         if workload is not None:
             config["max_ctx"] = workload.n_ctx
         return config
