@@ -223,15 +223,17 @@ def write_synthetic_model(
     quant: str = "q4_k_m",
     skew: float = 1.0,
     seed: int = 0,
+    layers: int | None = None,
 ) -> SynthReport:
-    """Write a random-weight qwen3moe GGUF; ``skew`` 1 is the calibrated default, 0 uniform."""
+    """Write a random-weight qwen3moe GGUF; ``skew`` 1 is the calibrated default, 0 uniform;
+    ``layers`` cuts the preset to its first layers."""
     started = time.perf_counter()
     path = Path(path)
     if skew < 0:
         raise AutotuneError(f"--skew must be 0 or more (got {skew})")
     partial = path.with_name(path.name + ".partial")
     _check_output(path, partial)
-    synth = _SynthWriter(get_preset(preset), quant, skew, seed)
+    synth = _SynthWriter(get_preset(preset, layers), quant, skew, seed)
     tensors = list(synth.tensors())
     writer = GGUFWriter(partial, "qwen3moe")
     synth.write_metadata(writer, preset, quant, seed)
