@@ -16,6 +16,8 @@ from autotune.cache_runtime.weights import ModelWeights, QTensor, load_weights
 from autotune.errors import ModelFileError
 from autotune.synth import write_synthetic_model
 
+pytest.importorskip("llama_cpp")  # its libraries bring ggml's CPU kernels
+
 QUANTS = ["q4_k", "q6_k", "q8_0", "q4_k_m", "f16"]  # q4_k_m: Q4_K gate/up, Q6_K down
 LAYER = 1
 

@@ -9,6 +9,8 @@ from autotune.cache_runtime.dequant import row_bytes
 from autotune.studies.cpu_kernels import kernel_read_rate, ram_read_bandwidth, random_stack
 from autotune.synth.presets import get_preset
 
+pytest.importorskip("llama_cpp")  # its libraries bring ggml's CPU kernels
+
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
 def test_random_stacks_are_well_formed_blocks(qtype: str) -> None:
