@@ -121,7 +121,8 @@ def hw(as_json: bool = typer.Option(False, "--json", help="machine-readable outp
 @user_errors
 def synth(
     out: Path = typer.Argument(..., help="where to write the GGUF"),
-    preset: str = typer.Option("tiny", help="tiny | small | qwen3-30b-a3b"),
+    preset: str = typer.Option("tiny", help="tiny | small | qwen3-30b-a3b | qwen3-235b-a22b"),
+    layers: Optional[int] = typer.Option(None, help="cut the preset to its first N layers (to fit a disk)"),
     quant: str = typer.Option("q4_k_m", help="q4_k_m | q4_k | q5_k | q6_k | q8_0 | f16"),
     skew: float = typer.Option(1.0, help="static routing skew: 1 = calibrated like real MoE models, 0 = none"),
     routing: str = typer.Option(
@@ -138,9 +139,11 @@ def synth(
     from autotune.synth import write_synthetic_model
 
     with console.status(f"writing {preset} model to {out} ..."):
-        report = write_synthetic_model(out, preset=preset, quant=quant, skew=skew, seed=seed, routing=routing)
+        report = write_synthetic_model(out, preset=preset, quant=quant, skew=skew, seed=seed, routing=routing,
+                                       layers=layers)
+    cut = f" cut to {layers} layers" if layers else ""
     console.print(
-        f"wrote {report.path} ({_gib(report.file_bytes)}, preset {preset}, {quant}, {routing} routing, skew {skew})"
+        f"wrote {report.path} ({_gib(report.file_bytes)}, preset {preset}{cut}, {quant}, {routing} routing, skew {skew})"
         f" in {report.seconds:.1f} s"
     )
     if not measure:

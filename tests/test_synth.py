@@ -108,11 +108,25 @@ def test_synth_cli_writes_and_reports(tmp_path: Path):
     assert out.exists() and not out.with_name("t.gguf.partial").exists()
 
 
+def test_synth_layers_cuts_the_preset_and_keeps_its_shape(tmp_path: Path, tiny_model: Path):
+    out = tmp_path / "cut.gguf"
+    result = runner.invoke(app, ["synth", str(out), "--preset", "tiny", "--layers", "2", "--no-measure"])
+    assert result.exit_code == 0, result.output
+    assert "cut to 2 layers" in result.output
+    cut, full = inspect_model(out), inspect_model(tiny_model)
+    assert cut.n_layers == 2 and full.n_layers == PRESETS["tiny"].n_layers
+    assert (cut.n_embd, cut.n_expert, cut.n_ff_expert, cut.expert_bytes) == \
+        (full.n_embd, full.n_expert, full.n_ff_expert, full.expert_bytes)
+    assert sorted({t.name.split(".")[1] for t in cut.tensors if t.name.startswith("blk.")}) == ["0", "1"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--preset", "huge"], "unknown preset"),
     (["--quant", "q3_x"], "unknown quantization"),
     (["--skew", "-1"], "--skew must be 0 or more"),
     (["--routing", "bursty"], "unknown routing 'bursty'"),
+    (["--layers", "0"], "--layers must be 1 to 4 for preset tiny"),
+    (["--layers", "5"], "--layers must be 1 to 4 for preset tiny"),
 ])
 def test_synth_bad_options_are_one_line_errors(tmp_path: Path, args: list[str], message: str):
     result = runner.invoke(app, ["synth", str(tmp_path / "x.gguf"), "--no-measure", *args])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from gguf import GGMLQuantizationType as QType
@@ -44,6 +45,11 @@ PRESETS = {
         SynthPreset("qwen3-30b-a3b", n_layers=48, n_embd=2048, n_head=32, n_head_kv=4,
                     head_dim=128, n_expert=128, n_expert_used=8, n_ff_expert=768, n_ff=6144,
                     n_vocab=151936),
+        # The exact shape of Qwen3-235B-A22B (141.7 GiB at the default layout, 1.5 GiB a layer:
+        # --layers 20 cuts it to 30.8 GiB).
+        SynthPreset("qwen3-235b-a22b", n_layers=94, n_embd=4096, n_head=64, n_head_kv=4,
+                    head_dim=128, n_expert=128, n_expert_used=8, n_ff_expert=1536, n_ff=12288,
+                    n_vocab=151936),
     )
 }
 
@@ -65,11 +71,17 @@ LAYOUTS: dict[str, dict[str, QType]] = {
 }
 
 
-def get_preset(name: str) -> SynthPreset:
+def get_preset(name: str, layers: int | None = None) -> SynthPreset:
+    """The named shape, cut to its first ``layers`` layers when given."""
     try:
-        return PRESETS[name]
+        preset = PRESETS[name]
     except KeyError:
         raise AutotuneError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+    if layers is None:
+        return preset
+    if not 1 <= layers <= preset.n_layers:
+        raise AutotuneError(f"--layers must be 1 to {preset.n_layers} for preset {name} (got {layers})")
+    return dataclasses.replace(preset, n_layers=layers)
 
 
 def get_layout(name: str) -> dict[str, QType]:

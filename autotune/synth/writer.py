@@ -280,13 +280,14 @@ def write_synthetic_model(
     skew: float = 1.0,
     seed: int = 0,
     routing: str = ROUTING_MODES[0],
+    layers: int | None = None,
 ) -> SynthReport:
     """Write a random-weight qwen3moe GGUF.
 
     ``routing`` "temporal" (the default) calibrates static concentration and temporal locality
     to a real model's figures (``temporal``); "static" gives a fixed per-expert bias plus
     independent noise (``skew``). ``skew`` scales the static bias: 1 calibrated, 0 none
-    (with static routing: uniform).
+    (with static routing: uniform). ``layers`` cuts the preset to its first layers.
     """
     started = time.perf_counter()
     path = Path(path)
@@ -296,7 +297,7 @@ def write_synthetic_model(
         raise AutotuneError(f"unknown routing {routing!r}; choose one of: {', '.join(ROUTING_MODES)}")
     partial = path.with_name(path.name + ".partial")
     _check_output(path, partial)
-    synth = _SynthWriter(get_preset(preset), quant, skew, seed, routing)
+    synth = _SynthWriter(get_preset(preset, layers), quant, skew, seed, routing)
     tensors = list(synth.tensors())
     writer = GGUFWriter(partial, "qwen3moe")
     synth.write_metadata(writer, preset, quant, seed)

@@ -1,0 +1,140 @@
+"""A MoE layer's routed experts computed on the CPU by ggml, from the quantized stacks in place.
+
+What llama.cpp does for the experts it keeps on the CPU: ``mul_mat_id`` over the stacked
+``ffn_gate_exps`` / ``ffn_up_exps`` / ``ffn_down_exps`` tensors, with ggml's own multithreaded
+CPU kernels (each type's ``vec_dot`` against activations quantized to its ``vec_dot_type``).
+The ggml tensors point at the stacks' host bytes (the memory map or the pinned home), so no
+weight is copied or dequantized.
+
+Each (token, expert) pair is computed as its own row (a pair graph): the caller can ask for
+any subset of a batch's selections (the misses) and gets their weighted sum per token.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from autotune.cache_runtime import ggml_cpu
+from autotune.cache_runtime.dequant import BLOCK_SIZES
+from autotune.cache_runtime.ggml_cpu import GGML_F32, GGML_I32, Binding, Context, CpuBackend
+from autotune.cache_runtime.weights import QTensor
+from autotune.errors import ModelFileError
+
+SUPPORTED_TYPES = tuple(BLOCK_SIZES)  # the runtime's types; ggml has CPU kernels for each
+CACHED_GRAPHS = 8  # pair counts whose graphs are kept (decode uses one or a few)
+
+
+@dataclass
+class _PairGraph:
+    """The graph for one number of pairs, and torch views of its input and output data."""
+
+    context: Context
+    graph: int
+    x: torch.Tensor  # (pairs, n_embd) float32
+    ids: torch.Tensor  # (pairs,) int32
+    out: torch.Tensor  # (pairs, n_embd) float32: down(silu(gate x) * up x)
+
+
+class CpuExperts:
+    """One layer's experts on the CPU. ``gate``, ``up`` and ``down`` are the layer's stacks
+    (``(n_expert, rows, row_bytes)`` in host memory); ``backend`` sets the threads and may be
+    shared by every layer (one computation at a time)."""
+
+    def __init__(self, gate: QTensor, up: QTensor, down: QTensor, backend: CpuBackend):
+        for name, stack in (("gate", gate), ("up", up), ("down", down)):
+            if stack.qtype not in SUPPORTED_TYPES:
+                raise ModelFileError(f"CPU experts: no CPU kernel here for the {name} stack's GGML type "
+                                     f"{stack.qtype} (supported: {', '.join(SUPPORTED_TYPES)})")
+            if stack.data.dim() != 3:
+                raise ValueError(f"CPU experts: the {name} stack is not (n_expert, rows, row_bytes)")
+        self.n_expert, self.n_ff = gate.data.shape[0], gate.rows
+        self.n_embd = gate.cols
+        if up.data.shape[:2] != gate.data.shape[:2] or up.cols != self.n_embd \
+                or down.data.shape[:2] != (self.n_expert, self.n_embd) or down.cols != self.n_ff:
+            raise ValueError("CPU experts: the gate, up and down stacks do not make one layer's experts")
+        self.backend = backend
+        self._weights = Context(0, 3, alloc=False)
+        self._stacks: list[int] = []
+        self._bindings: list[Binding] = []
+        self._graphs: OrderedDict[int, _PairGraph] = OrderedDict()
+        try:
+            for stack in (gate, up, down):
+                tensor = self._weights.tensor(ggml_cpu.ggml_type(stack.qtype), stack.cols, stack.rows, self.n_expert)
+                self._bindings.append(Binding(tensor, stack.data))
+                self._stacks.append(tensor)
+        except ValueError:
+            self.close()
+            raise
+
+    @property
+    def expert_bytes(self) -> int:
+        """Bytes of one expert's three matrices: what computing it reads."""
+        return sum(b.data[0].numel() for b in self._bindings)
+
+    def _pair_graph(self, pairs: int) -> _PairGraph:
+        cached = self._graphs.pop(pairs, None)
+        if cached is None:
+            cached = self._build(pairs)
+            if len(self._graphs) >= CACHED_GRAPHS:
+                self._graphs.popitem(last=False)[1].context.close()
+        self._graphs[pairs] = cached
+        return cached
+
+    def _build(self, pairs: int) -> _PairGraph:
+        floats = pairs * (2 * self.n_embd + 3 * self.n_ff)  # x, out; gate, up, their product
+        ctx = Context(4 * (floats + pairs), 7, alloc=True)
+        gate_w, up_w, down_w = self._stacks
+        x = ctx.tensor(GGML_F32, self.n_embd, 1, pairs)
+        ids = ctx.tensor(GGML_I32, 1, pairs)
+        lib = ggml_cpu.api()
+        gate = lib.mul_mat_id(ctx.handle, gate_w, x, ids)
+        up = lib.mul_mat_id(ctx.handle, up_w, x, ids)
+        hidden = lib.swiglu_split(ctx.handle, gate, up)
+        out = lib.mul_mat_id(ctx.handle, down_w, hidden, ids)
+        return _PairGraph(
+            context=ctx,
+            graph=ctx.graph(out),
+            x=ggml_cpu.tensor_view(x, torch.float32, (pairs, self.n_embd)),
+            ids=ggml_cpu.tensor_view(ids, torch.int32, (pairs,)),
+            out=ggml_cpu.tensor_view(out, torch.float32, (pairs, self.n_embd)),
+        )
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per token, the sum over its selected experts of weight * down(silu(gate x) * up x).
+
+        ``x``: (tokens, n_embd) float32 on the CPU; ``ids``, ``weights``: (tokens, k), each
+        token's experts and their weights; ``mask``: (tokens, k) bool, the selections to
+        compute (the others add nothing), all of them when None. Returns (tokens, n_embd)."""
+        if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != self.n_embd:
+            raise ValueError(f"CPU experts take float32 host activations (tokens, {self.n_embd}), "
+                             f"got {x.dtype} {tuple(x.shape)} on {x.device}")
+        if ids.shape != weights.shape or ids.dim() != 2 or ids.shape[0] != x.shape[0] \
+                or (mask is not None and mask.shape != ids.shape):
+            raise ValueError(f"CPU experts: ids {tuple(ids.shape)}, weights {tuple(weights.shape)} and mask "
+                             f"do not all have the shape (tokens, k) for {x.shape[0]} tokens")
+        selected = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
+        token, slot = selected.nonzero(as_tuple=True)
+        out = torch.zeros_like(x)
+        if token.numel() == 0:
+            return out
+        experts = ids[token, slot]
+        if int(experts.min()) < 0 or int(experts.max()) >= self.n_expert:
+            raise ValueError(f"CPU experts: expert ids must lie in [0, {self.n_expert})")
+        graph = self._pair_graph(token.numel())
+        graph.x.copy_(x[token])
+        graph.ids.copy_(experts)
+        self.backend.compute(graph.graph)
+        return out.index_add_(0, token, graph.out * weights[token, slot, None].to(torch.float32))
+
+    def close(self) -> None:
+        """Free ggml's descriptions of the stacks and the cached graphs (the stacks' memory stays)."""
+        for graph in self._graphs.values():
+            graph.context.close()
+        self._graphs.clear()
+        for binding in self._bindings:
+            binding.close()
+        self._weights.close()

@@ -1,0 +1,167 @@
+"""ggml's CPU backend through ctypes: the kernels llama.cpp computes with on the CPU.
+
+Only what the CPU expert path needs is bound: contexts that describe tensors, the ops it
+builds graphs from, and a CPU backend with a thread count. A tensor can be bound to memory
+that already exists (a torch tensor's, such as the experts' pinned home) through a CPU buffer
+over that pointer, so ggml reads the bytes where they are.
+
+ggml is reached through libllama's handle, as ``backends.llama_cpp.buft_overrides`` explains
+(opening a library by path could load a second ggml). Every function gets its own ctypes
+prototype, so nothing is declared on that shared handle; the calls release the GIL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from ctypes import c_bool, c_int, c_int64, c_size_t, c_void_p
+
+import torch
+from gguf import GGMLQuantizationType
+
+TENSOR_ALIGNMENT = 32  # ggml's: the start of memory a CPU buffer wraps
+GRAPH_SIZE = 16  # nodes a graph may hold (the expert graph has six)
+GGML_STATUS_SUCCESS = 0
+
+
+class _InitParams(ctypes.Structure):
+    """``struct ggml_init_params`` (ggml.h)."""
+
+    _fields_ = [("mem_size", c_size_t), ("mem_buffer", c_void_p), ("no_alloc", c_bool)]
+
+
+class _Api:
+    """The bound functions, named as in ggml.h without the ``ggml_`` prefix."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        def bind(name: str, restype, *argtypes):
+            return ctypes.CFUNCTYPE(restype, *argtypes)((name, lib))
+
+        self.init = bind("ggml_init", c_void_p, _InitParams)
+        self.free = bind("ggml_free", None, c_void_p)
+        self.tensor_overhead = bind("ggml_tensor_overhead", c_size_t)
+        self.graph_overhead_custom = bind("ggml_graph_overhead_custom", c_size_t, c_size_t, c_bool)
+        self.new_tensor_2d = bind("ggml_new_tensor_2d", c_void_p, c_void_p, c_int, c_int64, c_int64)
+        self.new_tensor_3d = bind("ggml_new_tensor_3d", c_void_p, c_void_p, c_int, c_int64, c_int64, c_int64)
+        self.nbytes = bind("ggml_nbytes", c_size_t, c_void_p)
+        self.get_data = bind("ggml_get_data", c_void_p, c_void_p)
+        self.mul_mat_id = bind("ggml_mul_mat_id", c_void_p, c_void_p, c_void_p, c_void_p, c_void_p)
+        self.swiglu_split = bind("ggml_swiglu_split", c_void_p, c_void_p, c_void_p, c_void_p)
+        self.new_graph_custom = bind("ggml_new_graph_custom", c_void_p, c_void_p, c_size_t, c_bool)
+        self.build_forward_expand = bind("ggml_build_forward_expand", None, c_void_p, c_void_p)
+        self.backend_cpu_init = bind("ggml_backend_cpu_init", c_void_p)
+        self.backend_cpu_set_n_threads = bind("ggml_backend_cpu_set_n_threads", None, c_void_p, c_int)
+        self.backend_graph_compute = bind("ggml_backend_graph_compute", c_int, c_void_p, c_void_p)
+        self.backend_free = bind("ggml_backend_free", None, c_void_p)
+        self.backend_cpu_buffer_from_ptr = bind("ggml_backend_cpu_buffer_from_ptr", c_void_p, c_void_p, c_size_t)
+        self.backend_tensor_alloc = bind("ggml_backend_tensor_alloc", c_int, c_void_p, c_void_p, c_void_p)
+        self.backend_buffer_free = bind("ggml_backend_buffer_free", None, c_void_p)
+
+
+@functools.cache
+def api() -> _Api:
+    """ggml's functions (importing llama_cpp loads its libraries on first use)."""
+    import llama_cpp.llama_cpp as llama_api
+
+    return _Api(llama_api._lib)
+
+
+def ggml_type(name: str) -> int:
+    """The ``enum ggml_type`` value of a GGML type name (gguf's enum mirrors it)."""
+    return GGMLQuantizationType[name].value
+
+
+GGML_F32 = ggml_type("F32")
+GGML_I32 = ggml_type("I32")
+
+
+def _checked(pointer: int | None, what: str) -> int:
+    if not pointer:
+        raise MemoryError(f"ggml could not make {what}")
+    return pointer
+
+
+class Context:
+    """A ggml context: tensor and graph descriptions, and with ``alloc`` their data too."""
+
+    def __init__(self, data_bytes: int, n_tensors: int, alloc: bool):
+        lib = api()
+        size = data_bytes + n_tensors * (lib.tensor_overhead() + TENSOR_ALIGNMENT) \
+            + lib.graph_overhead_custom(GRAPH_SIZE, False)
+        self.handle = _checked(lib.init(_InitParams(size, None, not alloc)), f"a context of {size} bytes")
+
+    def tensor(self, type_: int, *ne: int) -> int:
+        """A new tensor of ``ne`` elements per dimension (ggml order: contiguous dimension first)."""
+        lib = api()
+        make = {2: lib.new_tensor_2d, 3: lib.new_tensor_3d}[len(ne)]
+        return _checked(make(self.handle, type_, *ne), "a tensor")
+
+    def graph(self, output: int) -> int:
+        """The graph that computes ``output``."""
+        lib = api()
+        graph = _checked(lib.new_graph_custom(self.handle, GRAPH_SIZE, False), "a graph")
+        lib.build_forward_expand(graph, output)
+        return graph
+
+    def close(self) -> None:
+        if self.handle:
+            api().free(self.handle)
+            self.handle = 0
+
+
+def tensor_view(tensor: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """A torch view of an allocated ggml tensor's data (no copy): valid while its context lives."""
+    lib = api()
+    raw = (ctypes.c_char * lib.nbytes(tensor)).from_address(lib.get_data(tensor))
+    return torch.frombuffer(raw, dtype=dtype).view(shape)
+
+
+class Binding:
+    """ggml tensor ``tensor`` reading ``data``'s memory in place, through a CPU buffer over it."""
+
+    def __init__(self, tensor: int, data: torch.Tensor):
+        lib = api()
+        nbytes = data.numel() * data.element_size()
+        if lib.nbytes(tensor) != nbytes:
+            raise ValueError(f"a ggml tensor of {lib.nbytes(tensor)} bytes cannot read {nbytes} bytes")
+        if data.device.type != "cpu" or not data.is_contiguous():
+            raise ValueError("ggml's CPU kernels read only contiguous host memory")
+        if data.data_ptr() % TENSOR_ALIGNMENT:
+            raise ValueError(f"host memory at {data.data_ptr():#x} is not {TENSOR_ALIGNMENT}-byte aligned")
+        self.data = data  # keeps the memory alive while ggml may read it
+        self.buffer = _checked(lib.backend_cpu_buffer_from_ptr(data.data_ptr(), nbytes), "a CPU buffer")
+        status = lib.backend_tensor_alloc(self.buffer, tensor, data.data_ptr())
+        if status != GGML_STATUS_SUCCESS:
+            self.close()
+            raise RuntimeError(f"ggml could not bind a tensor to host memory (status {status})")
+
+    def close(self) -> None:
+        if self.buffer:
+            api().backend_buffer_free(self.buffer)  # frees the wrapper, never the memory it wraps
+            self.buffer = 0
+
+
+class CpuBackend:
+    """ggml's CPU backend, computing graphs on ``n_threads`` threads. One graph at a time:
+    the backend keeps one work buffer for them all."""
+
+    def __init__(self, n_threads: int):
+        self.handle = _checked(api().backend_cpu_init(), "a CPU backend")
+        self.n_threads = 0
+        self.set_threads(n_threads)
+
+    def set_threads(self, n_threads: int) -> None:
+        if n_threads < 1:
+            raise ValueError(f"the CPU backend needs at least one thread (got {n_threads})")
+        api().backend_cpu_set_n_threads(self.handle, n_threads)
+        self.n_threads = n_threads
+
+    def compute(self, graph: int) -> None:
+        status = api().backend_graph_compute(self.handle, graph)
+        if status != GGML_STATUS_SUCCESS:
+            raise RuntimeError(f"ggml's CPU backend failed to compute a graph (status {status})")
+
+    def close(self) -> None:
+        if self.handle:
+            api().backend_free(self.handle)
+            self.handle = 0

@@ -1,0 +1,179 @@
+"""CPU experts (ggml's kernels over the quantized stacks in place) against the runtime's
+dequantize-and-matmul path, on tiny synthetic models of each weight type."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autotune.cache_runtime.cpu_experts import CACHED_GRAPHS, CpuExperts
+from autotune.cache_runtime.ggml_cpu import CpuBackend
+from autotune.cache_runtime.torch_ops import TorchOps
+from autotune.cache_runtime.weights import ModelWeights, QTensor, load_weights
+from autotune.errors import ModelFileError
+from autotune.synth import write_synthetic_model
+
+pytest.importorskip("llama_cpp")  # its libraries bring ggml's CPU kernels
+
+QUANTS = ["q4_k", "q6_k", "q8_0", "q4_k_m", "f16"]  # q4_k_m: Q4_K gate/up, Q6_K down
+LAYER = 1
+
+
+@pytest.fixture(scope="module", params=QUANTS)
+def weights(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ModelWeights:
+    path = tmp_path_factory.mktemp("cpu-experts") / f"tiny-{request.param}.gguf"
+    write_synthetic_model(path, preset="tiny", quant=request.param, seed=0)
+    return load_weights(path)
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[CpuBackend]:
+    backend = CpuBackend(2)
+    yield backend
+    backend.close()
+
+
+def _experts(weights: ModelWeights, backend: CpuBackend, layer: int = LAYER) -> CpuExperts:
+    lw = weights.layers[layer]
+    return CpuExperts(lw.gate_exps, lw.up_exps, lw.down_exps, backend)
+
+
+def _selection(weights: ModelWeights, tokens: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Activations, each token's distinct experts and their weights, as routing gives them."""
+    cfg = weights.config
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, cfg.n_embd, generator=gen)
+    ids = torch.stack([torch.randperm(cfg.n_expert, generator=gen)[: cfg.n_expert_used] for _ in range(tokens)])
+    return x, ids, torch.rand(tokens, cfg.n_expert_used, generator=gen)
+
+
+def _ggml_rounding(x: torch.Tensor, weight_type: str) -> torch.Tensor:
+    """``x`` as ggml's CPU kernels see it: quantized to the weight type's ``vec_dot_type``
+    (Q8_K for the K-quants, Q8_0 for Q8_0, F16 for F16), as ggml-quants.c rounds."""
+    if weight_type in ("Q4_K", "Q5_K", "Q6_K"):
+        blocks = x.reshape(-1, 256)
+        largest = blocks.gather(1, blocks.abs().argmax(1, keepdim=True))  # signed
+        iscale = -127.0 / largest
+        return (torch.round(iscale * blocks).clamp(max=127) / iscale).reshape(x.shape)
+    if weight_type == "Q8_0":
+        blocks = x.reshape(-1, 32)
+        amax = blocks.abs().amax(1, keepdim=True)
+        return (torch.round(blocks * (127 / amax)) * (amax / 127).half().float()).reshape(x.shape)
+    assert weight_type == "F16"
+    return x.half().float()
+
+
+def _rounded_reference(weights: ModelWeights, x: torch.Tensor, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The experts from the runtime's dequantized weights, in float64, with ggml's activation rounding."""
+    lw = weights.layers[LAYER]
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    for t in range(x.shape[0]):
+        for j, e in enumerate(ids[t].tolist()):
+            gate, up, down = (m[e].dequantize().double() for m in (lw.gate_exps, lw.up_exps, lw.down_exps))
+            xq = _ggml_rounding(x[t], lw.gate_exps.qtype).double()
+            hidden = (F.silu(gate @ xq) * (up @ xq)).float()
+            out[t] += w[t, j] * (down @ _ggml_rounding(hidden, lw.down_exps.qtype).double())
+    return out.float()
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+
+
+def test_matches_the_runtime_torch_path(weights: ModelWeights, backend: CpuBackend) -> None:
+    x, ids, w = _selection(weights, tokens=6)
+    experts = _experts(weights, backend)
+    expected = TorchOps(weights, cache=None, rope=None).experts(x, w, ids, LAYER)
+    got = experts.forward(x, ids, w)
+    # the gap is ggml's 8-bit activations (what llama.cpp computes too), see the next test
+    assert _cosine(got, expected) >= 0.9995
+    assert (got - expected).abs().max() <= 0.05 * expected.abs().max()
+    experts.close()
+
+
+def test_equals_dequantized_weights_given_ggml_activation_rounding(weights: ModelWeights, backend: CpuBackend) -> None:
+    x, ids, w = _selection(weights, tokens=3, seed=1)
+    experts = _experts(weights, backend)
+    got = experts.forward(x, ids, w)
+    expected = _rounded_reference(weights, x, ids, w)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    experts.close()
+
+
+def test_a_mask_computes_only_the_chosen_selections(weights: ModelWeights, backend: CpuBackend) -> None:
+    x, ids, w = _selection(weights, tokens=4, seed=2)
+    experts = _experts(weights, backend)
+    mask = torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.5
+    assert mask.any() and not mask.all()
+    masked = experts.forward(x, ids, w, mask)
+    torch.testing.assert_close(masked, experts.forward(x, ids, w * mask), rtol=1e-6, atol=1e-7)
+    assert torch.equal(experts.forward(x, ids, w, torch.zeros_like(mask)), torch.zeros_like(x))
+    # one row per token: the same as the token alone (rows do not mix)
+    only_first = torch.zeros_like(mask)
+    only_first[:, 0] = True
+    alone = torch.cat([experts.forward(x[t : t + 1], ids[t : t + 1, :1], w[t : t + 1, :1]) for t in range(4)])
+    torch.testing.assert_close(experts.forward(x, ids, w, only_first), alone, rtol=1e-6, atol=1e-7)
+    experts.close()
+
+
+def test_reads_the_stacks_in_place(weights: ModelWeights, backend: CpuBackend) -> None:
+    """No copy: zeroing an expert's down matrix in the stack zeroes its contribution."""
+    lw = weights.layers[LAYER]
+    down = QTensor(lw.down_exps.data.clone(), lw.down_exps.qtype, lw.down_exps.cols)
+    experts = CpuExperts(lw.gate_exps, lw.up_exps, down, backend)
+    x, ids, w = _selection(weights, tokens=1, seed=4)
+    assert experts.forward(x, ids[:, :1], w[:, :1]).abs().max() > 0
+    down.data[int(ids[0, 0])].zero_()
+    assert torch.equal(experts.forward(x, ids[:, :1], w[:, :1]), torch.zeros_like(x))
+    experts.close()
+
+
+def test_threads_and_graph_reuse_change_no_bit(weights: ModelWeights) -> None:
+    """Each output row is one thread's dot products, so the thread count cannot change a
+    result; neither can a cached graph, evicted and rebuilt (more pair counts than it keeps)."""
+    one, two = CpuBackend(1), CpuBackend(2)
+    x, ids, w = _selection(weights, tokens=CACHED_GRAPHS + 2, seed=5)
+    first = _experts(weights, one)
+    per_count = [first.forward(x[:n], ids[:n], w[:n]) for n in range(1, len(x) + 1)]
+    second = _experts(weights, two)
+    for n in (len(x), 1, 2):
+        assert torch.equal(second.forward(x[:n], ids[:n], w[:n]), per_count[n - 1])
+    assert torch.equal(first.forward(x[:1], ids[:1], w[:1]), per_count[0])
+    for experts, b in ((first, one), (second, two)):
+        experts.close()
+        b.close()
+
+
+def test_an_unsupported_weight_type_is_a_clear_error(weights: ModelWeights, backend: CpuBackend) -> None:
+    lw = weights.layers[LAYER]
+    q3 = QTensor(lw.gate_exps.data, "Q3_K", lw.gate_exps.cols)
+    with pytest.raises(ModelFileError, match="gate stack's GGML type Q3_K"):
+        CpuExperts(q3, lw.up_exps, lw.down_exps, backend)
+
+
+def test_bad_inputs_are_clear_errors(weights: ModelWeights, backend: CpuBackend) -> None:
+    experts = _experts(weights, backend)
+    x, ids, w = _selection(weights, tokens=2)
+    with pytest.raises(ValueError, match="expert ids must lie in"):
+        experts.forward(x, ids + weights.config.n_expert, w)
+    with pytest.raises(ValueError, match="float32 host activations"):
+        experts.forward(x.double(), ids, w)
+    with pytest.raises(ValueError, match="do not all have the shape"):
+        experts.forward(x, ids, w[:, :1])
+    with pytest.raises(ValueError, match="do not make one layer's experts"):
+        lw = weights.layers[LAYER]
+        fewer = QTensor(lw.up_exps.data[:2], lw.up_exps.qtype, lw.up_exps.cols)
+        CpuExperts(lw.gate_exps, fewer, lw.down_exps, backend)
+    experts.close()
+
+
+def test_misaligned_host_memory_is_refused(weights: ModelWeights, backend: CpuBackend) -> None:
+    lw = weights.layers[LAYER]
+    stack = lw.gate_exps.data
+    shifted = torch.empty(stack.numel() + 64, dtype=torch.uint8)[1 : 1 + stack.numel()].view(stack.shape)
+    with pytest.raises(ValueError, match="not 32-byte aligned"):
+        CpuExperts(QTensor(shifted, lw.gate_exps.qtype, lw.gate_exps.cols), lw.up_exps, lw.down_exps, backend)
+
