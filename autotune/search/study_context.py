@@ -26,7 +26,7 @@ class StopRequested(Exception):
     """A stop asked through the database (the dashboard): taken between trials, like Ctrl-C."""
 
 
-@dataclass
+@dataclass(eq=False)  # one study's context is itself (the Tuner is one), compared by identity
 class StudyContext:
     db: Database
     study: optuna.Study
