@@ -7,13 +7,14 @@ dashboard reads them as it reads a real study; nothing here depends on the clock
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 
 import optuna
 from optuna.distributions import IntDistribution
 
 from autotune.backends.base import Measurement, Outcome, TrialResult, Workload
+from autotune.search.records import TrialRecord
 from autotune.storage import Database, StudyRow
 
 GIB = 2**30
@@ -53,13 +54,13 @@ def register(db: Database, name: str, trials: int | None = 11, status: str = "ru
 def add_trial(study: optuna.Study, n_cpu_moe: int, n_threads: int, outcome: str) -> None:
     """One finished trial as the tuner records it."""
     config = {"n_cpu_moe": n_cpu_moe, "n_threads": n_threads}
-    attrs = {"backend": "fake", "config": config, "predicted_vram_raw": predicted(n_cpu_moe),
-             "predicted_vram": predicted(n_cpu_moe), "outcome": outcome}
-    if outcome == Outcome.PRUNED.value:
+    record = TrialRecord(len(study.get_trials(deepcopy=False)), "fake", config, Outcome(outcome), predicted(n_cpu_moe),
+                         predicted_vram_raw=predicted(n_cpu_moe))
+    if record.outcome is Outcome.PRUNED:
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params=config,
-                                                  distributions=DISTRIBUTIONS, user_attrs=attrs))
+                                                  distributions=DISTRIBUTIONS, user_attrs=record.to_user_attrs()))
         return
-    if outcome == Outcome.OK.value:
+    if record.outcome is Outcome.OK:
         base = speed(n_cpu_moe, n_threads)
         decode = Measurement.of([base * 0.99, base, base * 1.01])
         result = TrialResult(Outcome.OK, decode_tps=decode, prefill_tps=Measurement.of([10 * s for s in decode.samples]),
@@ -68,8 +69,9 @@ def add_trial(study: optuna.Study, n_cpu_moe: int, n_threads: int, outcome: str)
     else:
         result = TrialResult(Outcome(outcome), MESSAGES.get(outcome, outcome), wall_seconds=1.0)
         value, std = 0.0, 0.0
-    attrs |= {"result": result.to_json(), "objective_std": std, "constraint": 1.0}
-    study.add_trial(optuna.trial.create_trial(value=value, params=config, distributions=DISTRIBUTIONS, user_attrs=attrs))
+    record = replace(record, result=result, objective_std=std, constraint=1.0)
+    study.add_trial(optuna.trial.create_trial(value=value, params=config, distributions=DISTRIBUTIONS,
+                                              user_attrs=record.to_user_attrs()))
 
 
 def add_running(study: optuna.Study, n_cpu_moe: int, n_threads: int) -> optuna.Trial:
@@ -78,8 +80,7 @@ def add_running(study: optuna.Study, n_cpu_moe: int, n_threads: int) -> optuna.T
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
         trial = study.ask(DISTRIBUTIONS)
     config = {"n_cpu_moe": n_cpu_moe, "n_threads": n_threads}
-    for key, value in (("backend", "fake"), ("config", config), ("predicted_vram", predicted(n_cpu_moe))):
-        trial.set_user_attr(key, value)
+    TrialRecord(trial.number, "fake", config, predicted_vram=predicted(n_cpu_moe)).save(trial)
     return trial
 
 

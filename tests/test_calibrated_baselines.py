@@ -11,6 +11,7 @@ from pathlib import Path
 from autotune.backends.base import Config, Measurement, Outcome, TrialResult, Workload
 from autotune.hardware import probe_hardware
 from autotune.model_info import inspect_model
+from autotune.search.records import TrialRecord
 from autotune.search.study import Budget, Tuner
 from autotune.storage import Database
 from tests.fake_backend import GIB, FakeBackend
@@ -47,7 +48,7 @@ def test_the_fit_split_waits_for_the_calibrated_memory_model(tiny_model: Path, t
                   int(2.6 * GIB), Workload(repetitions=2), "fit", seed=0, batch=1)
     tuner.seed_baselines()
     tuner.run(tiny_model, Budget(trials=3), remeasure=False)
-    ran = [(t.params["n_cpu_moe"], t.user_attrs.get("seeded")) for t in tuner.measured_trials()]
+    ran = [(t.params["n_cpu_moe"], TrialRecord.from_trial(t).seeded) for t in tuner.measured_trials()]
     assert ran[:2] == [(4, "baseline"), (1, "baseline, memory model calibrated")]
     assert (2, "baseline") not in ran
     assert tuner.choose_winner().config["n_cpu_moe"] == 1
@@ -74,10 +75,10 @@ def test_a_split_measured_over_the_cap_gives_way_to_the_next(tiny_model: Path, t
                   seed=0, batch=1)
     tuner.seed_baselines()
     tuner.run(tiny_model, Budget(trials=3), remeasure=False)
-    ran = [(t.params["n_cpu_moe"], t.user_attrs.get("seeded"), t.user_attrs["outcome"])
+    ran = [(t.params["n_cpu_moe"], (record := TrialRecord.from_trial(t)).seeded, record.outcome)
            for t in tuner.measured_trials()]
     calibrated = "baseline, memory model calibrated"
-    assert ran == [(4, "baseline", "ok"), (1, calibrated, "over_cap"), (2, calibrated, "ok")]
+    assert ran == [(4, "baseline", Outcome.OK), (1, calibrated, Outcome.OVER_CAP), (2, calibrated, Outcome.OK)]
     assert tuner.choose_winner().config["n_cpu_moe"] == 2
 
 
@@ -92,7 +93,7 @@ def test_baselines_held_back_are_queued_even_when_the_probe_measures_no_peak(tin
                   int(2.6 * GIB), Workload(repetitions=2), "probe", seed=0, batch=1)
     tuner.seed_baselines()
     tuner.run(tiny_model, Budget(trials=2), remeasure=False)
-    seeded = [(t.params["n_cpu_moe"], t.user_attrs.get("seeded")) for t in tuner.study.get_trials(deepcopy=False)]
+    seeded = [(t.params["n_cpu_moe"], TrialRecord.from_trial(t).seeded) for t in tuner.study.get_trials(deepcopy=False)]
     assert seeded[0] == (4, "baseline") and (2, "baseline") in seeded[1:]
 
 

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from autotune.backends.base import Workload
 from autotune.cli import app as cli
 from autotune.search.actions import prepare_study
-from autotune.search.study import STOP_ATTR, Budget
+from autotune.search.records import stop_requested
+from autotune.search.study import Budget
 from autotune.storage import Database
 from autotune.tui.dashboard import DashboardApp
 from autotune.tui.run import dashboard_for
@@ -145,7 +146,7 @@ async def test_the_stop_key_stores_a_stop_request_only_for_a_running_study(tmp_p
                 await until(pilot, lambda: bool(app.snapshot.stop_requested))
             else:
                 await pilot.pause(0.3)
-            assert bool(study.user_attrs.get(STOP_ATTR)) is stopped
+            assert stop_requested(study) is stopped
 
 
 @pytest.mark.parametrize("stop", ["ctrl+c", "sigterm"])
@@ -175,7 +176,7 @@ async def test_run_tui_stops_after_the_running_trial(tiny_model: Path, tmp_path:
     assert len(trials) < 6
 
     resumed = prepare_study(**{**settings, "resume": True})  # --resume runs the rest
-    assert not resumed.tuner.study.user_attrs[STOP_ATTR]
+    assert not stop_requested(resumed.tuner.study)
     outcome = resumed.tuner.run(tiny_model, Budget(6), remeasure=False)
     assert not outcome.interrupted and len(resumed.tuner.measured_trials()) == 6
 

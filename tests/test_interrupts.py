@@ -17,7 +17,7 @@ from autotune import interrupts
 from autotune.backends.base import Config, Measurement, Outcome, TrialResult, Workload
 from autotune.hardware import probe_hardware
 from autotune.model_info import inspect_model
-from autotune.search.liveness import WORKER_ATTR
+from autotune.search.records import TrialRecord
 from autotune.search.study import Budget, Tuner, register_study
 from autotune.storage import Database
 from tests.fake_backend import FakeBackend
@@ -139,4 +139,4 @@ def test_a_ctrl_c_while_a_trial_is_created_leaves_it_claimed(installed, tiny_mod
     tuner.study.ask = ask_then_ctrl_c
     assert tuner.run(tiny_model, Budget(trials=3), remeasure=False).interrupted
     running = tuner.study.get_trials(states=(TrialState.RUNNING,))
-    assert len(running) == 1 and running[0].user_attrs[WORKER_ATTR]["pid"] == os.getpid()
+    assert len(running) == 1 and TrialRecord.from_trial(running[0]).worker["pid"] == os.getpid()

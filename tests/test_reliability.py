@@ -18,7 +18,8 @@ import pytest
 from gguf import GGUFWriter
 from optuna.trial import TrialState
 
-from autotune.search.liveness import WORKER_ATTR
+from autotune.backends.base import Outcome
+from autotune.search.records import TrialRecord
 from autotune.storage import Database
 
 FAKE = "tests.fake_backend:FakeBackend"
@@ -71,7 +72,7 @@ def _no_trial_counted_twice(trials: list[optuna.trial.FrozenTrial]) -> None:
     assert not [t for t in trials if t.state is TrialState.RUNNING]
     for cut in (t for t in trials if t.state is TrialState.FAIL):
         again = [t for t in trials if t.state is TrialState.COMPLETE and (
-            t.system_attrs.get("failed_trial") == cut.number or t.user_attrs.get("seeded", "").endswith(f" {cut.number}"))]
+            t.system_attrs.get("failed_trial") == cut.number or (TrialRecord.from_trial(t).seeded or "").endswith(f" {cut.number}"))]
         assert len(again) <= 1
 
 
@@ -176,8 +177,9 @@ def test_a_lost_gpu_stops_the_study_with_its_reason_and_resume_goes_on(tiny_mode
     assert "--resume" in error
     assert Database(url).study("lost").status == "stopped"
     [trial] = _trials(url, "lost")[:1]
-    assert trial.state is TrialState.FAIL and trial.user_attrs["outcome"] == "gpu_lost"
-    assert "GPU is lost" in trial.user_attrs["message"]
+    record = TrialRecord.from_trial(trial)
+    assert trial.state is TrialState.FAIL and record.outcome is Outcome.GPU_LOST
+    assert "GPU is lost" in record.message
     resumed = _cli([*args, "--resume"])
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     trials = _trials(url, "lost")
@@ -226,7 +228,8 @@ def _when_running(url: str, name: str):
     """The first trial found running (its worker's attributes set), polled for up to 60 s."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        running = [t for t in _trials(url, name) if t.state is TrialState.RUNNING and WORKER_ATTR in t.user_attrs]
+        running = [t for t in _trials(url, name)
+                   if t.state is TrialState.RUNNING and TrialRecord.from_trial(t).worker is not None]
         if running:
             return running[0]
         time.sleep(0.05)
@@ -277,7 +280,7 @@ def test_kill_9_of_the_tuner_then_resume(model_env: None, tmp_path: Path):
     def interrupt(process: subprocess.Popen) -> None:
         _when_measured(url, "s", 2)
         running = _when_running(url, "s")  # a trial in flight (a loaded machine may take a while to ask)
-        assert running.user_attrs[WORKER_ATTR]["pid"] == process.pid
+        assert TrialRecord.from_trial(running).worker["pid"] == process.pid
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=180)
 
@@ -297,9 +300,10 @@ def test_two_runs_on_one_sqlite_database_and_on_one_study(tiny_model: Path, tmp_
     outputs = [process.communicate(timeout=300)[0] for process in (first, other_study, same_study)]
     assert [p.returncode for p in (first, other_study, same_study)] == [0, 0, 0], outputs
     # whichever of a and b starts later warm-starts from what the other measured by then: copies, not measurements
-    assert len([t for t in _complete(url, "b") if "warm_start_from" not in t.user_attrs]) == 4
+    assert len([t for t in _complete(url, "b") if TrialRecord.from_trial(t).measured_here]) == 4
     trials = _trials(url, "a")
     _no_trial_counted_twice(trials)
-    measured = [t for t in trials if t.state is TrialState.COMPLETE and "warm_start_from" not in t.user_attrs]
-    assert len(measured) >= 10 and all("result" in t.user_attrs for t in measured)
-    assert {t.user_attrs[WORKER_ATTR]["pid"] for t in measured} == {first.pid, same_study.pid}  # both contributed
+    measured = [record for t in trials if t.state is TrialState.COMPLETE
+                and (record := TrialRecord.from_trial(t)).measured_here]
+    assert len(measured) >= 10 and all(record.result is not None for record in measured)
+    assert {record.worker["pid"] for record in measured} == {first.pid, same_study.pid}  # both contributed

@@ -11,6 +11,7 @@ import pytest
 
 from autotune.backends.llama_cpp.commands import parse_command
 from autotune.backends.llama_cpp.knobs import LOAD_KEYS
+from autotune.search.records import TrialRecord
 from autotune.storage import Database
 
 pytest.importorskip("llama_cpp")
@@ -59,12 +60,12 @@ def _check_siblings_shared_a_load(url: str) -> None:
     """With the default batch of 2, a sampled trial's sibling reused its loaded model."""
     import optuna
 
-    trials = {t.number: t for t in optuna.load_study(study_name="ci", storage=Database(url).optuna_storage()).get_trials()}
-    siblings = [t for t in trials.values() if str(t.user_attrs.get("seeded", "")).startswith("shares the model load")]
+    study = optuna.load_study(study_name="ci", storage=Database(url).optuna_storage())
+    trials = {t.number: TrialRecord.from_trial(t) for t in study.get_trials()}
+    siblings = [t for t in trials.values() if (t.seeded or "").startswith("shares the model load")]
     assert siblings, "no trial shared a model load"
     for sibling in siblings:
-        lead = trials[int(sibling.user_attrs["seeded"].rsplit(" ", 1)[1])]
-        assert all(sibling.user_attrs["config"][key] == lead.user_attrs["config"][key] for key in LOAD_KEYS
-                   if key in lead.user_attrs["config"])
-        assert json.loads(json.dumps(sibling.user_attrs["result"]))["load_seconds"] == 0.0
-        assert lead.user_attrs["result"]["load_seconds"] > 0
+        lead = trials[int(sibling.seeded.rsplit(" ", 1)[1])]
+        assert all(sibling.config[key] == lead.config[key] for key in LOAD_KEYS if key in lead.config)
+        assert sibling.result.load_seconds == 0.0
+        assert lead.result.load_seconds > 0

@@ -11,7 +11,8 @@ from optuna.trial import TrialState
 from autotune.backends.base import Config, Measurement, Outcome, TrialResult, Workload
 from autotune.hardware import probe_hardware
 from autotune.model_info import inspect_model
-from autotune.search.study import STOP_ATTR, Budget, Tuner, register_study, request_stop
+from autotune.search.records import request_stop, stop_requested
+from autotune.search.study import Budget, Tuner, register_study
 from autotune.storage import Database
 from tests.fake_backend import FakeBackend
 
@@ -47,7 +48,7 @@ def test_a_stop_request_ends_the_study_after_the_running_trial_and_resume_goes_o
 
     resumed = _tuner(tiny_model, url, StoppingBackend(url, stop_at=None))
     resumed.clear_stop_request()
-    assert not resumed.study.user_attrs[STOP_ATTR]
+    assert not stop_requested(resumed.study)
     outcome = resumed.run(tiny_model, Budget(trials=5), remeasure=False)
     assert not outcome.interrupted and outcome.winner is not None
     assert len(resumed.measured_trials()) == 5

@@ -17,7 +17,7 @@ from autotune.backends.llama_cpp.backend import LlamaCppBackend
 from autotune.hardware import GpuInfo, HardwareProfile
 from autotune.model_info import inspect_model
 from autotune.search import actions as runner
-from autotune.search.study import TrialRecord
+from autotune.search.records import TrialRecord
 from autotune.search.trial_lines import TrialLines, cpu_only_note
 from tests.fake_backend import FakeBackend
 

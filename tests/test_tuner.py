@@ -13,7 +13,9 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
+from autotune.backends.base import Outcome
 from autotune.cli import app
+from autotune.search.records import TrialRecord
 from autotune.storage import Database
 
 FAKE = "tests.fake_backend:FakeBackend"
@@ -41,9 +43,9 @@ def test_study_runs_prunes_and_stores_best(tiny_model: Path, tmp_path: Path):
     trials = _trials(url, "s1")
     measured = [t for t in trials if t.state.name == "COMPLETE"]
     assert len(measured) == 8
-    assert all(t.user_attrs["predicted_vram"] <= 2.5 * 2**30 for t in measured)
+    assert all(TrialRecord.from_trial(t).predicted_vram <= 2.5 * 2**30 for t in measured)
     pruned = [t for t in trials if t.state.name == "PRUNED"]
-    assert all(t.user_attrs["predicted_vram"] > 2.5 * 2**30 for t in pruned)
+    assert all(TrialRecord.from_trial(t).predicted_vram > 2.5 * 2**30 for t in pruned)
     assert measured[0].params == {"n_cpu_moe": 4, "n_threads": 2}  # the baseline goes first
     assert "winner" in done.stdout
     best = runner.invoke(app, ["best", str(tiny_model), "--storage", url, "--json"])
@@ -57,10 +59,11 @@ def test_faults_are_recorded_and_the_study_goes_on(tiny_model: Path, tmp_path: P
     done = _run(["run", str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--trials", "10",
                  "--storage", url, "--study", "faults", "--seed", "3", "--no-remeasure"], env)
     assert done.returncode == 0, done.stdout + done.stderr
-    outcomes = {t.params["n_cpu_moe"]: t.user_attrs["outcome"] for t in _trials(url, "faults") if t.state.name == "COMPLETE"}
-    assert outcomes.get(4) == "crash"  # the baseline crashes first, the study continues
+    outcomes = {t.params["n_cpu_moe"]: TrialRecord.from_trial(t).outcome for t in _trials(url, "faults")
+                if t.state.name == "COMPLETE"}
+    assert outcomes.get(4) is Outcome.CRASH  # the baseline crashes first, the study continues
     # seed 3 samples both within the 10 trials (TPE's first 10 are its seeded random startup)
-    assert outcomes.get(1) == "timeout" and outcomes.get(2) == "oom", outcomes
+    assert outcomes.get(1) is Outcome.TIMEOUT and outcomes.get(2) is Outcome.OOM, outcomes
 
 
 def test_second_run_warm_starts_from_the_first(tiny_model: Path, tmp_path: Path):
@@ -72,9 +75,9 @@ def test_second_run_warm_starts_from_the_first(tiny_model: Path, tmp_path: Path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "warm start: 6" in second.stdout
     trials = _trials(url, "second")
-    copied = [t for t in trials if t.user_attrs.get("warm_start_from") == "first"]
+    copied = [t for t in trials if TrialRecord.from_trial(t).warm_start_from == "first"]
     assert len(copied) == 6
-    run_here = [t for t in trials if "warm_start_from" not in t.user_attrs and t.state.name == "COMPLETE"]
+    run_here = [t for t in trials if TrialRecord.from_trial(t).measured_here and t.state.name == "COMPLETE"]
     assert run_here[0].params == first_best  # the earlier winner is tried first
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from autotune.backends.base import Config, Measurement, Outcome, TrialResult, Workload
 from autotune.hardware import probe_hardware
 from autotune.model_info import inspect_model
-from autotune.search.study import RACE_ROUNDS, Budget, Tuner
+from autotune.search.race import RACE_ROUNDS
+from autotune.search.study import Budget, Tuner
 from autotune.storage import Database
 from tests.fake_backend import FakeBackend
 

@@ -16,7 +16,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from postgres_cluster import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
-from autotune.search.liveness import WORKER_ATTR, fail_dead_trials, identity
+from autotune.backends.base import Outcome
+from autotune.search.liveness import fail_dead_trials, identity
+from autotune.search.records import TrialRecord
 from autotune.storage import Database
 
 FAKE = "tests.fake_backend:FakeBackend"
@@ -36,15 +38,16 @@ def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=Database(url).optuna_storage()).get_trials()
 
 
-def _measured(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in trials if t.state is TrialState.COMPLETE and "warm_start_from" not in t.user_attrs]
+def _measured(trials: list[optuna.trial.FrozenTrial]) -> list[TrialRecord]:
+    return [record for t in trials
+            if t.state is TrialState.COMPLETE and (record := TrialRecord.from_trial(t)).measured_here]
 
 
 def _nothing_stuck_or_doubled(trials: list[optuna.trial.FrozenTrial]) -> None:
     assert not [t for t in trials if t.state is TrialState.RUNNING]
     assert len({t.number for t in trials}) == len(trials)
     assert len({t._trial_id for t in trials}) == len(trials)
-    assert all("result" in t.user_attrs for t in _measured(trials))  # every count is a measurement
+    assert all(record.result is not None for record in _measured(trials))  # every count is a measurement
 
 
 def test_run_on_two_gpus_pins_one_worker_to_each(tiny_model: Path, tmp_path: Path):
@@ -61,10 +64,10 @@ def test_run_on_two_gpus_pins_one_worker_to_each(tiny_model: Path, tmp_path: Pat
     _nothing_stuck_or_doubled(trials)
     measured = _measured(trials)
     assert len(measured) >= 8
-    assert {t.user_attrs["result"]["extra"]["cuda_visible_devices"] for t in measured} == {"0", "1"}
-    assert len({t.user_attrs[WORKER_ATTR]["pid"] for t in measured}) == 2
-    for trial in measured:  # the parent showed every trial the workers measured
-        assert f"#{trial.number:<3} fake" in done.stdout
+    assert {record.result.extra["cuda_visible_devices"] for record in measured} == {"0", "1"}
+    assert len({record.worker["pid"] for record in measured}) == 2
+    for record in measured:  # the parent showed every trial the workers measured
+        assert f"#{record.number:<3} fake" in done.stdout
     assert Database(url).best_configs(Database(url).studies()[0].model_fingerprint)
 
 
@@ -103,7 +106,7 @@ def test_liveness_fails_dead_workers_trials_and_retries_them_once(tmp_path: Path
 
     def running(worker: dict) -> optuna.Trial:
         trial = study.ask(space)
-        trial.set_user_attr(WORKER_ATTR, {**worker, "trial": trial.number})
+        TrialRecord(trial.number, worker={**worker, "trial": trial.number}).save(trial)
         study._storage.record_heartbeat(trial._trial_id)
         return trial
 
@@ -127,7 +130,8 @@ def test_liveness_fails_dead_workers_trials_and_retries_them_once(tmp_path: Path
     assert all(t.params == trials[t.system_attrs["failed_trial"]].params for t in retries)
     # a retry whose worker dies too is not queued a third time
     retry = study.ask(space)
-    retry.set_user_attr(WORKER_ATTR, {"host": "another-machine", "pid": 1, "started": 0.0, "trial": retry.number})
+    TrialRecord(retry.number, worker={"host": "another-machine", "pid": 1, "started": 0.0, "trial": retry.number}
+                ).save(retry)
     study._storage.record_heartbeat(retry._trial_id)
     time.sleep(5)
     study._storage.record_heartbeat(mine._trial_id)
@@ -149,7 +153,7 @@ def test_two_workers_on_postgres_and_one_killed_mid_trial(tiny_model: Path, post
         cut: int | None = None
         while cut is None and time.monotonic() < deadline:
             trials = _trials(postgres_url, "fleet")
-            mine = [t for t in trials if t.user_attrs.get(WORKER_ATTR, {}).get("pid") == victim.pid]
+            mine = [t for t in trials if (TrialRecord.from_trial(t).worker or {}).get("pid") == victim.pid]
             if any(t.state is TrialState.COMPLETE for t in mine):  # it has finished one: kill it in the next
                 cut = next((t.number for t in mine if t.state is TrialState.RUNNING), None)
             time.sleep(0.1)
@@ -164,12 +168,12 @@ def test_two_workers_on_postgres_and_one_killed_mid_trial(tiny_model: Path, post
     assert survivor.returncode == 0, output
     trials = _trials(postgres_url, "fleet")
     _nothing_stuck_or_doubled(trials)
-    assert trials[cut].state is TrialState.FAIL and trials[cut].user_attrs["outcome"] == "stopped"
+    assert trials[cut].state is TrialState.FAIL and TrialRecord.from_trial(trials[cut]).outcome is Outcome.STOPPED
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == cut]
     assert retry.state is TrialState.COMPLETE and retry.params == trials[cut].params
     by_pid = {}
-    for trial in _measured(trials):
-        by_pid.setdefault(trial.user_attrs[WORKER_ATTR]["pid"], []).append(trial.number)
+    for record in _measured(trials):
+        by_pid.setdefault(record.worker["pid"], []).append(record.number)
     assert len(by_pid[survivor.pid]) == 4  # its own share, the retry included
     assert by_pid[victim.pid]  # what the killed worker finished is kept
 
@@ -183,8 +187,8 @@ def test_real_llama_cpp_trials_from_two_workers_on_postgres(tiny_model: Path, po
     trials = _trials(postgres_url, "real")
     _nothing_stuck_or_doubled(trials)
     measured = _measured(trials)
-    assert len(measured) >= 4 and all(t.user_attrs["outcome"] == "ok" and t.value > 0 for t in measured)
-    assert len({t.user_attrs[WORKER_ATTR]["pid"] for t in measured}) == 2
+    assert len(measured) >= 4 and all(record.outcome is Outcome.OK and record.objective > 0 for record in measured)
+    assert len({record.worker["pid"] for record in measured}) == 2
     [best] = Database(postgres_url).best_configs(Database(postgres_url).studies()[0].model_fingerprint)
     assert best.backend == "llama_cpp" and best.study_name == "real"
 

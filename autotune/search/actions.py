@@ -17,7 +17,8 @@ from autotune.errors import AutotuneError
 from autotune.hardware import HardwareProfile, probe_hardware
 from autotune.model_info import ModelProfile, inspect_model
 from autotune.search.objective import UNITS
-from autotune.search.study import Budget, StudyOutcome, Tuner, TrialRecord, register_study
+from autotune.search.records import TrialRecord
+from autotune.search.study import Budget, StudyOutcome, Tuner, register_study
 from autotune.search.trial_lines import TrialLines, cpu_only_note
 from autotune.search.workers import run_on_gpus
 from autotune.served import ServedFigures
@@ -277,7 +278,8 @@ def study_history(storage_url: str | None) -> list[tuple[str, ...]]:
     for row in db.studies():
         try:
             study = optuna.load_study(study_name=row.name, storage=storage)
-            measured = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and "warm_start_from" not in t.user_attrs]
+            measured = [t for t in study.get_trials(deepcopy=False)
+                        if t.state.name == "COMPLETE" and TrialRecord.from_trial(t).measured_here]
             best = max((t.value for t in measured if t.value), default=None)
         except KeyError:
             measured, best = [], None

@@ -25,8 +25,7 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.backends.base import Outcome
-
-WORKER_ATTR = "worker"
+from autotune.search.records import TrialRecord
 
 
 def identity(trial_number: int) -> dict[str, Any]:
@@ -46,8 +45,8 @@ def _gone_here(worker: dict[str, Any]) -> bool:
 
 
 def _orphaned(trial: FrozenTrial, grace_s: float) -> bool:
-    worker = trial.user_attrs.get(WORKER_ATTR)
-    if isinstance(worker, dict) and worker.get("trial") == trial.number:
+    worker = TrialRecord.from_trial(trial).worker
+    if worker is not None and worker.get("trial") == trial.number:
         return _gone_here(worker)
     # Never claimed (its worker died between asking and naming itself): gone after the grace period.
     started = trial.datetime_start
@@ -67,7 +66,8 @@ def fail_dead_trials(study: optuna.Study) -> int:
         if not _orphaned(trial, grace_s):
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, "outcome", Outcome.STOPPED.value)
+            for key, value in TrialRecord(trial.number, outcome=Outcome.STOPPED).to_user_attrs().items():
+                storage.set_trial_user_attr(trial._trial_id, key, value)
             if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
@@ -80,7 +80,7 @@ def fail_dead_trials(study: optuna.Study) -> int:
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # other hosts' workers, by their heartbeats
     stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-             if t.number in running and "result" not in t.user_attrs]
+             if t.number in running and TrialRecord.from_trial(t).result is None]
     return failed + len(stale)
 
 

@@ -17,7 +17,8 @@ from rich.markup import escape
 from autotune.backends.base import Backend, Config, Outcome, Workload
 from autotune.hardware import HardwareProfile
 from autotune.model_info import ModelProfile
-from autotune.search.study import TrialRecord, Tuner
+from autotune.search.records import TrialRecord
+from autotune.search.study import Tuner
 
 MESSAGE_CHARS = 60  # of a failed trial's last message line
 

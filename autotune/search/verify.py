@@ -20,7 +20,8 @@ from rich.console import Console
 from autotune.backends.base import Measurement, Outcome, TrialResult, Workload
 from autotune.cache_runtime.learned import DATA_DIR_ENV
 from autotune.search.objective import UNITS, objective_of
-from autotune.search.study import StudyOutcome, Tuner, trial_config_of
+from autotune.search.study import StudyOutcome, Tuner
+from autotune.search.winner import trial_config_of
 from autotune.served import ServedFigures, ServeFailed, measure_command
 from autotune.storage import BestConfigRow
 from autotune.units import format_size

@@ -22,15 +22,16 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 from rich.console import Console
 
-from autotune.backends.base import Outcome, TrialResult, Workload
+from autotune.backends.base import Outcome, Workload
 from autotune.errors import AutotuneError
 from autotune.hardware import probe_hardware
 from autotune.model_info import inspect_model
-from autotune.search.objective import UNITS, objective_of
-from autotune.search.study import Budget, StudyOutcome, TrialRecord, Tuner
+from autotune.search.objective import UNITS
+from autotune.search.records import TrialRecord
+from autotune.search.study import Budget, StudyOutcome, Tuner
 from autotune.storage import Database, shown_url
 
 POLL_S = 0.5
@@ -89,16 +90,6 @@ def join_study(
     return outcome
 
 
-def record_of(trial: FrozenTrial, workload: Workload) -> TrialRecord:
-    """A finished trial as the progress display shows it."""
-    attrs = trial.user_attrs
-    result = TrialResult.from_json(attrs["result"]) if "result" in attrs else None
-    measurement = objective_of(result, workload) if result else None
-    return TrialRecord(trial.number, attrs["backend"], attrs["config"], Outcome(attrs["outcome"]),
-                       attrs["predicted_vram"], result, measurement.mean if measurement else 0.0,
-                       measurement.std if measurement else 0.0)
-
-
 def _worker_command(model_path: Path, tuner: Tuner, seconds: float | None) -> list[str]:
     command = [sys.executable, "-m", "autotune.cli", "worker", str(model_path), "--study", tuner.study_name,
                "--storage", tuner.db.url]
@@ -133,9 +124,8 @@ def run_on_gpus(
             while True:
                 running = any(process.poll() is None for _, process, _ in workers)
                 for trial in tuner.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-                    if trial.number not in seen and "warm_start_from" not in trial.user_attrs:
+                    if trial.number not in seen and (record := TrialRecord.from_trial(trial)).measured_here:
                         seen.add(trial.number)
-                        record = record_of(trial, tuner.workload)
                         outcome.records.append(record)
                         if record.result is not None:
                             outcome.load_seconds += record.result.load_seconds

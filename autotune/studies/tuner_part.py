@@ -11,10 +11,12 @@ from typing import Any
 import optuna
 from rich.console import Console
 
-from autotune.backends.base import Outcome, TrialResult, Workload
+from autotune.backends.base import Outcome, Workload
 from autotune.backends.registry import get_backend
 from autotune.errors import AutotuneError
 from autotune.search.actions import run_study
+from autotune.search.pooling import results_of, within_cap
+from autotune.search.records import TrialRecord, finalists
 from autotune.storage import Database
 from autotune.studies.definition import StudyDefinition
 from autotune.studies.plan import Part, cap_label
@@ -45,14 +47,14 @@ def _trial_rows(study: optuna.Study, workload: Workload) -> list[dict[str, Any]]
     starts = [t.datetime_start for t in trials if t.datetime_start]
     rows = []
     for trial in trials:
-        attrs = trial.user_attrs
-        if "outcome" not in attrs:
+        record = TrialRecord.from_trial(trial)
+        if record.outcome is None:
             continue
-        if "result" in attrs:
-            row = pooled_row(attrs["config"], [TrialResult.from_json(attrs["result"])], workload, attrs["predicted_vram"])
+        if record.result is not None:
+            row = pooled_row(record.config, [record.result], workload, record.predicted_vram)
         else:  # pruned (predicted over the cap), or stopped before it measured
-            row = {"config": attrs.get("config"), "predicted_vram": attrs.get("predicted_vram"), "outcome": attrs["outcome"]}
-        row |= {"number": trial.number, "backend": attrs.get("backend"), "seeded": attrs.get("seeded"),
+            row = {"config": record.config, "predicted_vram": record.predicted_vram, "outcome": record.outcome.value}
+        row |= {"number": trial.number, "backend": record.backend, "seeded": record.seeded,
                 "elapsed_s": (trial.datetime_complete - min(starts)).total_seconds() if trial.datetime_complete else None}
         rows.append(row)
     return rows
@@ -61,14 +63,10 @@ def _trial_rows(study: optuna.Study, workload: Workload) -> list[dict[str, Any]]
 def _winner_row(study: optuna.Study, backend: str, config: dict[str, Any], cap: int, workload: Workload,
                 model_path: Path) -> dict[str, Any]:
     """The winner with every sample of its config within the cap: its trials' and the race's."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("outcome") == "ok"
-              and t.user_attrs.get("backend") == backend and t.user_attrs.get("config") == config]
-    results = []
-    for trial in trials:
-        results.append(TrialResult.from_json(trial.user_attrs["result"]))
-        results += [TrialResult.from_json(r) for r in study.user_attrs.get(f"remeasured:{trial.number}", [])]
-    results = [r for r in results if r.ok and (r.peak_vram_bytes is None or r.peak_vram_bytes <= cap)]
-    row = pooled_row(config, results, workload, trials[0].user_attrs["predicted_vram"])
+    trials = [t for t in study.get_trials(deepcopy=False) if (record := TrialRecord.from_trial(t)).outcome is Outcome.OK
+              and record.backend == backend and record.config == config]
+    results = within_cap(results_of(study, trials), cap)
+    row = pooled_row(config, results, workload, TrialRecord.from_trial(trials[0]).predicted_vram)
     return row | {"backend": backend, "trial": trials[0].number,
                   "command": launch_command(get_backend(backend), config, model_path)}
 
@@ -101,7 +99,7 @@ def run_tuner_part(definition: StudyDefinition, part: Part, model_path: Path, co
         if any(row["outcome"] == Outcome.GPU_LOST.value for row in record["trials"]):
             raise AutotuneError(f"{record.get('error', 'the GPU was lost')} (part {part.name} is not written; "
                                 "it runs again on the next call)")
-        record["finalists"] = study.user_attrs.get("finalists", [])
+        record["finalists"] = finalists(study)
         winner = outcome.winner if outcome is not None else None
         record["winner"] = (_winner_row(study, winner.backend, winner.config, part.cap, workload, model_path)
                             if winner is not None else None)

@@ -10,7 +10,8 @@ from rich.console import Console
 
 from autotune.errors import AutotuneError
 from autotune.search.actions import PreparedStudy, prepare_study, report
-from autotune.search.study import Budget, StudyOutcome, TrialRecord
+from autotune.search.records import TrialRecord
+from autotune.search.study import Budget, StudyOutcome
 from autotune.tui.dashboard import POLL_S, DashboardApp
 from autotune.tui.study_view import StudyView
 

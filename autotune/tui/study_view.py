@@ -16,12 +16,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autotune.backends.base import Backend, Config, Measurement, Outcome, TrialResult, Workload
+from autotune.backends.base import Backend, Config, Measurement, Outcome, Workload
 from autotune.backends.registry import get_backend
 from autotune.errors import AutotuneError
 from autotune.search.objective import UNITS
 from autotune.search.actions import launch_command
-from autotune.search.study import STOP_ATTR, request_stop
+from autotune.search.records import TrialRecord, request_stop, stop_requested
 from autotune.storage import BestConfigRow, Database, ModelRow, StudyRow, shown_url
 
 MIN_IMPORTANCE_TRIALS = 10  # complete trials before PED-ANOVA's importances (top 10% against the rest) mean anything
@@ -106,39 +106,44 @@ class StudySnapshot:
         return [key for key in keys if len(keys[key]) > 1 or key not in present]
 
 
-def _row(trial: FrozenTrial) -> TrialRow | None:
-    attrs = trial.user_attrs
-    if "backend" not in attrs or "config" not in attrs:
-        return None  # asked but not yet sampled, or never got that far
+def _outcome(trial: FrozenTrial, record: TrialRecord) -> str:
     if trial.state is TrialState.RUNNING:
-        outcome = RUNNING
-    elif trial.state is TrialState.FAIL:
-        outcome = attrs.get("outcome", Outcome.STOPPED.value)  # a dead worker's trial has no outcome of its own
-    else:
-        outcome = attrs.get("outcome", Outcome.PRUNED.value if trial.state is TrialState.PRUNED else RUNNING)
-    result = TrialResult.from_json(attrs["result"]) if "result" in attrs else None
-    message = attrs.get("message") or (result.message if result else "")
+        return RUNNING
+    if record.outcome is not None:
+        return record.outcome.value
+    if trial.state is TrialState.FAIL:
+        return Outcome.STOPPED.value  # a dead worker's trial has no outcome of its own
+    return Outcome.PRUNED.value if trial.state is TrialState.PRUNED else RUNNING
+
+
+def _row(trial: FrozenTrial) -> TrialRow | None:
+    record = TrialRecord.from_trial(trial)
+    if record.backend is None or record.config is None:
+        return None  # asked but not yet sampled, or never got that far
+    outcome = _outcome(trial, record)
+    result = record.result
+    message = record.message or (result.message if result else "")
     ok = outcome == Outcome.OK.value
     return TrialRow(
         number=trial.number,
-        backend=attrs["backend"],
-        config=dict(attrs["config"]),
+        backend=record.backend,
+        config=record.config,
         outcome=outcome,
         objective=trial.value if ok else None,
-        objective_std=attrs.get("objective_std") if ok else None,
+        objective_std=record.objective_std if ok else None,
         decode=result.decode_tps if result else None,
         prefill=result.prefill_tps if result else None,
-        predicted_vram=attrs.get("predicted_vram"),
+        predicted_vram=record.predicted_vram,
         peak_vram=result.peak_vram_bytes if result else None,
         message=message.strip(),
-        warm_start_from=attrs.get("warm_start_from"),
+        warm_start_from=record.warm_start_from,
     )
 
 
 def _eta(trials: list[FrozenTrial], measured: int, budget: int | None, seconds: float | None, now: datetime) -> float | None:
     """Seconds left: the measured trials' pace over the trials still to run, and/or the time budget."""
-    done = [t for t in trials if t.state is TrialState.COMPLETE and "warm_start_from" not in t.user_attrs
-            and t.datetime_start and t.datetime_complete]
+    done = [t for t in trials if t.state is TrialState.COMPLETE and t.datetime_start and t.datetime_complete
+            and TrialRecord.from_trial(t).measured_here]
     if not done:
         return None
     first = min(t.datetime_start for t in done)
@@ -186,7 +191,6 @@ class StudyView:
         row = self.db.study(self.name) or self.row
         trials = self.study.get_trials(deepcopy=False)
         rows = tuple(r for r in map(_row, trials) if r is not None)
-        attrs = self.study.user_attrs
         settings = row.settings
         winner = self._winner(row)
         snapshot = StudySnapshot(
@@ -199,7 +203,7 @@ class StudyView:
             trials_budget=settings.get("trials"),
             seconds_budget=settings.get("seconds"),
             rows=rows,
-            stop_requested=bool(attrs.get(STOP_ATTR)),
+            stop_requested=stop_requested(self.study),
             winner=winner.result.get("trial") if winner else None,
             winner_objective=Measurement(winner.objective_mean, winner.objective_std) if winner else None,
             winner_served=winner.result.get("served") if winner else None,
