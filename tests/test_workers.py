@@ -68,6 +68,28 @@ def test_run_on_two_gpus_pins_one_worker_to_each(tiny_model: Path, tmp_path: Pat
     assert Database(url).best_configs(Database(url).studies()[0].model_fingerprint)
 
 
+def test_the_race_after_the_workers_runs_on_the_first_gpu_and_leaves_this_process_environment(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import io
+
+    from rich.console import Console
+
+    from autotune.backends.base import Workload
+    from autotune.search.actions import run_study
+
+    monkeypatch.setenv("FAKE_BACKEND_SECONDS", "0.2")  # what the workers inherit, set by the test itself
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    before = dict(os.environ)
+    outcome = run_study(tiny_model, 8 * 2**30, [FAKE], 4, None, Workload(repetitions=2), "race", url, False, 60.0,
+                        "random", 3, True, Console(file=io.StringIO()), gpus=["0", "1"])
+    assert dict(os.environ) == before  # nothing pinned this process for the race
+    assert outcome.winner is not None
+    attrs = optuna.load_study(study_name="race", storage=Database(url).optuna_storage()).user_attrs
+    raced = [result for key, results in attrs.items() if key.startswith("remeasured:") for result in results]
+    assert raced and {result["extra"]["cuda_visible_devices"] for result in raced} == {"0"}
+
+
 def test_bad_gpu_lists_are_clear_errors(tiny_model: Path, tmp_path: Path):
     done = _cli(["run", str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--gpus", "0,0",
                  "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}"])
