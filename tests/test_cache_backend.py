@@ -116,6 +116,7 @@ def test_vram_prediction_is_the_runtimes_plan_and_a_cap_too_small_is_over_it(tin
     assert backend.predict_vram(small, model, WORKLOAD) == fixed_need > small["vram_cap"]
 
 
+@pytest.mark.slow
 def test_trials_share_one_load_and_report_the_cache_statistics(tiny_model: Path, cap: int, tmp_path: Path):
     backend = CacheBackend()
     configs = [{"vram_cap": cap, "eviction": "static"},
@@ -192,6 +193,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=900)
 
 
+@pytest.mark.slow
 def test_study_stores_a_winner_that_exports_and_serves_as_that_config(tiny_model: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch, cap: int):
     url = f"sqlite:///{tmp_path / 'autotune.db'}"
