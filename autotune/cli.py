@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+LLAMA_BENCH_ENV = "AUTOTUNE_LLAMA_BENCH"  # read by the option, here at the edge; no module sets it
+LLAMA_BENCH_HELP = "llama-bench executable for the llama_bench backend (default: on PATH or next to this Python)"
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -193,15 +195,12 @@ def run(
     verify: bool = typer.Option(True, help="serve the finalists' exported commands, measure them over HTTP and "
                                            "pick the winner by served speed"),
     batch: int = typer.Option(2, min=1, help="trials per model load (siblings differ only in knobs set after loading)"),
-    llama_bench: Optional[Path] = typer.Option(None, "--llama-bench", help="llama-bench executable for the llama_bench backend"),
+    llama_bench: Optional[Path] = typer.Option(None, "--llama-bench", envvar=LLAMA_BENCH_ENV, help=LLAMA_BENCH_HELP),
     gpus: Optional[str] = typer.Option(None, help="one worker process per listed GPU on the same study, e.g. 0,1"),
     tui: bool = typer.Option(False, "--tui", help="run the study behind the live dashboard (x or Ctrl-C: stop after the running trial)"),
 ) -> None:
     """Tune MODEL under a VRAM cap; the winner is stored and printed as a launch command."""
     interrupts.install()
-
-    if llama_bench is not None:
-        _use_llama_bench(llama_bench)
 
     from autotune.units import parse_duration, parse_size
 
@@ -234,6 +233,7 @@ def run(
         batch=batch,
         gpus=_gpu_list(gpus) if gpus is not None else None,
         verify=verify,
+        llama_bench=_llama_bench_path(llama_bench),
     )
 
 
@@ -252,24 +252,26 @@ def worker(
     storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the study's database"),
     trials: Optional[int] = typer.Option(None, min=1, help="measured trials to add (default: until the study's budget is spent)"),
     time_budget: Optional[str] = typer.Option(None, "--time", help="wall-time budget of this worker, e.g. 15m"),
+    llama_bench: Optional[Path] = typer.Option(None, "--llama-bench", envvar=LLAMA_BENCH_ENV, help=LLAMA_BENCH_HELP),
 ) -> None:
     """Join a study from another process or machine and add trials to it."""
     from autotune.search.workers import join_study
     from autotune.units import parse_duration
 
     interrupts.install()
-    join_study(model, study, storage, trials, parse_duration(time_budget, "--time") if time_budget else None, console)
+    join_study(model, study, storage, trials, parse_duration(time_budget, "--time") if time_budget else None, console,
+               _llama_bench_path(llama_bench))
 
 
-def _use_llama_bench(binary: Path) -> None:
-    """Point the llama_bench backend at this executable (through its environment variable)."""
+def _llama_bench_path(binary: Path | None) -> str | None:
+    """The llama-bench executable the llama_bench backend is given (None: the one it finds)."""
     import os
 
-    from autotune.backends.llama_cpp.bench import ENV_BINARY
-
+    if binary is None:
+        return None
     if not binary.is_file() or not os.access(binary, os.X_OK):
-        raise AutotuneError(f"--llama-bench {binary}: not an executable file")
-    os.environ[ENV_BINARY] = str(binary.resolve())
+        raise AutotuneError(f"--llama-bench (or ${LLAMA_BENCH_ENV}) {binary}: not an executable file")
+    return str(binary.resolve())
 
 
 @app.command()

@@ -1,13 +1,36 @@
-"""Shared fixtures: synthetic models are written once per test session."""
+"""Shared fixtures: synthetic models are written once per test session. Tests marked ``gpu``
+skip where there is no CUDA GPU."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from autotune.synth import write_synthetic_model
+
+
+@functools.cache
+def _without_cuda() -> str | None:
+    """Why tests marked ``gpu`` cannot run here; None where they can."""
+    from autotune.hardware import probe_hardware
+
+    if not probe_hardware().has_gpu:
+        return "needs an NVIDIA GPU"
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "needs PyTorch built with CUDA"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") is not None and (reason := _without_cuda()):
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session", autouse=True)

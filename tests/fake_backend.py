@@ -3,7 +3,8 @@
 Decode speed rises with threads and falls with experts on the CPU; VRAM falls with experts
 on the CPU. ``FAKE_BACKEND_FAULTS`` maps n_cpu_moe values to a fault: ``crash``, ``hang``,
 ``oom``, ``gpu_lost`` (e.g. "3=crash,5=hang"). Each trial runs a real child process; an ok
-result names the worker process and its CUDA_VISIBLE_DEVICES in ``extra``.
+result names the worker process and the CUDA_VISIBLE_DEVICES of its child in ``extra`` (the
+child runs on the backend's ``gpu``).
 ``FAKE_BACKEND_BARRIER=DIR:N``: a trial first waits (up to a minute) until trials under N
 different CUDA_VISIBLE_DEVICES values have started, so that every worker gets trials however
 slowly the others start.
@@ -62,10 +63,12 @@ class FakeBackend(Backend):
         kind = fault.get(str(config["n_cpu_moe"]), "none")
         _wait_at_barrier(os.environ.get("FAKE_BACKEND_BARRIER"))
         sleep = float(os.environ.get("FAKE_BACKEND_SECONDS", "0.05"))
-        code = {"crash": "import os; os.abort()", "hang": "import time; time.sleep(3600)"}.get(kind, f"import time; time.sleep({sleep})")
+        code = {"crash": "import os; os.abort()", "hang": "import time; time.sleep(3600)"}.get(
+            kind, f"import os, time; time.sleep({sleep}); print(os.environ.get('CUDA_VISIBLE_DEVICES', ''))")
         started = time.monotonic()
         try:
-            done = subprocess.run([sys.executable, "-c", code], timeout=min(deadline_s, 5.0 if kind == "hang" else deadline_s))
+            done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **self.gpu.env()}, capture_output=True,
+                                  text=True, timeout=min(deadline_s, 5.0 if kind == "hang" else deadline_s))
         except subprocess.TimeoutExpired:
             return TrialResult(Outcome.TIMEOUT, "deadline passed", wall_seconds=time.monotonic() - started)
         if done.returncode != 0:
@@ -85,7 +88,7 @@ class FakeBackend(Backend):
             peak_vram_bytes=self.predict_vram(config, model, workload) + 10 * 2**20,
             load_seconds=0.01,
             wall_seconds=time.monotonic() - started,
-            extra={"worker_pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
+            extra={"worker_pid": os.getpid(), "cuda_visible_devices": done.stdout.strip() or None},
         )
 
     def launch_command(self, config: Config, model_path: Path, fmt: str) -> str:

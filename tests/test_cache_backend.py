@@ -117,6 +117,7 @@ def test_vram_prediction_is_the_runtimes_plan_and_a_cap_too_small_is_over_it(tin
     assert backend.predict_vram(small, model, WORKLOAD) == fixed_need > small["vram_cap"]
 
 
+@pytest.mark.slow
 def test_trials_share_one_load_and_report_the_cache_statistics(tiny_model: Path, cap: int, tmp_path: Path):
     backend = CacheBackend()
     configs = [{"vram_cap": cap, "eviction": "static"},
@@ -193,6 +194,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=900)
 
 
+@pytest.mark.slow
 def test_study_stores_a_winner_that_exports_and_serves_as_that_config(tiny_model: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch, cap: int):
     url = f"sqlite:///{tmp_path / 'autotune.db'}"
@@ -256,10 +258,12 @@ def test_serve_flags_override_the_base_config_and_bad_ones_are_one_line_errors(t
     assert not served
 
 
-def test_the_parent_plans_the_slot_split_the_child_allocates_from_the_same_counts(tiny_model: Path, cap: int):
+def test_the_parent_plans_the_slot_split_the_child_allocates_from_the_same_counts(
+        tiny_model: Path, cap: int, monkeypatch: pytest.MonkeyPatch):
     """The parent's VRAM prediction and the trial child seed from one source (the trials'
     placement file, ``cache_placement``), so a slot split by routing is planned as allocated."""
     from autotune.backends.cache.winner_placement import with_trial_placement
+    from autotune.cache_runtime import budget
     from autotune.cache_runtime.budget import plan_vram
     from autotune.cache_runtime.learned import seed_counts
 
@@ -273,3 +277,8 @@ def test_the_parent_plans_the_slot_split_the_child_allocates_from_the_same_count
     planned = plan_vram(sizes, cfg, counts, kv_element_bytes=4)  # the CPU path's float32 KV cache
     assert list(planned.slots) == result.extra["slots_per_layer"]
     assert list(plan_vram(sizes, cfg, None, kv_element_bytes=4).slots) != result.extra["slots_per_layer"]
+    planned_with = []  # the counts the backend's own prediction plans with
+    monkeypatch.setattr(budget, "plan_vram", lambda *args, **kwargs: planned_with.append(args[2]) or plan_vram(*args, **kwargs))
+    predicted = CacheBackend().predict_vram(config, model, WORKLOAD)
+    assert len(planned_with) == 1 and np.array_equal(planned_with[0], counts)
+    assert predicted == plan_vram(sizes, cfg, counts).peak

@@ -119,6 +119,7 @@ async def test_filtering_by_outcome_and_backend(tmp_path: Path):
         assert app.query_one(TrialsTable).backend_filter is None
 
 
+@pytest.mark.slow
 @run_async
 async def test_copy_and_write_the_selected_launch_command(tmp_path: Path):
     app = _app(recorded_study(f"sqlite:///{tmp_path / 'db.sqlite'}"), tmp_path)
@@ -131,6 +132,7 @@ async def test_copy_and_write_the_selected_launch_command(tmp_path: Path):
         assert written.read_text() == """fake-server -m /models/tiny.gguf --config '{"n_cpu_moe": 0, "n_threads": 3}'\n"""
 
 
+@pytest.mark.slow
 @run_async
 async def test_the_stop_key_stores_a_stop_request_only_for_a_running_study(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
@@ -149,6 +151,7 @@ async def test_the_stop_key_stores_a_stop_request_only_for_a_running_study(tmp_p
             assert stop_requested(study) is stopped
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["ctrl+c", "sigterm"])
 @run_async
 async def test_run_tui_stops_after_the_running_trial(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

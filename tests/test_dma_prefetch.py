@@ -81,7 +81,7 @@ def test_a_paused_stager_queues_nothing() -> None:
         stager.close()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA driver's copies need a GPU")
+@pytest.mark.gpu  # the CUDA driver's copies
 def test_driver_copies_land_before_their_tag_on_another_thread() -> None:
     home = [tuple(torch.randint(0, 255, (N_EXPERT, n), dtype=torch.uint8).pin_memory() for n in (4096, 4096, 8192))
             for _ in range(N_LAYERS)]

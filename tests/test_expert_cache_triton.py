@@ -118,7 +118,7 @@ def test_dma_claim_takes_only_this_steps_landed_rows() -> None:
     assert mailbox.tolist() == [[0, 0, 0], [3, -1, 8]]
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="a copy landing while the claim runs needs two GPU streams")
+@pytest.mark.gpu  # a copy landing while the claim runs needs two GPU streams
 def test_dma_claim_waits_for_a_copy_in_flight() -> None:
     """The claim starts before the tag of a predicted expert lands (another stream writes it
     after a sleep) and still takes the row, counting its reads of the tags."""
@@ -200,7 +200,6 @@ def test_cache_on_triton_kernels_gives_full_residency_tokens(tiny_model: Path) -
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
 def test_decode_graph_survives_rebalances_admissions_and_prefetch(tiny_model: Path) -> None:
     full = Engine(tiny_model, kernels="triton", max_ctx=64).generate(PROMPT, 48)
     for mode, depth, copies in (("zero_copy", 0, "sm"), ("copy", 1, "sm"), ("zero_copy", 2, "sm"),
@@ -213,7 +212,6 @@ def test_decode_graph_survives_rebalances_admissions_and_prefetch(tiny_model: Pa
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
 def test_lent_slots_survive_prefills_beside_the_decode_graph(tiny_model: Path, monkeypatch) -> None:
     """Three sequences, each prefill taking the lent slots' memory back and lending it again,
     with the captured decode graph reading them: every lend allocated (none refused), and the

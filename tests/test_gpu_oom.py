@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from autotune.backends.base import Outcome, TrialResult, Workload
-from autotune.hardware import probe_hardware
 
-pytestmark = pytest.mark.skipif(not probe_hardware().has_gpu, reason="needs an NVIDIA GPU")
+pytestmark = pytest.mark.gpu
 
 WORKLOAD = Workload(n_prompt=8, n_gen=4, repetitions=1, n_ctx=64)
 LEFT_FREE = 3 * 2**30 // 2  # what another process leaves free on the card in the llama.cpp case

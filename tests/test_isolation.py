@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any, Iterator
 
 from autotune.backends.base import Outcome
+from autotune.isolation.gpu import TrialGpu
 from autotune.isolation.trial_process import mentions_oom, run_isolated
 from autotune.isolation.vram import VramSampler
 from autotune.hardware import probe_hardware
@@ -51,7 +52,8 @@ class Probe:
     @staticmethod
     def run(state: Any, item: dict[str, Any]) -> dict[str, Any]:
         Probe._act(item)
-        return {"decode_tps": [10.0, 12.0, 14.0], "prefill_tps": [100.0], "extra": {"pid": os.getpid()}}
+        return {"decode_tps": [10.0, 12.0, 14.0], "prefill_tps": [100.0],
+                "extra": {"pid": os.getpid(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}}
 
 
 class FakeSampler:
@@ -70,7 +72,7 @@ class FakeSampler:
 
 def fake_sampler(peak: int):
     @contextmanager
-    def factory(gpu_index: int) -> Iterator[FakeSampler]:
+    def factory(gpu: TrialGpu) -> Iterator[FakeSampler]:
         yield FakeSampler(peak)
 
     return factory
@@ -227,8 +229,30 @@ def test_the_sampler_watches_the_gpu_cuda_visible_devices_names(monkeypatch):
     nvml.nvmlDeviceGetHandleByIndex = lambda index: opened.append(index) or "gpu"
     nvml.nvmlDeviceGetHandleByUUID = lambda uuid: opened.append(uuid) or "gpu"
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")  # this process's own: a given list wins over it
     for visible, index, expected in (("3,5", 1, 5), ("GPU-abc,2", 0, "GPU-abc"), ("", 1, 1)):
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-        with VramSampler(gpu_index=index):
+        with VramSampler(TrialGpu(visible, index)):
             pass
         assert opened.pop() == expected
+    for inherited, expected in (("4", 4), ("", 0)):  # no list given: the children see this process's
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", inherited)
+        with VramSampler(TrialGpu()):
+            pass
+        assert opened.pop() == expected
+
+
+def test_the_child_gets_its_gpu_in_its_environment_and_the_parents_stays_as_it_was(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    sampled: list[TrialGpu] = []
+
+    @contextmanager
+    def sampler(gpu: TrialGpu) -> Iterator[FakeSampler]:
+        sampled.append(gpu)
+        yield FakeSampler(0)
+
+    before = dict(os.environ)
+    (pinned,) = run_isolated(TARGET, {}, [{}], 60, gpu=TrialGpu("1"), sampler=sampler)
+    (inherited,) = run_isolated(TARGET, {}, [{}], 60, sampler=sampler)
+    assert dict(os.environ) == before
+    assert pinned.extra["visible"] == "1" and inherited.extra["visible"] == "0,1"
+    assert sampled == [TrialGpu("1"), TrialGpu()]  # the sampler watches the GPU the child runs on

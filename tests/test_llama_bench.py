@@ -65,6 +65,7 @@ def test_a_missing_binary_makes_the_backend_unavailable(tmp_path: Path):
     assert LlamaBenchBackend().available() is None
 
 
+@pytest.mark.slow
 def test_run_takes_llama_bench_from_an_option(tiny_model: Path, tmp_path: Path):
     """``--llama-bench PATH`` picks the binary: a 2-trial study of the llama_bench backend."""
     import sys

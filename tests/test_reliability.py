@@ -79,6 +79,7 @@ def _no_trial_counted_twice(trials: list[optuna.trial.FrozenTrial]) -> None:
 # -- bad input -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_leaves_nothing_behind(tiny_model: Path, dense_model: Path, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     text = tmp_path / "notes.gguf"
@@ -123,6 +124,7 @@ def _has_llama_cpp() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage, message", [
     ("postgresql://nobody@127.0.0.1:1/x", "Connection refused"),
     ("sqlite:///{tmp}/missing/dir/db.sqlite", "does its directory exist"),
@@ -141,6 +143,7 @@ def test_unreachable_storage_is_one_line(tiny_model: Path, tmp_path: Path, stora
     assert not (tmp_path / "missing").exists() and not (ROOT / "autotune.db").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["worker", "{model}", "--study", "s"], ["study", "run", "{tmp}"]])
 @pytest.mark.parametrize("budget, message", [("0s", "--time: the duration '0s' must be more than zero"),
                                              ("0.0m", "--time: the duration '0.0m' must be more than zero")])
@@ -153,6 +156,7 @@ def test_a_zero_time_budget_names_its_flag(tiny_model: Path, tmp_path: Path, com
     assert not (tmp_path / "db.sqlite").exists()  # refused before anything was opened
 
 
+@pytest.mark.slow
 def test_odd_model_paths_run_and_export(tiny_model: Path, tmp_path: Path):
     odd = tmp_path / "mödel 'quoted' \"x\" $(touch pwned) ;.gguf"
     odd.write_bytes(tiny_model.read_bytes())
@@ -168,6 +172,7 @@ def test_odd_model_paths_run_and_export(tiny_model: Path, tmp_path: Path):
 # -- faults inside trials ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_lost_gpu_stops_the_study_with_its_reason_and_resume_goes_on(tiny_model: Path, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     args = ["run", str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--trials", "3", "--storage", url,
@@ -241,7 +246,7 @@ def model_env(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOTUNE_TEST_MODEL", str(tiny_model))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM])  # one is fast
 def test_signal_during_a_trial_then_resume(model_env: None, tmp_path: Path, signum: int):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
 
@@ -254,6 +259,7 @@ def test_signal_during_a_trial_then_resume(model_env: None, tmp_path: Path, sign
     _interrupted_then_resumed(url, "s", interrupt)
 
 
+@pytest.mark.slow
 def test_sigint_during_a_database_write_then_resume(model_env: None, tmp_path: Path):
     """The test holds the database's write lock, so the tuner's next write waits inside SQLite;
     the interrupt arrives then, and the lock is let go after it."""
@@ -274,6 +280,7 @@ def test_sigint_during_a_database_write_then_resume(model_env: None, tmp_path: P
     _interrupted_then_resumed(url, "s", interrupt, seconds="0.5")
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_tuner_then_resume(model_env: None, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
 
@@ -290,6 +297,7 @@ def test_kill_9_of_the_tuner_then_resume(model_env: None, tmp_path: Path):
 # -- concurrency on one SQLite file --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_sqlite_database_and_on_one_study(tiny_model: Path, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     common = ["run", str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--storage", url, "--no-remeasure"]

@@ -22,6 +22,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "autotune.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_six_trial_study_stores_best_and_exports_it(tiny_model: Path, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'autotune.db'}"
     done = _cli("run", str(tiny_model), "--vram-cap", "4G", "--trials", "6", "--storage", url, "--seed", "0",

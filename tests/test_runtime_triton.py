@@ -125,6 +125,7 @@ def _moe_weights(rng):
     return gate, up, down
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shapes", [(None, None), (1, 2)])  # a cache config's launch shapes
 def test_moe_decode_kernels_route_and_sum_like_torch(monkeypatch: pytest.MonkeyPatch, shapes) -> None:
     monkeypatch.setattr(triton_ops, "ROUTER_WARPS", 2)  # 4 router programs: the last one routes
@@ -173,6 +174,7 @@ def test_router_ranks_ties_by_lowest_id(norm_topk: bool) -> None:
     assert _rel(xn.cpu(), rmsnorm(h[None], ffn_norm, 1e-6)[0].cpu()) < 1e-6
 
 
+@pytest.mark.slow
 def test_qgemm_experts_match_torch() -> None:
     rng = np.random.default_rng(3)
     gate, up, down = _moe_weights(rng)
@@ -243,7 +245,6 @@ def test_engine_on_triton_kernels_matches_reference(tiny_model) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU")
 def test_decode_graph_replays_like_eager_and_survives_moving_experts(tiny_model) -> None:
     """Graph replays give eager decoding's tokens; after repointing every expert of layer 0 to
     a pinned host copy, the same graph (no re-capture) gives the same logits."""

@@ -84,6 +84,7 @@ def _wait_for(condition, seconds: float) -> bool:
     return condition()
 
 
+@pytest.mark.slow
 def test_kill_9_loses_at_most_one_save_interval_and_a_restart_places_by_what_was_saved(tiny_model: Path, cap: int,
                                                                                          tmp_path: Path):
     data = tmp_path / "data"

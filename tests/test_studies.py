@@ -58,6 +58,7 @@ def _results(study: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((study / "results").glob("*"))}
 
 
+@pytest.mark.slow
 def test_tiny_study_runs_in_two_calls_and_reports(tmp_path: Path):
     pytest.importorskip("llama_cpp")
     study, models = tmp_path / "tiny_cpu", tmp_path / "models"

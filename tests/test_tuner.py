@@ -53,6 +53,7 @@ def test_study_runs_prunes_and_stores_best(tiny_model: Path, tmp_path: Path):
     assert '"backend": "fake"' in best.output
 
 
+@pytest.mark.slow
 def test_faults_are_recorded_and_the_study_goes_on(tiny_model: Path, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     env = {"FAKE_BACKEND_FAULTS": "4=crash,1=hang,2=oom"}
@@ -66,6 +67,7 @@ def test_faults_are_recorded_and_the_study_goes_on(tiny_model: Path, tmp_path: P
     assert outcomes.get(1) is Outcome.TIMEOUT and outcomes.get(2) is Outcome.OOM, outcomes
 
 
+@pytest.mark.slow
 def test_second_run_warm_starts_from_the_first(tiny_model: Path, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     common = ["run", str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--storage", url, "--seed", "2"]
@@ -81,6 +83,7 @@ def test_second_run_warm_starts_from_the_first(tiny_model: Path, tmp_path: Path)
     assert run_here[0].params == first_best  # the earlier winner is tried first
 
 
+@pytest.mark.slow
 def test_sigint_then_resume_loses_nothing(tiny_model: Path, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     args = [sys.executable, "-m", "autotune.cli", "run", str(tiny_model), "--vram-cap", "8G", "--backends", FAKE,

@@ -50,6 +50,7 @@ def _nothing_stuck_or_doubled(trials: list[optuna.trial.FrozenTrial]) -> None:
     assert all(record.result is not None for record in _measured(trials))  # every count is a measurement
 
 
+@pytest.mark.slow
 def test_run_on_two_gpus_pins_one_worker_to_each(tiny_model: Path, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     barrier = tmp_path / "barrier"  # both workers measure, however slowly the second starts
@@ -71,12 +72,36 @@ def test_run_on_two_gpus_pins_one_worker_to_each(tiny_model: Path, tmp_path: Pat
     assert Database(url).best_configs(Database(url).studies()[0].model_fingerprint)
 
 
+@pytest.mark.slow
+def test_the_race_after_the_workers_runs_on_the_first_gpu_and_leaves_this_process_environment(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import io
+
+    from rich.console import Console
+
+    from autotune.backends.base import Workload
+    from autotune.search.actions import run_study
+
+    monkeypatch.setenv("FAKE_BACKEND_SECONDS", "0.2")  # what the workers inherit, set by the test itself
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    before = dict(os.environ)
+    outcome = run_study(tiny_model, 8 * 2**30, [FAKE], 4, None, Workload(repetitions=2), "race", url, False, 60.0,
+                        "random", 3, True, Console(file=io.StringIO()), gpus=["0", "1"])
+    assert dict(os.environ) == before  # nothing pinned this process for the race
+    assert outcome.winner is not None
+    attrs = optuna.load_study(study_name="race", storage=Database(url).optuna_storage()).user_attrs
+    raced = [result for key, results in attrs.items() if key.startswith("remeasured:") for result in results]
+    assert raced and {result["extra"]["cuda_visible_devices"] for result in raced} == {"0"}
+
+
 def test_bad_gpu_lists_are_clear_errors(tiny_model: Path, tmp_path: Path):
     done = _cli(["run", str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--gpus", "0,0",
                  "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}"])
     assert done.returncode == 2 and "--gpus '0,0'" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_worker_joins_only_the_studys_model_and_machine(tiny_model: Path, dense_model: Path, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     missing = _cli(["worker", str(tiny_model), "--study", "nope", "--storage", url])
@@ -98,6 +123,7 @@ def test_a_worker_joins_only_the_studys_model_and_machine(tiny_model: Path, dens
     assert len(_measured(_trials(url, "s"))) == 1  # nothing was added
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask-and-tell here, as in the tuner
 def test_liveness_fails_dead_workers_trials_and_retries_them_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AUTOTUNE_HEARTBEAT_S", "1")  # grace period: 4 s
@@ -139,6 +165,7 @@ def test_liveness_fails_dead_workers_trials_and_retries_them_once(tmp_path: Path
     assert len([t for t in study.get_trials() if t.state is TrialState.WAITING]) == 1
 
 
+@pytest.mark.slow
 def test_two_workers_on_postgres_and_one_killed_mid_trial(tiny_model: Path, postgres_url: str):
     env = _env(FAKE_BACKEND_SECONDS="1.0", AUTOTUNE_HEARTBEAT_S="1")
     created = _cli(["run", str(tiny_model), "--vram-cap", "8G", "--backends", FAKE, "--trials", "1",
@@ -178,6 +205,7 @@ def test_two_workers_on_postgres_and_one_killed_mid_trial(tiny_model: Path, post
     assert by_pid[victim.pid]  # what the killed worker finished is kept
 
 
+@pytest.mark.slow
 def test_real_llama_cpp_trials_from_two_workers_on_postgres(tiny_model: Path, postgres_url: str):
     pytest.importorskip("llama_cpp")
     done = _cli(["run", str(tiny_model), "--vram-cap", "4G", "--trials", "4", "--storage", postgres_url,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from autotune.errors import AutotuneError
+from autotune.isolation.gpu import TrialGpu
 
 if TYPE_CHECKING:  # kept out of trial child processes, which import this module
     import optuna
@@ -133,6 +134,10 @@ class Backend(abc.ABC):
     fills_budget: ClassVar[bool] = False
     """A runtime that fills whatever VRAM budget its config names: the tuner hands each sampled
     config the study's cap through ``fill_cap`` instead of searching the budget."""
+    gpu: TrialGpu = TrialGpu()
+    """The GPU this backend's trial children (and its served command) run on, given to each
+    child in its environment (``TrialGpu.env``); ``get_backend`` sets it. Default: the GPUs
+    this process sees."""
 
     @abc.abstractmethod
     def available(self) -> str | None:

@@ -6,6 +6,7 @@ import importlib
 
 from autotune.backends.base import Backend
 from autotune.errors import AutotuneError
+from autotune.isolation.gpu import TrialGpu
 
 BUILTIN = {
     "llama_cpp": "autotune.backends.llama_cpp.backend:LlamaCppBackend",
@@ -13,7 +14,10 @@ BUILTIN = {
     "cache": "autotune.backends.cache.backend:CacheBackend",
 }
 
-def get_backend(name: str) -> Backend:
+
+def get_backend(name: str, llama_bench: str | None = None, gpu: TrialGpu = TrialGpu()) -> Backend:
+    """The backend of that name (or ``module:Class`` spec), its trials on ``gpu``.
+    ``llama_bench``: the executable the ``llama_bench`` backend runs (None: the one it finds)."""
     spec = BUILTIN.get(name, name)
     if ":" not in spec:
         raise AutotuneError(f"unknown backend {name!r}; choose from: {', '.join(BUILTIN)}")
@@ -27,4 +31,6 @@ def get_backend(name: str) -> Backend:
     missing = sorted(backend_class.__abstractmethods__)
     if missing:  # found now, not by the first trial that needs it
         raise AutotuneError(f"backend {name!r} lacks {', '.join(missing)} (see autotune.backends.base.Backend)")
-    return backend_class()
+    backend = backend_class(llama_bench) if name == "llama_bench" else backend_class()
+    backend.gpu = gpu
+    return backend

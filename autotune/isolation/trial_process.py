@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager
 
 from autotune.backends.base import Measurement, Outcome, TrialResult
+from autotune.isolation.gpu import TrialGpu
 from autotune.isolation.vram import VramSampler
 
 POLL_S = 0.05
@@ -43,7 +44,7 @@ _OOM = re.compile(
     re.IGNORECASE,
 )
 
-Sampler = Callable[[int], ContextManager[VramSampler]]
+Sampler = Callable[[TrialGpu], ContextManager[VramSampler]]
 
 
 def run_isolated(
@@ -53,13 +54,14 @@ def run_isolated(
     deadline_s: float,
     *,
     vram_cap: int | None = None,
-    gpu_index: int = 0,
+    gpu: TrialGpu = TrialGpu(),
     sampler: Sampler = VramSampler,
 ) -> list[TrialResult]:
-    """One result per item, in order; never raises for what happens inside the child."""
+    """One result per item, in order; never raises for what happens inside the child. The child
+    runs on ``gpu`` (its environment says so) and the sampler samples that GPU."""
     results: list[TrialResult] = []
     while len(results) < len(items):
-        results += _run_child(target, common, items[len(results) :], deadline_s, gpu_index, sampler)
+        results += _run_child(target, common, items[len(results) :], deadline_s, gpu, sampler)
     if vram_cap is not None:
         results = [check_cap(result, vram_cap) for result in results]
     return results
@@ -74,7 +76,7 @@ def run_in_load_groups(
     deadline_s: float,
     *,
     vram_cap: int | None = None,
-    gpu_index: int = 0,
+    gpu: TrialGpu = TrialGpu(),
 ) -> list[TrialResult]:
     """One result per config, in order: configs equal in ``load_key`` share a child (one model
     load, set up from the group's first config by ``common``), each measured as ``item``."""
@@ -84,7 +86,7 @@ def run_in_load_groups(
     results: list[TrialResult | None] = [None] * len(configs)
     for indexes in groups.values():
         measured = run_isolated(target, common(configs[indexes[0]]), [item(configs[i]) for i in indexes],
-                                deadline_s, vram_cap=vram_cap, gpu_index=gpu_index)
+                                deadline_s, vram_cap=vram_cap, gpu=gpu)
         for index, result in zip(indexes, measured):
             results[index] = result
     return [result for result in results if result is not None]
@@ -104,9 +106,10 @@ def check_cap(result: TrialResult, vram_cap: int) -> TrialResult:
     return replace(result, outcome=Outcome.OVER_CAP, message=message)
 
 
-def _child_env() -> dict[str, str]:
-    """The child imports what this process imports (tests/ included, under pytest)."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+def _child_env(gpu: TrialGpu) -> dict[str, str]:
+    """This process's environment, on ``gpu``; the child imports what this process imports
+    (tests/ included, under pytest)."""
+    return {**os.environ, **gpu.env(), "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
 
 
 class _Lines:
@@ -187,7 +190,7 @@ def _run_child(
     common: dict[str, Any],
     items: list[dict[str, Any]],
     deadline_s: float,
-    gpu_index: int,
+    gpu: TrialGpu,
     sampler: Sampler,
 ) -> list[TrialResult]:
     """Results of a prefix of ``items`` (at least one): all of them, or up to the one that failed."""
@@ -200,14 +203,14 @@ def _run_child(
         ready: dict[str, Any] | None = None
         error: dict[str, Any] | None = None
         timed_out = False
-        with sampler(gpu_index) as vram, log_path.open("wb") as log:
+        with sampler(gpu) as vram, log_path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "autotune.isolation.child_main", str(job), str(results_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env=_child_env(),
+                env=_child_env(gpu),
             )
             try:
                 vram.watch(process.pid)

@@ -5,9 +5,9 @@ grandchild). Each sample is the sum of the per-process figures the driver lists 
 group (``nvmlDeviceGetComputeRunningProcesses``: the CUDA context included); where the
 driver lists none of them (no per-process accounting, another PID namespace), the sample
 is the device's used memory less what it used when the sampler started. Without pynvml,
-a driver or the GPU, every figure is None. ``gpu_index`` counts the GPUs CUDA sees: under
-``CUDA_VISIBLE_DEVICES`` (a pinned worker) it is mapped to the device NVML calls by that
-entry. When NVML stops answering for the device mid-trial (the GPU fell off the bus, the
+a driver or the GPU, every figure is None. ``gpu`` names the sampled GPU as the sampled
+processes see it (``TrialGpu``: under a CUDA_VISIBLE_DEVICES list, the device NVML calls by
+that entry). When NVML stops answering for the device mid-trial (the GPU fell off the bus, the
 driver went away), sampling stops and ``lost`` says why.
 """
 
@@ -17,12 +17,14 @@ import os
 import threading
 from typing import Any
 
+from autotune.isolation.gpu import TrialGpu
+
 
 class VramSampler:
     """Samples one GPU for one process group, from ``watch`` to the end of the ``with`` block."""
 
-    def __init__(self, gpu_index: int = 0, interval_s: float = 0.05):
-        self.gpu_index = gpu_index
+    def __init__(self, gpu: TrialGpu = TrialGpu(), interval_s: float = 0.05):
+        self.gpu = gpu
         self.interval_s = interval_s
         self._nvml: Any = None
         self._handle: Any = None
@@ -44,7 +46,7 @@ class VramSampler:
         except Exception:  # no package, no driver: a CPU-only machine
             return self
         try:
-            self._handle = _device_handle(pynvml, self.gpu_index)
+            self._handle = _device_handle(pynvml, self.gpu)
             self._baseline = int(pynvml.nvmlDeviceGetMemoryInfo(self._handle).used)
             self._nvml = pynvml
         except pynvml.NVMLError:
@@ -123,12 +125,11 @@ class VramSampler:
         return total if found else None
 
 
-def _device_handle(pynvml: Any, index: int) -> Any:
-    """NVML's handle of the ``index``-th GPU CUDA sees (NVML itself ignores CUDA_VISIBLE_DEVICES)."""
-    visible = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
-    if index >= len(visible):
-        return pynvml.nvmlDeviceGetHandleByIndex(index)
-    entry = visible[index]
+def _device_handle(pynvml: Any, gpu: TrialGpu) -> Any:
+    """NVML's handle of the sampled GPU (NVML itself ignores CUDA_VISIBLE_DEVICES)."""
+    entry = gpu.nvml_entry()
+    if entry is None:
+        return pynvml.nvmlDeviceGetHandleByIndex(gpu.index)
     if entry.isdigit():
         return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
     return pynvml.nvmlDeviceGetHandleByUUID(entry)

@@ -15,6 +15,7 @@ from autotune.backends.base import Backend, Config, Outcome, Workload
 from autotune.backends.registry import get_backend
 from autotune.errors import AutotuneError
 from autotune.hardware import HardwareProfile, probe_hardware
+from autotune.isolation.gpu import TrialGpu
 from autotune.model_info import ModelProfile, inspect_model
 from autotune.search.objective import UNITS
 from autotune.search.records import TrialRecord
@@ -35,12 +36,14 @@ def default_backends(hw: HardwareProfile) -> list[str]:
     return ["llama_cpp", "cache"] if hw.has_gpu else ["llama_cpp"]
 
 
-def _usable_backends(names: list[str], model: ModelProfile) -> list[Backend]:
+def _usable_backends(names: list[str], model: ModelProfile, llama_bench: str | None = None,
+                     gpu: TrialGpu = TrialGpu()) -> list[Backend]:
+    """The named backends that can run the model here, their trials on ``gpu``."""
     if not names:
         raise AutotuneError("--backends names no backend")
     usable, reasons = [], []
     for name in names:
-        backend = get_backend(name)
+        backend = get_backend(name, llama_bench, gpu)
         reason = backend.available() or backend.supports(model)
         if reason:
             reasons.append(f"{name}: {reason}")
@@ -121,13 +124,17 @@ def prepare_study(
     sampler: str,
     seed: int | None,
     batch: int = 2,
+    llama_bench: str | None = None,
+    gpu: TrialGpu = TrialGpu(),
 ) -> PreparedStudy:
-    """Check the inputs, register (or reopen) the study, and queue its first trials."""
+    """Check the inputs, register (or reopen) the study, and queue its first trials. This
+    process's own trials (and served finalists) run on ``gpu``; ``llama_bench``: the executable
+    of the llama_bench backend (None: the one it finds)."""
     model = inspect_model(model_path)
     hardware = probe_hardware()
     if backend_names == [AUTO]:
         backend_names = default_backends(hardware)
-    backends = _usable_backends(backend_names, model)
+    backends = _usable_backends(backend_names, model, llama_bench, gpu)
     _check_cap(backends, model, hardware, vram_cap, workload)
     db = Database(storage_url)
     name = _resolve_study_name(db, study_name, resume, model, hardware, vram_cap, workload)
@@ -170,9 +177,13 @@ def run_study(
     batch: int = 2,
     gpus: list[str] | None = None,
     verify: bool = True,
+    llama_bench: str | None = None,
 ) -> StudyOutcome:
+    """A study from start to winner. With ``gpus``: one worker process per GPU, and this
+    process's race and served finalists on the first of them."""
+    own_gpu = TrialGpu(gpus[0]) if gpus else TrialGpu()
     prepared = prepare_study(model_path, vram_cap, backend_names, trials, seconds, workload, study_name, storage_url,
-                             resume, trial_timeout_s, sampler, seed, batch)
+                             resume, trial_timeout_s, sampler, seed, batch, llama_bench, own_gpu)
     tuner, unit = prepared.tuner, prepared.unit
     lines = TrialLines.of(tuner, unit)
     best_so_far = [0.0]
@@ -194,7 +205,7 @@ def run_study(
         for note in prepared.notes:
             console.print(note)
         if gpus:
-            outcome = run_on_gpus(tuner, gpus, model_path, seconds, remeasure, on_trial, progress.console)
+            outcome = run_on_gpus(tuner, gpus, model_path, seconds, remeasure, on_trial, progress.console, llama_bench)
         else:
             outcome = tuner.run(model_path, Budget(trials, seconds), remeasure=remeasure)
 

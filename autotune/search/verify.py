@@ -73,7 +73,7 @@ def serve_finalists(tuner: Tuner, winner: BestConfigRow, model_path: Path, deadl
             with tempfile.TemporaryDirectory(prefix="autotune-first-start-") as fresh:
                 figures = measure_command(shlex.split(command), n_prompt=workload.n_prompt, n_gen=workload.n_gen,
                                           repetitions=workload.repetitions, n_vocab=tuner.model.n_vocab,
-                                          deadline_s=deadline_s, env={DATA_DIR_ENV: fresh})
+                                          deadline_s=deadline_s, gpu=backend.gpu, env={DATA_DIR_ENV: fresh})
         except ServeFailed as exc:
             console.print(f"[red]could not serve it[/]: {exc}", highlight=False)
             continue

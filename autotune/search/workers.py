@@ -6,8 +6,9 @@ scheduling: each worker asks the study for its next trial).
   study measures one kind of machine; another machine starts a study of its own on the same
   database, and the best-config tables keep both, keyed by hardware).
 - ``autotune run --gpus 0,1`` (``run_on_gpus``) starts one worker process per local GPU, each
-  pinned with ``CUDA_VISIBLE_DEVICES``, shows their trials as they land, then races the best
-  configs and stores the winner itself.
+  pinned with ``CUDA_VISIBLE_DEVICES`` in its environment, shows their trials as they land, then
+  races the best configs and stores the winner itself (its backends run on the first GPU:
+  ``run_study`` gives them that ``TrialGpu``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rich.console import Console
 from autotune.backends.base import Outcome, Workload
 from autotune.errors import AutotuneError
 from autotune.hardware import probe_hardware
+from autotune.isolation.gpu import VISIBLE_ENV, TrialGpu
 from autotune.model_info import inspect_model
 from autotune.search.objective import UNITS
 from autotune.search.records import TrialRecord
@@ -45,8 +47,10 @@ def join_study(
     trials: int | None,
     seconds: float | None,
     console: Console,
+    llama_bench: str | None = None,
 ) -> StudyOutcome:
-    """Add trials to an existing study: ``trials`` of this worker's own, else until the study's budget is spent."""
+    """Add trials to an existing study: ``trials`` of this worker's own, else until the study's budget is spent.
+    ``llama_bench``: the executable of the llama_bench backend (None: the one it finds)."""
     from autotune.search.actions import _usable_backends
     from autotune.search.trial_lines import TrialLines, cpu_only_note
 
@@ -69,7 +73,7 @@ def join_study(
             f"{hardware.fingerprint}) and measurements of different machines do not mix: start a study of this "
             "machine's own on the same database (autotune run ... --storage URL)")
     workload = Workload(**settings["workload"])
-    backends = _usable_backends(settings["backend_specs"], model)
+    backends = _usable_backends(settings["backend_specs"], model, llama_bench)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     unit = UNITS[workload.objective]
     tuner = Tuner(db, model, hardware, backends, row.vram_cap, workload, study_name, settings.get("sampler", "tpe"),
@@ -78,7 +82,7 @@ def join_study(
     tuner.on_trial = lambda record: console.print(lines.line(record), highlight=False, soft_wrap=True)
     tuner.recover_interrupted()
     budget = Budget(trials=None, seconds=seconds, own_trials=trials) if trials else Budget(settings.get("trials"), seconds)
-    pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+    pinned = os.environ.get(VISIBLE_ENV)  # what started this worker gave it
     console.print(f"worker {os.getpid()} joins study {study_name}" + (f" on GPU {pinned}" if pinned else ""))
     if note := cpu_only_note(hardware):
         console.print(note)
@@ -90,9 +94,10 @@ def join_study(
     return outcome
 
 
-def _worker_command(model_path: Path, tuner: Tuner, seconds: float | None) -> list[str]:
+def _worker_command(model_path: Path, tuner: Tuner, seconds: float | None, llama_bench: str | None) -> list[str]:
     command = [sys.executable, "-m", "autotune.cli", "worker", str(model_path), "--study", tuner.study_name,
                "--storage", tuner.db.url]
+    command += ["--llama-bench", llama_bench] if llama_bench else []
     return command + (["--time", f"{seconds:g}s"] if seconds else [])
 
 
@@ -104,18 +109,20 @@ def run_on_gpus(
     remeasure: bool,
     on_trial: Callable[[TrialRecord], None],
     console: Console,
+    llama_bench: str | None = None,
 ) -> StudyOutcome:
-    """One worker per GPU until the study's budget is spent; then the race (on the first GPU) and the winner."""
+    """One worker per GPU until the study's budget is spent; then the race (where the tuner's
+    backends run) and the winner. ``llama_bench``: what each worker's llama_bench backend runs."""
     outcome = StudyOutcome(tuner.study_name)
     seen = {t.number for t in tuner.study.get_trials(deepcopy=False) if t.state.is_finished()}
     with tempfile.TemporaryDirectory(prefix="autotune-workers-") as tmp:
         workers: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         for gpu in gpus:
             log = Path(tmp, f"gpu-{gpu}.log")
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+            env = {**os.environ, **TrialGpu(gpu).env()}
             with log.open("wb") as handle:
                 # own sessions: a Ctrl-C reaches the parent only, which stops each worker once
-                process = subprocess.Popen(_worker_command(model_path, tuner, seconds), env=env,
+                process = subprocess.Popen(_worker_command(model_path, tuner, seconds, llama_bench), env=env,
                                            stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
                                            start_new_session=True)
             workers.append((gpu, process, log))
@@ -145,7 +152,6 @@ def run_on_gpus(
                 how = lines[-1] if lines else f"exit status {process.returncode}"
                 console.print(f"[red]the worker on GPU {gpu} ended with status {process.returncode}[/]: {how}",
                               highlight=False)
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]  # the race's trial processes inherit it
     concluded = tuner.run(model_path, Budget(trials=0, seconds=None), remeasure=remeasure)
     outcome.winner = concluded.winner
     outcome.interrupted = concluded.interrupted

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from autotune.isolation.gpu import TrialGpu
 from autotune.isolation.vram import VramSampler
 from autotune.served.client import measure_completions, random_prompts
 from autotune.served.figures import ServedFigures, ServeFailed
@@ -15,15 +16,15 @@ from autotune.served.server import ServerProcess, free_port, resolve_program
 
 def measure_command(
     argv: list[str], *, n_prompt: int, n_gen: int, repetitions: int, n_vocab: int,
-    deadline_s: float, gpu_index: int = 0, seed: int = 0, env: dict[str, str] | None = None,
+    deadline_s: float, gpu: TrialGpu = TrialGpu(), seed: int = 0, env: dict[str, str] | None = None,
 ) -> ServedFigures:
     """Start argv (an exported command split with shlex; the tool appends --host 127.0.0.1
     --port P on a free port), wait for it to answer, measure, stop it (whole process group:
     SIGTERM, then SIGKILL after a grace period), return figures.
 
     ``deadline_s`` bounds the start (spawn until ``/health`` answers ok) and, separately, each
-    request. ``gpu_index`` counts the GPUs CUDA sees, as ``VramSampler`` does. ``env``: variables
-    the server gets on top of this process's environment. Raises
+    request. The server runs on ``gpu`` (in its environment), which the VRAM sampler samples.
+    ``env``: further variables the server gets on top of this process's environment. Raises
     ServeFailed (one line) when the command cannot start, exits, or does not answer in time.
     """
     if n_prompt < 1 or n_gen < 2 or repetitions < 1 or n_vocab < 1:
@@ -31,8 +32,9 @@ def measure_command(
                          f"(got {n_prompt}, {n_gen}, {repetitions}, {n_vocab})")
     command = resolve_program(argv)
     prompts = random_prompts(1 + repetitions, n_prompt, n_vocab, seed)
-    with tempfile.TemporaryDirectory(prefix="autotune-served-") as tmp, VramSampler(gpu_index) as vram:
-        with ServerProcess(command, free_port(), Path(tmp, "server.log"), _label(argv), env) as server:
+    with tempfile.TemporaryDirectory(prefix="autotune-served-") as tmp, VramSampler(gpu) as vram:
+        server_env = {**gpu.env(), **(env or {})}
+        with ServerProcess(command, free_port(), Path(tmp, "server.log"), _label(argv), server_env) as server:
             vram.watch(server.pgid)
             with httpx.Client(base_url=server.url, trust_env=False) as http:  # no proxy for 127.0.0.1
                 start_seconds = server.wait_ready(http, deadline_s)

@@ -41,9 +41,6 @@ class CacheBackend(Backend):
     # Launch shapes of the Triton decode kernels: without a GPU the runtime runs its torch ops.
     gpu_only_knobs = CACHE_KNOBS.gpu_only
 
-    def __init__(self, gpu_index: int = 0):
-        self.gpu_index = gpu_index
-
     def available(self) -> str | None:
         if importlib.util.find_spec("torch") is None:
             return "PyTorch is not installed (pip install 'autotune[runtime]')"
@@ -145,7 +142,7 @@ class CacheBackend(Backend):
         return run_in_load_groups(
             self.trial_target, normalized, lambda c: {key: c[key] for key in LOAD_KEYS},
             lambda c: {"model_path": str(model_path), "config": c}, lambda c: self._item(c, workload),
-            deadline_s, vram_cap=vram_cap, gpu_index=self.gpu_index)
+            deadline_s, vram_cap=vram_cap, gpu=self.gpu)
 
     def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
         return self.run_trials([config], model_path, workload, deadline_s)[0]

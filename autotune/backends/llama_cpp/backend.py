@@ -53,9 +53,6 @@ class LlamaCppBackend(Backend):
     # so it changes CPU speed (and a quantized V cache needs it).
     gpu_only_knobs = ("n_gpu_layers", "n_cpu_moe", "cpu_moe_layers", "op_offload")
 
-    def __init__(self, gpu_index: int = 0):
-        self.gpu_index = gpu_index
-
     def available(self) -> str | None:
         if importlib.util.find_spec("llama_cpp") is None:
             return "llama-cpp-python is not installed (pip install 'llama-cpp-python==0.3.36')"
@@ -206,7 +203,7 @@ class LlamaCppBackend(Backend):
         normalized = [self._trial_config(config, workload) for config in configs]
         return run_in_load_groups(
             self.trial_target, normalized, load_params, lambda c: self._job(c, model_path),
-            lambda c: self._item(c, model_path, workload), deadline_s, vram_cap=vram_cap, gpu_index=self.gpu_index)
+            lambda c: self._item(c, model_path, workload), deadline_s, vram_cap=vram_cap, gpu=self.gpu)
 
     def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
         return self.run_trials([config], model_path, workload, deadline_s)[0]

@@ -1,6 +1,6 @@
 """The ``llama_bench`` backend: the same knobs as ``llama_cpp``, measured by the llama-bench binary.
 
-What most users already trust. The binary is the one given, else ``$AUTOTUNE_LLAMA_BENCH``,
+What most users already trust. The binary is the one given (``autotune run --llama-bench``),
 else ``llama-bench`` on PATH or next to this Python. Each trial runs it in the same isolation
 (child process, deadline, VRAM sampler) as the llama_cpp engine. llama-bench sizes its
 context to each test's tokens (no ``-c``: a prefill test gets n_prompt, a decode test n_gen),
@@ -30,13 +30,9 @@ from autotune.backends.llama_cpp.backend import LlamaCppBackend
 from autotune.backends.llama_cpp.memory import estimate_vram
 from autotune.model_info import ModelProfile, inspect_model
 
-ENV_BINARY = "AUTOTUNE_LLAMA_BENCH"
-
-
 def find_llama_bench(binary: str | None = None) -> str | None:
     """Path of the llama-bench to use, or None when there is none."""
-    candidates = [binary] if binary else [os.environ.get(ENV_BINARY), shutil.which("llama-bench"),
-                                          str(Path(sys.executable).parent / "llama-bench")]
+    candidates = [binary] if binary else [shutil.which("llama-bench"), str(Path(sys.executable).parent / "llama-bench")]
     for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return str(Path(candidate).resolve())
@@ -58,13 +54,12 @@ class LlamaBenchBackend(LlamaCppBackend):
     trial_target = "autotune.backends.llama_cpp.bench_trial"
     load_keys = None  # llama-bench loads the model for every run
 
-    def __init__(self, binary: str | None = None, gpu_index: int = 0):
-        super().__init__(gpu_index)
+    def __init__(self, binary: str | None = None):
         self.binary = binary
 
     def available(self) -> str | None:
         if find_llama_bench(self.binary) is None:
-            where = self.binary or f"on PATH, next to {sys.executable} or in ${ENV_BINARY}"
+            where = self.binary or f"on PATH or next to {sys.executable}"
             return f"no llama-bench executable found ({where})"
         return None
 
