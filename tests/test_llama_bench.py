@@ -1,6 +1,6 @@
 """The llama_bench backend with the real llama-bench binary on the tiny synthetic model (CPU).
 
-scripts/build-llama-tools.sh builds llama-bench from the llama.cpp that llama-cpp-python vendors.
+scripts/build-llama-cpp.sh builds llama-bench from the llama.cpp that llama-cpp-python vendors.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from autotune.backends.llama_cpp.commands import bench_argv
 from autotune.backends.llama_cpp.bench import LlamaBenchBackend, find_llama_bench
 
 pytestmark = pytest.mark.skipif(
-    find_llama_bench() is None, reason="no llama-bench binary (build one with scripts/build-llama-tools.sh DIR)"
+    find_llama_bench() is None, reason="no llama-bench binary (scripts/setup.sh builds one)"
 )
 
 WORKLOAD = Workload(n_prompt=32, n_gen=8, repetitions=2, n_ctx=256)

@@ -25,7 +25,7 @@ BOX_DRAWING = "".join(chr(code) for code in range(0x2500, 0x2580))  # Typer's er
 def resolve_program(argv: list[str]) -> list[str]:
     """``argv`` with its program made runnable: ``autotune`` as printed when it is on PATH, else
     this Python's ``-m autotune.cli``; another program from PATH, else beside this Python (a
-    virtualenv's bin, where ``scripts/build-llama-tools.sh`` puts llama-server)."""
+    virtualenv's bin, where ``scripts/setup.sh`` puts llama-server)."""
     if not argv:
         raise ServeFailed("the served command is empty")
     program, rest = argv[0], argv[1:]
@@ -35,7 +35,7 @@ def resolve_program(argv: list[str]) -> list[str]:
         return argv
     found = shutil.which(program) or shutil.which(program, path=str(Path(sys.executable).parent))
     if found is None:
-        hint = " (install llama.cpp, or build it with scripts/build-llama-tools.sh DIR)" if program == "llama-server" else ""
+        hint = " (install llama.cpp, or build it with scripts/setup.sh)" if program == "llama-server" else ""
         raise ServeFailed(f"{program} not found on PATH{hint}")
     return [found, *rest]
 
