@@ -6,6 +6,13 @@ CPU kernels (each type's ``vec_dot`` against activations quantized to its ``vec_
 The ggml tensors point at the stacks' host bytes (the memory map or the pinned home), so no
 weight is copied or dequantized.
 
+With ``repack``, a stack whose type ggml-cpu's CPU_REPACK buffer type covers for ``mul_mat_id``
+on this CPU is copied once into that layout instead (what llama.cpp does with CPU weights by
+default: rows interleaved for its gemv kernels, still quantized, the same bytes again in RAM).
+In the vendored ggml of llama-cpp-python 0.3.36 that is Q4_K (also Q4_0, IQ4_NL, MXFP4) on
+x86 with AVX2, rows a multiple of 8; Q6_K and Q8_0 are repacked on ARM only. A stack it does
+not cover is read in place, as without ``repack``; ``repacked`` names the stacks it covered.
+
 Each (token, expert) pair is computed as its own row (a pair graph): the caller can ask for
 any subset of a batch's selections (the misses) and gets their weighted sum per token.
 """
@@ -19,12 +26,13 @@ import torch
 
 from autotune.cache_runtime import ggml_cpu
 from autotune.cache_runtime.dequant import BLOCK_SIZES
-from autotune.cache_runtime.ggml_cpu import GGML_F32, GGML_I32, Binding, Context, CpuBackend
+from autotune.cache_runtime.ggml_cpu import GGML_F32, GGML_I32, Binding, Context, CpuBackend, RepackedCopy
 from autotune.cache_runtime.weights import QTensor
 from autotune.errors import ModelFileError
 
 SUPPORTED_TYPES = tuple(BLOCK_SIZES)  # the runtime's types; ggml has CPU kernels for each
 CACHED_GRAPHS = 8  # pair counts whose graphs are kept (decode uses one or a few)
+STACK_NAMES = ("gate", "up", "down")
 
 
 @dataclass
@@ -41,10 +49,11 @@ class _PairGraph:
 class CpuExperts:
     """One layer's experts on the CPU. ``gate``, ``up`` and ``down`` are the layer's stacks
     (``(n_expert, rows, row_bytes)`` in host memory); ``backend`` sets the threads and may be
-    shared by every layer (one computation at a time)."""
+    shared by every layer (one computation at a time); ``repack``: see the module's docstring
+    (the repacked stacks are copies, so their source memory may go)."""
 
-    def __init__(self, gate: QTensor, up: QTensor, down: QTensor, backend: CpuBackend):
-        for name, stack in (("gate", gate), ("up", up), ("down", down)):
+    def __init__(self, gate: QTensor, up: QTensor, down: QTensor, backend: CpuBackend, repack: bool = False):
+        for name, stack in zip(STACK_NAMES, (gate, up, down)):
             if stack.qtype not in SUPPORTED_TYPES:
                 raise ModelFileError(f"CPU experts: no CPU kernel here for the {name} stack's GGML type "
                                      f"{stack.qtype} (supported: {', '.join(SUPPORTED_TYPES)})")
@@ -56,23 +65,48 @@ class CpuExperts:
                 or down.data.shape[:2] != (self.n_expert, self.n_embd) or down.cols != self.n_ff:
             raise ValueError("CPU experts: the gate, up and down stacks do not make one layer's experts")
         self.backend = backend
-        self._weights = Context(0, 3, alloc=False)
+        self.expert_bytes = sum(stack.data[0].numel() for stack in (gate, up, down))  # what one expert reads
+        self.repacked: tuple[str, ...] = ()
+        self._weights = Context(0, 2 * len(STACK_NAMES), alloc=False)  # a repack refused costs a description
         self._stacks: list[int] = []
-        self._bindings: list[Binding] = []
+        self._bindings: list[Binding | RepackedCopy] = []
         self._graphs: OrderedDict[int, _PairGraph] = OrderedDict()
         try:
-            for stack in (gate, up, down):
-                tensor = self._weights.tensor(ggml_cpu.ggml_type(stack.qtype), stack.cols, stack.rows, self.n_expert)
-                self._bindings.append(Binding(tensor, stack.data))
-                self._stacks.append(tensor)
+            for name, stack in zip(STACK_NAMES, (gate, up, down)):
+                self._place(name, stack, repack)
         except ValueError:
             self.close()
             raise
 
-    @property
-    def expert_bytes(self) -> int:
-        """Bytes of one expert's three matrices: what computing it reads."""
-        return sum(b.data[0].numel() for b in self._bindings)
+    def _place(self, name: str, stack: QTensor, repack: bool) -> None:
+        """Describe ``stack`` to ggml: a repacked copy where asked and covered, else in place."""
+        def describe() -> int:
+            return self._weights.tensor(ggml_cpu.ggml_type(stack.qtype), stack.cols, stack.rows, self.n_expert)
+
+        tensor = describe()
+        if repack:
+            copy = RepackedCopy(tensor)
+            if self._covers(copy, tensor, stack.cols):
+                copy.load(stack.data)
+                self._bindings.append(copy)
+                self._stacks.append(tensor)
+                self.repacked += (name,)
+                return
+            copy.close()
+            tensor = describe()  # the refused one's buffer is gone
+        self._bindings.append(Binding(tensor, stack.data))
+        self._stacks.append(tensor)
+
+    @staticmethod
+    def _covers(copy: RepackedCopy, tensor: int, cols: int) -> bool:
+        """Whether ggml-cpu repacks ``tensor`` for a ``mul_mat_id`` (asked with a one-token op)."""
+        ctx = Context(0, 3, alloc=False)
+        try:
+            lib = ggml_cpu.api()
+            return copy.covers(lib.mul_mat_id(ctx.handle, tensor, ctx.tensor(GGML_F32, cols, 1, 1),
+                                              ctx.tensor(GGML_I32, 1, 1)))
+        finally:
+            ctx.close()
 
     def _pair_graph(self, pairs: int) -> _PairGraph:
         cached = self._graphs.pop(pairs, None)
