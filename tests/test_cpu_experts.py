@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from autotune.cache_runtime.cpu_experts import CACHED_GRAPHS, CpuExperts
-from autotune.cache_runtime.ggml_cpu import CpuBackend
+from autotune.cache_runtime.ggml_cpu import CpuBackend, cpu_features
 from autotune.cache_runtime.torch_ops import TorchOps
 from autotune.cache_runtime.weights import ModelWeights, QTensor, load_weights
 from autotune.errors import ModelFileError
@@ -40,13 +40,6 @@ def _experts(weights: ModelWeights, backend: CpuBackend, layer: int = LAYER, rep
     lw = weights.layers[layer]
     return CpuExperts(lw.gate_exps, lw.up_exps, lw.down_exps, backend, repack=repack)
 
-
-def _ggml_cpu_features() -> set[str]:
-    """The features this build of ggml's CPU backend was compiled with ("AVX2", "REPACK", ...)."""
-    import llama_cpp
-
-    info = llama_cpp.llama_print_system_info().decode()
-    return {part.split("=")[0].strip() for part in info.replace("CPU :", "|").split("|") if part.strip().endswith("= 1")}
 
 
 def _selection(weights: ModelWeights, tokens: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -202,7 +195,7 @@ def test_repacked_stacks_give_the_plain_results(weights: ModelWeights, backend: 
 def test_repack_covers_q4_k_on_avx2_and_leaves_other_types_in_place(weights: ModelWeights, backend: CpuBackend) -> None:
     """Q4_K is repacked (8x8 interleave) on x86 with AVX2; F16, Q6_K and Q8_0 have no x86 repack
     in this ggml, so those stacks stay plain and are read in place."""
-    if not {"AVX2", "REPACK"} <= _ggml_cpu_features():
+    if not {"AVX2", "REPACK"} <= cpu_features():
         pytest.skip("this ggml build has no AVX2 repacked kernels")
     lw = weights.layers[LAYER]
     experts = _experts(weights, backend, repack=True)

@@ -78,6 +78,16 @@ def api() -> _Api:
     return _Api(llama_api._lib)
 
 
+def cpu_features() -> set[str]:
+    """The features this build of ggml's CPU backend has ("AVX2", "REPACK", "OPENMP", ...), as
+    llama.cpp's system info lists them."""
+    import llama_cpp.llama_cpp as llama_api
+
+    info = llama_api.llama_print_system_info().decode()
+    return {part.split("=")[0].strip() for part in info.replace("CPU :", "|").split("|")
+            if part.strip().endswith("= 1")}
+
+
 def ggml_type(name: str) -> int:
     """The ``enum ggml_type`` value of a GGML type name (gguf's enum mirrors it)."""
     return GGMLQuantizationType[name].value
