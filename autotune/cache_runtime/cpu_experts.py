@@ -150,19 +150,34 @@ class CpuExperts:
                 or (mask is not None and mask.shape != ids.shape):
             raise ValueError(f"CPU experts: ids {tuple(ids.shape)}, weights {tuple(weights.shape)} and mask "
                              f"do not all have the shape (tokens, k) for {x.shape[0]} tokens")
-        selected = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
-        token, slot = selected.nonzero(as_tuple=True)
+        if mask is None:  # decode's common case: every selection, with no index bookkeeping
+            return self._all_selections(x, ids, weights)
+        token, slot = mask.nonzero(as_tuple=True)
         out = torch.zeros_like(x)
         if token.numel() == 0:
             return out
         experts = ids[token, slot]
-        if int(experts.min()) < 0 or int(experts.max()) >= self.n_expert:
-            raise ValueError(f"CPU experts: expert ids must lie in [0, {self.n_expert})")
+        self._check_ids(experts)
         graph = self._pair_graph(token.numel())
-        graph.x.copy_(x[token])
+        torch.index_select(x, 0, token, out=graph.x)
         graph.ids.copy_(experts)
         self.backend.compute(graph.graph)
         return out.index_add_(0, token, graph.out * weights[token, slot, None].to(torch.float32))
+
+    def _all_selections(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        tokens, k = ids.shape
+        self._check_ids(ids)
+        graph = self._pair_graph(tokens * k)
+        graph.x.view(tokens, k, self.n_embd).copy_(x[:, None, :].expand(tokens, k, self.n_embd))
+        graph.ids.copy_(ids.reshape(-1))
+        self.backend.compute(graph.graph)
+        return torch.bmm(weights.to(torch.float32)[:, None, :], graph.out.view(tokens, k, self.n_embd)).squeeze(1)
+
+    def _check_ids(self, experts: torch.Tensor) -> None:
+        """ggml aborts the process on an expert id out of range: refuse one first."""
+        low, high = torch.aminmax(experts)
+        if int(low) < 0 or int(high) >= self.n_expert:
+            raise ValueError(f"CPU experts: expert ids must lie in [0, {self.n_expert})")
 
     def close(self) -> None:
         """Free ggml's descriptions of the stacks and the cached graphs (the stacks' memory stays)."""
