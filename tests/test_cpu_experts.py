@@ -219,3 +219,19 @@ def test_a_repacked_stack_is_a_copy_and_a_plain_one_is_read_in_place(weights: Mo
     else:
         assert torch.equal(after, torch.zeros_like(x))  # silu(0) * up = 0
     experts.close()
+
+
+def test_a_backend_changes_its_thread_pool_and_not_a_bit(weights: ModelWeights) -> None:
+    backend = CpuBackend(2)
+    experts = _experts(weights, backend)
+    x, ids, w = _selection(weights, tokens=3, seed=8)
+    expected = experts.forward(x, ids, w)
+    for n_threads in (1, 3, 2):
+        backend.set_threads(n_threads)
+        assert backend.n_threads == n_threads and backend.threadpool
+        assert torch.equal(experts.forward(x, ids, w), expected)
+    with pytest.raises(ValueError, match="at least one thread"):
+        backend.set_threads(0)
+    experts.close()
+    backend.close()
+    assert backend.threadpool == 0

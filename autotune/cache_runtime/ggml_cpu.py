@@ -24,6 +24,7 @@ from gguf import GGMLQuantizationType
 TENSOR_ALIGNMENT = 32  # ggml's: the start of memory a CPU buffer wraps
 GRAPH_SIZE = 16  # nodes a graph may hold (the expert graph has six)
 REPACK_BUFFER_TYPE = b"CPU_REPACK"  # ggml-cpu's name for it
+GGML_MAX_N_THREADS = 512  # ggml.h: the size of a thread pool's cpu mask
 GGML_STATUS_SUCCESS = 0
 
 
@@ -31,6 +32,13 @@ class _InitParams(ctypes.Structure):
     """``struct ggml_init_params`` (ggml.h)."""
 
     _fields_ = [("mem_size", c_size_t), ("mem_buffer", c_void_p), ("no_alloc", c_bool)]
+
+
+class _ThreadpoolParams(ctypes.Structure):
+    """``struct ggml_threadpool_params`` (ggml.h); ``ggml_threadpool_params_init`` fills it."""
+
+    _fields_ = [("cpumask", c_bool * GGML_MAX_N_THREADS), ("n_threads", c_int), ("prio", c_int),
+                ("poll", ctypes.c_uint32), ("strict_cpu", c_bool), ("paused", c_bool)]
 
 
 class _Api:
@@ -68,6 +76,11 @@ class _Api:
         self.backend_reg_get_proc_address = bind("ggml_backend_reg_get_proc_address", c_void_p, c_void_p,
                                                  ctypes.c_char_p)
         self.backend_dev_supports_op = bind("ggml_backend_dev_supports_op", c_bool, c_void_p, c_void_p)
+        params = ctypes.POINTER(_ThreadpoolParams)
+        self.threadpool_params_init = bind("ggml_threadpool_params_init", None, params, c_int)
+        self.threadpool_new = bind("ggml_threadpool_new", c_void_p, params)
+        self.threadpool_free = bind("ggml_threadpool_free", None, c_void_p)
+        self.backend_cpu_set_threadpool = bind("ggml_backend_cpu_set_threadpool", None, c_void_p, c_void_p)
 
 
 @functools.cache
@@ -225,17 +238,30 @@ class RepackedCopy:
 
 class CpuBackend:
     """ggml's CPU backend, computing graphs on ``n_threads`` threads. One graph at a time:
-    the backend keeps one work buffer for them all."""
+    the backend keeps one work buffer for them all.
+
+    The backend keeps a thread pool of its own, as llama.cpp's contexts do: without one, each
+    graph makes a disposable pool, whose threads ggml starts and joins per graph where it is
+    built without OpenMP (with OpenMP, OpenMP's team persists either way)."""
 
     def __init__(self, n_threads: int):
         self.handle = _checked(api().backend_cpu_init(), "a CPU backend")
+        self.threadpool = 0
         self.n_threads = 0
         self.set_threads(n_threads)
 
     def set_threads(self, n_threads: int) -> None:
         if n_threads < 1:
             raise ValueError(f"the CPU backend needs at least one thread (got {n_threads})")
-        api().backend_cpu_set_n_threads(self.handle, n_threads)
+        lib = api()
+        params = _ThreadpoolParams()
+        lib.threadpool_params_init(ctypes.byref(params), n_threads)
+        threadpool = _checked(lib.threadpool_new(ctypes.byref(params)), f"a pool of {n_threads} threads")
+        lib.backend_cpu_set_threadpool(self.handle, threadpool)  # pauses the one it replaces
+        lib.backend_cpu_set_n_threads(self.handle, n_threads)
+        if self.threadpool:
+            lib.threadpool_free(self.threadpool)
+        self.threadpool = threadpool
         self.n_threads = n_threads
 
     def compute(self, graph: int) -> None:
@@ -247,3 +273,6 @@ class CpuBackend:
         if self.handle:
             api().backend_free(self.handle)
             self.handle = 0
+        if self.threadpool:
+            api().threadpool_free(self.threadpool)
+            self.threadpool = 0
