@@ -221,12 +221,14 @@ def test_a_repacked_stack_is_a_copy_and_a_plain_one_is_read_in_place(weights: Mo
     experts.close()
 
 
-def test_a_backend_changes_its_thread_pool_and_not_a_bit(weights: ModelWeights) -> None:
+@pytest.mark.parametrize("repack", [False, True])
+def test_a_backend_changes_its_thread_pool_and_not_a_bit(weights: ModelWeights, repack: bool) -> None:
+    """Plain or repacked, each output row is one thread's work: any thread count, same bits."""
     backend = CpuBackend(2)
-    experts = _experts(weights, backend)
+    experts = _experts(weights, backend, repack=repack)
     x, ids, w = _selection(weights, tokens=3, seed=8)
     expected = experts.forward(x, ids, w)
-    for n_threads in (1, 3, 2):
+    for n_threads in (1, 3, 7, 2):
         backend.set_threads(n_threads)
         assert backend.n_threads == n_threads and backend.threadpool
         assert torch.equal(experts.forward(x, ids, w), expected)
