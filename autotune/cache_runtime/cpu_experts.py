@@ -13,8 +13,10 @@ In the vendored ggml of llama-cpp-python 0.3.36 that is Q4_K (also Q4_0, IQ4_NL,
 x86 with AVX2, rows a multiple of 8; Q6_K and Q8_0 are repacked on ARM only. A stack it does
 not cover is read in place, as without ``repack``; ``repacked`` names the stacks it covered.
 
-Each (token, expert) pair is computed as its own row (a pair graph): the caller can ask for
-any subset of a batch's selections (the misses) and gets their weighted sum per token.
+A graph computes ``rows`` activations against ``k`` experts each. All of a batch's selections
+make a token graph (a row per token, its ``k`` experts: the activations are quantized once a
+token, as llama.cpp does); a subset of them (the misses) makes a pair graph (a row per
+(token, expert) pair, ``k`` = 1). Either way the caller gets the weighted sum per token.
 """
 
 from __future__ import annotations
@@ -31,19 +33,19 @@ from autotune.cache_runtime.weights import QTensor
 from autotune.errors import ModelFileError
 
 SUPPORTED_TYPES = tuple(BLOCK_SIZES)  # the runtime's types; ggml has CPU kernels for each
-CACHED_GRAPHS = 8  # pair counts whose graphs are kept (decode uses one or a few)
+CACHED_GRAPHS = 8  # graph shapes kept (decode uses one or a few)
 STACK_NAMES = ("gate", "up", "down")
 
 
 @dataclass
-class _PairGraph:
-    """The graph for one number of pairs, and torch views of its input and output data."""
+class _Graph:
+    """The graph for one shape (rows, k), and torch views of its input and output data."""
 
     context: Context
     graph: int
-    x: torch.Tensor  # (pairs, n_embd) float32
-    ids: torch.Tensor  # (pairs,) int32
-    out: torch.Tensor  # (pairs, n_embd) float32: down(silu(gate x) * up x)
+    x: torch.Tensor  # (rows, n_embd) float32
+    ids: torch.Tensor  # (rows, k) int32
+    out: torch.Tensor  # (rows, k, n_embd) float32: down(silu(gate x) * up x) per row and expert
 
 
 class CpuExperts:
@@ -70,7 +72,7 @@ class CpuExperts:
         self._weights = Context(0, 2 * len(STACK_NAMES), alloc=False)  # a repack refused costs a description
         self._stacks: list[int] = []
         self._bindings: list[Binding | RepackedCopy] = []
-        self._graphs: OrderedDict[int, _PairGraph] = OrderedDict()
+        self._graphs: OrderedDict[tuple[int, int], _Graph] = OrderedDict()
         try:
             for name, stack in zip(STACK_NAMES, (gate, up, down)):
                 self._place(name, stack, repack)
@@ -108,32 +110,32 @@ class CpuExperts:
         finally:
             ctx.close()
 
-    def _pair_graph(self, pairs: int) -> _PairGraph:
-        cached = self._graphs.pop(pairs, None)
+    def _graph(self, rows: int, k: int) -> _Graph:
+        cached = self._graphs.pop((rows, k), None)
         if cached is None:
-            cached = self._build(pairs)
+            cached = self._build(rows, k)
             if len(self._graphs) >= CACHED_GRAPHS:
                 self._graphs.popitem(last=False)[1].context.close()
-        self._graphs[pairs] = cached
+        self._graphs[rows, k] = cached
         return cached
 
-    def _build(self, pairs: int) -> _PairGraph:
-        floats = pairs * (2 * self.n_embd + 3 * self.n_ff)  # x, out; gate, up, their product
-        ctx = Context(4 * (floats + pairs), 7, alloc=True)
+    def _build(self, rows: int, k: int) -> _Graph:
+        floats = rows * (self.n_embd + k * (self.n_embd + 3 * self.n_ff))  # x; out, gate, up, their product
+        ctx = Context(4 * (floats + rows * k), 7, alloc=True)
         gate_w, up_w, down_w = self._stacks
-        x = ctx.tensor(GGML_F32, self.n_embd, 1, pairs)
-        ids = ctx.tensor(GGML_I32, 1, pairs)
+        x = ctx.tensor(GGML_F32, self.n_embd, 1, rows)  # one activation a row, for each of its k experts
+        ids = ctx.tensor(GGML_I32, k, rows)
         lib = ggml_cpu.api()
         gate = lib.mul_mat_id(ctx.handle, gate_w, x, ids)
         up = lib.mul_mat_id(ctx.handle, up_w, x, ids)
         hidden = lib.swiglu_split(ctx.handle, gate, up)
         out = lib.mul_mat_id(ctx.handle, down_w, hidden, ids)
-        return _PairGraph(
+        return _Graph(
             context=ctx,
             graph=ctx.graph(out),
-            x=ggml_cpu.tensor_view(x, torch.float32, (pairs, self.n_embd)),
-            ids=ggml_cpu.tensor_view(ids, torch.int32, (pairs,)),
-            out=ggml_cpu.tensor_view(out, torch.float32, (pairs, self.n_embd)),
+            x=ggml_cpu.tensor_view(x, torch.float32, (rows, self.n_embd)),
+            ids=ggml_cpu.tensor_view(ids, torch.int32, (rows, k)),
+            out=ggml_cpu.tensor_view(out, torch.float32, (rows, k, self.n_embd)),
         )
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
@@ -158,20 +160,20 @@ class CpuExperts:
             return out
         experts = ids[token, slot]
         self._check_ids(experts)
-        graph = self._pair_graph(token.numel())
+        graph = self._graph(token.numel(), 1)
         torch.index_select(x, 0, token, out=graph.x)
-        graph.ids.copy_(experts)
+        graph.ids.copy_(experts[:, None])
         self.backend.compute(graph.graph)
-        return out.index_add_(0, token, graph.out * weights[token, slot, None].to(torch.float32))
+        return out.index_add_(0, token, graph.out[:, 0] * weights[token, slot, None].to(torch.float32))
 
     def _all_selections(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         tokens, k = ids.shape
         self._check_ids(ids)
-        graph = self._pair_graph(tokens * k)
-        graph.x.view(tokens, k, self.n_embd).copy_(x[:, None, :].expand(tokens, k, self.n_embd))
-        graph.ids.copy_(ids.reshape(-1))
+        graph = self._graph(tokens, k)
+        graph.x.copy_(x)
+        graph.ids.copy_(ids)
         self.backend.compute(graph.graph)
-        return torch.bmm(weights.to(torch.float32)[:, None, :], graph.out.view(tokens, k, self.n_embd)).squeeze(1)
+        return torch.bmm(weights.to(torch.float32)[:, None, :], graph.out).squeeze(1)
 
     def _check_ids(self, experts: torch.Tensor) -> None:
         """ggml aborts the process on an expert id out of range: refuse one first."""
