@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from autotune.cache_runtime.cpu_experts import CACHED_GRAPHS, CpuExperts
-from autotune.cache_runtime.ggml_cpu import CpuBackend
+from autotune.cache_runtime.ggml_cpu import CpuBackend, cpu_features
 from autotune.cache_runtime.torch_ops import TorchOps
 from autotune.cache_runtime.weights import ModelWeights, QTensor, load_weights
 from autotune.errors import ModelFileError
@@ -36,9 +36,10 @@ def backend() -> Iterator[CpuBackend]:
     backend.close()
 
 
-def _experts(weights: ModelWeights, backend: CpuBackend, layer: int = LAYER) -> CpuExperts:
+def _experts(weights: ModelWeights, backend: CpuBackend, layer: int = LAYER, repack: bool = False) -> CpuExperts:
     lw = weights.layers[layer]
-    return CpuExperts(lw.gate_exps, lw.up_exps, lw.down_exps, backend)
+    return CpuExperts(lw.gate_exps, lw.up_exps, lw.down_exps, backend, repack=repack)
+
 
 
 def _selection(weights: ModelWeights, tokens: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -177,3 +178,62 @@ def test_misaligned_host_memory_is_refused(weights: ModelWeights, backend: CpuBa
     with pytest.raises(ValueError, match="not 32-byte aligned"):
         CpuExperts(QTensor(shifted, lw.gate_exps.qtype, lw.gate_exps.cols), lw.up_exps, lw.down_exps, backend)
 
+
+
+def test_repacked_stacks_give_the_plain_results(weights: ModelWeights, backend: CpuBackend) -> None:
+    """The CPU_REPACK kernels compute the same dot products (Q8_K activations) in another order."""
+    x, ids, w = _selection(weights, tokens=5, seed=6)
+    plain, repacked = _experts(weights, backend), _experts(weights, backend, repack=True)
+    expected = plain.forward(x, ids, w)
+    got = repacked.forward(x, ids, w)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    torch.testing.assert_close(repacked.forward(x[:1], ids[:1], w[:1]), got[:1], rtol=0, atol=0)
+    plain.close()
+    repacked.close()
+
+
+def test_repack_covers_q4_k_on_avx2_and_leaves_other_types_in_place(weights: ModelWeights, backend: CpuBackend) -> None:
+    """Q4_K is repacked (8x8 interleave) on x86 with AVX2; F16, Q6_K and Q8_0 have no x86 repack
+    in this ggml, so those stacks stay plain and are read in place."""
+    if not {"AVX2", "REPACK"} <= cpu_features():
+        pytest.skip("this ggml build has no AVX2 repacked kernels")
+    lw = weights.layers[LAYER]
+    experts = _experts(weights, backend, repack=True)
+    assert experts.repacked == tuple(name for name, stack in zip(("gate", "up", "down"),
+                                                                  (lw.gate_exps, lw.up_exps, lw.down_exps))
+                                     if stack.qtype == "Q4_K")
+    experts.close()
+
+
+def test_a_repacked_stack_is_a_copy_and_a_plain_one_is_read_in_place(weights: ModelWeights,
+                                                                     backend: CpuBackend) -> None:
+    lw = weights.layers[LAYER]
+    gate = QTensor(lw.gate_exps.data.clone(), lw.gate_exps.qtype, lw.gate_exps.cols)
+    experts = CpuExperts(gate, lw.up_exps, lw.down_exps, backend, repack=True)
+    x, ids, w = _selection(weights, tokens=1, seed=7)
+    before = experts.forward(x, ids, w)
+    gate.data.zero_()
+    after = experts.forward(x, ids, w)
+    if "gate" in experts.repacked:
+        assert torch.equal(after, before)
+    else:
+        assert torch.equal(after, torch.zeros_like(x))  # silu(0) * up = 0
+    experts.close()
+
+
+@pytest.mark.parametrize("repack", [False, True])
+def test_a_backend_changes_its_thread_pool_and_not_a_bit(weights: ModelWeights, repack: bool) -> None:
+    """Plain or repacked, each output row is one thread's work: any thread count, same bits."""
+    backend = CpuBackend(2)
+    experts = _experts(weights, backend, repack=repack)
+    x, ids, w = _selection(weights, tokens=3, seed=8)
+    expected = experts.forward(x, ids, w)
+    for n_threads in (1, 3, 7, 2):
+        backend.set_threads(n_threads)
+        assert backend.n_threads == n_threads and backend.threadpool
+        assert torch.equal(experts.forward(x, ids, w), expected)
+    with pytest.raises(ValueError, match="at least one thread"):
+        backend.set_threads(0)
+    experts.close()
+    backend.close()
+    assert backend.threadpool == 0

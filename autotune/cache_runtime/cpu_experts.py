@@ -6,8 +6,17 @@ CPU kernels (each type's ``vec_dot`` against activations quantized to its ``vec_
 The ggml tensors point at the stacks' host bytes (the memory map or the pinned home), so no
 weight is copied or dequantized.
 
-Each (token, expert) pair is computed as its own row (a pair graph): the caller can ask for
-any subset of a batch's selections (the misses) and gets their weighted sum per token.
+With ``repack``, a stack whose type ggml-cpu's CPU_REPACK buffer type covers for ``mul_mat_id``
+on this CPU is copied once into that layout instead (what llama.cpp does with CPU weights by
+default: rows interleaved for its gemv kernels, still quantized, the same bytes again in RAM).
+In the vendored ggml of llama-cpp-python 0.3.36 that is Q4_K (also Q4_0, IQ4_NL, MXFP4) on
+x86 with AVX2, rows a multiple of 8; Q6_K and Q8_0 are repacked on ARM only. A stack it does
+not cover is read in place, as without ``repack``; ``repacked`` names the stacks it covered.
+
+A graph computes ``rows`` activations against ``k`` experts each. All of a batch's selections
+make a token graph (a row per token, its ``k`` experts: the activations are quantized once a
+token, as llama.cpp does); a subset of them (the misses) makes a pair graph (a row per
+(token, expert) pair, ``k`` = 1). Either way the caller gets the weighted sum per token.
 """
 
 from __future__ import annotations
@@ -19,32 +28,34 @@ import torch
 
 from autotune.cache_runtime import ggml_cpu
 from autotune.cache_runtime.dequant import BLOCK_SIZES
-from autotune.cache_runtime.ggml_cpu import GGML_F32, GGML_I32, Binding, Context, CpuBackend
+from autotune.cache_runtime.ggml_cpu import GGML_F32, GGML_I32, Binding, Context, CpuBackend, RepackedCopy
 from autotune.cache_runtime.weights import QTensor
 from autotune.errors import ModelFileError
 
 SUPPORTED_TYPES = tuple(BLOCK_SIZES)  # the runtime's types; ggml has CPU kernels for each
-CACHED_GRAPHS = 8  # pair counts whose graphs are kept (decode uses one or a few)
+CACHED_GRAPHS = 8  # graph shapes kept (decode uses one or a few)
+STACK_NAMES = ("gate", "up", "down")
 
 
 @dataclass
-class _PairGraph:
-    """The graph for one number of pairs, and torch views of its input and output data."""
+class _Graph:
+    """The graph for one shape (rows, k), and torch views of its input and output data."""
 
     context: Context
     graph: int
-    x: torch.Tensor  # (pairs, n_embd) float32
-    ids: torch.Tensor  # (pairs,) int32
-    out: torch.Tensor  # (pairs, n_embd) float32: down(silu(gate x) * up x)
+    x: torch.Tensor  # (rows, n_embd) float32
+    ids: torch.Tensor  # (rows, k) int32
+    out: torch.Tensor  # (rows, k, n_embd) float32: down(silu(gate x) * up x) per row and expert
 
 
 class CpuExperts:
     """One layer's experts on the CPU. ``gate``, ``up`` and ``down`` are the layer's stacks
     (``(n_expert, rows, row_bytes)`` in host memory); ``backend`` sets the threads and may be
-    shared by every layer (one computation at a time)."""
+    shared by every layer (one computation at a time); ``repack``: see the module's docstring
+    (the repacked stacks are copies, so their source memory may go)."""
 
-    def __init__(self, gate: QTensor, up: QTensor, down: QTensor, backend: CpuBackend):
-        for name, stack in (("gate", gate), ("up", up), ("down", down)):
+    def __init__(self, gate: QTensor, up: QTensor, down: QTensor, backend: CpuBackend, repack: bool = False):
+        for name, stack in zip(STACK_NAMES, (gate, up, down)):
             if stack.qtype not in SUPPORTED_TYPES:
                 raise ModelFileError(f"CPU experts: no CPU kernel here for the {name} stack's GGML type "
                                      f"{stack.qtype} (supported: {', '.join(SUPPORTED_TYPES)})")
@@ -56,50 +67,75 @@ class CpuExperts:
                 or down.data.shape[:2] != (self.n_expert, self.n_embd) or down.cols != self.n_ff:
             raise ValueError("CPU experts: the gate, up and down stacks do not make one layer's experts")
         self.backend = backend
-        self._weights = Context(0, 3, alloc=False)
+        self.expert_bytes = sum(stack.data[0].numel() for stack in (gate, up, down))  # what one expert reads
+        self.repacked: tuple[str, ...] = ()
+        self._weights = Context(0, 2 * len(STACK_NAMES), alloc=False)  # a repack refused costs a description
         self._stacks: list[int] = []
-        self._bindings: list[Binding] = []
-        self._graphs: OrderedDict[int, _PairGraph] = OrderedDict()
+        self._bindings: list[Binding | RepackedCopy] = []
+        self._graphs: OrderedDict[tuple[int, int], _Graph] = OrderedDict()
         try:
-            for stack in (gate, up, down):
-                tensor = self._weights.tensor(ggml_cpu.ggml_type(stack.qtype), stack.cols, stack.rows, self.n_expert)
-                self._bindings.append(Binding(tensor, stack.data))
-                self._stacks.append(tensor)
+            for name, stack in zip(STACK_NAMES, (gate, up, down)):
+                self._place(name, stack, repack)
         except ValueError:
             self.close()
             raise
 
-    @property
-    def expert_bytes(self) -> int:
-        """Bytes of one expert's three matrices: what computing it reads."""
-        return sum(b.data[0].numel() for b in self._bindings)
+    def _place(self, name: str, stack: QTensor, repack: bool) -> None:
+        """Describe ``stack`` to ggml: a repacked copy where asked and covered, else in place."""
+        def describe() -> int:
+            return self._weights.tensor(ggml_cpu.ggml_type(stack.qtype), stack.cols, stack.rows, self.n_expert)
 
-    def _pair_graph(self, pairs: int) -> _PairGraph:
-        cached = self._graphs.pop(pairs, None)
+        tensor = describe()
+        if repack:
+            copy = RepackedCopy(tensor)
+            if self._covers(copy, tensor, stack.cols):
+                copy.load(stack.data)
+                self._bindings.append(copy)
+                self._stacks.append(tensor)
+                self.repacked += (name,)
+                return
+            copy.close()
+            tensor = describe()  # the refused one's buffer is gone
+        self._bindings.append(Binding(tensor, stack.data))
+        self._stacks.append(tensor)
+
+    @staticmethod
+    def _covers(copy: RepackedCopy, tensor: int, cols: int) -> bool:
+        """Whether ggml-cpu repacks ``tensor`` for a ``mul_mat_id`` (asked with a one-token op)."""
+        ctx = Context(0, 3, alloc=False)
+        try:
+            lib = ggml_cpu.api()
+            return copy.covers(lib.mul_mat_id(ctx.handle, tensor, ctx.tensor(GGML_F32, cols, 1, 1),
+                                              ctx.tensor(GGML_I32, 1, 1)))
+        finally:
+            ctx.close()
+
+    def _graph(self, rows: int, k: int) -> _Graph:
+        cached = self._graphs.pop((rows, k), None)
         if cached is None:
-            cached = self._build(pairs)
+            cached = self._build(rows, k)
             if len(self._graphs) >= CACHED_GRAPHS:
                 self._graphs.popitem(last=False)[1].context.close()
-        self._graphs[pairs] = cached
+        self._graphs[rows, k] = cached
         return cached
 
-    def _build(self, pairs: int) -> _PairGraph:
-        floats = pairs * (2 * self.n_embd + 3 * self.n_ff)  # x, out; gate, up, their product
-        ctx = Context(4 * (floats + pairs), 7, alloc=True)
+    def _build(self, rows: int, k: int) -> _Graph:
+        floats = rows * (self.n_embd + k * (self.n_embd + 3 * self.n_ff))  # x; out, gate, up, their product
+        ctx = Context(4 * (floats + rows * k), 7, alloc=True)
         gate_w, up_w, down_w = self._stacks
-        x = ctx.tensor(GGML_F32, self.n_embd, 1, pairs)
-        ids = ctx.tensor(GGML_I32, 1, pairs)
+        x = ctx.tensor(GGML_F32, self.n_embd, 1, rows)  # one activation a row, for each of its k experts
+        ids = ctx.tensor(GGML_I32, k, rows)
         lib = ggml_cpu.api()
         gate = lib.mul_mat_id(ctx.handle, gate_w, x, ids)
         up = lib.mul_mat_id(ctx.handle, up_w, x, ids)
         hidden = lib.swiglu_split(ctx.handle, gate, up)
         out = lib.mul_mat_id(ctx.handle, down_w, hidden, ids)
-        return _PairGraph(
+        return _Graph(
             context=ctx,
             graph=ctx.graph(out),
-            x=ggml_cpu.tensor_view(x, torch.float32, (pairs, self.n_embd)),
-            ids=ggml_cpu.tensor_view(ids, torch.int32, (pairs,)),
-            out=ggml_cpu.tensor_view(out, torch.float32, (pairs, self.n_embd)),
+            x=ggml_cpu.tensor_view(x, torch.float32, (rows, self.n_embd)),
+            ids=ggml_cpu.tensor_view(ids, torch.int32, (rows, k)),
+            out=ggml_cpu.tensor_view(out, torch.float32, (rows, k, self.n_embd)),
         )
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
@@ -116,19 +152,34 @@ class CpuExperts:
                 or (mask is not None and mask.shape != ids.shape):
             raise ValueError(f"CPU experts: ids {tuple(ids.shape)}, weights {tuple(weights.shape)} and mask "
                              f"do not all have the shape (tokens, k) for {x.shape[0]} tokens")
-        selected = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
-        token, slot = selected.nonzero(as_tuple=True)
+        if mask is None:  # decode's common case: every selection, with no index bookkeeping
+            return self._all_selections(x, ids, weights)
+        token, slot = mask.nonzero(as_tuple=True)
         out = torch.zeros_like(x)
         if token.numel() == 0:
             return out
         experts = ids[token, slot]
-        if int(experts.min()) < 0 or int(experts.max()) >= self.n_expert:
-            raise ValueError(f"CPU experts: expert ids must lie in [0, {self.n_expert})")
-        graph = self._pair_graph(token.numel())
-        graph.x.copy_(x[token])
-        graph.ids.copy_(experts)
+        self._check_ids(experts)
+        graph = self._graph(token.numel(), 1)
+        torch.index_select(x, 0, token, out=graph.x)
+        graph.ids.copy_(experts[:, None])
         self.backend.compute(graph.graph)
-        return out.index_add_(0, token, graph.out * weights[token, slot, None].to(torch.float32))
+        return out.index_add_(0, token, graph.out[:, 0] * weights[token, slot, None].to(torch.float32))
+
+    def _all_selections(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        tokens, k = ids.shape
+        self._check_ids(ids)
+        graph = self._graph(tokens, k)
+        graph.x.copy_(x)
+        graph.ids.copy_(ids)
+        self.backend.compute(graph.graph)
+        return torch.bmm(weights.to(torch.float32)[:, None, :], graph.out).squeeze(1)
+
+    def _check_ids(self, experts: torch.Tensor) -> None:
+        """ggml aborts the process on an expert id out of range: refuse one first."""
+        low, high = torch.aminmax(experts)
+        if int(low) < 0 or int(high) >= self.n_expert:
+            raise ValueError(f"CPU experts: expert ids must lie in [0, {self.n_expert})")
 
     def close(self) -> None:
         """Free ggml's descriptions of the stacks and the cached graphs (the stacks' memory stays)."""

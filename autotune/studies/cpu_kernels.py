@@ -3,12 +3,14 @@
 Issue 27's bar: ggml's CPU kernels (``cache_runtime.cpu_experts``) read Q4_K and Q6_K expert
 weights at 70% or more of the host's measured RAM read bandwidth, at the best thread count.
 
-- RAM read bandwidth: torch sums a float32 buffer far larger than the last-level cache on
-  ``n`` threads; bytes over the median time of the repeats.
-- Kernel read rate: one layer's stacks of random quantized experts of a preset's shape, all
-  of one type; each step computes one token's ``n_expert_used`` distinct random experts,
-  as decode does; the bytes of those experts over the median step time (the whole
-  ``CpuExperts.forward``, its few microseconds of torch bookkeeping included).
+- RAM read bandwidth: ``host_memory.ram_read_bandwidth``, the best reader at each thread count.
+- Kernel read rate: as many layers of a preset's shape (random quantized experts, all of one
+  type) as make a weight set far larger than the last-level cache (4x it, and 2 GiB at
+  least), so the weights come from RAM as in decode. Each step is one layer's experts for
+  one decode token (``n_expert_used`` distinct experts through ``CpuExperts.forward``, its
+  few microseconds of torch bookkeeping included); the steps visit the layers in turn and
+  each layer's experts in a fixed shuffled cycle, so no expert is read twice before the
+  whole set has been. The rate is the bytes of a step's experts over the median step time.
 
 Usage: ``python -m autotune.studies.cpu_kernels --threads 4,8,16 [--out figures.json]``
 """
@@ -16,9 +18,11 @@ Usage: ``python -m autotune.studies.cpu_kernels --threads 4,8,16 [--out figures.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,42 +32,45 @@ from gguf import GGMLQuantizationType as QType
 
 from autotune.cache_runtime.cpu_experts import CpuExperts
 from autotune.cache_runtime.dequant import row_bytes
-from autotune.cache_runtime.ggml_cpu import CpuBackend
+from autotune.cache_runtime.ggml_cpu import CpuBackend, cpu_features
 from autotune.cache_runtime.weights import QTensor
 from autotune.quants import quantize
+from autotune.studies.host_memory import last_level_cache_bytes, ram_read_bandwidth
 from autotune.synth.presets import get_preset
 
 POOL_VALUES = 2**20  # random values a stack's blocks repeat
+MIN_WEIGHT_BYTES = 2**31
+LLC_MULTIPLE = 4
 GB = 1e9
+GIB = 2**30
 
 
-def ram_read_bandwidth(n_threads: int, nbytes: int = 2**31, repeats: int = 7) -> float:
-    """Bytes per second torch reads summing ``nbytes`` of float32 on ``n_threads`` threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    try:
-        buffer = torch.ones(nbytes // 4, dtype=torch.float32)
-        buffer.sum()  # first touch and warm-up
-        seconds = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            buffer.sum()
-            seconds.append(time.perf_counter() - start)
-        return nbytes / statistics.median(seconds)
-    finally:
-        torch.set_num_threads(before)
+@functools.cache
+def _block_pool(qtype: str, seed: int) -> torch.Tensor:
+    values = np.random.default_rng(seed).standard_normal(POOL_VALUES, dtype=np.float32) / 64
+    return torch.from_numpy(quantize(values, QType[qtype]).reshape(-1))
 
 
 def random_stack(n_expert: int, rows: int, cols: int, qtype: str, seed: int = 0) -> QTensor:
     """A ``(n_expert, rows, cols)`` stack of random, well-formed ``qtype`` blocks in host memory
-    (a pool of blocks repeated: what is read, not what it holds, sets the speed)."""
-    rng = np.random.default_rng(seed)
-    values = rng.standard_normal(POOL_VALUES, dtype=np.float32) / 64
-    pool = torch.from_numpy(quantize(values, QType[qtype]).reshape(-1))
+    of its own (a pool of blocks repeated: what is read, not what it holds, sets the speed)."""
+    pool = _block_pool(qtype, seed)
     per_row = row_bytes(qtype, cols)
     total = n_expert * rows * per_row
     data = pool.repeat(-(-total // pool.numel()))[:total]
     return QTensor(data.view(n_expert, rows, per_row), qtype, cols)
+
+
+def expert_schedule(n_layers: int, n_expert: int, k: int, seed: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+    """Endless (layer, ``k`` distinct expert ids) steps: the layers in turn, each walking its
+    own shuffled cycle of experts, so an expert comes back only after all the others have."""
+    gen = torch.Generator().manual_seed(seed)
+    cycles = [torch.randperm(n_expert, generator=gen) for _ in range(n_layers)]
+    visit = 0
+    while True:
+        for layer, cycle in enumerate(cycles):
+            yield layer, cycle[(visit * k + torch.arange(k)) % n_expert]
+        visit += 1
 
 
 @dataclass
@@ -71,42 +78,62 @@ class KernelRate:
     preset: str
     qtype: str
     n_threads: int
-    n_expert: int  # experts in the benchmark's stacks
+    repack: bool
+    repacked: list[str]  # the stacks the CPU_REPACK layout covered (the others read in place)
+    n_expert: int  # experts in each layer's stacks
+    n_layers: int  # layers in the weight set
+    weight_bytes: int  # the weight set the steps cycle over
     experts_per_step: int
     expert_bytes: int
-    step_seconds: float  # median
+    step_seconds: float  # median wall time of a step: one layer's experts for one token
     best_step_seconds: float  # the fastest step: the kernels undisturbed by other processes
+    step_cpu_seconds: float  # median process CPU time of a step (all threads, spinning included)
     bytes_per_second: float  # at the median step
 
 
-def kernel_read_rate(preset_name: str, qtype: str, n_threads: int, n_expert: int | None = None,
+def _layer(preset_name: str, qtype: str, n_expert: int, backend: CpuBackend, repack: bool, seed: int) -> CpuExperts:
+    preset = get_preset(preset_name)
+    stacks = (random_stack(n_expert, preset.n_ff_expert, preset.n_embd, qtype, seed),
+              random_stack(n_expert, preset.n_ff_expert, preset.n_embd, qtype, seed + 1),
+              random_stack(n_expert, preset.n_embd, preset.n_ff_expert, qtype, seed + 2))
+    return CpuExperts(*stacks, backend, repack=repack)  # a repacked stack's source goes with this frame
+
+
+def kernel_read_rate(preset_name: str, qtype: str, n_threads: int, repack: bool = False,
+                     weight_bytes: int = MIN_WEIGHT_BYTES, n_expert: int | None = None,
                      steps: int = 40, seed: int = 0) -> KernelRate:
-    """The CPU experts' weight read rate on one decode token of the preset's layer shape."""
+    """The CPU experts' weight read rate on decode steps of the preset's layer shape, over a
+    weight set of at least ``weight_bytes``."""
     preset = get_preset(preset_name)
     n_expert = n_expert or preset.n_expert
     k = min(preset.n_expert_used, n_expert)
-    gate = random_stack(n_expert, preset.n_ff_expert, preset.n_embd, qtype, seed)
-    up = random_stack(n_expert, preset.n_ff_expert, preset.n_embd, qtype, seed + 1)
-    down = random_stack(n_expert, preset.n_embd, preset.n_ff_expert, qtype, seed + 2)
     backend = CpuBackend(n_threads)
-    experts = CpuExperts(gate, up, down, backend)
+    layers = [_layer(preset_name, qtype, n_expert, backend, repack, seed)]
+    layer_bytes = n_expert * layers[0].expert_bytes
+    layers += [_layer(preset_name, qtype, n_expert, backend, repack, seed)
+               for _ in range(1, -(-weight_bytes // layer_bytes))]
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(1, preset.n_embd, generator=gen)
     weights = torch.full((1, k), 1.0 / k)
-    seconds = []
+    schedule = expert_schedule(len(layers), n_expert, k, seed)
+    wall, cpu = [], []
     try:
-        for step in range(steps + 3):  # three warm-up steps: the graph, the thread team
-            ids = torch.randperm(n_expert, generator=gen)[:k][None]
-            start = time.perf_counter()
-            experts.forward(x, ids, weights)
-            if step >= 3:
-                seconds.append(time.perf_counter() - start)
+        for step in range(len(layers) + steps):  # a first visit of each layer builds its graph
+            layer, ids = next(schedule)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            layers[layer].forward(x, ids[None], weights)
+            if step >= len(layers):
+                wall.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
     finally:
-        experts.close()
+        for experts in layers:
+            experts.close()
         backend.close()
-    step_seconds = statistics.median(seconds)
-    return KernelRate(preset_name, qtype, n_threads, n_expert, k, experts.expert_bytes, step_seconds,
-                      min(seconds), k * experts.expert_bytes / step_seconds)
+    step_seconds = statistics.median(wall)
+    first = layers[0]
+    return KernelRate(preset_name, qtype, n_threads, repack, list(first.repacked), n_expert, len(layers),
+                      len(layers) * layer_bytes, k, first.expert_bytes, step_seconds, min(wall),
+                      statistics.median(cpu), k * first.expert_bytes / step_seconds)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,27 +141,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--presets", default="qwen3-30b-a3b,qwen3-235b-a22b")
     parser.add_argument("--types", default="Q4_K,Q6_K")
+    parser.add_argument("--layout", choices=("plain", "repack", "both"), default="both",
+                        help="the stacks read in place, in ggml-cpu's CPU_REPACK layout, or each in turn")
     parser.add_argument("--experts", type=int, default=None,
-                        help="experts per stack (default: the preset's; fewer saves memory)")
+                        help="experts per stack (default: the preset's)")
+    parser.add_argument("--weights-gib", type=float, default=None,
+                        help=f"weight set the steps cycle over (default: {LLC_MULTIPLE}x the last-level "
+                             f"cache, {MIN_WEIGHT_BYTES / GIB:.0f} GiB at least)")
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--ram-gib", type=float, default=2.0, help="buffer the RAM bandwidth sums")
+    parser.add_argument("--ram-gib", type=float, default=2.0, help="buffer the RAM readers read")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
+    layouts = {"plain": [False], "repack": [True], "both": [False, True]}[args.layout]
+    llc = last_level_cache_bytes()
+    weight_bytes = int(args.weights_gib * GIB) if args.weights_gib else max(LLC_MULTIPLE * llc, MIN_WEIGHT_BYTES)
 
-    ram = {t: ram_read_bandwidth(t, int(args.ram_gib * 2**30)) for t in threads}
-    best_ram = max(ram.values())
-    for t, rate in ram.items():
-        print(f"RAM read, {t:>3} threads: {rate / GB:6.1f} GB/s")
-    rates = [kernel_read_rate(p, q, t, args.experts, args.steps)
-             for p in args.presets.split(",") for q in args.types.split(",") for t in threads]
-    for r in rates:
-        best = r.bytes_per_second * r.step_seconds / r.best_step_seconds
-        print(f"{r.preset:>16} {r.qtype:>5} {r.n_threads:>3} threads: {r.step_seconds * 1e3:7.2f} ms/token, "
-              f"{r.bytes_per_second / GB:6.1f} GB/s = {r.bytes_per_second / best_ram:5.1%} of RAM "
-              f"(fastest step {best / GB:.1f} GB/s)")
+    print(f"ggml CPU features: {' '.join(sorted(cpu_features()))}")
+    print(f"last-level cache {llc / 2**20:.0f} MiB; weight set {weight_bytes / GIB:.2f} GiB or more")
+    ram = {t: ram_read_bandwidth(t, int(args.ram_gib * GIB)) for t in threads}
+    best_ram = max(max(readers.values()) for readers in ram.values())
+    for t, readers in ram.items():
+        print(f"RAM read, {t:>3} threads: " + ", ".join(f"{name} {rate / GB:6.1f} GB/s"
+                                                        for name, rate in readers.items()))
+    rates = []
+    for preset in args.presets.split(","):
+        for qtype in args.types.split(","):
+            for repack in layouts:
+                for t in threads:
+                    r = kernel_read_rate(preset, qtype, t, repack, weight_bytes, args.experts, args.steps)
+                    rates.append(r)
+                    layout = f"repack({','.join(r.repacked) or 'none'})" if repack else "plain"
+                    best = r.bytes_per_second * r.step_seconds / r.best_step_seconds
+                    print(f"{preset:>16} {qtype:>5} {layout:>20} {t:>3} threads: "
+                          f"{r.step_seconds * 1e3:7.3f} ms/step (x{get_preset(preset).n_layers} layers = "
+                          f"{r.step_seconds * get_preset(preset).n_layers * 1e3:6.1f} ms/token), "
+                          f"cpu {r.step_cpu_seconds * 1e3:7.3f} ms/step, {r.bytes_per_second / GB:6.1f} GB/s = "
+                          f"{r.bytes_per_second / best_ram:5.1%} of RAM (fastest step {best / GB:.1f} GB/s; "
+                          f"{r.n_layers} layers, {r.weight_bytes / GIB:.2f} GiB)", flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"ram_read_bytes_per_second": ram,
+        args.out.write_text(json.dumps({"last_level_cache_bytes": llc, "ram_read_bytes_per_second": ram,
                                         "kernels": [asdict(r) for r in rates]}, indent=1))
 
 
