@@ -12,7 +12,7 @@ from autotune.cache_runtime.dequant import row_bytes
 from autotune.cache_runtime.ggml_cpu import cpu_features
 from autotune.errors import AutotuneError
 from autotune.studies.cpu_kernels import expert_schedule, kernel_read_rate, random_stack
-from autotune.studies.host_memory import last_level_cache_bytes, ram_read_bandwidth
+from autotune.studies.ram_bandwidth import last_level_cache_bytes, ram_read_bandwidth
 from autotune.synth.presets import get_preset
 
 pytest.importorskip("llama_cpp")  # its libraries bring ggml's CPU kernels

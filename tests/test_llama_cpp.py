@@ -16,7 +16,7 @@ from autotune.backends.base import Backend, Outcome, Workload
 from autotune.backends.llama_cpp.commands import python_snippet
 from autotune.backends.llama_cpp.knobs import normalize
 from autotune.backends.llama_cpp.backend import LlamaCppBackend
-from autotune.backends.llama_cpp.memory import CUDA_CONTEXT_BYTES, estimate_vram
+from autotune.backends.llama_cpp.vram_model import CUDA_CONTEXT_BYTES, estimate_vram
 from autotune.hardware import GpuInfo, HardwareProfile, probe_hardware
 from autotune.model_info import LayerBytes, ModelProfile, inspect_model
 

@@ -11,7 +11,7 @@ import pytest
 from autotune.backends.base import Measurement, Outcome, TrialResult, Workload
 from autotune.backends.llama_cpp.bench import LlamaBenchBackend, served_context_bytes
 from autotune.backends.llama_cpp.backend import LlamaCppBackend
-from autotune.backends.llama_cpp.memory import KV_PADDING
+from autotune.backends.llama_cpp.vram_model import KV_PADDING
 from autotune.model_info import inspect_model
 
 SERVED = Workload(n_prompt=512, n_gen=8, repetitions=1, n_ctx=4096)

@@ -19,7 +19,7 @@ from autotune import interrupts
 from autotune.backends.base import Config, Measurement, Outcome, TrialResult
 from autotune.errors import AutotuneError
 from autotune.search.liveness import Heartbeat, identity
-from autotune.search.memory import relative_error
+from autotune.search.vram_calibration import relative_error
 from autotune.search.objective import objective_of
 from autotune.search.records import TrialRecord, queued_attrs
 from autotune.search.study_context import StudyContext

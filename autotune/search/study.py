@@ -32,7 +32,7 @@ from autotune.search import winner
 from autotune.search.baselines import Baselines, calibrate_from_study
 from autotune.search.dispatch import Dispatcher
 from autotune.search.liveness import fail_dead_trials
-from autotune.search.memory import MemoryCalibration
+from autotune.search.vram_calibration import MemoryCalibration
 from autotune.search.race import Race
 from autotune.search.records import TrialRecord, clear_stop
 from autotune.search.samplers import make_sampler

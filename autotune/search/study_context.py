@@ -15,7 +15,7 @@ from autotune import interrupts
 from autotune.backends.base import Backend, Config, TrialResult, Workload
 from autotune.hardware import HardwareProfile
 from autotune.model_info import ModelProfile
-from autotune.search.memory import MemoryCalibration
+from autotune.search.vram_calibration import MemoryCalibration
 from autotune.search.records import TrialRecord, queued_attrs, stop_requested
 from autotune.storage import Database
 

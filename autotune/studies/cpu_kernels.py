@@ -3,7 +3,7 @@
 Issue 27's bar: ggml's CPU kernels (``cache_runtime.cpu_experts``) read Q4_K and Q6_K expert
 weights at 70% or more of the host's measured RAM read bandwidth, at the best thread count.
 
-- RAM read bandwidth: ``host_memory.ram_read_bandwidth``, the best reader at each thread count.
+- RAM read bandwidth: ``ram_bandwidth.ram_read_bandwidth``, the best reader at each thread count.
 - Kernel read rate: as many layers of a preset's shape (random quantized experts, all of one
   type) as make a weight set far larger than the last-level cache (4x it, and 2 GiB at
   least), so the weights come from RAM as in decode. Each step is one layer's experts for
@@ -35,7 +35,7 @@ from autotune.cache_runtime.dequant import row_bytes
 from autotune.cache_runtime.ggml_cpu import CpuBackend, cpu_features
 from autotune.cache_runtime.weights import QTensor
 from autotune.quants import quantize
-from autotune.studies.host_memory import last_level_cache_bytes, ram_read_bandwidth
+from autotune.studies.ram_bandwidth import last_level_cache_bytes, ram_read_bandwidth
 from autotune.synth.presets import get_preset
 
 POOL_VALUES = 2**20  # random values a stack's blocks repeat

@@ -18,7 +18,7 @@ from autotune.backends.llama_cpp.commands import format_command, parse_command
 from autotune.isolation.trial_process import run_in_load_groups
 from autotune.backends.llama_cpp.arch import load_problem
 from autotune.backends.llama_cpp.knobs import DEFAULTS, KV_TYPES, LOAD_KEYS, cpu_expert_patterns, load_params, normalize
-from autotune.backends.llama_cpp.memory import estimate_vram
+from autotune.backends.llama_cpp.vram_model import estimate_vram
 
 if TYPE_CHECKING:
     import optuna

@@ -27,7 +27,7 @@ from autotune.backends.llama_cpp.commands import bench_argv, bench_path_problem
 from autotune.isolation.trial_process import check_cap
 from autotune.backends.llama_cpp.knobs import normalize
 from autotune.backends.llama_cpp.backend import LlamaCppBackend
-from autotune.backends.llama_cpp.memory import estimate_vram
+from autotune.backends.llama_cpp.vram_model import estimate_vram
 from autotune.model_info import ModelProfile, inspect_model
 
 def find_llama_bench(binary: str | None = None) -> str | None:

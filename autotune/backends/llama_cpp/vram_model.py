@@ -14,7 +14,7 @@ The terms follow where llama.cpp puts things (src/llama-model.cpp, llama-context
   CPU-resident weights copied in for a batch of 32 tokens or more.
 
 What this misses on a machine (driver, cuBLAS workspace, allocator rounding) the tuner
-learns as a per-machine correction (``autotune.search.memory``).
+learns as a per-machine correction (``autotune.search.vram_calibration``).
 """
 
 from __future__ import annotations
