@@ -42,7 +42,7 @@ def config(model: Path, slots: int, **knobs) -> CacheConfig:
 
 
 def engine(model: Path, slots: int, **knobs) -> Engine:
-    return Engine(model, device="cpu", kernels="torch", cache=config(model, slots, **knobs))
+    return Engine(model, device="cpu", kernels="torch", cache_config=config(model, slots, **knobs))
 
 
 def assert_table_points_at_each_experts_bytes(e: Engine) -> None:
@@ -143,11 +143,9 @@ def test_the_passes_expert_ids_are_gone_when_the_room_is_lent_again(tiny_model: 
     ids every pass made (6 MB at 2048 tokens on the 30B preset) are dropped by then."""
     import weakref
 
-    from autotune.cache_runtime import engine as engine_module
-
     e = engine(tiny_model, 4, lend_prefill_room=True, prefill_bypass=4, prefill_chunk=8)
     made: list[weakref.ref] = []
-    forward = engine_module.forward
+    forward = e.forward
 
     def recording_forward(ops, tokens, start):
         logits, ids = forward(ops, tokens, start)
@@ -156,7 +154,7 @@ def test_the_passes_expert_ids_are_gone_when_the_room_is_lent_again(tiny_model: 
 
     alive_at_lend: list[bool] = []
     after_prefill = e.expert_cache.after_prefill
-    monkeypatch.setattr(engine_module, "forward", recording_forward)
+    monkeypatch.setattr(e, "forward", recording_forward)
     monkeypatch.setattr(e.expert_cache, "after_prefill",
                         lambda: (alive_at_lend.extend(r() is not None for r in made), after_prefill()))
     e.reset()
@@ -210,13 +208,13 @@ def test_prefetch_precision_and_recall_bookkeeping(tiny_model: Path) -> None:
 
 def test_learned_placement_seeds_the_next_start(tiny_model: Path, full_tokens) -> None:
     first = Engine(tiny_model, device="cpu", kernels="torch",
-                   cache=CacheConfig.from_dict({**config(tiny_model, 16).to_dict(), "learned_placement": True}))
+                   cache_config=CacheConfig.from_dict({**config(tiny_model, 16).to_dict(), "learned_placement": True}))
     assert not first.expert_cache.seeded
     first.generate(PROMPT, STEPS)
     counts = first.expert_cache.routing.total.copy()
     first.close()  # saves the counts
     second = Engine(tiny_model, device="cpu", kernels="torch",
-                    cache=CacheConfig.from_dict({**config(tiny_model, 16).to_dict(), "learned_placement": True}))
+                    cache_config=CacheConfig.from_dict({**config(tiny_model, 16).to_dict(), "learned_placement": True}))
     cache = second.expert_cache
     assert cache.seeded
     for layer in range(4):
@@ -238,7 +236,7 @@ def test_reconfigure_without_reloading(tiny_model: Path, full_tokens) -> None:
 
 def test_a_cap_below_the_fixed_need_is_refused(tiny_model: Path) -> None:
     with pytest.raises(AutotuneError, match="below the cache runtime's fixed need"):
-        Engine(tiny_model, device="cpu", kernels="torch", cache=CacheConfig(vram_cap=2**20))
+        Engine(tiny_model, device="cpu", kernels="torch", cache_config=CacheConfig(vram_cap=2**20))
 
 
 def test_reconfiguring_to_another_context_is_refused(tiny_model: Path) -> None:

@@ -46,7 +46,7 @@ def config(model: Path, slots: int, **knobs) -> CacheConfig:
 def test_stage_kernels_copy_predicted_misses_and_repoint_the_table() -> None:
     """The prefetch ring's three kernels on a hand-made table: only non-resident predicted
     experts are copied and repointed; the previous occupants go back home."""
-    from autotune.cache_runtime.prefetch import ring_release_kernel, stage_commit_kernel, stage_copy_kernel
+    from autotune.cache_runtime.triton_prefetch import ring_release_kernel, stage_commit_kernel, stage_copy_kernel
 
     rng = np.random.default_rng(0)
     sizes = (48, 48, 64)  # bytes of gate, up, down: 2 programs x 2 loads x 4 words cover 16 words
@@ -81,7 +81,7 @@ def test_dma_claim_takes_only_this_steps_landed_rows() -> None:
     copy that never lands is waited for WAIT_SPINS reads, then its expert reads home, and the
     wait is counted."""
     from autotune.cache_runtime.dma_prefetch import publish_kernel, tag
-    from autotune.cache_runtime.prefetch import ring_claim_kernel
+    from autotune.cache_runtime.triton_prefetch import ring_claim_kernel
 
     home = torch.arange(2 * 6 * 3, dtype=torch.int64, device=DEVICE).reshape(2, 6, 3) + 1000
     ring_addr = torch.arange(4 * 3, dtype=torch.int64, device=DEVICE).reshape(4, 3) + 5000
@@ -123,7 +123,7 @@ def test_dma_claim_waits_for_a_copy_in_flight() -> None:
     """The claim starts before the tag of a predicted expert lands (another stream writes it
     after a sleep) and still takes the row, counting its reads of the tags."""
     from autotune.cache_runtime.dma_prefetch import tag
-    from autotune.cache_runtime.prefetch import ring_claim_kernel
+    from autotune.cache_runtime.triton_prefetch import ring_claim_kernel
 
     home = torch.arange(2 * 6 * 3, dtype=torch.int64, device=DEVICE).reshape(2, 6, 3) + 1000
     ring_addr = torch.arange(4 * 3, dtype=torch.int64, device=DEVICE).reshape(4, 3) + 5000
@@ -184,7 +184,7 @@ def test_cache_on_triton_kernels_gives_full_residency_tokens(tiny_model: Path) -
     # prompt; test_runtime_triton checks those kernels against the reference)
     full = Engine(tiny_model, device="cpu", kernels="torch", max_ctx=64).generate(PROMPT, 3)
     cfg = config(tiny_model, 4, miss_mode="copy", rebalance_interval=1, prefetch_depth=1, prefill_bypass=4)
-    e = Engine(tiny_model, device=DEVICE, kernels="triton", use_graph=False, cache=cfg)
+    e = Engine(tiny_model, device=DEVICE, kernels="triton", use_graph=False, cache_config=cfg)
     assert e.generate(PROMPT, 3) == full
     stats = e.cache_stats()
     assert stats["prefill_bypass_batches"] == 1 and stats["rebalances"] == 2
@@ -205,7 +205,7 @@ def test_decode_graph_survives_rebalances_admissions_and_prefetch(tiny_model: Pa
     for mode, depth, copies in (("zero_copy", 0, "sm"), ("copy", 1, "sm"), ("zero_copy", 2, "sm"),
                                 ("copy", 2, "dma")):
         cfg = config(tiny_model, 8, miss_mode=mode, rebalance_interval=4, prefetch_depth=depth, prefetch_engine=copies)
-        e = Engine(tiny_model, kernels="triton", cache=cfg)
+        e = Engine(tiny_model, kernels="triton", cache_config=cfg)
         assert e.generate(PROMPT, 48) == full, (mode, depth, copies)
         stats = e.cache_stats()
         assert stats["rebalances"] > 0 and 0 < stats["hit_rate"] < 1
@@ -222,7 +222,7 @@ def test_lent_slots_survive_prefills_beside_the_decode_graph(tiny_model: Path, m
     from autotune.cache_runtime import budget
 
     full = Engine(tiny_model, kernels="triton", max_ctx=64).generate(PROMPT, 24)
-    e = Engine(tiny_model, kernels="triton", cache=config(tiny_model, 4, lend_prefill_room=True, prefill_bypass=4))
+    e = Engine(tiny_model, kernels="triton", cache_config=config(tiny_model, 4, lend_prefill_room=True, prefill_bypass=4))
     for _ in range(3):
         e.reset()
         assert e.generate(PROMPT, 24) == full

@@ -48,7 +48,7 @@ def session(tiny_model: Path) -> Session:
     base = normalize({"vram_cap": 1, "max_ctx": CTX, "learned_placement": False, "prefetch_depth": 1})
     cap = plan_with_slots(model_sizes(tiny_model), cache_config(base), 32, kv_element_bytes=4).peak
     config = {**base, "vram_cap": cap}
-    engine = Engine(tiny_model, device="cpu", kernels="torch", cache=cache_config(config))
+    engine = Engine(tiny_model, device="cpu", kernels="torch", cache_config=cache_config(config))
     engine.persist_routing = False
     served = Session(engine, "tiny", config)
     yield served

@@ -146,7 +146,7 @@ def test_the_engine_places_the_hottest_experts_of_a_placement_file(tiny_model: P
         sizes.n_layers, sizes.n_expert).astype(np.float64)
     placement = write_placement(tmp_path / "winner.json", counts, model_fingerprint(tiny_model), "a test")
     config = normalize({"vram_cap": cap, "max_ctx": CTX, "eviction": "static", "placement": str(placement)})
-    engine = Engine(tiny_model, device="cpu", kernels="torch", cache=cache_config(config))
+    engine = Engine(tiny_model, device="cpu", kernels="torch", cache_config=cache_config(config))
     engine.persist_routing = False
     for layer, held in enumerate(engine.expert_cache.held):
         hottest = set(np.argsort(-counts[layer])[:len(held)].tolist())

@@ -6,7 +6,7 @@
     engine.trace.enabled = True                # then engine.trace.ids() / .counts()
     text = engine.complete("Once upon", 16)    # through the GGUF's tokenizer (llama_cpp)
 
-    engine = Engine("model.gguf", cache=CacheConfig(vram_cap=16 * 2**30))  # the expert cache
+    engine = Engine("model.gguf", cache_config=CacheConfig(vram_cap=16 * 2**30))  # the expert cache
     engine.cache_stats()                       # hit rate, PCIe bytes per token, prefetch, ...
 """
 
@@ -20,71 +20,67 @@ from pathlib import Path
 import torch
 
 from autotune.cache_runtime.cache_config import CacheConfig
+from autotune.cache_runtime.devices import Device
+from autotune.cache_runtime.families import family_for
 from autotune.cache_runtime.graph import DecodeGraph
-from autotune.cache_runtime.host_memory import copy_into_arenas, pin_with_threads
 from autotune.cache_runtime.kv_cache import KVCache
-from autotune.cache_runtime.model import forward
+from autotune.cache_runtime.ops import FULL_RESIDENCY
+from autotune.cache_runtime.platforms import select_platform
 from autotune.cache_runtime.rope import RopeTable
 from autotune.cache_runtime.routing import RoutingTrace
 from autotune.cache_runtime.sampling import greedy, gumbel_sample
-from autotune.cache_runtime.torch_ops import TorchOps
 from autotune.cache_runtime.weights import LayerWeights, ModelWeights, load_weights
 from autotune.errors import AutotuneError
 
 
-def experts_on_host(weights: ModelWeights, device: torch.device) -> ModelWeights:
+def experts_on_host(weights: ModelWeights, device: Device) -> ModelWeights:
     """Every weight on ``device`` except the routed experts, which stay in host memory:
     pinned for a GPU (its kernels read them there), the file's memory map for the CPU."""
     expert_fields = tuple(f.name for f in dataclasses.fields(LayerWeights) if f.name.endswith("_exps"))
     experts = {(il, name): getattr(layer, name) for il, layer in enumerate(weights.layers) for name in expert_fields}
-    if device.type == "cuda":
-        pin_with_threads()
-        pinned = copy_into_arenas([q.data for q in experts.values()])
-        experts = {key: type(q)(data, q.qtype, q.cols) for (key, q), data in zip(experts.items(), pinned)}
+    homes = device.host_copies([q.data for q in experts.values()])
+    experts = {key: type(q)(data, q.qtype, q.cols) for (key, q), data in zip(experts.items(), homes)}
+    dev = device.torch_device
 
     def placed(il: int, name: str, value):
         if name in expert_fields:
             return experts[(il, name)]
-        return None if value is None else value.to(device)
+        return None if value is None else value.to(dev)
 
     layers = [type(layer)(**{f.name: placed(il, f.name, getattr(layer, f.name)) for f in dataclasses.fields(layer)})
               for il, layer in enumerate(weights.layers)]
-    return ModelWeights(weights.config, weights.token_embd.to(device), layers, weights.output_norm.to(device),
-                        weights.output.to(device))
+    return ModelWeights(weights.config, weights.token_embd.to(dev), layers, weights.output_norm.to(dev),
+                        weights.output.to(dev))
 
 
 class Engine:
-    """One model, one sequence. ``kernels``: "triton" (the GPU default) or "torch".
+    """One model, one sequence. ``device``: a torch device (the GPU where there is one);
+    ``kernels``: "triton" (the GPU default) or "torch" (``platforms``).
 
-    ``cache``: run with the expert cache (experts in host memory, the hottest in VRAM slots
-    within ``cache.vram_cap``); the KV cache then holds ``cache.max_ctx`` tokens, and prefill
-    runs in passes of ``cache.prefill_chunk`` tokens (``prefill_chunk`` without a cache).
+    ``cache_config``: run with the expert cache (experts in host memory, the hottest in VRAM
+    slots within ``cache_config.vram_cap``); the KV cache then holds ``cache_config.max_ctx``
+    tokens, and prefill runs in passes of ``cache_config.prefill_chunk`` tokens
+    (``prefill_chunk`` without an expert cache).
     """
 
     def __init__(self, path: str | Path, device: str | None = None, max_ctx: int = 4096,
                  kernels: str | None = None, use_graph: bool = True, prefill_chunk: int = 2048,
-                 cache: CacheConfig | None = None):
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        kernels = kernels or ("triton" if device.type == "cuda" else "torch")
+                 cache_config: CacheConfig | None = None):
+        self.platform = select_platform(device, kernels)
+        device = self.platform.device.torch_device
         self.path = Path(path)
         weights = load_weights(path)
-        self.weights = weights.to(device) if cache is None else experts_on_host(weights, device)
-        max_ctx = cache.max_ctx if cache is not None else max_ctx
+        self.weights = weights.to(device) if cache_config is None else experts_on_host(weights, self.platform.device)
+        # an engine whose experts went to the GPU's memory cannot take an expert cache later
+        self._experts_in_vram = cache_config is None and not self.platform.device.is_host
+        max_ctx = cache_config.max_ctx if cache_config is not None else max_ctx
         self.cfg = self.weights.config
         self.device = device
-        # The Triton kernels keep keys and values in float16 (as llama.cpp does by default).
-        self.cache = KVCache(self.cfg, max_ctx, device,
-                             torch.float16 if kernels == "triton" else torch.float32)
+        self.forward = family_for(self.cfg.arch, self.path).forward  # (ops, tokens, start) -> logits, ids
+        self.kv_cache = KVCache(self.cfg, max_ctx, device, self.platform.kernels.kv_dtype)
         self.rope = RopeTable(self.cfg, max_ctx, device)
-        if kernels == "triton":
-            from autotune.cache_runtime.triton_ops import TritonOps
-
-            self.ops: TorchOps = TritonOps(self.weights, self.cache, self.rope)
-        elif kernels == "torch":
-            self.ops = TorchOps(self.weights, self.cache, self.rope)
-        else:
-            raise ValueError(f"kernels must be 'triton' or 'torch', not {kernels!r}")
-        self.use_graph = use_graph and device.type == "cuda" and kernels == "triton"
+        self.ops = self.platform.kernels.ops_class()(self.weights, self.kv_cache, self.rope)
+        self.use_graph = use_graph and self.platform.captures_graphs
         self.prefill_chunk = prefill_chunk
         self.trace = RoutingTrace(self.cfg.n_layers, self.cfg.n_expert)
         self.inv_temperature = torch.ones(1, device=device)
@@ -96,8 +92,8 @@ class Engine:
         self.persist_routing = True  # close() saves the routing counts for the next start
         self._fingerprint: str | None = None
         self.placement_source = "no counts"  # whose routing counts seeded the expert cache's placement
-        if cache is not None:
-            self.configure_cache(cache)
+        if cache_config is not None:
+            self.configure_cache(cache_config)
 
     # -- the expert cache ----------------------------------------------------------------
 
@@ -114,33 +110,28 @@ class Engine:
         cache's routing counts are saved, its slots freed, new slots planned and filled."""
         from autotune.cache_runtime.budget import model_sizes, plan_vram
         from autotune.cache_runtime.expert_cache import ExpertCache
-        from autotune.cache_runtime.expert_table import ExpertTable
         from autotune.cache_runtime.learned import seed_counts
 
-        if self.expert_cache is None and self.weights.layers[0].gate_exps.data.device == self.device \
-                and self.device.type == "cuda":
-            raise AutotuneError("this engine holds every expert in VRAM: load it with cache=... instead")
-        if cfg.max_ctx != self.cache.max_ctx:
-            raise AutotuneError(f"max_ctx {cfg.max_ctx} differs from the loaded KV cache's {self.cache.max_ctx}")
+        if self._experts_in_vram:
+            raise AutotuneError("this engine holds every expert in VRAM: load it with cache_config=... instead")
+        if cfg.max_ctx != self.kv_cache.max_ctx:
+            raise AutotuneError(f"max_ctx {cfg.max_ctx} differs from the loaded KV cache's {self.kv_cache.max_ctx}")
         self.close()
         self._graphs.clear()
         sizes = model_sizes(self.path)
         counts, self.placement_source = seed_counts(self.fingerprint, (sizes.n_layers, sizes.n_expert), cfg.placement) \
             if cfg.learned_placement else (None, "no counts (learned placement off)")
-        plan = plan_vram(sizes, cfg, counts, kv_element_bytes=self.cache.k.element_size())
-        triton = hasattr(self.ops, "experts_table")  # TritonOps: the decode step runs on its kernels
-        table = self.ops.experts_table if triton else ExpertTable(self.weights.layers, self.device)
-        cache = ExpertCache(self.weights.layers, table, cfg, plan, self.device, self.cfg.n_expert_used, counts,
-                            triton=triton)
+        plan = plan_vram(sizes, cfg, counts, kv_element_bytes=self.kv_cache.k.element_size())
+        expert_cache = ExpertCache(self.ops, cfg, plan, self.platform.device, counts)
         if cfg.prefetch_depth and sum(plan.slots) < sizes.n_layers * sizes.n_expert:
             from autotune.cache_runtime.prefetch import Prefetcher
 
-            cache.prefetcher = Prefetcher(self.ops, cache, cfg.prefetch_depth, cfg.prefetch_engine)
-        self.expert_cache = cache
-        self.ops.hooks = cache
+            expert_cache.prefetcher = Prefetcher(self.ops, expert_cache, cfg.prefetch_depth, cfg.prefetch_engine,
+                                                 self.platform.kernels.ring_steps())
+        self.expert_cache = expert_cache
+        self.ops.hooks = expert_cache
         self.prefill_chunk = cfg.prefill_chunk  # the plan holds one chunk's activations
-        if triton:  # the kernels' launch shapes
-            self.ops.chunk_rounds, self.ops.gate_up_warps = cfg.chunk_rounds, cfg.gate_up_warps
+        self.ops.set_launch_shapes(cfg.chunk_rounds, cfg.gate_up_warps)
 
     def save_routing(self) -> Path | None:
         """Persist the routing counts seen so far (they seed the next start's placement)."""
@@ -152,34 +143,32 @@ class Engine:
         return save_counts(self.fingerprint, self.expert_cache.routing.total)
 
     def cache_stats(self) -> dict:
-        """The expert cache's statistics since it was configured (empty without a cache)."""
+        """The expert cache's statistics since it was configured (empty without one)."""
         return {} if self.expert_cache is None else {**self.expert_cache.stats(), "placement_source": self.placement_source}
 
     def close(self) -> None:
         """Save the routing counts and drop the expert cache's VRAM (the engine keeps its model)."""
-        cache = self.expert_cache
-        if cache is None:
+        expert_cache = self.expert_cache
+        if expert_cache is None:
             return
         if self.persist_routing:
             self.save_routing()
-        cache.release()
-        self.ops.hooks = None
+        expert_cache.release()
+        self.ops.hooks = FULL_RESIDENCY
         self.expert_cache = None
         self._graphs.clear()
-        del cache
+        del expert_cache
         gc.collect()  # the cache and its prefetcher refer to each other: free their VRAM now
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
+        self.platform.device.release_cached()
 
     def reset(self) -> None:
-        """Start a new sequence (the cache is overwritten as it goes)."""
+        """Start a new sequence (the KV cache is overwritten as it goes)."""
         self.n_past = 0
-        self.cache.pos.zero_()
+        self.kv_cache.pos.zero_()
 
     def _check_room(self, n: int) -> None:
-        if self.n_past + n > self.cache.max_ctx:
-            raise ValueError(f"context full: {self.n_past} + {n} > {self.cache.max_ctx} tokens")
+        if self.n_past + n > self.kv_cache.max_ctx:
+            raise ValueError(f"context full: {self.n_past} + {n} > {self.kv_cache.max_ctx} tokens")
 
     @torch.inference_mode()
     def prefill(self, tokens: list[int] | torch.Tensor) -> torch.Tensor:
@@ -195,16 +184,16 @@ class Engine:
         finally:
             if room_lent:
                 self.expert_cache.after_prefill()
-        self.cache.pos.fill_(self.n_past)
+        self.kv_cache.pos.fill_(self.n_past)
         return logits
 
     def _prefill_pass(self, chunk: torch.Tensor) -> torch.Tensor:
         """One pass of a prefill: the last token's logits. The pass's expert ids (6 MB at 2048
         tokens) die here: alive when the prefill's room is lent again, they would pin it."""
-        self.cache.pos.fill_(self.n_past)  # a one-token chunk runs the decode kernels
+        self.kv_cache.pos.fill_(self.n_past)  # a one-token chunk runs the decode kernels
         if self.expert_cache is not None:
             self.expert_cache.begin_step()
-        logits, ids = forward(self.ops, chunk, self.n_past)
+        logits, ids = self.forward(self.ops, chunk, self.n_past)
         if self.expert_cache is not None:
             self.expert_cache.join()  # a one-token chunk may have forked prefetch work
         self.trace.record(ids)
@@ -212,15 +201,15 @@ class Engine:
         return logits
 
     def _step(self, token: torch.Tensor, sample: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One decode step at cache.pos: logits, selected experts, and the next token fed back."""
+        """One decode step at kv_cache.pos: logits, selected experts, and the next token fed back."""
         if self.expert_cache is not None:
             self.expert_cache.begin_step()
-        logits, ids = forward(self.ops, token, self.n_past)
+        logits, ids = self.forward(self.ops, token, self.n_past)
         if self.expert_cache is not None:
             self.expert_cache.finish_step(ids)
         nxt = gumbel_sample(logits, self.inv_temperature) if sample else greedy(logits)
         token.copy_(nxt)
-        self.cache.pos.add_(1)
+        self.kv_cache.pos.add_(1)
         return logits, ids, nxt
 
     @torch.inference_mode()
@@ -252,7 +241,7 @@ class Engine:
         saved = [c.clone() for c in counters]
         quiet = self.expert_cache.capturing() if self.expert_cache is not None else contextlib.nullcontext()
         with quiet:
-            graph = DecodeGraph(lambda t: self._step(t, sample), self.token, self.cache.pos)
+            graph = DecodeGraph(lambda t: self._step(t, sample), self.token, self.kv_cache.pos)
         for c, s in zip(counters, saved):
             c.copy_(s)
         self._graphs[sample] = graph

@@ -1,8 +1,6 @@
-"""The hyper-parameters of a MoE GGUF, and what each architecture does differently.
-
-llama.cpp fixes some choices per architecture rather than in the file (rope style,
-whether the top-k expert weights are renormalized); ``ARCHITECTURES`` records them as
-llama.cpp's model builders do.
+"""The hyper-parameters of a MoE GGUF: the file's header, with what llama.cpp fixes per
+architecture rather than in the file (rope style, whether the top-k expert weights are
+renormalized) taken from the architecture's family (``families``).
 """
 
 from __future__ import annotations
@@ -11,26 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune.cache_runtime.families import family_for
 from autotune.errors import ModelFileError
-
-
-@dataclass(frozen=True)
-class ArchTraits:
-    rope_neox: bool  # rotate pairs (i, i + d/2) rather than (2i, 2i + 1)
-    norm_topk: bool  # renormalize the selected experts' softmax weights to sum to 1
-    qk_norm: bool  # RMSNorm over each head of q and k before RoPE
-    missing: str = ""  # what this runtime lacks for the architecture; empty when supported
-
-
-ARCHITECTURES: dict[str, ArchTraits] = {
-    "qwen3moe": ArchTraits(rope_neox=True, norm_topk=True, qk_norm=True),
-    "qwen2moe": ArchTraits(rope_neox=True, norm_topk=False, qk_norm=False,
-                           missing="shared experts and attention biases"),
-    "olmoe": ArchTraits(rope_neox=True, norm_topk=False, qk_norm=False,
-                        missing="q/k norm over the whole projection"),
-    "llama": ArchTraits(rope_neox=False, norm_topk=True, qk_norm=False,
-                        missing="mixtral-style llama files (untested)"),
-}
 
 
 @dataclass(frozen=True)
@@ -73,11 +53,7 @@ def read_config(path: str | Path) -> ModelConfig:
     """The runtime's view of a GGUF's header; raises for architectures it cannot run."""
     fields = _fields(Path(path))
     arch = fields.get("general.architecture")
-    traits = ARCHITECTURES.get(arch)
-    if traits is None:
-        raise ModelFileError(f"{path}: the runtime does not know architecture {arch!r}")
-    if traits.missing:
-        raise ModelFileError(f"{path}: {arch} needs {traits.missing}, not implemented yet")
+    traits = family_for(arch, path).traits
 
     def key(name: str, default: Any = None) -> Any:
         value = fields.get(f"{arch}.{name}", default)

@@ -26,10 +26,13 @@ STRANDED_LIMIT = 64 * 2**20
 
 
 class LentArena:
-    def __init__(self, per_layer: Sequence[int], shapes: Sequence[torch.Size], device: torch.device):
+    def __init__(self, per_layer: Sequence[int], shapes: Sequence[torch.Size], device: torch.device,
+                 guard_room: bool = False):
         """``per_layer``: lent slots of each layer; ``shapes``: one expert's gate, up and down
-        (uint8, as the file stores them)."""
+        (uint8, as the file stores them); ``guard_room``: check that the allocator gave the
+        room back before each allocation (a GPU's caching allocator; host memory is just freed)."""
         self.per_layer, self.shapes, self.device = list(per_layer), list(shapes), device
+        self.guard_room = guard_room
         sizes = [-(-math.prod(s) // ALIGN) * ALIGN for s in shapes]
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
         self.slot_bytes = sum(sizes)
@@ -41,7 +44,7 @@ class LentArena:
     def allocate(self) -> bool:
         """Allocate the arena and cut it into slots (``views[layer][j]``: gate, up, down);
         False, holding nothing, where the allocator could not give the room back."""
-        if self.device.type == "cuda" and not self._room_given_back():
+        if self.guard_room and not self._room_given_back():
             self.refusals += 1
             return False
         with torch.inference_mode(False):  # lent inside a prefill, written to outside one too

@@ -1,8 +1,8 @@
 """The model's blocks in plain PyTorch: dequantize the weights, then matmul.
 
-This is the readable definition of the forward pass and the CPU path (slow, correct).
-The Triton path (``triton_ops``) keeps the same contract, block for block, with fused
-kernels; each method here says what it computes, whatever path runs it.
+This is the readable definition of the blocks and the CPU path (slow, correct). The Triton
+path (``triton_ops``) implements the same contract (``ops.Ops``), block for block, with
+fused kernels.
 """
 
 from __future__ import annotations
@@ -10,29 +10,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autotune.cache_runtime.kv_cache import KVCache
-from autotune.cache_runtime.rope import RopeTable
+from autotune.cache_runtime.ops import Ops
 from autotune.cache_runtime.routing import route
-from autotune.cache_runtime.weights import ModelWeights, QTensor
+from autotune.cache_runtime.weights import QTensor
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * weight
 
 
-class TorchOps:
-    """Forward-pass blocks over hidden states ``h`` (tokens, n_embd) float32.
-
-    ``hooks``: the expert cache, when one manages where experts are (see ``expert_cache``).
-    """
-
-    hooks = None
-
-    def __init__(self, weights: ModelWeights, cache: KVCache, rope: RopeTable):
-        self.w = weights
-        self.cfg = weights.config
-        self.cache = cache
-        self.rope = rope
+class TorchOps(Ops):
+    """The blocks as dequantize-then-matmul; experts are read where ``hooks.resolve`` says."""
 
     # -- building blocks the Triton path replaces ---------------------------------------
 
@@ -55,15 +43,12 @@ class TorchOps:
     def expert(self, il: int, e: int) -> tuple[QTensor, QTensor, QTensor]:
         """Expert e's gate, up and down matrices, wherever the expert cache keeps them."""
         lw = self.w.layers[il]
-        stacks = (lw.gate_exps, lw.up_exps, lw.down_exps)
-        if self.hooks is None:
-            return tuple(m[e] for m in stacks)
-        return self.hooks.resolve(il, e, stacks)
+        return self.hooks.resolve(il, e, (lw.gate_exps, lw.up_exps, lw.down_exps))
 
     def routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, il: int) -> torch.Tensor:
         """``experts``, with the layer's missing experts staged around it when the cache bypasses."""
         hooks = self.hooks
-        if hooks is None or not hooks.bypasses(x.shape[0]):
+        if not hooks.bypasses(x.shape[0]):
             return self.experts(x, weights, ids, il)
         hooks.stage_layer(il)
         try:
@@ -84,7 +69,7 @@ class TorchOps:
         return self.linear(x, lw.wq), self.linear(x, lw.wk), self.linear(x, lw.wv)
 
     def rope_store(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, il: int, start: int) -> torch.Tensor:
-        """Per-head q/k norm, RoPE, and k, v into the cache; the rotated q (tokens, heads, head_dim)."""
+        """Per-head q/k norm, RoPE, and k, v into the KV cache; the rotated q (tokens, heads, head_dim)."""
         cfg, lw = self.cfg, self.w.layers[il]
         n = q.shape[0]
         q = q.view(n, cfg.n_head, cfg.head_dim)
@@ -93,17 +78,17 @@ class TorchOps:
             q = rmsnorm(q, lw.q_norm, cfg.rms_eps)
             k = rmsnorm(k, lw.k_norm, cfg.rms_eps)
         q, k = self.rope.apply(q, start), self.rope.apply(k, start)
-        self.cache.store(il, start, k, v.view(n, cfg.n_head_kv, cfg.head_dim))
+        self.kv_cache.store(il, start, k, v.view(n, cfg.n_head_kv, cfg.head_dim))
         return q
 
     def attend(self, q: torch.Tensor, il: int, start: int) -> torch.Tensor:
-        """Causal attention of q (positions start...) over the cache: (tokens, n_head * head_dim)."""
+        """Causal attention of q (positions start...) over the KV cache: (tokens, n_head * head_dim)."""
         n = q.shape[0]
         end = start + n
         group = self.cfg.n_head // self.cfg.n_head_kv
         # whole heads rather than enable_gqa, which keeps SDPA off its flash kernel
-        k = self.cache.k[il, :, :end].repeat_interleave(group, dim=0)
-        v = self.cache.v[il, :, :end].repeat_interleave(group, dim=0)
+        k = self.kv_cache.k[il, :, :end].repeat_interleave(group, dim=0)
+        v = self.kv_cache.v[il, :, :end].repeat_interleave(group, dim=0)
         # 4-D (batch of one): SDPA's fused kernels (flash, memory-efficient) take nothing else,
         # and its fallback materializes every score (a GiB for 2048 tokens)
         qh, k, v = q.transpose(0, 1).to(k.dtype)[None], k[None], v[None]
@@ -124,8 +109,7 @@ class TorchOps:
         lw = self.w.layers[il]
         x = rmsnorm(h, lw.ffn_norm, self.cfg.rms_eps)
         weights, ids = route(self.linear(x, lw.router), self.cfg.n_expert_used, self.cfg.norm_topk)
-        if self.hooks is not None:
-            self.hooks.after_router(il, h)
+        self.hooks.after_router(il, h)
         return h + self.routed(x, weights, ids, il), ids
 
     def head(self, h: torch.Tensor) -> torch.Tensor:

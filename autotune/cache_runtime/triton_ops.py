@@ -1,6 +1,6 @@
 """The forward-pass blocks on fused Triton kernels (the GPU path).
 
-Same contract as ``TorchOps``. A single token (decode) runs the fused GEMV kernels of
+The same contract (``ops.Ops``) as ``TorchOps``, whose multi-token blocks it reuses. A single token (decode) runs the fused GEMV kernels of
 ``triton_gemv`` and the attention kernels of ``triton_attention``: about ten launches a
 layer, no host sync, so a step can be captured as one CUDA graph. Several tokens
 (prefill) keep TorchOps' norms, RoPE and attention, with the matrix products and the
@@ -15,6 +15,7 @@ import triton
 from autotune.cache_runtime.expert_table import DOWN, GATE, UP, ExpertTable
 from autotune.cache_runtime.kv_cache import KVCache
 from autotune.cache_runtime.rope import RopeTable
+from autotune.cache_runtime.step_counts import PrefetchCounts, count_step
 from autotune.cache_runtime.torch_ops import TorchOps
 from autotune.cache_runtime.triton_attention import (attn_combine_kernel, attn_partial_kernel,
                                                       rope_store_kernel)
@@ -57,11 +58,20 @@ class TritonOps(TorchOps):
     chunk_rounds: int | None = None
     gate_up_warps: int | None = None
 
-    def __init__(self, weights: ModelWeights, cache: KVCache, rope: RopeTable):
-        super().__init__(weights, cache, rope)
-        self.experts_table = ExpertTable(weights.layers, cache.k.device)
-        self._done = torch.zeros(1, dtype=torch.int32, device=cache.k.device)  # router programs done
+    kernels_read_table = True
+
+    def __init__(self, weights: ModelWeights, kv_cache: KVCache, rope: RopeTable):
+        super().__init__(weights, kv_cache, rope)
+        self.experts_table = ExpertTable(weights.layers, kv_cache.k.device)  # every step reads it
+        self._done = torch.zeros(1, dtype=torch.int32, device=kv_cache.k.device)  # router programs done
         self._dense_tables: dict[int, torch.Tensor] = {}
+
+    def set_launch_shapes(self, chunk_rounds: int, gate_up_warps: int) -> None:
+        self.chunk_rounds, self.gate_up_warps = chunk_rounds, gate_up_warps
+
+    def count_step(self, ids: torch.Tensor, in_slot: torch.Tensor, hits: torch.Tensor, tokens: torch.Tensor,
+                   prefetch: PrefetchCounts | None) -> None:
+        count_step(ids, in_slot, hits, tokens, prefetch, fused=True)
 
     # -- launch helpers ----------------------------------------------------------------
 
@@ -156,8 +166,8 @@ class TritonOps(TorchOps):
         norm_q = lw.q_norm if cfg.qk_norm else q
         norm_k = lw.k_norm if cfg.qk_norm else q
         rope_store_kernel[(cfg.n_head + cfg.n_head_kv,)](
-            q, k, v, norm_q, norm_k, self.rope.cos, self.rope.sin, self.cache.pos,
-            self.cache.k[il], self.cache.v[il], q_out, cfg.n_head, self.cache.max_ctx, cfg.rms_eps,
+            q, k, v, norm_q, norm_k, self.rope.cos, self.rope.sin, self.kv_cache.pos,
+            self.kv_cache.k[il], self.kv_cache.v[il], q_out, cfg.n_head, self.kv_cache.max_ctx, cfg.rms_eps,
             HD=cfg.head_dim, QK_NORM=cfg.qk_norm, NEOX=cfg.rope_neox)
         return q_out[None]
 
@@ -170,10 +180,10 @@ class TritonOps(TorchOps):
         l = torch.empty_like(m)
         acc = torch.empty(ATTN_SPLITS, cfg.n_head, cfg.head_dim, dtype=torch.float32, device=dev)
         attn_partial_kernel[(cfg.n_head_kv, ATTN_SPLITS)](
-            q, self.cache.k[il], self.cache.v[il], self.cache.pos, m, l, acc, cfg.n_head,
-            self.cache.max_ctx, cfg.head_dim**-0.5, GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)),
+            q, self.kv_cache.k[il], self.kv_cache.v[il], self.kv_cache.pos, m, l, acc, cfg.n_head,
+            self.kv_cache.max_ctx, cfg.head_dim**-0.5, GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)),
             HD=cfg.head_dim, BT=ATTN_BLOCK, N_SPLIT=ATTN_SPLITS,
-            N_ITER=triton.cdiv(self.cache.max_ctx, ATTN_BLOCK * ATTN_SPLITS))
+            N_ITER=triton.cdiv(self.kv_cache.max_ctx, ATTN_BLOCK * ATTN_SPLITS))
         out = torch.empty(1, cfg.q_dim, dtype=torch.float32, device=dev)
         attn_combine_kernel[(cfg.n_head,)](m, l, acc, out, cfg.n_head, HD=cfg.head_dim, N_SPLIT=ATTN_SPLITS)
         return out
@@ -206,10 +216,9 @@ class TritonOps(TorchOps):
         xn = torch.empty(cfg.n_embd, dtype=torch.float32, device=dev)
         ids = torch.empty(1, k, dtype=torch.int32, device=dev)
         weights = torch.empty(k, dtype=torch.float32, device=dev)
-        keep = self.hooks.router_input(il) if self.hooks is not None else None
+        keep = self.hooks.router_input(il)
         self.route(x, il, logits, xn, self._done, ids, weights, keep)
-        if self.hooks is not None:
-            self.hooks.after_router(il, h, kept=keep is not None)
+        self.hooks.after_router(il, h, kept=keep is not None)
         hidden = torch.empty(k, cfg.n_ff_expert, dtype=torch.float32, device=dev)
         table = self.experts_table.table[il]
         warps = self.gate_up_warps or GATE_UP_WARPS

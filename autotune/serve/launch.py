@@ -105,7 +105,7 @@ def serve_model(model: Path, config: Config, host: str, port: int, console: Cons
     check_placement(inspect_model(model), config)  # clear errors for a broken file before torch loads
     sock = listening_socket(host, port)
     with console.status(f"loading {model.name} ..."):
-        engine = Engine(model, cache=cache_config(config))
+        engine = Engine(model, cache_config=cache_config(config))
     plan = engine.expert_cache.plan
     console.print(f"{model.name}: {sum(plan.slots)} of {len(plan.slots) * engine.cfg.n_expert} experts in VRAM "
                   f"slots (placed by {engine.placement_source}), planned peak {format_size(plan.peak)} "

@@ -69,7 +69,7 @@ class Session:
         self._saved_at = time.monotonic()
         self.model_id = model_id
         self.config = config  # the cache config it runs with (shown at /v1/stats)
-        self.max_ctx: int = engine.cache.max_ctx
+        self.max_ctx: int = engine.kv_cache.max_ctx
         self.tokenizer = engine.tokenizer
         self.chat = self._chat_template(engine.path)
         self.counters = Counters()

@@ -70,7 +70,7 @@ SETTINGS = {
                                        prefetch_depth=depth, prefetch_engine="dma") for depth in (2, 3, 4, 5, 6, 8)},
 }
 # bench-only variants: suffixes on a setting's name (any number, in any order), each setting one
-# of prefetch.py's constants ...
+# of the prefetch constants (prefetch.py's, triton_prefetch.py's) ...
 CONSTANT_VARIANTS = {"_cp4": ("COPY_PROGRAMS", 4), "_cp32": ("COPY_PROGRAMS", 32),  # SM copy programs per matrix
                      "_w64": ("CLAIM_WAIT_SPINS", 64), "_w256": ("CLAIM_WAIT_SPINS", 256),  # DMA claim's wait
                      "_w1k": ("CLAIM_WAIT_SPINS", 1024),
@@ -104,12 +104,19 @@ def parse_name(name: str) -> tuple[str, dict, dict[str, int]]:
     return name, {**SETTINGS.get(name, {}), **knobs}, constants
 
 
-def apply_constants(constants: dict[str, int], defaults: dict[str, int]) -> None:
-    """Set prefetch.py's constants: the variant's values, else the defaults."""
-    from autotune.cache_runtime import prefetch
+def constant_modules() -> dict:
+    """Each prefetch constant's module (the side stream's priority: prefetch.py's; the copy
+    programs and the claim's wait: triton_prefetch.py's)."""
+    from autotune.cache_runtime import prefetch, triton_prefetch
 
+    return {"COPY_PROGRAMS": triton_prefetch, "CLAIM_WAIT_SPINS": triton_prefetch, "SIDE_STREAM_PRIORITY": prefetch}
+
+
+def apply_constants(constants: dict[str, int], defaults: dict[str, int]) -> None:
+    """Set the prefetch constants: the variant's values, else the defaults."""
+    modules = constant_modules()
     for constant, value in {**defaults, **constants}.items():
-        setattr(prefetch, constant, value)
+        setattr(modules[constant], constant, value)
 
 
 DEFAULT = ["static_zc", "static_zc_pf1", "static_zc_pf2", "lfu64_zc", "lfu64_zc_pf1", "lfu64_copy", "cold_lfu64_zc"]
@@ -319,7 +326,7 @@ def cache(model: str, out: Path, caps: list[float], only: list[str] | None) -> N
     first = CacheConfig(vram_cap=int(caps[0] * GIB), **parse_name(names[0])[1])
     vram = PeakVram()
     start = time.perf_counter()
-    engine = Engine(model, cache=first)
+    engine = Engine(model, cache_config=first)
     engine.persist_routing = False  # every setting starts from the reference's counts
     load_s = round(time.perf_counter() - start, 1)
     sizes = model_sizes(model)
@@ -328,9 +335,8 @@ def cache(model: str, out: Path, caps: list[float], only: list[str] | None) -> N
           f"{vram.peak / GIB:.2f} GiB", flush=True)
     rows = []
     (out / "settings").mkdir(exist_ok=True)
-    from autotune.cache_runtime import prefetch
-
-    defaults = {constant: getattr(prefetch, constant) for constant, _ in CONSTANT_VARIANTS.values()}
+    modules = constant_modules()
+    defaults = {constant: getattr(modules[constant], constant) for constant, _ in CONSTANT_VARIANTS.values()}
     for cap in caps:
         for name in names:
             _, knobs, constants = parse_name(name)

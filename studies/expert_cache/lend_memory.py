@@ -75,7 +75,7 @@ def main() -> None:
     cfg = CacheConfig(vram_cap=int(args.cap * 2**30), miss_mode="zero_copy", eviction="lfu_decay",
                       rebalance_interval=16, prefetch_depth=6, prefetch_engine="dma",
                       lend_prefill_room=True, learned_placement=False, prefill_chunk=args.chunk)
-    engine = Engine(args.model, kernels="triton", cache=cfg)
+    engine = Engine(args.model, kernels="triton", cache_config=cfg)
     vram = PeakVram()
     rows = [state(engine, vram, "configured")]
     engine.generate(list(range(100, 140)), 32)  # 40 tokens: a bypassed prefill

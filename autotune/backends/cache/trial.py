@@ -59,7 +59,7 @@ def learn_placement(engine: Engine) -> str:
         return "learned by an earlier trial"
     rng = random.Random(f"learn {engine.fingerprint}")
     prompt = [rng.randrange(engine.cfg.n_vocab) for _ in range(LEARN_PROMPT_TOKENS)]
-    engine.generate(prompt, min(LEARN_TOKENS, engine.cache.max_ctx - LEARN_PROMPT_TOKENS))
+    engine.generate(prompt, min(LEARN_TOKENS, engine.kv_cache.max_ctx - LEARN_PROMPT_TOKENS))
     engine.expert_cache.drain()
     write_placement(path, engine.expert_cache.routing.total, engine.fingerprint, "learned by a trial")
     return LEARNED_HERE
@@ -69,7 +69,7 @@ def setup(common: dict[str, Any]) -> tuple[Loaded, dict[str, Any]]:
     """Load the model: ``common`` has model_path and the first item's config."""
     started = time.perf_counter()
     config = trial_config(model_fingerprint(common["model_path"]), common["config"])
-    engine = Engine(common["model_path"], cache=config)
+    engine = Engine(common["model_path"], cache_config=config)
     engine.persist_routing = False
     loaded = time.perf_counter()
     routing_counts = learn_placement(engine)

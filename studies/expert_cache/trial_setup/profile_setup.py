@@ -33,7 +33,7 @@ profile = cProfile.Profile()
 if not os.environ.get("NOPROF"):
     profile.enable()
 a = time.perf_counter()
-engine = Engine(sys.argv[1], cache=config)
+engine = Engine(sys.argv[1], cache_config=config)
 b = time.perf_counter()
 source = learn_placement(engine)
 c = time.perf_counter()

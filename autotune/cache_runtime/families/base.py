@@ -1,0 +1,44 @@
+"""What a model family is to the runtime: the choices llama.cpp fixes per architecture rather
+than in the file (``ArchTraits``), and the forward pass written against ``ops.Ops``.
+
+Torch-free at import: the tuner reads a family's traits (``hparams.read_config``) while
+planning budgets without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import torch
+
+    from autotune.cache_runtime.ops import Ops
+
+# (ops, tokens, start) -> the last token's logits (vocab,), the selected experts (tokens, layers, k)
+Forward = Callable[["Ops", "torch.Tensor", int], tuple["torch.Tensor", "torch.Tensor"]]
+
+
+@dataclass(frozen=True)
+class ArchTraits:
+    rope_neox: bool  # rotate pairs (i, i + d/2) rather than (2i, 2i + 1)
+    norm_topk: bool  # renormalize the selected experts' softmax weights to sum to 1 (the file may say otherwise)
+    qk_norm: bool  # RMSNorm over each head of q and k before RoPE
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family the runtime runs: GGUF ``general.architecture`` ``arch``."""
+
+    arch: str
+    traits: ArchTraits
+    forward: Forward
+
+
+@dataclass(frozen=True)
+class PlannedFamily:
+    """A family the runtime knows but cannot run yet: ``missing`` says what it lacks."""
+
+    arch: str
+    traits: ArchTraits
+    missing: str

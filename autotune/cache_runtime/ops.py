@@ -1,0 +1,148 @@
+"""The contract between a model family's forward pass and the arithmetic that runs it.
+
+A family (``families/``) is written once against ``Ops``; ``TorchOps`` (plain PyTorch, the
+readable definition and the CPU path) and ``TritonOps`` (fused kernels, the GPU path)
+implement it. Every member is declared here: the blocks every implementation provides, and
+the optional capabilities with their defaults (the expert table, the expert cache's hooks,
+launch shapes), so no caller probes an ops object for what it can do.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from functools import cached_property
+from typing import TYPE_CHECKING, ClassVar
+
+from autotune.cache_runtime.step_counts import PrefetchCounts, count_step
+
+if TYPE_CHECKING:
+    import torch
+
+    from autotune.cache_runtime.expert_table import ExpertTable
+    from autotune.cache_runtime.kv_cache import KVCache
+    from autotune.cache_runtime.rope import RopeTable
+    from autotune.cache_runtime.weights import ModelWeights, QTensor
+
+
+class ExpertHooks(ABC):
+    """What the ops ask whoever manages where experts are (the expert cache, ``expert_cache``)."""
+
+    @abstractmethod
+    def resolve(self, layer: int, expert: int, like: tuple[QTensor, QTensor, QTensor]) -> tuple[QTensor, ...]:
+        """The expert's gate, up and down matrices where its table entry points; ``like``: the
+        layer's stacks (their types and widths)."""
+
+    @abstractmethod
+    def bypasses(self, n_tokens: int) -> bool:
+        """Whether a batch of ``n_tokens`` reads the layer's experts from a staging area."""
+
+    @abstractmethod
+    def stage_layer(self, layer: int) -> None:
+        """Copy the layer's non-resident experts into the staging area (before its experts run)."""
+
+    @abstractmethod
+    def unstage_layer(self, layer: int) -> None:
+        """Point the staged experts home again (after the layer's experts ran)."""
+
+    @abstractmethod
+    def router_input(self, layer: int) -> torch.Tensor | None:
+        """Where a decode step's router may save its input (None: not needed)."""
+
+    @abstractmethod
+    def after_router(self, layer: int, h: torch.Tensor, kept: bool = False) -> None:
+        """The layer's router has run on ``h``; ``kept``: it saved ``h`` where ``router_input`` said."""
+
+
+class FullResidency(ExpertHooks):
+    """No expert cache: every expert stays where the weights were loaded."""
+
+    def resolve(self, layer: int, expert: int, like: tuple[QTensor, QTensor, QTensor]) -> tuple[QTensor, ...]:
+        return tuple(m[expert] for m in like)
+
+    def bypasses(self, n_tokens: int) -> bool:
+        return False
+
+    def stage_layer(self, layer: int) -> None:
+        pass
+
+    def unstage_layer(self, layer: int) -> None:
+        pass
+
+    def router_input(self, layer: int) -> torch.Tensor | None:
+        return None
+
+    def after_router(self, layer: int, h: torch.Tensor, kept: bool = False) -> None:
+        pass
+
+
+FULL_RESIDENCY = FullResidency()
+
+
+class Ops(ABC):
+    """Forward-pass blocks over hidden states ``h`` (tokens, n_embd) float32.
+
+    ``hooks``: the expert cache when one manages where experts are (the engine sets and
+    clears it), else ``FULL_RESIDENCY``.
+    """
+
+    hooks: ExpertHooks = FULL_RESIDENCY
+    # True: the kernels read experts at the expert table's addresses; False: ``expert`` asks
+    # ``hooks.resolve``, so the expert cache keeps a map of its storage for it
+    kernels_read_table: ClassVar[bool] = False
+
+    def __init__(self, weights: ModelWeights, kv_cache: KVCache, rope: RopeTable):
+        self.w = weights
+        self.cfg = weights.config
+        self.kv_cache = kv_cache
+        self.rope = rope
+
+    @cached_property
+    def experts_table(self) -> ExpertTable:
+        """Every expert's addresses on the KV cache's device (built on first use): the expert
+        cache keeps it current; kernels that ``kernels_read_table`` read experts through it."""
+        from autotune.cache_runtime.expert_table import ExpertTable
+
+        return ExpertTable(self.w.layers, self.kv_cache.k.device)
+
+    def set_launch_shapes(self, chunk_rounds: int, gate_up_warps: int) -> None:
+        """A cache config's decode launch shapes; ops without launch shapes ignore them."""
+
+    def count_step(self, ids: torch.Tensor, in_slot: torch.Tensor, hits: torch.Tensor, tokens: torch.Tensor,
+                   prefetch: PrefetchCounts | None) -> None:
+        """Add a decode step's selections to the expert cache's device counters (``step_counts``)."""
+        count_step(ids, in_slot, hits, tokens, prefetch, fused=False)
+
+    # -- the blocks ----------------------------------------------------------------------
+
+    @abstractmethod
+    def linear(self, x: torch.Tensor, w: QTensor) -> torch.Tensor:
+        """x @ W^T for a quantized W (rows = outputs)."""
+
+    @abstractmethod
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The tokens' embeddings (tokens, n_embd)."""
+
+    @abstractmethod
+    def attn_in(self, h: torch.Tensor, il: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RMSNorm, then the q, k, v projections."""
+
+    @abstractmethod
+    def rope_store(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, il: int, start: int) -> torch.Tensor:
+        """Per-head q/k norm (where the family has it), RoPE, and k, v into the KV cache; the
+        rotated q (tokens, heads, head_dim)."""
+
+    @abstractmethod
+    def attend(self, q: torch.Tensor, il: int, start: int) -> torch.Tensor:
+        """Causal attention of q (positions start...) over the KV cache: (tokens, n_head * head_dim)."""
+
+    @abstractmethod
+    def out_proj(self, a: torch.Tensor, il: int, h: torch.Tensor) -> torch.Tensor:
+        """h + attention output projection."""
+
+    @abstractmethod
+    def moe(self, h: torch.Tensor, il: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """h + the routed experts of RMSNorm(h); and the selected ids (tokens, k)."""
+
+    @abstractmethod
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (tokens, vocab)."""
