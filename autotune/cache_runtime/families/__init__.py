@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autotune.cache_runtime.families import llama, olmoe, qwen2moe, qwen3moe
-from autotune.cache_runtime.families.base import ArchTraits, Family, PlannedFamily
+from autotune.cache_runtime.families.family import ArchTraits, Family, PlannedFamily
 from autotune.errors import ModelFileError
 
 __all__ = ["ArchTraits", "FAMILIES", "Family", "PlannedFamily", "family_for"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from autotune.cache_runtime.families.base import ArchTraits, Family
+from autotune.cache_runtime.families.family import ArchTraits, Family
 from autotune.cache_runtime.families.blocks import attention, by_token
 
 if TYPE_CHECKING:
