@@ -148,6 +148,9 @@ def prepare_study(
     recovered = tuner.recover_interrupted()
     done = len(tuner.measured_trials())
     notes = [note for note in (cpu_only_note(hardware),) if note]
+    notes.append(f"workload: {Workload.describe(workload.record())}")
+    if workload.trace:
+        notes.append("its routing trace is kept with the workload; trials do not replay traces yet")
     if resume:
         notes.append(f"resuming study {name}: {done} measured trials kept, {recovered} interrupted trial(s) queued again")
         tuner.seed_baselines()  # those still held back when it stopped (queued or tried ones are skipped)
