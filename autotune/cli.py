@@ -158,10 +158,10 @@ def synth(
 
 
 
-def _workload(model: Path, objective: str, prompt_tokens: int | None, gen_tokens: int, repetitions: int, ctx: int,
+def _workload(objective: str, prompt_tokens: int | None, gen_tokens: int, repetitions: int, ctx: int,
               prompt_file: Path | None, trace: Path | None):
-    """What trials measure: the prompts of ``--workload`` (else the built-in set), tokenized by
-    the model; or, with ``--prompt-tokens``, random prompts of that length."""
+    """What trials measure, and the prompts to tokenize into it (``prepare_study``): those of
+    ``--workload``, else the built-in set; none with ``--prompt-tokens`` (random prompts)."""
     from autotune.backends.base import Workload
     from autotune.search.objective import OBJECTIVES
 
@@ -171,18 +171,17 @@ def _workload(model: Path, objective: str, prompt_tokens: int | None, gen_tokens
         raise AutotuneError("--prompt-tokens, --gen-tokens, --repetitions and --ctx must be at least 1")
     if trace is not None and prompt_file is None:
         raise AutotuneError("--workload-trace is the routing trace of --workload's prompts: give --workload too")
-    if prompt_tokens is not None:
-        if prompt_file is not None:
-            raise AutotuneError("--prompt-tokens measures random prompts, --workload the file's: choose one")
-        if prompt_tokens + gen_tokens > ctx:
-            raise AutotuneError(f"--ctx {ctx} is smaller than prompt + generated tokens ({prompt_tokens + gen_tokens})")
-        return Workload(n_prompt=prompt_tokens, n_gen=gen_tokens, repetitions=repetitions, n_ctx=ctx,
+    workload = Workload(n_prompt=prompt_tokens or 0, n_gen=gen_tokens, repetitions=repetitions, n_ctx=ctx,
                         objective=objective)
-    from autotune.workloads.prompt_file import builtin_prompts, read_prompt_file
-    from autotune.workloads.tokens import prompt_workload
+    if prompt_tokens is None:
+        from autotune.workloads.prompt_file import builtin_prompts, read_prompt_file
 
-    prompts = read_prompt_file(prompt_file, trace) if prompt_file is not None else builtin_prompts()
-    return prompt_workload(model, prompts, objective=objective, n_gen=gen_tokens, repetitions=repetitions, n_ctx=ctx)
+        return workload, read_prompt_file(prompt_file, trace) if prompt_file is not None else builtin_prompts()
+    if prompt_file is not None:
+        raise AutotuneError("--prompt-tokens measures random prompts, --workload the file's: choose one")
+    if prompt_tokens + gen_tokens > ctx:
+        raise AutotuneError(f"--ctx {ctx} is smaller than prompt + generated tokens ({prompt_tokens + gen_tokens})")
+    return workload, None
 
 
 @app.command()
@@ -231,7 +230,7 @@ def run(
     from autotune.search.samplers import check_sampler
 
     check_sampler(sampler)  # before the study is registered in the database
-    workload = _workload(model, objective, prompt_tokens, gen_tokens, repetitions, ctx, workload_file, workload_trace)
+    workload, prompts = _workload(objective, prompt_tokens, gen_tokens, repetitions, ctx, workload_file, workload_trace)
     if tui:
         from autotune.tui.run import run_with_dashboard as run_study
     else:
@@ -243,6 +242,7 @@ def run(
         trials=trials or None,
         seconds=parse_duration(time_budget, "--time") if time_budget else None,
         workload=workload,
+        prompts=prompts,
         study_name=study,
         storage_url=storage,
         resume=resume,
@@ -329,6 +329,16 @@ def best(
     console.print(table)
 
 
+WINNER_WORKLOAD_HELP = "only the winner tuned on these prompts: the --workload FILE of its run, or built-in " \
+                       "(default: the latest winner)"
+
+
+def _prompts_digest(workload: str | None) -> str | None:
+    from autotune.workloads.prompt_file import prompts_digest
+
+    return None if workload is None else prompts_digest(workload)
+
+
 @app.command()
 @user_errors
 def export(
@@ -338,13 +348,14 @@ def export(
         None, "--format", help="llama-server | llama-bench | python | json (llama backends); serve | json (cache); "
         "default: the winning backend's own"),
     objective: str = typer.Option("decode", help="whose winner: decode | prefill | request"),
+    workload: Optional[str] = typer.Option(None, "--workload", help=WINNER_WORKLOAD_HELP),
     storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL"),
 ) -> None:
     """Print the stored winner's launch command (shell-quoted)."""
     from autotune.backends.base import Workload
     from autotune.search.actions import export_command, served_text
 
-    command, row = export_command(model, vram_cap, fmt, objective, storage)
+    command, row = export_command(model, vram_cap, fmt, objective, storage, _prompts_digest(workload))
     err_console.print(f"# {row.backend} winner of study {row.study_name}: {row.objective_mean:.1f} ± "
                       f"{row.objective_std:.1f} in its trials{served_text(row) or ', not served yet'}", highlight=False)
     err_console.print(f"# tuned on: {Workload.describe(row.result.get('workload'))}", highlight=False, soft_wrap=True)
@@ -362,6 +373,7 @@ def serve(
     config_file: Optional[Path] = typer.Option(None, "--config", help="a config as `autotune export --format json` writes it"),
     best: bool = typer.Option(False, "--best", help="the stored cache winner for this model, machine and --vram-cap"),
     objective: str = typer.Option("decode", help="with --best: whose winner: decode | prefill | request"),
+    workload: Optional[str] = typer.Option(None, "--workload", help="with --best: " + WINNER_WORKLOAD_HELP),
     storage: Optional[str] = typer.Option(None, help="with --best: SQLAlchemy URL"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, help="port to listen on"),
@@ -371,7 +383,7 @@ def serve(
     from autotune.serve.launch import resolve_config, serve_model
     from autotune.units import parse_duration
 
-    config = resolve_config(model, vram_cap, knobs, config_file, best, objective, storage)
+    config = resolve_config(model, vram_cap, knobs, config_file, best, objective, storage, _prompts_digest(workload))
     serve_model(model, config, host, port, console, parse_duration(save_every, "--save-every"))
 
 

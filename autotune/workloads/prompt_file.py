@@ -28,7 +28,7 @@ class PromptSet:
     """Validated prompts of one file; ``lines``: each entry's line number in it."""
 
     name: str  # the file's name, or "built-in"
-    digest: str  # sha256 of the file (and of its trace), the first DIGEST_CHARS hex digits
+    digest: str  # sha256 of the file, its first DIGEST_CHARS hex digits: which prompts a winner was tuned on
     entries: tuple[dict[str, Any], ...]  # {"prompt": str} or {"messages": [...]}
     lines: tuple[int, ...]
     trace: str | None = None  # the routing trace's absolute path
@@ -52,14 +52,6 @@ def _entry(data: Any, where: str) -> dict[str, Any] | None:
     if set(data) == {"trace"}:
         return None
     raise AutotuneError(f'{where}: a line needs "prompt" (text) or "messages" (a chat)')
-
-
-def _digest(*paths: Path) -> str:
-    sha = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as handle:
-            sha.update(hashlib.file_digest(handle, "sha256").digest())
-    return sha.hexdigest()[:DIGEST_CHARS]
 
 
 def _trace_path(named: list[tuple[str, str]], option: Path | None, folder: Path) -> Path | None:
@@ -108,13 +100,17 @@ def read_prompt_file(path: Path, trace: Path | None = None) -> PromptSet:
     source = f"--workload {path}"
     if not path.is_file():
         raise AutotuneError(f"{source}: no such file")
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise AutotuneError(f"{source}: not UTF-8 text; a workload is JSONL, one object a line") from None
     entries, lines, trace_path = parse_prompts(text, source, path.parent, trace)
-    digest = _digest(path, *([trace_path] if trace_path else []))
-    return PromptSet(path.name, digest, tuple(entries), tuple(lines), str(trace_path) if trace_path else None)
+    return PromptSet(path.name, _digest(data), tuple(entries), tuple(lines), str(trace_path) if trace_path else None)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]
 
 
 def builtin_prompts() -> PromptSet:
@@ -122,5 +118,9 @@ def builtin_prompts() -> PromptSet:
     resource = resources.files(__package__).joinpath("default.jsonl")
     text = resource.read_text(encoding="utf-8")
     entries, lines, _ = parse_prompts(text, BUILT_IN, Path("."))
-    digest = hashlib.sha256(text.encode()).hexdigest()[:DIGEST_CHARS]
-    return PromptSet(BUILT_IN, digest, tuple(entries), tuple(lines))
+    return PromptSet(BUILT_IN, _digest(text.encode()), tuple(entries), tuple(lines))
+
+
+def prompts_digest(workload: str) -> str:
+    """The digest of ``--workload FILE`` (or ``built-in``) as a stored winner records it."""
+    return builtin_prompts().digest if workload == BUILT_IN else read_prompt_file(Path(workload)).digest

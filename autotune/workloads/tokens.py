@@ -59,17 +59,15 @@ def tokenize(model_path: Path, prompts: PromptSet) -> list[list[int]]:
     return result.extra["tokens"]
 
 
-def prompt_workload(model_path: Path, prompts: PromptSet, *, objective: str, n_gen: int, repetitions: int,
-                    n_ctx: int) -> Workload:
-    """The workload of ``prompts`` for this model; each prompt and ``n_gen`` must fit ``n_ctx``."""
+def prompt_workload(model_path: Path, prompts: PromptSet, lengths: Workload) -> Workload:
+    """The workload of ``prompts`` for this model, with the objective, generated tokens,
+    requests and context of ``lengths``; each prompt and the generated tokens must fit the context."""
     inspect_model(model_path)  # a model file that is none says so here, not as a child's failure
     tokens = tokenize(model_path, prompts)
     for ids, line in zip(tokens, prompts.lines, strict=True):
-        if len(ids) + n_gen > n_ctx:
-            raise AutotuneError(f"{prompts.name} line {line}: the prompt is {len(ids)} tokens; with {n_gen} "
-                                f"generated that is more than --ctx {n_ctx}")
-    workload = Workload(n_gen=n_gen, repetitions=repetitions, n_ctx=n_ctx, objective=objective,
-                        prompts=tuple(map(tuple, tokens)), name=prompts.name, digest=prompts.digest,
-                        trace=prompts.trace)
-    mean = max(1, round(fmean(map(len, workload.measured_prompts()))))
-    return replace(workload, n_prompt=mean)
+        if len(ids) + lengths.n_gen > lengths.n_ctx:
+            raise AutotuneError(f"{prompts.name} line {line}: the prompt is {len(ids)} tokens; with {lengths.n_gen} "
+                                f"generated that is more than --ctx {lengths.n_ctx}")
+    workload = replace(lengths, prompts=tuple(map(tuple, tokens)), name=prompts.name, digest=prompts.digest,
+                       trace=prompts.trace)
+    return replace(workload, n_prompt=max(1, round(fmean(map(len, workload.measured_prompts())))))

@@ -135,10 +135,11 @@ def run(loaded: Loaded, item: dict[str, Any]) -> dict[str, Any]:
         loaded.config = config
     configure_seconds = time.perf_counter() - started
     engine = loaded.engine
-    prefill, decode = measure_requests(engine, request_prompts(engine, workload), workload["n_gen"])
+    prompts = request_prompts(engine, workload)
+    prefill, decode = measure_requests(engine, prompts, workload["n_gen"])
     stats = engine.cache_stats()
     plan = engine.expert_cache.plan
     extra = {key: stats.get(key) for key in STATS}
     extra.update(total_slots=sum(plan.slots), slots_per_layer=list(plan.slots), planned_peak_bytes=plan.peak,
-                 configure_seconds=configure_seconds)
+                 configure_seconds=configure_seconds, request_prompt_tokens=list(map(len, prompts)))
     return {"decode_tps": decode, "prefill_tps": prefill, "extra": extra}

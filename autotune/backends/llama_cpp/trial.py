@@ -227,4 +227,5 @@ def run(loaded: Loaded, item: dict[str, Any]) -> dict[str, Any]:
         figures = _measure(bench, prompts, contexts, workload["n_gen"])
     finally:
         llama_cpp.llama_free(ctx)  # before reporting: the next item's VRAM peak starts clean
-    return {**figures, "extra": {"context_buffers_mib": dict(loaded.log.buffers_mib)}}
+    return {**figures, "extra": {"context_buffers_mib": dict(loaded.log.buffers_mib),
+                                 "request_prompt_tokens": list(map(len, prompts))}}
