@@ -16,6 +16,7 @@ from autotune.backends.base import Workload
 from autotune.backends.llama_cpp.backend import LlamaCppBackend
 from autotune.backends.llama_cpp.commands import bench_argv
 from autotune.cli import app
+from autotune.errors import AutotuneError
 from autotune.workloads.prompt_file import BUILT_IN, builtin_prompts, read_prompt_file
 from autotune.workloads.tokens import prompt_workload, tokenize
 
@@ -91,6 +92,13 @@ def test_prompts_are_tokenized_as_the_server_tokenizes_them(tiny_model: Path, tm
     assert tokens == [prompt_ids(tokenizer, PROMPTS[0]["prompt"]), prompt_ids(tokenizer, chat),
                       prompt_ids(tokenizer, PROMPTS[2]["prompt"])]
     assert tokenizer.encode("<|im_start|>")[0] in tokens[1]  # control tokens parsed as such
+
+
+def test_a_model_whose_vocabulary_llama_cpp_cannot_read_is_a_one_line_error(dense_model: Path, tmp_path: Path):
+    with pytest.raises(AutotuneError, match=r"cannot tokenize the prompts of p.jsonl with dense.gguf: .*--prompt-tokens") \
+            as raised:
+        tokenize(dense_model, read_prompt_file(_jsonl(tmp_path / "p.jsonl", PROMPTS)))
+    assert "\n" not in str(raised.value)
 
 
 def test_a_workload_cycles_its_prompts_and_is_keyed_by_them(tiny_model: Path, tmp_path: Path):

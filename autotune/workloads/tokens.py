@@ -16,7 +16,6 @@ from typing import Any
 from autotune.backends.base import Workload
 from autotune.errors import AutotuneError
 from autotune.isolation.trial_process import run_isolated
-from autotune.model_info import inspect_model
 from autotune.workloads.prompt_file import PromptSet
 
 TARGET = "autotune.workloads.tokens"
@@ -62,7 +61,6 @@ def tokenize(model_path: Path, prompts: PromptSet) -> list[list[int]]:
 def prompt_workload(model_path: Path, prompts: PromptSet, lengths: Workload) -> Workload:
     """The workload of ``prompts`` for this model, with the objective, generated tokens,
     requests and context of ``lengths``; each prompt and the generated tokens must fit the context."""
-    inspect_model(model_path)  # a model file that is none says so here, not as a child's failure
     tokens = tokenize(model_path, prompts)
     for ids, line in zip(tokens, prompts.lines, strict=True):
         if len(ids) + lengths.n_gen > lengths.n_ctx:
