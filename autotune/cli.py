@@ -158,17 +158,30 @@ def synth(
 
 
 
-def _workload(objective: str, prompt_tokens: int, gen_tokens: int, repetitions: int, ctx: int):
+def _workload(objective: str, prompt_tokens: int | None, gen_tokens: int, repetitions: int, ctx: int,
+              prompt_file: Path | None, trace: Path | None):
+    """What trials measure, and the prompts to tokenize into it (``prepare_study``): those of
+    ``--workload``, else the built-in set; none with ``--prompt-tokens`` (random prompts)."""
     from autotune.backends.base import Workload
     from autotune.search.objective import OBJECTIVES
 
     if objective not in OBJECTIVES:
         raise AutotuneError(f"unknown objective {objective!r}; choose from: {', '.join(OBJECTIVES)}")
-    if min(prompt_tokens, gen_tokens, repetitions, ctx) < 1:
+    if min(prompt_tokens or 1, gen_tokens, repetitions, ctx) < 1:
         raise AutotuneError("--prompt-tokens, --gen-tokens, --repetitions and --ctx must be at least 1")
+    if trace is not None and prompt_file is None:
+        raise AutotuneError("--workload-trace is the routing trace of --workload's prompts: give --workload too")
+    workload = Workload(n_prompt=prompt_tokens or 0, n_gen=gen_tokens, repetitions=repetitions, n_ctx=ctx,
+                        objective=objective)
+    if prompt_tokens is None:
+        from autotune.workloads.prompt_file import builtin_prompts, read_prompt_file
+
+        return workload, read_prompt_file(prompt_file, trace) if prompt_file is not None else builtin_prompts()
+    if prompt_file is not None:
+        raise AutotuneError("--prompt-tokens measures random prompts, --workload the file's: choose one")
     if prompt_tokens + gen_tokens > ctx:
         raise AutotuneError(f"--ctx {ctx} is smaller than prompt + generated tokens ({prompt_tokens + gen_tokens})")
-    return Workload(n_prompt=prompt_tokens, n_gen=gen_tokens, repetitions=repetitions, n_ctx=ctx, objective=objective)
+    return workload, None
 
 
 @app.command()
@@ -182,9 +195,15 @@ def run(
     time_budget: Optional[str] = typer.Option(None, "--time", help="wall-time budget, e.g. 15m"),
     objective: str = typer.Option("decode", help="decode | prefill | request (prompt + generation)"),
     ctx: int = typer.Option(4096, help="context size the config must serve"),
-    prompt_tokens: int = typer.Option(512, help="prompt tokens per measurement"),
-    gen_tokens: int = typer.Option(128, help="generated tokens per measurement"),
-    repetitions: int = typer.Option(3, help="repetitions per trial"),
+    workload_file: Optional[Path] = typer.Option(
+        None, "--workload", help="JSONL of prompts to tune on, one a line: {\"prompt\": ...} or {\"messages\": [...]} "
+        "(default: a built-in set of chat, code and prose)"),
+    workload_trace: Optional[Path] = typer.Option(
+        None, "--workload-trace", help="a recorded routing trace of --workload's prompts (kept with the workload)"),
+    prompt_tokens: Optional[int] = typer.Option(None, help="measure random prompts of this many tokens instead of "
+                                                          "prompts (as llama-bench does)"),
+    gen_tokens: int = typer.Option(128, help="generated tokens per request"),
+    repetitions: int = typer.Option(3, help="requests measured per trial (request i: prompt i, cycling)"),
     study: Optional[str] = typer.Option(None, help="study name (default: derived from model, cap, objective)"),
     storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL (default: SQLite in the user data dir)"),
     resume: bool = typer.Option(False, help="continue the named (or latest matching) study"),
@@ -211,6 +230,7 @@ def run(
     from autotune.search.samplers import check_sampler
 
     check_sampler(sampler)  # before the study is registered in the database
+    workload, prompts = _workload(objective, prompt_tokens, gen_tokens, repetitions, ctx, workload_file, workload_trace)
     if tui:
         from autotune.tui.run import run_with_dashboard as run_study
     else:
@@ -221,7 +241,8 @@ def run(
         backend_names=[b.strip() for b in backends.split(",") if b.strip()],
         trials=trials or None,
         seconds=parse_duration(time_budget, "--time") if time_budget else None,
-        workload=_workload(objective, prompt_tokens, gen_tokens, repetitions, ctx),
+        workload=workload,
+        prompts=prompts,
         study_name=study,
         storage_url=storage,
         resume=resume,
@@ -283,13 +304,15 @@ def best(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """The best configs stored for MODEL on this machine (from the database, at once)."""
+    from autotune.backends.base import Workload
     from autotune.search.actions import stored_best
     from autotune.served import ServedFigures
 
     rows = stored_best(model, vram_cap, storage)
     if as_json:
         print(json.dumps([
-            {"vram_cap": r.vram_cap, "workload": r.workload_key, "backend": r.backend, "config": r.config,
+            {"vram_cap": r.vram_cap, "workload": r.workload_key, "tuned_on": r.result.get("workload"),
+             "backend": r.backend, "config": r.config,
              "objective_mean": r.objective_mean, "objective_std": r.objective_std, "study": r.study_name,
              "served": r.result.get("served")}
             for r in rows], indent=2))
@@ -300,9 +323,20 @@ def best(
     for r in rows:
         peak = r.result.get("peak_vram_bytes")
         served = r.result.get("served")
-        table.add_row(_gib(r.vram_cap), r.workload_key, r.backend, f"{r.objective_mean:.1f} ± {r.objective_std:.1f}",
+        workload = f"{r.workload_key}\n{Workload.describe(r.result.get('workload'))}"
+        table.add_row(_gib(r.vram_cap), workload, r.backend, f"{r.objective_mean:.1f} ± {r.objective_std:.1f}",
                       ServedFigures.summary(served) if served else "not served", _gib(peak) if peak else "n/a", json.dumps(r.config), r.study_name)
     console.print(table)
+
+
+WINNER_WORKLOAD_HELP = "only the winner tuned on these prompts: the --workload FILE of its run, or built-in " \
+                       "(default: the latest winner)"
+
+
+def _prompts_digest(workload: str | None) -> str | None:
+    from autotune.workloads.prompt_file import prompts_digest
+
+    return None if workload is None else prompts_digest(workload)
 
 
 @app.command()
@@ -314,14 +348,17 @@ def export(
         None, "--format", help="llama-server | llama-bench | python | json (llama backends); serve | json (cache); "
         "default: the winning backend's own"),
     objective: str = typer.Option("decode", help="whose winner: decode | prefill | request"),
+    workload: Optional[str] = typer.Option(None, "--workload", help=WINNER_WORKLOAD_HELP),
     storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL"),
 ) -> None:
     """Print the stored winner's launch command (shell-quoted)."""
+    from autotune.backends.base import Workload
     from autotune.search.actions import export_command, served_text
 
-    command, row = export_command(model, vram_cap, fmt, objective, storage)
+    command, row = export_command(model, vram_cap, fmt, objective, storage, _prompts_digest(workload))
     err_console.print(f"# {row.backend} winner of study {row.study_name}: {row.objective_mean:.1f} ± "
                       f"{row.objective_std:.1f} in its trials{served_text(row) or ', not served yet'}", highlight=False)
+    err_console.print(f"# tuned on: {Workload.describe(row.result.get('workload'))}", highlight=False, soft_wrap=True)
     print(command)
 
 
@@ -336,6 +373,7 @@ def serve(
     config_file: Optional[Path] = typer.Option(None, "--config", help="a config as `autotune export --format json` writes it"),
     best: bool = typer.Option(False, "--best", help="the stored cache winner for this model, machine and --vram-cap"),
     objective: str = typer.Option("decode", help="with --best: whose winner: decode | prefill | request"),
+    workload: Optional[str] = typer.Option(None, "--workload", help="with --best: " + WINNER_WORKLOAD_HELP),
     storage: Optional[str] = typer.Option(None, help="with --best: SQLAlchemy URL"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, help="port to listen on"),
@@ -345,7 +383,7 @@ def serve(
     from autotune.serve.launch import resolve_config, serve_model
     from autotune.units import parse_duration
 
-    config = resolve_config(model, vram_cap, knobs, config_file, best, objective, storage)
+    config = resolve_config(model, vram_cap, knobs, config_file, best, objective, storage, _prompts_digest(workload))
     serve_model(model, config, host, port, console, parse_duration(save_every, "--save-every"))
 
 

@@ -46,17 +46,71 @@ class Outcome(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Workload:
-    """What a trial measures, as llama-bench does: prefill of P tokens, decode of N, r times."""
+    """What a trial measures: r requests, each a prompt's prefill then N decoded tokens.
+
+    The prompts are the user's (``autotune run --workload``) or the built-in set, as token ids
+    of the model's own tokenizer; request i is prompt i mod len(prompts), and ``n_prompt`` is
+    the mean length of the prompts measured (what llama-bench's ``-p`` is given). Without
+    prompts a request is ``n_prompt`` seeded random tokens, as llama-bench measures (studies,
+    ``--prompt-tokens``, and studies stored before prompts existed). ``name`` and ``digest``
+    say which prompts (the file's name and content hash, or "built-in"); ``trace`` is a
+    recorded routing trace named with them, carried to the cache trials for the runtime to
+    replay (not replayed yet)."""
 
     n_prompt: int = 512
     n_gen: int = 128
     repetitions: int = 3
     n_ctx: int = 4096
     objective: str = "decode"  # decode | prefill | request
+    prompts: tuple[tuple[int, ...], ...] = ()
+    name: str = ""
+    digest: str = ""
+    trace: str | None = None
 
     def key(self) -> str:
-        """Stable text used to key best configs in the database."""
-        return f"{self.objective}:p{self.n_prompt}:n{self.n_gen}:c{self.n_ctx}"
+        """Stable text used to key best configs in the database (a random-token workload's is
+        the one stored before prompts existed)."""
+        key = f"{self.objective}:p{self.n_prompt}:n{self.n_gen}:c{self.n_ctx}"
+        return f"{key}:w{self.digest}" if self.prompts else key
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Workload":
+        """The workload ``dataclasses.asdict`` stored (in a study's settings)."""
+        return cls(**{**data, "prompts": tuple(tuple(p) for p in data.get("prompts", ()))})
+
+    def measured_prompts(self) -> list[list[int]]:
+        """The prompt of each of the r requests (empty without prompts)."""
+        if not self.prompts:
+            return []
+        return [list(self.prompts[i % len(self.prompts)]) for i in range(self.repetitions)]
+
+    @property
+    def tokens_needed(self) -> int:
+        """The context the longest request fills: its prompt and the generated tokens."""
+        return max(map(len, self.prompts), default=self.n_prompt) + self.n_gen
+
+    def trial_inputs(self) -> dict[str, Any]:
+        """What a trial child is given: lengths, each request's prompt, the routing trace."""
+        return {"n_prompt": self.n_prompt, "n_gen": self.n_gen, "repetitions": self.repetitions,
+                "prompts": self.measured_prompts(), "trace": self.trace}
+
+    def record(self) -> dict[str, Any]:
+        """Which workload, as a stored winner keeps it (``describe`` reads it)."""
+        record: dict[str, Any] = {"prompt_tokens": self.n_prompt, "gen_tokens": self.n_gen}
+        if self.prompts:
+            record.update(prompts=self.name, sha256=self.digest, count=len(self.prompts), trace=self.trace)
+        return record
+
+    @staticmethod
+    def describe(record: dict[str, Any] | None) -> str:
+        """One line for a stored workload record: which prompts, how long."""
+        if not record:
+            return "not recorded"
+        if "prompts" not in record:
+            return f"random tokens: {record['prompt_tokens']}-token prompts, {record['gen_tokens']} generated"
+        trace = f", trace {record['trace']}" if record.get("trace") else ""
+        return (f"{record['prompts']} (sha256 {record['sha256']}, {record['count']} prompts, mean "
+                f"{record['prompt_tokens']} tokens measured, {record['gen_tokens']} generated{trace})")
 
 
 @dataclass

@@ -25,6 +25,8 @@ from autotune.search.workers import run_on_gpus
 from autotune.served import ServedFigures
 from autotune.storage import BestConfigRow, Database
 from autotune.units import format_size, parse_size
+from autotune.workloads.prompt_file import PromptSet
+from autotune.workloads.tokens import prompt_workload
 
 
 AUTO = "auto"
@@ -126,15 +128,20 @@ def prepare_study(
     batch: int = 2,
     llama_bench: str | None = None,
     gpu: TrialGpu = TrialGpu(),
+    prompts: PromptSet | None = None,
 ) -> PreparedStudy:
     """Check the inputs, register (or reopen) the study, and queue its first trials. This
     process's own trials (and served finalists) run on ``gpu``; ``llama_bench``: the executable
-    of the llama_bench backend (None: the one it finds)."""
+    of the llama_bench backend (None: the one it finds); ``prompts``: tokenized by the model
+    into the workload (its lengths, objective and context are ``workload``'s), once some
+    backend is known to run the model."""
     model = inspect_model(model_path)
     hardware = probe_hardware()
     if backend_names == [AUTO]:
         backend_names = default_backends(hardware)
     backends = _usable_backends(backend_names, model, llama_bench, gpu)
+    if prompts is not None:
+        workload = prompt_workload(model_path, prompts, workload)
     _check_cap(backends, model, hardware, vram_cap, workload)
     db = Database(storage_url)
     name = _resolve_study_name(db, study_name, resume, model, hardware, vram_cap, workload)
@@ -148,6 +155,9 @@ def prepare_study(
     recovered = tuner.recover_interrupted()
     done = len(tuner.measured_trials())
     notes = [note for note in (cpu_only_note(hardware),) if note]
+    notes.append(f"workload: {Workload.describe(workload.record())}")
+    if workload.trace:
+        notes.append("its routing trace is kept with the workload; trials do not replay traces yet")
     if resume:
         notes.append(f"resuming study {name}: {done} measured trials kept, {recovered} interrupted trial(s) queued again")
         tuner.seed_baselines()  # those still held back when it stopped (queued or tried ones are skipped)
@@ -178,12 +188,13 @@ def run_study(
     gpus: list[str] | None = None,
     verify: bool = True,
     llama_bench: str | None = None,
+    prompts: PromptSet | None = None,
 ) -> StudyOutcome:
     """A study from start to winner. With ``gpus``: one worker process per GPU, and this
     process's race and served finalists on the first of them."""
     own_gpu = TrialGpu(gpus[0]) if gpus else TrialGpu()
     prepared = prepare_study(model_path, vram_cap, backend_names, trials, seconds, workload, study_name, storage_url,
-                             resume, trial_timeout_s, sampler, seed, batch, llama_bench, own_gpu)
+                             resume, trial_timeout_s, sampler, seed, batch, llama_bench, own_gpu, prompts)
     tuner, unit = prepared.tuner, prepared.unit
     lines = TrialLines.of(tuner, unit)
     best_so_far = [0.0]
@@ -262,21 +273,24 @@ def stored_best(model_path: Path, vram_cap: str | None, storage_url: str | None)
 
 
 def stored_winner(model_path: Path, vram_cap: str, objective: str, storage_url: str | None,
-                  backend: str | None = None) -> BestConfigRow:
-    """The latest stored winner for the model on this machine at the cap (of ``backend`` only, if named)."""
+                  backend: str | None = None, prompts_digest: str | None = None) -> BestConfigRow:
+    """The latest stored winner for the model on this machine at the cap (of ``backend`` only,
+    and tuned on the prompts of ``prompts_digest`` only, if named)."""
     rows = [r for r in stored_best(model_path, vram_cap, storage_url)
-            if r.workload_key.startswith(objective + ":") and backend in (None, r.backend)]
+            if r.workload_key.startswith(objective + ":") and backend in (None, r.backend)
+            and (prompts_digest is None or r.workload_key.endswith(f":w{prompts_digest}"))]
     if not rows:
         of = f" {backend}" if backend else ""
-        raise AutotuneError(f"no stored {objective}{of} winner for {model_path} at cap {vram_cap}")
+        tuned = f" tuned on those prompts (sha256 {prompts_digest})" if prompts_digest else ""
+        raise AutotuneError(f"no stored {objective}{of} winner{tuned} for {model_path} at cap {vram_cap}")
     return max(rows, key=lambda r: r.updated)
 
 
 def export_command(model_path: Path, vram_cap: str, fmt: str | None, objective: str,
-                   storage_url: str | None) -> tuple[str, BestConfigRow]:
+                   storage_url: str | None, prompts_digest: str | None = None) -> tuple[str, BestConfigRow]:
     """The stored winner's launch command, in ``fmt`` or (None) its backend's own format, and
     the winner (whatever the command names outside the database is written again if gone)."""
-    row = stored_winner(model_path, vram_cap, objective, storage_url)
+    row = stored_winner(model_path, vram_cap, objective, storage_url, prompts_digest=prompts_digest)
     backend = get_backend(row.backend)
     backend.restore_winner(row.config, row.result.get("kept", {}))
     return backend.launch_command(row.config, model_path, fmt or backend.default_format), row

@@ -131,6 +131,6 @@ class Race:
             objective_mean=measurement.mean,
             objective_std=measurement.std,
             result=result.to_json() | {"objective_samples": measurement.samples, "trial": record.number,
-                                       "trial_config": record.config},
+                                       "trial_config": record.config, "workload": context.workload.record()},
             study_name=context.study_name,
         )

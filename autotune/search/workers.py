@@ -72,7 +72,7 @@ def join_study(
             f"study {study_name!r} measures other hardware ({row.hardware_fingerprint}; this machine is "
             f"{hardware.fingerprint}) and measurements of different machines do not mix: start a study of this "
             "machine's own on the same database (autotune run ... --storage URL)")
-    workload = Workload(**settings["workload"])
+    workload = Workload.from_json(settings["workload"])
     backends = _usable_backends(settings["backend_specs"], model, llama_bench)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     unit = UNITS[workload.objective]

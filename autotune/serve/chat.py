@@ -1,14 +1,19 @@
 """Chat messages to one prompt: the GGUF's own template (``tokenizer.chat_template``, Jinja, run
-sandboxed as Hugging Face's tokenizers run it) or, where the file has none, ChatML."""
+sandboxed as Hugging Face's tokenizers run it) or, where the file has none, ChatML; and a
+prompt's text to its token ids. ``autotune serve`` and the tuner's workloads share them, so a
+workload is tokenized as the server tokenizes its requests."""
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
 from autotune.errors import AutotuneError
+
+log = logging.getLogger(__name__)
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -67,3 +72,29 @@ class ChatTemplate:
             return self.template.render(messages=messages, add_generation_prompt=True, **self.tokens)
         except TemplateError as exc:
             raise ChatError(f"the chat template cannot render these messages: {exc}") from None
+
+
+def model_chat_template(path: str | Path, token_text: Callable[[int], str]) -> ChatTemplate:
+    """The GGUF's template, its BOS and EOS tokens written as ``token_text`` writes them;
+    ChatML where the file has none or this Jinja cannot parse it."""
+    source, ids = gguf_chat_fields(path)
+    tokens = {name: token_text(token) for name, token in ids.items()}
+    try:
+        return ChatTemplate(source, **tokens)
+    except Exception as exc:  # noqa: BLE001 - a template this Jinja cannot parse: ChatML serves instead
+        log.warning("the GGUF's chat template does not parse (%s); using ChatML", exc)
+        return ChatTemplate(None, **tokens)
+
+
+class PromptTokenizer(Protocol):
+    bos_id: int | None
+
+    def encode(self, text: str, special: bool = True) -> list[int]: ...
+
+
+def prompt_ids(tokenizer: PromptTokenizer, text: str) -> list[int]:
+    """``text`` as a prompt: its tokens, after the vocabulary's BOS where it asks for one (once:
+    a template may have written it already)."""
+    ids = tokenizer.encode(text)
+    bos = tokenizer.bos_id
+    return [bos] + ids if bos is not None and ids[:1] != [bos] else ids

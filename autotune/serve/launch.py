@@ -32,7 +32,7 @@ def _config_file(path: Path) -> Config:
 
 def resolve_config(
     model: Path, vram_cap: str | None, knobs: dict[str, Any], config_file: Path | None, best: bool,
-    objective: str, storage_url: str | None,
+    objective: str, storage_url: str | None, prompts_digest: str | None = None,
 ) -> Config:
     """The config to serve: a base (``--config FILE``, ``--best``: the stored cache winner for
     the model, this machine and ``vram_cap``; else the defaults) with the flags given on top.
@@ -49,7 +49,7 @@ def resolve_config(
         from autotune.backends.registry import get_backend
         from autotune.search.actions import stored_winner
 
-        row = stored_winner(model, vram_cap, objective, storage_url, backend="cache")
+        row = stored_winner(model, vram_cap, objective, storage_url, backend="cache", prompts_digest=prompts_digest)
         get_backend("cache").restore_winner(row.config, row.result.get("kept", {}))
         base = dict(row.config)
     if vram_cap is not None and not best:

@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, AsyncIterator, Callable, TypeVar
 
-from autotune.serve.chat import ChatTemplate, gguf_chat_fields
+from autotune.serve.chat import model_chat_template, prompt_ids
 from autotune.serve.text import TextStream
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -71,19 +68,10 @@ class Session:
         self.config = config  # the cache config it runs with (shown at /v1/stats)
         self.max_ctx: int = engine.kv_cache.max_ctx
         self.tokenizer = engine.tokenizer
-        self.chat = self._chat_template(engine.path)
+        self.chat = model_chat_template(engine.path, self.tokenizer.text)
         self.counters = Counters()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.lock = asyncio.Lock()  # bound to the event loop that first waits on it
-
-    def _chat_template(self, path: Path) -> ChatTemplate:
-        source, ids = gguf_chat_fields(path)
-        tokens = {name: self.tokenizer.text(token) for name, token in ids.items()}
-        try:
-            return ChatTemplate(source, **tokens)
-        except Exception as exc:  # noqa: BLE001 - a template this Jinja cannot parse: ChatML serves instead
-            log.warning("the GGUF's chat template does not parse (%s); using ChatML", exc)
-            return ChatTemplate(None, **tokens)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the engine's thread."""
@@ -123,9 +111,7 @@ class Session:
     # -- requests ------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text)
-        bos = self.tokenizer.bos_id
-        return [bos] + ids if bos is not None and ids[:1] != [bos] else ids
+        return prompt_ids(self.tokenizer, text)
 
     def check_prompt(self, prompt: list[int], max_tokens: int | None) -> int:
         """The number of tokens to generate (``None``: as many as the context holds)."""

@@ -175,7 +175,7 @@ class StudyView:
         self.row: StudyRow = row
         if "workload" not in row.settings:
             raise AutotuneError(f"study {name!r} was made by an older autotune, which did not store its workload")
-        self.workload = Workload(**row.settings["workload"])
+        self.workload = Workload.from_json(row.settings["workload"])
         try:
             self.study = optuna.load_study(study_name=name, storage=db.optuna_storage())
         except KeyError:

@@ -123,14 +123,13 @@ class CacheBackend(Backend):
 
     def _trial_config(self, config: Config, workload: Workload) -> Config:
         config = normalize({"max_ctx": workload.n_ctx, **config})
-        if config["max_ctx"] < workload.n_prompt + workload.n_gen:
-            raise ConfigError(f"max_ctx {config['max_ctx']} is smaller than the {workload.n_prompt} prompt "
-                              f"and {workload.n_gen} generated tokens measured")
+        if config["max_ctx"] < workload.tokens_needed:
+            raise ConfigError(f"max_ctx {config['max_ctx']} is smaller than the {workload.tokens_needed} prompt "
+                              "and generated tokens of the longest request measured")
         return config
 
     def _item(self, config: Config, workload: Workload) -> dict[str, Any]:
-        return {"config": config, "workload": {"n_prompt": workload.n_prompt, "n_gen": workload.n_gen,
-                                               "repetitions": workload.repetitions}}
+        return {"config": config, "workload": workload.trial_inputs()}
 
     def run_trials(
         self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float,

@@ -2,16 +2,20 @@
 
 Only trial children (``autotune.isolation.child_main``) import this module, and torch with it.
 ``setup`` loads the runtime with the first config's expert cache; ``run`` re-configures the
-cache for its config (no reload), then measures as ``autotune serve`` runs a request: prefill
-of a prompt of P tokens, then decode of N tokens with each token read back to the host (as a
-server must, to stop at an end token), r times after one warm-up run (which captures the
-decode graph on a GPU); the cache's statistics of those decode runs; and prefill of P tokens
-r times after a warm-up run. The tokens are seeded, so every config sees the same sequences,
-and every config starts from the same routing counts (``cache_placement``): trials never
-save theirs (benchmark traffic would otherwise reshape the placement of the trials after it,
-and of the user's next ``autotune serve``). Where neither the user nor the trial store has
-counts for the model yet, the child learns them first (``learn_placement``).
-Peak VRAM is sampled by the parent (``isolation``).
+cache for its config (no reload), then measures requests as ``autotune serve`` runs them, one
+after the other as they would arrive: prefill of the request's prompt (timed: prefill tok/s),
+then decode of N tokens with each token read back to the host (as a server must, to stop at an
+end token: decode tok/s), after one warm-up request with the first prompt (which captures the
+decode graph on a GPU); and the cache's statistics of those requests. The prompts are the
+workload's token ids (``Workload.trial_inputs``: request i is prompt i mod their number), else
+seeded random tokens, so every config sees the same sequences; and every config starts from
+the same routing counts (``cache_placement``): trials never save theirs (benchmark traffic
+would otherwise reshape the placement of the trials after it, and of the user's next
+``autotune serve``). Where neither the user nor the trial store has counts for the model yet,
+the child learns them first (``learn_placement``). A routing trace named with the workload
+(``workload["trace"]``) is for the runtime to replay in place of its router; the runtime does
+not replay traces yet, so it is carried, not used. Peak VRAM is sampled by the parent
+(``isolation``).
 """
 
 from __future__ import annotations
@@ -95,36 +99,31 @@ def _timed(engine: Engine, run: Callable[[], None]) -> float:
     return time.perf_counter() - started
 
 
-def decode_tps(engine: Engine, n_prompt: int, n_gen: int, repetitions: int) -> list[float]:
-    """Tokens per second of ``n_gen`` decode steps after a prompt of ``n_prompt`` tokens (its
-    prefill not timed), each token read back to the host as a server reads it; per repetition,
-    each with a prompt of its own."""
-    prompts = [[rng.randrange(engine.cfg.n_vocab) for _ in range(max(1, n_prompt))]
-               for rng in (random.Random(f"decode {rep}") for rep in range(repetitions))]
+def request_prompts(engine: Engine, workload: dict[str, Any]) -> list[list[int]]:
+    """Each request's prompt: the workload's, else ``n_prompt`` seeded random tokens per request."""
+    if workload["prompts"]:
+        return workload["prompts"]
+    return [[rng.randrange(engine.cfg.n_vocab) for _ in range(max(1, workload["n_prompt"]))]
+            for rng in (random.Random(f"decode {rep}") for rep in range(workload["repetitions"]))]
+
+
+def measure_requests(engine: Engine, prompts: list[list[int]], n_gen: int) -> tuple[list[float], list[float]]:
+    """Prefill and decode tokens per second of one request per prompt, after a warm-up request:
+    prefill of the prompt (its first token chosen), then ``n_gen`` decode steps, each token read
+    back to the host as a server reads it."""
 
     def steps() -> None:
         for _ in range(n_gen):
             engine.decode()
             engine.token.item()  # the host waits for each token, as a server does
 
-    def run(prompt: list[int]) -> float:
-        engine.start(prompt)
-        return _timed(engine, steps)
+    def request(prompt: list[int]) -> tuple[float, float | None]:
+        prefill_s = _timed(engine, lambda: engine.start(prompt))
+        return len(prompt) / prefill_s, (n_gen / _timed(engine, steps) if n_gen else None)
 
-    run(prompts[0])  # warm-up (and the graph's capture)
-    return [n_gen / run(prompt) for prompt in prompts]
-
-
-def prefill_tps(engine: Engine, n_prompt: int, repetitions: int) -> list[float]:
-    rng = random.Random(n_prompt)
-    tokens = [rng.randrange(engine.cfg.n_vocab) for _ in range(n_prompt)]
-
-    def run() -> None:
-        engine.reset()
-        engine.prefill(tokens)
-
-    run()
-    return [n_prompt / _timed(engine, run) for _ in range(repetitions)]
+    request(prompts[0])  # warm-up (and the graph's capture)
+    measured = [request(prompt) for prompt in prompts]
+    return [prefill for prefill, _ in measured], [decode for _, decode in measured if decode is not None]
 
 
 def run(loaded: Loaded, item: dict[str, Any]) -> dict[str, Any]:
@@ -136,12 +135,11 @@ def run(loaded: Loaded, item: dict[str, Any]) -> dict[str, Any]:
         loaded.config = config
     configure_seconds = time.perf_counter() - started
     engine = loaded.engine
-    decode = decode_tps(engine, workload["n_prompt"], workload["n_gen"], workload["repetitions"]) \
-        if workload["n_gen"] else []
+    prompts = request_prompts(engine, workload)
+    prefill, decode = measure_requests(engine, prompts, workload["n_gen"])
     stats = engine.cache_stats()
-    prefill = prefill_tps(engine, workload["n_prompt"], workload["repetitions"]) if workload["n_prompt"] else []
     plan = engine.expert_cache.plan
     extra = {key: stats.get(key) for key in STATS}
     extra.update(total_slots=sum(plan.slots), slots_per_layer=list(plan.slots), planned_peak_bytes=plan.peak,
-                 configure_seconds=configure_seconds)
+                 configure_seconds=configure_seconds, request_prompt_tokens=list(map(len, prompts)))
     return {"decode_tps": decode, "prefill_tps": prefill, "extra": extra}

@@ -180,9 +180,9 @@ class LlamaCppBackend(Backend):
 
     def _trial_config(self, config: Config, workload: Workload) -> Config:
         config = normalize({"n_ctx": workload.n_ctx, **config})
-        if config["n_ctx"] < workload.n_prompt + workload.n_gen:
-            raise ConfigError(f"n_ctx {config['n_ctx']} is smaller than the {workload.n_prompt} prompt "
-                              f"+ {workload.n_gen} generated tokens measured")
+        if config["n_ctx"] < workload.tokens_needed:
+            raise ConfigError(f"n_ctx {config['n_ctx']} is smaller than the {workload.tokens_needed} prompt "
+                              "and generated tokens of the longest request measured")
         return config
 
     def _job(self, config: Config, model_path: Path) -> dict[str, Any]:
@@ -191,8 +191,7 @@ class LlamaCppBackend(Backend):
                 "use_mmap": config["use_mmap"], "cpu_patterns": cpu_expert_patterns(config)}
 
     def _item(self, config: Config, model_path: Path, workload: Workload) -> dict[str, Any]:
-        return {"config": config, "workload": {"n_prompt": workload.n_prompt, "n_gen": workload.n_gen,
-                                               "repetitions": workload.repetitions}}
+        return {"config": config, "workload": workload.trial_inputs()}
 
     def run_trials(
         self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float,

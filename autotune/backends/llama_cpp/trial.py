@@ -3,10 +3,15 @@
 Only trial children (``autotune.isolation.child_main``) import this module, and llama_cpp with it.
 ``setup`` loads the model with its expert placement: tensor buffer-type
 overrides set on ``llama_model_params`` through the C API (see ``llama_python``). ``run`` creates a
-context for one config, then, as llama-bench's pp and tg tests, measures prefill of P random
-tokens (batches of n_batch) r times after a warm-up run, and decode of N tokens (one
-``llama_decode`` per token, no sampling) r times after one warm-up token, each from an empty
-KV cache; the times are llama.cpp's own perf counters. llama.cpp's log goes
+context for one config, then, as llama-bench's pp and tg tests, measures prefill of r prompts
+(batches of n_batch) after a warm-up run, and decode of N tokens (one ``llama_decode`` per
+token, no sampling) r times after one warm-up token; the times are llama.cpp's own perf
+counters. The prompts are the workload's token ids (``Workload.trial_inputs``: request i is
+prompt i mod their number), and each decode run follows its request's prompt in the KV cache,
+as a request's decode does (untimed); without prompts they are P random tokens and decode
+starts from an empty KV cache, as llama-bench's. Decode feeds random tokens either way:
+llama.cpp computes every expert a token routes to where that expert lives, so which token it
+decodes does not change its speed. llama.cpp's log goes
 to stderr (the parent keeps its tail); the buffer sizes it logs and the tensors it moved to
 the CPU come back with the results.
 """
@@ -122,7 +127,7 @@ def _context_params(config: dict[str, Any]) -> Any:
 
 
 class _Bench:
-    """llama-bench's test_prompt and test_gen on one context, with random tokens."""
+    """llama-bench's test_prompt and test_gen on one context."""
 
     def __init__(self, model: Any, ctx: Any, n_batch: int):
         vocab = llama_cpp.llama_model_get_vocab(model)
@@ -138,7 +143,8 @@ class _Bench:
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status} for a batch of {len(tokens)} tokens")
 
-    def _random(self, n: int, first: bool) -> list[int]:
+    def random_tokens(self, n: int, first: bool) -> list[int]:
+        """``n`` random tokens; ``first``: they start a sequence (with BOS where the vocabulary asks)."""
         tokens = [self.rng.randrange(self.n_vocab) for _ in range(n)]
         if first and self.bos is not None:
             tokens[0] = self.bos
@@ -147,16 +153,14 @@ class _Bench:
     def clear(self) -> None:
         llama_cpp.llama_memory_clear(self.memory, False)
 
-    def prompt(self, n_prompt: int) -> None:
-        done = 0
-        while done < n_prompt:
-            n = min(self.n_batch, n_prompt - done)
-            self._decode(self._random(n, first=done == 0))
-            done += n
+    def prompt(self, tokens: list[int]) -> None:
+        for start in range(0, len(tokens), self.n_batch):
+            self._decode(tokens[start:start + self.n_batch])
         llama_cpp.llama_synchronize(self.ctx)
 
-    def generate(self, n_gen: int) -> None:
-        token = self._random(1, first=True)[0]
+    def generate(self, n_gen: int, first: bool) -> None:
+        """Decode ``n_gen`` tokens one at a time; ``first``: the KV cache is empty."""
+        token = self.random_tokens(1, first)[0]
         for _ in range(n_gen):
             self._decode([token])
             llama_cpp.llama_synchronize(self.ctx)
@@ -166,37 +170,45 @@ class _Bench:
         return llama_cpp.llama_perf_context(self.ctx)
 
 
-def _prefill_tps(bench: _Bench, n_prompt: int) -> float:
+def _prefill_tps(bench: _Bench, tokens: list[int]) -> float:
+    """llama.cpp counts a one-token prompt among its decoded tokens, a longer one among its prompt tokens."""
     bench.clear()
     llama_cpp.llama_perf_context_reset(bench.ctx)
-    bench.prompt(n_prompt)
+    bench.prompt(tokens)
     perf = bench.perf()
-    if perf.n_p_eval != n_prompt:
-        raise RuntimeError(f"llama.cpp counted {perf.n_p_eval} prompt tokens, expected {n_prompt}")
-    return 1e3 * n_prompt / perf.t_p_eval_ms
+    if len(tokens) == 1:
+        return 1e3 / perf.t_eval_ms
+    if perf.n_p_eval != len(tokens):
+        raise RuntimeError(f"llama.cpp counted {perf.n_p_eval} prompt tokens, expected {len(tokens)}")
+    return 1e3 * len(tokens) / perf.t_p_eval_ms
 
 
-def _decode_tps(bench: _Bench, n_gen: int) -> float:
+def _decode_tps(bench: _Bench, context: list[int], n_gen: int) -> float:
+    """Decode after ``context`` (untimed) in the KV cache."""
     bench.clear()
+    bench.prompt(context)
     llama_cpp.llama_perf_context_reset(bench.ctx)
-    bench.generate(n_gen)
+    bench.generate(n_gen, first=not context)
     perf = bench.perf()
     if perf.n_eval != n_gen:
         raise RuntimeError(f"llama.cpp counted {perf.n_eval} decoded tokens, expected {n_gen}")
     return 1e3 * n_gen / perf.t_eval_ms
 
 
-def _measure(bench: _Bench, n_prompt: int, n_gen: int, repetitions: int) -> dict[str, list[float]]:
+def _measure(bench: _Bench, prompts: list[list[int]], contexts: list[list[int]], n_gen: int) -> dict[str, list[float]]:
     """As llama-bench's pp and tg tests: each phase warmed up (a prompt run, one generated
-    token), then repeated, so no repetition pays for switching between batch shapes."""
+    token), then repeated, so no repetition pays for switching between batch shapes. Prefill
+    of each of ``prompts`` (none where they are empty: a decode-only workload); decode after
+    each of ``contexts``."""
     prefill, decode = [], []
-    if n_prompt:
-        bench.prompt(n_prompt)
-        prefill = [_prefill_tps(bench, n_prompt) for _ in range(repetitions)]
+    if prompts[0]:
+        bench.prompt(prompts[0])
+        prefill = [_prefill_tps(bench, tokens) for tokens in prompts]
     if n_gen:
         bench.clear()
-        bench.generate(1)
-        decode = [_decode_tps(bench, n_gen) for _ in range(repetitions)]
+        bench.prompt(contexts[0])
+        bench.generate(1, first=not contexts[0])
+        decode = [_decode_tps(bench, context, n_gen) for context in contexts]
     return {"prefill_tps": prefill, "decode_tps": decode}
 
 
@@ -209,7 +221,11 @@ def run(loaded: Loaded, item: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("llama.cpp could not create the context (its log is above)")
     try:
         bench = _Bench(loaded.model, ctx, config["n_batch"])
-        figures = _measure(bench, workload["n_prompt"], workload["n_gen"], workload["repetitions"])
+        prompts = workload["prompts"] or [bench.random_tokens(workload["n_prompt"], first=True)
+                                          for _ in range(workload["repetitions"])]
+        contexts = workload["prompts"] or [[] for _ in prompts]  # llama-bench's tg: from an empty KV cache
+        figures = _measure(bench, prompts, contexts, workload["n_gen"])
     finally:
         llama_cpp.llama_free(ctx)  # before reporting: the next item's VRAM peak starts clean
-    return {**figures, "extra": {"context_buffers_mib": dict(loaded.log.buffers_mib)}}
+    return {**figures, "extra": {"context_buffers_mib": dict(loaded.log.buffers_mib),
+                                 "request_prompt_tokens": list(map(len, prompts))}}
