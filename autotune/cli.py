@@ -127,9 +127,10 @@ def synth(
     layers: Optional[int] = typer.Option(None, help="cut the preset to its first N layers (to fit a disk)"),
     quant: str = typer.Option("q4_k_m", help="q4_k_m | q4_k | q5_k | q6_k | q8_0 | f16"),
     skew: float = typer.Option(1.0, help="static routing skew: 1 = calibrated like real MoE models, 0 = none"),
-    routing: str = typer.Option(
-        "temporal", help="temporal = concentration and temporal locality calibrated to a real model | "
-        "static = fixed per-expert bias plus independent noise (with --skew 0: uniform)"
+    routing: Optional[str] = typer.Option(
+        None, help="temporal = concentration and temporal locality calibrated to a real model (the default "
+        "from 32 experts on) | static = fixed per-expert bias plus independent noise (with --skew 0: uniform; "
+        "the default below 32 experts)", show_default=False,
     ),
     seed: int = typer.Option(0, help="random seed"),
     measure: bool = typer.Option(
@@ -145,7 +146,7 @@ def synth(
                                        layers=layers)
     cut = f" cut to {layers} layers" if layers else ""
     console.print(
-        f"wrote {report.path} ({_gib(report.file_bytes)}, preset {preset}{cut}, {quant}, {routing} routing, skew {skew})"
+        f"wrote {report.path} ({_gib(report.file_bytes)}, preset {preset}{cut}, {quant}, {report.routing} routing, skew {skew})"
         f" in {report.seconds:.1f} s"
     )
     if not measure:

@@ -21,6 +21,7 @@ from autotune.model_info import inspect_model
 from autotune.routing_stats import adjacent_overlap, lru_hit_rates, top_share
 from autotune.synth.real_routing import RoutingTargets
 from autotune.synth.skew import PLACEMENT_FRACTION, static_placement_miss_rate
+from autotune.synth.writer import MIN_TEMPORAL_EXPERTS
 
 TOPK_PREFIX = b"ffn_moe_topk-"
 # Leading fields of struct ggml_tensor (stable across ggml versions): type, buffer, ne[4], nb[4].
@@ -68,17 +69,21 @@ class RoutingTrace:
     def summary(self) -> str:
         n_layers, n_tokens, k = self.experts.shape
         slots = int(round(PLACEMENT_FRACTION * self.n_expert))
-        shares = self.top_share()
-        lru = " / ".join(f"{100 * rate:.0f}%" for rate in self.lru_hit_rates().values())
-        return (
+        text = (
             f"routing measured with llama.cpp over a sequence of {n_tokens} random tokens, {n_layers} layers, "
             f"top-{k} of {self.n_expert}: a frequency-calibrated static placement of {slots}/{self.n_expert} "
             f"experts per layer misses {100 * self.in_sample_miss_rate():.1f}% of activations in sample, "
             f"{100 * self.held_out_miss_rate():.1f}% held out (uniform routing: about "
-            f"{100 * (1 - PLACEMENT_FRACTION):.0f}%); the top {self.targets.top} experts take "
-            f"{100 * shares.min():.0f}-{100 * shares.max():.0f}% of a layer's selections, adjacent tokens share "
-            f"{100 * self.adjacent_overlap():.0f}% of theirs, per-layer LRU at "
-            f"{'/'.join(map(str, self.targets.lru_slots))} slots hits {lru}"
+            f"{100 * (1 - PLACEMENT_FRACTION):.0f}%); adjacent tokens share {100 * self.adjacent_overlap():.0f}% "
+            f"of their experts"
+        )
+        if self.n_expert < MIN_TEMPORAL_EXPERTS:
+            return text  # the published figures do not scale to so few experts
+        shares = self.top_share()
+        lru = " / ".join(f"{100 * rate:.0f}%" for rate in self.lru_hit_rates().values())
+        return (
+            f"{text}; the top {self.targets.top} experts take {100 * shares.min():.0f}-{100 * shares.max():.0f}% "
+            f"of a layer's selections, per-layer LRU at {'/'.join(map(str, self.targets.lru_slots))} slots hits {lru}"
         )
 
 

@@ -86,7 +86,7 @@ def test_tiny_study_runs_in_two_calls_and_reports(tmp_path: Path):
     assert _results(study) == after_second
 
     tuner = json.loads(after_second["skew1-1G-tuner-llama_cpp.json"])
-    assert tuner["command"].startswith("autotune run tiny-q4_k_m-temporal-skew1-seed0.gguf --vram-cap 1G --backends llama_cpp --trials 3")
+    assert tuner["command"].startswith("autotune run tiny-q4_k_m-static-skew1-seed0.gguf --vram-cap 1G --backends llama_cpp --trials 3")
     assert tuner["machine"]["fingerprint"] and tuner["model"]["synth_command"].startswith("autotune synth")
     assert len([t for t in tuner["trials"] if t["outcome"] != "pruned"]) == 3 and tuner["winner"]["decode"]["mean"] > 0
     grid = json.loads(after_second["skew1-grid.json"])

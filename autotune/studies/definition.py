@@ -10,7 +10,7 @@
     [model]                              # a preset to synthesize, at each skew ...
     preset = "qwen3-30b-a3b"
     skews = [1.0, 0.0]
-    routing = "temporal"                 # or "static" (autotune synth --routing)
+    routing = "temporal"                 # or "static" (autotune synth --routing; default: the preset's)
     quant = "q4_k_m"
     seed = 0
     # path = "model.gguf"                # ... or a GGUF file (relative to the study directory)
@@ -66,7 +66,7 @@ class ModelSpec:
     preset: str | None = None
     path: Path | None = None
     skews: tuple[float, ...] = (1.0,)
-    routing: str = "temporal"
+    routing: str | None = None  # None: the preset's default (synth.writer.default_routing)
     quant: str = "q4_k_m"
     seed: int = 0
 
@@ -165,8 +165,8 @@ def _model(table: _Table, directory: Path) -> ModelSpec:
         raise AutotuneError(f"{table.where}: skews repeat a value")
     if path is not None and "routing" in table.data:
         raise AutotuneError(f"{table.where}: routing applies to a synthesized preset only")
-    routing = table.take("routing", str, ROUTING_MODES[0])
-    if routing not in ROUTING_MODES:
+    routing = table.take("routing", str)
+    if routing is not None and routing not in ROUTING_MODES:
         raise AutotuneError(f"{table.where}: routing must be one of {', '.join(ROUTING_MODES)}, not {routing!r}")
     spec = ModelSpec(
         preset=preset,

@@ -20,11 +20,20 @@ def default_models_dir() -> Path:
     return Path(platformdirs.user_cache_dir("autotune", appauthor=False)) / "models"
 
 
+def routing_of(definition: StudyDefinition) -> str:
+    """The synthesized preset's routing mode: the definition's, else the preset's default."""
+    from autotune.synth.presets import get_preset
+    from autotune.synth.writer import default_routing
+
+    spec = definition.model
+    return spec.routing or default_routing(get_preset(spec.preset).n_expert)
+
+
 def model_file(definition: StudyDefinition, variant: Variant, models_dir: Path) -> Path:
     spec = definition.model
     if spec.path is not None:
         return spec.path
-    return models_dir / f"{spec.preset}-{spec.quant}-{spec.routing}-skew{variant.skew:g}-seed{spec.seed}.gguf"
+    return models_dir / f"{spec.preset}-{spec.quant}-{routing_of(definition)}-skew{variant.skew:g}-seed{spec.seed}.gguf"
 
 
 def synth_command(definition: StudyDefinition, variant: Variant) -> str | None:
@@ -34,7 +43,7 @@ def synth_command(definition: StudyDefinition, variant: Variant) -> str | None:
         return None
     name = model_file(definition, variant, Path()).name
     return shlex.join(["autotune", "synth", name, "--preset", spec.preset, "--quant", spec.quant,
-                       "--routing", spec.routing, "--skew", f"{variant.skew:g}", "--seed", str(spec.seed), "--no-measure"])
+                       "--routing", routing_of(definition), "--skew", f"{variant.skew:g}", "--seed", str(spec.seed), "--no-measure"])
 
 
 def ensure_model(definition: StudyDefinition, variant: Variant, models_dir: Path, console: Console) -> Path:
@@ -46,10 +55,10 @@ def ensure_model(definition: StudyDefinition, variant: Variant, models_dir: Path
         raise AutotuneError(f"{path}: no such model file")
     from autotune.synth import write_synthetic_model
 
-    with console.status(f"writing the {definition.model.preset} model ({definition.model.routing} routing, skew {variant.skew:g}) to {path} ..."):
+    with console.status(f"writing the {definition.model.preset} model ({routing_of(definition)} routing, skew {variant.skew:g}) to {path} ..."):
         report = write_synthetic_model(path, preset=definition.model.preset, quant=definition.model.quant,
                                        skew=variant.skew or 0.0, seed=definition.model.seed,
-                                       routing=definition.model.routing)
+                                       routing=routing_of(definition))
     console.print(f"wrote {path.name} in {report.seconds:.1f} s")
     return path
 
@@ -66,7 +75,7 @@ def describe_model(definition: StudyDefinition, variant: Variant, profile: Model
         "n_expert_used": profile.n_expert_used,
         "preset": spec.preset,
         "quant": spec.quant if spec.preset else None,
-        "routing": spec.routing if spec.preset else None,
+        "routing": routing_of(definition) if spec.preset else None,
         "skew": variant.skew,
         "seed": spec.seed if spec.preset else None,
         "synth_command": synth_command(definition, variant),

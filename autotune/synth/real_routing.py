@@ -32,6 +32,10 @@ class RoutingTargets:
     n_expert: int
     n_expert_used: int
 
+    def __post_init__(self) -> None:
+        if len(set(self.lru_slots)) < len(self.lru_slots):
+            raise ValueError(f"the published figures do not scale to {self.n_expert} experts, top-{self.n_expert_used}")
+
     @property
     def top(self) -> int:
         """How many of a layer's experts the top-share figure counts (16 of 128)."""

@@ -30,7 +30,15 @@ from autotune.synth.vocab import build_vocabulary
 
 MASSIVE_ACTIVATION = 8.0  # channel 0 of every token embedding
 RESIDUAL_STEP = 0.05  # std each attention / MoE output adds to the residual stream
-ROUTING_MODES = ("temporal", "static")  # the first is the default
+ROUTING_MODES = ("temporal", "static")
+MIN_TEMPORAL_EXPERTS = 32  # the published figures scale to no fewer experts (synth.real_routing)
+
+
+def default_routing(n_expert: int) -> str:
+    """Temporal where the published figures scale to the shape (32 experts or more), else static:
+    at 16 experts, top-4, "the top eighth takes half the selections" asks every token for the
+    same two experts."""
+    return "temporal" if n_expert >= MIN_TEMPORAL_EXPERTS else "static"
 POOL_BLOCKS = 8192
 MAX_TAPE_BLOCKS = 1 << 20
 CHATML_TEMPLATE = (
@@ -279,12 +287,12 @@ def write_synthetic_model(
     quant: str = "q4_k_m",
     skew: float = 1.0,
     seed: int = 0,
-    routing: str = ROUTING_MODES[0],
+    routing: str | None = None,
     layers: int | None = None,
 ) -> SynthReport:
     """Write a random-weight qwen3moe GGUF.
 
-    ``routing`` "temporal" (the default) calibrates static concentration and temporal locality
+    ``routing`` "temporal" (the default from 32 experts on: ``default_routing``) calibrates static concentration and temporal locality
     to a real model's figures (``temporal``); "static" gives a fixed per-expert bias plus
     independent noise (``skew``). ``skew`` scales the static bias: 1 calibrated, 0 none
     (with static routing: uniform). ``layers`` cuts the preset to its first layers.
@@ -293,11 +301,16 @@ def write_synthetic_model(
     path = Path(path)
     if skew < 0:
         raise AutotuneError(f"--skew must be 0 or more (got {skew})")
+    shape = get_preset(preset, layers)
+    routing = routing or default_routing(shape.n_expert)
     if routing not in ROUTING_MODES:
         raise AutotuneError(f"unknown routing {routing!r}; choose one of: {', '.join(ROUTING_MODES)}")
+    if routing == "temporal" and shape.n_expert < MIN_TEMPORAL_EXPERTS:
+        raise AutotuneError(f"temporal routing needs {MIN_TEMPORAL_EXPERTS} experts or more (the published figures "
+                            f"scale to no fewer); preset {preset} has {shape.n_expert}: use --routing static")
     partial = path.with_name(path.name + ".partial")
     _check_output(path, partial)
-    synth = _SynthWriter(get_preset(preset, layers), quant, skew, seed, routing)
+    synth = _SynthWriter(shape, quant, skew, seed, routing)
     tensors = list(synth.tensors())
     writer = GGUFWriter(partial, "qwen3moe")
     synth.write_metadata(writer, preset, quant, seed)
