@@ -232,11 +232,13 @@ def run(
 
     check_sampler(sampler)  # before the study is registered in the database
     workload, prompts = _workload(objective, prompt_tokens, gen_tokens, repetitions, ctx, workload_file, workload_trace)
+    from autotune.search.actions import StudyRequest
+
     if tui:
         from autotune.tui.run import run_with_dashboard as run_study
     else:
         from autotune.search.actions import run_study
-    run_study(
+    request = StudyRequest(
         model_path=model,
         vram_cap=parse_size(vram_cap, "--vram-cap"),
         backend_names=[b.strip() for b in backends.split(",") if b.strip()],
@@ -250,13 +252,10 @@ def run(
         trial_timeout_s=parse_duration(trial_timeout, "--trial-timeout"),
         sampler=sampler,
         seed=seed,
-        remeasure=remeasure,
-        console=console,
         batch=batch,
-        gpus=_gpu_list(gpus) if gpus is not None else None,
-        verify=verify,
         llama_bench=_llama_bench_path(llama_bench),
     )
+    run_study(request, console, remeasure=remeasure, gpus=_gpu_list(gpus) if gpus is not None else None, verify=verify)
 
 
 def _gpu_list(text: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import signal
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from autotune.backends.base import Workload
 from autotune.cli import app as cli
-from autotune.search.actions import prepare_study
+from autotune.search.actions import StudyRequest, prepare_study
 from autotune.search.records import stop_requested
 from autotune.search.study import Budget
 from autotune.storage import Database
@@ -160,10 +161,10 @@ async def test_run_tui_stops_after_the_running_trial(tiny_model: Path, tmp_path:
     once its running trial is recorded."""
     monkeypatch.setenv("FAKE_BACKEND_SECONDS", "1.0")
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    settings = dict(model_path=tiny_model, vram_cap=8 * 2**30, backend_names=[FAKE], trials=6, seconds=None,
-                    workload=Workload(repetitions=2), study_name="tui", storage_url=url, resume=False,
-                    trial_timeout_s=60.0, sampler="tpe", seed=0, batch=1)
-    app = dashboard_for(prepare_study(**settings), tiny_model, Budget(6), remeasure=False, poll_s=0.1)
+    request = StudyRequest(model_path=tiny_model, vram_cap=8 * 2**30, backend_names=[FAKE], trials=6, seconds=None,
+                           workload=Workload(repetitions=2), study_name="tui", storage_url=url, resume=False,
+                           trial_timeout_s=60.0, sampler="tpe", seed=0, batch=1)
+    app = dashboard_for(prepare_study(request), tiny_model, Budget(6), remeasure=False, poll_s=0.1)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.snapshot is not None and any(r.outcome == "running" for r in app.snapshot.rows))
         if stop == "sigterm":
@@ -178,7 +179,7 @@ async def test_run_tui_stops_after_the_running_trial(tiny_model: Path, tmp_path:
     assert trials and all(t.state is TrialState.COMPLETE for t in trials)  # the running trial was recorded
     assert len(trials) < 6
 
-    resumed = prepare_study(**{**settings, "resume": True})  # --resume runs the rest
+    resumed = prepare_study(dataclasses.replace(request, resume=True))  # --resume runs the rest
     assert not stop_requested(resumed.tuner.study)
     outcome = resumed.tuner.run(tiny_model, Budget(6), remeasure=False)
     assert not outcome.interrupted and len(resumed.tuner.measured_trials()) == 6

@@ -34,7 +34,7 @@ def bench(tmp_path: Path) -> Path:
 def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
     """What ``run`` and ``worker`` hand to the study, instead of running one."""
     seen: dict[str, dict[str, Any]] = {}
-    monkeypatch.setattr(actions, "run_study", lambda **kwargs: seen.setdefault("run", kwargs))
+    monkeypatch.setattr(actions, "run_study", lambda request, *args, **kwargs: seen.setdefault("run", vars(request)))
     monkeypatch.setattr(workers, "join_study", lambda *args: seen.setdefault("worker", {"args": args}))
     monkeypatch.delenv("AUTOTUNE_LLAMA_BENCH", raising=False)
     return seen

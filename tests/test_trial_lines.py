@@ -105,9 +105,10 @@ def test_run_prints_one_line_per_trial_and_the_cpu_note_once(tiny_model: Path, t
                                                              monkeypatch: pytest.MonkeyPatch, hw: HardwareProfile):
     monkeypatch.setattr(runner, "probe_hardware", lambda: hw)
     out = io.StringIO()
-    runner.run_study(tiny_model, 3 * GIB, ["tests.fake_backend:FakeBackend"], 4, None, Workload(repetitions=2),
-                     "lines", f"sqlite:///{tmp_path / 'db.sqlite'}", False, 60.0, "tpe", 0, False,
-                     Console(file=out, width=100, color_system=None))
+    request = runner.StudyRequest(tiny_model, 3 * GIB, ["tests.fake_backend:FakeBackend"], 4, None,
+                                  Workload(repetitions=2), "lines", f"sqlite:///{tmp_path / 'db.sqlite'}", False, 60.0,
+                                  "tpe", 0)
+    runner.run_study(request, Console(file=out, width=100, color_system=None), remeasure=False)
     shown = out.getvalue().splitlines()
     trials = [line for line in shown if line.startswith("#")]
     assert len(trials) >= 4 and all(line.count("#") == 1 for line in trials)

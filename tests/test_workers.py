@@ -80,14 +80,15 @@ def test_the_race_after_the_workers_runs_on_the_first_gpu_and_leaves_this_proces
     from rich.console import Console
 
     from autotune.backends.base import Workload
-    from autotune.search.actions import run_study
+    from autotune.search.actions import StudyRequest, run_study
 
     monkeypatch.setenv("FAKE_BACKEND_SECONDS", "0.2")  # what the workers inherit, set by the test itself
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     before = dict(os.environ)
-    outcome = run_study(tiny_model, 8 * 2**30, [FAKE], 4, None, Workload(repetitions=2), "race", url, False, 60.0,
-                        "random", 3, True, Console(file=io.StringIO()), gpus=["0", "1"])
+    request = StudyRequest(tiny_model, 8 * 2**30, [FAKE], 4, None, Workload(repetitions=2), "race", url, False, 60.0,
+                           "random", 3)
+    outcome = run_study(request, Console(file=io.StringIO()), remeasure=True, gpus=["0", "1"])
     assert dict(os.environ) == before  # nothing pinned this process for the race
     assert outcome.winner is not None
     attrs = optuna.load_study(study_name="race", storage=Database(url).optuna_storage()).user_attrs

@@ -112,45 +112,54 @@ class PreparedStudy:
     notes: list[str]
 
 
-def prepare_study(
-    model_path: Path,
-    vram_cap: int,
-    backend_names: list[str],
-    trials: int | None,
-    seconds: float | None,
-    workload: Workload,
-    study_name: str | None,
-    storage_url: str | None,
-    resume: bool,
-    trial_timeout_s: float,
-    sampler: str,
-    seed: int | None,
-    batch: int = 2,
-    llama_bench: str | None = None,
-    gpu: TrialGpu = TrialGpu(),
-    prompts: PromptSet | None = None,
-) -> PreparedStudy:
+@dataclass(frozen=True)
+class StudyRequest:
+    """What ``autotune run`` asks of a study (``prepare_study``), apart from how it runs and shows.
+
+    ``llama_bench``: the executable of the llama_bench backend (None: the one it finds);
+    ``prompts``: tokenized by the model into ``workload`` (whose objective and context stand)
+    once some backend is known to run the model."""
+
+    model_path: Path
+    vram_cap: int
+    backend_names: list[str]
+    trials: int | None
+    seconds: float | None
+    workload: Workload
+    study_name: str | None = None
+    storage_url: str | None = None
+    resume: bool = False
+    trial_timeout_s: float = 600.0
+    sampler: str = "tpe"
+    seed: int | None = None
+    batch: int = 2
+    llama_bench: str | None = None
+    prompts: PromptSet | None = None
+
+
+def prepare_study(request: StudyRequest, gpu: TrialGpu = TrialGpu()) -> PreparedStudy:
     """Check the inputs, register (or reopen) the study, and queue its first trials. This
-    process's own trials (and served finalists) run on ``gpu``; ``llama_bench``: the executable
-    of the llama_bench backend (None: the one it finds); ``prompts``: tokenized by the model
-    into the workload (its lengths, objective and context are ``workload``'s), once some
-    backend is known to run the model."""
+    process's own trials (and served finalists) run on ``gpu``."""
+    model_path, vram_cap, workload, resume = request.model_path, request.vram_cap, request.workload, request.resume
+    backend_names, batch = request.backend_names, request.batch
     model = inspect_model(model_path)
     hardware = probe_hardware()
     if backend_names == [AUTO]:
         backend_names = default_backends(hardware)
-    backends = _usable_backends(backend_names, model, llama_bench, gpu)
-    if prompts is not None:
-        workload = prompt_workload(model_path, prompts, workload)
+    backends = _usable_backends(backend_names, model, request.llama_bench, gpu)
+    if request.prompts is not None:
+        workload = prompt_workload(model_path, request.prompts, workload)
     _check_cap(backends, model, hardware, vram_cap, workload)
-    db = Database(storage_url)
-    name = _resolve_study_name(db, study_name, resume, model, hardware, vram_cap, workload)
-    settings = {"backends": [b.name for b in backends], "trials": trials, "seconds": seconds,
-                "sampler": sampler, "model_name": model.name, "workload": asdict(workload), "backend_specs": backend_names,
-                "trial_timeout_s": trial_timeout_s, "batch": batch}  # what workers joining it need
+    db = Database(request.storage_url)
+    name = _resolve_study_name(db, request.study_name, resume, model, hardware, vram_cap, workload)
+    settings = {"backends": [b.name for b in backends], "trials": request.trials, "seconds": request.seconds,
+                "sampler": request.sampler, "model_name": model.name, "workload": asdict(workload),
+                "backend_specs": backend_names, "trial_timeout_s": request.trial_timeout_s,
+                "batch": batch}  # what workers joining it need
     register_study(db, model, hardware, name, vram_cap, workload, settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tuner = Tuner(db, model, hardware, backends, vram_cap, workload, name, sampler, seed, trial_timeout_s, batch=batch)
+    tuner = Tuner(db, model, hardware, backends, vram_cap, workload, name, request.sampler, request.seed,
+                  request.trial_timeout_s, batch=batch)
     tuner.clear_stop_request()
     recovered = tuner.recover_interrupted()
     done = len(tuner.measured_trials())
@@ -169,32 +178,12 @@ def prepare_study(
     return PreparedStudy(tuner, backends, UNITS[workload.objective], done, notes)
 
 
-def run_study(
-    model_path: Path,
-    vram_cap: int,
-    backend_names: list[str],
-    trials: int | None,
-    seconds: float | None,
-    workload: Workload,
-    study_name: str | None,
-    storage_url: str | None,
-    resume: bool,
-    trial_timeout_s: float,
-    sampler: str,
-    seed: int | None,
-    remeasure: bool,
-    console: Console,
-    batch: int = 2,
-    gpus: list[str] | None = None,
-    verify: bool = True,
-    llama_bench: str | None = None,
-    prompts: PromptSet | None = None,
-) -> StudyOutcome:
+def run_study(request: StudyRequest, console: Console, remeasure: bool = True, gpus: list[str] | None = None,
+              verify: bool = True) -> StudyOutcome:
     """A study from start to winner. With ``gpus``: one worker process per GPU, and this
     process's race and served finalists on the first of them."""
-    own_gpu = TrialGpu(gpus[0]) if gpus else TrialGpu()
-    prepared = prepare_study(model_path, vram_cap, backend_names, trials, seconds, workload, study_name, storage_url,
-                             resume, trial_timeout_s, sampler, seed, batch, llama_bench, own_gpu, prompts)
+    prepared = prepare_study(request, TrialGpu(gpus[0]) if gpus else TrialGpu())
+    model_path, trials, seconds = request.model_path, request.trials, request.seconds
     tuner, unit = prepared.tuner, prepared.unit
     lines = TrialLines.of(tuner, unit)
     best_so_far = [0.0]
@@ -216,7 +205,8 @@ def run_study(
         for note in prepared.notes:
             console.print(note)
         if gpus:
-            outcome = run_on_gpus(tuner, gpus, model_path, seconds, remeasure, on_trial, progress.console, llama_bench)
+            outcome = run_on_gpus(tuner, gpus, model_path, seconds, remeasure, on_trial, progress.console,
+                                  request.llama_bench)
         else:
             outcome = tuner.run(model_path, Budget(trials, seconds), remeasure=remeasure)
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from autotune.backends.base import Outcome, Workload
 from autotune.backends.registry import get_backend
 from autotune.errors import AutotuneError
-from autotune.search.actions import run_study
+from autotune.search.actions import StudyRequest, run_study
 from autotune.search.pooling import results_of, within_cap
 from autotune.search.records import TrialRecord, finalists
 from autotune.storage import Database
@@ -82,12 +82,13 @@ def run_tuner_part(definition: StudyDefinition, part: Part, model_path: Path, co
     with tempfile.TemporaryDirectory(prefix="autotune-study-") as work:
         url = f"sqlite:///{Path(work) / (part.name + '.db')}"
         try:
-            outcome = run_study(
+            request = StudyRequest(
                 model_path=model_path, vram_cap=part.cap, backend_names=[part.backend], trials=tuner.trials,
                 seconds=tuner.minutes * 60 if tuner.minutes is not None else None, workload=workload,
-                study_name=argv[-1], storage_url=url, resume=False, trial_timeout_s=parse_duration(tuner.trial_timeout),
-                sampler=tuner.sampler, seed=tuner.seed, remeasure=tuner.remeasure, console=console, batch=tuner.batch,
+                study_name=argv[-1], storage_url=url, trial_timeout_s=parse_duration(tuner.trial_timeout),
+                sampler=tuner.sampler, seed=tuner.seed, batch=tuner.batch,
             )
+            outcome = run_study(request, console, remeasure=tuner.remeasure)
         except AutotuneError as exc:
             record["error"] = str(exc)
             outcome = None

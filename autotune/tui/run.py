@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
 from autotune.errors import AutotuneError
-from autotune.search.actions import PreparedStudy, prepare_study, report
+from autotune.search.actions import PreparedStudy, StudyRequest, prepare_study, report
 from autotune.search.records import TrialRecord
 from autotune.search.study import Budget, StudyOutcome
 from autotune.tui.dashboard import POLL_S, DashboardApp
@@ -39,16 +38,16 @@ def dashboard_for(prepared: PreparedStudy, model_path: Path, budget: Budget, rem
     return app
 
 
-def run_with_dashboard(*, remeasure: bool, console: Console, gpus: None = None, verify: bool = True,
-                       **settings: Any) -> StudyOutcome:
-    """``run_study`` behind the dashboard (``settings`` as ``prepare_study`` takes them); once the
-    app closes, what serving the finalists said, and the report of ``autotune run``."""
-    prepared = prepare_study(**settings)
+def run_with_dashboard(request: StudyRequest, console: Console, remeasure: bool = True, gpus: None = None,
+                       verify: bool = True) -> StudyOutcome:
+    """``run_study`` behind the dashboard; once the app closes, what serving the finalists said,
+    and the report of ``autotune run``."""
+    prepared = prepare_study(request)
     for note in prepared.notes:
         console.print(note)
-    model_path = settings["model_path"]
+    model_path = request.model_path
     log = Console(file=io.StringIO(), width=console.width, force_terminal=console.is_terminal)
-    app = dashboard_for(prepared, model_path, Budget(settings["trials"], settings["seconds"]), remeasure,
+    app = dashboard_for(prepared, model_path, Budget(request.trials, request.seconds), remeasure,
                         serve_log=log if verify else None)
     app.run()
     console.file.write(log.file.getvalue())
