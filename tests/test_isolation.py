@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from autotune.backends.base import Outcome
 from autotune.isolation.gpu import TrialGpu
-from autotune.isolation.trial_process import mentions_oom, run_isolated
+from autotune.isolation.trial_process import check_cap, mentions_oom, run_isolated
 from autotune.isolation.vram import VramSampler
 from autotune.hardware import probe_hardware
 
@@ -141,12 +141,12 @@ def test_a_failed_setup_is_every_items_result():
 
 def test_peak_over_the_cap_is_over_cap_and_keeps_its_figures():
     gib = 2**30
-    (over,) = run_isolated(TARGET, {}, [{}], 60, vram_cap=4 * gib, sampler=fake_sampler(5 * gib))
+    (measured,) = run_isolated(TARGET, {}, [{}], 60, sampler=fake_sampler(5 * gib))
+    over = check_cap(measured, 4 * gib)
     assert over.outcome is Outcome.OVER_CAP
     assert over.peak_vram_bytes == 5 * gib and over.decode_tps.mean == 12.0
     assert "over the cap" in over.message
-    (under,) = run_isolated(TARGET, {}, [{}], 60, vram_cap=6 * gib, sampler=fake_sampler(5 * gib))
-    assert under.outcome is Outcome.OK
+    assert check_cap(measured, 6 * gib) is measured and measured.outcome is Outcome.OK
 
 
 def test_oom_patterns():

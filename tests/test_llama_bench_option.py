@@ -73,7 +73,7 @@ def test_the_backend_and_the_workers_get_the_executable(tiny_model: Path, bench:
     before = dict(os.environ)
     [backend] = actions._usable_backends(["llama_bench"], inspect_model(tiny_model), str(bench.resolve()), TrialGpu("1"))
     assert isinstance(backend, LlamaBenchBackend) and backend.gpu == TrialGpu("1")
-    assert backend._job({}, tiny_model)["binary"] == str(bench.resolve())
+    assert backend.load_job({}, tiny_model)["binary"] == str(bench.resolve())
     assert get_backend("llama_bench").binary is None  # without one it finds its own
     assert dict(os.environ) == before
     tuner = SimpleNamespace(study_name="s", db=SimpleNamespace(url="sqlite://"))

@@ -18,7 +18,6 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 from autotune.cache_runtime import triton_ops  # noqa: E402
-from autotune.cache_runtime.dequant import dequantize  # noqa: E402
 from autotune.cache_runtime.random_blocks import random_blocks  # noqa: E402
 from autotune.cache_runtime.routing import route  # noqa: E402
 from autotune.cache_runtime.torch_ops import rmsnorm  # noqa: E402

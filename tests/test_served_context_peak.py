@@ -12,6 +12,7 @@ from autotune.backends.base import Measurement, Outcome, TrialResult, Workload
 from autotune.backends.llama_cpp.bench import LlamaBenchBackend, served_context_bytes
 from autotune.backends.llama_cpp.backend import LlamaCppBackend
 from autotune.backends.llama_cpp.vram_model import KV_PADDING
+from autotune.isolation.trial_process import check_cap
 from autotune.model_info import inspect_model
 
 SERVED = Workload(n_prompt=512, n_gen=8, repetitions=1, n_ctx=4096)
@@ -54,6 +55,7 @@ def test_a_config_that_fits_only_at_llama_benchs_context_is_over_the_cap(
 ):
     config = {"n_gpu_layers": 99, "flash_attn": True}
     cap = MEASURED_PEAK + served_context_bytes(config, inspect_model(tiny_model), SERVED) // 2
-    (result,) = LlamaBenchBackend().run_trials([config], tiny_model, SERVED, deadline_s=10, vram_cap=cap)
+    (measured,) = LlamaBenchBackend().run_trials([config], tiny_model, SERVED, deadline_s=10)
+    result = check_cap(measured, cap)  # as the tuner marks each trial
     assert result.outcome is Outcome.OVER_CAP
     assert "over the cap" in result.message

@@ -53,7 +53,6 @@ def run_isolated(
     items: list[dict[str, Any]],
     deadline_s: float,
     *,
-    vram_cap: int | None = None,
     gpu: TrialGpu = TrialGpu(),
     sampler: Sampler = VramSampler,
 ) -> list[TrialResult]:
@@ -62,8 +61,6 @@ def run_isolated(
     results: list[TrialResult] = []
     while len(results) < len(items):
         results += _run_child(target, common, items[len(results) :], deadline_s, gpu, sampler)
-    if vram_cap is not None:
-        results = [check_cap(result, vram_cap) for result in results]
     return results
 
 
@@ -75,7 +72,6 @@ def run_in_load_groups(
     item: Callable[[dict[str, Any]], dict[str, Any]],
     deadline_s: float,
     *,
-    vram_cap: int | None = None,
     gpu: TrialGpu = TrialGpu(),
 ) -> list[TrialResult]:
     """One result per config, in order: configs equal in ``load_key`` share a child (one model
@@ -86,7 +82,7 @@ def run_in_load_groups(
     results: list[TrialResult | None] = [None] * len(configs)
     for indexes in groups.values():
         measured = run_isolated(target, common(configs[indexes[0]]), [item(configs[i]) for i in indexes],
-                                deadline_s, vram_cap=vram_cap, gpu=gpu)
+                                deadline_s, gpu=gpu)
         for index, result in zip(indexes, measured):
             results[index] = result
     return [result for result in results if result is not None]

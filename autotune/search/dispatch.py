@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from autotune import interrupts
 from autotune.backends.base import Config, Measurement, Outcome, TrialResult
 from autotune.errors import AutotuneError
+from autotune.isolation.trial_process import check_cap
 from autotune.search.liveness import Heartbeat, identity
 from autotune.search.vram_calibration import relative_error
 from autotune.search.objective import objective_of
@@ -161,10 +162,8 @@ class Dispatcher:
             context.db.set_study_status(context.study_name, "stopped")
             raise AutotuneError(f"the GPU stopped answering during trial {lead.trial.number} ({cause}): the study "
                                 "stops; check the GPU (nvidia-smi), then continue it with --resume")
+        results = [check_cap(result, context.vram_cap) for result in results]
         for asked, result in zip(group, results):
-            if result.ok and result.peak_vram_bytes is not None and result.peak_vram_bytes > context.vram_cap:
-                result.outcome = Outcome.OVER_CAP
-                result.message = f"measured {result.peak_vram_bytes} bytes > cap {context.vram_cap}"
             record = asked.record(result.outcome, result, self._record(asked, result))
             outcome.records.append(record)
             outcome.load_seconds += result.load_seconds

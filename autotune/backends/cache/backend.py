@@ -14,12 +14,12 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autotune.backends.base import Backend, Config, ConfigError, TrialResult, Workload
+from autotune.backends.base import Config, Workload
+from autotune.backends.shared_load import SharedLoadBackend
 from autotune.backends.cache.commands import format_command, parse_command
 from autotune.backends.cache.knobs import DEFAULTS, cache_config, normalize
 from autotune.backends.cache.winner_placement import keep_winner, restore_winner, with_trial_placement
 from autotune.cache_runtime.cache_config import CACHE_KNOBS
-from autotune.isolation.trial_process import run_in_load_groups
 from autotune.errors import AutotuneError, ModelFileError
 
 if TYPE_CHECKING:
@@ -31,12 +31,13 @@ if TYPE_CHECKING:
 LOAD_KEYS = ("max_ctx",)  # what the child fixes at load: the KV cache's size
 
 
-class CacheBackend(Backend):
+class CacheBackend(SharedLoadBackend):
     name = "cache"
     trial_target = "autotune.backends.cache.trial"
     default_format = "serve"
     served_format = "serve"
     load_keys = LOAD_KEYS
+    context_key = "max_ctx"
     fills_budget = True
     # Launch shapes of the Triton decode kernels: without a GPU the runtime runs its torch ops.
     gpu_only_knobs = CACHE_KNOBS.gpu_only
@@ -121,30 +122,11 @@ class CacheBackend(Backend):
 
     # -- measuring ---------------------------------------------------------------
 
-    def _trial_config(self, config: Config, workload: Workload) -> Config:
-        config = normalize({"max_ctx": workload.n_ctx, **config})
-        if config["max_ctx"] < workload.tokens_needed:
-            raise ConfigError(f"max_ctx {config['max_ctx']} is smaller than the {workload.tokens_needed} prompt "
-                              "and generated tokens of the longest request measured")
-        return config
+    def normalize(self, config: Config) -> Config:
+        return normalize(config)
 
-    def _item(self, config: Config, workload: Workload) -> dict[str, Any]:
-        return {"config": config, "workload": workload.trial_inputs()}
-
-    def run_trials(
-        self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float,
-        vram_cap: int | None = None,
-    ) -> list[TrialResult]:
-        """One result per config, in order. Configs with the same context size share a child
-        (one model load); ``deadline_s`` bounds the load and each config's measurement."""
-        normalized = [self._trial_config(config, workload) for config in configs]
-        return run_in_load_groups(
-            self.trial_target, normalized, lambda c: {key: c[key] for key in LOAD_KEYS},
-            lambda c: {"model_path": str(model_path), "config": c}, lambda c: self._item(c, workload),
-            deadline_s, vram_cap=vram_cap, gpu=self.gpu)
-
-    def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
-        return self.run_trials([config], model_path, workload, deadline_s)[0]
+    def load_job(self, config: Config, model_path: Path) -> dict[str, Any]:
+        return {"model_path": str(model_path), "config": config}
 
     # -- the winner --------------------------------------------------------------
 

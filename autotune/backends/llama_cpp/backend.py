@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autotune.backends.base import Backend, Config, ConfigError, TrialResult, Workload
+from autotune.backends.base import Config, Workload
+from autotune.backends.shared_load import SharedLoadBackend
 from autotune.backends.llama_cpp.commands import format_command, parse_command
-from autotune.isolation.trial_process import run_in_load_groups
 from autotune.backends.llama_cpp.arch import load_problem
-from autotune.backends.llama_cpp.knobs import DEFAULTS, KV_TYPES, LOAD_KEYS, cpu_expert_patterns, load_params, normalize
+from autotune.backends.llama_cpp.knobs import DEFAULTS, KV_TYPES, LOAD_KEYS, cpu_expert_patterns, normalize
 from autotune.backends.llama_cpp.vram_model import estimate_vram
 
 if TYPE_CHECKING:
@@ -39,12 +39,13 @@ def thread_counts(hw: HardwareProfile) -> list[int]:
     return sorted(counts)
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(SharedLoadBackend):
     name = "llama_cpp"
     trial_target = "autotune.backends.llama_cpp.trial"
     default_format = "llama-server"
     served_format = "llama-server"
     load_keys = LOAD_KEYS
+    context_key = "n_ctx"
     # Without a GPU, llama.cpp has no device to offload to: n_gpu_layers places layers on none,
     # and the experts that n_cpu_moe or cpu_moe_layers keep "on the CPU" are in the CPU's
     # buffers anyway (the same repacked ones: since b6049 an override to the CPU buffer type
@@ -178,34 +179,13 @@ class LlamaCppBackend(Backend):
 
     # -- measuring ---------------------------------------------------------------
 
-    def _trial_config(self, config: Config, workload: Workload) -> Config:
-        config = normalize({"n_ctx": workload.n_ctx, **config})
-        if config["n_ctx"] < workload.tokens_needed:
-            raise ConfigError(f"n_ctx {config['n_ctx']} is smaller than the {workload.tokens_needed} prompt "
-                              "and generated tokens of the longest request measured")
-        return config
+    def normalize(self, config: Config) -> Config:
+        return normalize(config)
 
-    def _job(self, config: Config, model_path: Path) -> dict[str, Any]:
+    def load_job(self, config: Config, model_path: Path) -> dict[str, Any]:
         """What the child's setup needs: the load-time part of the config."""
         return {"model_path": str(model_path), "n_gpu_layers": config["n_gpu_layers"],
                 "use_mmap": config["use_mmap"], "cpu_patterns": cpu_expert_patterns(config)}
-
-    def _item(self, config: Config, model_path: Path, workload: Workload) -> dict[str, Any]:
-        return {"config": config, "workload": workload.trial_inputs()}
-
-    def run_trials(
-        self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float,
-        vram_cap: int | None = None,
-    ) -> list[TrialResult]:
-        """One result per config, in order. Configs with the same load-time knobs share a child
-        (one model load); ``deadline_s`` bounds the load and each config's measurement."""
-        normalized = [self._trial_config(config, workload) for config in configs]
-        return run_in_load_groups(
-            self.trial_target, normalized, load_params, lambda c: self._job(c, model_path),
-            lambda c: self._item(c, model_path, workload), deadline_s, vram_cap=vram_cap, gpu=self.gpu)
-
-    def run_trial(self, config: Config, model_path: Path, workload: Workload, deadline_s: float) -> TrialResult:
-        return self.run_trials([config], model_path, workload, deadline_s)[0]
 
     # -- launching ---------------------------------------------------------------
 

@@ -24,7 +24,6 @@ from typing import Any
 
 from autotune.backends.base import Config, TrialResult, Workload
 from autotune.backends.llama_cpp.commands import bench_argv, bench_path_problem
-from autotune.isolation.trial_process import check_cap
 from autotune.backends.llama_cpp.knobs import normalize
 from autotune.backends.llama_cpp.backend import LlamaCppBackend
 from autotune.backends.llama_cpp.vram_model import estimate_vram
@@ -67,15 +66,13 @@ class LlamaBenchBackend(LlamaCppBackend):
         return bench_path_problem(model.path) or super().supports(model)
 
     def run_trials(
-        self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float,
-        vram_cap: int | None = None,
+        self, configs: list[Config], model_path: Path, workload: Workload, deadline_s: float
     ) -> list[TrialResult]:
         """As ``LlamaCppBackend.run_trials``, with peaks at the served context (module docstring)."""
         measured = super().run_trials(configs, model_path, workload, deadline_s)
         model = inspect_model(model_path) if any(r.peak_vram_bytes is not None for r in measured) else None
-        results = [self._at_served_context(result, config, model, workload)
-                   for result, config in zip(measured, configs, strict=True)]
-        return results if vram_cap is None else [check_cap(result, vram_cap) for result in results]
+        return [self._at_served_context(result, config, model, workload)
+                for result, config in zip(measured, configs, strict=True)]
 
     @staticmethod
     def _at_served_context(
@@ -88,10 +85,10 @@ class LlamaBenchBackend(LlamaCppBackend):
                        extra={**result.extra, "measured_peak_vram_bytes": result.peak_vram_bytes,
                               "served_context_bytes": extra})
 
-    def _job(self, config: Config, model_path: Path) -> dict[str, Any]:
+    def load_job(self, config: Config, model_path: Path) -> dict[str, Any]:
         return {"binary": find_llama_bench(self.binary)}
 
-    def _item(self, config: Config, model_path: Path, workload: Workload) -> dict[str, Any]:
+    def trial_item(self, config: Config, model_path: Path, workload: Workload) -> dict[str, Any]:
         binary = find_llama_bench(self.binary) or "llama-bench"
         argv = bench_argv(config, model_path, workload, binary, both_thread_counts=True) + ["-v"]
         return {"argv": argv, "n_prompt": workload.n_prompt, "n_gen": workload.n_gen,

@@ -115,8 +115,3 @@ def normalize(config: Config) -> Config:
     if on_cpu[prefix:]:
         out["cpu_moe_layers"] = on_cpu[prefix:]
     return {key: out[key] for key in KEYS if key in out}
-
-
-def load_params(config: Config) -> Config:
-    """The part of a (normalized) config that is fixed when llama.cpp loads the model."""
-    return {key: config[key] for key in LOAD_KEYS if key in config}
