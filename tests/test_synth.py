@@ -67,18 +67,26 @@ def test_llama_cpp_loads_and_generates_32_tokens(tiny_model: Path):
     assert int(done.stdout.split()[-1]) == 32
 
 
+def _measured_routing(path: Path, n_tokens: int, figures: str):
+    """``figures`` (a Python expression of ``trace``) of the file's routing, measured through
+    llama.cpp in a child process (llama_cpp stays out of the test process)."""
+    script = (
+        "import sys, json\nfrom autotune.measured_routing import measure_routing\n"
+        f"trace = measure_routing(sys.argv[1], n_tokens={n_tokens})\n"
+        f"print(json.dumps({figures}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 @pytest.mark.parametrize("skew, low, high", [(1.0, 0.0, 0.15), (0.0, 0.25, 0.5)])
 def test_static_routing_skew_is_measured_in_the_file(tmp_path: Path, skew: float, low: float, high: float):
     pytest.importorskip("llama_cpp")
     path = tmp_path / "small.gguf"
     write_synthetic_model(path, preset="small", skew=skew, routing="static")
-    script = (
-        "import sys\nfrom autotune.measured_routing import measure_routing\n"
-        "print(measure_routing(sys.argv[1], n_tokens=512).held_out_miss_rate())\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert low <= float(done.stdout.split()[-1]) <= high
+    measured = _measured_routing(path, 512, "trace.held_out_miss_rate()")
+    assert low <= measured <= high
 
 
 def test_default_routing_meets_the_real_model_figures_measured_in_llama_cpp(tmp_path: Path):
@@ -86,15 +94,8 @@ def test_default_routing_meets_the_real_model_figures_measured_in_llama_cpp(tmp_
     pytest.importorskip("llama_cpp")
     path = tmp_path / "small.gguf"
     write_synthetic_model(path, preset="small")
-    script = (
-        "import sys, json\nfrom autotune.measured_routing import measure_routing\n"
-        "trace = measure_routing(sys.argv[1], n_tokens=1024)\n"
-        "print(json.dumps({'share': trace.top_share().tolist(), 'overlap': trace.adjacent_overlap(),"
-        " 'lru': list(trace.lru_hit_rates().values())}))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    measured = json.loads(done.stdout.splitlines()[-1])
+    measured = _measured_routing(path, 1024, "{'share': trace.top_share().tolist(), 'overlap': trace.adjacent_overlap(),"
+                                             " 'lru': list(trace.lru_hit_rates().values())}")
     low, high = real_routing.TOP_SHARE_BAND
     assert all(low <= share <= high for share in measured["share"]), measured
     assert real_routing.ADJACENT_OVERLAP[0] - 0.05 <= measured["overlap"] <= real_routing.ADJACENT_OVERLAP[1] + 0.05
