@@ -4,7 +4,7 @@
     logits = engine.prefill(tokens)            # (vocab,) logits of the last prompt token
     tokens = engine.generate(prompt, 32)       # greedy; temperature=... samples
     engine.trace.enabled = True                # then engine.trace.ids() / .counts()
-    write_trace("t.npz", engine.recorded_trace())  # trace_file: replay it later
+    write_trace("t.npz", engine.recorded_trace())  # trace_file's: to replay later
     engine = Engine("model.gguf", replay=read_trace("t.npz"))  # the trace's experts, not the router's
     text = engine.complete("Once upon", 16)    # through the GGUF's tokenizer (llama_cpp)
 
@@ -30,8 +30,8 @@ from autotune.cache_runtime.ops import FULL_RESIDENCY
 from autotune.cache_runtime.platforms import select_platform
 from autotune.cache_runtime.rope import RopeTable
 from autotune.cache_runtime.routing import RoutingTrace
-from autotune.cache_runtime.trace_file import Phase, Trace
 from autotune.cache_runtime.sampling import greedy, gumbel_sample
+from autotune.cache_runtime.trace_file import Phase, Trace
 from autotune.cache_runtime.weights import LayerWeights, ModelWeights, load_weights
 from autotune.errors import AutotuneError
 
