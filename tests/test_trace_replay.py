@@ -144,3 +144,14 @@ def test_trace_file_round_trip_and_refusals(tmp_path: Path) -> None:
         read_trace(tmp_path / "other.npz")
     with pytest.raises(AutotuneError, match="top-2; the model 3, 16, top-4"):
         back.check_model("abc", 3, 16, 4)
+    write_trace(tmp_path / "cut.npz", Trace(ids, np.array([1, 1, 0, 0, 2], dtype=np.int8), "abc", 16))
+    with pytest.raises(AutotuneError, match="without its prompt's first"):
+        read_trace(tmp_path / "cut.npz")
+
+
+def test_the_simulation_refuses_what_it_does_not_model(tiny_model: Path) -> None:
+    trace = Trace(np.zeros((1, 3, 4), dtype=np.int16), np.zeros(1, dtype=np.int8), "abc", 16)
+    with pytest.raises(AutotuneError, match="slots for 4 layers; the trace has 3"):
+        simulate(trace, SimulatedCache((4,) * 4, "lru", "copy", 4, 0.9, 10))
+    with pytest.raises(AutotuneError, match="lend_prefill_room"):
+        SimulatedCache.of_runtime(tiny_model, CacheConfig(vram_cap=GIB, lend_prefill_room=True), kv_element_bytes=4)

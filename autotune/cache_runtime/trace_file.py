@@ -119,4 +119,7 @@ def read_trace(path: str | Path) -> Trace:
         raise AutotuneError(f"{where}: expert ids outside [0, {n_expert})")
     if not np.isin(phase, list(Phase)).all():
         raise AutotuneError(f"{where}: phases other than {[int(p) for p in Phase]}")
+    previous = np.concatenate([[Phase.DECODE], phase[:-1]])
+    if ((phase == Phase.PREFILL) & (previous == Phase.DECODE)).any():
+        raise AutotuneError(f"{where}: a prompt token (phase 1) without its prompt's first (phase 2) before it")
     return Trace(ids.astype(np.int16), phase.astype(np.int8), str(meta.get("model_fingerprint")), n_expert)

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from autotune.backends.base import ConfigError
 from autotune.cache_runtime.budget import model_sizes, plan_vram
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.placement import (REBALANCE_BYTES, RoutingStats, initial_placement, plan_admissions,
                                               plan_swaps)
 from autotune.cache_runtime.trace_file import Trace
+from autotune.errors import AutotuneError
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class SimulatedCache:
         ``seed``, the learned counts it starts from (``learned.seed_counts``; unused when
         ``cfg.learned_placement`` is off)."""
         if cfg.lend_prefill_room:
-            raise ConfigError("the cache simulation does not model lend_prefill_room")
+            raise AutotuneError("the cache simulation does not model lend_prefill_room")
         sizes = model_sizes(model)
         counts = seed if cfg.learned_placement else None
         plan = plan_vram(sizes, cfg, counts, kv_element_bytes=kv_element_bytes)
@@ -72,7 +72,7 @@ class SimulationResult:
 def simulate(trace: Trace, cache: SimulatedCache) -> SimulationResult:
     """The hit rate of ``cache`` on the decode steps of ``trace`` (the module docstring)."""
     if len(cache.slots) != trace.n_layers:
-        raise ConfigError(f"the cache has slots for {len(cache.slots)} layers; the trace has {trace.n_layers}")
+        raise AutotuneError(f"the cache has slots for {len(cache.slots)} layers; the trace has {trace.n_layers}")
     rule, n_layers, n_expert = cache.eviction, trace.n_layers, trace.n_expert
     routing = RoutingStats(n_layers, n_expert, cache.seed)
     held = [set(experts) for experts in initial_placement(cache.slots, n_expert, cache.seed)]
