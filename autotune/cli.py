@@ -378,13 +378,16 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, help="port to listen on"),
     save_every: str = typer.Option("30s", "--save-every", help="save the routing counts learned while serving this often (and at exit)"),
+    record_trace: Optional[Path] = typer.Option(None, "--record-trace", help="record the experts every token selects "
+                                                "(prompts and decode steps) into FILE, an .npz written with the counts; "
+                                                "replay it with the runtime's replay= or studies.cache_simulation"),
 ) -> None:
     """Serve MODEL with the expert-cache runtime behind an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
     from autotune.serve.launch import resolve_config, serve_model
     from autotune.units import parse_duration
 
     config = resolve_config(model, vram_cap, knobs, config_file, best, objective, storage, _prompts_digest(workload))
-    serve_model(model, config, host, port, console, parse_duration(save_every, "--save-every"))
+    serve_model(model, config, host, port, console, parse_duration(save_every, "--save-every"), record_trace)
 
 
 @app.command()

@@ -10,7 +10,7 @@ import pytest
 from autotune.cache_runtime.learned import (counts_path, load_counts, read_placement, save_counts, seed_counts,
                                             write_placement)
 from autotune.errors import AutotuneError
-from autotune.cache_runtime.placement import RoutingStats, initial_placement, pick_victim, plan_swaps
+from autotune.cache_runtime.placement import RoutingStats, initial_placement, pick_victim, plan_admissions, plan_swaps
 
 
 def test_initial_placement_from_counts_or_first_come() -> None:
@@ -53,6 +53,18 @@ def test_swaps_take_the_best_gains_within_the_budget_and_never_churn() -> None:
 def test_swap_pairs_hottest_outsider_with_coldest_insider() -> None:
     scores = np.array([[1.0, 2.0, 10.0, 8.0, 0.0]])
     assert plan_swaps([{0, 1, 4}], scores, 5) == [(0, 4, 2), (0, 0, 3)]
+
+
+def test_admissions_evict_the_coldest_unselected_expert_up_to_the_limit() -> None:
+    held = [{0, 1, 2}, {0, 1}]
+    scores = np.array([[5.0, 1.0, 3.0, 2.0, 0.5], [1.0, 4.0, 0.0, 0.0, 9.0]])
+    selected = np.array([[1, 3, 4], [2, 4, 0]])
+    # lfu: 3 (2.0) beats victim 2 (3.0)? no; 4 (0.5) neither; layer 1: 4 (9.0) evicts 1 (0 is selected)
+    assert plan_admissions(held, (), selected, scores, "lfu_decay", limit=5) == [(1, 1, 4)]
+    # lru admits every miss while an unselected victim is left: layer 0 has one (2), then 0
+    assert plan_admissions(held, (), selected, scores, "lru", limit=5) == [(0, 2, 3), (0, 0, 4), (1, 1, 2)]
+    assert plan_admissions(held, (), selected, scores, "lru", limit=2) == [(0, 2, 3), (0, 0, 4)]
+    assert plan_admissions(held, {(0, 3)}, selected, scores, "lru", limit=5) == [(0, 2, 4), (1, 1, 2)]
 
 
 def test_victim_is_the_coldest_candidate() -> None:

@@ -1,7 +1,8 @@
 """``autotune serve`` as a user starts it (a process of its own, on CPU, tiny preset): the
 routing counts it learns are saved as it serves and at SIGTERM, so ``kill -9`` loses at most
 one save interval; a ``--placement`` file seeds a fresh start; bad ports and placement files
-are one-line errors before the model loads."""
+are one-line errors before the model loads; ``--record-trace`` writes the routing trace of
+every served token."""
 
 from __future__ import annotations
 
@@ -153,7 +154,32 @@ def test_the_engine_places_the_hottest_experts_of_a_placement_file(tiny_model: P
         assert set(held) == hottest
 
 
+def test_a_recorded_trace_holds_every_served_token_under_the_models_fingerprint(tiny_model: Path, cap: int,
+                                                                                 tmp_path: Path):
+    from autotune.cache_runtime.trace_file import Phase, read_trace
+
+    path = tmp_path / "served.npz"
+    process, url = _serve(tiny_model, cap, tmp_path / "data", "--save-every", "1s", "--record-trace", str(path))
+    try:
+        _complete(url, 5)  # a 3-token prompt: its prefill, then 4 decode steps
+        assert _wait_for(lambda: path.exists(), 5), "no trace written within 5 save intervals"
+        first = read_trace(path)
+        assert list(first.calls()) == [(Phase.PREFILL_START, 3)] + [(Phase.DECODE, 1)] * 4
+        _complete(url, 3)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    trace = read_trace(path)  # the shutdown's save
+    sizes = model_sizes(tiny_model)
+    assert trace.fingerprint == model_fingerprint(tiny_model)
+    assert (trace.n_layers, trace.n_expert, trace.k) == (sizes.n_layers, sizes.n_expert, sizes.n_expert_used)
+    assert list(trace.calls())[5:] == [(Phase.PREFILL_START, 3)] + [(Phase.DECODE, 1)] * 2
+    np.testing.assert_array_equal(trace.ids[:first.n_tokens], first.ids)
+
+
 @pytest.mark.parametrize("flags, message", [
+    (["--record-trace", "no/such/dir/t.npz"], "--record-trace no/such/dir/t.npz: the directory no/such/dir does not exist"),
+    (["--record-trace", "."], "is a directory"),
     (["--port", "99999"], "--port 99999: a port is a number from 1 to 65535"),
     (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid': not an address of this machine"),
     (["--placement", "missing.json"], "does not exist"),

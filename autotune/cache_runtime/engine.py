@@ -4,6 +4,8 @@
     logits = engine.prefill(tokens)            # (vocab,) logits of the last prompt token
     tokens = engine.generate(prompt, 32)       # greedy; temperature=... samples
     engine.trace.enabled = True                # then engine.trace.ids() / .counts()
+    write_trace("t.npz", engine.recorded_trace())  # trace_file's: to replay later
+    engine = Engine("model.gguf", replay=read_trace("t.npz"))  # the trace's experts, not the router's
     text = engine.complete("Once upon", 16)    # through the GGUF's tokenizer (llama_cpp)
 
     engine = Engine("model.gguf", cache_config=CacheConfig(vram_cap=16 * 2**30))  # the expert cache
@@ -29,6 +31,7 @@ from autotune.cache_runtime.platforms import select_platform
 from autotune.cache_runtime.rope import RopeTable
 from autotune.cache_runtime.routing import RoutingTrace
 from autotune.cache_runtime.sampling import greedy, gumbel_sample
+from autotune.cache_runtime.trace_file import Phase, Trace
 from autotune.cache_runtime.weights import LayerWeights, ModelWeights, load_weights
 from autotune.errors import AutotuneError
 
@@ -61,11 +64,14 @@ class Engine:
     slots within ``cache_config.vram_cap``); the KV cache then holds ``cache_config.max_ctx``
     tokens, and prefill runs in passes of ``cache_config.prefill_chunk`` tokens
     (``prefill_chunk`` without an expert cache).
+
+    ``replay``: a routing trace recorded on this model, whose experts every layer selects in
+    place of the router's, token after token (``replay``).
     """
 
     def __init__(self, path: str | Path, device: str | None = None, max_ctx: int = 4096,
                  kernels: str | None = None, use_graph: bool = True, prefill_chunk: int = 2048,
-                 cache_config: CacheConfig | None = None):
+                 cache_config: CacheConfig | None = None, replay: Trace | None = None):
         self.platform = select_platform(device, kernels)
         device = self.platform.device.torch_device
         self.path = Path(path)
@@ -92,6 +98,8 @@ class Engine:
         self.persist_routing = True  # close() saves the routing counts for the next start
         self._fingerprint: str | None = None
         self.placement_source = "no counts"  # whose routing counts seeded the expert cache's placement
+        if replay is not None:
+            self._replay(replay)
         if cache_config is not None:
             self.configure_cache(cache_config)
 
@@ -104,6 +112,18 @@ class Engine:
 
             self._fingerprint = model_fingerprint(self.path)
         return self._fingerprint
+
+    def _replay(self, trace: Trace) -> None:
+        from autotune.cache_runtime.replay import TraceReplay
+
+        trace.check_model(self.fingerprint, self.cfg.n_layers, self.cfg.n_expert, self.cfg.n_expert_used)
+        if trace.n_tokens == 0:
+            raise AutotuneError("the trace to replay holds no tokens")
+        self.ops.routing = TraceReplay(trace, self.device, self.cfg.norm_topk)
+
+    def recorded_trace(self) -> Trace:
+        """What ``trace`` recorded so far, with this model's fingerprint (``trace_file``)."""
+        return Trace(self.trace.ids(), self.trace.phases(), self.fingerprint, self.cfg.n_expert)
 
     def configure_cache(self, cfg: CacheConfig) -> None:
         """(Re)build the expert cache for ``cfg`` without reloading the model: the previous
@@ -179,15 +199,15 @@ class Engine:
         if room_lent:
             self.expert_cache.before_prefill()
         try:
-            for chunk in tokens.split(self.prefill_chunk):
-                logits = self._prefill_pass(chunk)
+            for i, chunk in enumerate(tokens.split(self.prefill_chunk)):
+                logits = self._prefill_pass(chunk, Phase.PREFILL if i else Phase.PREFILL_START)
         finally:
             if room_lent:
                 self.expert_cache.after_prefill()
         self.kv_cache.pos.fill_(self.n_past)
         return logits
 
-    def _prefill_pass(self, chunk: torch.Tensor) -> torch.Tensor:
+    def _prefill_pass(self, chunk: torch.Tensor, phase: Phase) -> torch.Tensor:
         """One pass of a prefill: the last token's logits. The pass's expert ids (6 MB at 2048
         tokens) die here: alive when the prefill's room is lent again, they would pin it."""
         self.kv_cache.pos.fill_(self.n_past)  # a one-token chunk runs the decode kernels
@@ -196,7 +216,7 @@ class Engine:
         logits, ids = self.forward(self.ops, chunk, self.n_past)
         if self.expert_cache is not None:
             self.expert_cache.join()  # a one-token chunk may have forked prefetch work
-        self.trace.record(ids)
+        self.trace.record(ids, phase)
         self.n_past += len(chunk)
         return logits
 
@@ -231,13 +251,15 @@ class Engine:
             logits, ids, _ = self._step(self.token, sample)
         if self.expert_cache is not None:
             self.expert_cache.after_step(ids)
-        self.trace.record(ids)
+        self.trace.record(ids, Phase.DECODE)
         self.n_past += 1
         return logits
 
     def _capture(self, sample: bool) -> DecodeGraph:
-        """Capture the decode step; the warm-up steps leave the cache's counters as they were."""
+        """Capture the decode step; the warm-up steps leave the cache's counters (and a replay's
+        cursor) as they were."""
         counters = self.expert_cache.device_counters() if self.expert_cache is not None else []
+        counters = [*counters, *self.ops.routing.device_state()]
         saved = [c.clone() for c in counters]
         quiet = self.expert_cache.capturing() if self.expert_cache is not None else contextlib.nullcontext()
         with quiet:

@@ -30,10 +30,7 @@ from autotune.cache_runtime.cache_stats import cache_stats
 from autotune.cache_runtime.devices import Device
 from autotune.cache_runtime.expert_slots import ExpertSlots
 from autotune.cache_runtime.ops import ExpertHooks, Ops
-from autotune.cache_runtime.placement import RoutingStats, initial_placement, pick_victim, plan_swaps
-
-REBALANCE_BYTES = 512 * 2**20  # copies one rebalance may schedule (about 10 ms of PCIe)
-ADMITS_PER_STEP = 2  # copy mode: misses of one step admitted at most (each costs a full expert copy)
+from autotune.cache_runtime.placement import REBALANCE_BYTES, RoutingStats, initial_placement, plan_admissions, plan_swaps
 ID_RING = 64  # steps whose selections may be in flight to the host
 
 
@@ -147,25 +144,9 @@ class ExpertCache(ExpertSlots, ExpertHooks):
             self.rebalance()
 
     def _admit(self, selected: np.ndarray) -> None:
-        """Copy mode: bring in up to ADMITS_PER_STEP of this step's misses, evicting by the rule
-        (lfu_decay: only where the missed expert's decayed count beats the victim's)."""
-        scores = self.routing.scores(self.cfg.eviction)
-        swaps = []
-        for layer, row in enumerate(selected):
-            chosen = set(int(e) for e in row)
-            for e in row.tolist():
-                if len(swaps) >= ADMITS_PER_STEP:
-                    break
-                if e in self.held[layer] or (layer, e) in self.incoming:
-                    continue
-                candidates = [v for v in self.held[layer] if v not in chosen]
-                if not candidates:
-                    continue
-                victim = pick_victim(candidates, scores[layer])
-                # LRU admits every miss (it is the most recent use); LFU only a hotter expert
-                if self.cfg.eviction == "lru" or scores[layer][e] > scores[layer][victim]:
-                    chosen.add(victim)
-                    swaps.append((layer, victim, e))
+        """Copy mode: bring in up to ADMITS_PER_STEP of this step's misses (``plan_admissions``)."""
+        swaps = plan_admissions(self.held, self.incoming, selected, self.routing.scores(self.cfg.eviction),
+                                self.cfg.eviction)
         nbytes = self._schedule(swaps)
         self.counters.admissions += len(swaps)
         self.counters.admission_bytes += nbytes

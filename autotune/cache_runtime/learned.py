@@ -50,7 +50,7 @@ def load_counts(fingerprint: str, shape: tuple[int, int]) -> np.ndarray | None:
     return counts.astype(np.float64) if counts.shape == shape else None
 
 
-def _replace_atomically(path: Path, write) -> Path:
+def replace_atomically(path: Path, write) -> Path:
     """Write through a temporary file and a rename: a crash leaves the previous file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -67,7 +67,7 @@ def _replace_atomically(path: Path, write) -> Path:
 
 def save_counts(fingerprint: str, counts: np.ndarray) -> Path:
     """Write the user's counts atomically."""
-    return _replace_atomically(counts_path(fingerprint), lambda f: np.save(f, np.asarray(counts, dtype=np.float64)))
+    return replace_atomically(counts_path(fingerprint), lambda f: np.save(f, np.asarray(counts, dtype=np.float64)))
 
 
 def placement_json(counts: np.ndarray, fingerprint: str, source: str) -> dict:
@@ -79,7 +79,7 @@ def placement_json(counts: np.ndarray, fingerprint: str, source: str) -> dict:
 def write_placement(path: Path, counts: np.ndarray, fingerprint: str, source: str) -> Path:
     """Write a placement file atomically."""
     text = json.dumps(placement_json(counts, fingerprint, source)).encode()
-    return _replace_atomically(Path(path), lambda f: f.write(text))
+    return replace_atomically(Path(path), lambda f: f.write(text))
 
 
 def counts_of_placement(data: object, fingerprint: str, shape: tuple[int, int], where: str) -> np.ndarray:

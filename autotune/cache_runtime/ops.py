@@ -78,14 +78,39 @@ class FullResidency(ExpertHooks):
 FULL_RESIDENCY = FullResidency()
 
 
+class RoutingHook(ABC):
+    """What may replace the router's choice after each layer's router ran (``replay``)."""
+
+    @abstractmethod
+    def after_route(self, layer: int, logits: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> None:
+        """May overwrite ``ids`` and ``weights`` (tokens, k) in place; ``logits`` (tokens, n_expert):
+        the router's. Device work only (a captured decode step runs it)."""
+
+    def device_state(self) -> list[torch.Tensor]:
+        """Device tensors a decode step advances (the engine restores them after a capture's warm-up)."""
+        return []
+
+
+class OwnRouting(RoutingHook):
+    """The router's choice stands."""
+
+    def after_route(self, layer: int, logits: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> None:
+        pass
+
+
+OWN_ROUTING = OwnRouting()
+
+
 class Ops(ABC):
     """Forward-pass blocks over hidden states ``h`` (tokens, n_embd) float32.
 
     ``hooks``: the expert cache when one manages where experts are (the engine sets and
-    clears it), else ``FULL_RESIDENCY``.
+    clears it), else ``FULL_RESIDENCY``. ``routing``: a recorded trace's choice in place of
+    the router's (``replay.TraceReplay``, the engine's ``replay=``), else ``OWN_ROUTING``.
     """
 
     hooks: ExpertHooks = FULL_RESIDENCY
+    routing: RoutingHook = OWN_ROUTING
     # True: the kernels read experts at the expert table's addresses; False: ``expert`` asks
     # ``hooks.resolve``, so the expert cache keeps a map of its storage for it
     kernels_read_table: ClassVar[bool] = False

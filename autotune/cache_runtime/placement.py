@@ -7,9 +7,12 @@ last token that selected them, ``static`` never moves anything after the initial
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
+
+REBALANCE_BYTES = 512 * 2**20  # copies one rebalance may schedule (about 10 ms of PCIe)
+ADMITS_PER_STEP = 2  # copy mode: misses of one step admitted at most (each costs a full expert copy)
 
 
 def initial_placement(slots: Sequence[int], n_expert: int, counts: np.ndarray | None) -> list[list[int]]:
@@ -74,3 +77,27 @@ def plan_swaps(resident: Sequence[set[int]], scores: np.ndarray, max_swaps: int)
 def pick_victim(candidates: Sequence[int], row: np.ndarray) -> int:
     """The coldest candidate under a rule's scores (ties: lower id)."""
     return min(candidates, key=lambda e: (row[e], e))
+
+
+def plan_admissions(held: Sequence[Collection[int]], incoming: Collection[tuple[int, int]], selected: np.ndarray,
+                    scores: np.ndarray, rule: str, limit: int = ADMITS_PER_STEP) -> list[tuple[int, int, int]]:
+    """Copy mode: swaps (layer, victim, admitted) that bring in up to ``limit`` of one token's
+    misses ``selected`` (layers, k), layer by layer; a victim is the coldest held expert the
+    token did not select. LRU admits every miss (it is the most recent use), ``lfu_decay``
+    only one hotter than its victim. ``incoming``: (layer, expert) already being copied in."""
+    swaps = []
+    for layer, row in enumerate(selected):
+        chosen = set(int(e) for e in row)
+        for e in row.tolist():
+            if len(swaps) >= limit:
+                break
+            if e in held[layer] or (layer, e) in incoming:
+                continue
+            candidates = [v for v in held[layer] if v not in chosen]
+            if not candidates:
+                continue
+            victim = pick_victim(candidates, scores[layer])
+            if rule == "lru" or scores[layer][e] > scores[layer][victim]:
+                chosen.add(victim)
+                swaps.append((layer, victim, e))
+    return swaps

@@ -108,7 +108,9 @@ class TorchOps(Ops):
         """h + the routed experts of RMSNorm(h); and the selected ids (tokens, k)."""
         lw = self.w.layers[il]
         x = rmsnorm(h, lw.ffn_norm, self.cfg.rms_eps)
-        weights, ids = route(self.linear(x, lw.router), self.cfg.n_expert_used, self.cfg.norm_topk)
+        logits = self.linear(x, lw.router)
+        weights, ids = route(logits, self.cfg.n_expert_used, self.cfg.norm_topk)
+        self.routing.after_route(il, logits, weights, ids)
         self.hooks.after_router(il, h)
         return h + self.routed(x, weights, ids, il), ids
 

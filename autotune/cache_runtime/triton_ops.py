@@ -218,6 +218,7 @@ class TritonOps(TorchOps):
         weights = torch.empty(k, dtype=torch.float32, device=dev)
         keep = self.hooks.router_input(il)
         self.route(x, il, logits, xn, self._done, ids, weights, keep)
+        self.routing.after_route(il, logits[None], weights[None], ids)
         self.hooks.after_router(il, h, kept=keep is not None)
         hidden = torch.empty(k, cfg.n_ff_expert, dtype=torch.float32, device=dev)
         table = self.experts_table.table[il]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,10 +88,22 @@ def check_placement(profile: ModelProfile, config: Config) -> None:
         read_placement(config["placement"], profile.fingerprint, (profile.n_layers, profile.n_expert))
 
 
-def serve_model(model: Path, config: Config, host: str, port: int, console: Console, save_every: float = 30.0) -> None:
+def check_trace_path(path: Path) -> None:
+    """A ``--record-trace`` file that cannot be written: a one-line error before the load."""
+    if path.is_dir():
+        raise AutotuneError(f"--record-trace {path}: is a directory, not a file")
+    if not path.parent.is_dir():
+        raise AutotuneError(f"--record-trace {path}: the directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise AutotuneError(f"--record-trace {path}: cannot write in {path.parent}")
+
+
+def serve_model(model: Path, config: Config, host: str, port: int, console: Console, save_every: float = 30.0,
+                record_trace: Path | None = None) -> None:
     """Load the runtime with ``config`` and serve it until interrupted (SIGINT or SIGTERM);
     the routing counts it sees are saved every ``save_every`` seconds and at the end (they
-    seed the next start's placement, ``learned.seed_counts``)."""
+    seed the next start's placement, ``learned.seed_counts``), and so is the routing trace
+    of every token when ``record_trace`` names its file (``trace_file``)."""
     try:
         import uvicorn
 
@@ -103,6 +116,8 @@ def serve_model(model: Path, config: Config, host: str, port: int, console: Cons
     from autotune.serve.session import Session
 
     check_placement(inspect_model(model), config)  # clear errors for a broken file before torch loads
+    if record_trace is not None:
+        check_trace_path(record_trace)
     sock = listening_socket(host, port)
     with console.status(f"loading {model.name} ..."):
         engine = Engine(model, cache_config=cache_config(config))
@@ -111,7 +126,8 @@ def serve_model(model: Path, config: Config, host: str, port: int, console: Cons
                   f"slots (placed by {engine.placement_source}), planned peak {format_size(plan.peak)} "
                   f"of {format_size(config['vram_cap'])}, {engine.device}; context {config['max_ctx']} tokens",
                   highlight=False)
-    session = Session(engine, model.stem, config, save_every)
+    engine.trace.enabled = record_trace is not None
+    session = Session(engine, model.stem, config, save_every, record_trace)
     server = uvicorn.Server(uvicorn.Config(create_app(session), timeout_graceful_shutdown=3))
     try:
         server.run(sockets=[sock])

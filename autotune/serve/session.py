@@ -7,7 +7,8 @@ a sequence's steps together. Greedy decoding gives exactly ``Engine.generate``'s
 The routing counts the engine learns are saved as it serves (every ``save_every`` seconds
 once tokens were generated since the last save: ``autosave`` between sequences, the
 sequence itself between its steps), and at shutdown, so a server killed outright loses at
-most one interval of them.
+most one interval of them. With a ``trace_path`` (``--record-trace``), the routing trace of
+every token served so far is written there at the same times (whole, atomically).
 """
 
 from __future__ import annotations
@@ -59,10 +60,14 @@ class Counters:
 
 
 class Session:
-    def __init__(self, engine: Any, model_id: str, config: dict[str, Any], save_every: float = 30.0):
+    def __init__(self, engine: Any, model_id: str, config: dict[str, Any], save_every: float = 30.0,
+                 trace_path: Path | None = None):
+        """``trace_path``: where to write the routing trace the engine records (``engine.trace``)."""
         self.engine = engine
         self.save_every = save_every
+        self.trace_path = trace_path
         self._saved_at_tokens = 0  # completion tokens counted at the last save
+        self._saved_trace_tokens = 0  # traced tokens at the last save
         self._saved_at = time.monotonic()
         self.model_id = model_id
         self.config = config  # the cache config it runs with (shown at /v1/stats)
@@ -96,11 +101,19 @@ class Session:
         return int(self.engine.token.item())
 
     def save_routing(self) -> None:
-        """Persist the counts if tokens were generated since the last save (engine thread)."""
+        """Persist the counts if tokens were generated since the last save, and the trace if it
+        grew (engine thread)."""
         generated = self.counters.completion_tokens
         if generated != self._saved_at_tokens:
             self.engine.save_routing()
             self._saved_at_tokens = generated
+        if self.trace_path is not None:
+            from autotune.cache_runtime.trace_file import write_trace
+
+            trace = self.engine.recorded_trace()
+            if trace.n_tokens != self._saved_trace_tokens:
+                write_trace(self.trace_path, trace)
+                self._saved_trace_tokens = trace.n_tokens
         self._saved_at = time.monotonic()
 
     def stats(self) -> dict[str, Any]:
