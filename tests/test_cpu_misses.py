@@ -12,7 +12,7 @@ import torch
 from autotune.backends.base import ConfigError
 from autotune.backends.cache.knobs import normalize
 from autotune.cache_runtime.budget import GIB, model_sizes, plan_with_slots
-from autotune.cache_runtime.cache_config import CacheConfig
+from autotune.cache_runtime.cache_config import DEFAULT_CPU_THREADS, CacheConfig
 from autotune.cache_runtime.engine import Engine
 from autotune.synth import write_synthetic_model
 
@@ -120,6 +120,43 @@ def test_cpu_knobs_are_checked_and_moot_without_cpu_misses() -> None:
     auto = normalize({"vram_cap": 1, "miss_mode": "auto", "cpu_repack": True, "prefetch_depth": 2})
     assert (auto["cpu_repack"], auto["prefetch_depth"]) == (True, 2)
     gpu_reads = normalize({"vram_cap": 1, "cpu_threads": 3, "cpu_repack": True})
-    defaults = normalize({"vram_cap": 1})
-    assert (gpu_reads["cpu_threads"], gpu_reads["cpu_repack"]) == (defaults["cpu_threads"], False)
-    assert defaults["cpu_threads"] >= 1
+    assert (gpu_reads["cpu_threads"], gpu_reads["cpu_repack"]) == (1, False)  # moot: the same on every machine
+    assert normalize({"vram_cap": 1, "miss_mode": "cpu"})["cpu_threads"] == DEFAULT_CPU_THREADS >= 1
+
+
+def test_served_with_cpu_misses(tiny_model: Path) -> None:
+    """``autotune serve`` on a config whose misses the CPU computes: full residency's tokens."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from autotune.backends.cache.knobs import cache_config
+    from autotune.serve.app import create_app
+    from autotune.serve.session import Session
+
+    want, _ = run(Engine(tiny_model, device="cpu", kernels="torch", max_ctx=256))
+    served = {**config(tiny_model, 2, miss_mode="cpu").to_dict(), "cpu_threads": 1}
+    engine = Engine(tiny_model, device="cpu", kernels="torch", cache_config=cache_config(served))
+    engine.persist_routing = False
+    session = Session(engine, "tiny", served)
+    try:
+        response = TestClient(create_app(session)).post("/v1/completions", json={
+            "prompt": PROMPT, "max_tokens": 8, "temperature": 0, "ignore_eos": True})
+        assert response.status_code == 200, response.text
+        assert engine.cache_stats()["cpu_experts"] > 0
+        assert response.json()["choices"][0]["text"] == engine.tokenizer.decode(want[:8])
+    finally:
+        session.close()
+
+
+@pytest.mark.slow
+def test_a_trial_with_cpu_misses(tiny_model: Path) -> None:
+    from autotune.backends.base import Outcome, Workload
+    from autotune.backends.cache.backend import CacheBackend
+
+    workload = Workload(n_prompt=8, n_gen=4, repetitions=2, n_ctx=64)
+    sizes = model_sizes(tiny_model)
+    cap = plan_with_slots(sizes, CacheConfig(vram_cap=GIB, max_ctx=64), 16).peak
+    [result] = CacheBackend().run_trials([{"vram_cap": cap, "miss_mode": "cpu", "cpu_threads": 1}], tiny_model,
+                                         workload, deadline_s=300)
+    assert result.outcome is Outcome.OK, result.message
+    assert result.decode_tps.mean > 0 and 0 < result.extra["hit_rate"] < 1 and result.extra["misses"] > 0

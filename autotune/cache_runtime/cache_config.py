@@ -22,9 +22,10 @@ import psutil
 from autotune.knob_schema import Knob, KnobSchema, Search, when_in, when_positive, when_true
 
 CPU_MISS_MODES = ("cpu", "auto")  # the miss modes that compute experts on the CPU (``cpu_misses``)
-# one core is left to the process's own thread, which queues the GPU's work
+# one core is left to the process's own thread, which queues the GPU's work; the default differs
+# between machines, so where the CPU computes nothing the knob is moot at 1, not at the default
 DEFAULT_CPU_THREADS = max(1, (psutil.cpu_count(logical=False) or os.cpu_count() or 1) - 1)
-CPU_THREAD_CHOICES = tuple(sorted({min(n, os.cpu_count() or 1) for n in (4, 8, 12, 16)}))
+CPU_THREAD_CHOICES = tuple(sorted({min(n, os.cpu_count() or 1) for n in (4, 8, 12, 16)} | {DEFAULT_CPU_THREADS}))
 
 CACHE_KNOBS = KnobSchema("cache", (
     Knob("vram_cap", int, low=1, kind="size", help="bytes for the whole process, CUDA context included"),
@@ -37,7 +38,7 @@ CACHE_KNOBS = KnobSchema("cache", (
          "and else on the CPU (auto)",
          choices=("zero_copy", "copy", "cpu", "auto"), search=Search(), when=when_in("eviction", "lfu_decay", "lru")),
     Knob("cpu_threads", int, DEFAULT_CPU_THREADS, "threads computing missed experts on the CPU", low=1,
-         search=Search(values=CPU_THREAD_CHOICES), when=when_in("miss_mode", *CPU_MISS_MODES)),
+         search=Search(values=CPU_THREAD_CHOICES), when=when_in("miss_mode", *CPU_MISS_MODES), moot=1),
     Knob("cpu_repack", bool, False, "compute missed experts from a copy of the stacks in ggml's repacked layout "
          "(Q4_K on x86; the same bytes again in RAM) rather than in place",
          search=Search(values=(False, True)), when=when_in("miss_mode", *CPU_MISS_MODES)),
