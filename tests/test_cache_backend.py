@@ -20,6 +20,7 @@ from autotune.backends.cache.backend import CacheBackend
 from autotune.backends.cache.commands import parse_command
 from autotune.backends.cache.knobs import DEFAULTS, cache_config, normalize
 from autotune.cache_runtime.budget import model_sizes, plan_with_slots, predict_peak_vram
+from autotune.cache_runtime.cache_config import CPU_THREAD_CHOICES
 from autotune.cache_runtime.learned import counts_path, model_fingerprint, save_counts
 from autotune.cli import app
 from autotune.hardware import probe_hardware
@@ -74,6 +75,10 @@ def test_the_space_samples_every_knob_and_leaves_moot_ones_alone(tiny_model: Pat
             assert config == normalize(config) and config["vram_cap"] == cap and config["max_ctx"] == 2048
             if config["eviction"] == "static":
                 assert not {"miss_mode", "rebalance_interval", "decay"} & set(trial.params)
+            if config["miss_mode"] not in ("cpu", "auto"):
+                assert not {"cpu_threads", "cpu_repack"} & set(trial.params)
+            if config["miss_mode"] == "cpu":
+                assert "prefetch_depth" not in trial.params and config["prefetch_depth"] == 0
             if config["prefetch_depth"] == 0:
                 assert "prefetch_engine" not in trial.params and config["prefetch_engine"] == "sm"
             if not config["learned_placement"]:
@@ -83,12 +88,13 @@ def test_the_space_samples_every_knob_and_leaves_moot_ones_alone(tiny_model: Pat
             for key, value in config.items():
                 seen.setdefault(key, set()).add(value)
             study.tell(trial, 0.0)
-    assert seen["eviction"] == {"static", "lfu_decay", "lru"} and seen["miss_mode"] == {"zero_copy", "copy"}
+    assert seen["eviction"] == {"static", "lfu_decay", "lru"} and seen["miss_mode"] == {"zero_copy", "copy", "cpu", "auto"}
     assert seen["prefetch_depth"] == {0, 1, 2, 3, 4} and seen["prefetch_engine"] == {"sm", "dma"}
     assert seen["slot_split"] == {0.0, 0.25, 0.5, 0.75, 1.0}
     assert len(seen["prefill_bypass"]) > 1 and len(seen["decay"]) > 1 and len(seen["rebalance_interval"]) > 1
     assert seen["chunk_rounds"] == {1, 2} and seen["gate_up_warps"] == {4, 8}
     assert seen["lend_prefill_room"] == {False, True} and seen["prefill_chunk"] == {DEFAULTS["prefill_chunk"]}
+    assert seen["cpu_threads"] == set(CPU_THREAD_CHOICES) | {1} and seen["cpu_repack"] == {False, True}
 
 
 def test_baselines_lie_in_the_space_and_fit_the_cap(tiny_model: Path, cap: int):
@@ -96,8 +102,8 @@ def test_baselines_lie_in_the_space_and_fit_the_cap(tiny_model: Path, cap: int):
     backend, model, hw = CacheBackend(), inspect_model(tiny_model), probe_hardware()
     baselines = backend.baselines(model, hw, cap, WORKLOAD)
     assert {(c["eviction"], c["prefetch_depth"], c["prefetch_engine"]) for c in baselines} == {
-        ("static", 0, "sm"), ("static", 2, "sm"), ("lfu_decay", 3, "sm"), ("lfu_decay", 4, "dma")}
-    assert {c["miss_mode"] for c in baselines} == {"zero_copy"}
+        ("static", 0, "sm"), ("static", 2, "sm"), ("lfu_decay", 3, "sm"), ("lfu_decay", 4, "dma"), ("lfu_decay", 0, "sm")}
+    assert [c["miss_mode"] for c in baselines] == ["zero_copy"] * 4 + ["cpu"]
     study = optuna.create_study()
     for config in baselines:
         study.enqueue_trial(config)

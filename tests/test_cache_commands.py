@@ -73,8 +73,9 @@ def test_the_serve_command_has_every_knob_as_a_flag():
     config = {"vram_cap": 16 * 2**30, "eviction": "lfu_decay", "rebalance_interval": 32, "decay": 0.9,
               "prefetch_depth": 2, "prefetch_engine": "dma", "slot_split": 0.25}
     assert format_command(config, "/m/q 30b.gguf", "serve") == (
-        "autotune serve '/m/q 30b.gguf' --vram-cap 16G --ctx 4096 --eviction lfu_decay --prefetch-depth 2 "
-        "--prefetch-engine dma --miss-mode zero_copy --rebalance-interval 32 --decay 0.9 --learned-placement "
+        "autotune serve '/m/q 30b.gguf' --vram-cap 16G --ctx 4096 --eviction lfu_decay --miss-mode zero_copy "
+        "--cpu-threads 1 --no-cpu-repack --prefetch-depth 2 --prefetch-engine dma --rebalance-interval 32 "
+        "--decay 0.9 --learned-placement "
         "--slot-split 0.25 --no-lend-prefill-room --chunk-rounds 2 --gate-up-warps 4 --prefill-bypass 32 "
         "--prefill-chunk 2048"
     )

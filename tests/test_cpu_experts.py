@@ -87,7 +87,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_matches_the_runtime_torch_path(weights: ModelWeights, backend: CpuBackend) -> None:
     x, ids, w = _selection(weights, tokens=6)
     experts = _experts(weights, backend)
-    expected = TorchOps(weights, cache=None, rope=None).experts(x, w, ids, LAYER)
+    expected = TorchOps(weights, kv_cache=None, rope=None).experts(x, w, ids, LAYER)
     got = experts.forward(x, ids, w)
     # the gap is ggml's 8-bit activations (what llama.cpp computes too), see the next test
     assert _cosine(got, expected) >= 0.9995

@@ -237,3 +237,30 @@ def test_lent_slots_survive_prefills_beside_the_decode_graph(tiny_model: Path, m
         assert e.generate(PROMPT, 24) == full
     stats = e.cache_stats()
     assert stats["lend_refusals"] == 0 and stats["admissions"] > 0 and 0 < stats["hit_rate"] < 1
+
+
+def _forced_logits(engine: Engine, feed: list[int]) -> torch.Tensor:
+    """Each step's logits, prefilling PROMPT and then decoding ``feed``."""
+    engine.reset()
+    out = [engine.prefill(PROMPT).clone()]
+    for token in feed[:-1]:
+        out.append(engine.decode(token).clone())
+    return torch.stack(out).float().cpu()
+
+
+@pytest.mark.parametrize("mode", ["cpu", pytest.param("auto", marks=pytest.mark.gpu)])  # interpreted: minutes each
+def test_cpu_misses_beside_the_kernels_that_skip_them(tiny_model: Path, mode: str) -> None:
+    """The device's expert kernels skip the selections the CPU computes (ggml, from host
+    memory): at full residency's inputs the logits stay those of full residency."""
+    steps = 32 if DEVICE == "cuda" else 2
+    reference = Engine(tiny_model, device=DEVICE, kernels="triton", max_ctx=64)
+    full = reference.generate(PROMPT, steps)
+    want = _forced_logits(reference, full)
+    cfg = config(tiny_model, 4, miss_mode=mode, cpu_threads=2, prefetch_depth=1 if mode == "auto" else 0)
+    e = Engine(tiny_model, device=DEVICE, kernels="triton", cache_config=cfg)
+    got = _forced_logits(e, full)
+    assert torch.nn.functional.cosine_similarity(got, want, dim=1).min() >= 0.999
+    assert (got.argmax(1) == want.argmax(1)).sum() >= steps - 1
+    stats = e.cache_stats()
+    assert stats["cpu_experts"] > 0 and stats["zero_copy_bytes"] == 0
+    assert stats["cpu_experts"] + stats["served_by_prefetch"] == stats["misses"]

@@ -52,7 +52,7 @@ def test_the_search_space_samples_it_where_it_matters():
     for _ in range(60):
         trial = study.ask()
         config = SCHEMA.suggest(trial, "decode")
-        assert ("copy_threads" in trial.params) == (config["prefetch_depth"] > 0)
+        assert ("copy_threads" in trial.params) == (config.get("prefetch_depth", 0) > 0)
         assert SCHEMA.normalize({"vram_cap": 1, **config}) == SCHEMA.normalize({"vram_cap": 1, **config, **trial.params})
         seen.add(config.get("copy_threads"))
         study.tell(trial, 0.0)

@@ -6,14 +6,26 @@ A config is one flat, JSON-serialisable record (the tuner stores configs as dict
 what is left after weights that always stay resident, KV cache, buffers and the CUDA context
 into expert slots per layer (``slot_split`` shifts slots towards layers whose routing is
 flatter). Knobs a choice makes moot (``When``): ``static`` eviction never moves an expert, so
-it has no miss mode, rebalancing or decay; decay only weighs ``lfu_decay`` counts; the slot
-split and a placement file need learned counts; the prefetch engine needs prefetch. The
+it has no miss mode, rebalancing or decay; the CPU's threads and layout matter only where the
+CPU computes misses, and prefetch not where it computes every miss (``cpu``); decay only
+weighs ``lfu_decay`` counts; the slot split and a placement file need learned counts; the
+prefetch engine needs prefetch. The
 searched values and ranges come from studies/expert_cache (the run named beside each).
 """
 
 from __future__ import annotations
 
+import os
+
+import psutil
+
 from autotune.knob_schema import Knob, KnobSchema, Search, when_in, when_positive, when_true
+
+CPU_MISS_MODES = ("cpu", "auto")  # the miss modes that compute experts on the CPU (``cpu_misses``)
+# one core is left to the process's own thread, which queues the GPU's work; the default differs
+# between machines, so where the CPU computes nothing the knob is moot at 1, not at the default
+DEFAULT_CPU_THREADS = max(1, (psutil.cpu_count(logical=False) or os.cpu_count() or 1) - 1)
+CPU_THREAD_CHOICES = tuple(sorted({min(n, os.cpu_count() or 1) for n in (4, 8, 12, 16)} | {DEFAULT_CPU_THREADS}))
 
 CACHE_KNOBS = KnobSchema("cache", (
     Knob("vram_cap", int, low=1, kind="size", help="bytes for the whole process, CUDA context included"),
@@ -21,14 +33,21 @@ CACHE_KNOBS = KnobSchema("cache", (
     Knob("max_ctx", int, 4096, "context size in tokens: the KV cache's length", low=1, flag="--ctx"),
     Knob("eviction", str, "lfu_decay", "which experts the cache keeps", choices=("lfu_decay", "lru", "static"),
          search=Search(values=("static", "lfu_decay", "lru"))),
+    Knob("miss_mode", str, "zero_copy", "a missing expert: read from pinned host memory by the GPU (zero_copy), "
+         "copied in (copy), computed on the CPU from host memory (cpu), or on the GPU where prefetched in time "
+         "and else on the CPU (auto)",
+         choices=("zero_copy", "copy", "cpu", "auto"), search=Search(), when=when_in("eviction", "lfu_decay", "lru")),
+    Knob("cpu_threads", int, DEFAULT_CPU_THREADS, "threads computing missed experts on the CPU", low=1,
+         search=Search(values=CPU_THREAD_CHOICES), when=when_in("miss_mode", *CPU_MISS_MODES), moot=1),
+    Knob("cpu_repack", bool, False, "compute missed experts from a copy of the stacks in ggml's repacked layout "
+         "(Q4_K on x86; the same bytes again in RAM) rather than in place",
+         search=Search(values=(False, True)), when=when_in("miss_mode", *CPU_MISS_MODES)),
     # depth 4 with DMA copies was the best at 12 GiB (run 7)
     Knob("prefetch_depth", int, 0, "layers ahead whose experts are predicted and prefetched", low=0,
-         search=Search(low=0, high=4)),
+         search=Search(low=0, high=4), when=when_in("miss_mode", "zero_copy", "copy", "auto")),
     Knob("prefetch_engine", str, "sm", "who copies prefetched experts: copy programs in the decode step (sm), "
          "or the DMA engines, queued by a host thread (dma), which slow the compute beside them far less",
          choices=("sm", "dma"), search=Search(), when=when_positive("prefetch_depth")),
-    Knob("miss_mode", str, "zero_copy", "read a missing expert from pinned host memory, or copy it in",
-         choices=("zero_copy", "copy"), search=Search(), when=when_in("eviction", "lfu_decay", "lru")),
     Knob("rebalance_interval", int, 64, "tokens between hot-set recomputations; 0: never", low=0,
          search=Search(values=(16, 32, 64, 128, 256)), when=when_in("eviction", "lfu_decay", "lru"), moot=0),
     Knob("decay", float, 0.95, "decay of routing counts per rebalance", low=0.0, high=1.0,

@@ -37,7 +37,9 @@ def cache_stats(cache: ExpertCache) -> dict:
     }
     prefetch = cache.prefetcher.stats() if cache.prefetcher is not None else {}
     from_prefetch = prefetch.get("served", 0)
-    zero_copy = (misses - from_prefetch) * cache.expert_bytes
+    cpu = cache.cpu_misses.counters if cache.cpu_misses is not None else None
+    # with the CPU computing misses, none is read over PCIe: the prefetched ones are in VRAM
+    zero_copy = 0 if cpu is not None else (misses - from_prefetch) * cache.expert_bytes
     copied = c.rebalance_bytes + c.admission_bytes + prefetch.get("copied", 0) * cache.expert_bytes
     out.update(
         misses=misses,
@@ -54,5 +56,13 @@ def cache_stats(cache: ExpertCache) -> dict:
         # and the claims that gave up on one (its expert read home, its copy wasted)
         claim_spins=prefetch.get("claim_spins"),
         claims_given_up=prefetch.get("claims_given_up"),
+        # the CPU's channel (miss modes cpu and auto): selections it computed, the expert bytes
+        # it read from RAM for them, the host's waits for each layer's router output and its
+        # time computing
+        cpu_experts=0 if cpu is None else cpu.experts,
+        cpu_experts_per_token=0.0 if cpu is None else cpu.experts / max(tokens, 1),
+        ram_bytes_per_token=0.0 if cpu is None else cpu.bytes / max(tokens, 1),
+        cpu_wait_s=0.0 if cpu is None else round(cpu.wait_s, 6),
+        cpu_compute_s=0.0 if cpu is None else round(cpu.compute_s, 6),
     )
     return out

@@ -123,6 +123,10 @@ class Device(ABC):
         """Host memory the device copies into asynchronously."""
 
     @abstractmethod
+    def record(self) -> CopyEvent:
+        """An event that says when the work queued on the compute stream so far has finished."""
+
+    @abstractmethod
     def lane(self, priority: int = 0) -> Lane:
         """A new lane for work beside the compute stream."""
 
@@ -166,6 +170,9 @@ class HostDevice(Device):
 
     def host_buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype)
+
+    def record(self) -> CopyEvent:
+        return Done()
 
     def lane(self, priority: int = 0) -> Lane:
         return InlineLane()
@@ -213,6 +220,11 @@ class CudaDevice(Device):
 
     def host_buffer(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+    def record(self) -> CopyEvent:
+        event = torch.cuda.Event()
+        event.record()
+        return event
 
     def lane(self, priority: int = 0) -> Lane:
         return StreamLane(self.torch_device, priority)

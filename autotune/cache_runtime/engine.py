@@ -238,11 +238,13 @@ class Engine:
 
         The chosen next token is left in ``self.token``. On the GPU this replays a captured
         graph and the logits are its static buffer: clone them to keep them past the next step.
+        Where the host takes part in every layer (the CPU computes the cache's misses), the step
+        runs eagerly.
         """
         self._check_room(1)
         if token is not None:
             self.token.copy_(torch.as_tensor(token, device=self.device).reshape(1))
-        if self.use_graph:
+        if self.use_graph and not (self.expert_cache is not None and self.expert_cache.host_in_step):
             graph = self._graphs.get(sample)
             if graph is None:
                 graph = self._capture(sample)

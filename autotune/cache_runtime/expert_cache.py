@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from autotune.cache_runtime.budget import VramPlan
-from autotune.cache_runtime.cache_config import CacheConfig
+from autotune.cache_runtime.cache_config import CPU_MISS_MODES, CacheConfig
 from autotune.cache_runtime.cache_stats import cache_stats
+from autotune.cache_runtime.cpu_misses import CpuMisses
 from autotune.cache_runtime.devices import Device
 from autotune.cache_runtime.expert_slots import ExpertSlots
 from autotune.cache_runtime.ops import ExpertHooks, Ops
@@ -51,6 +52,11 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         self._since_rebalance = 0
         self.prefetcher = None  # set by the engine when cfg.prefetch_depth > 0
         self._staged: tuple[int, list[int]] | None = None
+        # miss modes cpu and auto: the CPU computes the misses of a decode step
+        self.cpu_misses = CpuMisses(
+            ops.w.layers, self.table, self.in_slot, torch.from_numpy(self.home_addr[:, :, 0]).to(dev), device,
+            cfg.cpu_threads, cfg.cpu_repack, prefetched=cfg.miss_mode == "auto") \
+            if cfg.miss_mode in CPU_MISS_MODES else None
         self._fill(initial_placement(plan.slots, self.n_expert, counts if cfg.learned_placement else None))
         if self.lent is None:
             self._take_staging()
@@ -61,6 +67,8 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         """Point every entry home (before the cache's memory is dropped); stop the prefetcher."""
         if self.prefetcher is not None:
             self.prefetcher.close()
+        if self.cpu_misses is not None:
+            self.cpu_misses.close()
         self.table.table.copy_(torch.from_numpy(self.home_addr).to(self.device.torch_device))
         self.in_slot.zero_()
         if self.lent is not None:
@@ -77,6 +85,22 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         return cache_stats(self)
 
     # -- decode ----------------------------------------------------------------------------
+
+    @property
+    def host_in_step(self) -> bool:
+        """Whether the host takes part in each layer of a decode step (the CPU computes misses),
+        so a step cannot be captured as one graph."""
+        return self.cpu_misses is not None
+
+    def offload(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+        """A decode step's misses go to the CPU (``cpu_misses``); prefill keeps its own path."""
+        if self.cpu_misses is None or x.shape[0] != 1:
+            return None
+        return self.cpu_misses.offload(layer, x, ids, weights)
+
+    def add_offloaded(self, layer: int, h: torch.Tensor) -> None:
+        if self.cpu_misses is not None and h.shape[0] == 1:
+            self.cpu_misses.add(layer, h)
 
     def router_input(self, layer: int) -> torch.Tensor | None:
         """Where a decode step's router may save its input for prefetch (None: not needed)."""

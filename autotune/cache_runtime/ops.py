@@ -52,6 +52,19 @@ class ExpertHooks(ABC):
     def after_router(self, layer: int, h: torch.Tensor, kept: bool = False) -> None:
         """The layer's router has run on ``h``; ``kept``: it saved ``h`` where ``router_input`` said."""
 
+    @abstractmethod
+    def offload(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+        """After the router: hand the selections the device will not compute to the CPU.
+
+        ``x``: the experts' (normalized) input (tokens, n_embd); ``ids``, ``weights``: (tokens, k).
+        Returns which selections the device computes, (tokens, k) bool on the device, or
+        None: the device computes them all. The device's expert kernels skip the others, and
+        ``add_offloaded`` then adds the CPU's share."""
+
+    @abstractmethod
+    def add_offloaded(self, layer: int, h: torch.Tensor) -> None:
+        """Add the CPU's share of the layer's experts (after ``offload``) to ``h``, in place."""
+
 
 class FullResidency(ExpertHooks):
     """No expert cache: every expert stays where the weights were loaded."""
@@ -72,6 +85,12 @@ class FullResidency(ExpertHooks):
         return None
 
     def after_router(self, layer: int, h: torch.Tensor, kept: bool = False) -> None:
+        pass
+
+    def offload(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def add_offloaded(self, layer: int, h: torch.Tensor) -> None:
         pass
 
 

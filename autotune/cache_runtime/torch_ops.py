@@ -30,9 +30,15 @@ class TorchOps(Ops):
 
     def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, il: int) -> torch.Tensor:
         """Sum over each token's selected experts of weight * down(silu(gate x) * up x)."""
+        return self.some_experts(x, weights, ids, il, None)
+
+    def some_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, il: int,
+                     on_device: torch.Tensor | None) -> torch.Tensor:
+        """``experts`` over the selections ``on_device`` (tokens, k) bool marks (None: all of them)."""
         out = torch.zeros(x.shape[0], self.cfg.n_embd, dtype=x.dtype, device=x.device)
-        for e in ids.unique().tolist():
-            token, slot = (ids == e).nonzero(as_tuple=True)
+        chosen = ids if on_device is None else ids[on_device]
+        for e in chosen.unique().tolist():
+            token, slot = ((ids == e) if on_device is None else (ids == e) & on_device).nonzero(as_tuple=True)
             xe = x[token]
             gate, up, down = self.expert(il, e)
             hidden = F.silu(self.linear(xe, gate)) * self.linear(xe, up)
@@ -46,8 +52,13 @@ class TorchOps(Ops):
         return self.hooks.resolve(il, e, (lw.gate_exps, lw.up_exps, lw.down_exps))
 
     def routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, il: int) -> torch.Tensor:
-        """``experts``, with the layer's missing experts staged around it when the cache bypasses."""
+        """``experts``, with the layer's missing experts staged around it when the cache bypasses,
+        or the device's share only where the cache hands the misses to the CPU (``hooks.offload``;
+        the caller adds the CPU's share)."""
         hooks = self.hooks
+        on_device = hooks.offload(il, x, ids, weights)
+        if on_device is not None:
+            return self.some_experts(x, weights, ids, il, on_device)
         if not hooks.bypasses(x.shape[0]):
             return self.experts(x, weights, ids, il)
         hooks.stage_layer(il)
@@ -112,7 +123,9 @@ class TorchOps(Ops):
         weights, ids = route(logits, self.cfg.n_expert_used, self.cfg.norm_topk)
         self.routing.after_route(il, logits, weights, ids)
         self.hooks.after_router(il, h)
-        return h + self.routed(x, weights, ids, il), ids
+        out = h + self.routed(x, weights, ids, il)
+        self.hooks.add_offloaded(il, out)
+        return out, ids
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits (tokens, vocab)."""

@@ -130,14 +130,19 @@ def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, keep_ptr, don
 
 
 @triton.jit
-def moe_gate_up_kernel(ids_ptr, xn_ptr, table_ptr, h_ptr, n_ff, row_stride, K: tl.constexpr,
-                       QT: tl.constexpr, SB_BYTES: tl.constexpr, R: tl.constexpr, S: tl.constexpr):
-    """h[slot] = silu(gate_e xn) * up_e xn for the slot-th selected expert e.
+def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, h_ptr, n_ff, row_stride, K: tl.constexpr,
+                       QT: tl.constexpr, SB_BYTES: tl.constexpr, R: tl.constexpr, S: tl.constexpr,
+                       SKIP: tl.constexpr):
+    """h[slot] = silu(gate_e xn) * up_e xn for the slot-th selected expert e; with SKIP, only
+    for the slots ``on_ptr`` (top_k,) marks (the CPU computes the others; their h is not written).
 
     Grid (top_k, cdiv(n_ff, R / 2)); R "virtual rows" interleave gate and up rows.
     """
     slot = tl.program_id(0)
     pid = tl.program_id(1)
+    if SKIP:
+        if tl.load(on_ptr + slot).to(tl.int32) == 0:
+            return
     entry = table_ptr + tl.load(ids_ptr + slot).to(tl.int64) * 3
     gate = tl.multiple_of(tl.load(entry).to(tl.pointer_type(tl.uint8)), 16)
     up = tl.multiple_of(tl.load(entry + 1).to(tl.pointer_type(tl.uint8)), 16)
@@ -156,19 +161,29 @@ def moe_gate_up_kernel(ids_ptr, xn_ptr, table_ptr, h_ptr, n_ff, row_stride, K: t
 
 
 @triton.jit
-def moe_down_kernel(h_ptr, ids_ptr, wts_ptr, table_ptr, resid_ptr, D, K: tl.constexpr, row_stride,
+def moe_down_kernel(h_ptr, ids_ptr, on_ptr, wts_ptr, table_ptr, resid_ptr, D, K: tl.constexpr, row_stride,
                     QT: tl.constexpr, SB_BYTES: tl.constexpr, TOP_K: tl.constexpr,
-                    K_PAD: tl.constexpr, BN: tl.constexpr, S: tl.constexpr):
-    """resid[rows] += sum over slots of weight * (down_e h[slot])[rows].
+                    K_PAD: tl.constexpr, BN: tl.constexpr, S: tl.constexpr, SKIP: tl.constexpr):
+    """resid[rows] += sum over slots of weight * (down_e h[slot])[rows]; with SKIP, over the
+    slots ``on_ptr`` (top_k,) marks only.
 
     Each program owns BN output rows and reads them from all selected experts at once
-    (K_PAD * BN virtual rows), so the sum is deterministic.
+    (K_PAD * BN virtual rows), so the sum is deterministic. A skipped slot's virtual rows read
+    those of the first marked slot again (already on their way: no second read of memory)
+    and add nothing; with no slot marked, the program stores nothing.
     """
     r = tl.arange(0, K_PAD * BN)
     slot = r // BN
     row = tl.program_id(0) * BN + r % BN
     ok = (slot < TOP_K) & (row < D)
     slot = tl.minimum(slot, TOP_K - 1)
+    if SKIP:
+        on = tl.load(on_ptr + slot).to(tl.int32) != 0
+        first = tl.min(tl.where(on, slot, TOP_K), 0)
+        if first == TOP_K:
+            return
+        ok = ok & on
+        slot = tl.where(on, slot, first)
     expert = tl.load(ids_ptr + slot).to(tl.int64)
     weight = tl.load(wts_ptr + slot)
     down = tl.multiple_of(tl.load(table_ptr + expert * 3 + 2).to(tl.pointer_type(tl.uint8)), 16)

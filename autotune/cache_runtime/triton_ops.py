@@ -220,17 +220,21 @@ class TritonOps(TorchOps):
         self.route(x, il, logits, xn, self._done, ids, weights, keep)
         self.routing.after_route(il, logits[None], weights[None], ids)
         self.hooks.after_router(il, h, kept=keep is not None)
+        on_device = self.hooks.offload(il, xn[None], ids, weights[None])  # None: the GPU computes every expert
+        skip = on_device is not None
         hidden = torch.empty(k, cfg.n_ff_expert, dtype=torch.float32, device=dev)
         table = self.experts_table.table[il]
         warps = self.gate_up_warps or GATE_UP_WARPS
         moe_gate_up_kernel[(k, triton.cdiv(cfg.n_ff_expert, warps // 2))](
-            ids, xn, table, hidden, cfg.n_ff_expert, row_stride=lw.gate_exps.row_bytes, K=cfg.n_embd,
-            R=warps, S=self._superblocks(lw.gate_exps), num_warps=warps,
-            **_type_args(lw.gate_exps))
+            ids, on_device if skip else ids, xn, table, hidden, cfg.n_ff_expert,
+            row_stride=lw.gate_exps.row_bytes, K=cfg.n_embd, R=warps, S=self._superblocks(lw.gate_exps),
+            SKIP=skip, num_warps=warps, **_type_args(lw.gate_exps))
         moe_down_kernel[(triton.cdiv(cfg.n_embd, DOWN_ROWS),)](
-            hidden, ids, weights, table, x, cfg.n_embd, row_stride=lw.down_exps.row_bytes,
-            K=cfg.n_ff_expert, TOP_K=k, K_PAD=triton.next_power_of_2(k), BN=DOWN_ROWS,
-            S=self._superblocks(lw.down_exps), num_warps=DOWN_WARPS, **_type_args(lw.down_exps))
+            hidden, ids, on_device if skip else ids, weights, table, x, cfg.n_embd,
+            row_stride=lw.down_exps.row_bytes, K=cfg.n_ff_expert, TOP_K=k, K_PAD=triton.next_power_of_2(k),
+            BN=DOWN_ROWS, S=self._superblocks(lw.down_exps), SKIP=skip, num_warps=DOWN_WARPS,
+            **_type_args(lw.down_exps))
+        self.hooks.add_offloaded(il, h)
         return h, ids
 
     def head(self, h):

@@ -68,6 +68,17 @@ SETTINGS = {
     # LFU every 16 tokens, DMA prefetch at depths 2 to 8 (past 4, a copy gets more layers to land)
     **{f"lfu16_zc_pf{depth}_dma": dict(miss_mode="zero_copy", eviction="lfu_decay", rebalance_interval=16,
                                        prefetch_depth=depth, prefetch_engine="dma") for depth in (2, 3, 4, 5, 6, 8)},
+    # issue 27: the CPU computes the misses (ggml over the pinned home stacks; cpu_threads: the
+    # knob's default unless a _t suffix says); static is llama.cpp's split with learned placement
+    # (the runtime runs it, the tuner does not sample it: static eviction makes miss_mode moot)
+    "static_cpu": dict(miss_mode="cpu", eviction="static", rebalance_interval=0, prefetch_depth=0),
+    "lfu16_cpu": dict(miss_mode="cpu", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=0),
+    "lfu64_cpu": dict(miss_mode="cpu", eviction="lfu_decay", rebalance_interval=64, prefetch_depth=0),
+    # prefetched in time: the GPU computes it from the ring; else the CPU
+    **{f"lfu16_auto_pf{depth}": dict(miss_mode="auto", eviction="lfu_decay", rebalance_interval=16,
+                                     prefetch_depth=depth) for depth in (1, 2, 3)},
+    **{f"lfu16_auto_pf{depth}_dma": dict(miss_mode="auto", eviction="lfu_decay", rebalance_interval=16,
+                                         prefetch_depth=depth, prefetch_engine="dma") for depth in (2, 4)},
 }
 # bench-only variants: suffixes on a setting's name (any number, in any order), each setting one
 # of the prefetch constants (prefetch.py's, triton_prefetch.py's) ...
@@ -81,7 +92,9 @@ CONSTANT_VARIANTS = {"_cp4": ("COPY_PROGRAMS", 4), "_cp32": ("COPY_PROGRAMS", 32
 # activations, more for slots), prefill's room lent to slots between prefills
 KNOB_VARIANTS = {"_r1w8": dict(chunk_rounds=1, gate_up_warps=8), "_split1": dict(slot_split=1.0),
                  "_chunk512": dict(prefill_chunk=512), "_chunk1k": dict(prefill_chunk=1024),
-                 "_lend": dict(lend_prefill_room=True)}
+                 "_lend": dict(lend_prefill_room=True),
+                 # the CPU miss modes' threads and ggml's repacked layout
+                 **{f"_t{n}": dict(cpu_threads=n) for n in (4, 8, 12, 15, 16)}, "_repack": dict(cpu_repack=True)}
 # profile a few decode steps per setting (decode_timeline). The profiler stays hooked into the
 # process: DMA settings after the first profiled one decode ~45% slower (run 9), so profile one
 # DMA setting per process
@@ -375,7 +388,9 @@ def print_row(row: dict, ref: dict) -> None:
           f"prefetch P/R {_fmt(s['prefetch_precision'], 2)}/{_fmt(s['prefetch_recall'], 2)}"
           + (f" (late {s['prefetch_late']}, claims given up {s['claims_given_up']}, "
              f"tag reads {s['claim_spins']})" if s.get("prefetch_late") is not None else "") + ", "
-          f"tokens match {row['tokens_match_full_residency']}", flush=True)
+          + (f"CPU {s['cpu_experts_per_token']:.1f} experts/token, RAM {s['ram_bytes_per_token'] / 1e6:.1f} MB/token, "
+             f"host waited {s['cpu_wait_s']:.2f} s, computed {s['cpu_compute_s']:.2f} s, " if s['cpu_experts'] else "")
+          + f"tokens match {row['tokens_match_full_residency']}", flush=True)
 
 
 def print_table(rows: list[dict], ref: dict) -> None:

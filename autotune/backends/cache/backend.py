@@ -83,14 +83,16 @@ class CacheBackend(SharedLoadBackend):
         """Misses read zero-copy, and: static placement from the learned counts, without and
         with prefetch two layers ahead; LFU with decay rebalancing every 16 tokens with prefetch
         three layers ahead by SM copies (studies/expert_cache's best at 16 GiB, runs 6 and 7)
-        and four ahead by the DMA engines (its best at 12 GiB, run 7)."""
+        and four ahead by the DMA engines (its best at 12 GiB, run 7); and the same LFU with
+        every miss computed on the CPU (issue 27: models far larger than the cap)."""
         common: Config = {"vram_cap": vram_cap, "miss_mode": "zero_copy"}
         if workload is not None:
             common["max_ctx"] = workload.n_ctx
         lfu16: Config = {"eviction": "lfu_decay", "rebalance_interval": 16}
         configs = [{"eviction": "static", "prefetch_depth": 0}, {"eviction": "static", "prefetch_depth": 2},
                    {**lfu16, "prefetch_depth": 3, "prefetch_engine": "sm"},
-                   {**lfu16, "prefetch_depth": 4, "prefetch_engine": "dma"}]
+                   {**lfu16, "prefetch_depth": 4, "prefetch_engine": "dma"},
+                   {**lfu16, "prefetch_depth": 0, "miss_mode": "cpu"}]
         configs = [{**common, **config} for config in configs]
         return [normalize(config) for config in configs]
 

@@ -1,0 +1,118 @@
+"""The expert cache's ``cpu`` and ``auto`` miss modes: a decode step's selected experts that the
+device does not hold are computed on the CPU (``CpuExperts``, ggml's kernels over the experts'
+home stacks in host memory, in place), while the device computes the ones it holds.
+
+Per layer, after the router, in stream order on the compute stream:
+1. which selections the device computes is decided on the device, so the device's kernels and
+   the host agree whatever moves meanwhile: ``cpu``, the experts in a VRAM slot; ``auto``, also
+   those whose entry points at a prefetched copy (anything but home);
+2. the experts' input, the ids, the weights and that choice go to host buffers (pinned on a
+   GPU), followed by an event;
+3. the device's expert kernels run their share (the others skipped);
+4. the host waits for the event, computes the rest, and queues its sum's copy to the device
+   and the add into the hidden state (``add``).
+
+So the host takes part in every layer of a decode step: the engine runs such steps eagerly,
+not as one captured graph.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from autotune.cache_runtime.cpu_experts import CpuExperts
+from autotune.cache_runtime.devices import CopyEvent, Device, Done
+from autotune.cache_runtime.expert_table import ExpertTable
+from autotune.cache_runtime.ggml_cpu import CpuBackend
+from autotune.cache_runtime.weights import LayerWeights
+
+
+@dataclass
+class CpuCounters:
+    """Host-side totals of the experts the CPU computed."""
+
+    experts: int = 0  # selections computed on the CPU
+    bytes: int = 0  # expert weights the CPU read for them
+    wait_s: float = 0.0  # the host waiting for the device's router output
+    compute_s: float = 0.0  # the CPU computing experts (and the host's bookkeeping around it)
+
+
+class CpuMisses:
+    """``layers``: the model's layers, whose expert stacks are the experts' home in host
+    memory; ``table`` and ``in_slot``: the cache's expert table and residency (on the device),
+    ``home_gate``: (layers, n_expert) the address of every expert's home gate rows, there too;
+    ``prefetched``: whether the device also computes experts that point at a prefetched copy
+    (``auto``) rather than only those in a slot (``cpu``)."""
+
+    def __init__(self, layers: list[LayerWeights], table: ExpertTable, in_slot: torch.Tensor,
+                 home_gate: torch.Tensor, device: Device, threads: int, repack: bool, prefetched: bool):
+        self.device, self.table, self.in_slot, self.prefetched = device, table, in_slot, prefetched
+        self.home_gate = home_gate
+        self.backend = CpuBackend(threads)
+        self.layers: list[CpuExperts] = []
+        try:
+            for lw in layers:
+                self.layers.append(CpuExperts(lw.gate_exps, lw.up_exps, lw.down_exps, self.backend, repack))
+        except Exception:
+            self.close()
+            raise
+        dev = device.torch_device
+        n_embd = layers[0].gate_exps.cols
+        self.counters = CpuCounters()
+        self._x = device.host_buffer((1, n_embd), torch.float32)
+        self._y = device.host_buffer((1, n_embd), torch.float32)
+        self._y_device = torch.empty(1, n_embd, dtype=torch.float32, device=dev)
+        self._ids: torch.Tensor | None = None
+        self._weights: torch.Tensor | None = None
+        self._on_device: torch.Tensor | None = None
+        self._ready: CopyEvent = Done()
+        self._pending: int | None = None  # the layer offloaded and not yet added
+
+    def close(self) -> None:
+        for layer in self.layers:
+            layer.close()
+        self.layers = []
+        self.backend.close()
+
+    def offload(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Steps 1 and 2 of the module's list for one token; returns the device's choice (1, k)."""
+        selected = ids.reshape(1, -1).long()
+        if self.prefetched:
+            on_device = self.table.table[layer, :, 0][selected] != self.home_gate[layer][selected]
+        else:
+            on_device = self.in_slot[layer][selected]
+        k = selected.shape[1]
+        if self._ids is None or self._ids.shape[1] != k:
+            self._ids = self.device.host_buffer((1, k), torch.int64)
+            self._weights = self.device.host_buffer((1, k), torch.float32)
+            self._on_device = self.device.host_buffer((1, k), torch.bool)
+        self._x.copy_(x.reshape(1, -1), non_blocking=True)
+        self._ids.copy_(selected, non_blocking=True)
+        self._weights.copy_(weights.reshape(1, -1), non_blocking=True)
+        self._on_device.copy_(on_device, non_blocking=True)
+        self._ready = self.device.record()
+        self._pending = layer
+        return on_device
+
+    def add(self, layer: int, h: torch.Tensor) -> None:
+        """Step 4: compute the layer's selections the device skipped and add them to ``h`` (1, n_embd)."""
+        if self._pending != layer:
+            raise RuntimeError(f"layer {layer}'s experts were not offloaded before their CPU share was asked for")
+        self._pending = None
+        start = time.perf_counter()
+        self._ready.synchronize()
+        waited = time.perf_counter()
+        missed = ~self._on_device
+        n = int(missed.sum())
+        if n:
+            experts = self.layers[layer]
+            self._y.copy_(experts.forward(self._x, self._ids, self._weights, mask=missed))
+            self._y_device.copy_(self._y, non_blocking=True)
+            h.add_(self._y_device)
+            self.counters.experts += n
+            self.counters.bytes += n * experts.expert_bytes
+        self.counters.wait_s += waited - start
+        self.counters.compute_s += time.perf_counter() - waited

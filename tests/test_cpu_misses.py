@@ -1,0 +1,162 @@
+"""The expert cache's CPU miss modes on the CPU path (``cpu_misses``): with most experts out of
+the slots, ggml's CPU kernels compute the misses and the decode keeps full residency's logits;
+the statistics count the CPU's experts and the bytes it read; the knobs are checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotune.backends.base import ConfigError
+from autotune.backends.cache.knobs import normalize
+from autotune.cache_runtime.budget import GIB, model_sizes, plan_with_slots
+from autotune.cache_runtime.cache_config import DEFAULT_CPU_THREADS, CacheConfig
+from autotune.cache_runtime.engine import Engine
+from autotune.synth import write_synthetic_model
+
+pytest.importorskip("llama_cpp")  # its libraries bring ggml's CPU kernels
+
+PROMPT = [5, 17, 300, 42, 7, 999]
+STEPS = 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path / "data"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=["tiny", "small"])
+def model(request: pytest.FixtureRequest, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if request.param == "tiny":
+        return tiny_model
+    path = tmp_path_factory.mktemp("cpu-misses") / "small.gguf"
+    write_synthetic_model(path, preset="small", seed=0)
+    return path
+
+
+def config(model: Path, slots_per_layer: int, **knobs) -> CacheConfig:
+    """A config whose cap holds ``slots_per_layer`` expert slots a layer (CPU: float32 KV cache)."""
+    sizes = model_sizes(model)
+    base = CacheConfig(vram_cap=GIB, learned_placement=False, max_ctx=256, cpu_threads=2, **knobs)
+    cap = plan_with_slots(sizes, base, slots_per_layer * sizes.n_layers, kv_element_bytes=4).peak
+    return CacheConfig.from_dict({**base.to_dict(), "vram_cap": cap})
+
+
+def run(engine: Engine, feed: list[int] | None = None) -> tuple[list[int], torch.Tensor]:
+    """Greedy tokens after PROMPT and each step's logits; ``feed``: decode these tokens instead
+    of the chosen ones (so two engines' logits compare at the same inputs)."""
+    engine.reset()
+    logits = engine.prefill(PROMPT)
+    chosen, all_logits = [], []
+    for step in range(STEPS):
+        all_logits.append(logits.clone())
+        chosen.append(int(logits.argmax()))
+        logits = engine.decode(chosen[-1] if feed is None else feed[step])
+    return chosen, torch.stack(all_logits)
+
+
+@pytest.fixture(scope="module")
+def full(model: Path) -> tuple[list[int], torch.Tensor]:
+    return run(Engine(model, device="cpu", kernels="torch", max_ctx=256))
+
+
+def assert_close_to_full(engine: Engine, full: tuple[list[int], torch.Tensor]) -> None:
+    """At full residency's inputs, every step's logits have cosine >= 0.999 against its, and
+    argmax agrees on at least 31 of 32 steps (ggml quantizes activations to 8 bits)."""
+    tokens, logits = run(engine, feed=full[0])
+    cosine = torch.nn.functional.cosine_similarity(logits, full[1], dim=1)
+    assert cosine.min() >= 0.999, cosine
+    assert sum(a == b for a, b in zip(tokens, full[0])) >= STEPS - 1
+
+
+@pytest.mark.parametrize("mode", ["cpu", "auto"])
+def test_cpu_misses_keep_full_residencys_logits(model: Path, full, mode: str) -> None:
+    prefetch = {"prefetch_depth": 1} if mode == "auto" else {}
+    engine = Engine(model, device="cpu", kernels="torch", cache_config=config(model, 1, miss_mode=mode, **prefetch))
+    assert_close_to_full(engine, full)
+    stats = engine.cache_stats()
+    assert stats["hit_rate"] < 0.5  # one slot a layer: most selections are misses
+    served = stats["served_by_prefetch"]
+    assert (served > 0) == (mode == "auto")
+    # every miss the prefetch did not bring in was computed on the CPU, none read over PCIe
+    assert stats["cpu_experts"] == stats["misses"] - served > 0
+    expert_bytes = model_sizes(model).expert_bytes
+    assert stats["ram_bytes_per_token"] == stats["cpu_experts"] * expert_bytes / stats["tokens"]
+    assert stats["cpu_experts_per_token"] == stats["cpu_experts"] / stats["tokens"]
+    assert stats["zero_copy_bytes"] == 0
+    assert stats["pcie_bytes_per_token"] == stats["copy_bytes"] / stats["tokens"]
+
+
+def test_cpu_misses_free_running_greedy_tokens(tiny_model: Path) -> None:
+    """Greedy from the same prompt: the tiny model's 32 tokens are full residency's, with and
+    without ggml's repacked layout."""
+    want, _ = run(Engine(tiny_model, device="cpu", kernels="torch", max_ctx=256))
+    for repack in (False, True):
+        engine = Engine(tiny_model, device="cpu", kernels="torch",
+                        cache_config=config(tiny_model, 2, miss_mode="cpu", cpu_repack=repack))
+        assert run(engine)[0] == want
+
+
+def test_full_residency_leaves_the_cpu_idle(tiny_model: Path) -> None:
+    engine = Engine(tiny_model, device="cpu", kernels="torch", cache_config=config(tiny_model, 16, miss_mode="cpu"))
+    run(engine)
+    stats = engine.cache_stats()
+    assert stats["hit_rate"] == 1.0 and stats["cpu_experts"] == 0 and stats["ram_bytes_per_token"] == 0
+
+
+def test_cpu_knobs_are_checked_and_moot_without_cpu_misses() -> None:
+    with pytest.raises(ConfigError, match="cpu_threads must be at least 1"):
+        normalize({"vram_cap": 1, "miss_mode": "cpu", "cpu_threads": 0})
+    with pytest.raises(ConfigError, match="cpu_repack must be true or false"):
+        normalize({"vram_cap": 1, "miss_mode": "auto", "cpu_repack": 1})
+    hybrid = normalize({"vram_cap": 1, "miss_mode": "cpu", "cpu_threads": 3, "prefetch_depth": 2})
+    assert (hybrid["cpu_threads"], hybrid["prefetch_depth"]) == (3, 0)  # prefetch is moot: the CPU takes every miss
+    auto = normalize({"vram_cap": 1, "miss_mode": "auto", "cpu_repack": True, "prefetch_depth": 2})
+    assert (auto["cpu_repack"], auto["prefetch_depth"]) == (True, 2)
+    gpu_reads = normalize({"vram_cap": 1, "cpu_threads": 3, "cpu_repack": True})
+    assert (gpu_reads["cpu_threads"], gpu_reads["cpu_repack"]) == (1, False)  # moot: the same on every machine
+    assert normalize({"vram_cap": 1, "miss_mode": "cpu"})["cpu_threads"] == DEFAULT_CPU_THREADS >= 1
+
+
+def test_served_with_cpu_misses(tiny_model: Path) -> None:
+    """``autotune serve`` on a config whose misses the CPU computes: full residency's tokens."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from autotune.backends.cache.knobs import cache_config
+    from autotune.serve.app import create_app
+    from autotune.serve.session import Session
+
+    want, _ = run(Engine(tiny_model, device="cpu", kernels="torch", max_ctx=256))
+    served = {**config(tiny_model, 2, miss_mode="cpu").to_dict(), "cpu_threads": 1}
+    engine = Engine(tiny_model, device="cpu", kernels="torch", cache_config=cache_config(served))
+    engine.persist_routing = False
+    session = Session(engine, "tiny", served)
+    try:
+        response = TestClient(create_app(session)).post("/v1/completions", json={
+            "prompt": PROMPT, "max_tokens": 8, "temperature": 0, "ignore_eos": True})
+        assert response.status_code == 200, response.text
+        assert engine.cache_stats()["cpu_experts"] > 0
+        assert response.json()["choices"][0]["text"] == engine.tokenizer.decode(want[:8])
+    finally:
+        session.close()
+
+
+@pytest.mark.slow
+def test_a_trial_with_cpu_misses(tiny_model: Path) -> None:
+    from autotune.backends.base import Outcome, Workload
+    from autotune.backends.cache.backend import CacheBackend
+
+    workload = Workload(n_prompt=8, n_gen=4, repetitions=2, n_ctx=64)
+    sizes = model_sizes(tiny_model)
+    cap = plan_with_slots(sizes, CacheConfig(vram_cap=GIB, max_ctx=64), 16).peak
+    [result] = CacheBackend().run_trials([{"vram_cap": cap, "miss_mode": "cpu", "cpu_threads": 1}], tiny_model,
+                                         workload, deadline_s=300)
+    assert result.outcome is Outcome.OK, result.message
+    assert result.decode_tps.mean > 0 and 0 < result.extra["hit_rate"] < 1 and result.extra["misses"] > 0
