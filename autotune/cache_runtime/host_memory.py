@@ -56,9 +56,13 @@ def copy_into_arenas(tensors: list[torch.Tensor], allocate: Callable[[int], torc
     copies: list[torch.Tensor | None] = [None] * len(tensors)
     for placed in arena_layout([_nbytes(t) for t in tensors], arena_bytes):
         last, last_offset = placed[-1]
-        buffer = allocate(last_offset + _nbytes(tensors[last]))
+        # the allocator's base may be only 16-byte aligned (malloc, then cudaHostRegister):
+        # start the arena at the first aligned byte, as the CPU kernels need (cpu_experts)
+        buffer = allocate(last_offset + _nbytes(tensors[last]) + ALIGN_BYTES)
+        base = -buffer.data_ptr() % ALIGN_BYTES
         for index, offset in placed:
             source = tensors[index]
-            view = buffer[offset : offset + _nbytes(source)].view(source.dtype).view(source.shape)
+            start = base + offset
+            view = buffer[start : start + _nbytes(source)].view(source.dtype).view(source.shape)
             copies[index] = view.copy_(source)
     return [copy for copy in copies if copy is not None]
