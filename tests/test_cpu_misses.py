@@ -160,3 +160,4 @@ def test_a_trial_with_cpu_misses(tiny_model: Path) -> None:
                                          workload, deadline_s=300)
     assert result.outcome is Outcome.OK, result.message
     assert result.decode_tps.mean > 0 and 0 < result.extra["hit_rate"] < 1 and result.extra["misses"] > 0
+    assert result.extra["cpu_experts_per_token"] > 0 and result.extra["ram_bytes_per_token"] > 0

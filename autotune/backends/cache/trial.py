@@ -33,7 +33,8 @@ from autotune.cache_runtime.engine import Engine
 from autotune.cache_runtime.learned import load_counts, model_fingerprint, write_placement
 
 STATS = ("hit_rate", "effective_hit_rate", "pcie_bytes_per_token", "prefetch_precision", "prefetch_recall",
-         "rebalances", "host_wait_s", "misses", "admissions")
+         "rebalances", "host_wait_s", "misses", "admissions",
+         "cpu_experts_per_token", "ram_bytes_per_token")  # the last two: experts the CPU computed (miss_mode cpu/auto)
 
 
 LEARN_PROMPT_TOKENS, LEARN_TOKENS = 16, 256  # the decode whose routing seeds a first placement
