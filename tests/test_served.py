@@ -212,3 +212,23 @@ def test_a_missing_program_is_named(monkeypatch: pytest.MonkeyPatch):
         measure_command(["llama-server", "-m", "x.gguf"], **SMALL, n_vocab=50, deadline_s=10)
     # autotune without its script on PATH runs as this Python's module
     assert resolve_program(["autotune", "serve", "m.gguf"]) == [sys.executable, "-m", "autotune.cli", "serve", "m.gguf"]
+
+
+def test_a_workloads_own_prompts_are_the_requests(tmp_path: Path, started: list[ServerProcess]):
+    """``autotune run --workload``: its finalists are served the prompts the trials measured."""
+    from autotune.backends.base import Workload
+    from autotune.search.verify import _served_prompts
+
+    workload = Workload(n_prompt=4, n_gen=20, repetitions=3, prompts=((5, 6, 7), (8, 9, 10, 11, 12)))
+    prompts = _served_prompts(workload)
+    assert prompts == [[5, 6, 7], [5, 6, 7], [8, 9, 10, 11, 12], [5, 6, 7]]  # the last one warms up first
+    assert _served_prompts(Workload(repetitions=3)) is None  # random prompts, as its trials measured
+    log = tmp_path / "requests.jsonl"
+    argv = [sys.executable, "-c", STAND_IN, str(log), "ok"]
+    assert_measured(measure_command(argv, n_prompt=4, n_gen=20, repetitions=3, n_vocab=50, deadline_s=60,
+                                    prompts=prompts), 3)
+    sent = [json.loads(line)["prompt"] for line in log.read_text().splitlines()]
+    assert sent == [prompts[0]] + [prompt for prompt in prompts[1:] for _ in range(2)]  # t1 and tN of each
+    with pytest.raises(ValueError, match="warm-up prompt and 3 more"):
+        measure_command(argv, n_prompt=4, n_gen=20, repetitions=3, n_vocab=50, deadline_s=60, prompts=prompts[:2])
+    assert_stopped(started)

@@ -56,6 +56,13 @@ def _trial_key(row: BestConfigRow) -> tuple:
     return row.backend, sorted(trial_config_of(row).items())
 
 
+def _served_prompts(workload: Workload) -> list[list[int]] | None:
+    """The workload's own prompts as the served requests send them, the last one first again as
+    the warm-up (None without prompts: random ones, as the trials measured)."""
+    measured = workload.measured_prompts()
+    return [measured[-1], *measured] if measured else None
+
+
 def serve_finalists(tuner: Tuner, winner: BestConfigRow, model_path: Path, deadline_s: float,
                     console: Console) -> BestConfigRow:
     """Serve each finalist's exported command and store the one that serves fastest within the
@@ -73,7 +80,8 @@ def serve_finalists(tuner: Tuner, winner: BestConfigRow, model_path: Path, deadl
             with tempfile.TemporaryDirectory(prefix="autotune-first-start-") as fresh:
                 figures = measure_command(shlex.split(command), n_prompt=workload.n_prompt, n_gen=workload.n_gen,
                                           repetitions=workload.repetitions, n_vocab=tuner.model.n_vocab,
-                                          deadline_s=deadline_s, gpu=backend.gpu, env={DATA_DIR_ENV: fresh})
+                                          deadline_s=deadline_s, gpu=backend.gpu, env={DATA_DIR_ENV: fresh},
+                                          prompts=_served_prompts(workload))
         except ServeFailed as exc:
             console.print(f"[red]could not serve it[/]: {exc}", highlight=False)
             continue

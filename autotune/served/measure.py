@@ -17,6 +17,7 @@ from autotune.served.server import ServerProcess, free_port, resolve_program
 def measure_command(
     argv: list[str], *, n_prompt: int, n_gen: int, repetitions: int, n_vocab: int,
     deadline_s: float, gpu: TrialGpu = TrialGpu(), seed: int = 0, env: dict[str, str] | None = None,
+    prompts: list[list[int]] | None = None,
 ) -> ServedFigures:
     """Start argv (an exported command split with shlex; the tool appends --host 127.0.0.1
     --port P on a free port), wait for it to answer, measure, stop it (whole process group:
@@ -24,14 +25,19 @@ def measure_command(
 
     ``deadline_s`` bounds the start (spawn until ``/health`` answers ok) and, separately, each
     request. The server runs on ``gpu`` (in its environment), which the VRAM sampler samples.
-    ``env``: further variables the server gets on top of this process's environment. Raises
+    ``env``: further variables the server gets on top of this process's environment.
+    ``prompts``: the requests' prompts as token ids, a warm-up first and then one per repetition
+    (a workload's own); None: ``1 + repetitions`` random prompts of ``n_prompt`` tokens. Raises
     ServeFailed (one line) when the command cannot start, exits, or does not answer in time.
     """
     if n_prompt < 1 or n_gen < 2 or repetitions < 1 or n_vocab < 1:
         raise ValueError(f"need n_prompt >= 1, n_gen >= 2, repetitions >= 1, n_vocab >= 1 "
                          f"(got {n_prompt}, {n_gen}, {repetitions}, {n_vocab})")
     command = resolve_program(argv)
-    prompts = random_prompts(1 + repetitions, n_prompt, n_vocab, seed)
+    if prompts is None:
+        prompts = random_prompts(1 + repetitions, n_prompt, n_vocab, seed)
+    elif len(prompts) != 1 + repetitions or not all(prompts):
+        raise ValueError(f"need a warm-up prompt and {repetitions} more, none empty (got {len(prompts)})")
     with tempfile.TemporaryDirectory(prefix="autotune-served-") as tmp, VramSampler(gpu) as vram:
         server_env = {**gpu.env(), **(env or {})}
         with ServerProcess(command, free_port(), Path(tmp, "server.log"), _label(argv), server_env) as server:
