@@ -204,6 +204,12 @@ def _reader(path: str, size: int, mtime_ns: int) -> Any:
         raise ModelFileError(f"{path}: truncated or corrupt GGUF header ({exc})") from exc
 
 
+def _expert_width(tensors: list[TensorInfo]) -> int:
+    """One expert's FFN size from the first up-projection stack (ne: n_embd, n_ff, n_expert), for
+    files that state it only as the dense ``feed_forward_length`` (llama: Mixtral); 0 without experts."""
+    return next((t.shape[1] for t in tensors if t.name.endswith(".ffn_up_exps.weight")), 0)
+
+
 def inspect_model(path: str | Path) -> ModelProfile:
     """Read a GGUF file's header and tensor table into a ModelProfile."""
     path = Path(path)
@@ -276,7 +282,7 @@ def inspect_model(path: str | Path) -> ModelProfile:
         n_expert=int(key("expert_count")),
         n_expert_used=int(key("expert_used_count")),
         n_ff=int(key("feed_forward_length")) if not isinstance(key("feed_forward_length"), list) else 0,
-        n_ff_expert=int(key("expert_feed_forward_length")),
+        n_ff_expert=int(key("expert_feed_forward_length")) or _expert_width(tensors),
         token_embd_bytes=token_embd,
         output_bytes=output,
         layers=layers,

@@ -50,6 +50,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mixtral_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight tiny Mixtral-style GGUF (llama with 8 experts, top-2; F16 so that llama.cpp's
+    CPU matmuls stay within 1e-3 of the runtime's float32; about 28 MB)."""
+    path = tmp_path_factory.mktemp("models") / "mixtral-tiny.gguf"
+    write_synthetic_model(path, preset="mixtral-tiny", quant="f16", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
 def dense_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small dense (no experts) llama GGUF written with the gguf package."""
     import numpy as np

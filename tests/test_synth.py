@@ -127,6 +127,7 @@ def test_synth_layers_cuts_the_preset_and_keeps_its_shape(tmp_path: Path, tiny_m
     (["--skew", "-1"], "--skew must be 0 or more"),
     (["--routing", "bursty"], "unknown routing 'bursty'"),
     (["--routing", "temporal"], "temporal routing needs 32 experts or more"),  # tiny has 16
+    (["--preset", "mixtral-tiny", "--routing", "temporal"], "preset mixtral-tiny has 8"),
     (["--layers", "0"], "--layers must be 1 to 4 for preset tiny"),
     (["--layers", "5"], "--layers must be 1 to 4 for preset tiny"),
 ])

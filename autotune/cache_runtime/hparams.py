@@ -1,6 +1,7 @@
 """The hyper-parameters of a MoE GGUF: the file's header, with what llama.cpp fixes per
 architecture rather than in the file (rope style, whether the top-k expert weights are
-renormalized) taken from the architecture's family (``families``).
+renormalized, which key holds the experts' FFN width) taken from the architecture's family
+(``families``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def read_config(path: str | Path) -> ModelConfig:
             raise ModelFileError(f"{path}: GGUF lacks {arch}.{name}")
         return value
 
+    if not fields.get(f"{arch}.expert_count"):
+        raise ModelFileError(f"{path}: a dense {arch} model (no {arch}.expert_count): the runtime runs routed experts")
     n_embd, n_head = int(key("embedding_length")), int(key("attention.head_count"))
     head_dim = int(key("attention.key_length", n_embd // n_head))
     if int(key("attention.value_length", head_dim)) != head_dim:
@@ -77,7 +80,7 @@ def read_config(path: str | Path) -> ModelConfig:
         n_vocab=0,  # filled in from the token embedding by the loader
         n_expert=int(key("expert_count")),
         n_expert_used=int(key("expert_used_count")),
-        n_ff_expert=int(key("expert_feed_forward_length")),
+        n_ff_expert=int(key(traits.expert_ff_key)),
         context_length=int(key("context_length")),
         rms_eps=float(key("attention.layer_norm_rms_epsilon")),
         rope_base=float(key("rope.freq_base", 10000.0)),

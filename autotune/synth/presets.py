@@ -12,7 +12,7 @@ from autotune.errors import AutotuneError
 
 @dataclass(frozen=True)
 class SynthPreset:
-    """The shape of a qwen3moe model (names follow the GGUF metadata keys)."""
+    """The shape of a MoE model of GGUF architecture ``arch`` (names follow the metadata keys)."""
 
     name: str
     n_layers: int
@@ -23,11 +23,12 @@ class SynthPreset:
     n_expert: int
     n_expert_used: int
     n_ff_expert: int
-    n_ff: int  # the dense FFN size the real model declares (qwen3moe has no dense layer)
+    n_ff: int  # the dense FFN size the real model declares (llama: the experts' own size)
     n_vocab: int
     context_length: int = 40960
     rope_freq_base: float = 1_000_000.0
     rms_eps: float = 1e-6
+    arch: str = "qwen3moe"
 
 
 PRESETS = {
@@ -37,6 +38,10 @@ PRESETS = {
         SynthPreset("tiny", n_layers=4, n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
                     n_expert=16, n_expert_used=4, n_ff_expert=256, n_ff=768, n_vocab=1024,
                     context_length=4096),
+        # Mixtral-style (llama with experts: 8 experts, top-2, GQA), in seconds on a CPU.
+        SynthPreset("mixtral-tiny", n_layers=4, n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
+                    n_expert=8, n_expert_used=2, n_ff_expert=512, n_ff=512, n_vocab=1024,
+                    context_length=4096, rms_eps=1e-5, arch="llama"),
         # About 0.15 GB: a real tuning run on a CPU in minutes (the README's demo).
         SynthPreset("small", n_layers=8, n_embd=512, n_head=8, n_head_kv=2, head_dim=64,
                     n_expert=32, n_expert_used=4, n_ff_expert=512, n_ff=1536, n_vocab=8192,
@@ -53,7 +58,7 @@ PRESETS = {
     )
 }
 
-# Weight roles of a qwen3moe file (norms and the router are always F32).
+# Weight roles of a file of any preset (norms and the router are always F32).
 ROLES = ("token_embd", "attn_q", "attn_k", "attn_v", "attn_output",
          "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "output")
 

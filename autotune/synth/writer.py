@@ -1,4 +1,4 @@
-"""Write a random-weight qwen3moe GGUF that llama.cpp loads and runs.
+"""Write a random-weight MoE GGUF (qwen3moe, or Mixtral-style llama) that llama.cpp loads and runs.
 
 Speed is what matters (a 20 GB file in well under two minutes), so weights are not
 quantized tensor by tensor: each (type, scale) gets a pool of real, well-scaled
@@ -21,6 +21,7 @@ from gguf import GGMLQuantizationType as QType
 from gguf import GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES
 
+from autotune.cache_runtime.families import FAMILIES
 from autotune.errors import AutotuneError
 from autotune.quants import quantize
 from autotune.synth import skew as skew_model
@@ -103,6 +104,7 @@ class _SynthWriter:
     def __init__(self, preset: SynthPreset, quant: str, skew: float, seed: int, routing: str):
         self.p = preset
         self.layout = get_layout(quant)
+        self.traits = FAMILIES[preset.arch].traits
         self.rng = np.random.default_rng(seed)
         self.tapes: dict[tuple[QType, float, float | None], BlockTape] = {}
         largest = max(preset.n_vocab, preset.n_expert * preset.n_ff_expert) * preset.n_embd
@@ -203,9 +205,10 @@ class _SynthWriter:
                 )
             for name, shape, data, qtype in attention:
                 yield f"{blk}{name}.weight", shape, data, qtype
-            norm = self._window_norm() if window else ones(p.head_dim)
-            yield blk + "attn_q_norm.weight", (p.head_dim,), norm, QType.F32
-            yield blk + "attn_k_norm.weight", (p.head_dim,), norm, QType.F32
+            if self.traits.qk_norm:
+                norm = self._window_norm() if window else ones(p.head_dim)
+                yield blk + "attn_q_norm.weight", (p.head_dim,), norm, QType.F32
+                yield blk + "attn_k_norm.weight", (p.head_dim,), norm, QType.F32
             yield blk + "ffn_norm.weight", (p.n_embd,), ones(p.n_embd), QType.F32
             router = noise_std * self.rng.standard_normal((p.n_expert, p.n_embd), dtype=np.float32)
             router[:, 0] = self.biases[il] / x0
@@ -236,7 +239,8 @@ class _SynthWriter:
         writer.add_layer_norm_rms_eps(p.rms_eps)
         writer.add_expert_count(p.n_expert)
         writer.add_expert_used_count(p.n_expert_used)
-        writer.add_expert_feed_forward_length(p.n_ff_expert)
+        if self.traits.expert_ff_key != "feed_forward_length":  # else n_ff is the experts' size
+            writer.add_uint32(f"{p.arch}.{self.traits.expert_ff_key}", p.n_ff_expert)
         vocab = build_vocabulary(p.n_vocab)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre("qwen2")
@@ -290,7 +294,7 @@ def write_synthetic_model(
     routing: str | None = None,
     layers: int | None = None,
 ) -> SynthReport:
-    """Write a random-weight qwen3moe GGUF.
+    """Write a random-weight MoE GGUF of the preset's shape and architecture.
 
     ``routing`` "temporal" (the default from 32 experts on: ``default_routing``) calibrates static concentration and temporal locality
     to a real model's figures (``temporal``); "static" gives a fixed per-expert bias plus
@@ -312,7 +316,7 @@ def write_synthetic_model(
     _check_output(path, partial)
     synth = _SynthWriter(shape, quant, skew, seed, routing)
     tensors = list(synth.tensors())
-    writer = GGUFWriter(partial, "qwen3moe")
+    writer = GGUFWriter(partial, shape.arch)
     synth.write_metadata(writer, preset, quant, seed)
     for name, shape, data, qtype in tensors:
         raw = None if qtype in (QType.F32, QType.F16) and data.dtype != np.uint8 else qtype

@@ -24,6 +24,9 @@ class ArchTraits:
     rope_neox: bool  # rotate pairs (i, i + d/2) rather than (2i, 2i + 1)
     norm_topk: bool  # renormalize the selected experts' softmax weights to sum to 1 (the file may say otherwise)
     qk_norm: bool  # RMSNorm over each head of q and k before RoPE
+    # the header key (after ``<arch>.``) with one expert's FFN width: llama (Mixtral) files state
+    # it only as the dense ``feed_forward_length``
+    expert_ff_key: str = "expert_feed_forward_length"
 
 
 @dataclass(frozen=True)
