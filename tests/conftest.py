@@ -41,6 +41,23 @@ def trial_store_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny matrices: one torch thread avoids OpenMP spin-waits on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def own_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user data dir (the runtime's learned routing counts) of this test's own."""
+    monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path / "data"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight tiny qwen3moe GGUF (4 layers, 16 experts, top-4; about 9 MB)."""

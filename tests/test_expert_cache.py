@@ -20,13 +20,7 @@ PROMPT = [5, 17, 300, 42, 7, 999]
 STEPS = 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path / "data"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "own_data_dir")
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,7 @@ REQUESTS = [(12, 16), (8, 12)]  # (prompt tokens, decode steps) of the recorded 
 SLOTS = 80  # of 8 x 32 experts: misses happen
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_own_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("AUTOTUNE_DATA_DIR", str(tmp_path / "data"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "own_data_dir")
 
 
 @pytest.fixture(scope="module")
