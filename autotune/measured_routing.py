@@ -19,9 +19,8 @@ import numpy as np
 from autotune.errors import AutotuneError
 from autotune.model_info import inspect_model
 from autotune.routing_stats import adjacent_overlap, lru_hit_rates, top_share
-from autotune.synth.real_routing import RoutingTargets
+from autotune.synth.real_routing import MIN_EXPERTS, RoutingTargets
 from autotune.synth.skew import PLACEMENT_FRACTION, static_placement_miss_rate
-from autotune.synth.writer import MIN_TEMPORAL_EXPERTS
 
 TOPK_PREFIX = b"ffn_moe_topk-"
 # Leading fields of struct ggml_tensor (stable across ggml versions): type, buffer, ne[4], nb[4].
@@ -77,7 +76,7 @@ class RoutingTrace:
             f"{100 * (1 - PLACEMENT_FRACTION):.0f}%); adjacent tokens share {100 * self.adjacent_overlap():.0f}% "
             f"of their experts"
         )
-        if self.n_expert < MIN_TEMPORAL_EXPERTS:
+        if self.n_expert < MIN_EXPERTS:
             return text  # the published figures do not scale to so few experts
         shares = self.top_share()
         lru = " / ".join(f"{100 * rate:.0f}%" for rate in self.lru_hit_rates().values())

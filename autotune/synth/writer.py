@@ -27,19 +27,20 @@ from autotune.quants import quantize
 from autotune.synth import skew as skew_model
 from autotune.synth import temporal
 from autotune.synth.presets import SynthPreset, get_layout, get_preset
+from autotune.synth.real_routing import MIN_EXPERTS
 from autotune.synth.vocab import build_vocabulary
 
 MASSIVE_ACTIVATION = 8.0  # channel 0 of every token embedding
 RESIDUAL_STEP = 0.05  # std each attention / MoE output adds to the residual stream
 ROUTING_MODES = ("temporal", "static")
-MIN_TEMPORAL_EXPERTS = 32  # the published figures scale to no fewer experts (synth.real_routing)
 
 
 def default_routing(n_expert: int) -> str:
-    """Temporal where the published figures scale to the shape (32 experts or more), else static:
-    at 16 experts, top-4, "the top eighth takes half the selections" asks every token for the
-    same two experts."""
-    return "temporal" if n_expert >= MIN_TEMPORAL_EXPERTS else "static"
+    """Temporal where the published figures scale to the shape (``real_routing.MIN_EXPERTS``),
+    else static."""
+    return "temporal" if n_expert >= MIN_EXPERTS else "static"
+
+
 POOL_BLOCKS = 8192
 MAX_TAPE_BLOCKS = 1 << 20
 CHATML_TEMPLATE = (
@@ -309,8 +310,8 @@ def write_synthetic_model(
     routing = routing or default_routing(shape.n_expert)
     if routing not in ROUTING_MODES:
         raise AutotuneError(f"unknown routing {routing!r}; choose one of: {', '.join(ROUTING_MODES)}")
-    if routing == "temporal" and shape.n_expert < MIN_TEMPORAL_EXPERTS:
-        raise AutotuneError(f"temporal routing needs {MIN_TEMPORAL_EXPERTS} experts or more (the published figures "
+    if routing == "temporal" and shape.n_expert < MIN_EXPERTS:
+        raise AutotuneError(f"temporal routing needs {MIN_EXPERTS} experts or more (the published figures "
                             f"scale to no fewer); preset {preset} has {shape.n_expert}: use --routing static")
     partial = path.with_name(path.name + ".partial")
     _check_output(path, partial)
