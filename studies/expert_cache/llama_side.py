@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import threading
 import time
@@ -29,6 +30,17 @@ CONFIGS = {  # name -> extra llama-bench arguments
     "ncmoe21_ub512": ["-ncmoe", "21", "-ub", "512"],
     "ncmoe24_ub2048": ["-ncmoe", "24", "-ub", "2048"],
 }
+NAMED = re.compile(r"ncmoe(\d+)_ub(\d+)")  # any other --n-cpu-moe / ubatch pair, by name
+
+
+def config_args(name: str) -> list[str]:
+    """llama-bench's extra arguments for a config name (CONFIGS', or ncmoeN_ubU)."""
+    if name in CONFIGS:
+        return CONFIGS[name]
+    match = NAMED.fullmatch(name)
+    if match is None:
+        raise SystemExit(f"unknown config {name!r}: one of {', '.join(CONFIGS)} or ncmoeN_ubU")
+    return ["-ncmoe", match[1], "-ub", match[2]]
 
 
 def process_peak(proc: subprocess.Popen, handle) -> tuple[int, str, str]:
@@ -57,7 +69,7 @@ def main(model: str, out_path: str, reps: int = 3, only: list[str] | None = None
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
     report = {}
     for name in only or CONFIGS:
-        extra = CONFIGS[name]
+        extra = config_args(name)
         argv = ["llama-bench", "-m", model, "-p", "512,2048", "-n", "128", "-r", str(reps), "-o", "jsonl",
                 "-ngl", "99", "-fa", "1", "-t", "16", "-b", "2048", *extra]
         peak, out, err = process_peak(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -79,6 +91,6 @@ if __name__ == "__main__":
     parser.add_argument("model")
     parser.add_argument("out")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="run these configs only")
+    parser.add_argument("--only", nargs="+", help=f"run these configs only ({', '.join(CONFIGS)}, or ncmoeN_ubU)")
     args = parser.parse_args()
     main(args.model, args.out, args.reps, args.only)
