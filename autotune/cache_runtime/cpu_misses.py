@@ -12,8 +12,11 @@ Per layer, after the router, in stream order on the compute stream:
 4. the host waits for the event, computes the rest, and queues its sum's copy to the device
    and the add into the hidden state (``add``).
 
-So the host takes part in every layer of a decode step: the engine runs such steps eagerly,
-not as one captured graph.
+So the host takes part in every layer of a decode step. Run eagerly, steps 2 and 4 wait on
+an event. Captured (``graph.SegmentedDecodeGraph``, ``segments`` set), the capture is cut
+twice a layer: after step 2 (the host then waits for the stream) and after step 3 (the host
+then computes the misses while the device computes its share); step 4's copy and add begin
+the next graph.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from autotune.cache_runtime.cpu_experts import CpuExperts
 from autotune.cache_runtime.devices import CopyEvent, Device, Done
 from autotune.cache_runtime.expert_table import ExpertTable
 from autotune.cache_runtime.ggml_cpu import CpuBackend
+from autotune.cache_runtime.graph import Segments
 from autotune.cache_runtime.weights import LayerWeights
 
 
@@ -70,6 +74,7 @@ class CpuMisses:
         self._on_device: torch.Tensor | None = None
         self._ready: CopyEvent = Done()
         self._pending: int | None = None  # the layer offloaded and not yet added
+        self.segments: Segments | None = None  # set while a decode step is being captured
 
     def close(self) -> None:
         for layer in self.layers:
@@ -93,8 +98,11 @@ class CpuMisses:
         self._ids.copy_(selected, non_blocking=True)
         self._weights.copy_(weights.reshape(1, -1), non_blocking=True)
         self._on_device.copy_(on_device, non_blocking=True)
-        self._ready = self.device.record()
         self._pending = layer
+        if self.segments is None:
+            self._ready = self.device.record()
+        else:
+            self.segments.cut(self._wait_at_replay)
         return on_device
 
     def add(self, layer: int, h: torch.Tensor) -> None:
@@ -102,17 +110,36 @@ class CpuMisses:
         if self._pending != layer:
             raise RuntimeError(f"layer {layer}'s experts were not offloaded before their CPU share was asked for")
         self._pending = None
+        if self.segments is None:
+            self._wait()
+            self._compute(layer)
+        else:
+            self.segments.cut(lambda: self._compute(layer))
+        self._y_device.copy_(self._y, non_blocking=True)
+        h.add_(self._y_device)
+
+    def _wait(self) -> None:
+        """Wait until the offloaded inputs have reached the host."""
         start = time.perf_counter()
         self._ready.synchronize()
-        waited = time.perf_counter()
+        self.counters.wait_s += time.perf_counter() - start
+
+    def _wait_at_replay(self) -> None:
+        """The host's part after a captured step 2: the stream has been launched that far."""
+        self._ready = self.device.record()
+        self._wait()
+
+    def _compute(self, layer: int) -> None:
+        """The host's part of step 4: the layer's misses, summed into the host buffer ``_y``
+        (zeros where the device holds every selection)."""
+        start = time.perf_counter()
         missed = ~self._on_device
         n = int(missed.sum())
         if n:
             experts = self.layers[layer]
             self._y.copy_(experts.forward(self._x, self._ids, self._weights, mask=missed))
-            self._y_device.copy_(self._y, non_blocking=True)
-            h.add_(self._y_device)
             self.counters.experts += n
             self.counters.bytes += n * experts.expert_bytes
-        self.counters.wait_s += waited - start
-        self.counters.compute_s += time.perf_counter() - waited
+        else:
+            self._y.zero_()
+        self.counters.compute_s += time.perf_counter() - start

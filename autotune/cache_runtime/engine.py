@@ -24,7 +24,7 @@ import torch
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.devices import Device
 from autotune.cache_runtime.families import family_for
-from autotune.cache_runtime.graph import DecodeGraph
+from autotune.cache_runtime.graph import DecodeGraph, SegmentedDecodeGraph
 from autotune.cache_runtime.kv_cache import KVCache
 from autotune.cache_runtime.ops import FULL_RESIDENCY
 from autotune.cache_runtime.platforms import select_platform
@@ -92,7 +92,7 @@ class Engine:
         self.inv_temperature = torch.ones(1, device=device)
         self.token = torch.zeros(1, dtype=torch.long, device=device)
         self.n_past = 0
-        self._graphs: dict[bool, DecodeGraph] = {}
+        self._graphs: dict[bool, DecodeGraph | SegmentedDecodeGraph] = {}
         self._tokenizer = None
         self.expert_cache = None
         self.persist_routing = True  # close() saves the routing counts for the next start
@@ -239,12 +239,14 @@ class Engine:
         The chosen next token is left in ``self.token``. On the GPU this replays a captured
         graph and the logits are its static buffer: clone them to keep them past the next step.
         Where the host takes part in every layer (the CPU computes the cache's misses), the step
-        runs eagerly.
+        is a chain of graphs with the host's part between them, or runs eagerly where a prefetch
+        stream spans the chain's cuts.
         """
         self._check_room(1)
         if token is not None:
             self.token.copy_(torch.as_tensor(token, device=self.device).reshape(1))
-        if self.use_graph and not (self.expert_cache is not None and self.expert_cache.host_in_step):
+        cache = self.expert_cache
+        if self.use_graph and (cache is None or not cache.host_in_step or cache.host_steps_capturable):
             graph = self._graphs.get(sample)
             if graph is None:
                 graph = self._capture(sample)
@@ -257,15 +259,19 @@ class Engine:
         self.n_past += 1
         return logits
 
-    def _capture(self, sample: bool) -> DecodeGraph:
+    def _capture(self, sample: bool) -> DecodeGraph | SegmentedDecodeGraph:
         """Capture the decode step; the warm-up steps leave the cache's counters (and a replay's
         cursor) as they were."""
         counters = self.expert_cache.device_counters() if self.expert_cache is not None else []
         counters = [*counters, *self.ops.routing.device_state()]
         saved = [c.clone() for c in counters]
         quiet = self.expert_cache.capturing() if self.expert_cache is not None else contextlib.nullcontext()
+        step = lambda t: self._step(t, sample)  # noqa: E731
         with quiet:
-            graph = DecodeGraph(lambda t: self._step(t, sample), self.token, self.kv_cache.pos)
+            if self.expert_cache is not None and self.expert_cache.host_in_step:
+                graph = SegmentedDecodeGraph(step, self.token, self.kv_cache.pos, self.expert_cache.attach_segments)
+            else:
+                graph = DecodeGraph(step, self.token, self.kv_cache.pos)
         for c, s in zip(counters, saved):
             c.copy_(s)
         self._graphs[sample] = graph

@@ -28,6 +28,7 @@ from autotune.cache_runtime.budget import VramPlan
 from autotune.cache_runtime.cache_config import CPU_MISS_MODES, CacheConfig
 from autotune.cache_runtime.cache_stats import cache_stats
 from autotune.cache_runtime.cpu_misses import CpuMisses
+from autotune.cache_runtime.graph import Segments
 from autotune.cache_runtime.devices import Device
 from autotune.cache_runtime.expert_slots import ExpertSlots
 from autotune.cache_runtime.ops import ExpertHooks, Ops
@@ -91,6 +92,16 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         """Whether the host takes part in each layer of a decode step (the CPU computes misses),
         so a step cannot be captured as one graph."""
         return self.cpu_misses is not None
+
+    @property
+    def host_steps_capturable(self) -> bool:
+        """Whether such a step can be captured as a chain of graphs (``attach_segments``): not
+        while a prefetch stream forked in one layer joins at the step's end, across the cuts."""
+        return self.cpu_misses is not None and self.prefetcher is None
+
+    def attach_segments(self, segments: Segments | None) -> None:
+        """Cut the decode step being captured where the CPU takes part (None: capture done)."""
+        self.cpu_misses.segments = segments
 
     def offload(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
         """A decode step's misses go to the CPU (``cpu_misses``); prefill keeps its own path."""

@@ -5,6 +5,10 @@ The step reads its input token from a (1,) device tensor ``token`` and the posit
 replays chain on the device with no host work between them, and the host may overwrite
 ``token`` before a replay to force an input. Experts are reached through the device table
 of addresses, so moving an expert (repointing its entry) needs no re-capture.
+
+Where the host takes part in every layer of a step (the CPU computes the expert cache's
+misses), the step is a chain of graphs instead (``SegmentedDecodeGraph``): the host launches
+each and does its part between them, with no kernel launched one by one.
 """
 
 from __future__ import annotations
@@ -34,4 +38,67 @@ class DecodeGraph:
 
     def replay(self) -> tuple[torch.Tensor, ...]:
         self.graph.replay()
+        return self.outputs
+
+
+class Segments:
+    """A decode step captured as a chain of graphs, cut where the host takes part in the step
+    (the CPU computing a layer's misses). ``cut(action)`` ends the graph being captured and
+    starts the next; at replay the host runs ``action`` after that graph's launch. The graphs
+    share one memory pool and replay in the order they were captured, as sharing requires."""
+
+    def __init__(self):
+        self._pool = torch.cuda.graph_pool_handle()
+        self.graphs: list[torch.cuda.CUDAGraph] = []
+        self.actions: list[Callable[[], None]] = []  # actions[i] runs after graphs[i] is launched
+
+    def begin(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        graph.capture_begin(pool=self._pool)
+        self.graphs.append(graph)
+
+    def cut(self, action: Callable[[], None]) -> None:
+        self.graphs[-1].capture_end()
+        self.actions.append(action)
+        self.begin()
+
+    def end(self) -> None:
+        self.graphs[-1].capture_end()
+
+    def replay(self) -> None:
+        for i, graph in enumerate(self.graphs):
+            graph.replay()
+            if i < len(self.actions):
+                self.actions[i]()
+
+
+class SegmentedDecodeGraph:
+    """``DecodeGraph`` for a step the host takes part in: ``step`` cuts the capture through the
+    ``Segments`` that ``attach`` hands to whoever cuts it (and ``attach(None)`` takes back)."""
+
+    def __init__(self, step: Step, token: torch.Tensor, pos: torch.Tensor,
+                 attach: Callable[[Segments | None], None], warmup: int = 2):
+        saved = token.clone(), pos.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):  # eager: compiles the kernels, outside the capture
+                step(token)
+        torch.cuda.current_stream().wait_stream(stream)
+        token.copy_(saved[0])
+        pos.copy_(saved[1])
+        torch.cuda.synchronize()
+        self.segments = Segments()
+        attach(self.segments)
+        try:
+            with torch.cuda.stream(stream):
+                self.segments.begin()
+                self.outputs = step(token)
+                self.segments.end()
+        finally:
+            attach(None)
+        torch.cuda.synchronize()
+
+    def replay(self) -> tuple[torch.Tensor, ...]:
+        self.segments.replay()
         return self.outputs
