@@ -19,6 +19,7 @@ def cache_stats(cache: ExpertCache) -> dict:
     misses = selections * cache.n_layers - int(hits_layer.sum())
     out = {
         "tokens": tokens,
+        "top_k": cache.top_k,
         "hit_rate": float(hits_layer.sum() / max(selections * cache.n_layers, 1)),
         "hit_rate_per_layer": [round(float(h) / max(selections, 1), 4) for h in hits_layer],
         "slots_per_layer": list(cache.plan.slots),

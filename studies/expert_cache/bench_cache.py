@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from autotune.cache_runtime.budget import GIB, model_sizes, plan_vram
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.engine import Engine
 from autotune.cache_runtime.learned import load_counts, save_counts
+from autotune.studies.token_bound import measure_bandwidths, token_bound
 
 PROMPT = np.random.default_rng(7).integers(0, 151936, 16).tolist()
 LEARN_PROMPT = np.random.default_rng(8).integers(0, 151936, 16).tolist()
@@ -346,6 +348,9 @@ def cache(model: str, out: Path, caps: list[float], only: list[str] | None) -> N
     counts = load_counts(engine.fingerprint, (sizes.n_layers, sizes.n_expert))
     print(f"loaded in {load_s} s; learned counts: {counts is not None}; peak so far "
           f"{vram.peak / GIB:.2f} GiB", flush=True)
+    bandwidths = measure_bandwidths(os.cpu_count() or 1)
+    print(f"bandwidths (GB/s): {({k: round(v / 1e9, 1) for k, v in asdict(bandwidths).items()})}", flush=True)
+    dense_bytes = sizes.resident_bytes - engine.weights.token_embd.data.numel()  # a token reads one embedding row
     rows = []
     (out / "settings").mkdir(exist_ok=True)
     modules = constant_modules()
@@ -363,6 +368,9 @@ def cache(model: str, out: Path, caps: list[float], only: list[str] | None) -> N
                 row = {"config": cfg.to_dict(), "error": f"{type(exc).__name__}: {exc}",
                        "traceback": traceback.format_exc()[-3000:]}
             row.update(cap_gib=cap, name=name, load_s=load_s)
+            if "error" not in row:
+                row["token_bound"] = token_bound(row["stats_after_decode"], sizes.expert_bytes, dense_bytes,
+                                                 1 / row["decode_tg128"]["median"], bandwidths)
             rows.append(row)
             (out / "settings" / f"cap{cap:g}_{name}.json").write_text(json.dumps(row, indent=1))
             (out / "cache.json").write_text(json.dumps({"reference": ref, "settings": rows}, indent=1))
@@ -391,6 +399,11 @@ def print_row(row: dict, ref: dict) -> None:
           + (f"CPU {s['cpu_experts_per_token']:.1f} experts/token, RAM {s['ram_bytes_per_token'] / 1e6:.1f} MB/token, "
              f"host waited {s['cpu_wait_s']:.2f} s, computed {s['cpu_compute_s']:.2f} s, " if s['cpu_experts'] else "")
           + f"tokens match {row['tokens_match_full_residency']}", flush=True)
+    bound = row["token_bound"]
+    megabytes = {k: round(v / 1e6, 1) for k, v in bound["bytes_per_token"].items()}
+    print(f"  per token: MB {megabytes}, bound ms {bound['bound_ms']}, measured "
+          f"{bound['measured_ms']} ms = {bound['of_overlapped_bound']:.0%} of the overlapped bound, "
+          f"{bound['of_serial_bound']:.0%} of the serial", flush=True)
 
 
 def print_table(rows: list[dict], ref: dict) -> None:

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Issue 27's served bar: a hybrid-cache `autotune serve` command (the cache alone, not a tuner's
+# pick) beside llama-server's fitting --n-cpu-moe configs, each started fresh and measured over
+# HTTP by studies/served/side_by_side.py (decode (t(N)-t(1))/(N-1), prefill, peak VRAM).
+# Usage (GPU machine, project root, after `source .gpu/device-setup.sh`):
+#   [NCMOE="11 12"] [ROUNDS=2] bash studies/hybrid/served.sh OUT_DIR MODEL CAP_GIB [SERVE OPTIONS ...]
+# SERVE OPTIONS: the cache's knobs (default: LFU every 16 tokens, misses computed on the CPU).
+set -euo pipefail
+out=${1:?out dir}; model=${2:?model}; cap=${3:?cap in GiB}; shift 3
+knobs=("$@"); [ ${#knobs[@]} -eq 0 ] && knobs=(--eviction lfu_decay --rebalance-interval 16 --miss-mode cpu)
+mkdir -p "$out"
+winner="autotune serve $model --vram-cap ${cap}G --ctx 4096 ${knobs[*]}"
+refs=()
+for n in ${NCMOE:-11 12}; do
+  refs+=("ncmoe$n=llama-server -m $model -ngl 999 -fa on -c 4096 -t 16 -np 1 --n-cpu-moe $n")
+done
+echo "$winner" > "$out/command-${cap}G.txt"
+python3 studies/served/side_by_side.py "$model" "$out/side-${cap}G.json" "$cap" --winner "$winner" \
+  --reference "${refs[@]}" --rounds "${ROUNDS:-2}" 2>&1 | tee "$out/side-${cap}G.txt"
