@@ -74,7 +74,7 @@ def test_the_space_samples_every_knob_and_leaves_moot_ones_alone(tiny_model: Pat
             config = backend.fill_cap(backend.suggest(trial, model, hw, workload), cap)
             assert config == normalize(config) and config["vram_cap"] == cap and config["max_ctx"] == 2048
             if config["eviction"] == "static":
-                assert not {"miss_mode", "rebalance_interval", "decay"} & set(trial.params)
+                assert not {"rebalance_interval", "decay"} & set(trial.params)  # the miss mode matters
             if config["miss_mode"] not in ("cpu", "auto"):
                 assert not {"cpu_threads", "cpu_repack"} & set(trial.params)
             if config["miss_mode"] == "cpu":

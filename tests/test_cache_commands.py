@@ -83,8 +83,10 @@ def test_the_serve_command_has_every_knob_as_a_flag():
 
 
 def test_normalize_fixes_knobs_a_choice_makes_moot():
-    static = normalize({"vram_cap": 1, "eviction": "static", "miss_mode": "copy", "rebalance_interval": 16, "decay": 0.5})
-    assert (static["miss_mode"], static["rebalance_interval"], static["decay"]) == ("zero_copy", 0, 0.95)
+    static = normalize({"vram_cap": 1, "eviction": "static", "miss_mode": "cpu", "rebalance_interval": 16, "decay": 0.5})
+    # static eviction with the CPU computing the misses is llama.cpp's split: the miss mode stays
+    assert (static["miss_mode"], static["rebalance_interval"], static["decay"]) == ("cpu", 0, 0.95)
+    assert normalize({"vram_cap": 1, "miss_mode": "zero_copy", "cpu_threads": 3})["cpu_threads"] == 1
     assert normalize({"vram_cap": 1, "eviction": "lru", "decay": 0.5})["decay"] == 0.95
     assert normalize({"vram_cap": 1, "learned_placement": False, "slot_split": 0.5})["slot_split"] == 0.0
     assert normalize({"vram_cap": 1, "prefetch_depth": 0, "prefetch_engine": "dma"})["prefetch_engine"] == "sm"

@@ -36,7 +36,7 @@ CACHE_KNOBS = KnobSchema("cache", (
     Knob("miss_mode", str, "zero_copy", "a missing expert: read from pinned host memory by the GPU (zero_copy), "
          "copied in (copy), computed on the CPU from host memory (cpu), or on the GPU where prefetched in time "
          "and else on the CPU (auto)",
-         choices=("zero_copy", "copy", "cpu", "auto"), search=Search(), when=when_in("eviction", "lfu_decay", "lru")),
+         choices=("zero_copy", "copy", "cpu", "auto"), search=Search()),  # static + cpu: llama.cpp's split, learned
     Knob("cpu_threads", int, DEFAULT_CPU_THREADS, "threads computing missed experts on the CPU", low=1,
          search=Search(values=CPU_THREAD_CHOICES), when=when_in("miss_mode", *CPU_MISS_MODES), moot=1),
     Knob("cpu_repack", bool, False, "compute missed experts from a copy of the stacks in ggml's repacked layout "
