@@ -72,7 +72,6 @@ SETTINGS = {
                                        prefetch_depth=depth, prefetch_engine="dma") for depth in (2, 3, 4, 5, 6, 8)},
     # issue 27: the CPU computes the misses (ggml over the pinned home stacks; cpu_threads: the
     # knob's default unless a _t suffix says); static is llama.cpp's split with learned placement
-    # (the runtime runs it, the tuner does not sample it: static eviction makes miss_mode moot)
     "static_cpu": dict(miss_mode="cpu", eviction="static", rebalance_interval=0, prefetch_depth=0),
     "lfu16_cpu": dict(miss_mode="cpu", eviction="lfu_decay", rebalance_interval=16, prefetch_depth=0),
     "lfu64_cpu": dict(miss_mode="cpu", eviction="lfu_decay", rebalance_interval=64, prefetch_depth=0),
