@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -117,6 +118,19 @@ def test_a_mask_computes_only_the_chosen_selections(weights: ModelWeights, backe
     only_first[:, 0] = True
     alone = torch.cat([experts.forward(x[t : t + 1], ids[t : t + 1, :1], w[t : t + 1, :1]) for t in range(4)])
     torch.testing.assert_close(experts.forward(x, ids, w, only_first), alone, rtol=1e-6, atol=1e-7)
+    experts.close()
+
+
+def test_one_token_s_chosen_experts_equal_the_masked_graph(weights: ModelWeights, backend: CpuBackend) -> None:
+    """Decode's numpy path: a token's missed experts only, as the masked forward computes them."""
+    x, ids, w = _selection(weights, tokens=1, seed=4)
+    experts = _experts(weights, backend)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[0, 1::2] = True
+    got = experts.forward_token(x[0].numpy(), ids[0][mask[0]].numpy().astype(np.int32), w[0][mask[0]].numpy())
+    torch.testing.assert_close(torch.from_numpy(got.copy()), experts.forward(x, ids, w, mask)[0], rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="expert ids"):
+        experts.forward_token(x[0].numpy(), np.array([experts.n_expert], dtype=np.int32), w[0, :1].numpy())
     experts.close()
 
 

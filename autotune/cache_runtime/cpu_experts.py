@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from autotune.cache_runtime import ggml_cpu
@@ -46,6 +47,10 @@ class _Graph:
     x: torch.Tensor  # (rows, n_embd) float32
     ids: torch.Tensor  # (rows, k) int32
     out: torch.Tensor  # (rows, k, n_embd) float32: down(silu(gate x) * up x) per row and expert
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """numpy views of x, ids and out (a decode step's few-element work costs less in numpy)."""
+        return self.x.numpy(), self.ids.numpy(), self.out.numpy()
 
 
 class CpuExperts:
@@ -165,6 +170,19 @@ class CpuExperts:
         graph.ids.copy_(experts[:, None])
         self.backend.compute(graph.graph)
         return out.index_add_(0, token, graph.out[:, 0] * weights[token, slot, None].to(torch.float32))
+
+    def forward_token(self, x: np.ndarray, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Decode's case: one token's ``x`` (n_embd,) float32 through its experts ``ids`` (n,)
+        (distinct, n >= 1), summed with ``weights`` (n,) float32; returns (n_embd,) float32,
+        a view that the next call with n experts overwrites."""
+        if ids.min() < 0 or ids.max() >= self.n_expert:
+            raise ValueError(f"CPU experts: expert ids must lie in [0, {self.n_expert})")
+        graph = self._graph(len(ids), 1)
+        graph_x, graph_ids, out = graph.arrays()
+        graph_x[:] = x
+        graph_ids[:, 0] = ids
+        self.backend.compute(graph.graph)
+        return weights @ out[:, 0]
 
     def _all_selections(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         tokens, k = ids.shape

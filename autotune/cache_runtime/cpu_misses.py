@@ -133,13 +133,14 @@ class CpuMisses:
         """The host's part of step 4: the layer's misses, summed into the host buffer ``_y``
         (zeros where the device holds every selection)."""
         start = time.perf_counter()
-        missed = ~self._on_device
-        n = int(missed.sum())
-        if n:
+        y = self._y.numpy()[0]
+        missed = ~self._on_device.numpy()[0]
+        ids = self._ids.numpy()[0][missed]
+        if len(ids):
             experts = self.layers[layer]
-            self._y.copy_(experts.forward(self._x, self._ids, self._weights, mask=missed))
-            self.counters.experts += n
-            self.counters.bytes += n * experts.expert_bytes
+            y[:] = experts.forward_token(self._x.numpy()[0], ids, self._weights.numpy()[0][missed])
+            self.counters.experts += len(ids)
+            self.counters.bytes += len(ids) * experts.expert_bytes
         else:
-            self._y.zero_()
+            y[:] = 0
         self.counters.compute_s += time.perf_counter() - start

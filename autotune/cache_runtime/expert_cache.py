@@ -18,6 +18,7 @@ activations and staging area; after it they are filled again with the hottest ex
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import Iterator
 
@@ -139,9 +140,15 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         self.ops.count_step(ids[0], self.in_slot, self.hits, self.decode_tokens,
                             None if self.prefetcher is None else self.prefetcher.step_counts())
 
+    @contextlib.contextmanager
     def capturing(self):
-        """A context for capturing the decode step: no other thread queues GPU work inside."""
-        return self.prefetcher.paused() if self.prefetcher is not None else contextlib.nullcontext()
+        """A context for capturing the decode step: no other thread queues GPU work inside, and
+        the CPU's counters forget the capture's eager warm-up steps (as the device's do)."""
+        saved = dataclasses.replace(self.cpu_misses.counters) if self.cpu_misses is not None else None
+        with self.prefetcher.paused() if self.prefetcher is not None else contextlib.nullcontext():
+            yield
+        if saved is not None:
+            self.cpu_misses.counters = saved
 
     def device_counters(self) -> list[torch.Tensor]:
         """The statistics a captured step updates (the engine restores them after capture's warm-up)."""
