@@ -18,6 +18,7 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 from autotune.cache_runtime import triton_ops  # noqa: E402
+from autotune.cache_runtime.dequant import BLOCK_SIZES  # noqa: E402
 from autotune.cache_runtime.random_blocks import random_blocks  # noqa: E402
 from autotune.cache_runtime.routing import route  # noqa: E402
 from autotune.cache_runtime.torch_ops import rmsnorm  # noqa: E402
@@ -25,7 +26,7 @@ from autotune.cache_runtime.triton_gemm import moe_blocks  # noqa: E402
 from autotune.cache_runtime.weights import QTensor  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-QTYPES = ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "F32", "F16", "BF16"]
+QTYPES = sorted(BLOCK_SIZES)
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +72,7 @@ def test_gemv_with_norm_residual_and_stacked_weights(qtype: str) -> None:
     assert _rel(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_K", "F32"])
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_K", "F32", "Q3_K", "IQ4_XS", "MXFP4"])
 @pytest.mark.parametrize("tokens", [37, 70])  # the grouped GEMM; dequantize + matmul
 def test_dense_prefill_matmul_matches_dequant_matmul(qtype: str, tokens: int) -> None:
     rng = np.random.default_rng(1)
