@@ -44,19 +44,15 @@ TILE_GROUPS = {name: 16 if name in ("Q3_K", "Q6_K", "Q8_0") else 8 for name in B
 
 
 @triton.jit
-def _float(blk, DTYPE: tl.constexpr):
-    """-> (8, S, R, 8 c, 4) of a float type: element 32c + 4a + t."""
+def _float(blk, QT: tl.constexpr):
+    """-> (8, S, R, 8 c, 4) of a float type (F32, F16 or BF16): element 32c + 4a + t."""
+    DTYPE: tl.constexpr = tl.float32 if QT == 0 else (tl.float16 if QT == 1 else tl.bfloat16)
     b = blk[None, :, :, None, None]
     a = tl.arange(0, 8)[:, None, None, None, None]
     t = tl.arange(0, 4)[None, None, None, None, :]
     c = tl.arange(0, 8)[None, None, None, :, None]
     e = 32 * c + 4 * a + t
     return tl.load(b.to(tl.pointer_type(DTYPE)) + e).to(tl.float32), e
-
-
-@triton.jit
-def _float_type(QT: tl.constexpr):
-    return tl.float32 if QT == 0 else (tl.float16 if QT == 1 else tl.bfloat16)
 
 
 @triton.jit
@@ -114,7 +110,7 @@ def superblock_dots(blk, xp, npp, QT: tl.constexpr, HAS_NORM: tl.constexpr):
         x = _x_at(xp[None, :, :, None, None], k, npp[None, :, :, None, None], HAS_NORM)
         out = tl.sum(tl.sum(tl.sum(w * x, 4), 3), 0)
     elif QT == 0 or QT == 1 or QT == 30:
-        w, k = _float(blk, _float_type(QT))
+        w, k = _float(blk, QT)
         x = _x_at(xp[None, :, :, None, None], k, npp[None, :, :, None, None], HAS_NORM)
         out = tl.sum(tl.sum(tl.sum(w * x, 4), 3), 0)
     else:
@@ -136,7 +132,7 @@ def superblock_matrix(blk, QT: tl.constexpr):
         w, _ = q8_0(blk)
         w = tl.permute(w, (3, 0, 4, 1, 2))  # (j, a, t, 1, R)
     elif QT == 0 or QT == 1 or QT == 30:
-        w, _ = _float(blk, _float_type(QT))
+        w, _ = _float(blk, QT)
         w = tl.permute(w, (3, 0, 4, 1, 2))
     else:
         w, _ = _tile6(blk, QT)
