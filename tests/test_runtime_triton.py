@@ -226,12 +226,24 @@ class _AttentionOps(triton_ops.TritonOps):
         triton_ops.TorchOps.__init__(self, weights, cache, rope)
 
 
+@pytest.fixture(scope="module")
+def iq4_xs_model(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny preset with every weight in IQ4_XS (a code book type, its own scale layout)."""
+    from autotune.synth import write_synthetic_model
+
+    path = tmp_path_factory.mktemp("models") / "tiny-iq4_xs.gguf"
+    write_synthetic_model(path, preset="tiny", quant="iq4_xs", seed=0)
+    return path
+
+
 @pytest.mark.slow
-def test_engine_on_triton_kernels_matches_reference(tiny_model) -> None:
+@pytest.mark.parametrize("model", ["tiny_model", "iq4_xs_model"])
+def test_engine_on_triton_kernels_matches_reference(model: str, request: pytest.FixtureRequest) -> None:
     """Prefill (grouped GEMM) and single-token (fused GEMV) kernels over the whole tiny model."""
     from autotune.cache_runtime.engine import Engine
     from autotune.cache_runtime.reference import reference_logits
 
+    tiny_model = request.getfixturevalue(model)
     prompt = [5, 17, 300, 42, 7, 999]
     ref_logits, ref_ids = reference_logits(tiny_model, prompt)
     engine = Engine(tiny_model, device=DEVICE, kernels="triton", max_ctx=64, use_graph=False)
