@@ -154,7 +154,8 @@ def quantize_q3_k(values: np.ndarray) -> np.ndarray:
         step = (d[:, None] * sc)[..., None]
         c = (np.where(step != 0, np.rint(groups / step), 0).clip(-4, 3) + 4).astype(np.uint8).reshape(-1, 8, 32)
     hmask = ((c >> 2) << np.arange(8, dtype=np.uint8)[None, :, None]).sum(axis=1, dtype=np.uint8)
-    u = (sc + 32).astype(np.uint8)  # scale i: low nibble in byte i % 8 (shift 4 (i // 8)), high 2 bits in byte 8 + i % 4
+    # scale i: its low nibble in byte i % 8 (shifted 4 (i // 8)), its high 2 bits in byte 8 + i % 4
+    u = (sc + 32).astype(np.uint8)
     low = (u[:, :8] & 0x0F) | ((u[:, 8:] & 0x0F) << 4)
     high = (u >> 4).reshape(-1, 4, 4)
     high = (high << (2 * np.arange(4, dtype=np.uint8))[None, :, None]).sum(axis=1, dtype=np.uint8)
