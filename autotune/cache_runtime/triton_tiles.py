@@ -6,8 +6,8 @@ float types), so one kernel shape serves all of them. A tile function takes ``bl
 and returns the float32 weights as a tile (A, S, R, ..., T) plus the element index ``k``
 of each position within its super-block (broadcastable), so callers can fetch the
 matching inputs. Element k = T a + t + (the middle axes' share): a (the first axis)
-picks a group of T consecutive elements of a 32-element run and t (the last axis) one of
-them. T is 4 where blocks are 4-byte aligned (Q2_K, Q4_K, Q5_K, floats) and 2 where they
+picks a group of T consecutive elements of a run of A T (32, or 16 for the 4-bit types of
+32-element blocks: a block's low or high nibbles) and t (the last axis) one of them. T is 4 where blocks are 4-byte aligned (Q2_K, Q4_K, Q5_K, floats) and 2 where they
 are only 2-byte aligned (Q3_K: 110 bytes, Q6_K: 210, Q8_0 and the 32-element block types),
 so that the weight and input loads get the same vector width. The layouts follow
 ``gguf.quants`` (``dequant.py`` in torch); the tiles are in ``triton_tile_kquants`` and
@@ -39,7 +39,7 @@ from autotune.cache_runtime.triton_tile_kquants import q2_k, q3_k, q4_k, q5_k, q
 QTYPE_CODES = {name: int(QType[name]) for name in BLOCK_SIZES}
 # Bytes of 256 elements of each type.
 SUPERBLOCK_BYTES = {name: 256 // elements * nbytes for name, (elements, nbytes) in BLOCK_SIZES.items()}
-# Size of each type's tile's a axis: 8 (4 bytes a load) or 16 (2 bytes a load).
+# Size A of each type's tile's a axis: a warp's 32 lanes take 32 / A super-blocks a round.
 TILE_GROUPS = {name: 16 if name in ("Q3_K", "Q6_K", "Q8_0") else 8 for name in BLOCK_SIZES}
 
 
