@@ -1,7 +1,8 @@
-"""Numpy encoders for the GGML block types the project writes: Q4_K, Q5_K, Q6_K, Q8_0.
+"""Numpy encoders for the GGML block types the project writes.
 
-The ``gguf`` package decodes every type but encodes only a few; these encoders fill the
-gap for synthetic models and tests. They follow llama.cpp's block layouts exactly
+The ``gguf`` package decodes every type but encodes only a few (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+MXFP4: used as they are); these encoders fill the gap for synthetic models and tests: Q2_K,
+Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS. They follow llama.cpp's block layouts exactly
 (checked against ``gguf.quants.dequantize`` in the tests) but use a simple min/max
 quantization rule instead of llama.cpp's error search: good values, not the best ones.
 """
@@ -102,16 +103,103 @@ def quantize_q6_k(values: np.ndarray) -> np.ndarray:
     return np.concatenate([ql, qh, sc.astype(np.int8).view(np.uint8), _f16_bytes(d)], axis=1)
 
 
-def quantize_q8_0(values: np.ndarray) -> np.ndarray:
-    return gguf_quants.quantize(np.asarray(values, dtype=np.float32).reshape(-1, 32), QType.Q8_0)
+_IQ4_VALUES = np.array(gguf_quants.IQ4_NL.kvalues, dtype=np.float32)
+
+
+def _iq4_codes(groups: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """The nearest IQ4 code (0..15) of each value of ``groups`` (n, 32) at scales ``step`` (n, 1)."""
+    return np.abs(step[..., None] * _IQ4_VALUES - groups[..., None]).argmin(axis=-1).astype(np.uint8)
+
+
+def _pack_halves(q: np.ndarray) -> np.ndarray:
+    """(n, 32) nibbles -> 16 bytes: element m in the low nibble of byte m, m + 16 in the high."""
+    return q[:, :16] | (q[:, 16:] << 4)
+
+
+def _signed_extreme(groups: np.ndarray) -> np.ndarray:
+    """Each row's value of largest magnitude, sign kept (n, 1): scaled to -127, the widest code."""
+    return np.take_along_axis(groups, np.abs(groups).argmax(axis=1)[:, None], axis=1)
+
+
+def _pack_2bit(q: np.ndarray) -> np.ndarray:
+    """(n, 256) codes 0..3 -> 64 bytes: element 128h + 32s + l is bits 2s.. of byte 32h + l."""
+    q = q.reshape(-1, 2, 4, 32).astype(np.uint8)
+    return (q << (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]).sum(axis=2, dtype=np.uint8).reshape(-1, 64)
+
+
+def quantize_q2_k(values: np.ndarray) -> np.ndarray:
+    """16 groups of 16: x = d sc q - dmin m, q in 0..3, 4-bit sc and m."""
+    groups = _to_blocks(values, QK_K).reshape(-1, 16, 16)
+    lo = np.minimum(groups.min(axis=2), 0.0)
+    scale, offset = (groups.max(axis=2) - lo) / 3, -lo
+    d = (scale.max(axis=1) / 15).astype(np.float16).astype(np.float32)
+    dmin = (offset.max(axis=1) / 15).astype(np.float16).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d[:, None] > 0, np.rint(scale / d[:, None]), 0).clip(0, 15)
+        mn = np.where(dmin[:, None] > 0, np.rint(offset / dmin[:, None]), 0).clip(0, 15)
+        step = (d[:, None] * sc)[..., None]
+        q = np.where(step > 0, np.rint((groups + (dmin[:, None] * mn)[..., None]) / step), 0).clip(0, 3)
+    scales = sc.astype(np.uint8) | (mn.astype(np.uint8) << 4)
+    return np.concatenate([scales, _pack_2bit(q), _f16_bytes(d), _f16_bytes(dmin)], axis=1)
+
+
+def quantize_q3_k(values: np.ndarray) -> np.ndarray:
+    """16 groups of 16: x = d (u - 32) (c - 4), u 6 bits, c 3 bits (2 in qs, 1 in hmask); each
+    group's value of largest magnitude maps to c - 4 = -4, the widest code."""
+    groups = _to_blocks(values, QK_K).reshape(-1, 16, 16)
+    scale = -_signed_extreme(groups.reshape(-1, 16)).reshape(-1, 16) / 4  # the extreme maps to code -4
+    d = (np.abs(scale).max(axis=1) / 31).astype(np.float16).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d[:, None] > 0, np.rint(scale / d[:, None]), 0).clip(-32, 31)
+        step = (d[:, None] * sc)[..., None]
+        c = (np.where(step != 0, np.rint(groups / step), 0).clip(-4, 3) + 4).astype(np.uint8).reshape(-1, 8, 32)
+    hmask = ((c >> 2) << np.arange(8, dtype=np.uint8)[None, :, None]).sum(axis=1, dtype=np.uint8)
+    # scale i: its low nibble in byte i % 8 (shifted 4 (i // 8)), its high 2 bits in byte 8 + i % 4
+    u = (sc + 32).astype(np.uint8)
+    low = (u[:, :8] & 0x0F) | ((u[:, 8:] & 0x0F) << 4)
+    high = (u >> 4).reshape(-1, 4, 4)
+    high = (high << (2 * np.arange(4, dtype=np.uint8))[None, :, None]).sum(axis=1, dtype=np.uint8)
+    return np.concatenate([hmask, _pack_2bit(c & 3), low, high, _f16_bytes(d)], axis=1)
+
+
+def quantize_iq4_nl(values: np.ndarray) -> np.ndarray:
+    blocks = _to_blocks(values, 32)
+    d = (-_signed_extreme(blocks) / 127).astype(np.float16)
+    return np.concatenate([d.view(np.uint8), _pack_halves(_iq4_codes(blocks, d.astype(np.float32)))], axis=1)
+
+
+def quantize_iq4_xs(values: np.ndarray) -> np.ndarray:
+    """8 sub-blocks of 32: x = d (u - 32) codebook(q), u 6 bits (low nibbles, then high 2 bits)."""
+    sub = _to_blocks(values, QK_K).reshape(-1, 8, 32)
+    scale = -_signed_extreme(sub.reshape(-1, 32)).reshape(-1, 8) / 127
+    d = (np.abs(scale).max(axis=1) / 31).astype(np.float16).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ls = np.where(d[:, None] > 0, np.rint(scale / d[:, None]), 0).clip(-32, 31)
+    q = _iq4_codes(sub.reshape(-1, 32), (d[:, None] * ls).reshape(-1, 1))
+    u = (ls + 32).astype(np.uint16)
+    scales_h = ((u >> 4) << (2 * np.arange(8, dtype=np.uint16))).sum(axis=1, dtype=np.uint16)
+    scales_l = ((u[:, 0::2] & 0x0F) | ((u[:, 1::2] & 0x0F) << 4)).astype(np.uint8)
+    return np.concatenate([_f16_bytes(d), scales_h.reshape(-1, 1).view(np.uint8), scales_l,
+                           _pack_halves(q).reshape(-1, 128)], axis=1)
+
+
+def _gguf_encoder(qtype: QType, block: int):
+    def encode(values: np.ndarray) -> np.ndarray:
+        return gguf_quants.quantize(np.asarray(values, dtype=np.float32).reshape(-1, block), qtype)
+
+    return encode
 
 
 ENCODERS = {
+    QType.Q2_K: quantize_q2_k,
+    QType.Q3_K: quantize_q3_k,
     QType.Q4_K: quantize_q4_k,
     QType.Q5_K: quantize_q5_k,
     QType.Q6_K: quantize_q6_k,
-    QType.Q8_0: quantize_q8_0,
-}
+    QType.IQ4_NL: quantize_iq4_nl,
+    QType.IQ4_XS: quantize_iq4_xs,
+} | {qtype: _gguf_encoder(qtype, 32) for qtype in (QType.Q8_0, QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1,
+                                                   QType.MXFP4)}
 
 
 def quantize(values: np.ndarray, qtype: QType) -> np.ndarray:

@@ -19,7 +19,7 @@ from autotune.synth import write_synthetic_model
 
 pytest.importorskip("llama_cpp")  # its libraries bring ggml's CPU kernels
 
-QUANTS = ["q4_k", "q6_k", "q8_0", "q4_k_m", "f16"]  # q4_k_m: Q4_K gate/up, Q6_K down
+QUANTS = ["q4_k", "q6_k", "q8_0", "q4_k_m", "f16", "q4_0", "iq4_xs"]  # q4_k_m: Q4_K gate/up, Q6_K down
 LAYER = 1
 
 
@@ -54,13 +54,13 @@ def _selection(weights: ModelWeights, tokens: int, seed: int = 0) -> tuple[torch
 
 def _ggml_rounding(x: torch.Tensor, weight_type: str) -> torch.Tensor:
     """``x`` as ggml's CPU kernels see it: quantized to the weight type's ``vec_dot_type``
-    (Q8_K for the K-quants, Q8_0 for Q8_0, F16 for F16), as ggml-quants.c rounds."""
-    if weight_type in ("Q4_K", "Q5_K", "Q6_K"):
+    (Q8_K for the K-quants and IQ4_XS, Q8_0 for Q8_0 and Q4_0, F16 for F16), as ggml-quants.c rounds."""
+    if weight_type in ("Q4_K", "Q5_K", "Q6_K", "IQ4_XS"):
         blocks = x.reshape(-1, 256)
         largest = blocks.gather(1, blocks.abs().argmax(1, keepdim=True))  # signed
         iscale = -127.0 / largest
         return (torch.round(iscale * blocks).clamp(max=127) / iscale).reshape(x.shape)
-    if weight_type == "Q8_0":
+    if weight_type in ("Q8_0", "Q4_0"):
         blocks = x.reshape(-1, 32)
         amax = blocks.abs().amax(1, keepdim=True)
         return (torch.round(blocks * (127 / amax)) * (amax / 127).half().float()).reshape(x.shape)
@@ -164,9 +164,9 @@ def test_threads_and_graph_reuse_change_no_bit(weights: ModelWeights) -> None:
 
 def test_an_unsupported_weight_type_is_a_clear_error(weights: ModelWeights, backend: CpuBackend) -> None:
     lw = weights.layers[LAYER]
-    q3 = QTensor(lw.gate_exps.data, "Q3_K", lw.gate_exps.cols)
-    with pytest.raises(ModelFileError, match="gate stack's GGML type Q3_K"):
-        CpuExperts(q3, lw.up_exps, lw.down_exps, backend)
+    iq3 = QTensor(lw.gate_exps.data, "IQ3_S", lw.gate_exps.cols)
+    with pytest.raises(ModelFileError, match="gate stack's GGML type IQ3_S"):
+        CpuExperts(iq3, lw.up_exps, lw.down_exps, backend)
 
 
 def test_bad_inputs_are_clear_errors(weights: ModelWeights, backend: CpuBackend) -> None:
@@ -206,16 +206,17 @@ def test_repacked_stacks_give_the_plain_results(weights: ModelWeights, backend: 
     repacked.close()
 
 
-def test_repack_covers_q4_k_on_avx2_and_leaves_other_types_in_place(weights: ModelWeights, backend: CpuBackend) -> None:
-    """Q4_K is repacked (8x8 interleave) on x86 with AVX2; F16, Q6_K and Q8_0 have no x86 repack
-    in this ggml, so those stacks stay plain and are read in place."""
+def test_repack_covers_q4_k_and_q4_0_on_avx2_and_leaves_other_types_in_place(weights: ModelWeights,
+                                                                            backend: CpuBackend) -> None:
+    """Q4_K and Q4_0 are repacked (8x8 interleave) on x86 with AVX2; F16, Q6_K, Q8_0 and IQ4_XS
+    have no x86 repack in this ggml, so those stacks stay plain and are read in place."""
     if not {"AVX2", "REPACK"} <= cpu_features():
         pytest.skip("this ggml build has no AVX2 repacked kernels")
     lw = weights.layers[LAYER]
     experts = _experts(weights, backend, repack=True)
     assert experts.repacked == tuple(name for name, stack in zip(("gate", "up", "down"),
                                                                   (lw.gate_exps, lw.up_exps, lw.down_exps))
-                                     if stack.qtype == "Q4_K")
+                                     if stack.qtype in ("Q4_K", "Q4_0"))
     experts.close()
 
 

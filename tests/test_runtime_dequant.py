@@ -29,6 +29,15 @@ def test_leading_dimensions_are_kept() -> None:
     assert torch.equal(stacked.reshape(12, 256), flat)
 
 
+def test_mxfp4_every_exponent_matches_gguf() -> None:
+    """All 256 e8m0 scale bytes, the subnormal ones (0 and 1) and the largest included."""
+    raw = random_blocks("MXFP4", rows=256, cols=32, rng=np.random.default_rng(3))
+    raw[:, 0] = np.arange(256, dtype=np.uint8)
+    with np.errstate(over="ignore"):  # the largest exponents overflow to inf, in both
+        expected = gguf_quants.dequantize(raw, QType.MXFP4).astype(np.float32)
+    np.testing.assert_array_equal(dequantize(torch.from_numpy(raw), "MXFP4").numpy(), expected)
+
+
 def test_rejects_unknown_type() -> None:
     with pytest.raises(ValueError, match="no kernels"):
-        dequantize(torch.zeros(2, 18, dtype=torch.uint8), "Q4_0")
+        dequantize(torch.zeros(2, 110, dtype=torch.uint8), "IQ3_S")

@@ -18,6 +18,7 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 from autotune.cache_runtime import triton_ops  # noqa: E402
+from autotune.cache_runtime.dequant import BLOCK_SIZES  # noqa: E402
 from autotune.cache_runtime.random_blocks import random_blocks  # noqa: E402
 from autotune.cache_runtime.routing import route  # noqa: E402
 from autotune.cache_runtime.torch_ops import rmsnorm  # noqa: E402
@@ -25,7 +26,7 @@ from autotune.cache_runtime.triton_gemm import moe_blocks  # noqa: E402
 from autotune.cache_runtime.weights import QTensor  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-QTYPES = ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "F32", "F16", "BF16"]
+QTYPES = sorted(BLOCK_SIZES)
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +72,7 @@ def test_gemv_with_norm_residual_and_stacked_weights(qtype: str) -> None:
     assert _rel(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_K", "F32"])
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_K", "F32", "Q3_K", "IQ4_XS", "MXFP4"])
 @pytest.mark.parametrize("tokens", [37, 70])  # the grouped GEMM; dequantize + matmul
 def test_dense_prefill_matmul_matches_dequant_matmul(qtype: str, tokens: int) -> None:
     rng = np.random.default_rng(1)
@@ -225,12 +226,24 @@ class _AttentionOps(triton_ops.TritonOps):
         triton_ops.TorchOps.__init__(self, weights, cache, rope)
 
 
+@pytest.fixture(scope="module")
+def iq4_xs_model(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny preset with every weight in IQ4_XS (a code book type, its own scale layout)."""
+    from autotune.synth import write_synthetic_model
+
+    path = tmp_path_factory.mktemp("models") / "tiny-iq4_xs.gguf"
+    write_synthetic_model(path, preset="tiny", quant="iq4_xs", seed=0)
+    return path
+
+
 @pytest.mark.slow
-def test_engine_on_triton_kernels_matches_reference(tiny_model) -> None:
+@pytest.mark.parametrize("model", ["tiny_model", "iq4_xs_model"])
+def test_engine_on_triton_kernels_matches_reference(model: str, request: pytest.FixtureRequest) -> None:
     """Prefill (grouped GEMM) and single-token (fused GEMV) kernels over the whole tiny model."""
     from autotune.cache_runtime.engine import Engine
     from autotune.cache_runtime.reference import reference_logits
 
+    tiny_model = request.getfixturevalue(model)
     prompt = [5, 17, 300, 42, 7, 999]
     ref_logits, ref_ids = reference_logits(tiny_model, prompt)
     engine = Engine(tiny_model, device=DEVICE, kernels="triton", max_ctx=64, use_graph=False)

@@ -1,6 +1,7 @@
-"""Random raw GGML rows for kernel checks: random bytes with sane f16 scale fields.
+"""Random raw GGML rows for kernel checks: random bytes with sane scale fields.
 
-Random bytes are valid K-quant and Q8_0 blocks once their f16 scale fields hold sane values."""
+Random bytes are valid blocks of every quantized type the runtime reads once their scale
+fields (f16, or MXFP4's e8m0 exponent byte) hold sane values."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import numpy as np
 from autotune.cache_runtime.dequant import block_size
 
 # Byte offsets of the f16 scale fields inside one block.
-_F16_FIELDS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "Q8_0": (0,)}
+_F16_FIELDS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2),
+               "Q5_0": (0,), "Q5_1": (0, 2), "Q2_K": (80, 82), "Q3_K": (108,), "IQ4_NL": (0,), "IQ4_XS": (0,),
+               "MXFP4": ()}
+E8M0_BIAS = 128  # an e8m0 byte e scales MXFP4 values by 2^(e - 128) (gguf's doubled e2m1 codes)
 
 
 def random_blocks(qtype: str, rows: int, cols: int, rng: np.random.Generator, scale: float = 0.01) -> np.ndarray:
@@ -23,6 +27,9 @@ def random_blocks(qtype: str, rows: int, cols: int, rng: np.random.Generator, sc
         bits = rng.standard_normal(rows * cols).astype(np.float32).view(np.uint32) >> 16
         return bits.astype(np.uint16).view(np.uint8).reshape(rows, -1)
     blocks = rng.integers(0, 256, size=(n_blocks, nbytes), dtype=np.uint8)
+    if qtype == "MXFP4":
+        exponent = E8M0_BIAS + np.round(np.log2(scale)) + rng.integers(-1, 2, n_blocks)
+        blocks[:, 0] = exponent.astype(np.uint8)
     for offset in _F16_FIELDS[qtype]:
         d = (scale * rng.uniform(0.5, 1.5, n_blocks)).astype(np.float16)
         blocks[:, offset : offset + 2] = d.view(np.uint8).reshape(-1, 2)

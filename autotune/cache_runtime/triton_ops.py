@@ -22,7 +22,7 @@ from autotune.cache_runtime.triton_attention import (attn_combine_kernel, attn_p
 from autotune.cache_runtime.triton_gemm import dequant_kernel, moe_blocks, qgemm_kernel
 from autotune.cache_runtime.triton_gemv import (gemv_kernel, moe_down_kernel, moe_gate_up_kernel,
                                                  router_kernel)
-from autotune.cache_runtime.triton_tiles import QTYPE_CODES, SUPERBLOCK_BYTES
+from autotune.cache_runtime.triton_tiles import QTYPE_CODES, SUPERBLOCK_BYTES, TILE_GROUPS
 from autotune.cache_runtime.weights import ModelWeights, QTensor
 
 # Launch shapes (see studies/runtime_full_residency; CHUNK_ROUNDS 2 with GATE_UP_WARPS 4 from
@@ -42,8 +42,8 @@ DEQUANT_ROWS = 32
 
 def _superblocks(w: QTensor, rounds: int) -> int:
     """Super-blocks per GEMV chunk: ``rounds`` times as many as one warp's lanes cover in
-    one round (4, or 2 for the 2-byte aligned Q6_K and Q8_0), fewer for short rows."""
-    per_warp = (2 if w.qtype in ("Q6_K", "Q8_0") else 4) * rounds
+    one round (4, or 2 for the types with 16 groups of 2-byte loads), fewer for short rows."""
+    per_warp = 32 // TILE_GROUPS[w.qtype] * rounds
     return min(per_warp, triton.next_power_of_2(w.cols // 256))
 
 

@@ -52,6 +52,12 @@ class CacheBackend(SharedLoadBackend):
         if not model.is_moe:
             return "a dense model has no routed experts: nothing to cache"
         from autotune.cache_runtime.budget import model_sizes
+        from autotune.cache_runtime.dequant import BLOCK_SIZES
+
+        unsupported = [qtype for qtype in model.quant_types if qtype not in BLOCK_SIZES]
+        if unsupported:
+            return (f"the runtime has no kernels for GGML type {', '.join(unsupported)} "
+                    f"(it reads {', '.join(BLOCK_SIZES)})")
 
         try:
             model_sizes(model.path)

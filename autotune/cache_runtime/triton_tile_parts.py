@@ -1,0 +1,38 @@
+"""Small Triton helpers the per-type dequantizing tiles share (``triton_tiles`` explains the tiles)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_f16(p):
+    """The float16 at byte pointer p, as float32."""
+    return tl.load(p.to(tl.pointer_type(tl.float16))).to(tl.float32)
+
+
+@triton.jit
+def tile_axes(blk, A: tl.constexpr, T: tl.constexpr):
+    """Block pointers and the a (A groups) and t (T elements) axes of a tile with 2 middle
+    axes: (A, S, R, ., ., T). Also the block pointers broadcast over a, for the small loads."""
+    b = blk[None, :, :, None, None, None]
+    a = tl.arange(0, A)[:, None, None, None, None, None]
+    t = tl.arange(0, T)[None, None, None, None, None, :]
+    return b, b + 0 * a, a, t
+
+
+@triton.jit
+def middle_axes(N0: tl.constexpr, N1: tl.constexpr):
+    """The two middle axes of a 6-axis tile: (N0,) on axis 3 and (N1,) on axis 4."""
+    return (tl.arange(0, N0)[None, None, None, :, None, None],
+            tl.arange(0, N1)[None, None, None, None, :, None])
+
+
+@triton.jit
+def code_lookup(q, LOW: tl.constexpr, HIGH: tl.constexpr):
+    """The code book entries of nibbles q (int32) as float32: byte (q & 7) of LOW (q < 8) or
+    HIGH, the int64 packing of ``codebooks``."""
+    word = tl.where(q < 8, LOW, HIGH).to(tl.int64)
+    byte = ((word >> (8 * (q & 7)).to(tl.int64)) & 255).to(tl.int32)
+    return ((byte ^ 128) - 128).to(tl.float32)
