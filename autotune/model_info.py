@@ -240,14 +240,17 @@ def inspect_model(path: str | Path) -> ModelProfile:
             f"{path}: truncated GGUF (tensor data needs {end} bytes, file has {file_bytes})"
         )
 
-    n_layers = int(key("block_count"))
+    # NextN (multi-token prediction) layers, after the others, are no part of llama.cpp's decoder
+    n_layers = int(key("block_count")) - int(key("nextn_predict_layers", 0))
     layers = [LayerBytes() for _ in range(n_layers)]
     quant_types: dict[str, int] = defaultdict(int)
     token_embd = output = 0
     for tensor in tensors:
         quant_types[tensor.type] += tensor.nbytes
         match = _BLOCK_TENSOR.match(tensor.name)
-        if match and int(match.group(1)) < n_layers:
+        if match and int(match.group(1)) >= n_layers:
+            continue  # a NextN layer's
+        if match:
             layer = layers[int(match.group(1))]
             group = _layer_group(match.group(2))
             setattr(layer, group, getattr(layer, group) + tensor.nbytes)

@@ -76,6 +76,23 @@ def mixtral_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen2moe_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight tiny Qwen2-MoE-style GGUF (16 experts, top-4, a shared expert; F16 as mixtral_model)."""
+    path = tmp_path_factory.mktemp("models") / "qwen2moe-tiny.gguf"
+    write_synthetic_model(path, preset="qwen2moe-tiny", quant="f16", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def glm4moe_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight tiny GLM-4.5-style GGUF (a dense first layer, sigmoid top-4 of 16, a shared
+    expert, a NextN layer; F16 as mixtral_model)."""
+    path = tmp_path_factory.mktemp("models") / "glm4moe-tiny.gguf"
+    write_synthetic_model(path, preset="glm4moe-tiny", quant="f16", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
 def dense_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small dense (no experts) llama GGUF written with the gguf package."""
     import numpy as np

@@ -293,3 +293,19 @@ def test_dma_prefetch_gives_full_residency_tokens(tiny_model: Path, full_tokens,
     assert copied >= e.expert_cache.prefetcher.stats()["staged"] > 0
     assert s["copy_bytes"] == copied * 127488
     e.close()
+
+
+@pytest.mark.parametrize("model", ["qwen2moe_model", "glm4moe_model"])
+@pytest.mark.parametrize("mode", ["zero_copy", "copy"])
+def test_shared_experts_and_dense_layers_keep_full_residency_tokens(model: str, mode: str,
+                                                                    request: pytest.FixtureRequest) -> None:
+    """Shared experts stay resident weights and leading dense layers have no slots: the cache
+    numbers the MoE layers only (glm4moe-tiny: 3 of 4), one slot each, with prefetch."""
+    path = request.getfixturevalue(model)
+    want = Engine(path, device="cpu", kernels="torch").generate(PROMPT, STEPS)
+    e = engine(path, model_sizes(path).n_layers, miss_mode=mode, rebalance_interval=3, prefill_bypass=4,
+               prefetch_depth=1)
+    assert e.generate(PROMPT, STEPS) == want
+    assert_table_points_at_each_experts_bytes(e)
+    stats = e.cache_stats()
+    assert stats["slots_per_layer"] == [1] * e.cfg.n_moe_layers and stats["misses"] > 0

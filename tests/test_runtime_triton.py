@@ -102,9 +102,11 @@ class _MoeStub(_Stub):
         super().__init__()
         n_expert, n_ff, n_embd = gate.data.shape[0], gate.rows, down.rows
         self.cfg = type("Cfg", (), dict(rms_eps=1e-6, n_expert=n_expert, n_expert_used=top_k,
-                                        n_ff_expert=n_ff, n_embd=n_embd, norm_topk=True))()
-        layer = type("Layer", (), dict(gate_exps=gate, up_exps=up, down_exps=down))()
-        self.w = type("W", (), dict(layers=[layer]))()
+                                        n_ff_expert=n_ff, n_embd=n_embd, norm_topk=True, gating="softmax",
+                                        expert_weights_scale=0.0, moe_layer=lambda self, il: il))()
+        layer = type("Layer", (), dict(gate_exps=gate, up_exps=up, down_exps=down, exp_probs_b=None,
+                                       gate_shexp=None))()
+        self.w = type("W", (), dict(layers=[layer], moe_layers=[layer]))()
         self.experts_table = triton_ops.ExpertTable([layer], torch.device(DEVICE))
 
 
@@ -159,8 +161,9 @@ def test_router_ranks_ties_by_lowest_id(norm_topk: bool) -> None:
     ffn_norm = torch.rand(256, device=DEVICE) + 0.5
     ops = _Stub()
     ops.cfg = type("Cfg", (), dict(rms_eps=1e-6, n_expert=128, n_expert_used=8, n_embd=256,
-                                   norm_topk=norm_topk))()
-    ops.w = type("W", (), dict(layers=[type("Layer", (), dict(router=router, ffn_norm=ffn_norm))()]))()
+                                   norm_topk=norm_topk, gating="softmax", expert_weights_scale=0.0))()
+    layer = type("Layer", (), dict(router=router, ffn_norm=ffn_norm, exp_probs_b=None))()
+    ops.w = type("W", (), dict(layers=[layer], moe_layers=[layer]))()
     h = torch.randn(256, device=DEVICE)
     logits, xn = torch.empty(128, device=DEVICE), torch.empty(256, device=DEVICE)
     ids, weights = torch.empty(8, dtype=torch.int32, device=DEVICE), torch.empty(8, device=DEVICE)
@@ -190,8 +193,8 @@ def test_qgemm_experts_match_torch() -> None:
     assert _rel(got.cpu(), want) < 3e-3  # float16 operands
 
 
-@pytest.mark.parametrize("neox", [True, False])
-def test_decode_attention_matches_torch(neox: bool) -> None:
+@pytest.mark.parametrize("neox, rope_dims", [(True, 0), (False, 0), (True, 16), (False, 16)])
+def test_decode_attention_matches_torch(neox: bool, rope_dims: int) -> None:
     from autotune.cache_runtime.hparams import ModelConfig
     from autotune.cache_runtime.kv_cache import KVCache
     from autotune.cache_runtime.rope import RopeTable
@@ -199,7 +202,8 @@ def test_decode_attention_matches_torch(neox: bool) -> None:
 
     cfg = ModelConfig(arch="qwen3moe", n_layers=1, n_embd=64, n_head=4, n_head_kv=2, head_dim=32,
                       n_vocab=0, n_expert=0, n_expert_used=0, n_ff_expert=0, context_length=128,
-                      rms_eps=1e-6, rope_base=10000.0, rope_neox=neox, norm_topk=True, qk_norm=True)
+                      rms_eps=1e-6, rope_base=10000.0, rope_neox=neox, norm_topk=True, qk_norm=True,
+                      rope_dims=rope_dims)
     layer = type("Layer", (), dict(q_norm=torch.rand(32, device=DEVICE) + 0.5,
                                    k_norm=torch.rand(32, device=DEVICE) + 0.5))()
     weights = type("W", (), dict(config=cfg, layers=[layer]))()
@@ -254,6 +258,27 @@ def test_engine_on_triton_kernels_matches_reference(model: str, request: pytest.
     assert _rel(first.cpu(), ref_logits[3]) < 3e-3
     assert _rel(second.cpu(), ref_logits[5]) < 3e-3
     np.testing.assert_array_equal(np.sort(engine.trace.ids(), -1), np.sort(ref_ids.numpy(), -1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["qwen2moe_model", "glm4moe_model"])
+def test_families_on_triton_kernels_match_the_torch_path(model: str, request: pytest.FixtureRequest) -> None:
+    """Attention biases, partial RoPE, a sigmoid router with selection bias and scale, shared
+    experts and a leading dense layer, on the prefill and the single-token kernels."""
+    from autotune.cache_runtime.engine import Engine
+
+    path = request.getfixturevalue(model)
+    prompt = [5, 17, 300, 42, 7, 999]
+    logits = []
+    for kernels in ("torch", "triton"):
+        engine = Engine(path, device=DEVICE, kernels=kernels, max_ctx=64, use_graph=False)
+        engine.trace.enabled = True
+        engine.prefill(prompt[:4])
+        engine.prefill_chunk = 1  # chunks of one token: the decode kernels, at positions 4 and 5
+        logits.append((engine.prefill(prompt[4:]).cpu(), engine.trace.ids()))
+    (want, want_ids), (got, got_ids) = logits
+    assert _rel(got, want) < 3e-3
+    np.testing.assert_array_equal(np.sort(got_ids, -1), np.sort(want_ids, -1))
 
 
 @pytest.mark.gpu

@@ -7,7 +7,8 @@ runtime allocates exactly what was predicted (``plan_vram``).
 What the process holds on the GPU, besides expert slots:
 - the CUDA context (``CONTEXT_BYTES``, measured on the GPU machine: about 0.5 GiB) and a margin
   for compiled kernels, cuBLAS workspaces and allocator slack (``MARGIN_BYTES``);
-- every weight that is not a routed expert (attention, norms, routers, embedding, head);
+- every weight that is not a routed expert (attention, norms, routers, embedding, head, shared
+  experts, the dense FFNs of leading dense layers);
 - the KV cache for ``max_ctx`` tokens;
 - activations of the largest prefill chunk (``activation_bytes``);
 - the prefill-bypass staging area (the layer with the fewest slots must fit all its other
@@ -42,7 +43,7 @@ ACTIVATION_SLACK = 1.25  # the caching allocator's rounding and fragmentation
 
 @dataclass(frozen=True)
 class ModelSizes:
-    n_layers: int
+    n_layers: int  # layers with routed experts (the cache's)
     n_expert: int
     n_expert_used: int
     n_embd: int
@@ -54,6 +55,8 @@ class ModelSizes:
     expert_bytes: int  # gate + up + down of one expert
     resident_bytes: int  # every weight that is not a routed expert, as the runtime holds it
     largest_dense_elems: int  # rows x cols of the largest non-expert matrix (dequantized in prefill)
+    n_dense_layers: int = 0  # leading layers with a dense FFN: attention and KV cache, no experts
+    n_ff_resident: int = 0  # the widest always-resident FFN (a shared expert or a dense layer's)
 
 
 def activation_bytes(m: ModelSizes, chunk: int, max_ctx: int) -> int:
@@ -63,6 +66,7 @@ def activation_bytes(m: ModelSizes, chunk: int, max_ctx: int) -> int:
     up to the chunk's last: with a long prompt, the last chunk's reach ``max_ctx``."""
     q_dim, kv_dim = m.n_head * m.head_dim, m.n_head_kv * m.head_dim
     routed = m.n_expert_used * (m.n_ff_expert * (4 + 2) + m.n_embd * 4)  # hidden f32+f16, y f32
+    routed += m.n_ff_resident * 4 * 3  # a shared expert's or dense FFN's gate, up and product, f32
     dense = m.n_embd * 4 * 4 + q_dim * (4 + 2 + 4) + kv_dim * 4 * 2  # h, x, norms; q; k, v
     per_token = routed + dense
     keys = 2 * m.n_head * max_ctx * m.head_dim * 2  # K and V repeated per head, f16
@@ -71,7 +75,7 @@ def activation_bytes(m: ModelSizes, chunk: int, max_ctx: int) -> int:
 
 
 def kv_bytes(m: ModelSizes, max_ctx: int, element_bytes: int = 2) -> int:
-    return 2 * m.n_layers * m.n_head_kv * max_ctx * m.head_dim * element_bytes
+    return 2 * (m.n_layers + m.n_dense_layers) * m.n_head_kv * max_ctx * m.head_dim * element_bytes
 
 
 def entropies(counts: np.ndarray) -> np.ndarray:
@@ -219,7 +223,8 @@ def _model_sizes(path: str, size: int, mtime_ns: int) -> ModelSizes:
     from autotune.model_info import inspect_model
 
     cfg = read_config(path)
-    tensors = inspect_model(path).tensors
+    # a file's NextN layers (after the ones the forward pass runs) are not loaded
+    tensors = [t for t in inspect_model(path).tensors if _layer_of(t.name) < cfg.n_layers]
     experts = [t for t in tensors if t.name.endswith("_exps.weight") and ".ffn_" in t.name]
     dense = [t for t in tensors if t not in experts]
     if not experts:
@@ -229,14 +234,21 @@ def _model_sizes(path: str, size: int, mtime_ns: int) -> ModelSizes:
     expert_total = sum(t.nbytes for t in experts)
     # norms are held as float32 whatever their file type
     resident = sum(math.prod(t.shape) * 4 if len(t.shape) == 1 else t.nbytes for t in dense)
+    resident_ffn = [t.shape[1] for t in dense if t.name.endswith((".ffn_up_shexp.weight", ".ffn_up.weight"))]
     return ModelSizes(
-        n_layers=cfg.n_layers, n_expert=cfg.n_expert, n_expert_used=cfg.n_expert_used, n_embd=cfg.n_embd,
+        n_layers=cfg.n_moe_layers, n_expert=cfg.n_expert, n_expert_used=cfg.n_expert_used, n_embd=cfg.n_embd,
         n_ff_expert=cfg.n_ff_expert, n_head=cfg.n_head, n_head_kv=cfg.n_head_kv, head_dim=cfg.head_dim,
         n_vocab=max(t.shape[1] for t in tensors if t.name == "token_embd.weight"),
-        expert_bytes=expert_total // (cfg.n_layers * cfg.n_expert), resident_bytes=resident,
+        expert_bytes=expert_total // (cfg.n_moe_layers * cfg.n_expert), resident_bytes=resident,
         largest_dense_elems=max(math.prod(t.shape) for t in dense if len(t.shape) == 2 and
                                 t.name not in ("token_embd.weight", "output.weight")),
+        n_dense_layers=cfg.n_dense_lead, n_ff_resident=max(resident_ffn, default=0),
     )
+
+
+def _layer_of(name: str) -> int:
+    """The layer of a ``blk.N.`` tensor; -1 for the others (embedding, head)."""
+    return int(name.split(".")[1]) if name.startswith("blk.") else -1
 
 
 def predict_peak_vram(path: str | Path, cfg: CacheConfig) -> int:

@@ -37,16 +37,18 @@ from autotune.errors import AutotuneError
 
 
 def experts_on_host(weights: ModelWeights, device: Device) -> ModelWeights:
-    """Every weight on ``device`` except the routed experts, which stay in host memory:
-    pinned for a GPU (its kernels read them there), the file's memory map for the CPU."""
+    """Every weight on ``device`` except the routed experts (the ``*_exps`` stacks), which stay
+    in host memory: pinned for a GPU (its kernels read them there), the file's memory map for
+    the CPU. Shared experts and dense FFNs go to the device with the other weights."""
     expert_fields = tuple(f.name for f in dataclasses.fields(LayerWeights) if f.name.endswith("_exps"))
-    experts = {(il, name): getattr(layer, name) for il, layer in enumerate(weights.layers) for name in expert_fields}
+    experts = {(il, name): getattr(layer, name) for il, layer in enumerate(weights.layers) for name in expert_fields
+               if getattr(layer, name) is not None}
     homes = device.host_copies([q.data for q in experts.values()])
     experts = {key: type(q)(data, q.qtype, q.cols) for (key, q), data in zip(experts.items(), homes)}
     dev = device.torch_device
 
     def placed(il: int, name: str, value):
-        if name in expert_fields:
+        if (il, name) in experts:
             return experts[(il, name)]
         return None if value is None else value.to(dev)
 
@@ -88,7 +90,7 @@ class Engine:
         self.ops = self.platform.kernels.ops_class()(self.weights, self.kv_cache, self.rope)
         self.use_graph = use_graph and self.platform.captures_graphs
         self.prefill_chunk = prefill_chunk
-        self.trace = RoutingTrace(self.cfg.n_layers, self.cfg.n_expert)
+        self.trace = RoutingTrace(self.cfg.n_moe_layers, self.cfg.n_expert)
         self.inv_temperature = torch.ones(1, device=device)
         self.token = torch.zeros(1, dtype=torch.long, device=device)
         self.n_past = 0
@@ -116,10 +118,10 @@ class Engine:
     def _replay(self, trace: Trace) -> None:
         from autotune.cache_runtime.replay import TraceReplay
 
-        trace.check_model(self.fingerprint, self.cfg.n_layers, self.cfg.n_expert, self.cfg.n_expert_used)
+        trace.check_model(self.fingerprint, self.cfg.n_moe_layers, self.cfg.n_expert, self.cfg.n_expert_used)
         if trace.n_tokens == 0:
             raise AutotuneError("the trace to replay holds no tokens")
-        self.ops.routing = TraceReplay(trace, self.device, self.cfg.norm_topk)
+        self.ops.routing = TraceReplay(trace, self.device, self.cfg)
 
     def recorded_trace(self) -> Trace:
         """What ``trace`` recorded so far, with this model's fingerprint (``trace_file``)."""

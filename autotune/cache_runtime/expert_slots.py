@@ -46,7 +46,7 @@ class Counters:
 class ExpertSlots:
     def __init__(self, ops: Ops, cfg: CacheConfig, plan: VramPlan, device: Device):
         """``ops``: the model's ops, whose expert table this keeps current."""
-        layers = ops.w.layers
+        layers = ops.w.moe_layers
         self.ops, self.cfg, self.plan, self.device = ops, cfg, plan, device
         dev = device.torch_device
         self.n_layers, self.n_expert = len(layers), layers[0].gate_exps.data.shape[0]

@@ -1,7 +1,12 @@
 """The hyper-parameters of a MoE GGUF: the file's header, with what llama.cpp fixes per
 architecture rather than in the file (rope style, whether the top-k expert weights are
-renormalized, which key holds the experts' FFN width) taken from the architecture's family
-(``families``).
+renormalized, which key holds the experts' FFN width, the router's gate) taken from the
+architecture's family (``families``).
+
+``n_layers`` counts the layers the forward pass runs: a file's NextN (multi-token prediction)
+layers, after them, are left out as llama.cpp's decoder leaves them. The first
+``n_dense_lead`` of them have a dense FFN; the expert machinery (expert tables, the cache,
+routing traces) numbers only the others, the MoE layers, from 0 (``moe_layer``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from typing import Any
 
 from autotune.cache_runtime.families import family_for
 from autotune.errors import ModelFileError
+
+# llama.cpp's ``expert_gating_func`` codes (0: the architecture's own)
+GATING_FUNCS = {1: "softmax", 2: "sigmoid"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,23 @@ class ModelConfig:
     rope_neox: bool
     norm_topk: bool
     qk_norm: bool
+    gating: str = "softmax"  # the router's gate: "softmax" or "sigmoid" (``routing.route``)
+    expert_weights_scale: float = 0.0  # the selected experts' weights times this (0 or 1: unscaled)
+    n_dense_lead: int = 0  # leading layers with a dense FFN instead of experts
+    n_ff: int = 0  # the dense FFN's width
+    rope_dims: int = 0  # dimensions of each head RoPE rotates (the first ones); 0: all of them
+
+    @property
+    def n_moe_layers(self) -> int:
+        return self.n_layers - self.n_dense_lead
+
+    def moe_layer(self, il: int) -> int:
+        """The expert machinery's number of layer ``il`` (a MoE layer)."""
+        return il - self.n_dense_lead
+
+    @property
+    def rotated_dims(self) -> int:
+        return self.rope_dims or self.head_dim
 
     @property
     def q_dim(self) -> int:
@@ -68,11 +93,23 @@ def read_config(path: str | Path) -> ModelConfig:
     head_dim = int(key("attention.key_length", n_embd // n_head))
     if int(key("attention.value_length", head_dim)) != head_dim:
         raise ModelFileError(f"{path}: different key and value head sizes are not supported")
-    if int(key("rope.dimension_count", head_dim)) != head_dim:
-        raise ModelFileError(f"{path}: partial RoPE is not supported")
+    rope_dims = int(key("rope.dimension_count", head_dim))
+    if rope_dims % 2 or not 0 < rope_dims <= head_dim:
+        raise ModelFileError(f"{path}: RoPE over {rope_dims} of {head_dim} head dimensions")
+    if any(key("rope.dimension_sections", [0, 0])[:2]):
+        raise ModelFileError(f"{path}: multi-section (multimodal) RoPE is not supported")
+    gating_code = int(key("expert_gating_func", 0))
+    if gating_code and gating_code not in GATING_FUNCS:
+        raise ModelFileError(f"{path}: expert gating function {gating_code} is not supported")
+    gating = GATING_FUNCS.get(gating_code, traits.gating)
+    n_ff = key("feed_forward_length", 0)
+    n_layers = int(key("block_count")) - int(key("nextn_predict_layers", 0))
+    n_dense_lead = int(key("leading_dense_block_count", 0))
+    if not 0 <= n_dense_lead < n_layers:
+        raise ModelFileError(f"{path}: {n_dense_lead} leading dense layers of {n_layers}")
     return ModelConfig(
         arch=arch,
-        n_layers=int(key("block_count")),
+        n_layers=n_layers,
         n_embd=n_embd,
         n_head=n_head,
         n_head_kv=int(key("attention.head_count_kv", n_head)),
@@ -87,4 +124,9 @@ def read_config(path: str | Path) -> ModelConfig:
         rope_neox=traits.rope_neox,
         norm_topk=bool(key("expert_weights_norm", traits.norm_topk)),
         qk_norm=traits.qk_norm,
+        gating=gating,
+        expert_weights_scale=float(key("expert_weights_scale", 0.0)),
+        n_dense_lead=n_dense_lead,
+        n_ff=0 if isinstance(n_ff, list) else int(n_ff),
+        rope_dims=0 if rope_dims == head_dim else rope_dims,
     )

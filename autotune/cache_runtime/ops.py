@@ -146,7 +146,7 @@ class Ops(ABC):
         cache keeps it current; kernels that ``kernels_read_table`` read experts through it."""
         from autotune.cache_runtime.expert_table import ExpertTable
 
-        return ExpertTable(self.w.layers, self.kv_cache.k.device)
+        return ExpertTable(self.w.moe_layers, self.kv_cache.k.device)
 
     def set_launch_shapes(self, chunk_rounds: int, gate_up_warps: int) -> None:
         """A cache config's decode launch shapes; ops without launch shapes ignore them."""
@@ -185,7 +185,14 @@ class Ops(ABC):
 
     @abstractmethod
     def moe(self, h: torch.Tensor, il: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """h + the routed experts of RMSNorm(h); and the selected ids (tokens, k)."""
+        """h + the routed experts of RMSNorm(h), plus the layer's shared expert where it has
+        one; and the selected ids (tokens, k). The router's gate, selection bias,
+        renormalization and scale are the model's (``routing.route_layer``); the hooks see
+        the layer as the expert machinery numbers it (``ModelConfig.moe_layer``)."""
+
+    @abstractmethod
+    def dense_ffn(self, h: torch.Tensor, il: int) -> torch.Tensor:
+        """h + the dense FFN of RMSNorm(h): a leading dense layer's (no experts)."""
 
     @abstractmethod
     def head(self, h: torch.Tensor) -> torch.Tensor:

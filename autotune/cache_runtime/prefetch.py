@@ -36,7 +36,7 @@ import torch
 from autotune.cache_runtime.dma_prefetch import DmaStager, tag
 from autotune.cache_runtime.expert_cache import ExpertCache
 from autotune.cache_runtime.ops import Ops
-from autotune.cache_runtime.routing import route
+from autotune.cache_runtime.routing import route_layer
 from autotune.cache_runtime.step_counts import PrefetchCounts
 from autotune.cache_runtime.torch_ops import rmsnorm
 
@@ -76,9 +76,9 @@ class TorchRingSteps(RingSteps):
 
     def predict(self, m: int, source: int) -> None:
         p = self.p
-        lw, cfg = p.ops.w.layers[m], p.ops.cfg
+        lw, cfg = p.ops.w.moe_layers[m], p.ops.cfg
         x = rmsnorm(p.xs[source][None], lw.ffn_norm, cfg.rms_eps)
-        _, ids = route(p.ops.linear(x, lw.router), p.k, cfg.norm_topk)
+        _, ids = route_layer(p.ops.linear(x, lw.router), cfg, lw.exp_probs_b)
         p.pred[m].copy_(ids[0])
 
     def stage(self, m: int, row: int) -> None:

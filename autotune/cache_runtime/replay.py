@@ -3,8 +3,8 @@
 At the replay's t-th token (counted over every token the engine processes, prompts and
 decode steps alike, from the engine's load), each layer selects the trace's experts of
 token t; a run longer than the trace starts it over. The selected experts' weights stay the
-router's: its softmax over all experts, gathered at the trace's ids (renormalized where the
-family renormalizes its top-k). So an expert cache sees exactly the recorded routing: a
+router's: its gate over all experts, gathered at the trace's ids (renormalized and scaled as
+the model's are, ``routing.expert_weights``). So an expert cache sees exactly the recorded routing: a
 policy benchmarked on a replay is benchmarked on the routing a real workload had.
 
 The hook (``ops.RoutingHook``) overwrites the ids and weights the router wrote, in place,
@@ -19,26 +19,27 @@ import numpy as np
 import torch
 
 from autotune.cache_runtime.ops import RoutingHook
+from autotune.cache_runtime.routing import expert_weights, gate
 from autotune.cache_runtime.trace_file import Phase, Trace
 
 if TYPE_CHECKING:
     from autotune.cache_runtime.engine import Engine
+    from autotune.cache_runtime.hparams import ModelConfig
 
 
 class TraceReplay(RoutingHook):
-    def __init__(self, trace: Trace, device: torch.device, norm_topk: bool):
-        self.ids = torch.from_numpy(trace.ids.astype(np.int64)).to(device)  # (tokens, layers, k)
+    def __init__(self, trace: Trace, device: torch.device, cfg: ModelConfig):
+        self.ids = torch.from_numpy(trace.ids.astype(np.int64)).to(device)  # (tokens, MoE layers, k)
         self.n_tokens, self.last_layer = trace.n_tokens, trace.n_layers - 1
-        self.norm_topk = norm_topk
+        self.cfg = cfg
         self.cursor = torch.zeros(1, dtype=torch.int64, device=device)  # the next token's row
 
     def after_route(self, layer: int, logits: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> None:
         n = ids.shape[0]
         rows = (self.cursor + torch.arange(n, device=self.cursor.device)) % self.n_tokens
         chosen = self.ids[rows, layer]
-        chosen_weights = logits.float().softmax(-1).gather(1, chosen)
-        if self.norm_topk:
-            chosen_weights = chosen_weights / chosen_weights.sum(-1, keepdim=True)
+        cfg = self.cfg
+        chosen_weights = expert_weights(gate(logits, cfg.gating), chosen, cfg.norm_topk, cfg.expert_weights_scale)
         ids.copy_(chosen)
         weights.copy_(chosen_weights)
         if layer == self.last_layer:

@@ -8,11 +8,13 @@ from autotune.cache_runtime.hparams import ModelConfig
 
 
 class RopeTable:
-    """cos and sin of pos * base^(-2i/d), float32 (max_ctx, head_dim / 2), computed in float64."""
+    """cos and sin of pos * base^(-2i/d), float32 (max_ctx, d / 2), computed in float64, where d
+    is the dimensions rotated: the first ``cfg.rotated_dims`` of each head (the rest pass as they are)."""
 
     def __init__(self, cfg: ModelConfig, max_ctx: int, device: torch.device):
-        half = cfg.head_dim // 2
-        freqs = cfg.rope_base ** (-2.0 * torch.arange(half, dtype=torch.float64) / cfg.head_dim)
+        self.dims = cfg.rotated_dims
+        half = self.dims // 2
+        freqs = cfg.rope_base ** (-2.0 * torch.arange(half, dtype=torch.float64) / self.dims)
         angle = torch.arange(max_ctx, dtype=torch.float64)[:, None] * freqs
         self.cos = torch.cos(angle).float().to(device)
         self.sin = torch.sin(angle).float().to(device)
@@ -20,6 +22,11 @@ class RopeTable:
 
     def apply(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """x: (tokens, heads, head_dim) at positions start, start + 1, ..."""
+        if self.dims < x.shape[-1]:
+            return torch.cat([self._rotate(x[..., : self.dims], start), x[..., self.dims :]], dim=-1)
+        return self._rotate(x, start)
+
+    def _rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
         n, half = x.shape[0], x.shape[-1] // 2
         cos = self.cos[start : start + n, None, :]
         sin = self.sin[start : start + n, None, :]

@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from autotune.cache_runtime.trace_file import Phase
 
+if TYPE_CHECKING:
+    from autotune.cache_runtime.hparams import ModelConfig
 
-def route(logits: torch.Tensor, k: int, norm_topk: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over all experts, top k, optionally renormalized: (weights, ids), each (tokens, k)."""
-    probs = logits.float().softmax(-1)
-    weights, ids = probs.topk(k, dim=-1)
+
+def gate(logits: torch.Tensor, gating: str) -> torch.Tensor:
+    """The router's scores over all experts: softmax, or each expert's sigmoid."""
+    return logits.float().sigmoid() if gating == "sigmoid" else logits.float().softmax(-1)
+
+
+def expert_weights(probs: torch.Tensor, ids: torch.Tensor, norm_topk: bool, scale: float = 0.0) -> torch.Tensor:
+    """The selected experts' weights: their gate scores, optionally renormalized to sum to 1
+    (the sum clamped as llama.cpp does), times ``scale`` (0 or 1: unscaled)."""
+    weights = probs.gather(-1, ids)
     if norm_topk:
-        weights = weights / weights.sum(-1, keepdim=True)
-    return weights, ids
+        weights = weights / weights.sum(-1, keepdim=True).clamp(min=6.103515625e-5)
+    if scale not in (0.0, 1.0):
+        weights = weights * scale
+    return weights
+
+
+def route(logits: torch.Tensor, k: int, norm_topk: bool, gating: str = "softmax",
+          selection_bias: torch.Tensor | None = None, scale: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate over all experts (``gate``), top k, weights by ``expert_weights``: (weights, ids),
+    each (tokens, k). ``selection_bias`` (n_expert,) shifts the scores the top k is chosen by,
+    not the weights (DeepSeek-V3's and GLM-4.5's expert-bias correction)."""
+    probs = gate(logits, gating)
+    chosen_by = probs if selection_bias is None else probs + selection_bias
+    ids = chosen_by.topk(k, dim=-1).indices
+    return expert_weights(probs, ids, norm_topk, scale), ids
+
+
+def route_layer(logits: torch.Tensor, cfg: ModelConfig, selection_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``route`` with the model's gate, top k, renormalization and scale."""
+    return route(logits, cfg.n_expert_used, cfg.norm_topk, cfg.gating, selection_bias, cfg.expert_weights_scale)
 
 
 class RoutingTrace:

@@ -11,12 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from autotune.cache_runtime.ops import Ops
-from autotune.cache_runtime.routing import route
+from autotune.cache_runtime.routing import route_layer
 from autotune.cache_runtime.weights import QTensor
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * weight
+
+
+def with_bias(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x if bias is None else x + bias
 
 
 class TorchOps(Ops):
@@ -28,11 +32,12 @@ class TorchOps(Ops):
         """x @ W^T for a quantized W (rows = outputs)."""
         return x @ w.dequantize().T
 
-    def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, il: int) -> torch.Tensor:
-        """Sum over each token's selected experts of weight * down(silu(gate x) * up x)."""
-        return self.some_experts(x, weights, ids, il, None)
+    def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, m: int) -> torch.Tensor:
+        """Sum over each token's selected experts of MoE layer m (``ModelConfig.moe_layer``) of
+        weight * down(silu(gate x) * up x)."""
+        return self.some_experts(x, weights, ids, m, None)
 
-    def some_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, il: int,
+    def some_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, m: int,
                      on_device: torch.Tensor | None) -> torch.Tensor:
         """``experts`` over the selections ``on_device`` (tokens, k) bool marks (None: all of them)."""
         out = torch.zeros(x.shape[0], self.cfg.n_embd, dtype=x.dtype, device=x.device)
@@ -40,32 +45,30 @@ class TorchOps(Ops):
         for e in chosen.unique().tolist():
             token, slot = ((ids == e) if on_device is None else (ids == e) & on_device).nonzero(as_tuple=True)
             xe = x[token]
-            gate, up, down = self.expert(il, e)
-            hidden = F.silu(self.linear(xe, gate)) * self.linear(xe, up)
-            y = self.linear(hidden, down)
+            y = self.ffn(xe, *self.expert(m, e))
             out.index_add_(0, token, weights[token, slot, None] * y)
         return out
 
-    def expert(self, il: int, e: int) -> tuple[QTensor, QTensor, QTensor]:
-        """Expert e's gate, up and down matrices, wherever the expert cache keeps them."""
-        lw = self.w.layers[il]
-        return self.hooks.resolve(il, e, (lw.gate_exps, lw.up_exps, lw.down_exps))
+    def expert(self, m: int, e: int) -> tuple[QTensor, QTensor, QTensor]:
+        """Expert e's gate, up and down matrices (MoE layer m), wherever the expert cache keeps them."""
+        lw = self.w.moe_layers[m]
+        return self.hooks.resolve(m, e, (lw.gate_exps, lw.up_exps, lw.down_exps))
 
-    def routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, il: int) -> torch.Tensor:
+    def routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, m: int) -> torch.Tensor:
         """``experts``, with the layer's missing experts staged around it when the cache bypasses,
         or the device's share only where the cache hands the misses to the CPU (``hooks.offload``;
         the caller adds the CPU's share)."""
         hooks = self.hooks
-        on_device = hooks.offload(il, x, ids, weights)
+        on_device = hooks.offload(m, x, ids, weights)
         if on_device is not None:
-            return self.some_experts(x, weights, ids, il, on_device)
+            return self.some_experts(x, weights, ids, m, on_device)
         if not hooks.bypasses(x.shape[0]):
-            return self.experts(x, weights, ids, il)
-        hooks.stage_layer(il)
+            return self.experts(x, weights, ids, m)
+        hooks.stage_layer(m)
         try:
-            return self.experts(x, weights, ids, il)
+            return self.experts(x, weights, ids, m)
         finally:
-            hooks.unstage_layer(il)
+            hooks.unstage_layer(m)
 
     # -- the blocks ----------------------------------------------------------------------
 
@@ -74,10 +77,11 @@ class TorchOps(Ops):
         return QTensor(emb.data[tokens], emb.qtype, emb.cols).dequantize()
 
     def attn_in(self, h: torch.Tensor, il: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """RMSNorm, then the q, k, v projections."""
+        """RMSNorm, then the q, k, v projections (plus their biases where the layer has them)."""
         lw = self.w.layers[il]
         x = rmsnorm(h, lw.attn_norm, self.cfg.rms_eps)
-        return self.linear(x, lw.wq), self.linear(x, lw.wk), self.linear(x, lw.wv)
+        q, k, v = self.linear(x, lw.wq), self.linear(x, lw.wk), self.linear(x, lw.wv)
+        return with_bias(q, lw.bq), with_bias(k, lw.bk), with_bias(v, lw.bv)
 
     def rope_store(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, il: int, start: int) -> torch.Tensor:
         """Per-head q/k norm, RoPE, and k, v into the KV cache; the rotated q (tokens, heads, head_dim)."""
@@ -116,16 +120,37 @@ class TorchOps(Ops):
         return h + self.linear(a, self.w.layers[il].wo)
 
     def moe(self, h: torch.Tensor, il: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """h + the routed experts of RMSNorm(h); and the selected ids (tokens, k)."""
-        lw = self.w.layers[il]
+        """h + the routed experts of RMSNorm(h) (+ the shared expert where the layer has one);
+        and the selected ids (tokens, k)."""
+        lw, m = self.w.layers[il], self.cfg.moe_layer(il)
         x = rmsnorm(h, lw.ffn_norm, self.cfg.rms_eps)
         logits = self.linear(x, lw.router)
-        weights, ids = route(logits, self.cfg.n_expert_used, self.cfg.norm_topk)
-        self.routing.after_route(il, logits, weights, ids)
-        self.hooks.after_router(il, h)
-        out = h + self.routed(x, weights, ids, il)
-        self.hooks.add_offloaded(il, out)
+        weights, ids = route_layer(logits, self.cfg, lw.exp_probs_b)
+        self.routing.after_route(m, logits, weights, ids)
+        self.hooks.after_router(m, h)
+        out = h + self.routed(x, weights, ids, m)
+        if lw.gate_shexp is not None:
+            out = out + self.shared_expert(x, il)
+        self.hooks.add_offloaded(m, out)
         return out, ids
+
+    def ffn(self, x: torch.Tensor, gate: QTensor, up: QTensor, down: QTensor) -> torch.Tensor:
+        """down(silu(gate x) * up x): an expert's, a shared expert's or a dense layer's FFN."""
+        return self.linear(F.silu(self.linear(x, gate)) * self.linear(x, up), down)
+
+    def shared_expert(self, x: torch.Tensor, il: int) -> torch.Tensor:
+        """Layer il's shared expert on the normalized x, times sigmoid(gate_inp_shexp . x)
+        where the layer has that gate (Qwen2-MoE)."""
+        lw = self.w.layers[il]
+        y = self.ffn(x, lw.gate_shexp, lw.up_shexp, lw.down_shexp)
+        if lw.gate_inp_shexp is not None:
+            y = y * torch.sigmoid(x @ lw.gate_inp_shexp)[:, None]
+        return y
+
+    def dense_ffn(self, h: torch.Tensor, il: int) -> torch.Tensor:
+        """h + the dense FFN of RMSNorm(h) (a leading dense layer)."""
+        lw = self.w.layers[il]
+        return h + self.ffn(rmsnorm(h, lw.ffn_norm, self.cfg.rms_eps), lw.ffn_gate, lw.ffn_up, lw.ffn_down)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits (tokens, vocab)."""

@@ -14,17 +14,18 @@ import triton.language as tl
 @triton.jit
 def rope_store_kernel(q_ptr, k_ptr, v_ptr, q_norm_ptr, k_norm_ptr, cos_ptr, sin_ptr, pos_ptr,
                       k_cache, v_cache, q_out, n_head, max_ctx, eps,
-                      HD: tl.constexpr, QK_NORM: tl.constexpr, NEOX: tl.constexpr):
+                      HD: tl.constexpr, ROT: tl.constexpr, QK_NORM: tl.constexpr, NEOX: tl.constexpr):
     """Program h < n_head: rotated (normed) q head h; else kv head h - n_head into the cache.
+    RoPE turns the first ROT dimensions of each head (the rest pass as they are).
 
     ``k_cache``/``v_cache`` point at this layer's (kv_head, max_ctx, HD) float16 slice.
     """
     h = tl.program_id(0)
     pos = tl.load(pos_ptr)
-    i = tl.arange(0, HD // 2)
+    i = tl.arange(0, ROT // 2)
     if NEOX:
         i1 = i
-        i2 = i + HD // 2
+        i2 = i + ROT // 2
     else:
         i1 = 2 * i
         i2 = 2 * i + 1
@@ -33,22 +34,34 @@ def rope_store_kernel(q_ptr, k_ptr, v_ptr, q_norm_ptr, k_norm_ptr, cos_ptr, sin_
     src = tl.where(is_q, q_ptr + h * HD, k_ptr + kvh * HD)
     x1 = tl.load(src + i1)
     x2 = tl.load(src + i2)
+    if ROT < HD:
+        rest = ROT + tl.arange(0, HD - ROT)
+        x3 = tl.load(src + rest)
     if QK_NORM:
-        inv = 1.0 / tl.sqrt((tl.sum(x1 * x1, 0) + tl.sum(x2 * x2, 0)) / HD + eps)
+        squares = tl.sum(x1 * x1, 0) + tl.sum(x2 * x2, 0)
+        if ROT < HD:
+            squares += tl.sum(x3 * x3, 0)
+        inv = 1.0 / tl.sqrt(squares / HD + eps)
         norm = tl.where(is_q, q_norm_ptr, k_norm_ptr)
         x1 = x1 * inv * tl.load(norm + i1)
         x2 = x2 * inv * tl.load(norm + i2)
-    cos = tl.load(cos_ptr + pos * (HD // 2) + i)
-    sin = tl.load(sin_ptr + pos * (HD // 2) + i)
+        if ROT < HD:
+            x3 = x3 * inv * tl.load(norm + rest)
+    cos = tl.load(cos_ptr + pos * (ROT // 2) + i)
+    sin = tl.load(sin_ptr + pos * (ROT // 2) + i)
     o1 = x1 * cos - x2 * sin
     o2 = x2 * cos + x1 * sin
     if is_q:
         tl.store(q_out + h * HD + i1, o1)
         tl.store(q_out + h * HD + i2, o2)
+        if ROT < HD:
+            tl.store(q_out + h * HD + rest, x3)
     else:
         row = (kvh * max_ctx + pos).to(tl.int64) * HD
         tl.store(k_cache + row + i1, o1.to(tl.float16))
         tl.store(k_cache + row + i2, o2.to(tl.float16))
+        if ROT < HD:
+            tl.store(k_cache + row + rest, x3.to(tl.float16))
         d = tl.arange(0, HD)
         tl.store(v_cache + row + d, tl.load(v_ptr + kvh * HD + d).to(tl.float16))
 

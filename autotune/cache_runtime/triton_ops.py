@@ -16,7 +16,8 @@ from autotune.cache_runtime.expert_table import DOWN, GATE, UP, ExpertTable
 from autotune.cache_runtime.kv_cache import KVCache
 from autotune.cache_runtime.rope import RopeTable
 from autotune.cache_runtime.step_counts import PrefetchCounts, count_step
-from autotune.cache_runtime.torch_ops import TorchOps
+from autotune.cache_runtime.routing import route_layer
+from autotune.cache_runtime.torch_ops import TorchOps, with_bias
 from autotune.cache_runtime.triton_attention import (attn_combine_kernel, attn_partial_kernel,
                                                       rope_store_kernel)
 from autotune.cache_runtime.triton_gemm import dequant_kernel, moe_blocks, qgemm_kernel
@@ -62,7 +63,7 @@ class TritonOps(TorchOps):
 
     def __init__(self, weights: ModelWeights, kv_cache: KVCache, rope: RopeTable):
         super().__init__(weights, kv_cache, rope)
-        self.experts_table = ExpertTable(weights.layers, kv_cache.k.device)  # every step reads it
+        self.experts_table = ExpertTable(weights.moe_layers, kv_cache.k.device)  # every step reads it
         self._done = torch.zeros(1, dtype=torch.int32, device=kv_cache.k.device)  # router programs done
         self._dense_tables: dict[int, torch.Tensor] = {}
 
@@ -136,17 +137,17 @@ class TritonOps(TorchOps):
         out = torch.empty(m, w.rows, dtype=torch.float32, device=x.device)
         return self._qgemm(x, out, rows, groups, self._dense_table(w), w, 0)
 
-    def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, il: int) -> torch.Tensor:
-        lw, cfg = self.w.layers[il], self.cfg
-        m, k = ids.shape
+    def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, m: int) -> torch.Tensor:
+        lw, cfg = self.w.moe_layers[m], self.cfg
+        n, k = ids.shape
         rows, groups = moe_blocks(ids, cfg.n_expert, GEMM_BM)
-        table = self.experts_table.table[il]
-        hidden = torch.empty(m * k, cfg.n_ff_expert, dtype=torch.float32, device=x.device)
+        table = self.experts_table.table[m]
+        hidden = torch.empty(n * k, cfg.n_ff_expert, dtype=torch.float32, device=x.device)
         self._qgemm(x, hidden, rows, groups, table, lw.gate_exps, GATE, UP, a_row_div=k)
-        y = torch.empty(m * k, cfg.n_embd, dtype=torch.float32, device=x.device)
+        y = torch.empty(n * k, cfg.n_embd, dtype=torch.float32, device=x.device)
         self._qgemm(hidden, y, rows, groups, table, lw.down_exps, DOWN,
                     scale=weights.reshape(-1).float().contiguous())
-        return y.view(m, k, cfg.n_embd).sum(1)
+        return y.view(n, k, cfg.n_embd).sum(1)
 
     # -- single-token blocks -----------------------------------------------------------
 
@@ -156,7 +157,8 @@ class TritonOps(TorchOps):
         lw = self.w.layers[il]
         qk = self._gemv(h[0], [lw.wq, lw.wk], norm=lw.attn_norm)
         v = self._gemv(h[0], [lw.wv], norm=lw.attn_norm)
-        return qk[None, : self.cfg.q_dim], qk[None, self.cfg.q_dim :], v[None]
+        q, k = qk[None, : self.cfg.q_dim], qk[None, self.cfg.q_dim :]
+        return with_bias(q, lw.bq), with_bias(k, lw.bk), with_bias(v[None], lw.bv)
 
     def rope_store(self, q, k, v, il, start):
         if q.shape[0] > 1:
@@ -168,7 +170,7 @@ class TritonOps(TorchOps):
         rope_store_kernel[(cfg.n_head + cfg.n_head_kv,)](
             q, k, v, norm_q, norm_k, self.rope.cos, self.rope.sin, self.kv_cache.pos,
             self.kv_cache.k[il], self.kv_cache.v[il], q_out, cfg.n_head, self.kv_cache.max_ctx, cfg.rms_eps,
-            HD=cfg.head_dim, QK_NORM=cfg.qk_norm, NEOX=cfg.rope_neox)
+            HD=cfg.head_dim, ROT=cfg.rotated_dims, QK_NORM=cfg.qk_norm, NEOX=cfg.rope_neox)
         return q_out[None]
 
     def attend(self, q, il, start):
@@ -193,37 +195,44 @@ class TritonOps(TorchOps):
             return super().out_proj(a, il, h)
         return self._gemv(a[0], [self.w.layers[il].wo], resid=h[0])[None]
 
-    def route(self, x: torch.Tensor, il: int, logits: torch.Tensor, xn: torch.Tensor, done: torch.Tensor,
+    def route(self, x: torch.Tensor, m: int, logits: torch.Tensor, xn: torch.Tensor, done: torch.Tensor,
               ids: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None = None) -> None:
-        """Layer il's router on x (n_embd,): logits, RMSNorm-ed x (xn), top-k ids and weights,
+        """MoE layer m's router on x (n_embd,): logits, RMSNorm-ed x (xn), top-k ids and weights,
         and a copy of x into ``keep`` if given; ``done``: a zeroed int32 counter that only
-        this launch's stream uses."""
-        cfg, router = self.cfg, self.w.layers[il].router
+        this launch's stream uses. The kernel ranks by softmax; a model whose gate, selection
+        bias or scale differ gets its ids and weights again from the logits
+        (``routing.route_layer``)."""
+        cfg, lw = self.cfg, self.w.moe_layers[m]
+        router = lw.router
         router_kernel[(triton.cdiv(cfg.n_expert, ROUTER_WARPS),)](
-            x, self.w.layers[il].ffn_norm, cfg.rms_eps, router.data, logits, xn, x if keep is None else keep,
+            x, lw.ffn_norm, cfg.rms_eps, router.data, logits, xn, x if keep is None else keep,
             done, ids, weights,
             cfg.n_expert, row_stride=router.row_bytes, K=router.cols, R=ROUTER_WARPS,
             S=self._superblocks(router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
             E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=cfg.n_expert_used, NORM_TOPK=cfg.norm_topk,
             KEEP=keep is not None, num_warps=ROUTER_WARPS, **_type_args(router))
+        if cfg.gating != "softmax" or lw.exp_probs_b is not None or cfg.expert_weights_scale not in (0.0, 1.0):
+            routed_weights, routed_ids = route_layer(logits[None], cfg, lw.exp_probs_b)
+            ids.view(-1).copy_(routed_ids.view(-1))
+            weights.view(-1).copy_(routed_weights.view(-1))
 
     def moe(self, h, il):
         if h.shape[0] > 1:
             return super().moe(h, il)
-        cfg, lw, dev = self.cfg, self.w.layers[il], h.device
+        cfg, lw, dev, m = self.cfg, self.w.layers[il], h.device, self.cfg.moe_layer(il)
         x, k = h[0], cfg.n_expert_used
         logits = torch.empty(cfg.n_expert, dtype=torch.float32, device=dev)
         xn = torch.empty(cfg.n_embd, dtype=torch.float32, device=dev)
         ids = torch.empty(1, k, dtype=torch.int32, device=dev)
         weights = torch.empty(k, dtype=torch.float32, device=dev)
-        keep = self.hooks.router_input(il)
-        self.route(x, il, logits, xn, self._done, ids, weights, keep)
-        self.routing.after_route(il, logits[None], weights[None], ids)
-        self.hooks.after_router(il, h, kept=keep is not None)
-        on_device = self.hooks.offload(il, xn[None], ids, weights[None])  # None: the GPU computes every expert
+        keep = self.hooks.router_input(m)
+        self.route(x, m, logits, xn, self._done, ids, weights, keep)
+        self.routing.after_route(m, logits[None], weights[None], ids)
+        self.hooks.after_router(m, h, kept=keep is not None)
+        on_device = self.hooks.offload(m, xn[None], ids, weights[None])  # None: the GPU computes every expert
         skip = on_device is not None
         hidden = torch.empty(k, cfg.n_ff_expert, dtype=torch.float32, device=dev)
-        table = self.experts_table.table[il]
+        table = self.experts_table.table[m]
         warps = self.gate_up_warps or GATE_UP_WARPS
         moe_gate_up_kernel[(k, triton.cdiv(cfg.n_ff_expert, warps // 2))](
             ids, on_device if skip else ids, xn, table, hidden, cfg.n_ff_expert,
@@ -234,7 +243,9 @@ class TritonOps(TorchOps):
             row_stride=lw.down_exps.row_bytes, K=cfg.n_ff_expert, TOP_K=k, K_PAD=triton.next_power_of_2(k),
             BN=DOWN_ROWS, S=self._superblocks(lw.down_exps), SKIP=skip, num_warps=DOWN_WARPS,
             **_type_args(lw.down_exps))
-        self.hooks.add_offloaded(il, h)
+        if lw.gate_shexp is not None:
+            h.add_(self.shared_expert(xn[None], il))
+        self.hooks.add_offloaded(m, h)
         return h, ids
 
     def head(self, h):

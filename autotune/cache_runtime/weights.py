@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autotune.cache_runtime.families import family_for
 from autotune.cache_runtime.hparams import ModelConfig, read_config
 from autotune.cache_runtime.dequant import block_size, dequantize, row_bytes
 from autotune.errors import ModelFileError
@@ -49,6 +50,9 @@ class QTensor:
 
 @dataclass
 class LayerWeights:
+    """One layer's weights; None where the layer or its family has no such part. A MoE layer
+    has the router and the expert stacks, a leading dense layer the dense FFN instead."""
+
     attn_norm: torch.Tensor
     wq: QTensor
     wk: QTensor
@@ -57,10 +61,21 @@ class LayerWeights:
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
     ffn_norm: torch.Tensor
-    router: QTensor
-    gate_exps: QTensor  # (n_expert, n_ff_expert, row_bytes)
-    up_exps: QTensor
-    down_exps: QTensor  # (n_expert, n_embd, row_bytes)
+    router: QTensor | None = None
+    gate_exps: QTensor | None = None  # (n_expert, n_ff_expert, row_bytes)
+    up_exps: QTensor | None = None
+    down_exps: QTensor | None = None  # (n_expert, n_embd, row_bytes)
+    bq: torch.Tensor | None = None  # q, k, v biases
+    bk: torch.Tensor | None = None
+    bv: torch.Tensor | None = None
+    exp_probs_b: torch.Tensor | None = None  # (n_expert,) added to the gate's scores for selection only
+    gate_shexp: QTensor | None = None  # the shared expert, always resident
+    up_shexp: QTensor | None = None
+    down_shexp: QTensor | None = None
+    gate_inp_shexp: torch.Tensor | None = None  # (n_embd,): the shared expert's sigmoid gate (Qwen2-MoE)
+    ffn_gate: QTensor | None = None  # the dense FFN of a leading dense layer
+    ffn_up: QTensor | None = None
+    ffn_down: QTensor | None = None
 
 
 @dataclass
@@ -70,6 +85,11 @@ class ModelWeights:
     layers: list[LayerWeights]
     output_norm: torch.Tensor
     output: QTensor  # the token embedding where the file ties them
+
+    @property
+    def moe_layers(self) -> list[LayerWeights]:
+        """The layers with experts, as the expert machinery numbers them (``ModelConfig.moe_layer``)."""
+        return self.layers[self.config.n_dense_lead :]
 
     def to(self, device: torch.device | str) -> "ModelWeights":
         """A copy on ``device`` (a no-op for tensors already there)."""
@@ -97,6 +117,12 @@ class _TensorFile:
     def has(self, name: str) -> bool:
         return name in self.info
 
+    def optional_matrix(self, name: str) -> QTensor | None:
+        return self.matrix(name) if self.has(name) else None
+
+    def optional_vector(self, name: str) -> torch.Tensor | None:
+        return self.vector(name) if self.has(name) else None
+
     def raw(self, name: str) -> tuple[torch.Tensor, TensorInfo]:
         info = self.info.get(name)
         if info is None:
@@ -120,6 +146,10 @@ class _TensorFile:
         return dequantize(data.view(1, -1), info.type).reshape(-1)
 
 
+def _absent(name: str) -> None:
+    return None
+
+
 def load_weights(path: str | Path) -> ModelWeights:
     """Map a GGUF's weights (on the CPU; ``.to(device)`` moves them)."""
     path = Path(path)
@@ -127,9 +157,15 @@ def load_weights(path: str | Path) -> ModelWeights:
     if config.n_expert == 0:
         raise ModelFileError(f"{path}: not a mixture-of-experts model")
     f = _TensorFile(path, inspect_model(path).tensors)
+    traits = family_for(config.arch, path).traits
+    # q/k norm: always where the family has it, else where the file has its weights
+    config = dataclasses.replace(config, qk_norm=config.qk_norm or f.has("blk.0.attn_q_norm.weight"))
     layers = []
     for il in range(config.n_layers):
         p = f"blk.{il}."
+        moe = il >= config.n_dense_lead
+        expert_part = f.matrix if moe else _absent  # a MoE layer's parts, or a dense layer's
+        dense_part = _absent if moe else f.matrix
         layers.append(LayerWeights(
             attn_norm=f.vector(p + "attn_norm.weight"),
             wq=f.matrix(p + "attn_q.weight"),
@@ -138,11 +174,22 @@ def load_weights(path: str | Path) -> ModelWeights:
             wo=f.matrix(p + "attn_output.weight"),
             q_norm=f.vector(p + "attn_q_norm.weight") if config.qk_norm else None,
             k_norm=f.vector(p + "attn_k_norm.weight") if config.qk_norm else None,
-            ffn_norm=f.vector(p + "ffn_norm.weight"),
-            router=f.matrix(p + "ffn_gate_inp.weight"),
-            gate_exps=f.matrix(p + "ffn_gate_exps.weight"),
-            up_exps=f.matrix(p + "ffn_up_exps.weight"),
-            down_exps=f.matrix(p + "ffn_down_exps.weight"),
+            ffn_norm=f.vector(f"{p}{traits.ffn_norm}.weight"),
+            router=expert_part(p + "ffn_gate_inp.weight"),
+            gate_exps=expert_part(p + "ffn_gate_exps.weight"),
+            up_exps=expert_part(p + "ffn_up_exps.weight"),
+            down_exps=expert_part(p + "ffn_down_exps.weight"),
+            bq=f.optional_vector(p + "attn_q.bias"),
+            bk=f.optional_vector(p + "attn_k.bias"),
+            bv=f.optional_vector(p + "attn_v.bias"),
+            exp_probs_b=f.optional_vector(p + "exp_probs_b.bias"),
+            gate_shexp=f.optional_matrix(p + "ffn_gate_shexp.weight"),
+            up_shexp=f.optional_matrix(p + "ffn_up_shexp.weight"),
+            down_shexp=f.optional_matrix(p + "ffn_down_shexp.weight"),
+            gate_inp_shexp=f.optional_vector(p + "ffn_gate_inp_shexp.weight"),
+            ffn_gate=dense_part(p + "ffn_gate.weight"),
+            ffn_up=dense_part(p + "ffn_up.weight"),
+            ffn_down=dense_part(p + "ffn_down.weight"),
         ))
     token_embd = f.matrix("token_embd.weight")
     output = f.matrix("output.weight") if f.has("output.weight") else token_embd

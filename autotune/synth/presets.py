@@ -29,6 +29,15 @@ class SynthPreset:
     rope_freq_base: float = 1_000_000.0
     rms_eps: float = 1e-6
     arch: str = "qwen3moe"
+    attn_bias: bool = False  # q, k and v biases
+    n_ff_shexp: int = 0  # the shared expert's FFN width (0: none)
+    shexp_gated: bool = False  # the shared expert scaled by sigmoid(ffn_gate_inp_shexp . x) (Qwen2-MoE)
+    n_dense_lead: int = 0  # leading layers with a dense FFN of width n_ff
+    rope_dims: int = 0  # RoPE over the first rope_dims of each head (0: all)
+    gating: str = "softmax"  # the router's gate ("sigmoid": with a per-expert selection bias)
+    norm_topk: bool | None = None  # the file's expert_weights_norm (None: not written)
+    expert_weights_scale: float = 0.0  # the file's expert_weights_scale (0: not written)
+    nextn_layers: int = 0  # NextN (multi-token prediction) layers after the others
 
 
 PRESETS = {
@@ -42,6 +51,20 @@ PRESETS = {
         SynthPreset("mixtral-tiny", n_layers=4, n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
                     n_expert=8, n_expert_used=2, n_ff_expert=512, n_ff=512, n_vocab=1024,
                     context_length=4096, rms_eps=1e-5, arch="llama"),
+        # Qwen1.5-MoE-style: q/k/v biases, softmax top-4 of 16 without renormalization, a
+        # sigmoid-gated shared expert twice an expert's width.
+        SynthPreset("qwen2moe-tiny", n_layers=4, n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
+                    n_expert=16, n_expert_used=4, n_ff_expert=256, n_ff=768, n_vocab=1024,
+                    context_length=4096, arch="qwen2moe", attn_bias=True, n_ff_shexp=512,
+                    shexp_gated=True),
+        # GLM-4.5-Air-style: a leading dense layer, q/k/v biases, RoPE over half of each head,
+        # sigmoid top-4 of 16 with expert-bias correction, renormalized and scaled, a shared
+        # expert, and one NextN layer the decoder skips.
+        SynthPreset("glm4moe-tiny", n_layers=4, n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
+                    n_expert=16, n_expert_used=4, n_ff_expert=256, n_ff=768, n_vocab=1024,
+                    context_length=4096, rms_eps=1e-5, arch="glm4moe", attn_bias=True,
+                    n_ff_shexp=256, n_dense_lead=1, rope_dims=32, gating="sigmoid", norm_topk=True,
+                    expert_weights_scale=2.5, nextn_layers=1),
         # About 0.15 GB: a real tuning run on a CPU in minutes (the README's demo).
         SynthPreset("small", n_layers=8, n_embd=512, n_head=8, n_head_kv=2, head_dim=64,
                     n_expert=32, n_expert_used=4, n_ff_expert=512, n_ff=1536, n_vocab=8192,
@@ -60,11 +83,13 @@ PRESETS = {
 
 # Weight roles of a file of any preset (norms and the router are always F32).
 ROLES = ("token_embd", "attn_q", "attn_k", "attn_v", "attn_output",
-         "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "output")
+         "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp",
+         "ffn_gate", "ffn_up", "ffn_down", "nextn.eh_proj", "output")
 
 # Q4_K_M as llama.cpp lays it out for this family: Q4_K, with Q6_K where precision pays.
 _Q4_K_M = {role: QType.Q4_K for role in ROLES} | {
-    "attn_v": QType.Q6_K, "ffn_down_exps": QType.Q6_K, "output": QType.Q6_K}
+    "attn_v": QType.Q6_K, "ffn_down_exps": QType.Q6_K, "ffn_down_shexp": QType.Q6_K, "ffn_down": QType.Q6_K,
+    "output": QType.Q6_K}
 
 LAYOUTS: dict[str, dict[str, QType]] = {
     "q4_k_m": _Q4_K_M,

@@ -31,6 +31,8 @@ from autotune.synth.real_routing import MIN_EXPERTS
 from autotune.synth.vocab import build_vocabulary
 
 MASSIVE_ACTIVATION = 8.0  # channel 0 of every token embedding
+ATTN_BIAS_STD = 0.5  # q, k and v biases
+SELECTION_BIAS_STD = 0.02  # the sigmoid router's per-expert selection bias
 RESIDUAL_STEP = 0.05  # std each attention / MoE output adds to the residual stream
 ROUTING_MODES = ("temporal", "static")
 
@@ -187,8 +189,7 @@ class _SynthWriter:
         rms = math.sqrt((MASSIVE_ACTIVATION**2 + (p.n_embd - 1) * (1 + self.slow_strength**2)) / p.n_embd)
         x0 = MASSIVE_ACTIVATION / rms  # channel 0 of the router's (RMS-normalised) input
         noise_std = rms / math.sqrt(p.n_embd - 1)  # the token's own logit noise: unit variance
-        down_scale = RESIDUAL_STEP / (0.6 * math.sqrt(p.n_ff_expert))
-        for il in range(p.n_layers):
+        for il in range(p.n_layers + p.nextn_layers):
             blk = f"blk.{il}."
             yield blk + "attn_norm.weight", (p.n_embd,), ones(p.n_embd), QType.F32
             window = il == 0 and self.slow_strength > 0
@@ -206,29 +207,83 @@ class _SynthWriter:
                 )
             for name, shape, data, qtype in attention:
                 yield f"{blk}{name}.weight", shape, data, qtype
+            if p.attn_bias:
+                for name, n in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
+                    yield f"{blk}{name}.bias", (n,), ATTN_BIAS_STD * self.rng.standard_normal(n, dtype=np.float32), QType.F32
             if self.traits.qk_norm:
                 norm = self._window_norm() if window else ones(p.head_dim)
                 yield blk + "attn_q_norm.weight", (p.head_dim,), norm, QType.F32
                 yield blk + "attn_k_norm.weight", (p.head_dim,), norm, QType.F32
-            yield blk + "ffn_norm.weight", (p.n_embd,), ones(p.n_embd), QType.F32
-            router = noise_std * self.rng.standard_normal((p.n_expert, p.n_embd), dtype=np.float32)
-            router[:, 0] = self.biases[il] / x0
-            yield blk + "ffn_gate_inp.weight", (p.n_expert, p.n_embd), router, QType.F32
-            for name, rows, cols, scale in (
-                ("ffn_gate_exps", p.n_ff_expert, p.n_embd, in_scale),
-                ("ffn_up_exps", p.n_ff_expert, p.n_embd, in_scale),
-                ("ffn_down_exps", p.n_embd, p.n_ff_expert, down_scale),
-            ):
-                data, qtype = self._quantized(name, p.n_expert * rows, cols, scale)
-                yield f"{blk}{name}.weight", (p.n_expert, rows, cols), data, qtype
+            yield f"{blk}{self.traits.ffn_norm}.weight", (p.n_embd,), ones(p.n_embd), QType.F32
+            if il < p.n_dense_lead:
+                yield from self._ffn(blk, "", p.n_ff)
+            else:
+                yield from self._experts(blk, il, x0, noise_std)
+            if il >= p.n_layers:
+                yield from self._nextn(blk)
         yield "output_norm.weight", (p.n_embd,), ones(p.n_embd), QType.F32
         data, qtype = self._quantized("output", p.n_vocab, p.n_embd, in_scale)
         yield "output.weight", (p.n_vocab, p.n_embd), data, qtype
 
+    def _ffn(self, blk: str, suffix: str, width: int):
+        """A SwiGLU FFN's gate, up and down (``ffn_gate{suffix}``...; stacks of every expert for ``_exps``)."""
+        p = self.p
+        stack = (p.n_expert,) if suffix == "_exps" else ()
+        down_scale = RESIDUAL_STEP / (0.6 * math.sqrt(width))
+        for name, rows, cols, scale in ((f"ffn_gate{suffix}", width, p.n_embd, 1.0 / math.sqrt(p.n_embd)),
+                                        (f"ffn_up{suffix}", width, p.n_embd, 1.0 / math.sqrt(p.n_embd)),
+                                        (f"ffn_down{suffix}", p.n_embd, width, down_scale)):
+            data, qtype = self._quantized(name, math.prod(stack) * rows, cols, scale)
+            yield f"{blk}{name}.weight", (*stack, rows, cols), data, qtype
+
+    def _experts(self, blk: str, il: int, x0: float, noise_std: float):
+        """A MoE layer's router (crafted: see ``skew``), routed experts and shared expert."""
+        p = self.p
+        router = noise_std * self.rng.standard_normal((p.n_expert, p.n_embd), dtype=np.float32)
+        router[:, 0] = self.biases[il % p.n_layers] / x0
+        yield blk + "ffn_gate_inp.weight", (p.n_expert, p.n_embd), router, QType.F32
+        if p.gating == "sigmoid":
+            bias = SELECTION_BIAS_STD * self.rng.standard_normal(p.n_expert, dtype=np.float32)
+            yield blk + "exp_probs_b.bias", (p.n_expert,), bias, QType.F32
+        yield from self._ffn(blk, "_exps", p.n_ff_expert)
+        if p.n_ff_shexp:
+            if p.shexp_gated:
+                gate = self.rng.standard_normal(p.n_embd, dtype=np.float32) / math.sqrt(p.n_embd)
+                yield blk + "ffn_gate_inp_shexp.weight", (p.n_embd,), gate, QType.F32
+            yield from self._ffn(blk, "_shexp", p.n_ff_shexp)
+
+    def _nextn(self, blk: str):
+        """A NextN layer's own tensors (llama.cpp's decoder loads none of them)."""
+        p = self.p
+        data, qtype = self._quantized("nextn.eh_proj", p.n_embd, 2 * p.n_embd, 1.0 / math.sqrt(2 * p.n_embd))
+        yield blk + "nextn.eh_proj.weight", (p.n_embd, 2 * p.n_embd), data, qtype
+        for name in ("enorm", "hnorm", "shared_head_norm"):
+            yield f"{blk}nextn.{name}.weight", (p.n_embd,), np.ones(p.n_embd, dtype=np.float32), QType.F32
+
+    def _write_family_metadata(self, writer: GGUFWriter) -> None:
+        """The keys of the preset's family parts (shared expert, dense layers, partial RoPE,
+        the router's gate, NextN layers), each only where the preset has the part."""
+        p, key = self.p, f"{self.p.arch}."
+        if p.n_ff_shexp:  # Qwen2-MoE states the width, GLM-4.5 a count of experts' widths
+            writer.add_uint32(key + "expert_shared_feed_forward_length", p.n_ff_shexp)
+            writer.add_uint32(key + "expert_shared_count", p.n_ff_shexp // p.n_ff_expert)
+        if p.n_dense_lead:
+            writer.add_uint32(key + "leading_dense_block_count", p.n_dense_lead)
+        if p.rope_dims:
+            writer.add_rope_dimension_count(p.rope_dims)
+        if p.gating != "softmax":
+            writer.add_uint32(key + "expert_gating_func", {"sigmoid": 2}[p.gating])
+        if p.norm_topk is not None:
+            writer.add_bool(key + "expert_weights_norm", p.norm_topk)
+        if p.expert_weights_scale:
+            writer.add_float32(key + "expert_weights_scale", p.expert_weights_scale)
+        if p.nextn_layers:
+            writer.add_uint32(key + "nextn_predict_layers", p.nextn_layers)
+
     def write_metadata(self, writer: GGUFWriter, preset_name: str, quant: str, seed: int) -> None:
         p = self.p
         writer.add_name(f"autotune synthetic {preset_name}")
-        writer.add_block_count(p.n_layers)
+        writer.add_block_count(p.n_layers + p.nextn_layers)
         writer.add_context_length(p.context_length)
         writer.add_embedding_length(p.n_embd)
         writer.add_feed_forward_length(p.n_ff)
@@ -242,6 +297,7 @@ class _SynthWriter:
         writer.add_expert_used_count(p.n_expert_used)
         if self.traits.expert_ff_key != "feed_forward_length":  # else n_ff is the experts' size
             writer.add_uint32(f"{p.arch}.{self.traits.expert_ff_key}", p.n_ff_expert)
+        self._write_family_metadata(writer)
         vocab = build_vocabulary(p.n_vocab)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre("qwen2")

@@ -141,7 +141,10 @@ class CacheBackend(SharedLoadBackend):
     def keep_winner(self, config: Config, model: ModelProfile, study_name: str) -> tuple[Config, dict[str, Any]]:
         """The winner names a placement file of its own holding the counts its trials seeded
         from (``cache_placement``); the database keeps the counts too."""
-        return keep_winner(config, model.fingerprint, (model.n_layers, model.n_expert), study_name)
+        from autotune.cache_runtime.budget import model_sizes
+
+        sizes = model_sizes(model.path)  # the counts' shape: MoE layers only
+        return keep_winner(config, model.fingerprint, (sizes.n_layers, sizes.n_expert), study_name)
 
     def restore_winner(self, config: Config, kept: dict[str, Any]) -> None:
         restore_winner(config, kept)

@@ -56,7 +56,7 @@ def learn_placement(engine: Engine) -> str:
     """Make sure there are counts to seed from, and say whose: the user's where stored, else
     the trial store's, learned first where it has none (decode of a seeded prompt no
     measurement uses, written to the trials' placement file). The user's store is never written."""
-    shape = (engine.cfg.n_layers, engine.cfg.n_expert)
+    shape = (engine.cfg.n_moe_layers, engine.cfg.n_expert)
     if load_counts(engine.fingerprint, shape) is not None:
         return "the user's"
     path = trial_placement_path(engine.fingerprint)

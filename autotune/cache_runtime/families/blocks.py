@@ -24,18 +24,29 @@ def by_token(selected: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(selected, dim=1)
 
 
-def routed_moe_forward(ops: Ops, tokens: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The forward pass of a decoder whose every layer is pre-norm attention then routed experts
-    (softmax top-k, no shared expert); the family's traits (rope style, q/k norm, renormalized
-    top-k) are in ``ops.cfg``. Runs ``tokens`` (at positions start, start + 1, ...).
+def ffn_layer(ops: Ops, h: torch.Tensor, il: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Layer il's FFN half: the dense FFN of a leading dense layer (no selection: None), else
+    the routed experts (with the layer's shared expert) and their selected ids."""
+    if il < ops.cfg.n_dense_lead:
+        return ops.dense_ffn(h, il), None
+    return ops.moe(h, il)
 
-    Returns the last token's logits (vocab,) and the selected experts (tokens, layers, k).
+
+def routed_moe_forward(ops: Ops, tokens: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward pass of a decoder whose every layer is pre-norm attention then an FFN: a
+    dense one for the ``cfg.n_dense_lead`` leading layers, routed experts (and a shared
+    expert where the layer has one) for the others. The family's traits (rope style and
+    dimensions, q/k norm, the router's gate, renormalized top-k) are in ``ops.cfg``. Runs
+    ``tokens`` (at positions start, start + 1, ...).
+
+    Returns the last token's logits (vocab,) and the selected experts (tokens, MoE layers, k).
     The KV cache keeps every token's keys and values for the next call.
     """
     h = ops.embed(tokens)
     selected = []
     for il in range(ops.cfg.n_layers):
         h = attention(ops, h, il, start)
-        h, ids = ops.moe(h, il)
-        selected.append(ids)
+        h, ids = ffn_layer(ops, h, il)
+        if ids is not None:
+            selected.append(ids)
     return ops.head(h[-1:])[0], by_token(selected)

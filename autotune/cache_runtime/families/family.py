@@ -23,10 +23,15 @@ Forward = Callable[["Ops", "torch.Tensor", int], tuple["torch.Tensor", "torch.Te
 class ArchTraits:
     rope_neox: bool  # rotate pairs (i, i + d/2) rather than (2i, 2i + 1)
     norm_topk: bool  # renormalize the selected experts' softmax weights to sum to 1 (the file may say otherwise)
-    qk_norm: bool  # RMSNorm over each head of q and k before RoPE
+    qk_norm: bool  # RMSNorm over each head of q and k before RoPE (False: where the file has their weights)
     # the header key (after ``<arch>.``) with one expert's FFN width: llama (Mixtral) files state
     # it only as the dense ``feed_forward_length``
     expert_ff_key: str = "expert_feed_forward_length"
+    # the router's gate over all experts ("softmax" or "sigmoid") where the file's
+    # ``expert_gating_func`` does not say
+    gating: str = "softmax"
+    # the tensor (after ``blk.N.``) with the RMSNorm weight before the FFN: GLM-4.5 calls it post_attention_norm
+    ffn_norm: str = "ffn_norm"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,53 @@
+"""llama.cpp's own greedy decode of a GGUF, for the runtime's family tests to match on the CPU.
+
+llama.cpp runs in a child process (llama_cpp stays out of the test process). The synthetic
+residual stream is dominated by the token embedding, so greedy tokens alone would not catch a
+wrong trait: each step's logits are compared too (``worst_logit_error``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from autotune.cache_runtime.engine import Engine
+
+PROMPT = [5, 17, 300, 42, 7, 999, 256, 3]
+STEPS = 16
+
+# greedy tokens, then the logits it decoded each from (the last token is never evaluated)
+_LLAMA_CPP_GREEDY = """
+import json, sys, itertools, llama_cpp
+llm = llama_cpp.Llama(sys.argv[1], n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+prompt, steps = json.loads(sys.argv[2]), int(sys.argv[3])
+tokens = list(itertools.islice(llm.generate(prompt, top_k=1, temp=0.0), steps))
+logits = llm.scores[len(prompt) - 1 : len(prompt) - 1 + steps].tolist()
+print(json.dumps({"tokens": tokens, "logits": logits}))
+"""
+
+
+def llama_cpp_greedy(path: Path) -> tuple[list[int], torch.Tensor]:
+    """llama.cpp's STEPS greedy tokens after PROMPT, and the logits (STEPS, vocab) it chose them from."""
+    done = subprocess.run([sys.executable, "-c", _LLAMA_CPP_GREEDY, str(path), json.dumps(PROMPT), str(STEPS)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    return out["tokens"], torch.tensor(out["logits"], dtype=torch.float64)
+
+
+def runtime_logits(engine: Engine, tokens: list[int]) -> torch.Tensor:
+    """The engine's logits (STEPS, vocab) after PROMPT, then after each of ``tokens`` but the last."""
+    engine.reset()
+    logits = [engine.prefill(PROMPT)]
+    for token in tokens[:-1]:
+        logits.append(engine.decode(token).clone())
+    return torch.stack(logits).double()
+
+
+def worst_logit_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest step's max |got - want|, relative to that step's largest |want|."""
+    return max(float((g - w).abs().max() / w.abs().max()) for g, w in zip(got, want))

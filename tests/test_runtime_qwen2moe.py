@@ -1,0 +1,94 @@
+"""The Qwen2-MoE family (``qwen2moe``) on the CPU: the runtime against llama.cpp itself on the
+qwen2moe-tiny preset (q/k/v biases, softmax top-4 without renormalization, a sigmoid-gated
+shared expert), and the tuner's readers on that file.
+
+Each step's logits must match llama.cpp's to 1e-3 of their largest value. Measured: 2.9e-4
+with the right model; 0.027 with renormalized top-k, 0.066 without the shared expert's gate,
+0.074 without the shared expert, 0.053 without the attention biases
+(``test_logits_catch_a_wrong_part``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from autotune.backends.cache.backend import CacheBackend
+from autotune.cache_runtime.budget import model_sizes
+from autotune.cache_runtime.engine import Engine
+from autotune.cache_runtime.hparams import read_config
+from autotune.model_info import inspect_model
+from autotune.synth import PRESETS
+from tests.llama_cpp_reference import PROMPT, STEPS, llama_cpp_greedy, runtime_logits, worst_logit_error
+
+pytest.importorskip("llama_cpp")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def reference(qwen2moe_model: Path):
+    return llama_cpp_greedy(qwen2moe_model)
+
+
+@pytest.fixture(scope="module")
+def engine(qwen2moe_model: Path) -> Engine:
+    return Engine(qwen2moe_model, device="cpu", kernels="torch", max_ctx=64)
+
+
+def test_the_file_reads_as_qwen2moe(qwen2moe_model: Path) -> None:
+    cfg = read_config(qwen2moe_model)
+    preset = PRESETS["qwen2moe-tiny"]
+    assert (cfg.arch, cfg.n_expert, cfg.n_expert_used, cfg.n_ff_expert) == ("qwen2moe", 16, 4, preset.n_ff_expert)
+    assert (cfg.rope_neox, cfg.qk_norm, cfg.norm_topk, cfg.gating, cfg.n_dense_lead) == (True, False, False, "softmax", 0)
+
+
+def test_greedy_tokens_and_logits_match_llama_cpp(engine: Engine, reference) -> None:
+    want_tokens, want_logits = reference
+    assert len(want_tokens) == STEPS
+    got = runtime_logits(engine, want_tokens)
+    assert got.argmax(-1).tolist() == want_tokens
+    assert worst_logit_error(got, want_logits) < 1e-3
+    engine.reset()
+    assert engine.generate(PROMPT, STEPS) == want_tokens
+
+
+@pytest.mark.parametrize("wrong", ["renormalized top-k", "ungated shared expert", "no shared expert", "no attention biases"])
+def test_logits_catch_a_wrong_part(engine: Engine, reference, wrong: str) -> None:
+    _, want_logits = reference
+    cfg, layers = engine.ops.cfg, engine.weights.layers
+    saved_cfg, saved_layers = cfg, [dataclasses.replace(lw) for lw in layers]
+    if wrong == "renormalized top-k":
+        engine.ops.cfg = dataclasses.replace(cfg, norm_topk=True)
+    for lw in layers:
+        if wrong == "ungated shared expert":
+            lw.gate_inp_shexp = None
+        elif wrong == "no shared expert":
+            lw.gate_shexp = None
+        elif wrong == "no attention biases":
+            lw.bq = lw.bk = lw.bv = None
+    try:
+        err = worst_logit_error(runtime_logits(engine, reference[0]), want_logits)
+    finally:
+        engine.ops.cfg = saved_cfg
+        engine.weights.layers[:] = saved_layers
+    assert err > 2e-3, f"{wrong}: logits off by only {err:.2e}"
+
+
+def test_the_shared_expert_is_resident_weight_not_a_cache_slot(qwen2moe_model: Path) -> None:
+    sizes = model_sizes(qwen2moe_model)
+    tensors = inspect_model(qwen2moe_model).tensors
+    routed = sum(t.nbytes for t in tensors if t.name.endswith("_exps.weight"))
+    shared = sum(t.nbytes for t in tensors if "_shexp" in t.name)
+    preset = PRESETS["qwen2moe-tiny"]
+    assert shared > 0 and sizes.expert_bytes * preset.n_layers * preset.n_expert == routed
+    assert sizes.resident_bytes >= shared and sizes.n_ff_resident == preset.n_ff_shexp
+
+
+def test_inspect_and_the_cache_backend_accept_it(qwen2moe_model: Path) -> None:
+    profile = inspect_model(qwen2moe_model)
+    assert (profile.architecture, profile.n_expert) == ("qwen2moe", 16)
+    assert profile.layers[0].shared_experts > 0
+    assert CacheBackend().supports(profile) is None
