@@ -3,15 +3,18 @@ it with the absorption optimization: plain PyTorch around ``ops.linear``, on any
 
 Each token's keys and values come from one compressed latent: ``attn_kv_a_mqa`` gives the
 latent (``kv_lora_rank``) and a RoPE key (``rope_dims``) shared by every head. The KV cache
-keeps exactly that, RMS-normed latent then rotated key, per layer and token ((kv_lora_rank +
-rope_dims) elements: 576 for DeepSeek-V2-Lite and V3, where storing each head's
-decompressed keys and values would take n_head x (192 + 128)), which is what llama.cpp keeps
-for a file with the split ``attn_k_b``/``attn_v_b``. Attention is then multi-query over it: each
-head's no-RoPE query is absorbed into the latent's space through ``wk_b``, its RoPE query is
-rotated over the last ``rope_dims`` of the head, the scores are scaled by ``kq_scale`` (YaRN's
+keeps exactly that, RMS-normed latent then rotated key, per layer and token: kv_lora_rank +
+rope_dims elements, 576 for DeepSeek-V2-Lite and V3, so 1152 bytes in the Triton path's
+float16 (2304 in the torch path's float32), where each head's decompressed keys and values
+would take n_head x (192 + 128) elements (10 KiB in float16 for V2-Lite's 16 heads, 80 KiB
+for V3's 128). llama.cpp keeps the same 576 elements (float16 by default) for a file with the
+split ``attn_k_b``/``attn_v_b``, and the decompressed per-head K and V for older files.
+
+Attention is then multi-query over it: each head's no-RoPE query is absorbed into the
+latent's space through ``wk_b``, its RoPE query is rotated over the last ``rope_dims`` of the head, the scores are scaled by ``kq_scale`` (YaRN's
 mscale squared), and the weighted latent goes back to each head's values through ``wv_b``.
-Older files' single ``attn_kv_b`` holds both matrices; llama.cpp decompresses per head there,
-the same arithmetic in another order.
+Older files' single ``attn_kv_b`` holds both matrices (the same arithmetic as llama.cpp's
+per-head decompression there, in another order).
 
 The block reads the position from the host (``start``), so a decode step over it is not
 captured as a CUDA graph (``Engine``).
