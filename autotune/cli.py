@@ -123,7 +123,8 @@ def hw(as_json: bool = typer.Option(False, "--json", help="machine-readable outp
 @user_errors
 def synth(
     out: Path = typer.Argument(..., help="where to write the GGUF"),
-    preset: str = typer.Option("tiny", help="tiny | small | qwen3-30b-a3b | qwen3-235b-a22b | mixtral-tiny | qwen2moe-tiny | glm4moe-tiny"),
+    preset: str = typer.Option("tiny", help="tiny | small | qwen3-30b-a3b | qwen3-235b-a22b | mixtral-tiny | qwen2moe-tiny | glm4moe-tiny"
+                                            " | deepseek2-tiny | deepseek3-tiny | deepseek-v2-lite"),
     layers: Optional[int] = typer.Option(None, help="cut the preset to its first N layers (to fit a disk)"),
     quant: str = typer.Option("q4_k_m", help="q4_k_m | q4_k | q5_k | q6_k | q8_0 | f16 | q4_0 | q4_1 | "
                               "q5_0 | q5_1 | q2_k | q3_k | iq4_nl | iq4_xs | mxfp4"),
@@ -139,7 +140,7 @@ def synth(
     ),
     measure_tokens: int = typer.Option(256, help="tokens to decode for the routing measurement"),
 ) -> None:
-    """Write a random-weight MoE GGUF: qwen3moe, Mixtral-style llama, qwen2moe or glm4moe (for tests, demos and studies)."""
+    """Write a random-weight MoE GGUF: qwen3moe, Mixtral-style llama, qwen2moe, glm4moe or deepseek2 (for tests, demos and studies)."""
     from autotune.synth import write_synthetic_model
 
     with console.status(f"writing {preset} model to {out} ..."):

@@ -190,5 +190,6 @@ def measure_routing(model_path: str | Path, n_tokens: int = 256, seed: int = 0, 
     finally:
         llama_cpp.llama_free(ctx)
         llama_cpp.llama_model_free(model)
-    experts = np.stack([np.concatenate(chunks) for chunks in collector.per_layer])
+    # the MoE layers only: leading dense layers and NextN layers route nothing
+    experts = np.stack([np.concatenate(chunks) for chunks in collector.per_layer if chunks])
     return RoutingTrace(experts=experts, n_expert=profile.n_expert)

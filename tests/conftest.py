@@ -93,6 +93,24 @@ def glm4moe_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def deepseek2_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight tiny DeepSeek-V2-Lite-style GGUF (latent attention with q directly, a dense
+    first layer, softmax top-4 of 16, shared experts; F16 as mixtral_model)."""
+    path = tmp_path_factory.mktemp("models") / "deepseek2-tiny.gguf"
+    write_synthetic_model(path, preset="deepseek2-tiny", quant="f16", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def deepseek3_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight tiny DeepSeek-V3-style GGUF (low-rank q, YaRN, sigmoid top-4 of 16 with
+    selection bias within the best 2 of 4 expert groups; F16 as mixtral_model)."""
+    path = tmp_path_factory.mktemp("models") / "deepseek3-tiny.gguf"
+    write_synthetic_model(path, preset="deepseek3-tiny", quant="f16", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
 def dense_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small dense (no experts) llama GGUF written with the gguf package."""
     import numpy as np

@@ -295,7 +295,7 @@ def test_dma_prefetch_gives_full_residency_tokens(tiny_model: Path, full_tokens,
     e.close()
 
 
-@pytest.mark.parametrize("model", ["qwen2moe_model", "glm4moe_model"])
+@pytest.mark.parametrize("model", ["qwen2moe_model", "glm4moe_model", "deepseek3_model"])
 @pytest.mark.parametrize("mode", ["zero_copy", "copy"])
 def test_shared_experts_and_dense_layers_keep_full_residency_tokens(model: str, mode: str,
                                                                     request: pytest.FixtureRequest) -> None:

@@ -261,10 +261,11 @@ def test_engine_on_triton_kernels_matches_reference(model: str, request: pytest.
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["qwen2moe_model", "glm4moe_model"])
+@pytest.mark.parametrize("model", ["qwen2moe_model", "glm4moe_model", "deepseek3_model"])
 def test_families_on_triton_kernels_match_the_torch_path(model: str, request: pytest.FixtureRequest) -> None:
     """Attention biases, partial RoPE, a sigmoid router with selection bias and scale, shared
-    experts and a leading dense layer, on the prefill and the single-token kernels."""
+    experts and a leading dense layer, on the prefill and the single-token kernels; latent
+    attention (torch around the Triton projections) with expert groups."""
     from autotune.cache_runtime.engine import Engine
 
     path = request.getfixturevalue(model)

@@ -57,6 +57,8 @@ class ModelSizes:
     largest_dense_elems: int  # rows x cols of the largest non-expert matrix (dequantized in prefill)
     n_dense_layers: int = 0  # leading layers with a dense FFN: attention and KV cache, no experts
     n_ff_resident: int = 0  # the widest always-resident FFN (a shared expert or a dense layer's)
+    kv_token_elems: int = 0  # what the KV cache keeps of a token per layer (0: K and V of n_head_kv x head_dim)
+    attended_elems: int = 0  # what attention reads per head and position (0: K and V of head_dim; MLA: more)
 
 
 def activation_bytes(m: ModelSizes, chunk: int, max_ctx: int) -> int:
@@ -69,13 +71,14 @@ def activation_bytes(m: ModelSizes, chunk: int, max_ctx: int) -> int:
     routed += m.n_ff_resident * 4 * 3  # a shared expert's or dense FFN's gate, up and product, f32
     dense = m.n_embd * 4 * 4 + q_dim * (4 + 2 + 4) + kv_dim * 4 * 2  # h, x, norms; q; k, v
     per_token = routed + dense
-    keys = 2 * m.n_head * max_ctx * m.head_dim * 2  # K and V repeated per head, f16
+    keys = m.n_head * max_ctx * (m.attended_elems or 2 * m.head_dim) * 2  # K and V repeated per head, f16
     mask = min(chunk, max_ctx) * max_ctx  # a chunk after the first attends through a bool mask
     return int(ACTIVATION_SLACK * (chunk * per_token + keys + mask + m.largest_dense_elems * 2 + m.n_vocab * 4))
 
 
 def kv_bytes(m: ModelSizes, max_ctx: int, element_bytes: int = 2) -> int:
-    return 2 * (m.n_layers + m.n_dense_layers) * m.n_head_kv * max_ctx * m.head_dim * element_bytes
+    per_token = m.kv_token_elems or 2 * m.n_head_kv * m.head_dim
+    return (m.n_layers + m.n_dense_layers) * max_ctx * per_token * element_bytes
 
 
 def entropies(counts: np.ndarray) -> np.ndarray:
@@ -243,6 +246,9 @@ def _model_sizes(path: str, size: int, mtime_ns: int) -> ModelSizes:
         largest_dense_elems=max(math.prod(t.shape) for t in dense if len(t.shape) == 2 and
                                 t.name not in ("token_embd.weight", "output.weight")),
         n_dense_layers=cfg.n_dense_lead, n_ff_resident=max(resident_ffn, default=0),
+        kv_token_elems=cfg.kv_cache_dims[0] * sum(cfg.kv_cache_dims[1:]),
+        # MLA: the latent and RoPE key, then the latent again as values
+        attended_elems=cfg.kv_cache_dims[1] + (cfg.kv_lora_rank or cfg.kv_cache_dims[2]),
     )
 
 

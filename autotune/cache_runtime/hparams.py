@@ -7,6 +7,10 @@ architecture's family (``families``).
 layers, after them, are left out as llama.cpp's decoder leaves them. The first
 ``n_dense_lead`` of them have a dense FFN; the expert machinery (expert tables, the cache,
 routing traces) numbers only the others, the MoE layers, from 0 (``moe_layer``).
+
+DeepSeek-V2's multi-head latent attention (``kv_lora_rank`` > 0, ``mla``): ``head_dim`` is a
+query's and a key's head (the no-RoPE part, then the ``rope_dims`` RoPE part), ``head_dim_v`` a
+value's; the KV cache keeps the compressed latent and the shared RoPE key (``kv_cache_dims``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.cache_runtime.families import family_for
+from autotune.cache_runtime.rope_scaling import RopeScaling, read_rope_scaling
 from autotune.errors import ModelFileError
 
 # llama.cpp's ``expert_gating_func`` codes (0: the architecture's own)
@@ -44,7 +49,31 @@ class ModelConfig:
     expert_weights_scale: float = 0.0  # the selected experts' weights times this (0 or 1: unscaled)
     n_dense_lead: int = 0  # leading layers with a dense FFN instead of experts
     n_ff: int = 0  # the dense FFN's width
-    rope_dims: int = 0  # dimensions of each head RoPE rotates (the first ones); 0: all of them
+    rope_dims: int = 0  # dimensions of each head RoPE rotates (the first ones; MLA: the last); 0: all of them
+    rope_scaling: RopeScaling = RopeScaling()
+    n_expert_groups: int = 0  # group-limited routing: experts in this many groups (0 or 1: none) ...
+    n_group_used: int = 0  # ... of which the top k comes from the best these many
+    head_dim_v: int = 0  # a value head's size where it differs from head_dim (MLA)
+    q_lora_rank: int = 0  # MLA: q through a rank-q_lora_rank projection (0: directly)
+    kv_lora_rank: int = 0  # MLA: the compressed KV latent's size (0: not MLA)
+
+    @property
+    def mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def v_dim(self) -> int:
+        """A value head's size."""
+        return self.head_dim_v or self.head_dim
+
+    @property
+    def kv_cache_dims(self) -> tuple[int, int, int]:
+        """What the KV cache keeps per layer and token: (heads, key dims, value dims). MLA keeps
+        one latent (kv_lora_rank) plus the RoPE key (rope_dims), whose first kv_lora_rank
+        dims are also the value (so no value dims), as llama.cpp does."""
+        if self.mla:
+            return 1, self.kv_lora_rank + self.rotated_dims, 0
+        return self.n_head_kv, self.head_dim, self.head_dim
 
     @property
     def n_moe_layers(self) -> int:
@@ -61,6 +90,11 @@ class ModelConfig:
     @property
     def q_dim(self) -> int:
         return self.n_head * self.head_dim
+
+    @property
+    def attn_out_dim(self) -> int:
+        """The attention output's width (the output projection's input)."""
+        return self.n_head * self.v_dim
 
     @property
     def kv_dim(self) -> int:
@@ -91,17 +125,30 @@ def read_config(path: str | Path) -> ModelConfig:
         raise ModelFileError(f"{path}: a dense {arch} model (no {arch}.expert_count): the runtime runs routed experts")
     n_embd, n_head = int(key("embedding_length")), int(key("attention.head_count"))
     head_dim = int(key("attention.key_length", n_embd // n_head))
-    if int(key("attention.value_length", head_dim)) != head_dim:
+    head_dim_v = int(key("attention.value_length", head_dim))
+    kv_lora_rank = int(key("attention.kv_lora_rank")) if traits.mla else 0
+    if traits.mla:  # key_length and value_length are the latent's sizes where the file has the MLA ones
+        head_dim = int(key("attention.key_length_mla", head_dim))
+        head_dim_v = int(key("attention.value_length_mla", head_dim_v))
+        if float(key("attention.temperature_scale", 0.0)):
+            raise ModelFileError(f"{path}: attention temperature scaling is not supported")
+    elif head_dim_v != head_dim:
         raise ModelFileError(f"{path}: different key and value head sizes are not supported")
     rope_dims = int(key("rope.dimension_count", head_dim))
     if rope_dims % 2 or not 0 < rope_dims <= head_dim:
         raise ModelFileError(f"{path}: RoPE over {rope_dims} of {head_dim} head dimensions")
+    if traits.mla and rope_dims >= head_dim:
+        raise ModelFileError(f"{path}: MLA with RoPE over {rope_dims} of {head_dim} head dimensions")
     if any(key("rope.dimension_sections", [0, 0])[:2]):
         raise ModelFileError(f"{path}: multi-section (multimodal) RoPE is not supported")
     gating_code = int(key("expert_gating_func", 0))
     if gating_code and gating_code not in GATING_FUNCS:
         raise ModelFileError(f"{path}: expert gating function {gating_code} is not supported")
     gating = GATING_FUNCS.get(gating_code, traits.gating)
+    groups, groups_used = int(key("expert_group_count", 0)), int(key("expert_group_used_count", 0))
+    if groups > 1 and (int(key("expert_count")) % groups or not 0 < groups_used <= groups):
+        raise ModelFileError(f"{path}: routing over the best {groups_used} of {groups} expert groups "
+                             f"of {key('expert_count')} experts")
     n_ff = key("feed_forward_length", 0)
     n_layers = int(key("block_count")) - int(key("nextn_predict_layers", 0))
     n_dense_lead = int(key("leading_dense_block_count", 0))
@@ -129,4 +176,10 @@ def read_config(path: str | Path) -> ModelConfig:
         n_dense_lead=n_dense_lead,
         n_ff=0 if isinstance(n_ff, list) else int(n_ff),
         rope_dims=0 if rope_dims == head_dim else rope_dims,
+        rope_scaling=read_rope_scaling(key, path, int(key("context_length")), deepseek_yarn=traits.mla),
+        n_expert_groups=groups,
+        n_group_used=groups_used,
+        head_dim_v=0 if head_dim_v == head_dim else head_dim_v,
+        q_lora_rank=int(key("attention.q_lora_rank", 0)) if traits.mla else 0,
+        kv_lora_rank=kv_lora_rank,
     )

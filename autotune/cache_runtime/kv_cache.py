@@ -8,16 +8,18 @@ from autotune.cache_runtime.hparams import ModelConfig
 
 
 class KVCache:
-    """Keys and values of every layer, laid out (layer, kv_head, position, head_dim).
+    """Keys and values of every layer, laid out (layer, kv_head, position, dims) as
+    ``cfg.kv_cache_dims`` says: for MLA one latent "head" whose first dims are also the values
+    (``v`` has no dims then).
 
     ``pos`` is the position the next decoded token is written at, kept on the device so
     that a captured decode graph reads (and advances) it without the host.
     """
 
     def __init__(self, cfg: ModelConfig, max_ctx: int, device: torch.device, dtype: torch.dtype):
-        shape = (cfg.n_layers, cfg.n_head_kv, max_ctx, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        heads, k_dims, v_dims = cfg.kv_cache_dims
+        self.k = torch.zeros((cfg.n_layers, heads, max_ctx, k_dims), dtype=dtype, device=device)
+        self.v = torch.zeros((cfg.n_layers, heads, max_ctx, v_dims), dtype=dtype, device=device)
         self.pos = torch.zeros(1, dtype=torch.int32, device=device)
         self.max_ctx = max_ctx
 
@@ -26,3 +28,8 @@ class KVCache:
         end = start + k.shape[0]
         self.k[layer, :, start:end] = k.transpose(0, 1).to(self.k.dtype)
         self.v[layer, :, start:end] = v.transpose(0, 1).to(self.v.dtype)
+
+    def store_keys(self, layer: int, start: int, k: torch.Tensor) -> None:
+        """k: (tokens, kv_heads, dims) for positions start, ...: a cache whose values are
+        the keys' first dims (MLA)."""
+        self.k[layer, :, start : start + k.shape[0]] = k.transpose(0, 1).to(self.k.dtype)

@@ -9,15 +9,28 @@ from autotune.cache_runtime.hparams import ModelConfig
 
 class RopeTable:
     """cos and sin of pos * base^(-2i/d), float32 (max_ctx, d / 2), computed in float64, where d
-    is the dimensions rotated: the first ``cfg.rotated_dims`` of each head (the rest pass as they are)."""
+    is the dimensions rotated: the first ``cfg.rotated_dims`` of each head (the rest pass as they
+    are). With RoPE scaling (``cfg.rope_scaling``) the angles and magnitudes are ggml's
+    ``rope_yarn``: linear scaling interpolates every angle, YaRN ramps from extrapolated
+    (fast) to interpolated (slow) pairs and scales the magnitude."""
 
     def __init__(self, cfg: ModelConfig, max_ctx: int, device: torch.device):
         self.dims = cfg.rotated_dims
         half = self.dims // 2
-        freqs = cfg.rope_base ** (-2.0 * torch.arange(half, dtype=torch.float64) / self.dims)
+        scaling = cfg.rope_scaling
+        pair = torch.arange(half, dtype=torch.float64)
+        freqs = cfg.rope_base ** (-2.0 * pair / self.dims)
+        interpolated = scaling.freq_scale * freqs
+        if scaling.ext_factor:
+            low, high = scaling.corr_dims(self.dims, cfg.rope_base)
+            ramp = 1 - ((pair - low) / max(0.001, high - low)).clamp(0, 1)
+            mix = ramp * scaling.ext_factor
+            freqs = interpolated * (1 - mix) + freqs * mix
+        else:
+            freqs = interpolated
         angle = torch.arange(max_ctx, dtype=torch.float64)[:, None] * freqs
-        self.cos = torch.cos(angle).float().to(device)
-        self.sin = torch.sin(angle).float().to(device)
+        self.cos = (torch.cos(angle) * scaling.magnitude).float().to(device)
+        self.sin = (torch.sin(angle) * scaling.magnitude).float().to(device)
         self.neox = cfg.rope_neox
 
     def apply(self, x: torch.Tensor, start: int) -> torch.Tensor:

@@ -29,20 +29,35 @@ def expert_weights(probs: torch.Tensor, ids: torch.Tensor, norm_topk: bool, scal
     return weights
 
 
+def best_groups_only(scores: torch.Tensor, n_groups: int, n_used: int) -> torch.Tensor:
+    """``scores`` (tokens, n_expert) with every expert outside the ``n_used`` best of
+    ``n_groups`` equal groups at -inf; a group scores the sum of its two best experts
+    (DeepSeek-V3's group-limited routing, as llama.cpp's ``build_moe_ffn``)."""
+    grouped = scores.view(*scores.shape[:-1], n_groups, -1)
+    best = grouped.topk(2, dim=-1).values.sum(-1).topk(n_used, dim=-1).indices
+    keep = torch.zeros(grouped.shape[:-1], dtype=torch.bool, device=scores.device).scatter_(-1, best, True)
+    return grouped.masked_fill(~keep[..., None], float("-inf")).view_as(scores)
+
+
 def route(logits: torch.Tensor, k: int, norm_topk: bool, gating: str = "softmax",
-          selection_bias: torch.Tensor | None = None, scale: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+          selection_bias: torch.Tensor | None = None, scale: float = 0.0,
+          groups: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
     """Gate over all experts (``gate``), top k, weights by ``expert_weights``: (weights, ids),
     each (tokens, k). ``selection_bias`` (n_expert,) shifts the scores the top k is chosen by,
-    not the weights (DeepSeek-V3's and GLM-4.5's expert-bias correction)."""
+    not the weights (DeepSeek-V3's and GLM-4.5's expert-bias correction). ``groups`` (count,
+    used): with more than one group, the top k comes from the best groups only (``best_groups_only``)."""
     probs = gate(logits, gating)
     chosen_by = probs if selection_bias is None else probs + selection_bias
+    if groups[0] > 1:
+        chosen_by = best_groups_only(chosen_by, *groups)
     ids = chosen_by.topk(k, dim=-1).indices
     return expert_weights(probs, ids, norm_topk, scale), ids
 
 
 def route_layer(logits: torch.Tensor, cfg: ModelConfig, selection_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``route`` with the model's gate, top k, renormalization and scale."""
-    return route(logits, cfg.n_expert_used, cfg.norm_topk, cfg.gating, selection_bias, cfg.expert_weights_scale)
+    """``route`` with the model's gate, top k, expert groups, renormalization and scale."""
+    return route(logits, cfg.n_expert_used, cfg.norm_topk, cfg.gating, selection_bias, cfg.expert_weights_scale,
+                 (cfg.n_expert_groups, cfg.n_group_used))
 
 
 class RoutingTrace:

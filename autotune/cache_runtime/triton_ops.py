@@ -200,7 +200,7 @@ class TritonOps(TorchOps):
         """MoE layer m's router on x (n_embd,): logits, RMSNorm-ed x (xn), top-k ids and weights,
         and a copy of x into ``keep`` if given; ``done``: a zeroed int32 counter that only
         this launch's stream uses. The kernel ranks by softmax; a model whose gate, selection
-        bias or scale differ gets its ids and weights again from the logits
+        bias, expert groups or scale differ gets its ids and weights again from the logits
         (``routing.route_layer``)."""
         cfg, lw = self.cfg, self.w.moe_layers[m]
         router = lw.router
@@ -211,7 +211,8 @@ class TritonOps(TorchOps):
             S=self._superblocks(router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
             E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=cfg.n_expert_used, NORM_TOPK=cfg.norm_topk,
             KEEP=keep is not None, num_warps=ROUTER_WARPS, **_type_args(router))
-        if cfg.gating != "softmax" or lw.exp_probs_b is not None or cfg.expert_weights_scale not in (0.0, 1.0):
+        if (cfg.gating != "softmax" or lw.exp_probs_b is not None or cfg.expert_weights_scale not in (0.0, 1.0)
+                or cfg.n_expert_groups > 1):
             routed_weights, routed_ids = route_layer(logits[None], cfg, lw.exp_probs_b)
             ids.view(-1).copy_(routed_ids.view(-1))
             weights.view(-1).copy_(routed_weights.view(-1))

@@ -51,12 +51,13 @@ class QTensor:
 @dataclass
 class LayerWeights:
     """One layer's weights; None where the layer or its family has no such part. A MoE layer
-    has the router and the expert stacks, a leading dense layer the dense FFN instead."""
+    has the router and the expert stacks, a leading dense layer the dense FFN instead. MLA
+    attention (``ModelConfig.mla``) has no wk, wv, and wq only where q is not low-rank."""
 
     attn_norm: torch.Tensor
-    wq: QTensor
-    wk: QTensor
-    wv: QTensor
+    wq: QTensor | None
+    wk: QTensor | None
+    wv: QTensor | None
     wo: QTensor
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
@@ -76,6 +77,14 @@ class LayerWeights:
     ffn_gate: QTensor | None = None  # the dense FFN of a leading dense layer
     ffn_up: QTensor | None = None
     ffn_down: QTensor | None = None
+    wq_a: QTensor | None = None  # MLA's low-rank q: wq_b(RMSNorm_q_a_norm(wq_a x))
+    q_a_norm: torch.Tensor | None = None
+    wq_b: QTensor | None = None
+    wkv_a_mqa: QTensor | None = None  # MLA: x -> the KV latent (kv_lora_rank) and the RoPE key
+    kv_a_norm: torch.Tensor | None = None
+    wk_b: QTensor | None = None  # MLA: (n_head, kv_lora_rank, no-RoPE dims) absorbed into q
+    wv_b: QTensor | None = None  # MLA: (n_head, v dims, kv_lora_rank) from the latent to values
+    wkv_b: QTensor | None = None  # MLA in older files: wk_b and wv_b in one (n_head x (no-RoPE + v), kv_lora_rank)
 
 
 @dataclass
@@ -150,6 +159,23 @@ def _absent(name: str) -> None:
     return None
 
 
+def _mla_attention(f: _TensorFile, p: str, config: ModelConfig) -> dict[str, QTensor | torch.Tensor | None]:
+    """A layer's MLA tensors (prefix ``p``): the split wk_b, wv_b a file converted for
+    llama.cpp's absorbed MLA has, else the older files' wkv_b."""
+    low_rank_q = config.q_lora_rank > 0
+    split = f.has(p + "attn_k_b.weight")
+    return dict(
+        wq_a=f.matrix(p + "attn_q_a.weight") if low_rank_q else None,
+        q_a_norm=f.vector(p + "attn_q_a_norm.weight") if low_rank_q else None,
+        wq_b=f.matrix(p + "attn_q_b.weight") if low_rank_q else None,
+        wkv_a_mqa=f.matrix(p + "attn_kv_a_mqa.weight"),
+        kv_a_norm=f.vector(p + "attn_kv_a_norm.weight"),
+        wk_b=f.matrix(p + "attn_k_b.weight") if split else None,
+        wv_b=f.matrix(p + "attn_v_b.weight") if split else None,
+        wkv_b=None if split else f.matrix(p + "attn_kv_b.weight"),
+    )
+
+
 def load_weights(path: str | Path) -> ModelWeights:
     """Map a GGUF's weights (on the CPU; ``.to(device)`` moves them)."""
     path = Path(path)
@@ -168,9 +194,9 @@ def load_weights(path: str | Path) -> ModelWeights:
         dense_part = _absent if moe else f.matrix
         layers.append(LayerWeights(
             attn_norm=f.vector(p + "attn_norm.weight"),
-            wq=f.matrix(p + "attn_q.weight"),
-            wk=f.matrix(p + "attn_k.weight"),
-            wv=f.matrix(p + "attn_v.weight"),
+            wq=None if config.q_lora_rank else f.matrix(p + "attn_q.weight"),
+            wk=None if config.mla else f.matrix(p + "attn_k.weight"),
+            wv=None if config.mla else f.matrix(p + "attn_v.weight"),
             wo=f.matrix(p + "attn_output.weight"),
             q_norm=f.vector(p + "attn_q_norm.weight") if config.qk_norm else None,
             k_norm=f.vector(p + "attn_k_norm.weight") if config.qk_norm else None,
@@ -190,6 +216,7 @@ def load_weights(path: str | Path) -> ModelWeights:
             ffn_gate=dense_part(p + "ffn_gate.weight"),
             ffn_up=dense_part(p + "ffn_up.weight"),
             ffn_down=dense_part(p + "ffn_down.weight"),
+            **(_mla_attention(f, p, config) if config.mla else {}),
         ))
     token_embd = f.matrix("token_embd.weight")
     output = f.matrix("output.weight") if f.has("output.weight") else token_embd

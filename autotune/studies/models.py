@@ -26,7 +26,7 @@ def routing_of(definition: StudyDefinition) -> str:
     from autotune.synth.writer import default_routing
 
     spec = definition.model
-    return spec.routing or default_routing(get_preset(spec.preset).n_expert)
+    return spec.routing or default_routing(get_preset(spec.preset))
 
 
 def model_file(definition: StudyDefinition, variant: Variant, models_dir: Path) -> Path:

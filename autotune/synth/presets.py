@@ -38,6 +38,21 @@ class SynthPreset:
     norm_topk: bool | None = None  # the file's expert_weights_norm (None: not written)
     expert_weights_scale: float = 0.0  # the file's expert_weights_scale (0: not written)
     nextn_layers: int = 0  # NextN (multi-token prediction) layers after the others
+    # DeepSeek-V2's latent attention (kv_lora_rank > 0): head_dim is a query's and key's head
+    # (its last rope_dims turned by RoPE), head_dim_v a value's; q through a rank-q_lora_rank
+    # projection where that is not 0
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    head_dim_v: int = 0
+    yarn_factor: float = 0.0  # YaRN RoPE scaling by this factor (0: none) ...
+    yarn_orig_ctx: int = 0  # ... from this original context ...
+    yarn_mscale_all_dim: float = 0.0  # ... with DeepSeek's mscale_all_dim
+    n_expert_groups: int = 0  # group-limited routing: the top k from the best n_group_used groups
+    n_group_used: int = 0
+
+    @property
+    def mla(self) -> bool:
+        return self.kv_lora_rank > 0
 
 
 PRESETS = {
@@ -65,6 +80,21 @@ PRESETS = {
                     context_length=4096, rms_eps=1e-5, arch="glm4moe", attn_bias=True,
                     n_ff_shexp=256, n_dense_lead=1, rope_dims=32, gating="sigmoid", norm_topk=True,
                     expert_weights_scale=2.5, nextn_layers=1),
+        # DeepSeek-V2-Lite-style: latent attention with q directly, a leading dense layer,
+        # softmax top-4 of 16 (not renormalized), two shared experts' width.
+        SynthPreset("deepseek2-tiny", n_layers=4, n_embd=256, n_head=4, n_head_kv=1, head_dim=96,
+                    n_expert=16, n_expert_used=4, n_ff_expert=256, n_ff=768, n_vocab=1024,
+                    context_length=4096, arch="deepseek2", n_ff_shexp=512, n_dense_lead=1, rope_dims=32,
+                    kv_lora_rank=256, head_dim_v=64),
+        # DeepSeek-V3-style: q through a low-rank projection, YaRN, sigmoid top-4 of 16 with
+        # expert-bias correction within the best 2 of 4 expert groups, renormalized and scaled,
+        # one shared expert.
+        SynthPreset("deepseek3-tiny", n_layers=4, n_embd=256, n_head=4, n_head_kv=1, head_dim=96,
+                    n_expert=16, n_expert_used=4, n_ff_expert=256, n_ff=768, n_vocab=1024,
+                    context_length=4096, arch="deepseek2", n_ff_shexp=256, n_dense_lead=1, rope_dims=32,
+                    gating="sigmoid", norm_topk=True, expert_weights_scale=2.5, kv_lora_rank=256,
+                    q_lora_rank=256, head_dim_v=64, yarn_factor=4.0, yarn_orig_ctx=1024,
+                    yarn_mscale_all_dim=1.0, n_expert_groups=4, n_group_used=2),
         # About 0.15 GB: a real tuning run on a CPU in minutes (the README's demo).
         SynthPreset("small", n_layers=8, n_embd=512, n_head=8, n_head_kv=2, head_dim=64,
                     n_expert=32, n_expert_used=4, n_ff_expert=512, n_ff=1536, n_vocab=8192,
@@ -73,6 +103,12 @@ PRESETS = {
         SynthPreset("qwen3-30b-a3b", n_layers=48, n_embd=2048, n_head=32, n_head_kv=4,
                     head_dim=128, n_expert=128, n_expert_used=8, n_ff_expert=768, n_ff=6144,
                     n_vocab=151936),
+        # The exact shape of DeepSeek-V2-Lite (27 layers, the first dense; q directly; YaRN x40).
+        SynthPreset("deepseek-v2-lite", n_layers=27, n_embd=2048, n_head=16, n_head_kv=1, head_dim=192,
+                    n_expert=64, n_expert_used=6, n_ff_expert=1408, n_ff=10944, n_vocab=102400,
+                    context_length=163840, rope_freq_base=10000.0, arch="deepseek2", n_ff_shexp=2816,
+                    n_dense_lead=1, rope_dims=64, kv_lora_rank=512, head_dim_v=128, yarn_factor=40.0,
+                    yarn_orig_ctx=4096, yarn_mscale_all_dim=0.707),
         # The exact shape of Qwen3-235B-A22B (141.7 GiB at the default layout, 1.5 GiB a layer:
         # --layers 20 cuts it to 30.8 GiB).
         SynthPreset("qwen3-235b-a22b", n_layers=94, n_embd=4096, n_head=64, n_head_kv=4,
@@ -83,6 +119,7 @@ PRESETS = {
 
 # Weight roles of a file of any preset (norms and the router are always F32).
 ROLES = ("token_embd", "attn_q", "attn_k", "attn_v", "attn_output",
+         "attn_q_a", "attn_q_b", "attn_kv_a_mqa", "attn_k_b", "attn_v_b",
          "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp",
          "ffn_gate", "ffn_up", "ffn_down", "nextn.eh_proj", "output")
 

@@ -1,4 +1,5 @@
-"""Write a random-weight MoE GGUF (qwen3moe, or Mixtral-style llama) that llama.cpp loads and runs.
+"""Write a random-weight MoE GGUF (qwen3moe, Mixtral-style llama, qwen2moe, glm4moe, deepseek2) that
+llama.cpp loads and runs.
 
 Speed is what matters (a 20 GB file in well under two minutes), so weights are not
 quantized tensor by tensor: each (type, scale) gets a pool of real, well-scaled
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType as QType
-from gguf import GGUFWriter
+from gguf import GGUFWriter, RopeScalingType
 from gguf.constants import GGML_QUANT_SIZES
 
 from autotune.cache_runtime.families import FAMILIES
@@ -37,10 +38,11 @@ RESIDUAL_STEP = 0.05  # std each attention / MoE output adds to the residual str
 ROUTING_MODES = ("temporal", "static")
 
 
-def default_routing(n_expert: int) -> str:
-    """Temporal where the published figures scale to the shape (``real_routing.MIN_EXPERTS``),
+def default_routing(shape: SynthPreset) -> str:
+    """Temporal where the published figures scale to the shape (``real_routing.MIN_EXPERTS``)
+    and its attention has the q/k/v projections the recency window is crafted in (not MLA),
     else static."""
-    return "temporal" if n_expert >= MIN_EXPERTS else "static"
+    return "temporal" if shape.n_expert >= MIN_EXPERTS and not shape.mla else "static"
 
 
 POOL_BLOCKS = 8192
@@ -124,9 +126,21 @@ class _SynthWriter:
             self.bias_spread, self.slow_strength = skew * base_spread, 0.0
             self.biases = skew_model.layer_biases(preset.n_layers, preset.n_expert, self.bias_spread, self.rng)
 
-    def _quantized(self, role: str, rows: int, cols: int, scale: float, first_value: float | None = None) -> tuple[np.ndarray, QType]:
-        """A (rows, cols) weight of this role's type as raw bytes shaped (rows, row_bytes)."""
+    def _type_for(self, role: str, cols: int) -> QType:
+        """The role's type, or where its rows are not whole blocks of it (an MLA head's 128
+        no-RoPE dims, DeepSeek-V2-Lite's 1408-wide experts under a K-quant) Q8_0, else F16."""
         qtype = self.layout[role]
+        if cols % _block_elements(qtype) == 0 or qtype == QType.F32:
+            return qtype
+        return QType.Q8_0 if cols % GGML_QUANT_SIZES[QType.Q8_0][0] == 0 else QType.F16
+
+    def _quantized(self, role: str, rows: int, cols: int, scale: float, first_value: float | None = None) -> tuple[np.ndarray, QType]:
+        """A (rows, cols) weight of this role's type (``_type_for``) as raw bytes shaped (rows,
+        row_bytes); float rows shorter than the tape's blocks as floats."""
+        qtype = self._type_for(role, cols)
+        if cols % _block_elements(qtype):
+            values = scale * self.rng.standard_normal((rows, cols), dtype=np.float32)
+            return values.astype(np.float16 if qtype == QType.F16 else np.float32), qtype
         per_row = cols // _block_elements(qtype)
         key = (qtype, scale, first_value)
         if key not in self.tapes:
@@ -166,6 +180,27 @@ class _SynthWriter:
         data, qtype = self._quantized("attn_output", p.n_embd, q_dim, out_scale)
         yield "attn_output", (p.n_embd, q_dim), data, qtype
 
+    def _mla_attention(self):
+        """Latent attention's weights, with the split wk_b, wv_b llama.cpp's converter writes."""
+        p = self.p
+        in_scale = 1.0 / math.sqrt(p.n_embd)
+        q_dim, out_dim, nope = p.n_head * p.head_dim, p.n_head * p.head_dim_v, p.head_dim - p.rope_dims
+        if p.q_lora_rank:
+            matrices = [("attn_q_a", (p.q_lora_rank, p.n_embd), in_scale),
+                        ("attn_q_b", (q_dim, p.q_lora_rank), 1.0 / math.sqrt(p.q_lora_rank))]
+        else:
+            matrices = [("attn_q", (q_dim, p.n_embd), in_scale)]
+        matrices += [("attn_kv_a_mqa", (p.kv_lora_rank + p.rope_dims, p.n_embd), in_scale),
+                     ("attn_k_b", (p.n_head, p.kv_lora_rank, nope), 1.0 / math.sqrt(nope)),
+                     ("attn_v_b", (p.n_head, p.head_dim_v, p.kv_lora_rank), 1.0 / math.sqrt(p.kv_lora_rank)),
+                     ("attn_output", (p.n_embd, out_dim), RESIDUAL_STEP / math.sqrt(out_dim))]
+        for name, shape, scale in matrices:
+            yield (name, shape, *self._quantized(name, math.prod(shape[:-1]), shape[-1], scale))
+        norms = (("attn_q_a_norm", p.q_lora_rank), ("attn_kv_a_norm", p.kv_lora_rank))
+        for name, n in norms:
+            if n:
+                yield name, (n,), np.ones(n, dtype=np.float32), QType.F32
+
     def _window_norm(self) -> np.ndarray:
         weight = np.ones(self.p.head_dim, dtype=np.float32)
         weight[list(self.window.pairs)] = self.window.norm_weight
@@ -195,6 +230,8 @@ class _SynthWriter:
             window = il == 0 and self.slow_strength > 0
             if window:
                 attention = self._window_attention(embd_rms)
+            elif p.mla:
+                attention = self._mla_attention()
             else:
                 attention = (
                     (name, (rows, cols), *self._quantized(name, rows, cols, scale))
@@ -279,6 +316,20 @@ class _SynthWriter:
             writer.add_float32(key + "expert_weights_scale", p.expert_weights_scale)
         if p.nextn_layers:
             writer.add_uint32(key + "nextn_predict_layers", p.nextn_layers)
+        if p.n_expert_groups:
+            writer.add_expert_group_count(p.n_expert_groups)
+            writer.add_expert_group_used_count(p.n_group_used)
+        if p.yarn_factor:
+            writer.add_rope_scaling_type(RopeScalingType.YARN)
+            writer.add_rope_scaling_factor(p.yarn_factor)
+            writer.add_rope_scaling_orig_ctx_len(p.yarn_orig_ctx)
+            # as DeepSeek-V2's converter writes it (llama.cpp divides it by 0.1 again)
+            writer.add_rope_scaling_yarn_log_mul(0.1 * p.yarn_mscale_all_dim)
+        if p.mla:  # q_lora_rank 0 (q directly) too: llama.cpp requires the key unless 26 or 27 layers
+            writer.add_q_lora_rank(p.q_lora_rank)
+            writer.add_kv_lora_rank(p.kv_lora_rank)
+            writer.add_key_length_mla(p.head_dim)
+            writer.add_value_length_mla(p.head_dim_v)
 
     def write_metadata(self, writer: GGUFWriter, preset_name: str, quant: str, seed: int) -> None:
         p = self.p
@@ -288,9 +339,10 @@ class _SynthWriter:
         writer.add_embedding_length(p.n_embd)
         writer.add_feed_forward_length(p.n_ff)
         writer.add_head_count(p.n_head)
-        writer.add_head_count_kv(p.n_head_kv)
-        writer.add_key_length(p.head_dim)
-        writer.add_value_length(p.head_dim)
+        # MLA as llama.cpp's converter writes it: one KV head of the latent plus the RoPE key
+        writer.add_head_count_kv(1 if p.mla else p.n_head_kv)
+        writer.add_key_length(p.kv_lora_rank + p.rope_dims if p.mla else p.head_dim)
+        writer.add_value_length(p.kv_lora_rank if p.mla else p.head_dim)
         writer.add_rope_freq_base(p.rope_freq_base)
         writer.add_layer_norm_rms_eps(p.rms_eps)
         writer.add_expert_count(p.n_expert)
@@ -363,12 +415,15 @@ def write_synthetic_model(
     if skew < 0:
         raise AutotuneError(f"--skew must be 0 or more (got {skew})")
     shape = get_preset(preset, layers)
-    routing = routing or default_routing(shape.n_expert)
+    routing = routing or default_routing(shape)
     if routing not in ROUTING_MODES:
         raise AutotuneError(f"unknown routing {routing!r}; choose one of: {', '.join(ROUTING_MODES)}")
     if routing == "temporal" and shape.n_expert < MIN_EXPERTS:
         raise AutotuneError(f"temporal routing needs {MIN_EXPERTS} experts or more (the published figures "
                             f"scale to no fewer); preset {preset} has {shape.n_expert}: use --routing static")
+    if routing == "temporal" and shape.mla:
+        raise AutotuneError(f"temporal routing crafts a q/k/v attention; preset {preset} has latent attention "
+                            "(MLA): use --routing static")
     partial = path.with_name(path.name + ".partial")
     _check_output(path, partial)
     synth = _SynthWriter(shape, quant, skew, seed, routing)

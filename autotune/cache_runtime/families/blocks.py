@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     import torch
 
     from autotune.cache_runtime.ops import Ops
+
+# (ops, h, il, start) -> h + layer il's attention
+AttentionBlock = Callable[["Ops", "torch.Tensor", int, int], "torch.Tensor"]
 
 
 def attention(ops: Ops, h: torch.Tensor, il: int, start: int) -> torch.Tensor:
@@ -32,8 +35,10 @@ def ffn_layer(ops: Ops, h: torch.Tensor, il: int) -> tuple[torch.Tensor, torch.T
     return ops.moe(h, il)
 
 
-def routed_moe_forward(ops: Ops, tokens: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The forward pass of a decoder whose every layer is pre-norm attention then an FFN: a
+def routed_moe_forward(ops: Ops, tokens: torch.Tensor, start: int,
+                       attention_block: AttentionBlock = attention) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward pass of a decoder whose every layer is pre-norm attention (``attention_block``,
+    by default the q/k/v ``attention``) then an FFN: a
     dense one for the ``cfg.n_dense_lead`` leading layers, routed experts (and a shared
     expert where the layer has one) for the others. The family's traits (rope style and
     dimensions, q/k norm, the router's gate, renormalized top-k) are in ``ops.cfg``. Runs
@@ -45,7 +50,7 @@ def routed_moe_forward(ops: Ops, tokens: torch.Tensor, start: int) -> tuple[torc
     h = ops.embed(tokens)
     selected = []
     for il in range(ops.cfg.n_layers):
-        h = attention(ops, h, il, start)
+        h = attention_block(ops, h, il, start)
         h, ids = ffn_layer(ops, h, il)
         if ids is not None:
             selected.append(ids)

@@ -32,6 +32,8 @@ class ArchTraits:
     gating: str = "softmax"
     # the tensor (after ``blk.N.``) with the RMSNorm weight before the FFN: GLM-4.5 calls it post_attention_norm
     ffn_norm: str = "ffn_norm"
+    # DeepSeek-V2's multi-head latent attention (and its YaRN conventions, ``rope_scaling``)
+    mla: bool = False
 
 
 @dataclass(frozen=True)

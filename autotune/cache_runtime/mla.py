@@ -1,0 +1,94 @@
+"""DeepSeek-V2's multi-head latent attention (MLA), as llama.cpp's ``deepseek2`` builder runs
+it with the absorption optimization: plain PyTorch around ``ops.linear``, on any ops.
+
+Each token's keys and values come from one compressed latent: ``attn_kv_a_mqa`` gives the
+latent (``kv_lora_rank``) and a RoPE key (``rope_dims``) shared by every head. The KV cache
+keeps exactly that, RMS-normed latent then rotated key, per layer and token: kv_lora_rank +
+rope_dims elements, 576 for DeepSeek-V2-Lite and V3, so 1152 bytes in the Triton path's
+float16 (2304 in the torch path's float32), where each head's decompressed keys and values
+would take n_head x (192 + 128) elements (10 KiB in float16 for V2-Lite's 16 heads, 80 KiB
+for V3's 128). llama.cpp keeps the same 576 elements (float16 by default) for a file with the
+split ``attn_k_b``/``attn_v_b``, and the decompressed per-head K and V for older files.
+
+Attention is then multi-query over it: each head's no-RoPE query is absorbed into the
+latent's space through ``wk_b``, its RoPE query is rotated over the last ``rope_dims`` of the head, the scores are scaled by ``kq_scale`` (YaRN's
+mscale squared), and the weighted latent goes back to each head's values through ``wv_b``.
+Older files' single ``attn_kv_b`` holds both matrices (the same arithmetic as llama.cpp's
+per-head decompression there, in another order).
+
+The block reads the position from the host (``start``), so a decode step over it is not
+captured as a CUDA graph (``Engine``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from autotune.cache_runtime.torch_ops import rmsnorm
+
+if TYPE_CHECKING:
+    from autotune.cache_runtime.hparams import ModelConfig
+    from autotune.cache_runtime.ops import Ops
+    from autotune.cache_runtime.weights import LayerWeights
+
+
+def kq_scale(cfg: ModelConfig) -> float:
+    """The builder's score scale: YaRN's mscale squared over sqrt(head_dim)."""
+    scaling = cfg.rope_scaling
+    log_scale = math.log(1.0 / scaling.freq_scale)
+    attn_factor = scaling.attn_factor * (1.0 + 0.1 * log_scale)  # the file's, before the context's adjustment
+    mscale = attn_factor * (1.0 + 0.1 * scaling.yarn_log_mul * log_scale)
+    return mscale * mscale / math.sqrt(cfg.head_dim)
+
+
+def absorbed(lw: LayerWeights, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's wk_b (n_head, kv_lora_rank, no-RoPE dims) and wv_b (n_head, v dims,
+    kv_lora_rank), float32, from whichever form the file has."""
+    if lw.wkv_b is None:
+        return lw.wk_b.dequantize(), lw.wv_b.dequantize()
+    nope = cfg.head_dim - cfg.rotated_dims
+    kv_b = lw.wkv_b.dequantize().view(cfg.n_head, nope + cfg.v_dim, cfg.kv_lora_rank)
+    return kv_b[:, :nope].transpose(1, 2), kv_b[:, nope:]
+
+
+def queries(ops: Ops, x: torch.Tensor, lw: LayerWeights) -> torch.Tensor:
+    """Every head's query of the normed x (tokens, n_embd): (tokens, n_head, head_dim)."""
+    cfg = ops.cfg
+    if lw.wq is not None:
+        q = ops.linear(x, lw.wq)
+    else:
+        q = ops.linear(rmsnorm(ops.linear(x, lw.wq_a), lw.q_a_norm, cfg.rms_eps), lw.wq_b)
+    return q.view(x.shape[0], cfg.n_head, cfg.head_dim)
+
+
+def mla_attention(ops: Ops, h: torch.Tensor, il: int, start: int) -> torch.Tensor:
+    """h + layer il's latent attention over the KV cache (which keeps the new tokens' latents)."""
+    cfg, lw = ops.cfg, ops.w.layers[il]
+    n, end, lora = h.shape[0], start + h.shape[0], cfg.kv_lora_rank
+    nope = cfg.head_dim - cfg.rotated_dims
+    x = rmsnorm(h, lw.attn_norm, cfg.rms_eps)
+    q = queries(ops, x, lw)
+    kv = ops.linear(x, lw.wkv_a_mqa)  # (tokens, kv_lora_rank + rope_dims)
+    latent = rmsnorm(kv[:, :lora], lw.kv_a_norm, cfg.rms_eps)
+    k_rope = ops.rope.apply(kv[:, None, lora:], start)
+    ops.kv_cache.store_keys(il, start, torch.cat([latent[:, None], k_rope], dim=-1))
+
+    wk_b, wv_b = absorbed(lw, cfg)
+    q_latent = torch.einsum("thd,hrd->thr", q[..., :nope], wk_b)
+    q = torch.cat([q_latent, ops.rope.apply(q[..., nope:], start)], dim=-1)  # (tokens, heads, lora + rope)
+    cache = ops.kv_cache.k[il, 0, :end]
+    keys = cache[None, None].expand(1, cfg.n_head, end, cache.shape[-1])
+    values = keys[..., :lora]
+    qh = q.transpose(0, 1)[None].to(cache.dtype)
+    if start == 0:
+        out = F.scaled_dot_product_attention(qh, keys, values, is_causal=True, scale=kq_scale(cfg))
+    else:
+        positions = torch.arange(end, device=h.device)
+        mask = positions[None, :] <= (start + torch.arange(n, device=h.device))[:, None]
+        out = F.scaled_dot_product_attention(qh, keys, values, attn_mask=mask, scale=kq_scale(cfg))
+    heads = torch.einsum("htr,hvr->thv", out[0].float(), wv_b)  # (tokens, heads, v dims)
+    return h + ops.linear(heads.reshape(n, cfg.attn_out_dim), lw.wo)
