@@ -123,11 +123,15 @@ def hw(as_json: bool = typer.Option(False, "--json", help="machine-readable outp
 @user_errors
 def synth(
     out: Path = typer.Argument(..., help="where to write the GGUF"),
-    preset: str = typer.Option("tiny", help="tiny | small | qwen3-30b-a3b | qwen3-235b-a22b | mixtral-tiny | qwen2moe-tiny | glm4moe-tiny"
-                                            " | deepseek2-tiny | deepseek3-tiny | deepseek-v2-lite"),
-    layers: Optional[int] = typer.Option(None, help="cut the preset to its first N layers (to fit a disk)"),
+    preset: str = typer.Option("tiny", help="tiny | small | mixtral-tiny | qwen2moe-tiny | glm4moe-tiny | deepseek2-tiny"
+                                            " | deepseek3-tiny, or a real shape: qwen3-30b-a3b | qwen3-235b-a22b"
+                                            " | mixtral-8x7b | glm-4.5-air | deepseek-v2-lite | deepseek-v3"
+                                            " | qwen2-57b-a14b | qwen1.5-moe-a2.7b"),
+    layers: Optional[int] = typer.Option(None, help="cut the preset to its first N layers (to fit a disk; "
+                                         "the last keeps routed experts)"),
     quant: str = typer.Option("q4_k_m", help="q4_k_m | q4_k | q5_k | q6_k | q8_0 | f16 | q4_0 | q4_1 | "
-                              "q5_0 | q5_1 | q2_k | q3_k | iq4_nl | iq4_xs | mxfp4"),
+                              "q5_0 | q5_1 | q2_k | q3_k | iq4_nl | iq4_xs | mxfp4, or a mix by tensor role: "
+                              "ud-q2_k_xl | iq4_xs-mix | mxfp4_moe"),
     skew: float = typer.Option(1.0, help="static routing skew: 1 = calibrated like real MoE models, 0 = none"),
     routing: Optional[str] = typer.Option(
         None, help="temporal = concentration and temporal locality calibrated to a real model (the default "
