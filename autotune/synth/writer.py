@@ -301,8 +301,9 @@ class _SynthWriter:
         """The keys of the preset's family parts (shared expert, dense layers, partial RoPE,
         the router's gate, NextN layers), each only where the preset has the part."""
         p, key = self.p, f"{self.p.arch}."
-        if p.n_ff_shexp:  # Qwen2-MoE states the width, GLM-4.5 a count of experts' widths
+        if p.n_ff_shexp and p.shexp_gated:  # Qwen2-MoE states its one shared expert's width
             writer.add_uint32(key + "expert_shared_feed_forward_length", p.n_ff_shexp)
+        elif p.n_ff_shexp:  # GLM-4.5 and DeepSeek a count of experts' widths
             writer.add_uint32(key + "expert_shared_count", p.n_ff_shexp // p.n_ff_expert)
         if p.n_dense_lead:
             writer.add_uint32(key + "leading_dense_block_count", p.n_dense_lead)
