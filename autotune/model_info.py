@@ -91,6 +91,7 @@ class ModelProfile:
     tensor_data_bytes: int
     fingerprint: str
     n_shared_experts: int = 0  # shared experts per MoE layer (a Qwen2-MoE layer's one of its own width: 1)
+    n_ff_shexp: int = 0  # a layer's shared experts' FFN width, all together (0: none)
     rope_dims: int = 0  # RoPE over the first rope_dims of each head (0: the file does not say; all)
     kv_lora_rank: int = 0  # latent attention (MLA): the compressed KV latent's width (0: none)
     # MLA as llama.cpp caches it for files with the split attn_k_b/attn_v_b: one K of the latent
@@ -234,10 +235,11 @@ def _reader(path: str, size: int, mtime_ns: int) -> Any:
         raise ModelFileError(f"{path}: truncated or corrupt GGUF header ({exc})") from exc
 
 
-def _expert_width(tensors: list[TensorInfo]) -> int:
-    """One expert's FFN size from the first up-projection stack (ne: n_embd, n_ff, n_expert), for
-    files that state it only as the dense ``feed_forward_length`` (llama: Mixtral); 0 without experts."""
-    return next((t.shape[1] for t in tensors if t.name.endswith(".ffn_up_exps.weight")), 0)
+def _ffn_width(tensors: list[TensorInfo], kind: str) -> int:
+    """The FFN width of the first up projection of ``kind`` ("_exps": one expert's, ne: n_embd,
+    n_ff, n_expert; "_shexp": the shared experts'); 0 where the file has none. Files state
+    the experts' width only as the dense ``feed_forward_length`` in some families (llama: Mixtral)."""
+    return next((t.shape[1] for t in tensors if t.name.endswith(f".ffn_up{kind}.weight")), 0)
 
 
 def inspect_model(path: str | Path) -> ModelProfile:
@@ -317,7 +319,7 @@ def inspect_model(path: str | Path) -> ModelProfile:
         n_expert=int(key("expert_count")),
         n_expert_used=int(key("expert_used_count")),
         n_ff=int(key("feed_forward_length")) if not isinstance(key("feed_forward_length"), list) else 0,
-        n_ff_expert=int(key("expert_feed_forward_length")) or _expert_width(tensors),
+        n_ff_expert=int(key("expert_feed_forward_length")) or _ffn_width(tensors, "_exps"),
         token_embd_bytes=token_embd,
         output_bytes=output,
         layers=layers,
@@ -325,6 +327,7 @@ def inspect_model(path: str | Path) -> ModelProfile:
         tensor_data_bytes=sum(t.nbytes for t in tensors),
         fingerprint=_fingerprint(reader, tensors),
         n_shared_experts=int(key("expert_shared_count", 1 if shared_bytes else 0)),
+        n_ff_shexp=_ffn_width(tensors, "_shexp"),
         rope_dims=int(key("rope.dimension_count")),
         kv_lora_rank=int(key("attention.kv_lora_rank")),
         latent_kv=any(t.name.endswith(".attn_k_b.weight") for t in tensors),

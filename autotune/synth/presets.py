@@ -174,7 +174,8 @@ _SHARED_AND_DENSE = ("ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp", "ffn_ga
 # Low-bit mixes like the published "dynamic" files of large MoE models: the routed experts,
 # nearly all the bytes, at few bits; what every token reads (attention, shared expert, dense
 # layers, the head) kept high. Where a role's rows are not whole blocks of its type the
-# writer falls back to Q8_0 (an MLA head's 128 no-RoPE dims, 1408-wide experts).
+# writer falls back as llama.cpp's quantizer does (``writer.FALLBACK_TYPES``: 1408-wide experts'
+# down projection Q3_K -> IQ4_NL).
 # Unsloth's UD-Q2_K_XL: experts' gate and up Q2_K and down Q3_K; attention Q4_K with the
 # value and latent paths Q6_K; shared experts and dense FFNs Q4_K (down Q6_K); embedding
 # Q6_K, output Q8_0.
