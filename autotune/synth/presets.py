@@ -116,7 +116,7 @@ PRESETS = {
         SynthPreset("mixtral-8x7b", n_layers=32, n_embd=4096, n_head=32, n_head_kv=8, head_dim=128,
                     n_expert=8, n_expert_used=2, n_ff_expert=14336, n_ff=14336, n_vocab=32000,
                     context_length=32768, rms_eps=1e-5, arch="llama"),
-        # GLM-4.5-Air (config.json of the zai-org release, as INTELLECT-3-Base re-publishes it):
+        # GLM-4.5-Air (its config.json, as INTELLECT-3-Base, a fine-tune of it, re-publishes it):
         # 46 layers plus one NextN layer, the first dense (10944), 96 heads / 8 KV of 128 with
         # partial_rotary_factor 0.5 (RoPE over 64), q/k/v biases, no q/k norm, 128 experts of
         # 1408, top-8, sigmoid with expert bias (noaux_tc), renormalized, scale 1.0, one shared
@@ -176,15 +176,15 @@ _SHARED_AND_DENSE = ("ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp", "ffn_ga
 # layers, the head) kept high. Where a role's rows are not whole blocks of its type the
 # writer falls back as llama.cpp's quantizer does (``writer.FALLBACK_TYPES``: 1408-wide experts'
 # down projection Q3_K -> IQ4_NL).
-# Unsloth's UD-Q2_K_XL: experts' gate and up Q2_K and down Q3_K; attention Q4_K with the
-# value and latent paths Q6_K; shared experts and dense FFNs Q4_K (down Q6_K); embedding
-# Q6_K, output Q8_0.
+# Like Unsloth's UD-Q2_K_XL (an approximation by role, not their per-tensor choice): experts'
+# gate and up Q2_K and down Q3_K; attention Q4_K with the value and latent paths Q6_K; shared
+# experts and dense FFNs Q4_K (down Q6_K); embedding Q6_K, output Q8_0.
 _UD_Q2_K_XL = {role: QType.Q4_K for role in ROLES} | {
     "ffn_gate_exps": QType.Q2_K, "ffn_up_exps": QType.Q2_K, "ffn_down_exps": QType.Q3_K,
     "attn_v": QType.Q6_K, "attn_kv_a_mqa": QType.Q6_K, "attn_k_b": QType.Q6_K, "attn_v_b": QType.Q6_K,
     "ffn_down_shexp": QType.Q6_K, "ffn_down": QType.Q6_K, "token_embd": QType.Q6_K, "output": QType.Q8_0}
 # IQ4_XS experts, with attention, shared experts and dense FFNs Q5_K (value paths Q6_K), the
-# embedding Q4_K and the output Q6_K, as the published IQ4_XS mixes of MoE models keep them.
+# embedding Q4_K and the output Q6_K: an IQ4_XS file that keeps what every token reads higher.
 _IQ4_XS_MIX = {role: QType.IQ4_XS for role in ROLES} | {role: QType.Q5_K for role in _ATTENTION + _SHARED_AND_DENSE} | {
     "attn_v": QType.Q6_K, "attn_kv_a_mqa": QType.Q6_K, "attn_v_b": QType.Q6_K, "token_embd": QType.Q4_K,
     "output": QType.Q6_K}
