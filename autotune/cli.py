@@ -6,7 +6,7 @@ import functools
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from autotune import interrupts
 from autotune.cache_runtime.cache_config import CACHE_KNOBS
 from autotune.errors import AutotuneError
 from autotune.knob_options import knob_options
+
+if TYPE_CHECKING:
+    from autotune.model_info import ModelProfile
 
 app = typer.Typer(
     help="Find, by measurement, the fastest way to run a MoE GGUF model under a VRAM cap.",
@@ -55,11 +58,13 @@ def inspect(
     tensors: bool = typer.Option(False, "--tensors", help="with --json: include the tensor table"),
 ) -> None:
     """Architecture, experts, quant types and bytes by group of a GGUF model."""
+    from autotune.cache_runtime.support import runtime_gap
     from autotune.model_info import KV_TYPE_BYTES, inspect_model
 
     profile = inspect_model(model)
+    gap = runtime_gap(profile)
     if as_json:
-        print(json.dumps(profile.to_json(with_tensors=tensors), indent=2))
+        print(json.dumps({**profile.to_json(with_tensors=tensors), "runtime_gap": gap}, indent=2))
         return
     console.print(f"[bold]{profile.name}[/]  ({profile.architecture}, fingerprint {profile.fingerprint})")
     console.print(
@@ -71,6 +76,8 @@ def inspect(
             f"experts {profile.n_expert}, {profile.n_expert_used} used per token, expert FFN {profile.n_ff_expert}"
             f" · one expert {_gib(profile.expert_bytes)} · all experts {_gib(profile.experts_bytes)}"
         )
+        for line in _family_parts(profile):
+            console.print(line)
     else:
         console.print("no experts: a dense model (the tuner can only tune layer offload for it)")
     groups = Table(title="bytes by group", show_edge=False)
@@ -92,6 +99,31 @@ def inspect(
         "KV cache per token: "
         + ", ".join(f"{kv} {profile.kv_bytes_per_token(kv, kv)} B" for kv in KV_TYPE_BYTES)
     )
+    console.print("cache runtime: " + (f"cannot run it: {gap}" if gap else f"runs {profile.architecture} "
+                                       f"with {', '.join(profile.quant_types)}"), markup=False)
+
+
+def _family_parts(profile: ModelProfile) -> list[str]:
+    """One line for each part of the model's family beyond routed experts that it has."""
+    lines = []
+    if profile.n_shared_experts:
+        lines.append(f"shared experts: {profile.n_shared_experts} per MoE layer, "
+                     f"{_gib(profile.shared_experts_bytes)} in all")
+    if profile.n_dense_lead:
+        lines.append(f"leading dense layers: {profile.n_dense_lead} (FFN {profile.n_ff}), "
+                     f"then {profile.n_moe_layers} MoE layers")
+    if profile.kv_lora_rank:
+        form = "one latent row per layer" if profile.latent_kv else "decompressed per head (an older file)"
+        lines.append(f"latent attention (MLA): kv_lora_rank {profile.kv_lora_rank} + RoPE {profile.rope_dims} dims,"
+                     f" cached as {form}: {profile.kv_bytes_per_token() // max(1, profile.n_layers)} B per token"
+                     " and layer at f16")
+    elif profile.rope_dims and profile.rope_dims != profile.head_dim_k:
+        lines.append(f"partial RoPE: {profile.rope_dims} of {profile.head_dim_k} head dims")
+    if profile.sliding_window:
+        lines.append(f"sliding-window attention: {profile.sliding_window} tokens")
+    if profile.attn_sinks:
+        lines.append("attention sinks: per-head sink logits")
+    return lines
 
 
 @app.command()
@@ -123,11 +155,15 @@ def hw(as_json: bool = typer.Option(False, "--json", help="machine-readable outp
 @user_errors
 def synth(
     out: Path = typer.Argument(..., help="where to write the GGUF"),
-    preset: str = typer.Option("tiny", help="tiny | small | qwen3-30b-a3b | qwen3-235b-a22b | mixtral-tiny | qwen2moe-tiny | glm4moe-tiny"
-                                            " | deepseek2-tiny | deepseek3-tiny | deepseek-v2-lite"),
-    layers: Optional[int] = typer.Option(None, help="cut the preset to its first N layers (to fit a disk)"),
+    preset: str = typer.Option("tiny", help="tiny | small | mixtral-tiny | qwen2moe-tiny | glm4moe-tiny | deepseek2-tiny"
+                                            " | deepseek3-tiny, or a real shape: qwen3-30b-a3b | qwen3-235b-a22b"
+                                            " | mixtral-8x7b | glm-4.5-air | deepseek-v2-lite | deepseek-v3"
+                                            " | qwen2-57b-a14b | qwen1.5-moe-a2.7b"),
+    layers: Optional[int] = typer.Option(None, help="cut the preset to its first N layers (to fit a disk; "
+                                         "the last keeps routed experts)"),
     quant: str = typer.Option("q4_k_m", help="q4_k_m | q4_k | q5_k | q6_k | q8_0 | f16 | q4_0 | q4_1 | "
-                              "q5_0 | q5_1 | q2_k | q3_k | iq4_nl | iq4_xs | mxfp4"),
+                              "q5_0 | q5_1 | q2_k | q3_k | iq4_nl | iq4_xs | mxfp4, or a mix by tensor role: "
+                              "ud-q2_k_xl | iq4_xs-mix | mxfp4_moe"),
     skew: float = typer.Option(1.0, help="static routing skew: 1 = calibrated like real MoE models, 0 = none"),
     routing: Optional[str] = typer.Option(
         None, help="temporal = concentration and temporal locality calibrated to a real model (the default "

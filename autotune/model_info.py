@@ -90,6 +90,15 @@ class ModelProfile:
     quant_types: dict[str, int]  # GGML type -> bytes of tensor data in that type
     tensor_data_bytes: int
     fingerprint: str
+    n_shared_experts: int = 0  # shared experts per MoE layer (a Qwen2-MoE layer's one of its own width: 1)
+    n_ff_shexp: int = 0  # a layer's shared experts' FFN width, all together (0: none)
+    rope_dims: int = 0  # RoPE over the first rope_dims of each head (0: the file does not say; all)
+    kv_lora_rank: int = 0  # latent attention (MLA): the compressed KV latent's width (0: none)
+    # MLA as llama.cpp caches it for files with the split attn_k_b/attn_v_b: one K of the latent
+    # plus the RoPE key (head_dim_k) shared by every head, and no V (it is a view of K)
+    latent_kv: bool = False
+    sliding_window: int = 0  # the header's attention.sliding_window (0: none)
+    attn_sinks: bool = False  # per-head attention sink logits (attn_sinks tensors)
     tensors: list[TensorInfo] = field(default_factory=list, repr=False)
 
     @property
@@ -106,11 +115,31 @@ class ModelProfile:
     def experts_bytes(self) -> int:
         return sum(layer.experts for layer in self.layers)
 
+    @property
+    def shared_experts_bytes(self) -> int:
+        return sum(layer.shared_experts for layer in self.layers)
+
+    @property
+    def n_dense_lead(self) -> int:
+        """Leading layers with a dense FFN instead of routed experts (0 for a dense model)."""
+        if not self.is_moe:
+            return 0
+        return next((index for index, layer in enumerate(self.layers) if layer.experts), len(self.layers))
+
+    @property
+    def n_moe_layers(self) -> int:
+        return sum(1 for layer in self.layers if layer.experts)
+
     def kv_bytes_per_token(self, type_k: str = "f16", type_v: str = "f16") -> int:
-        """KV-cache bytes one token of context costs, all layers together."""
-        per_layer = self.n_head_kv * (
-            self.head_dim_k * KV_TYPE_BYTES[type_k] + self.head_dim_v * KV_TYPE_BYTES[type_v]
-        )
+        """KV-cache bytes one token of context costs, all layers together, as llama.cpp keeps
+        them: K and V per KV head, or for a latent KV (MLA) the one K row of kv_lora_rank +
+        rope dims."""
+        if self.latent_kv:
+            per_layer = self.head_dim_k * KV_TYPE_BYTES[type_k]
+        else:
+            per_layer = self.n_head_kv * (
+                self.head_dim_k * KV_TYPE_BYTES[type_k] + self.head_dim_v * KV_TYPE_BYTES[type_v]
+            )
         return int(round(per_layer * self.n_layers))
 
     def to_json(self, with_tensors: bool = False) -> dict[str, Any]:
@@ -120,6 +149,8 @@ class ModelProfile:
         data["is_moe"] = self.is_moe
         data["expert_bytes"] = self.expert_bytes
         data["experts_bytes"] = self.experts_bytes
+        data["shared_experts_bytes"] = self.shared_experts_bytes
+        data["n_dense_lead"] = self.n_dense_lead
         data["kv_bytes_per_token"] = {
             kv: self.kv_bytes_per_token(kv, kv) for kv in KV_TYPE_BYTES
         }
@@ -204,10 +235,11 @@ def _reader(path: str, size: int, mtime_ns: int) -> Any:
         raise ModelFileError(f"{path}: truncated or corrupt GGUF header ({exc})") from exc
 
 
-def _expert_width(tensors: list[TensorInfo]) -> int:
-    """One expert's FFN size from the first up-projection stack (ne: n_embd, n_ff, n_expert), for
-    files that state it only as the dense ``feed_forward_length`` (llama: Mixtral); 0 without experts."""
-    return next((t.shape[1] for t in tensors if t.name.endswith(".ffn_up_exps.weight")), 0)
+def _ffn_width(tensors: list[TensorInfo], kind: str) -> int:
+    """The FFN width of the first up projection of ``kind`` ("_exps": one expert's, ne: n_embd,
+    n_ff, n_expert; "_shexp": the shared experts'); 0 where the file has none. Files state
+    the experts' width only as the dense ``feed_forward_length`` in some families (llama: Mixtral)."""
+    return next((t.shape[1] for t in tensors if t.name.endswith(f".ffn_up{kind}.weight")), 0)
 
 
 def inspect_model(path: str | Path) -> ModelProfile:
@@ -268,6 +300,8 @@ def inspect_model(path: str | Path) -> ModelProfile:
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     n_vocab = len(tokens.data) if tokens is not None else 0
     name = _field_value(reader, "general.name") or path.stem
+    shared_bytes = any(layer.shared_experts for layer in layers)
+    sliding_window = key("attention.sliding_window")
 
     return ModelProfile(
         path=str(path),
@@ -285,12 +319,19 @@ def inspect_model(path: str | Path) -> ModelProfile:
         n_expert=int(key("expert_count")),
         n_expert_used=int(key("expert_used_count")),
         n_ff=int(key("feed_forward_length")) if not isinstance(key("feed_forward_length"), list) else 0,
-        n_ff_expert=int(key("expert_feed_forward_length")) or _expert_width(tensors),
+        n_ff_expert=int(key("expert_feed_forward_length")) or _ffn_width(tensors, "_exps"),
         token_embd_bytes=token_embd,
         output_bytes=output,
         layers=layers,
         quant_types=dict(sorted(quant_types.items(), key=lambda kv: -kv[1])),
         tensor_data_bytes=sum(t.nbytes for t in tensors),
         fingerprint=_fingerprint(reader, tensors),
+        n_shared_experts=int(key("expert_shared_count", 1 if shared_bytes else 0)),
+        n_ff_shexp=_ffn_width(tensors, "_shexp"),
+        rope_dims=int(key("rope.dimension_count")),
+        kv_lora_rank=int(key("attention.kv_lora_rank")),
+        latent_kv=any(t.name.endswith(".attn_k_b.weight") for t in tensors),
+        sliding_window=0 if isinstance(sliding_window, list) else int(sliding_window),
+        attn_sinks=any(".attn_sinks" in t.name for t in tensors),
         tensors=tensors,
     )

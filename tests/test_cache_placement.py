@@ -115,3 +115,16 @@ def test_a_placement_file_that_is_missing_or_not_this_models_is_a_one_line_error
     with pytest.raises(AutotuneError, match=re.escape(message)) as error:
         read_placement(path, "abc123", (3, 4))
     assert "\n" not in str(error.value)
+
+
+def test_serve_checks_a_placement_against_the_moe_layers_only(deepseek2_model, tmp_path) -> None:
+    """A dense-led family's counts cover its MoE layers (3 of deepseek2-tiny's 4), as the runtime keeps them."""
+    from autotune.model_info import inspect_model
+    from autotune.serve.launch import check_placement
+
+    profile = inspect_model(deepseek2_model)
+    path = write_placement(tmp_path / "moe.json", np.ones((3, 16)), profile.fingerprint, "test")
+    check_placement(profile, {"placement": str(path)})
+    every_layer = write_placement(tmp_path / "all.json", np.ones((4, 16)), profile.fingerprint, "test")
+    with pytest.raises(AutotuneError, match=re.escape("counts of shape (4, 16), the model has (3, 16)")):
+        check_placement(profile, {"placement": str(every_layer)})

@@ -12,11 +12,10 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QType
 
 from autotune.cache_runtime.codebooks import IQ4_NL_CODES, MXFP4_CODES
+from autotune.cache_runtime.runtime_types import RUNTIME_TYPES
 
 QK_K = 256
 
-RUNTIME_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K",
-                 "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "MXFP4")
 # type name -> (elements per block, bytes per block)
 BLOCK_SIZES: dict[str, tuple[int, int]] = {name: GGML_QUANT_SIZES[QType[name]] for name in RUNTIME_TYPES}
 

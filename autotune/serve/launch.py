@@ -85,7 +85,7 @@ def check_placement(profile: ModelProfile, config: Config) -> None:
     if config.get("placement"):
         from autotune.cache_runtime.learned import read_placement
 
-        read_placement(config["placement"], profile.fingerprint, (profile.n_layers, profile.n_expert))
+        read_placement(config["placement"], profile.fingerprint, (profile.n_moe_layers, profile.n_expert))
 
 
 def check_trace_path(path: Path) -> None:

@@ -109,6 +109,46 @@ PRESETS = {
                     context_length=163840, rope_freq_base=10000.0, arch="deepseek2", n_ff_shexp=2816,
                     n_dense_lead=1, rope_dims=64, kv_lora_rank=512, head_dim_v=128, yarn_factor=40.0,
                     yarn_orig_ctx=4096, yarn_mscale_all_dim=0.707),
+        # Real shapes of other families, from each model's published config.json (the release's
+        # own, or a re-publication naming it as its source), every field as published.
+        # Mixtral-8x7B-v0.1 (and -Instruct-v0.1, the same shape): the llama architecture with 8
+        # experts, top-2, GQA 32/8; its experts' width is the file's feed_forward_length.
+        SynthPreset("mixtral-8x7b", n_layers=32, n_embd=4096, n_head=32, n_head_kv=8, head_dim=128,
+                    n_expert=8, n_expert_used=2, n_ff_expert=14336, n_ff=14336, n_vocab=32000,
+                    context_length=32768, rms_eps=1e-5, arch="llama"),
+        # GLM-4.5-Air (its config.json, as INTELLECT-3-Base, a fine-tune of it, re-publishes it):
+        # 46 layers plus one NextN layer, the first dense (10944), 96 heads / 8 KV of 128 with
+        # partial_rotary_factor 0.5 (RoPE over 64), q/k/v biases, no q/k norm, 128 experts of
+        # 1408, top-8, sigmoid with expert bias (noaux_tc), renormalized, scale 1.0, one shared
+        # expert, n_group 1 (no group limit).
+        SynthPreset("glm-4.5-air", n_layers=46, n_embd=4096, n_head=96, n_head_kv=8, head_dim=128,
+                    n_expert=128, n_expert_used=8, n_ff_expert=1408, n_ff=10944, n_vocab=151552,
+                    context_length=131072, rms_eps=1e-5, arch="glm4moe", attn_bias=True,
+                    n_ff_shexp=1408, n_dense_lead=1, rope_dims=64, gating="sigmoid", norm_topk=True,
+                    expert_weights_scale=1.0, nextn_layers=1),
+        # DeepSeek-V3 (config.json of deepseek-ai/DeepSeek-V3; R1 has the same shape): 61
+        # layers, the first 3 dense (18432), 128 heads of latent attention (q_lora 1536,
+        # kv_lora 512, nope 128 + rope 64, v 128), 256 experts of 2048, top-8 within the best 4
+        # of 8 groups, sigmoid with expert bias, renormalized, scale 2.5, one shared expert,
+        # YaRN x40 from 4096 (mscale_all_dim 1.0). Its NextN layer is not written: llama.cpp's
+        # converter drops it for deepseek2.
+        SynthPreset("deepseek-v3", n_layers=61, n_embd=7168, n_head=128, n_head_kv=1, head_dim=192,
+                    n_expert=256, n_expert_used=8, n_ff_expert=2048, n_ff=18432, n_vocab=129280,
+                    context_length=163840, rope_freq_base=10000.0, arch="deepseek2", n_ff_shexp=2048,
+                    n_dense_lead=3, rope_dims=64, gating="sigmoid", norm_topk=True, expert_weights_scale=2.5,
+                    kv_lora_rank=512, q_lora_rank=1536, head_dim_v=128, yarn_factor=40.0, yarn_orig_ctx=4096,
+                    yarn_mscale_all_dim=1.0, n_expert_groups=8, n_group_used=4),
+        # Qwen2-57B-A14B(-Instruct) (config.json of the Qwen release): 28 layers, 28 heads / 4 KV
+        # of 128, q/k/v biases, 64 experts of 2560, top-8, softmax not renormalized, a gated
+        # shared expert of 20480 (eight experts' width).
+        SynthPreset("qwen2-57b-a14b", n_layers=28, n_embd=3584, n_head=28, n_head_kv=4, head_dim=128,
+                    n_expert=64, n_expert_used=8, n_ff_expert=2560, n_ff=18944, n_vocab=151936,
+                    context_length=32768, arch="qwen2moe", attn_bias=True, n_ff_shexp=20480, shexp_gated=True),
+        # Qwen1.5-MoE-A2.7B (config.json of the Qwen release): 24 layers, 16 heads (no GQA) of
+        # 128, 60 experts of 1408, top-4, a gated shared expert of 5632.
+        SynthPreset("qwen1.5-moe-a2.7b", n_layers=24, n_embd=2048, n_head=16, n_head_kv=16, head_dim=128,
+                    n_expert=60, n_expert_used=4, n_ff_expert=1408, n_ff=5632, n_vocab=151936,
+                    context_length=8192, arch="qwen2moe", attn_bias=True, n_ff_shexp=5632, shexp_gated=True),
         # The exact shape of Qwen3-235B-A22B (141.7 GiB at the default layout, 1.5 GiB a layer:
         # --layers 20 cuts it to 30.8 GiB).
         SynthPreset("qwen3-235b-a22b", n_layers=94, n_embd=4096, n_head=64, n_head_kv=4,
@@ -128,8 +168,35 @@ _Q4_K_M = {role: QType.Q4_K for role in ROLES} | {
     "attn_v": QType.Q6_K, "ffn_down_exps": QType.Q6_K, "ffn_down_shexp": QType.Q6_K, "ffn_down": QType.Q6_K,
     "output": QType.Q6_K}
 
+_ATTENTION = ("attn_q", "attn_k", "attn_v", "attn_output", "attn_q_a", "attn_q_b", "attn_kv_a_mqa", "attn_k_b",
+              "attn_v_b")
+_SHARED_AND_DENSE = ("ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp", "ffn_gate", "ffn_up", "ffn_down")
+# Low-bit mixes like the published "dynamic" files of large MoE models: the routed experts,
+# nearly all the bytes, at few bits; what every token reads (attention, shared expert, dense
+# layers, the head) kept high. Where a role's rows are not whole blocks of its type the
+# writer falls back as llama.cpp's quantizer does (``writer.FALLBACK_TYPES``: 1408-wide experts'
+# down projection Q3_K -> IQ4_NL).
+# Like Unsloth's UD-Q2_K_XL (an approximation by role, not their per-tensor choice): experts'
+# gate and up Q2_K and down Q3_K; attention Q4_K with the value and latent paths Q6_K; shared
+# experts and dense FFNs Q4_K (down Q6_K); embedding Q6_K, output Q8_0.
+_UD_Q2_K_XL = {role: QType.Q4_K for role in ROLES} | {
+    "ffn_gate_exps": QType.Q2_K, "ffn_up_exps": QType.Q2_K, "ffn_down_exps": QType.Q3_K,
+    "attn_v": QType.Q6_K, "attn_kv_a_mqa": QType.Q6_K, "attn_k_b": QType.Q6_K, "attn_v_b": QType.Q6_K,
+    "ffn_down_shexp": QType.Q6_K, "ffn_down": QType.Q6_K, "token_embd": QType.Q6_K, "output": QType.Q8_0}
+# IQ4_XS experts, with attention, shared experts and dense FFNs Q5_K (value paths Q6_K), the
+# embedding Q4_K and the output Q6_K: an IQ4_XS file that keeps what every token reads higher.
+_IQ4_XS_MIX = {role: QType.IQ4_XS for role in ROLES} | {role: QType.Q5_K for role in _ATTENTION + _SHARED_AND_DENSE} | {
+    "attn_v": QType.Q6_K, "attn_kv_a_mqa": QType.Q6_K, "attn_v_b": QType.Q6_K, "token_embd": QType.Q4_K,
+    "output": QType.Q6_K}
+# llama.cpp's MXFP4_MOE: MXFP4 experts, Q8_0 everything else.
+_MXFP4_MOE = {role: QType.Q8_0 for role in ROLES} | {
+    "ffn_gate_exps": QType.MXFP4, "ffn_up_exps": QType.MXFP4, "ffn_down_exps": QType.MXFP4}
+
 LAYOUTS: dict[str, dict[str, QType]] = {
     "q4_k_m": _Q4_K_M,
+    "ud-q2_k_xl": _UD_Q2_K_XL,
+    "iq4_xs-mix": _IQ4_XS_MIX,
+    "mxfp4_moe": _MXFP4_MOE,
     "q4_k": {role: QType.Q4_K for role in ROLES},
     "q5_k": {role: QType.Q5_K for role in ROLES},
     "q6_k": {role: QType.Q6_K for role in ROLES},
@@ -141,7 +208,8 @@ LAYOUTS: dict[str, dict[str, QType]] = {
 
 
 def get_preset(name: str, layers: int | None = None) -> SynthPreset:
-    """The named shape, cut to its first ``layers`` layers when given."""
+    """The named shape, cut to its first ``layers`` layers when given (of which the last has
+    routed experts, however many leading layers the shape has dense)."""
     try:
         preset = PRESETS[name]
     except KeyError:
@@ -150,7 +218,8 @@ def get_preset(name: str, layers: int | None = None) -> SynthPreset:
         return preset
     if not 1 <= layers <= preset.n_layers:
         raise AutotuneError(f"--layers must be 1 to {preset.n_layers} for preset {name} (got {layers})")
-    return dataclasses.replace(preset, n_layers=layers)
+    # a cut keeps one layer of routed experts at least (DeepSeek-V3's first 3 are dense)
+    return dataclasses.replace(preset, n_layers=layers, n_dense_lead=min(preset.n_dense_lead, layers - 1))
 
 
 def get_layout(name: str) -> dict[str, QType]:

@@ -45,6 +45,10 @@ def default_routing(shape: SynthPreset) -> str:
     return "temporal" if shape.n_expert >= MIN_EXPERTS and not shape.mla else "static"
 
 
+# A 256-element type's stand-in for rows that are not whole blocks of it, as llama.cpp's
+# quantizer picks it (llama-quant.cpp); any other type's is Q8_0.
+FALLBACK_TYPES = {QType.Q2_K: QType.IQ4_NL, QType.Q3_K: QType.IQ4_NL, QType.IQ4_XS: QType.IQ4_NL,
+                  QType.Q4_K: QType.Q5_0, QType.Q5_K: QType.Q5_1, QType.Q6_K: QType.Q8_0}
 POOL_BLOCKS = 8192
 MAX_TAPE_BLOCKS = 1 << 20
 CHATML_TEMPLATE = (
@@ -128,11 +132,13 @@ class _SynthWriter:
 
     def _type_for(self, role: str, cols: int) -> QType:
         """The role's type, or where its rows are not whole blocks of it (an MLA head's 128
-        no-RoPE dims, DeepSeek-V2-Lite's 1408-wide experts under a K-quant) Q8_0, else F16."""
+        no-RoPE dims, 1408-wide experts under a K-quant) the 32-element type llama.cpp's
+        quantizer falls back to (``FALLBACK_TYPES``), else F16."""
         qtype = self.layout[role]
         if cols % _block_elements(qtype) == 0 or qtype == QType.F32:
             return qtype
-        return QType.Q8_0 if cols % GGML_QUANT_SIZES[QType.Q8_0][0] == 0 else QType.F16
+        fallback = FALLBACK_TYPES.get(qtype, QType.Q8_0)
+        return fallback if cols % _block_elements(fallback) == 0 else QType.F16
 
     def _quantized(self, role: str, rows: int, cols: int, scale: float, first_value: float | None = None) -> tuple[np.ndarray, QType]:
         """A (rows, cols) weight of this role's type (``_type_for``) as raw bytes shaped (rows,
@@ -301,8 +307,9 @@ class _SynthWriter:
         """The keys of the preset's family parts (shared expert, dense layers, partial RoPE,
         the router's gate, NextN layers), each only where the preset has the part."""
         p, key = self.p, f"{self.p.arch}."
-        if p.n_ff_shexp:  # Qwen2-MoE states the width, GLM-4.5 a count of experts' widths
+        if p.n_ff_shexp and p.shexp_gated:  # Qwen2-MoE states its one shared expert's width
             writer.add_uint32(key + "expert_shared_feed_forward_length", p.n_ff_shexp)
+        elif p.n_ff_shexp:  # GLM-4.5 and DeepSeek a count of experts' widths
             writer.add_uint32(key + "expert_shared_count", p.n_ff_shexp // p.n_ff_expert)
         if p.n_dense_lead:
             writer.add_uint32(key + "leading_dense_block_count", p.n_dense_lead)

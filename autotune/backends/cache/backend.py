@@ -48,22 +48,11 @@ class CacheBackend(SharedLoadBackend):
         return None
 
     def supports(self, model: ModelProfile) -> str | None:
-        """Mixture-of-experts models of an architecture the runtime implements."""
-        if not model.is_moe:
-            return "a dense model has no routed experts: nothing to cache"
-        from autotune.cache_runtime.budget import model_sizes
-        from autotune.cache_runtime.dequant import BLOCK_SIZES
+        """Mixture-of-experts models of a family and weight types the runtime implements
+        (``support.runtime_gap``)."""
+        from autotune.cache_runtime.support import runtime_gap
 
-        unsupported = [qtype for qtype in model.quant_types if qtype not in BLOCK_SIZES]
-        if unsupported:
-            return (f"the runtime has no kernels for GGML type {', '.join(unsupported)} "
-                    f"(it reads {', '.join(BLOCK_SIZES)})")
-
-        try:
-            model_sizes(model.path)
-        except ModelFileError as exc:
-            return str(exc)
-        return None
+        return runtime_gap(model)
 
     # -- the search space --------------------------------------------------------
 

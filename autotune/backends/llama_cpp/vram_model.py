@@ -10,7 +10,8 @@ The terms follow where llama.cpp puts things (src/llama-model.cpp, llama-context
 - ``kv_cache``: the offloaded layers' K and V for n_ctx (padded to 256) tokens.
 - ``compute``: the GPU compute buffer, reserved for the worst ubatch: the logits
   (n_vocab x n_ubatch floats), attention scores without flash attention (n_ctx x n_ubatch x
-  n_head floats), the routed experts' activations, and with ``op_offload`` one layer's
+  n_head floats), the widest layer's FFN activations (routed experts and shared experts
+  together, or a leading dense layer's FFN), and with ``op_offload`` one layer's
   CPU-resident weights copied in for a batch of 32 tokens or more.
 
 What this misses on a machine (driver, cuBLAS workspace, allocator rounding) the tuner
@@ -43,6 +44,15 @@ class VramEstimate:
         return self.cuda_context + self.weights + self.kv_cache + self.compute
 
 
+def ffn_width(model: ModelProfile) -> int:
+    """The widest FFN one token runs through in a layer: a MoE layer's selected experts and its
+    shared experts, or a leading dense layer's FFN (a dense model's every layer)."""
+    if not model.is_moe:
+        return model.n_ff
+    moe = model.n_ff_expert * model.n_expert_used + model.n_ff_shexp
+    return max(moe, model.n_ff if model.n_dense_lead else 0)
+
+
 def estimate_vram(config: Config, model: ModelProfile) -> VramEstimate:
     """The VRAM terms of a normalized config (see ``llama_config.normalize``)."""
     first_gpu_layer = max(0, model.n_layers + 1 - config["n_gpu_layers"])
@@ -65,7 +75,6 @@ def estimate_vram(config: Config, model: ModelProfile) -> VramEstimate:
     n_ubatch = min(config["n_ubatch"], config["n_batch"], n_ctx)
     logits = model.n_vocab * n_ubatch * FLOAT_BYTES
     scores = 0 if config["flash_attn"] else n_ctx * n_ubatch * model.n_head * FLOAT_BYTES
-    n_ff = model.n_ff_expert * model.n_expert_used if model.is_moe else model.n_ff
-    activations = 3 * n_ubatch * n_ff * FLOAT_BYTES  # gate, up and their product
+    activations = 3 * n_ubatch * ffn_width(model) * FLOAT_BYTES  # gate, up and their product
     copies = max(host_layer_bytes) if config["op_offload"] and n_ubatch >= OP_OFFLOAD_MIN_BATCH else 0
     return VramEstimate(CUDA_CONTEXT_BYTES, weights, kv_cache, logits + scores + activations + copies)
