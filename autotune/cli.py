@@ -124,10 +124,11 @@ def hw(as_json: bool = typer.Option(False, "--json", help="machine-readable outp
 def synth(
     out: Path = typer.Argument(..., help="where to write the GGUF"),
     preset: str = typer.Option("tiny", help="tiny | small | qwen3-30b-a3b | qwen3-235b-a22b | mixtral-tiny | qwen2moe-tiny | glm4moe-tiny"
-                                            " | deepseek2-tiny | deepseek3-tiny | deepseek-v2-lite"),
+                                            " | deepseek2-tiny | deepseek3-tiny | deepseek-v2-lite | gpt-oss-tiny"
+                                            " | gpt-oss-20b | gpt-oss-120b"),
     layers: Optional[int] = typer.Option(None, help="cut the preset to its first N layers (to fit a disk)"),
     quant: str = typer.Option("q4_k_m", help="q4_k_m | q4_k | q5_k | q6_k | q8_0 | f16 | q4_0 | q4_1 | "
-                              "q5_0 | q5_1 | q2_k | q3_k | iq4_nl | iq4_xs | mxfp4"),
+                              "q5_0 | q5_1 | q2_k | q3_k | iq4_nl | iq4_xs | mxfp4 | mxfp4_moe (MXFP4 experts, Q8_0 else)"),
     skew: float = typer.Option(1.0, help="static routing skew: 1 = calibrated like real MoE models, 0 = none"),
     routing: Optional[str] = typer.Option(
         None, help="temporal = concentration and temporal locality calibrated to a real model (the default "
@@ -140,7 +141,7 @@ def synth(
     ),
     measure_tokens: int = typer.Option(256, help="tokens to decode for the routing measurement"),
 ) -> None:
-    """Write a random-weight MoE GGUF: qwen3moe, Mixtral-style llama, qwen2moe, glm4moe or deepseek2 (for tests, demos and studies)."""
+    """Write a random-weight MoE GGUF: qwen3moe, Mixtral-style llama, qwen2moe, glm4moe, deepseek2 or gpt-oss (for tests, demos and studies)."""
     from autotune.synth import write_synthetic_model
 
     with console.status(f"writing {preset} model to {out} ..."):
