@@ -156,9 +156,9 @@ def hw(as_json: bool = typer.Option(False, "--json", help="machine-readable outp
 def synth(
     out: Path = typer.Argument(..., help="where to write the GGUF"),
     preset: str = typer.Option("tiny", help="tiny | small | mixtral-tiny | qwen2moe-tiny | glm4moe-tiny | deepseek2-tiny"
-                                            " | deepseek3-tiny, or a real shape: qwen3-30b-a3b | qwen3-235b-a22b"
+                                            " | deepseek3-tiny | gpt-oss-tiny, or a real shape: qwen3-30b-a3b | qwen3-235b-a22b"
                                             " | mixtral-8x7b | glm-4.5-air | deepseek-v2-lite | deepseek-v3"
-                                            " | qwen2-57b-a14b | qwen1.5-moe-a2.7b"),
+                                            " | qwen2-57b-a14b | qwen1.5-moe-a2.7b | gpt-oss-20b | gpt-oss-120b"),
     layers: Optional[int] = typer.Option(None, help="cut the preset to its first N layers (to fit a disk; "
                                          "the last keeps routed experts)"),
     quant: str = typer.Option("q4_k_m", help="q4_k_m | q4_k | q5_k | q6_k | q8_0 | f16 | q4_0 | q4_1 | "
@@ -176,7 +176,7 @@ def synth(
     ),
     measure_tokens: int = typer.Option(256, help="tokens to decode for the routing measurement"),
 ) -> None:
-    """Write a random-weight MoE GGUF: qwen3moe, Mixtral-style llama, qwen2moe, glm4moe or deepseek2 (for tests, demos and studies)."""
+    """Write a random-weight MoE GGUF: qwen3moe, Mixtral-style llama, qwen2moe, glm4moe, deepseek2 or gpt-oss (for tests, demos and studies)."""
     from autotune.synth import write_synthetic_model
 
     with console.status(f"writing {preset} model to {out} ..."):

@@ -111,6 +111,23 @@ def deepseek3_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gpt_oss_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight tiny gpt-oss-style GGUF (sinks, an 8-token window on layers 0 and 2,
+    YaRN, biased router and experts, the clamped SwiGLU; F16 as mixtral_model)."""
+    path = tmp_path_factory.mktemp("models") / "gpt-oss-tiny.gguf"
+    write_synthetic_model(path, preset="gpt-oss-tiny", quant="f16", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpt_oss_mxfp4_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """gpt-oss-tiny in the released layout: MXFP4 experts, Q8_0 elsewhere."""
+    path = tmp_path_factory.mktemp("models") / "gpt-oss-tiny-mxfp4.gguf"
+    write_synthetic_model(path, preset="gpt-oss-tiny", quant="mxfp4_moe", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
 def dense_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small dense (no experts) llama GGUF written with the gguf package."""
     import numpy as np

@@ -295,12 +295,13 @@ def test_dma_prefetch_gives_full_residency_tokens(tiny_model: Path, full_tokens,
     e.close()
 
 
-@pytest.mark.parametrize("model", ["qwen2moe_model", "glm4moe_model", "deepseek3_model"])
+@pytest.mark.parametrize("model", ["qwen2moe_model", "glm4moe_model", "deepseek3_model", "gpt_oss_model"])
 @pytest.mark.parametrize("mode", ["zero_copy", "copy"])
 def test_shared_experts_and_dense_layers_keep_full_residency_tokens(model: str, mode: str,
                                                                     request: pytest.FixtureRequest) -> None:
     """Shared experts stay resident weights and leading dense layers have no slots: the cache
-    numbers the MoE layers only (glm4moe-tiny: 3 of 4), one slot each, with prefetch."""
+    numbers the MoE layers only (glm4moe-tiny: 3 of 4), one slot each, with prefetch; gpt-oss's
+    expert biases stay resident beside the experts that move."""
     path = request.getfixturevalue(model)
     want = Engine(path, device="cpu", kernels="torch").generate(PROMPT, STEPS)
     e = engine(path, model_sizes(path).n_layers, miss_mode=mode, rebalance_interval=3, prefill_bypass=4,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from autotune.cache_runtime.cache_config import CacheConfig
+from autotune.cache_runtime.cache_config import CPU_MISS_MODES, CacheConfig
 from autotune.cache_runtime.devices import Device
 from autotune.cache_runtime.families import family_for
 from autotune.cache_runtime.graph import DecodeGraph, SegmentedDecodeGraph
@@ -137,6 +137,9 @@ class Engine:
 
         if self._experts_in_vram:
             raise AutotuneError("this engine holds every expert in VRAM: load it with cache_config=... instead")
+        if cfg.miss_mode in CPU_MISS_MODES and not self.plain_experts:
+            raise AutotuneError(f"miss mode {cfg.miss_mode!r} computes misses with ggml's plain SwiGLU experts; "
+                                f"{self.cfg.arch}'s experts have biases or another activation: use zero_copy or copy")
         if cfg.max_ctx != self.kv_cache.max_ctx:
             raise AutotuneError(f"max_ctx {cfg.max_ctx} differs from the loaded KV cache's {self.kv_cache.max_ctx}")
         self.close()
@@ -155,6 +158,11 @@ class Engine:
         self.ops.hooks = expert_cache
         self.prefill_chunk = cfg.prefill_chunk  # the plan holds one chunk's activations
         self.ops.set_launch_shapes(cfg.chunk_rounds, cfg.gate_up_warps)
+
+    @property
+    def plain_experts(self) -> bool:
+        """Whether every expert is down(silu(gate x) * up x) without biases (what ggml's CPU experts compute)."""
+        return self.cfg.expert_act == "silu" and all(lw.plain_experts for lw in self.weights.moe_layers)
 
     def save_routing(self) -> Path | None:
         """Persist the routing counts seen so far (they seed the next start's placement)."""

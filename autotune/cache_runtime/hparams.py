@@ -24,7 +24,7 @@ from autotune.cache_runtime.rope_scaling import RopeScaling, read_rope_scaling
 from autotune.errors import ModelFileError
 
 # llama.cpp's ``expert_gating_func`` codes (0: the architecture's own)
-GATING_FUNCS = {1: "softmax", 2: "sigmoid"}
+GATING_FUNCS = {1: "softmax", 2: "sigmoid", 3: "softmax_weight"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,13 @@ class ModelConfig:
     head_dim_v: int = 0  # a value head's size where it differs from head_dim (MLA)
     q_lora_rank: int = 0  # MLA: q through a rank-q_lora_rank projection (0: directly)
     kv_lora_rank: int = 0  # MLA: the compressed KV latent's size (0: not MLA)
+    expert_act: str = "silu"  # the experts' gated activation (``torch_ops.glu``)
+    n_swa: int = 0  # the sliding window's length in tokens (0: none) ...
+    swa_layers: tuple[bool, ...] = ()  # ... on the layers marked here
+
+    def window(self, il: int) -> int:
+        """The keys layer il's queries see: the last ``window`` positions (0: all of them)."""
+        return self.n_swa if self.swa_layers and self.swa_layers[il] else 0
 
     @property
     def mla(self) -> bool:
@@ -154,6 +161,8 @@ def read_config(path: str | Path) -> ModelConfig:
     n_dense_lead = int(key("leading_dense_block_count", 0))
     if not 0 <= n_dense_lead < n_layers:
         raise ModelFileError(f"{path}: {n_dense_lead} leading dense layers of {n_layers}")
+    if float(key("rope.freq_base_swa", key("rope.freq_base", 10000.0))) != float(key("rope.freq_base", 10000.0)):
+        raise ModelFileError(f"{path}: a RoPE base of its own for the sliding-window layers is not supported")
     return ModelConfig(
         arch=arch,
         n_layers=n_layers,
@@ -182,4 +191,16 @@ def read_config(path: str | Path) -> ModelConfig:
         head_dim_v=0 if head_dim_v == head_dim else head_dim_v,
         q_lora_rank=int(key("attention.q_lora_rank", 0)) if traits.mla else 0,
         kv_lora_rank=kv_lora_rank,
+        expert_act=traits.expert_act,
+        n_swa=int(key("attention.sliding_window")) if traits.swa_pattern else 0,
+        swa_layers=_swa_layers(fields.get(f"{arch}.attention.sliding_window_pattern", traits.swa_pattern), n_layers)
+        if traits.swa_pattern else (),
     )
+
+
+def _swa_layers(pattern: int | list[bool], n_layers: int) -> tuple[bool, ...]:
+    """Which layers have the sliding window, as llama.cpp's ``set_swa_pattern`` marks them: the
+    file's per-layer flags, or every layer but each ``pattern``-th (counting from 1; 0: all)."""
+    if isinstance(pattern, list):
+        return tuple(bool(flag) for flag in pattern[:n_layers])
+    return tuple(pattern == 0 or il % pattern < pattern - 1 for il in range(n_layers))

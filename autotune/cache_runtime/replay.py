@@ -39,7 +39,8 @@ class TraceReplay(RoutingHook):
         rows = (self.cursor + torch.arange(n, device=self.cursor.device)) % self.n_tokens
         chosen = self.ids[rows, layer]
         cfg = self.cfg
-        chosen_weights = expert_weights(gate(logits, cfg.gating), chosen, cfg.norm_topk, cfg.expert_weights_scale)
+        chosen_weights = expert_weights(gate(logits, cfg.gating), chosen, cfg.norm_topk, cfg.expert_weights_scale,
+                                        cfg.gating)
         ids.copy_(chosen)
         weights.copy_(chosen_weights)
         if layer == self.last_layer:

@@ -14,14 +14,21 @@ if TYPE_CHECKING:
 
 
 def gate(logits: torch.Tensor, gating: str) -> torch.Tensor:
-    """The router's scores over all experts: softmax, or each expert's sigmoid."""
-    return logits.float().sigmoid() if gating == "sigmoid" else logits.float().softmax(-1)
+    """The router's scores over all experts: softmax, each expert's sigmoid, or the logits
+    themselves ("softmax_weight": the softmax comes after the top k, ``expert_weights``)."""
+    if gating == "sigmoid":
+        return logits.float().sigmoid()
+    return logits.float() if gating == "softmax_weight" else logits.float().softmax(-1)
 
 
-def expert_weights(probs: torch.Tensor, ids: torch.Tensor, norm_topk: bool, scale: float = 0.0) -> torch.Tensor:
-    """The selected experts' weights: their gate scores, optionally renormalized to sum to 1
-    (the sum clamped as llama.cpp does), times ``scale`` (0 or 1: unscaled)."""
+def expert_weights(probs: torch.Tensor, ids: torch.Tensor, norm_topk: bool, scale: float = 0.0,
+                   gating: str = "softmax") -> torch.Tensor:
+    """The selected experts' weights: their gate scores (softmax over the k of them for
+    "softmax_weight"), optionally renormalized to sum to 1 (the sum clamped as llama.cpp
+    does), times ``scale`` (0 or 1: unscaled)."""
     weights = probs.gather(-1, ids)
+    if gating == "softmax_weight":
+        weights = weights.softmax(-1)
     if norm_topk:
         weights = weights / weights.sum(-1, keepdim=True).clamp(min=6.103515625e-5)
     if scale not in (0.0, 1.0):
@@ -51,7 +58,7 @@ def route(logits: torch.Tensor, k: int, norm_topk: bool, gating: str = "softmax"
     if groups[0] > 1:
         chosen_by = best_groups_only(chosen_by, *groups)
     ids = chosen_by.topk(k, dim=-1).indices
-    return expert_weights(probs, ids, norm_topk, scale), ids
+    return expert_weights(probs, ids, norm_topk, scale, gating), ids
 
 
 def route_layer(logits: torch.Tensor, cfg: ModelConfig, selection_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,46 @@ def with_bias(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x if bias is None else x + bias
 
 
+# gpt-oss's clamped SwiGLU (llama.cpp's LLM_FFN_SWIGLU_OAI_MOE constants)
+OAI_ALPHA, OAI_LIMIT = 1.702, 7.0
+
+
+def glu(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
+    """The gated activation: silu(gate) * up, or "swiglu_oai": the gate clamped above and the
+    up clamped both ways at OAI_LIMIT, gate * sigmoid(OAI_ALPHA * gate) * (up + 1)."""
+    if act == "silu":
+        return F.silu(gate) * up
+    gate, up = gate.clamp(max=OAI_LIMIT), up.clamp(-OAI_LIMIT, OAI_LIMIT)
+    return gate * torch.sigmoid(OAI_ALPHA * gate) * (up + 1)
+
+
+def expert_bias(bias: torch.Tensor | None, ids: torch.Tensor | int) -> torch.Tensor | None:
+    """The selected experts' rows of a per-expert bias stack (None where the layer has none)."""
+    return None if bias is None else bias[ids]
+
+
+def sink_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
+                   sinks: torch.Tensor | None) -> torch.Tensor:
+    """Softmax attention (batch, heads, queries, dims) over the keys ``visible`` (queries, keys)
+    marks, with each head's sink logit (heads,) as one more term in its softmax's sum (no
+    value): the sink is one more key, in one more dimension, that only the sink key has and
+    every query sets to 1, so its score is the sink whatever the query."""
+    scale = q.shape[-1] ** -0.5
+    if sinks is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale)
+    batch, heads, n, _ = q.shape
+    pad = 8  # one dimension, padded to keep the fused kernels' alignment
+    q = torch.cat([q, q.new_zeros(batch, heads, n, pad)], dim=-1)
+    q[..., -pad] = 1.0
+    k = torch.cat([k, k.new_zeros(*k.shape[:-1], pad)], dim=-1)
+    sink_key = k.new_zeros(batch, heads, 1, k.shape[-1])
+    sink_key[..., -pad] = sinks.to(k.dtype)[None, :, None] / scale
+    k = torch.cat([k, sink_key], dim=-2)
+    v = torch.cat([v, v.new_zeros(*v.shape[:-2], 1, v.shape[-1])], dim=-2)
+    visible = torch.cat([visible, visible.new_ones(n, 1)], dim=-1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale)
+
+
 class TorchOps(Ops):
     """The blocks as dequantize-then-matmul; experts are read where ``hooks.resolve`` says."""
 
@@ -34,7 +74,7 @@ class TorchOps(Ops):
 
     def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, m: int) -> torch.Tensor:
         """Sum over each token's selected experts of MoE layer m (``ModelConfig.moe_layer``) of
-        weight * down(silu(gate x) * up x)."""
+        weight * ``expert_ffn``."""
         return self.some_experts(x, weights, ids, m, None)
 
     def some_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, m: int,
@@ -44,10 +84,18 @@ class TorchOps(Ops):
         chosen = ids if on_device is None else ids[on_device]
         for e in chosen.unique().tolist():
             token, slot = ((ids == e) if on_device is None else (ids == e) & on_device).nonzero(as_tuple=True)
-            xe = x[token]
-            y = self.ffn(xe, *self.expert(m, e))
+            y = self.expert_ffn(x[token], m, e)
             out.index_add_(0, token, weights[token, slot, None] * y)
         return out
+
+    def expert_ffn(self, x: torch.Tensor, m: int, e: int) -> torch.Tensor:
+        """Expert e of MoE layer m on x: ``ffn`` with the model's activation and the expert's
+        gate, up and down biases where the layer has them."""
+        gate, up, down = self.expert(m, e)
+        lw = self.w.moe_layers[m]
+        hidden = glu(with_bias(self.linear(x, gate), expert_bias(lw.gate_exps_b, e)),
+                     with_bias(self.linear(x, up), expert_bias(lw.up_exps_b, e)), self.cfg.expert_act)
+        return with_bias(self.linear(hidden, down), expert_bias(lw.down_exps_b, e))
 
     def expert(self, m: int, e: int) -> tuple[QTensor, QTensor, QTensor]:
         """Expert e's gate, up and down matrices (MoE layer m), wherever the expert cache keeps them."""
@@ -107,24 +155,29 @@ class TorchOps(Ops):
         # 4-D (batch of one): SDPA's fused kernels (flash, memory-efficient) take nothing else,
         # and its fallback materializes every score (a GiB for 2048 tokens)
         qh, k, v = q.transpose(0, 1).to(k.dtype)[None], k[None], v[None]
-        if start == 0:
+        window, sinks = self.cfg.window(il), self.w.layers[il].attn_sinks
+        if start == 0 and not window and sinks is None:
             out = F.scaled_dot_product_attention(qh, k, v, is_causal=True)
         else:
             keys = torch.arange(end, device=q.device)
-            mask = keys[None, :] <= (start + torch.arange(n, device=q.device))[:, None]
-            out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask)
+            queries = (start + torch.arange(n, device=q.device))[:, None]
+            mask = keys[None, :] <= queries
+            if window:  # llama.cpp's standard window: a query sees the last ``window`` positions
+                mask &= keys[None, :] > queries - window
+            out = sink_attention(qh, k, v, mask, sinks)
         return out[0].transpose(0, 1).reshape(n, self.cfg.q_dim).float()
 
     def out_proj(self, a: torch.Tensor, il: int, h: torch.Tensor) -> torch.Tensor:
-        """h + attention output projection."""
-        return h + self.linear(a, self.w.layers[il].wo)
+        """h + attention output projection (plus its bias where the layer has one)."""
+        lw = self.w.layers[il]
+        return h + with_bias(self.linear(a, lw.wo), lw.bo)
 
     def moe(self, h: torch.Tensor, il: int) -> tuple[torch.Tensor, torch.Tensor]:
         """h + the routed experts of RMSNorm(h) (+ the shared expert where the layer has one);
         and the selected ids (tokens, k)."""
         lw, m = self.w.layers[il], self.cfg.moe_layer(il)
         x = rmsnorm(h, lw.ffn_norm, self.cfg.rms_eps)
-        logits = self.linear(x, lw.router)
+        logits = with_bias(self.linear(x, lw.router), lw.router_b)
         weights, ids = route_layer(logits, self.cfg, lw.exp_probs_b)
         self.routing.after_route(m, logits, weights, ids)
         self.hooks.after_router(m, h)
@@ -135,8 +188,8 @@ class TorchOps(Ops):
         return out, ids
 
     def ffn(self, x: torch.Tensor, gate: QTensor, up: QTensor, down: QTensor) -> torch.Tensor:
-        """down(silu(gate x) * up x): an expert's, a shared expert's or a dense layer's FFN."""
-        return self.linear(F.silu(self.linear(x, gate)) * self.linear(x, up), down)
+        """down(silu(gate x) * up x): a shared expert's or a dense layer's FFN."""
+        return self.linear(glu(self.linear(x, gate), self.linear(x, up), "silu"), down)
 
     def shared_expert(self, x: torch.Tensor, il: int) -> torch.Tensor:
         """Layer il's shared expert on the normalized x, times sigmoid(gate_inp_shexp . x)

@@ -68,13 +68,15 @@ def rope_store_kernel(q_ptr, k_ptr, v_ptr, q_norm_ptr, k_norm_ptr, cos_ptr, sin_
 
 @triton.jit
 def attn_partial_kernel(q_ptr, k_cache, v_cache, pos_ptr, m_out, l_out, acc_out, n_head, max_ctx,
-                        scale, GROUP: tl.constexpr, G_PAD: tl.constexpr, HD: tl.constexpr,
+                        scale, window, GROUP: tl.constexpr, G_PAD: tl.constexpr, HD: tl.constexpr,
                         BT: tl.constexpr, N_SPLIT: tl.constexpr, N_ITER: tl.constexpr):
     """Grid (kv_heads, N_SPLIT): the GROUP q heads of one kv head over key blocks
-    split, split + N_SPLIT, ... up to pos; writes running max, sum and weighted values."""
+    split, split + N_SPLIT, ... up to pos; writes running max, sum and weighted values.
+    ``window`` > 0: only the last ``window`` positions (up to pos) are keys."""
     kvh = tl.program_id(0)
     split = tl.program_id(1)
     seq = tl.load(pos_ptr) + 1
+    first = tl.where(window > 0, tl.maximum(seq - window, 0), 0)
     g = tl.arange(0, G_PAD)
     g_ok = g < GROUP
     head = kvh * GROUP + tl.minimum(g, GROUP - 1)
@@ -87,9 +89,9 @@ def attn_partial_kernel(q_ptr, k_cache, v_cache, pos_ptr, m_out, l_out, acc_out,
     acc = tl.zeros([G_PAD, HD], tl.float32)
     for it in range(N_ITER):
         start = (it * N_SPLIT + split) * BT
-        if start < seq:
+        if (start < seq) & (start + BT > first):
             t = start + tl.arange(0, BT)
-            t_ok = t < seq
+            t_ok = (t < seq) & (t >= first)
             offs = base + tl.minimum(t, seq - 1)[:, None].to(tl.int64) * HD + d[None, :]
             k = tl.load(k_cache + offs)
             s = tl.dot(q, tl.trans(k))
@@ -107,15 +109,23 @@ def attn_partial_kernel(q_ptr, k_cache, v_cache, pos_ptr, m_out, l_out, acc_out,
 
 
 @triton.jit
-def attn_combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, n_head, HD: tl.constexpr,
-                        N_SPLIT: tl.constexpr):
-    """Grid (n_head,): merge the splits' partial softmaxes into the head's output."""
+def attn_combine_kernel(m_ptr, l_ptr, acc_ptr, sinks_ptr, out_ptr, n_head, HD: tl.constexpr,
+                        N_SPLIT: tl.constexpr, SINKS: tl.constexpr):
+    """Grid (n_head,): merge the splits' partial softmaxes into the head's output; with SINKS,
+    the head's sink logit (``sinks_ptr``) is one more term in the softmax's sum."""
     h = tl.program_id(0)
     sp = tl.arange(0, N_SPLIT)
     d = tl.arange(0, HD)
     m = tl.load(m_ptr + sp * n_head + h)
     l = tl.load(l_ptr + sp * n_head + h)
     acc = tl.load(acc_ptr + (sp * n_head + h)[:, None] * HD + d[None, :])
-    w = tl.exp(m - tl.max(m, 0))  # splits that saw no key: m = -inf, weight 0
-    out = tl.sum(w[:, None] * acc, 0) / tl.sum(w * l, 0)
+    top = tl.max(m, 0)
+    if SINKS:
+        sink = tl.load(sinks_ptr + h)
+        top = tl.maximum(top, sink)
+    w = tl.exp(m - top)  # splits that saw no key: m = -inf, weight 0
+    total = tl.sum(w * l, 0)
+    if SINKS:
+        total += tl.exp(sink - top)
+    out = tl.sum(w[:, None] * acc, 0) / total
     tl.store(out_ptr + h * HD + d, out)

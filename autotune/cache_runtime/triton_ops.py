@@ -4,7 +4,11 @@ The same contract (``ops.Ops``) as ``TorchOps``, whose multi-token blocks it reu
 ``triton_gemv`` and the attention kernels of ``triton_attention``: about ten launches a
 layer, no host sync, so a step can be captured as one CUDA graph. Several tokens
 (prefill) keep TorchOps' norms, RoPE and attention, with the matrix products and the
-routed experts on ``qgemm_kernel``. Under TRITON_INTERPRET=1 the same code runs on the CPU.
+routed experts on ``qgemm_kernel``. Experts with biases or another activation than SwiGLU
+(gpt-oss) run unfused at any token count: their gate, up and down products on
+``qgemm_kernel``, the biases and the activation in torch (``_biased_experts``); decode
+attention takes the sliding window and the sinks in its kernels. Under TRITON_INTERPRET=1
+the same code runs on the CPU.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from autotune.cache_runtime.kv_cache import KVCache
 from autotune.cache_runtime.rope import RopeTable
 from autotune.cache_runtime.step_counts import PrefetchCounts, count_step
 from autotune.cache_runtime.routing import route_layer
-from autotune.cache_runtime.torch_ops import TorchOps, with_bias
+from autotune.cache_runtime.torch_ops import TorchOps, expert_bias, glu, with_bias
 from autotune.cache_runtime.triton_attention import (attn_combine_kernel, attn_partial_kernel,
                                                       rope_store_kernel)
 from autotune.cache_runtime.triton_gemm import dequant_kernel, moe_blocks, qgemm_kernel
@@ -137,16 +141,42 @@ class TritonOps(TorchOps):
         out = torch.empty(m, w.rows, dtype=torch.float32, device=x.device)
         return self._qgemm(x, out, rows, groups, self._dense_table(w), w, 0)
 
+    def _fused_experts(self, il: int) -> bool:
+        """Whether layer il's experts are what the fused kernels compute (``plain_experts``, SwiGLU);
+        else (gpt-oss) their products run on ``qgemm_kernel`` and the biases and activation in torch."""
+        return self.cfg.expert_act == "silu" and self.w.layers[il].plain_experts
+
     def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, m: int) -> torch.Tensor:
         lw, cfg = self.w.moe_layers[m], self.cfg
         n, k = ids.shape
         rows, groups = moe_blocks(ids, cfg.n_expert, GEMM_BM)
         table = self.experts_table.table[m]
+        if not self._fused_experts(cfg.n_dense_lead + m):
+            return self._biased_experts(x, weights, ids, m, rows, groups)
         hidden = torch.empty(n * k, cfg.n_ff_expert, dtype=torch.float32, device=x.device)
         self._qgemm(x, hidden, rows, groups, table, lw.gate_exps, GATE, UP, a_row_div=k)
         y = torch.empty(n * k, cfg.n_embd, dtype=torch.float32, device=x.device)
         self._qgemm(hidden, y, rows, groups, table, lw.down_exps, DOWN,
                     scale=weights.reshape(-1).float().contiguous())
+        return y.view(n, k, cfg.n_embd).sum(1)
+
+    def _biased_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, m: int,
+                        rows: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """``experts`` with each expert's biases and the model's activation (``torch_ops.glu``):
+        gate, up and down each one unfused ``qgemm_kernel`` product, the rest in torch."""
+        lw, cfg = self.w.moe_layers[m], self.cfg
+        n, k = ids.shape
+        table = self.experts_table.table[m]
+        gate = torch.empty(n * k, cfg.n_ff_expert, dtype=torch.float32, device=x.device)
+        up = torch.empty_like(gate)
+        self._qgemm(x, gate, rows, groups, table, lw.gate_exps, GATE, a_row_div=k)
+        self._qgemm(x, up, rows, groups, table, lw.up_exps, UP, a_row_div=k)
+        flat = ids.reshape(-1).long()
+        hidden = glu(with_bias(gate, expert_bias(lw.gate_exps_b, flat)), with_bias(up, expert_bias(lw.up_exps_b, flat)),
+                     cfg.expert_act)
+        y = torch.empty(n * k, cfg.n_embd, dtype=torch.float32, device=x.device)
+        self._qgemm(hidden, y, rows, groups, table, lw.down_exps, DOWN)
+        y = with_bias(y, expert_bias(lw.down_exps_b, flat)) * weights.reshape(-1, 1).float()
         return y.view(n, k, cfg.n_embd).sum(1)
 
     # -- single-token blocks -----------------------------------------------------------
@@ -183,25 +213,28 @@ class TritonOps(TorchOps):
         acc = torch.empty(ATTN_SPLITS, cfg.n_head, cfg.head_dim, dtype=torch.float32, device=dev)
         attn_partial_kernel[(cfg.n_head_kv, ATTN_SPLITS)](
             q, self.kv_cache.k[il], self.kv_cache.v[il], self.kv_cache.pos, m, l, acc, cfg.n_head,
-            self.kv_cache.max_ctx, cfg.head_dim**-0.5, GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)),
+            self.kv_cache.max_ctx, cfg.head_dim**-0.5, cfg.window(il), GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)),
             HD=cfg.head_dim, BT=ATTN_BLOCK, N_SPLIT=ATTN_SPLITS,
             N_ITER=triton.cdiv(self.kv_cache.max_ctx, ATTN_BLOCK * ATTN_SPLITS))
         out = torch.empty(1, cfg.q_dim, dtype=torch.float32, device=dev)
-        attn_combine_kernel[(cfg.n_head,)](m, l, acc, out, cfg.n_head, HD=cfg.head_dim, N_SPLIT=ATTN_SPLITS)
+        sinks = self.w.layers[il].attn_sinks
+        attn_combine_kernel[(cfg.n_head,)](m, l, acc, m if sinks is None else sinks, out, cfg.n_head, HD=cfg.head_dim,
+                                           N_SPLIT=ATTN_SPLITS, SINKS=sinks is not None)
         return out
 
     def out_proj(self, a, il, h):
         if a.shape[0] > 1:
             return super().out_proj(a, il, h)
-        return self._gemv(a[0], [self.w.layers[il].wo], resid=h[0])[None]
+        lw = self.w.layers[il]
+        return with_bias(self._gemv(a[0], [lw.wo], resid=h[0])[None], lw.bo)
 
     def route(self, x: torch.Tensor, m: int, logits: torch.Tensor, xn: torch.Tensor, done: torch.Tensor,
               ids: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None = None) -> None:
         """MoE layer m's router on x (n_embd,): logits, RMSNorm-ed x (xn), top-k ids and weights,
         and a copy of x into ``keep`` if given; ``done``: a zeroed int32 counter that only
-        this launch's stream uses. The kernel ranks by softmax; a model whose gate, selection
-        bias, expert groups or scale differ gets its ids and weights again from the logits
-        (``routing.route_layer``)."""
+        this launch's stream uses. The kernel ranks by softmax; a model whose gate, router
+        bias, selection bias, expert groups or scale differ gets its ids and weights again from
+        the logits (``routing.route_layer``), with the router's bias added to them."""
         cfg, lw = self.cfg, self.w.moe_layers[m]
         router = lw.router
         router_kernel[(triton.cdiv(cfg.n_expert, ROUTER_WARPS),)](
@@ -211,14 +244,16 @@ class TritonOps(TorchOps):
             S=self._superblocks(router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
             E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=cfg.n_expert_used, NORM_TOPK=cfg.norm_topk,
             KEEP=keep is not None, num_warps=ROUTER_WARPS, **_type_args(router))
-        if (cfg.gating != "softmax" or lw.exp_probs_b is not None or cfg.expert_weights_scale not in (0.0, 1.0)
-                or cfg.n_expert_groups > 1):
+        if lw.router_b is not None:
+            logits.add_(lw.router_b)
+        if (cfg.gating != "softmax" or lw.router_b is not None or lw.exp_probs_b is not None
+                or cfg.expert_weights_scale not in (0.0, 1.0) or cfg.n_expert_groups > 1):
             routed_weights, routed_ids = route_layer(logits[None], cfg, lw.exp_probs_b)
             ids.view(-1).copy_(routed_ids.view(-1))
             weights.view(-1).copy_(routed_weights.view(-1))
 
     def moe(self, h, il):
-        if h.shape[0] > 1:
+        if h.shape[0] > 1 or not self._fused_experts(il):
             return super().moe(h, il)
         cfg, lw, dev, m = self.cfg, self.w.layers[il], h.device, self.cfg.moe_layer(il)
         x, k = h[0], cfg.n_expert_used

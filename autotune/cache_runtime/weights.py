@@ -85,6 +85,18 @@ class LayerWeights:
     wk_b: QTensor | None = None  # MLA: (n_head, kv_lora_rank, no-RoPE dims) absorbed into q
     wv_b: QTensor | None = None  # MLA: (n_head, v dims, kv_lora_rank) from the latent to values
     wkv_b: QTensor | None = None  # MLA in older files: wk_b and wv_b in one (n_head x (no-RoPE + v), kv_lora_rank)
+    bo: torch.Tensor | None = None  # the attention output's bias
+    attn_sinks: torch.Tensor | None = None  # (n_head,): each head's sink logit, one more term in its softmax
+    router_b: torch.Tensor | None = None  # (n_expert,): added to the router's logits
+    gate_exps_b: torch.Tensor | None = None  # (n_expert, n_ff_expert): each expert's gate, up and down biases
+    up_exps_b: torch.Tensor | None = None
+    down_exps_b: torch.Tensor | None = None  # (n_expert, n_embd)
+
+    @property
+    def plain_experts(self) -> bool:
+        """Whether the layer's experts are down(silu(gate x) * up x) without biases: what the
+        fused kernels and ggml's CPU experts compute."""
+        return self.gate_exps_b is None and self.up_exps_b is None and self.down_exps_b is None
 
 
 @dataclass
@@ -150,9 +162,9 @@ class _TensorFile:
         return QTensor(data, info.type, cols)
 
     def vector(self, name: str) -> torch.Tensor:
-        """A norm weight, as float32."""
+        """A norm weight or a bias, as float32; a stack of them (one per expert) as rows."""
         data, info = self.raw(name)
-        return dequantize(data.view(1, -1), info.type).reshape(-1)
+        return dequantize(data.view(1, -1), info.type).reshape(*reversed(info.shape))
 
 
 def _absent(name: str) -> None:
@@ -216,6 +228,12 @@ def load_weights(path: str | Path) -> ModelWeights:
             ffn_gate=dense_part(p + "ffn_gate.weight"),
             ffn_up=dense_part(p + "ffn_up.weight"),
             ffn_down=dense_part(p + "ffn_down.weight"),
+            bo=f.optional_vector(p + "attn_output.bias"),
+            attn_sinks=f.optional_vector(p + "attn_sinks.weight"),
+            router_b=f.optional_vector(p + "ffn_gate_inp.bias") if moe else None,
+            gate_exps_b=f.optional_vector(p + "ffn_gate_exps.bias") if moe else None,
+            up_exps_b=f.optional_vector(p + "ffn_up_exps.bias") if moe else None,
+            down_exps_b=f.optional_vector(p + "ffn_down_exps.bias") if moe else None,
             **(_mla_attention(f, p, config) if config.mla else {}),
         ))
     token_embd = f.matrix("token_embd.weight")

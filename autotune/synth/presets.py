@@ -49,6 +49,9 @@ class SynthPreset:
     yarn_mscale_all_dim: float = 0.0  # ... with DeepSeek's mscale_all_dim
     n_expert_groups: int = 0  # group-limited routing: the top k from the best n_group_used groups
     n_group_used: int = 0
+    n_swa: int = 0  # a sliding window of this many tokens (on the layers the family's pattern says)
+    attn_sinks: bool = False  # a sink logit per head, and a bias on the attention output
+    expert_biases: bool = False  # biases on the router and on each expert's gate, up and down
 
     @property
     def mla(self) -> bool:
@@ -95,6 +98,14 @@ PRESETS = {
                     gating="sigmoid", norm_topk=True, expert_weights_scale=2.5, kv_lora_rank=256,
                     q_lora_rank=256, head_dim_v=64, yarn_factor=4.0, yarn_orig_ctx=1024,
                     yarn_mscale_all_dim=1.0, n_expert_groups=4, n_group_used=2),
+        # gpt-oss-style: q/k/v and output biases, attention sinks, an 8-token sliding window on
+        # every other layer, YaRN, a biased router weighted by a softmax over its top 4 of 16,
+        # experts with biases and the clamped SwiGLU.
+        SynthPreset("gpt-oss-tiny", n_layers=4, n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
+                    n_expert=16, n_expert_used=4, n_ff_expert=256, n_ff=256, n_vocab=1024,
+                    context_length=4096, rope_freq_base=150000.0, rms_eps=1e-5, arch="gpt-oss",
+                    attn_bias=True, yarn_factor=4.0, yarn_orig_ctx=1024, n_swa=8, attn_sinks=True,
+                    expert_biases=True),
         # About 0.15 GB: a real tuning run on a CPU in minutes (the README's demo).
         SynthPreset("small", n_layers=8, n_embd=512, n_head=8, n_head_kv=2, head_dim=64,
                     n_expert=32, n_expert_used=4, n_ff_expert=512, n_ff=1536, n_vocab=8192,
@@ -149,6 +160,19 @@ PRESETS = {
         SynthPreset("qwen1.5-moe-a2.7b", n_layers=24, n_embd=2048, n_head=16, n_head_kv=16, head_dim=128,
                     n_expert=60, n_expert_used=4, n_ff_expert=1408, n_ff=5632, n_vocab=151936,
                     context_length=8192, arch="qwen2moe", attn_bias=True, n_ff_shexp=5632, shexp_gated=True),
+        # The exact shapes of gpt-oss-20b and gpt-oss-120b (rows of 2880 are no whole K-quant
+        # blocks: those roles fall back as llama.cpp's quantizer does; --quant mxfp4_moe is the
+        # released layout).
+        SynthPreset("gpt-oss-20b", n_layers=24, n_embd=2880, n_head=64, n_head_kv=8, head_dim=64,
+                    n_expert=32, n_expert_used=4, n_ff_expert=2880, n_ff=2880, n_vocab=201088,
+                    context_length=131072, rope_freq_base=150000.0, rms_eps=1e-5, arch="gpt-oss",
+                    attn_bias=True, yarn_factor=32.0, yarn_orig_ctx=4096, n_swa=128, attn_sinks=True,
+                    expert_biases=True),
+        SynthPreset("gpt-oss-120b", n_layers=36, n_embd=2880, n_head=64, n_head_kv=8, head_dim=64,
+                    n_expert=128, n_expert_used=4, n_ff_expert=2880, n_ff=2880, n_vocab=201088,
+                    context_length=131072, rope_freq_base=150000.0, rms_eps=1e-5, arch="gpt-oss",
+                    attn_bias=True, yarn_factor=32.0, yarn_orig_ctx=4096, n_swa=128, attn_sinks=True,
+                    expert_biases=True),
         # The exact shape of Qwen3-235B-A22B (141.7 GiB at the default layout, 1.5 GiB a layer:
         # --layers 20 cuts it to 30.8 GiB).
         SynthPreset("qwen3-235b-a22b", n_layers=94, n_embd=4096, n_head=64, n_head_kv=4,

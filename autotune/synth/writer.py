@@ -1,4 +1,4 @@
-"""Write a random-weight MoE GGUF (qwen3moe, Mixtral-style llama, qwen2moe, glm4moe, deepseek2) that
+"""Write a random-weight MoE GGUF (qwen3moe, Mixtral-style llama, qwen2moe, glm4moe, deepseek2, gpt-oss) that
 llama.cpp loads and runs.
 
 Speed is what matters (a 20 GB file in well under two minutes), so weights are not
@@ -33,6 +33,10 @@ from autotune.synth.vocab import build_vocabulary
 
 MASSIVE_ACTIVATION = 8.0  # channel 0 of every token embedding
 ATTN_BIAS_STD = 0.5  # q, k and v biases
+SINK_STD = 1.0  # each head's attention sink logit
+ROUTER_BIAS_STD = 0.5  # the router's bias (gpt-oss)
+# the experts' gate and up biases: large enough that gpt-oss's clamp at 7 bites now and then
+EXPERT_BIAS_STD = 3.0
 SELECTION_BIAS_STD = 0.02  # the sigmoid router's per-expert selection bias
 RESIDUAL_STEP = 0.05  # std each attention / MoE output adds to the residual stream
 ROUTING_MODES = ("temporal", "static")
@@ -253,6 +257,9 @@ class _SynthWriter:
             if p.attn_bias:
                 for name, n in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
                     yield f"{blk}{name}.bias", (n,), ATTN_BIAS_STD * self.rng.standard_normal(n, dtype=np.float32), QType.F32
+            if p.attn_sinks:  # gpt-oss: sinks and the output's bias
+                yield blk + "attn_sinks.weight", (p.n_head,), self._normal(SINK_STD, p.n_head), QType.F32
+                yield blk + "attn_output.bias", (p.n_embd,), self._normal(RESIDUAL_STEP, p.n_embd), QType.F32
             if self.traits.qk_norm:
                 norm = self._window_norm() if window else ones(p.head_dim)
                 yield blk + "attn_q_norm.weight", (p.head_dim,), norm, QType.F32
@@ -267,6 +274,18 @@ class _SynthWriter:
         yield "output_norm.weight", (p.n_embd,), ones(p.n_embd), QType.F32
         data, qtype = self._quantized("output", p.n_vocab, p.n_embd, in_scale)
         yield "output.weight", (p.n_vocab, p.n_embd), data, qtype
+
+    def _normal(self, std: float, *shape: int) -> np.ndarray:
+        return std * self.rng.standard_normal(shape, dtype=np.float32)
+
+    def _expert_biases(self, blk: str):
+        """gpt-oss's router bias and each expert's gate, up and down biases."""
+        p = self.p
+        yield blk + "ffn_gate_inp.bias", (p.n_expert,), self._normal(ROUTER_BIAS_STD, p.n_expert), QType.F32
+        for name, width, std in (("ffn_gate_exps", p.n_ff_expert, EXPERT_BIAS_STD),
+                                 ("ffn_up_exps", p.n_ff_expert, EXPERT_BIAS_STD),
+                                 ("ffn_down_exps", p.n_embd, RESIDUAL_STEP)):
+            yield f"{blk}{name}.bias", (p.n_expert, width), self._normal(std, p.n_expert, width), QType.F32
 
     def _ffn(self, blk: str, suffix: str, width: int):
         """A SwiGLU FFN's gate, up and down (``ffn_gate{suffix}``...; stacks of every expert for ``_exps``)."""
@@ -289,6 +308,8 @@ class _SynthWriter:
             bias = SELECTION_BIAS_STD * self.rng.standard_normal(p.n_expert, dtype=np.float32)
             yield blk + "exp_probs_b.bias", (p.n_expert,), bias, QType.F32
         yield from self._ffn(blk, "_exps", p.n_ff_expert)
+        if p.expert_biases:
+            yield from self._expert_biases(blk)
         if p.n_ff_shexp:
             if p.shexp_gated:
                 gate = self.rng.standard_normal(p.n_embd, dtype=np.float32) / math.sqrt(p.n_embd)
@@ -330,8 +351,10 @@ class _SynthWriter:
             writer.add_rope_scaling_type(RopeScalingType.YARN)
             writer.add_rope_scaling_factor(p.yarn_factor)
             writer.add_rope_scaling_orig_ctx_len(p.yarn_orig_ctx)
-            # as DeepSeek-V2's converter writes it (llama.cpp divides it by 0.1 again)
-            writer.add_rope_scaling_yarn_log_mul(0.1 * p.yarn_mscale_all_dim)
+            if p.yarn_mscale_all_dim:  # as DeepSeek-V2's converter writes it (llama.cpp divides it by 0.1 again)
+                writer.add_rope_scaling_yarn_log_mul(0.1 * p.yarn_mscale_all_dim)
+        if p.n_swa:
+            writer.add_sliding_window(p.n_swa)
         if p.mla:  # q_lora_rank 0 (q directly) too: llama.cpp requires the key unless 26 or 27 layers
             writer.add_q_lora_rank(p.q_lora_rank)
             writer.add_kv_lora_rank(p.kv_lora_rank)

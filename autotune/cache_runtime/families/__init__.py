@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autotune.cache_runtime.families import deepseek2, glm4moe, llama, olmoe, qwen2moe, qwen3moe
+from autotune.cache_runtime.families import deepseek2, glm4moe, gpt_oss, llama, olmoe, qwen2moe, qwen3moe
 from autotune.cache_runtime.families.family import ArchTraits, Family, PlannedFamily
 from autotune.errors import ModelFileError
 
 __all__ = ["ArchTraits", "FAMILIES", "Family", "PlannedFamily", "family_for"]
 
 FAMILIES: dict[str, Family | PlannedFamily] = {
-    f.arch: f for f in (qwen3moe.FAMILY, qwen2moe.FAMILY, glm4moe.FAMILY, deepseek2.FAMILY, olmoe.FAMILY,
-                       llama.FAMILY)}
+    f.arch: f for f in (qwen3moe.FAMILY, qwen2moe.FAMILY, glm4moe.FAMILY, deepseek2.FAMILY, gpt_oss.FAMILY,
+                       olmoe.FAMILY, llama.FAMILY)}
 
 
 def family_for(arch: str | None, path: str | Path) -> Family:

@@ -27,13 +27,18 @@ class ArchTraits:
     # the header key (after ``<arch>.``) with one expert's FFN width: llama (Mixtral) files state
     # it only as the dense ``feed_forward_length``
     expert_ff_key: str = "expert_feed_forward_length"
-    # the router's gate over all experts ("softmax" or "sigmoid") where the file's
-    # ``expert_gating_func`` does not say
+    # the router's gate over all experts ("softmax" or "sigmoid"), or "softmax_weight" (top k of
+    # the raw logits, softmax over those k), where the file's ``expert_gating_func`` does not say
     gating: str = "softmax"
     # the tensor (after ``blk.N.``) with the RMSNorm weight before the FFN: GLM-4.5 calls it post_attention_norm
     ffn_norm: str = "ffn_norm"
     # DeepSeek-V2's multi-head latent attention (and its YaRN conventions, ``rope_scaling``)
     mla: bool = False
+    # the experts' gated activation: "silu" (SwiGLU) or "swiglu_oai" (gpt-oss's clamped one, ``torch_ops.glu``)
+    expert_act: str = "silu"
+    # llama.cpp's sliding-window layer pattern where the file has none: every n-th layer attends
+    # to the whole context, the others to the last ``attention.sliding_window`` tokens (0: no window)
+    swa_pattern: int = 0
 
 
 @dataclass(frozen=True)
