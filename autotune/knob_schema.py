@@ -243,9 +243,11 @@ class KnobSchema:
                 out[knob.name] = os.path.abspath(out[knob.name])
         return out
 
-    def suggest(self, trial: optuna.Trial, objective: str | None) -> Config:
+    def suggest(self, trial: optuna.Trial, objective: str | None,
+                without: dict[str, tuple[Any, ...]] | None = None) -> Config:
         """The searched knobs that matter for the values sampled before them, asked of
-        ``trial`` in the schema's order; the others are left to their defaults."""
+        ``trial`` in the schema's order; the others are left to their defaults. ``without``:
+        values a knob may not take here (a model the choice cannot run)."""
         config: Config = {}
         for knob in self.knobs:
             search = knob.search
@@ -253,6 +255,9 @@ class KnobSchema:
                 continue
             if knob.when is not None and not knob.when.holds({**self.defaults, **config}[knob.when.key]):
                 continue
+            if without and knob.name in without:
+                values = tuple(v for v in search.values or knob.choices if v not in without[knob.name])
+                search = dataclasses.replace(search, values=values)
             config[knob.name] = knob.sample(trial, search)
         return config
 

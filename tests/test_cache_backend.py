@@ -106,6 +106,22 @@ def test_the_space_samples_every_knob_and_leaves_moot_ones_alone(tiny_model: Pat
     assert seen["cpu_threads"] == set(CPU_THREAD_CHOICES) | {1} and seen["cpu_repack"] == {False, True}
 
 
+def test_experts_ggml_cannot_compute_are_never_given_to_the_cpu(tmp_path: Path, cap: int):
+    """gpt-oss's experts have biases and a clamped activation: no CPU miss mode is sampled or
+    offered as a baseline for them (each such trial would fail)."""
+    from autotune.synth import write_synthetic_model
+
+    path = tmp_path / "gpt-oss-tiny.gguf"
+    write_synthetic_model(path, preset="gpt-oss-tiny", seed=0)
+    backend, model, hw = CacheBackend(), inspect_model(path), probe_hardware()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    workload = Workload(n_ctx=2048)
+    modes = {backend.suggest(study.ask(), model, hw, workload).get("miss_mode", DEFAULTS["miss_mode"])
+             for _ in range(60)}
+    assert modes == {"zero_copy", "copy"}
+    assert all(c["miss_mode"] not in ("cpu", "auto") for c in backend.baselines(model, hw, cap, workload))
+
+
 def test_baselines_lie_in_the_space_and_fit_the_cap(tiny_model: Path, cap: int):
     """Seeded into a study, each baseline comes back as itself through suggest + fill_cap."""
     backend, model, hw = CacheBackend(), inspect_model(tiny_model), probe_hardware()

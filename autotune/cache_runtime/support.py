@@ -37,3 +37,15 @@ def runtime_gap(model: ModelProfile) -> str | None:
         except ModelFileError as exc:
             gaps.append(str(exc).removeprefix(f"{model.path}: "))
     return "; ".join(gaps) or None
+
+
+def cpu_experts_gap(model: ModelProfile) -> str | None:
+    """None where ggml's CPU experts (``cpu_experts``: down(silu(gate x) * up x), no biases)
+    compute the model's routed experts, so the miss modes ``cpu`` and ``auto`` can run; else why
+    not. The engine's ``plain_experts`` is the same rule over the loaded weights."""
+    family = FAMILIES.get(model.architecture)
+    if family is not None and family.traits.expert_act != "silu":
+        return f"{model.architecture}'s experts use the {family.traits.expert_act} activation"
+    if any(t.name.endswith("_exps.bias") for t in model.tensors):
+        return f"{model.architecture}'s experts have biases"
+    return None

@@ -19,7 +19,8 @@ from autotune.backends.shared_load import SharedLoadBackend
 from autotune.backends.cache.commands import format_command, parse_command
 from autotune.backends.cache.knobs import DEFAULTS, cache_config, normalize
 from autotune.backends.cache.winner_placement import keep_winner, restore_winner, with_trial_placement
-from autotune.cache_runtime.cache_config import CACHE_KNOBS
+from autotune.cache_runtime.cache_config import CACHE_KNOBS, CPU_MISS_MODES
+from autotune.cache_runtime.support import cpu_experts_gap
 from autotune.errors import AutotuneError, ModelFileError
 
 if TYPE_CHECKING:
@@ -61,8 +62,11 @@ class CacheBackend(SharedLoadBackend):
     ) -> Config:
         """The knobs ``CACHE_KNOBS`` searches, the decode launch shapes included; knobs a choice
         makes moot are not sampled (``normalize`` fixes them), nor the prefill bypass for the
-        decode objective. ``vram_cap`` comes from ``fill_cap``; the context size from the workload."""
-        config = CACHE_KNOBS.suggest(trial, workload.objective if workload is not None else None)
+        decode objective, nor a CPU miss mode for experts ggml's CPU path cannot compute
+        (``support.cpu_experts_gap``). ``vram_cap`` comes from ``fill_cap``; the context size from
+        the workload."""
+        without = {"miss_mode": CPU_MISS_MODES} if cpu_experts_gap(model) else None
+        config = CACHE_KNOBS.suggest(trial, workload.objective if workload is not None else None, without)
         if workload is not None:
             config["max_ctx"] = workload.n_ctx
         return config
@@ -88,7 +92,8 @@ class CacheBackend(SharedLoadBackend):
                    {**lfu16, "prefetch_depth": 3, "prefetch_engine": "sm"},
                    {**lfu16, "prefetch_depth": 4, "prefetch_engine": "dma"},
                    {**lfu16, "prefetch_depth": 0, "miss_mode": "cpu"}]
-        configs = [{**common, **config} for config in configs]
+        configs = [{**common, **config} for config in configs
+                   if config.get("miss_mode") not in CPU_MISS_MODES or not cpu_experts_gap(model)]
         return [normalize(config) for config in configs]
 
     def defaults(
