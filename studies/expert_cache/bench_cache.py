@@ -8,8 +8,9 @@ Usage (GPU machine, project root, after `source .gpu/device-setup.sh`):
 fixed prompt (32 steps), tg128 and pp512, and the routing counts of its decode tokens, saved
 as the learned placement the cache settings start from (AUTOTUNE_DATA_DIR points the store
 into OUT_DIR). ``cache``: one load (experts pinned in host memory), then for each cap and
-setting a re-configured cache: greedy tokens against the reference, tg128 (median of 5),
-pp512 and pp2048, peak VRAM of the process (pynvml, sampled every 5 ms; the CUDA context
+setting a re-configured cache: greedy tokens against the reference, tg128 (median of 5: the
+same sequence from token 1 each time, which a cache learns), decode after a random 512-token
+prompt of each repetition's own (median of 3: what a served request sees), pp512 and pp2048, peak VRAM of the process (pynvml, sampled every 5 ms; the CUDA context
 included) and the cache's statistics. Every setting writes its own JSON, failed or not;
 ``cache.json`` gathers them and a table is printed at the end.
 """
@@ -100,6 +101,7 @@ KNOB_VARIANTS = {"_r1w8": dict(chunk_rounds=1, gate_up_warps=8), "_split1": dict
 # process: DMA settings after the first profiled one decode ~45% slower (run 9), so profile one
 # DMA setting per process
 TIMELINE = bool(os.environ.get("TIMELINE"))
+PROMPTED_PREFILL = 512  # prompt tokens before each prompted decode (served requests' default length)
 
 
 def parse_name(name: str) -> tuple[str, dict, dict[str, int]]:
@@ -145,6 +147,8 @@ def synced(fn) -> float:
 
 
 def decode_tps(engine: Engine, n: int, reps: int) -> list[float]:
+    """Decode speed from token 1 at position 0, the same sequence every repetition: a cache
+    learns that sequence, so this reads higher than a served request (``prompted_decode_tps``)."""
     def run():
         engine.reset()
         engine.decode(1)
@@ -153,6 +157,20 @@ def decode_tps(engine: Engine, n: int, reps: int) -> list[float]:
 
     run()  # capture
     return [n / synced(run) for _ in range(reps)]
+
+
+def prompted_decode_tps(engine: Engine, n: int, reps: int, prompt_len: int = PROMPTED_PREFILL) -> list[float]:
+    """Decode speed as a served request sees it: each repetition prefills a random prompt of
+    its own (not timed), then decodes ``n`` tokens from there."""
+    rng = np.random.default_rng(prompt_len)
+    prompts = [rng.integers(0, engine.cfg.n_vocab, prompt_len).tolist() for _ in range(reps + 1)]
+
+    def run(prompt: list[int]) -> float:
+        engine.start(prompt)
+        return (n - 1) / synced(lambda: [engine.decode() for _ in range(n - 1)])
+
+    run(prompts[0])  # capture
+    return [run(prompt) for prompt in prompts[1:]]
 
 
 def prefill_tps(engine: Engine, n: int, reps: int) -> list[float]:
@@ -319,6 +337,7 @@ def run_setting(engine: Engine, cfg: CacheConfig, ref_tokens: list[int] | None, 
     row["tokens_match_full_residency"] = None if ref_tokens is None else tokens == ref_tokens
     row["decode_tg128"] = summary(phases.run("tg128", lambda: decode_tps(engine, 128, 5)))
     stats_decode = engine.cache_stats()
+    row["decode_prompted"] = summary(phases.run("prompted", lambda: prompted_decode_tps(engine, 128, 3)))
     if TIMELINE:
         row["timeline"] = decode_timeline(engine, timeline_to)
     row["prefill_pp512"] = summary(phases.run("pp512", lambda: prefill_tps(engine, 512, 3)))
@@ -387,7 +406,8 @@ def print_row(row: dict, ref: dict) -> None:
         print(f"cap {row['cap_gib']:g} {row['name']}: FAILED {row['error']}", flush=True)
         return
     s = row["stats_after_decode"]
-    print(f"cap {row['cap_gib']:g} {row['name']}: tg128 {row['decode_tg128']['median']} tok/s, "
+    print(f"cap {row['cap_gib']:g} {row['name']}: tg128 {row['decode_tg128']['median']} tok/s "
+          f"(after a {PROMPTED_PREFILL}-token prompt of its own: {row['decode_prompted']['median']}), "
           f"pp512 {row['prefill_pp512']['median']}, pp2048 {row['prefill_pp2048']['median']}, "
           f"peak {row['peak_vram_gib']} GiB (predicted {row['predicted_peak_gib']}), "
           f"slots {sum(s['slots_per_layer'])} + {sum(s['lent_slots_per_layer'])} lent "
