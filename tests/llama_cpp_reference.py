@@ -51,3 +51,16 @@ def runtime_logits(engine: Engine, tokens: list[int]) -> torch.Tensor:
 def worst_logit_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """The largest step's max |got - want|, relative to that step's largest |want|."""
     return max(float((g - w).abs().max() / w.abs().max()) for g, w in zip(got, want))
+
+
+def assert_matches_llama_cpp(engine: Engine, reference: tuple[list[int], torch.Tensor], tolerance: float = 1e-3) -> None:
+    """At llama.cpp's greedy tokens (``reference``: ``llama_cpp_greedy``'s), every step's logits
+    are within ``tolerance`` of llama.cpp's (``worst_logit_error``) with its token on top, and
+    the engine's own greedy decode gives those tokens."""
+    want_tokens, want_logits = reference
+    assert len(want_tokens) == STEPS
+    got = runtime_logits(engine, want_tokens)
+    assert got.argmax(-1).tolist() == want_tokens
+    assert worst_logit_error(got, want_logits) < tolerance
+    engine.reset()
+    assert engine.generate(PROMPT, STEPS) == want_tokens

@@ -30,7 +30,7 @@ from autotune.cache_runtime.rope_scaling import RopeScaling
 from autotune.cache_runtime.routing import best_groups_only
 from autotune.cache_runtime.weights import QTensor
 from autotune.model_info import inspect_model
-from tests.llama_cpp_reference import PROMPT, STEPS, llama_cpp_greedy, runtime_logits, worst_logit_error
+from tests.llama_cpp_reference import assert_matches_llama_cpp, llama_cpp_greedy, runtime_logits, worst_logit_error
 
 pytest.importorskip("llama_cpp")
 
@@ -76,13 +76,7 @@ def test_the_files_read_as_deepseek2_with_latent_attention(deepseek2_model: Path
 @pytest.mark.parametrize("version", ["v2", "v3"])
 def test_greedy_tokens_and_logits_match_llama_cpp(version: str, request: pytest.FixtureRequest) -> None:
     engine: Engine = request.getfixturevalue(f"{version}_engine")
-    want_tokens, want_logits = request.getfixturevalue(f"{version}_reference")
-    assert len(want_tokens) == STEPS
-    got = runtime_logits(engine, want_tokens)
-    assert got.argmax(-1).tolist() == want_tokens
-    assert worst_logit_error(got, want_logits) < 1e-3
-    engine.reset()
-    assert engine.generate(PROMPT, STEPS) == want_tokens
+    assert_matches_llama_cpp(engine, request.getfixturevalue(f"{version}_reference"))
     assert engine.trace.n_layers == 3  # routing is traced for the MoE layers only
 
 

@@ -22,7 +22,7 @@ from autotune.cache_runtime.engine import Engine
 from autotune.cache_runtime.hparams import read_config
 from autotune.model_info import inspect_model
 from autotune.synth import PRESETS
-from tests.llama_cpp_reference import PROMPT, STEPS, llama_cpp_greedy, runtime_logits, worst_logit_error
+from tests.llama_cpp_reference import assert_matches_llama_cpp, llama_cpp_greedy, runtime_logits, worst_logit_error
 
 pytest.importorskip("llama_cpp")
 
@@ -48,13 +48,7 @@ def test_the_file_reads_as_glm4moe_without_its_nextn_layer(glm4moe_model: Path) 
 
 
 def test_greedy_tokens_and_logits_match_llama_cpp(engine: Engine, reference) -> None:
-    want_tokens, want_logits = reference
-    assert len(want_tokens) == STEPS
-    got = runtime_logits(engine, want_tokens)
-    assert got.argmax(-1).tolist() == want_tokens
-    assert worst_logit_error(got, want_logits) < 1e-3
-    engine.reset()
-    assert engine.generate(PROMPT, STEPS) == want_tokens
+    assert_matches_llama_cpp(engine, reference)
     assert engine.trace.n_layers == 3  # routing is traced for the MoE layers only
 
 

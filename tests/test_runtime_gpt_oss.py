@@ -18,7 +18,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import torch
 
 from autotune.backends.cache.backend import CacheBackend
 from autotune.cache_runtime.budget import model_sizes
@@ -30,7 +29,7 @@ from autotune.cache_runtime.rope_scaling import RopeScaling
 from autotune.errors import AutotuneError
 from autotune.model_info import inspect_model
 from autotune.synth import PRESETS
-from tests.llama_cpp_reference import PROMPT, STEPS, llama_cpp_greedy, runtime_logits, worst_logit_error
+from tests.llama_cpp_reference import PROMPT, STEPS, assert_matches_llama_cpp, llama_cpp_greedy, runtime_logits, worst_logit_error
 
 pytest.importorskip("llama_cpp")
 
@@ -57,14 +56,8 @@ def test_the_file_reads_as_gpt_oss(gpt_oss_model: Path) -> None:
 
 
 def test_greedy_tokens_and_logits_match_llama_cpp(engine: Engine, reference) -> None:
-    want_tokens, want_logits = reference
-    assert len(want_tokens) == STEPS
     assert len(PROMPT) + STEPS > 2 * PRESET.n_swa  # the window slides past whole windows
-    got = runtime_logits(engine, want_tokens)
-    assert got.argmax(-1).tolist() == want_tokens
-    assert worst_logit_error(got, want_logits) < 1e-3
-    engine.reset()
-    assert engine.generate(PROMPT, STEPS) == want_tokens
+    assert_matches_llama_cpp(engine, reference)
 
 
 WRONG_CONFIG = {"no sliding window": dict(n_swa=0), "window on every layer": dict(swa_layers=(True,) * 4),

@@ -18,7 +18,7 @@ from autotune.cache_runtime.engine import Engine
 from autotune.cache_runtime.hparams import read_config
 from autotune.model_info import inspect_model
 from autotune.synth import PRESETS
-from tests.llama_cpp_reference import PROMPT, STEPS, llama_cpp_greedy, runtime_logits, worst_logit_error
+from tests.llama_cpp_reference import assert_matches_llama_cpp, llama_cpp_greedy
 
 pytest.importorskip("llama_cpp")
 
@@ -40,14 +40,8 @@ def test_the_file_reads_as_mixtral(mixtral_model: Path) -> None:
 
 
 def test_greedy_tokens_and_logits_match_llama_cpp(mixtral_model: Path, llama_cpp_reference) -> None:
-    want_tokens, want_logits = llama_cpp_reference
-    assert len(want_tokens) == STEPS
     engine = Engine(mixtral_model, device="cpu", kernels="torch", max_ctx=64)
-    got = runtime_logits(engine, want_tokens)
-    assert got.argmax(-1).tolist() == want_tokens
-    assert worst_logit_error(got, want_logits) < 1e-3
-    engine.reset()
-    assert engine.generate(PROMPT, STEPS) == want_tokens
+    assert_matches_llama_cpp(engine, llama_cpp_reference)
 
 
 def test_inspect_and_the_cache_backend_accept_it(mixtral_model: Path) -> None:

@@ -21,7 +21,7 @@ from autotune.cache_runtime.engine import Engine
 from autotune.cache_runtime.hparams import read_config
 from autotune.model_info import inspect_model
 from autotune.synth import PRESETS
-from tests.llama_cpp_reference import PROMPT, STEPS, llama_cpp_greedy, runtime_logits, worst_logit_error
+from tests.llama_cpp_reference import assert_matches_llama_cpp, llama_cpp_greedy, runtime_logits, worst_logit_error
 
 pytest.importorskip("llama_cpp")
 
@@ -46,13 +46,7 @@ def test_the_file_reads_as_qwen2moe(qwen2moe_model: Path) -> None:
 
 
 def test_greedy_tokens_and_logits_match_llama_cpp(engine: Engine, reference) -> None:
-    want_tokens, want_logits = reference
-    assert len(want_tokens) == STEPS
-    got = runtime_logits(engine, want_tokens)
-    assert got.argmax(-1).tolist() == want_tokens
-    assert worst_logit_error(got, want_logits) < 1e-3
-    engine.reset()
-    assert engine.generate(PROMPT, STEPS) == want_tokens
+    assert_matches_llama_cpp(engine, reference)
 
 
 @pytest.mark.parametrize("wrong", ["renormalized top-k", "ungated shared expert", "no shared expert", "no attention biases"])
