@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from autotune.cache_runtime.engine import Engine
@@ -64,3 +65,19 @@ def assert_matches_llama_cpp(engine: Engine, reference: tuple[list[int], torch.T
     assert worst_logit_error(got, want_logits) < tolerance
     engine.reset()
     assert engine.generate(PROMPT, STEPS) == want_tokens
+
+
+def family_fixtures(model_fixture: str):
+    """A family test module's module-scoped fixtures over its model fixture (conftest's):
+    ``reference``, llama.cpp's greedy decode, and ``engine``, the runtime's torch path on the
+    CPU. Use: ``reference, engine = family_fixtures("glm4moe_model")``."""
+
+    @pytest.fixture(scope="module")
+    def reference(request: pytest.FixtureRequest) -> tuple[list[int], torch.Tensor]:
+        return llama_cpp_greedy(request.getfixturevalue(model_fixture))
+
+    @pytest.fixture(scope="module")
+    def engine(request: pytest.FixtureRequest) -> Engine:
+        return Engine(request.getfixturevalue(model_fixture), device="cpu", kernels="torch", max_ctx=64)
+
+    return reference, engine

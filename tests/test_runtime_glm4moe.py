@@ -22,7 +22,7 @@ from autotune.cache_runtime.engine import Engine
 from autotune.cache_runtime.hparams import read_config
 from autotune.model_info import inspect_model
 from autotune.synth import PRESETS
-from tests.llama_cpp_reference import assert_matches_llama_cpp, llama_cpp_greedy, runtime_logits, worst_logit_error
+from tests.llama_cpp_reference import assert_matches_llama_cpp, family_fixtures, runtime_logits, worst_logit_error
 
 pytest.importorskip("llama_cpp")
 
@@ -30,14 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PRESET = PRESETS["glm4moe-tiny"]
 
 
-@pytest.fixture(scope="module")
-def reference(glm4moe_model: Path):
-    return llama_cpp_greedy(glm4moe_model)
-
-
-@pytest.fixture(scope="module")
-def engine(glm4moe_model: Path) -> Engine:
-    return Engine(glm4moe_model, device="cpu", kernels="torch", max_ctx=64)
+reference, engine = family_fixtures("glm4moe_model")
 
 
 def test_the_file_reads_as_glm4moe_without_its_nextn_layer(glm4moe_model: Path) -> None:

@@ -29,7 +29,7 @@ from autotune.cache_runtime.rope_scaling import RopeScaling
 from autotune.errors import AutotuneError
 from autotune.model_info import inspect_model
 from autotune.synth import PRESETS
-from tests.llama_cpp_reference import PROMPT, STEPS, assert_matches_llama_cpp, llama_cpp_greedy, runtime_logits, worst_logit_error
+from tests.llama_cpp_reference import family_fixtures, PROMPT, STEPS, assert_matches_llama_cpp, llama_cpp_greedy, runtime_logits, worst_logit_error
 
 pytest.importorskip("llama_cpp")
 
@@ -37,14 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PRESET = PRESETS["gpt-oss-tiny"]
 
 
-@pytest.fixture(scope="module")
-def reference(gpt_oss_model: Path):
-    return llama_cpp_greedy(gpt_oss_model)
-
-
-@pytest.fixture(scope="module")
-def engine(gpt_oss_model: Path) -> Engine:
-    return Engine(gpt_oss_model, device="cpu", kernels="torch", max_ctx=64)
+reference, engine = family_fixtures("gpt_oss_model")
 
 
 def test_the_file_reads_as_gpt_oss(gpt_oss_model: Path) -> None:

@@ -12,33 +12,16 @@ wrong order: 1.4e-1 and 1.0e-1.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from autotune.cache_runtime.engine import Engine
 from autotune.model_info import inspect_model
 from autotune.synth import write_synthetic_model
+from tests.llama_cpp_reference import STEPS, llama_cpp_greedy, runtime_logits
 
 pytest.importorskip("llama_cpp")
-
-PROMPT = [5, 17, 300, 42, 7, 999, 256, 3]
-STEPS = 16
-
-# llama.cpp in a child process (llama_cpp stays out of the test process): greedy tokens, then the
-# logits it decoded each from (the last token is never evaluated).
-_LLAMA_CPP_GREEDY = """
-import json, sys, itertools, llama_cpp
-llm = llama_cpp.Llama(sys.argv[1], n_ctx=64, n_threads=1, logits_all=True, verbose=False)
-prompt, steps = json.loads(sys.argv[2]), int(sys.argv[3])
-tokens = list(itertools.islice(llm.generate(prompt, top_k=1, temp=0.0), steps))
-logits = llm.scores[len(prompt) - 1 : len(prompt) - 1 + steps].tolist()
-print(json.dumps({"tokens": tokens, "logits": logits}))
-"""
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -59,14 +42,8 @@ def test_every_weight_is_of_the_chosen_type(model: tuple[Path, str]) -> None:
 
 def test_runtime_follows_llama_cpp(model: tuple[Path, str]) -> None:
     path, _ = model
-    done = subprocess.run([sys.executable, "-c", _LLAMA_CPP_GREEDY, str(path), json.dumps(PROMPT), str(STEPS)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout.splitlines()[-1])
-    want_tokens, want_logits = out["tokens"], torch.tensor(out["logits"], dtype=torch.float64)
-    assert len(want_tokens) == STEPS
-    engine = Engine(path, device="cpu", kernels="torch", max_ctx=64)
-    got = torch.stack([engine.prefill(PROMPT)] + [engine.decode(token) for token in want_tokens[:-1]]).double()
+    want_tokens, want_logits = llama_cpp_greedy(path)
+    got = runtime_logits(Engine(path, device="cpu", kernels="torch", max_ctx=64), want_tokens)
     for step in range(STEPS):
         want = want_logits[step]
         largest = float(want.abs().max())

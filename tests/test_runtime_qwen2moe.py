@@ -21,21 +21,14 @@ from autotune.cache_runtime.engine import Engine
 from autotune.cache_runtime.hparams import read_config
 from autotune.model_info import inspect_model
 from autotune.synth import PRESETS
-from tests.llama_cpp_reference import assert_matches_llama_cpp, llama_cpp_greedy, runtime_logits, worst_logit_error
+from tests.llama_cpp_reference import assert_matches_llama_cpp, family_fixtures, runtime_logits, worst_logit_error
 
 pytest.importorskip("llama_cpp")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def reference(qwen2moe_model: Path):
-    return llama_cpp_greedy(qwen2moe_model)
-
-
-@pytest.fixture(scope="module")
-def engine(qwen2moe_model: Path) -> Engine:
-    return Engine(qwen2moe_model, device="cpu", kernels="torch", max_ctx=64)
+reference, engine = family_fixtures("qwen2moe_model")
 
 
 def test_the_file_reads_as_qwen2moe(qwen2moe_model: Path) -> None:
