@@ -29,7 +29,8 @@ from autotune.cache_runtime.rope_scaling import RopeScaling
 from autotune.errors import AutotuneError
 from autotune.model_info import inspect_model
 from autotune.synth import PRESETS
-from tests.llama_cpp_reference import family_fixtures, PROMPT, STEPS, assert_matches_llama_cpp, llama_cpp_greedy, runtime_logits, worst_logit_error
+from tests.llama_cpp_reference import (PROMPT, STEPS, assert_matches_llama_cpp, family_fixtures, llama_cpp_greedy,
+                                       runtime_logits, worst_logit_error)
 
 pytest.importorskip("llama_cpp")
 
