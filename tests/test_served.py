@@ -108,6 +108,10 @@ def test_autotune_serve_is_measured_over_http(tiny_model: Path, private_data_dir
     assert_measured(figures, SMALL["repetitions"])
     if not torch.cuda.is_available():
         assert figures.peak_vram_bytes is None
+    # its own statistics after the requests: every completion's tokens, the cache's hit rate
+    stats = figures.server_stats
+    assert stats["requests"] >= 1 + 2 * SMALL["repetitions"] and 0 <= stats["cache"]["hit_rate"] <= 1
+    assert ServedFigures.from_json(figures.to_json()) == figures
     assert_stopped(started)
 
 
@@ -123,6 +127,7 @@ def test_llama_server_is_measured_over_http(tiny_model: Path, started: list[Serv
     figures = measure_command(argv, **{**SMALL, "n_gen": 64}, n_vocab=n_vocab(tiny_model),
                               deadline_s=START_DEADLINE_S)
     assert_measured(figures, SMALL["repetitions"])
+    assert figures.server_stats is None
     assert_stopped(started)
 
 

@@ -22,6 +22,9 @@ class ServedFigures:
     prefill_tps: Measurement
     peak_vram_bytes: int | None  # NVML peak of the server's process group; None without a GPU
     start_seconds: float  # from spawn until /health answered ok
+    # ``autotune serve``'s own statistics after the requests (``GET /v1/stats``: the expert
+    # cache's hit rate, its CPU experts per token...); None for llama-server
+    server_stats: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,4 +41,5 @@ class ServedFigures:
             prefill_tps=Measurement(**data["prefill_tps"]),
             peak_vram_bytes=data.get("peak_vram_bytes"),
             start_seconds=float(data["start_seconds"]),
+            server_stats=data.get("server_stats"),
         )

@@ -45,9 +45,22 @@ def measure_command(
             with httpx.Client(base_url=server.url, trust_env=False) as http:  # no proxy for 127.0.0.1
                 start_seconds = server.wait_ready(http, deadline_s)
                 decode, prefill = measure_completions(http, server, prompts, n_gen, deadline_s)
+                stats = _own_stats(http, deadline_s) if server.label == AUTOTUNE_SERVE else None
         if vram.lost:
             raise ServeFailed(f"{server.label}: {vram.lost}")
-        return ServedFigures(decode, prefill, vram.peak, start_seconds)
+        return ServedFigures(decode, prefill, vram.peak, start_seconds, stats)
+
+
+AUTOTUNE_SERVE = "autotune serve"
+
+
+def _own_stats(http: httpx.Client, deadline_s: float) -> dict | None:
+    """``autotune serve``'s statistics after the requests (None where it does not answer)."""
+    try:
+        response = http.get("/v1/stats", timeout=deadline_s)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
 
 
 def _label(argv: list[str]) -> str:

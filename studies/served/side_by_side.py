@@ -58,6 +58,11 @@ def main() -> None:
         peak = figures.peak_vram_bytes
         print(f"{name}: decode {figures.decode_tps}, prefill {figures.prefill_tps} tok/s, peak "
               f"{peak / 2**30 if peak else float('nan'):.2f} GiB, start {figures.start_seconds:.1f} s", flush=True)
+        cache = (figures.server_stats or {}).get("cache")
+        if cache:
+            print(f"  served cache: hit rate {cache['hit_rate']:.3f} (with prefetch {cache['effective_hit_rate']:.3f}), "
+                  f"CPU {cache['cpu_experts_per_token']:.1f} experts/token, PCIe "
+                  f"{cache['pcie_bytes_per_token'] / 1e6:.1f} MB/token over {cache['tokens']} tokens", flush=True)
 
     names = list(references)
     for round_number in range(args.rounds):
