@@ -19,7 +19,6 @@ triton = pytest.importorskip("triton")
 
 from autotune.cache_runtime import triton_ops  # noqa: E402
 from autotune.cache_runtime.dequant import BLOCK_SIZES  # noqa: E402
-from autotune.cache_runtime.iq_grids import GRID_TYPES  # noqa: E402
 from autotune.cache_runtime.random_blocks import random_blocks  # noqa: E402
 from autotune.cache_runtime.routing import route  # noqa: E402
 from autotune.cache_runtime.torch_ops import rmsnorm  # noqa: E402
@@ -27,7 +26,7 @@ from autotune.cache_runtime.triton_gemm import moe_blocks  # noqa: E402
 from autotune.cache_runtime.weights import QTensor  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-QTYPES = sorted(set(BLOCK_SIZES) - set(GRID_TYPES))  # the grid types' tiles are not written yet
+QTYPES = sorted(BLOCK_SIZES)
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +72,8 @@ def test_gemv_with_norm_residual_and_stacked_weights(qtype: str) -> None:
     assert _rel(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_K", "F32", "Q3_K", "IQ4_XS", "MXFP4"])
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_K", "F32", "Q3_K", "IQ4_XS", "MXFP4", "IQ2_XXS",
+                                   "IQ3_S", "IQ1_M"])
 @pytest.mark.parametrize("tokens", [37, 70])  # the grouped GEMM; dequantize + matmul
 def test_dense_prefill_matmul_matches_dequant_matmul(qtype: str, tokens: int) -> None:
     rng = np.random.default_rng(1)

@@ -27,9 +27,10 @@ def _shifts(stop: int, step: int, like: torch.Tensor, shape: tuple[int, ...]) ->
 
 
 def _words(raw: torch.Tensor, width: int) -> torch.Tensor:
-    """Little-endian unsigned words of ``width`` bytes (2 or 4) over the last axis, as int64."""
-    dtype, mask = (torch.int16, 0xFFFF) if width == 2 else (torch.int32, 0xFFFFFFFF)
-    return raw.contiguous().view(dtype).long() & mask
+    """Little-endian unsigned words of ``width`` bytes (2 or 4) over the last axis, as int64
+    (built from the bytes: a block's words need not be aligned in memory)."""
+    shifts = torch.arange(0, 8 * width, 8, dtype=torch.int64, device=raw.device)
+    return (raw.reshape(*raw.shape[:-1], -1, width).long() << shifts).sum(-1)
 
 
 def _nibble_pairs(raw: torch.Tensor) -> torch.Tensor:
