@@ -2,7 +2,7 @@
 
 The ``gguf`` package decodes every type but encodes only a few (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 MXFP4: used as they are); these encoders fill the gap for synthetic models and tests: Q2_K,
-Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS. They follow llama.cpp's block layouts exactly
+Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS (IQ2_XXS and IQ3_XXS in ``quants_iq``). They follow llama.cpp's block layouts exactly
 (checked against ``gguf.quants.dequantize`` in the tests) but use a simple min/max
 quantization rule instead of llama.cpp's error search: good values, not the best ones.
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as QType
 from gguf import quants as gguf_quants
+
+from autotune.quants_iq import quantize_iq2_xxs, quantize_iq3_xxs
 
 QK_K = 256
 
@@ -198,6 +200,8 @@ ENCODERS = {
     QType.Q6_K: quantize_q6_k,
     QType.IQ4_NL: quantize_iq4_nl,
     QType.IQ4_XS: quantize_iq4_xs,
+    QType.IQ2_XXS: quantize_iq2_xxs,
+    QType.IQ3_XXS: quantize_iq3_xxs,
 } | {qtype: _gguf_encoder(qtype, 32) for qtype in (QType.Q8_0, QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1,
                                                    QType.MXFP4)}
 

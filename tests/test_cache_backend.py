@@ -60,9 +60,9 @@ def test_supports_moe_models_the_runtime_runs_and_declines_dense_ones(tiny_model
 
 def test_declines_a_model_with_a_weight_type_the_runtime_cannot_read(tiny_model: Path):
     profile = inspect_model(tiny_model)
-    iq3 = dataclasses.replace(profile, quant_types={**profile.quant_types, "IQ3_S": 1024})
+    iq3 = dataclasses.replace(profile, quant_types={**profile.quant_types, "TQ1_0": 1024})
     reason = CacheBackend().supports(iq3)
-    assert reason is not None and reason.startswith("the runtime has no kernels for GGML type IQ3_S (it reads F32,")
+    assert reason is not None and reason.startswith("the runtime has no kernels for GGML type TQ1_0 (it reads F32,")
 
 
 def test_cli_names_the_reason_a_dense_model_is_declined(dense_model: Path, tmp_path: Path):

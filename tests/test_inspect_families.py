@@ -65,10 +65,10 @@ def test_inspect_names_each_family_part(deepseek2_model: Path, qwen2moe_model: P
 def test_what_the_runtime_lacks_is_one_line_naming_every_gap(glm4moe_model: Path, dense_model: Path):
     profile = inspect_model(glm4moe_model)
     assert runtime_gap(profile) is None
-    planned = dataclasses.replace(profile, architecture="olmoe", quant_types={**profile.quant_types, "IQ3_S": 1})
+    planned = dataclasses.replace(profile, architecture="olmoe", quant_types={**profile.quant_types, "TQ1_0": 1})
     gap = runtime_gap(planned)
     assert gap.startswith("the olmoe family needs q/k norm over the whole projection, not implemented yet; "
-                          "the runtime has no kernels for GGML type IQ3_S (it reads F32,")
+                          "the runtime has no kernels for GGML type TQ1_0 (it reads F32,")
     assert runtime_gap(dataclasses.replace(profile, architecture="grok")).startswith(
         "the runtime does not know architecture 'grok'")
     assert runtime_gap(inspect_model(dense_model)) == "a dense model has no routed experts: nothing to cache"

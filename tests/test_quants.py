@@ -29,3 +29,13 @@ def test_large_first_value_is_kept(qtype):
 def test_partial_block_is_rejected():
     with pytest.raises(ValueError):
         quantize(np.zeros(100, dtype=np.float32), Q.Q4_K)
+
+
+@pytest.mark.parametrize("qtype, min_correlation", [(Q.IQ2_XXS, 0.92), (Q.IQ3_XXS, 0.97)])
+def test_grid_type_encoders_round_trip(qtype, min_correlation):
+    """2 and 3 bits a weight without llama.cpp's search: measured 0.936 and 0.981."""
+    values = np.random.default_rng(0).standard_normal(256 * 32).astype(np.float32)
+    decoded = quants.dequantize(quantize(values, qtype), qtype).reshape(-1)
+    assert np.corrcoef(decoded, values)[0, 1] > min_correlation
+    negated = quants.dequantize(quantize(-values, qtype), qtype).reshape(-1)
+    np.testing.assert_array_equal(negated, -decoded)  # signs are kept apart from the grid rows

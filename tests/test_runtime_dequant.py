@@ -9,6 +9,7 @@ from gguf import GGMLQuantizationType as QType
 from gguf import quants as gguf_quants
 
 from autotune.cache_runtime.dequant import BLOCK_SIZES, dequantize
+from autotune.cache_runtime.iq_grids import grid_table
 from autotune.cache_runtime.random_blocks import random_blocks
 
 
@@ -40,4 +41,10 @@ def test_mxfp4_every_exponent_matches_gguf() -> None:
 
 def test_rejects_unknown_type() -> None:
     with pytest.raises(ValueError, match="no kernels"):
-        dequantize(torch.zeros(2, 110, dtype=torch.uint8), "IQ3_S")
+        dequantize(torch.zeros(2, 54, dtype=torch.uint8), "TQ1_0")
+
+
+def test_grid_table_is_made_once_per_device() -> None:
+    assert grid_table("IQ2_XXS", "cpu") is grid_table("IQ2_XXS", torch.device("cpu"))
+    assert grid_table("IQ1_M", "cpu") is grid_table("IQ1_S", "cpu")  # IQ1_M reads IQ1_S's grid
+    assert grid_table("IQ3_S", "cpu").shape == (512, 4)

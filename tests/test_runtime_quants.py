@@ -26,7 +26,8 @@ pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module", params=[("q4_0", "Q4_0"), ("iq4_xs", "IQ4_XS"), ("q2_k", "Q2_K")],
+@pytest.fixture(scope="module", params=[("q4_0", "Q4_0"), ("iq4_xs", "IQ4_XS"), ("q2_k", "Q2_K"),
+                                        ("iq3_xxs", "IQ3_XXS")],
                 ids=lambda p: p[0])
 def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     quant, qtype = request.param

@@ -72,7 +72,8 @@ def test_gemv_with_norm_residual_and_stacked_weights(qtype: str) -> None:
     assert _rel(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_K", "F32", "Q3_K", "IQ4_XS", "MXFP4"])
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q5_K", "F32", "Q3_K", "IQ4_XS", "MXFP4", "IQ2_XXS",
+                                   "IQ3_S", "IQ1_M"])
 @pytest.mark.parametrize("tokens", [37, 70])  # the grouped GEMM; dequantize + matmul
 def test_dense_prefill_matmul_matches_dequant_matmul(qtype: str, tokens: int) -> None:
     rng = np.random.default_rng(1)

@@ -24,19 +24,20 @@ tl = pytest.importorskip("triton.language")
 
 from autotune.cache_runtime.dequant import BLOCK_SIZES  # noqa: E402
 from autotune.cache_runtime.random_blocks import random_blocks  # noqa: E402
-from autotune.cache_runtime.triton_tiles import QTYPE_CODES, SUPERBLOCK_BYTES, superblock_matrix  # noqa: E402
+from autotune.cache_runtime.triton_tiles import (QTYPE_CODES, SUPERBLOCK_BYTES, grid_arg,  # noqa: E402
+                                                  superblock_matrix)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROWS = 4
 
 
 @triton.jit
-def _matrix_kernel(w_ptr, out_ptr, row_bytes, K: tl.constexpr, QT: tl.constexpr, SB_BYTES: tl.constexpr,
+def _matrix_kernel(w_ptr, iq_grid, out_ptr, row_bytes, K: tl.constexpr, QT: tl.constexpr, SB_BYTES: tl.constexpr,
                    R: tl.constexpr):
     """out (R, K) float32 = the weight; program i decodes super-block i of every row."""
     rows = tl.arange(0, R)
     sb = tl.program_id(0)
-    w = superblock_matrix((w_ptr + rows * row_bytes + sb * SB_BYTES)[None, :], QT)
+    w = superblock_matrix((w_ptr + rows * row_bytes + sb * SB_BYTES)[None, :], iq_grid, QT)
     k = tl.arange(0, 256)
     tl.store(out_ptr + rows[None, :] * K + sb * 256 + k[:, None], w)
 
@@ -46,7 +47,8 @@ def test_tile_matches_gguf(qtype: str) -> None:
     raw = random_blocks(qtype, ROWS, 512, np.random.default_rng(11))
     expected = gguf_quants.dequantize(raw, QType[qtype]).astype(np.float32)
     out = torch.empty(ROWS, 512, dtype=torch.float32, device=DEVICE)
-    _matrix_kernel[(2,)](torch.from_numpy(raw).to(DEVICE), out, raw.shape[1], K=512, QT=QTYPE_CODES[qtype],
+    w = torch.from_numpy(raw).to(DEVICE)
+    _matrix_kernel[(2,)](w, grid_arg(qtype, w.device), out, raw.shape[1], K=512, QT=QTYPE_CODES[qtype],
                          SB_BYTES=SUPERBLOCK_BYTES[qtype], R=ROWS)
     got = out.cpu().numpy()
     if DEVICE == "cpu":

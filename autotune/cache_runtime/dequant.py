@@ -12,6 +12,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QType
 
 from autotune.cache_runtime.codebooks import IQ4_NL_CODES, MXFP4_CODES
+from autotune.cache_runtime.dequant_iq import GRID_DECODERS
 from autotune.cache_runtime.runtime_types import RUNTIME_TYPES
 
 QK_K = 256
@@ -184,7 +185,7 @@ def _mxfp4(blocks: torch.Tensor) -> torch.Tensor:
 
 _BLOCK_DECODERS = {"Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k, "Q8_0": _q8_0, "Q2_K": _q2_k, "Q3_K": _q3_k,
                    "Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1, "IQ4_NL": _iq4_nl,
-                   "IQ4_XS": _iq4_xs, "MXFP4": _mxfp4}
+                   "IQ4_XS": _iq4_xs, "MXFP4": _mxfp4, **GRID_DECODERS}
 _FLOAT_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 

@@ -23,14 +23,15 @@ from autotune.cache_runtime.triton_tiles import superblock_matrix
 @triton.jit
 def qgemm_kernel(a_ptr, a_stride, rows_ptr, block_group_ptr, table_ptr, table_stride, slot_a, slot_b,
                  scale_ptr, out_ptr, out_stride, N, row_stride, a_row_div,
-                 K: tl.constexpr, QT: tl.constexpr, SB_BYTES: tl.constexpr, GATED: tl.constexpr,
+                 K: tl.constexpr, iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr, GATED: tl.constexpr,
                  SCALED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """out[row, n] = sum_k a[row // a_row_div, k] * W_g[n, k] for the rows of block pid_m.
 
     ``a``: float16 (rows, K); ``out``: float32.
     ``rows_ptr``: (blocks * BM,) row ids, -1 for padding; ``block_group_ptr``: (blocks,) the
     group (expert) of each block, -1 for unused blocks; W_g is at table[g * table_stride +
-    slot_a] (and slot_b for the up projection when GATED: out = silu(W_a a) * W_b a).
+    slot_a] (and slot_b for the up projection when GATED: out = silu(W_a a) * W_b a);
+    ``iq_grid``: the grid types' table (``triton_tiles.grid_arg``).
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -51,10 +52,10 @@ def qgemm_kernel(a_ptr, a_stride, rows_ptr, block_group_ptr, table_ptr, table_st
             acc_b = tl.zeros([BM, BN], tl.float32)
         for sb in range(K // 256):
             a = tl.load(a_ptr + a_rows[:, None] * a_stride + sb * 256 + k[None, :])
-            w = superblock_matrix(w_a[None, :] + sb * SB_BYTES, QT)
+            w = superblock_matrix(w_a[None, :] + sb * SB_BYTES, iq_grid, QT)
             acc = tl.dot(a, w.to(tl.float16), acc)
             if GATED:
-                w = superblock_matrix(w_b[None, :] + sb * SB_BYTES, QT)
+                w = superblock_matrix(w_b[None, :] + sb * SB_BYTES, iq_grid, QT)
                 acc_b = tl.dot(a, w.to(tl.float16), acc_b)
         if GATED:
             acc = acc / (1.0 + tl.exp(-acc)) * acc_b
@@ -65,7 +66,7 @@ def qgemm_kernel(a_ptr, a_stride, rows_ptr, block_group_ptr, table_ptr, table_st
 
 
 @triton.jit
-def dequant_kernel(w_ptr, out_ptr, N, row_stride, K: tl.constexpr, QT: tl.constexpr,
+def dequant_kernel(w_ptr, out_ptr, N, row_stride, K: tl.constexpr, iq_grid, QT: tl.constexpr,
                    SB_BYTES: tl.constexpr, R: tl.constexpr):
     """out (N, K) float16 = the weight; grid (cdiv(N, R), K / 256)."""
     rows = tl.program_id(0) * R + tl.arange(0, R)
@@ -73,7 +74,7 @@ def dequant_kernel(w_ptr, out_ptr, N, row_stride, K: tl.constexpr, QT: tl.conste
     r_ok = rows < N
     rows = tl.minimum(rows, N - 1).to(tl.int64)
     blk = (w_ptr + rows * (row_stride // 2) * 2 + sb * SB_BYTES)[None, :]  # even: 2-byte loads
-    w = superblock_matrix(blk, QT)
+    w = superblock_matrix(blk, iq_grid, QT)
     k = tl.arange(0, 256)
     tl.store(out_ptr + rows[None, :] * K + sb * 256 + k[:, None], w.to(tl.float16), mask=r_ok[None, :])
 

@@ -28,14 +28,15 @@ def _rms_inv(x_ptr, n: tl.constexpr, eps, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _chunk_dot(base, x_base, norm_base, s0, n_sb, QT: tl.constexpr, SB_BYTES: tl.constexpr,
+def _chunk_dot(base, x_base, norm_base, s0, n_sb, iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr,
                HAS_NORM: tl.constexpr, S: tl.constexpr):
     """(S, R) dot products of R weight rows with the input, super-blocks s0 .. s0 + S.
 
     ``base``, ``x_base``, ``norm_base``: (R,) pointers to each row's weights, input and
-    norm weight. Every row addresses its own input (a broadcast input would be laid out
-    without the row axis, and Triton then spreads a row over several warps: each
-    reduction would cross warps through shared memory). Kernels loop over chunks
+    norm weight; ``iq_grid``: the grid types' table (``triton_tiles.grid_arg``). Every row
+    addresses its own input (a broadcast input would be laid out without the row axis,
+    and Triton then spreads a row over several warps: each reduction would cross warps
+    through shared memory). Kernels loop over chunks
     themselves: the loop bound must be a kernel constexpr for Triton's interpreter.
     """
     s = s0 + tl.arange(0, S)
@@ -44,12 +45,12 @@ def _chunk_dot(base, x_base, norm_base, s0, n_sb, QT: tl.constexpr, SB_BYTES: tl
     blk = base[None, :] + (s * SB_BYTES)[:, None]
     xp = x_base[None, :] + (s * 256)[:, None]
     npp = norm_base[None, :] + (s * 256)[:, None]
-    return tl.where(s_ok[:, None], superblock_dots(blk, xp, npp, QT, HAS_NORM), 0.0)
+    return tl.where(s_ok[:, None], superblock_dots(blk, xp, npp, iq_grid, QT, HAS_NORM), 0.0)
 
 
 @triton.jit
 def gemv_kernel(x_ptr, norm_ptr, eps, w0_ptr, w1_ptr, n0, resid_ptr, out_ptr, N, K: tl.constexpr, row_stride,
-                QT: tl.constexpr, SB_BYTES: tl.constexpr, HAS_NORM: tl.constexpr,
+                iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr, HAS_NORM: tl.constexpr,
                 HAS_RESID: tl.constexpr, R: tl.constexpr, S: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[r] = (W x)[r] (+ resid[r]); rows below n0 from w0, the rest from w1."""
     rows = tl.program_id(0) * R + tl.arange(0, R)
@@ -61,7 +62,7 @@ def gemv_kernel(x_ptr, norm_ptr, eps, w0_ptr, w1_ptr, n0, resid_ptr, out_ptr, N,
     same = tl.zeros([R], tl.int32)
     acc = tl.zeros([S, R], tl.float32)
     for s0 in range(0, K // 256, S):
-        acc += _chunk_dot(base, x_ptr + same, norm_ptr + same, s0, K // 256, QT, SB_BYTES, HAS_NORM, S)
+        acc += _chunk_dot(base, x_ptr + same, norm_ptr + same, s0, K // 256, iq_grid, QT, SB_BYTES, HAS_NORM, S)
     acc = tl.sum(acc, 0)
     if HAS_NORM:
         acc = acc * _rms_inv(x_ptr, K, eps, BLOCK_K)
@@ -98,7 +99,7 @@ def _route(logits_ptr, ids_ptr, wts_ptr, n_expert, E_PAD: tl.constexpr, TOP_K: t
 
 @triton.jit
 def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, keep_ptr, done_ptr, ids_ptr, wts_ptr,
-                  N, row_stride, K: tl.constexpr, QT: tl.constexpr, SB_BYTES: tl.constexpr,
+                  N, row_stride, K: tl.constexpr, iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr,
                   R: tl.constexpr, S: tl.constexpr, BLOCK_K: tl.constexpr, E_PAD: tl.constexpr,
                   TOP_K: tl.constexpr, NORM_TOPK: tl.constexpr, KEEP: tl.constexpr):
     """logits = W_router RMSNorm(x); program 0 also stores RMSNorm(x) for the experts (and x
@@ -114,7 +115,7 @@ def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, keep_ptr, don
     same = tl.zeros([R], tl.int32)
     acc = tl.zeros([S, R], tl.float32)
     for s0 in range(0, K // 256, S):
-        acc += _chunk_dot(base, x_ptr + same, norm_ptr + same, s0, K // 256, QT, SB_BYTES, True, S)
+        acc += _chunk_dot(base, x_ptr + same, norm_ptr + same, s0, K // 256, iq_grid, QT, SB_BYTES, True, S)
     tl.store(logits_ptr + rows, tl.sum(acc, 0) * inv, mask=r_ok)
     if pid == 0:
         offs = tl.arange(0, BLOCK_K)
@@ -131,7 +132,7 @@ def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, keep_ptr, don
 
 @triton.jit
 def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, h_ptr, n_ff, row_stride, K: tl.constexpr,
-                       QT: tl.constexpr, SB_BYTES: tl.constexpr, R: tl.constexpr, S: tl.constexpr,
+                       iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr, R: tl.constexpr, S: tl.constexpr,
                        SKIP: tl.constexpr):
     """h[slot] = silu(gate_e xn) * up_e xn for the slot-th selected expert e; with SKIP, only
     for the slots ``on_ptr`` (top_k,) marks (the CPU computes the others; their h is not written).
@@ -153,7 +154,7 @@ def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, h_ptr, n_ff, row_stri
     same = tl.zeros([R], tl.int32)
     acc = tl.zeros([S, R], tl.float32)
     for s0 in range(0, K // 256, S):
-        acc += _chunk_dot(base, xn_ptr + same, xn_ptr + same, s0, K // 256, QT, SB_BYTES, False, S)
+        acc += _chunk_dot(base, xn_ptr + same, xn_ptr + same, s0, K // 256, iq_grid, QT, SB_BYTES, False, S)
     acc = tl.sum(acc, 0)
     g, u = tl.split(tl.reshape(acc, (R // 2, 2)))
     out_rows = pid * (R // 2) + tl.arange(0, R // 2)
@@ -162,7 +163,7 @@ def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, h_ptr, n_ff, row_stri
 
 @triton.jit
 def moe_down_kernel(h_ptr, ids_ptr, on_ptr, wts_ptr, table_ptr, resid_ptr, D, K: tl.constexpr, row_stride,
-                    QT: tl.constexpr, SB_BYTES: tl.constexpr, TOP_K: tl.constexpr,
+                    iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr, TOP_K: tl.constexpr,
                     K_PAD: tl.constexpr, BN: tl.constexpr, S: tl.constexpr, SKIP: tl.constexpr):
     """resid[rows] += sum over slots of weight * (down_e h[slot])[rows]; with SKIP, over the
     slots ``on_ptr`` (top_k,) marks only.
@@ -192,7 +193,7 @@ def moe_down_kernel(h_ptr, ids_ptr, on_ptr, wts_ptr, table_ptr, resid_ptr, D, K:
     base = down + tl.minimum(row, D - 1).to(tl.int64) * (row_stride // 2) * 2
     acc = tl.zeros([S, K_PAD * BN], tl.float32)
     for s0 in range(0, K // 256, S):
-        acc += _chunk_dot(base, h_ptr + slot * K, h_ptr + slot * K, s0, K // 256, QT, SB_BYTES, False, S)
+        acc += _chunk_dot(base, h_ptr + slot * K, h_ptr + slot * K, s0, K // 256, iq_grid, QT, SB_BYTES, False, S)
     acc = tl.sum(acc, 0)
     acc = tl.where(ok, acc * weight, 0.0)
     out = tl.sum(tl.reshape(acc, (K_PAD, BN)), 0)

@@ -27,7 +27,7 @@ from autotune.cache_runtime.triton_attention import (attn_combine_kernel, attn_p
 from autotune.cache_runtime.triton_gemm import dequant_kernel, moe_blocks, qgemm_kernel
 from autotune.cache_runtime.triton_gemv import (gemv_kernel, moe_down_kernel, moe_gate_up_kernel,
                                                  router_kernel)
-from autotune.cache_runtime.triton_tiles import QTYPE_CODES, SUPERBLOCK_BYTES, TILE_GROUPS
+from autotune.cache_runtime.triton_tiles import QTYPE_CODES, SUPERBLOCK_BYTES, TILE_GROUPS, grid_arg
 from autotune.cache_runtime.weights import ModelWeights, QTensor
 
 # Launch shapes (see studies/runtime_full_residency; CHUNK_ROUNDS 2 with GATE_UP_WARPS 4 from
@@ -52,10 +52,12 @@ def _superblocks(w: QTensor, rounds: int) -> int:
     return min(per_warp, triton.next_power_of_2(w.cols // 256))
 
 
-def _type_args(w: QTensor) -> dict:
+def _type_args(w: QTensor, device: torch.device) -> dict:
+    """The kernels' arguments for ``w``'s type, launched on ``device`` (where the weight itself
+    may be in host memory)."""
     if w.cols % 256:
         raise ValueError(f"the Triton kernels need rows of whole 256-element super-blocks, not {w.cols}")
-    return {"QT": QTYPE_CODES[w.qtype], "SB_BYTES": SUPERBLOCK_BYTES[w.qtype]}
+    return {"QT": QTYPE_CODES[w.qtype], "SB_BYTES": SUPERBLOCK_BYTES[w.qtype], "iq_grid": grid_arg(w.qtype, device)}
 
 
 class TritonOps(TorchOps):
@@ -96,7 +98,7 @@ class TritonOps(TorchOps):
             out if resid is None else resid, out, n, row_stride=w0.row_bytes, K=w0.cols,
             HAS_NORM=norm is not None, HAS_RESID=resid is not None, R=GEMV_WARPS,
             S=self._superblocks(w0), BLOCK_K=triton.next_power_of_2(w0.cols),
-            num_warps=GEMV_WARPS, **_type_args(w0))
+            num_warps=GEMV_WARPS, **_type_args(w0, x.device))
         return out
 
     def _dense_table(self, w: QTensor) -> torch.Tensor:
@@ -115,7 +117,7 @@ class TritonOps(TorchOps):
             slot_a, slot_a if slot_b is None else slot_b, out if scale is None else scale, out,
             out.stride(0), w.rows, w.row_bytes, a_row_div, K=w.cols, GATED=slot_b is not None,
             SCALED=scale is not None, BM=GEMM_BM, BN=GEMM_BN, num_warps=GEMM_WARPS,
-            num_stages=GEMM_STAGES, **_type_args(w))
+            num_stages=GEMM_STAGES, **_type_args(w, a.device))
         return out
 
     # -- building blocks ---------------------------------------------------------------
@@ -123,7 +125,7 @@ class TritonOps(TorchOps):
     def _dequant_f16(self, w: QTensor) -> torch.Tensor:
         out = torch.empty(w.rows, w.cols, dtype=torch.float16, device=w.data.device)
         dequant_kernel[(triton.cdiv(w.rows, DEQUANT_ROWS), w.cols // 256)](
-            w.data, out, w.rows, w.row_bytes, K=w.cols, R=DEQUANT_ROWS, num_warps=4, **_type_args(w))
+            w.data, out, w.rows, w.row_bytes, K=w.cols, R=DEQUANT_ROWS, num_warps=4, **_type_args(w, out.device))
         return out
 
     def linear(self, x: torch.Tensor, w: QTensor) -> torch.Tensor:
@@ -243,7 +245,7 @@ class TritonOps(TorchOps):
             cfg.n_expert, row_stride=router.row_bytes, K=router.cols, R=ROUTER_WARPS,
             S=self._superblocks(router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
             E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=cfg.n_expert_used, NORM_TOPK=cfg.norm_topk,
-            KEEP=keep is not None, num_warps=ROUTER_WARPS, **_type_args(router))
+            KEEP=keep is not None, num_warps=ROUTER_WARPS, **_type_args(router, x.device))
         if lw.router_b is not None:
             logits.add_(lw.router_b)
         if (cfg.gating != "softmax" or lw.router_b is not None or lw.exp_probs_b is not None
@@ -273,12 +275,12 @@ class TritonOps(TorchOps):
         moe_gate_up_kernel[(k, triton.cdiv(cfg.n_ff_expert, warps // 2))](
             ids, on_device if skip else ids, xn, table, hidden, cfg.n_ff_expert,
             row_stride=lw.gate_exps.row_bytes, K=cfg.n_embd, R=warps, S=self._superblocks(lw.gate_exps),
-            SKIP=skip, num_warps=warps, **_type_args(lw.gate_exps))
+            SKIP=skip, num_warps=warps, **_type_args(lw.gate_exps, dev))
         moe_down_kernel[(triton.cdiv(cfg.n_embd, DOWN_ROWS),)](
             hidden, ids, on_device if skip else ids, weights, table, x, cfg.n_embd,
             row_stride=lw.down_exps.row_bytes, K=cfg.n_ff_expert, TOP_K=k, K_PAD=triton.next_power_of_2(k),
             BN=DOWN_ROWS, S=self._superblocks(lw.down_exps), SKIP=skip, num_warps=DOWN_WARPS,
-            **_type_args(lw.down_exps))
+            **_type_args(lw.down_exps, dev))
         if lw.gate_shexp is not None:
             h.add_(self.shared_expert(xn[None], il))
         self.hooks.add_offloaded(m, h)

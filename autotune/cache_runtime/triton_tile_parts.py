@@ -36,3 +36,9 @@ def code_lookup(q, LOW: tl.constexpr, HIGH: tl.constexpr):
     word = tl.where(q < 8, LOW, HIGH).to(tl.int64)
     byte = ((word >> (8 * (q & 7)).to(tl.int64)) & 255).to(tl.int32)
     return ((byte ^ 128) - 128).to(tl.float32)
+
+
+@triton.jit
+def load_u16(p):
+    """The little-endian uint16 at byte pointer p (2-byte aligned), as int32."""
+    return tl.load(p.to(tl.pointer_type(tl.uint16))).to(tl.int32)

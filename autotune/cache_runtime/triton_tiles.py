@@ -10,9 +10,10 @@ picks a group of T consecutive elements of a run of A T (32, or 16 for the 4-bit
 32-element blocks: a block's low or high nibbles) and t (the last axis) one of them. T is 4 where blocks are 4-byte aligned (Q2_K, Q4_K, Q5_K, floats) and 2 where they
 are only 2-byte aligned (Q3_K: 110 bytes, Q6_K: 210, Q8_0 and the 32-element block types),
 so that the weight and input loads get the same vector width. The layouts follow
-``gguf.quants`` (``dequant.py`` in torch); the tiles are in ``triton_tile_kquants`` and
-``triton_tile_blocks32``, and all but Q6_K, Q8_0 and the floats have the same shape
-(A, S, R, ., ., T), summed and ordered alike here.
+``gguf.quants`` (``dequant.py`` in torch); the tiles are in ``triton_tile_kquants``,
+``triton_tile_blocks32`` and ``triton_tile_grids`` (whose types also read a grid table
+through the ``iq_grid`` pointer every kernel takes), and all but Q6_K, Q8_0 and the floats
+have the same shape (A, S, R, ., ., T), summed and ordered alike here.
 
 The axis order steers Triton's layout: it vectorizes along the contiguous last axis and
 then hands out a warp's 32 lanes along the remaining axes in index order, so lanes go to
@@ -27,12 +28,15 @@ and results for clamped rows are dropped afterwards.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from gguf import GGMLQuantizationType as QType
 
 from autotune.cache_runtime.dequant import BLOCK_SIZES
+from autotune.cache_runtime.iq_grids import GRID_TYPES, grid_table
 from autotune.cache_runtime.triton_tile_blocks32 import iq4_nl, iq4_xs, mxfp4, q4_0, q4_1, q5_0, q5_1, q8_0
+from autotune.cache_runtime.triton_tile_grids import iq1_m, iq1_s, iq2_s, iq2_xs, iq2_xxs, iq3_s, iq3_xxs
 from autotune.cache_runtime.triton_tile_kquants import q2_k, q3_k, q4_k, q5_k, q6_k
 
 # GGML type ids, as constexpr codes for the kernels: every type the runtime reads.
@@ -41,6 +45,12 @@ QTYPE_CODES = {name: int(QType[name]) for name in BLOCK_SIZES}
 SUPERBLOCK_BYTES = {name: 256 // elements * nbytes for name, (elements, nbytes) in BLOCK_SIZES.items()}
 # Size A of each type's tile's a axis: a warp's 32 lanes take 32 / A super-blocks a round.
 TILE_GROUPS = {name: 16 if name in ("Q3_K", "Q6_K", "Q8_0") else 8 for name in BLOCK_SIZES}
+
+
+def grid_arg(qtype: str, device: torch.device) -> torch.Tensor | None:
+    """The kernels' ``iq_grid`` argument: the grid types' table on ``device``, else None (a
+    constexpr to Triton, so the other types' kernels take no extra argument)."""
+    return grid_table(qtype, device) if qtype in GRID_TYPES else None
 
 
 @triton.jit
@@ -56,8 +66,9 @@ def _float(blk, QT: tl.constexpr):
 
 
 @triton.jit
-def _tile6(blk, QT: tl.constexpr):
-    """The tile (A, S, R, ., ., T) of the types with 2 middle axes."""
+def _tile6(blk, iq_grid, QT: tl.constexpr):
+    """The tile (A, S, R, ., ., T) of the types with 2 middle axes (``iq_grid``: the iq_grid
+    types' table, unused by the others)."""
     if QT == 12:
         w, k = q4_k(blk)
     elif QT == 13:
@@ -78,6 +89,20 @@ def _tile6(blk, QT: tl.constexpr):
         w, k = iq4_nl(blk)
     elif QT == 23:
         w, k = iq4_xs(blk)
+    elif QT == 16:
+        w, k = iq2_xxs(blk, iq_grid)
+    elif QT == 17:
+        w, k = iq2_xs(blk, iq_grid)
+    elif QT == 22:
+        w, k = iq2_s(blk, iq_grid)
+    elif QT == 18:
+        w, k = iq3_xxs(blk, iq_grid)
+    elif QT == 21:
+        w, k = iq3_s(blk, iq_grid)
+    elif QT == 19:
+        w, k = iq1_s(blk, iq_grid)
+    elif QT == 29:
+        w, k = iq1_m(blk, iq_grid)
     else:
         tl.static_assert(QT == 39, "no Triton tile for this GGML type")
         w, k = mxfp4(blk)
@@ -94,11 +119,11 @@ def _x_at(xp, k, npp, HAS_NORM: tl.constexpr):
 
 
 @triton.jit
-def superblock_dots(blk, xp, npp, QT: tl.constexpr, HAS_NORM: tl.constexpr):
+def superblock_dots(blk, xp, npp, iq_grid, QT: tl.constexpr, HAS_NORM: tl.constexpr):
     """(S, R) dot products of each row's super-blocks with the inputs.
 
     ``xp``/``npp``: (S, R) float32 pointers to each super-block's first input (and norm
-    weight) for each row.
+    weight) for each row; ``iq_grid``: the grid types' table (``grid_arg``).
     """
     if QT == 14:
         w, k = q6_k(blk)
@@ -114,16 +139,16 @@ def superblock_dots(blk, xp, npp, QT: tl.constexpr, HAS_NORM: tl.constexpr):
         x = _x_at(xp[None, :, :, None, None], k, npp[None, :, :, None, None], HAS_NORM)
         out = tl.sum(tl.sum(tl.sum(w * x, 4), 3), 0)
     else:
-        w, k = _tile6(blk, QT)
+        w, k = _tile6(blk, iq_grid, QT)
         x = _x_at(xp[None, :, :, None, None, None], k, npp[None, :, :, None, None, None], HAS_NORM)
         out = tl.sum(tl.sum(tl.sum(tl.sum(w * x, 5), 4), 3), 0)
     return out
 
 
 @triton.jit
-def superblock_matrix(blk, QT: tl.constexpr):
+def superblock_matrix(blk, iq_grid, QT: tl.constexpr):
     """(256, R) weights of one super-block per row (``blk``: (1, R)), in natural order:
-    the B operand of a ``tl.dot``."""
+    the B operand of a ``tl.dot``; ``iq_grid``: the grid types' table (``grid_arg``)."""
     R: tl.constexpr = blk.shape[1]
     if QT == 14:
         w, _ = q6_k(blk)
@@ -135,6 +160,6 @@ def superblock_matrix(blk, QT: tl.constexpr):
         w, _ = _float(blk, QT)
         w = tl.permute(w, (3, 0, 4, 1, 2))
     else:
-        w, _ = _tile6(blk, QT)
+        w, _ = _tile6(blk, iq_grid, QT)
         w = tl.permute(w, (3, 4, 0, 5, 1, 2))  # (middle 0, middle 1, a, t, 1, R)
     return tl.reshape(w, (256, R))
