@@ -370,7 +370,6 @@ def ragged_model(tmp_path_factory: pytest.TempPathFactory):
     return path
 
 
-@pytest.mark.slow
 def test_rows_of_partial_superblocks_on_triton_kernels_match_the_torch_path(ragged_model) -> None:
     """Every Triton kernel on rows of 9 and 13 blocks of 32 (the fused decode experts and
     router, the dense GEMVs and the output head, prefill's grouped GEMM) against the torch path."""
