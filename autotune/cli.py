@@ -155,7 +155,7 @@ def hw(as_json: bool = typer.Option(False, "--json", help="machine-readable outp
 @user_errors
 def synth(
     out: Path = typer.Argument(..., help="where to write the GGUF"),
-    preset: str = typer.Option("tiny", help="tiny | small | mixtral-tiny | qwen2moe-tiny | glm4moe-tiny | deepseek2-tiny"
+    preset: str = typer.Option("tiny", help="tiny | ragged-tiny | small | mixtral-tiny | qwen2moe-tiny | glm4moe-tiny | deepseek2-tiny"
                                             " | deepseek3-tiny | gpt-oss-tiny, or a real shape: qwen3-30b-a3b | qwen3-235b-a22b"
                                             " | mixtral-8x7b | glm-4.5-air | deepseek-v2-lite | deepseek-v3"
                                             " | qwen2-57b-a14b | qwen1.5-moe-a2.7b | gpt-oss-20b | gpt-oss-120b"),

@@ -83,6 +83,47 @@ def test_dense_prefill_matmul_matches_dequant_matmul(qtype: str, tokens: int) ->
     assert _rel(got, x.double() @ w.dequantize().double().T) < 2e-3  # float16 operands
 
 
+# Rows of partial super-blocks: gpt-oss's 2880 (its Q8_0 and Q5_0 fallbacks, MXFP4 experts, F32
+# router) and DeepSeek-V2-Lite's 1408 (its down experts' 32-element fallback).
+RAGGED = [("Q8_0", 2880), ("Q5_0", 2880), ("MXFP4", 2880), ("Q8_0", 1408), ("F32", 2880)]
+
+
+@pytest.mark.parametrize("qtype, cols", RAGGED)
+def test_gemv_on_rows_of_partial_superblocks(qtype: str, cols: int) -> None:
+    rng = np.random.default_rng(6)
+    w0, w1 = _qtensor(qtype, 12, cols, rng), _qtensor(qtype, 7, cols, rng)
+    x, norm, resid = (torch.randn(n, device=DEVICE) for n in (cols, cols, 19))
+    got = _Stub()._gemv(x, [w0, w1], norm=norm, resid=resid)
+    w = torch.cat([w0.dequantize(), w1.dequantize()])
+    want = w.double() @ rmsnorm(x, norm, 1e-6).double() + resid.double()
+    assert _rel(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("qtype, cols", RAGGED[:4])
+@pytest.mark.parametrize("tokens", [37, 70])  # the grouped GEMM; dequantize + matmul
+def test_prefill_on_rows_of_partial_superblocks(qtype: str, cols: int, tokens: int) -> None:
+    rng = np.random.default_rng(7)
+    w = _qtensor(qtype, 40, cols, rng)
+    x = torch.randn(tokens, cols, device=DEVICE)
+    got = _Stub().linear(x, w)
+    assert _rel(got, x.double() @ w.dequantize().double().T) < 2e-3  # float16 operands
+
+
+@pytest.mark.parametrize("qtype, cols", RAGGED[:4])
+def test_dequant_kernel_on_rows_of_partial_superblocks(qtype: str, cols: int) -> None:
+    w = _qtensor(qtype, 40, cols, np.random.default_rng(8))
+    assert torch.equal(_Stub()._dequant_f16(w), w.dequantize().half())
+
+
+@pytest.mark.parametrize("qtype, cols, message", [("Q8_0", 160, "at least 256"), ("F32", 272, "32-element"),
+                                                  ("MXFP4", 288, "even number of bytes")])
+def test_kernels_refuse_rows_they_cannot_read(qtype: str, cols: int, message: str) -> None:
+    """Shorter than a super-block; floats of no whole 32; MXFP4 of 9 blocks (153 bytes)."""
+    w = _qtensor(qtype, 4, cols, np.random.default_rng(9))
+    with pytest.raises(ValueError, match=message):
+        _Stub()._gemv(torch.randn(cols, device=DEVICE), [w])
+
+
 def test_moe_blocks_cover_every_pair_once() -> None:
     ids = torch.tensor([[3, 1], [1, 0], [3, 2], [1, 3]], device=DEVICE)
     rows, groups = moe_blocks(ids, n_expert=5, bm=2)
@@ -122,7 +163,12 @@ def _expert_reference(x, weights, ids, gate, up, down):
     return out
 
 
-def _moe_weights(rng):
+def _moe_weights(rng, ragged: bool = False):
+    """8 experts of 256 x 512 in K-quants, or (ragged) of 416 x 288 in 32-element block types:
+    widths of 13 and 9 blocks of 32, no whole super-blocks (as gpt-oss's 2880)."""
+    if ragged:
+        return (_qtensor("Q8_0", 416, 288, rng, experts=8), _qtensor("Q8_0", 416, 288, rng, experts=8),
+                _qtensor("Q5_0", 288, 416, rng, experts=8))
     gate = _qtensor("Q4_K", 256, 512, rng, experts=8)
     up = _qtensor("Q4_K", 256, 512, rng, experts=8)
     down = _qtensor("Q6_K", 512, 256, rng, experts=8)
@@ -130,18 +176,20 @@ def _moe_weights(rng):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shapes", [(None, None), (1, 2)])  # a cache config's launch shapes
-def test_moe_decode_kernels_route_and_sum_like_torch(monkeypatch: pytest.MonkeyPatch, shapes) -> None:
+@pytest.mark.parametrize("shapes, ragged", [((None, None), False), ((1, 2), False), ((None, None), True)])
+def test_moe_decode_kernels_route_and_sum_like_torch(monkeypatch: pytest.MonkeyPatch, shapes, ragged: bool) -> None:
+    """shapes: a cache config's launch shapes; ragged: rows of partial super-blocks."""
     monkeypatch.setattr(triton_ops, "ROUTER_WARPS", 2)  # 4 router programs: the last one routes
     rng = np.random.default_rng(2)
-    gate, up, down = _moe_weights(rng)
+    gate, up, down = _moe_weights(rng, ragged)
+    n_embd = gate.cols
     ops = _MoeStub(gate, up, down, top_k=3)
     ops.chunk_rounds, ops.gate_up_warps = shapes
-    router = _qtensor("F32", 8, 512, rng)
-    ffn_norm = torch.rand(512, device=DEVICE) + 0.5
+    router = _qtensor("F32", 8, n_embd, rng)
+    ffn_norm = torch.rand(n_embd, device=DEVICE) + 0.5
     layer = ops.w.layers[0]
     layer.router, layer.ffn_norm = router, ffn_norm
-    h = torch.randn(1, 512, device=DEVICE)
+    h = torch.randn(1, n_embd, device=DEVICE)
     x = rmsnorm(h, ffn_norm, 1e-6)
     weights, ids = route(x @ router.dequantize().T, 3, True)
     want = h[0].double().cpu() + _expert_reference(x.cpu(), weights.cpu(), ids.cpu(), gate.to("cpu"),
@@ -181,13 +229,14 @@ def test_router_ranks_ties_by_lowest_id(norm_topk: bool) -> None:
 
 
 @pytest.mark.slow
-def test_qgemm_experts_match_torch() -> None:
+@pytest.mark.parametrize("ragged", [False, True])
+def test_qgemm_experts_match_torch(ragged: bool) -> None:
     rng = np.random.default_rng(3)
-    gate, up, down = _moe_weights(rng)
+    gate, up, down = _moe_weights(rng, ragged)
     ops = _MoeStub(gate, up, down, top_k=2)
     # drawn from rng (the same on every device) and small enough that the float16 operands
     # cannot overflow on these random weights (torch.randn on the GPU overflowed one row)
-    x = torch.from_numpy(rng.standard_normal((9, 512), dtype=np.float32) * 0.1).to(DEVICE)
+    x = torch.from_numpy(rng.standard_normal((9, gate.cols), dtype=np.float32) * 0.1).to(DEVICE)
     ids = torch.from_numpy(rng.integers(0, 8, (9, 2))).to(DEVICE)
     ids[:, 1] = (ids[:, 0] + 1 + ids[:, 1] % 7) % 8  # two different experts per token
     weights = torch.from_numpy(rng.random((9, 2), dtype=np.float32)).to(DEVICE)
@@ -308,6 +357,35 @@ def test_gpt_oss_on_triton_kernels_matches_the_torch_path(model: str, request: p
         engine.prefill_chunk = 1  # chunks of one token: the decode kernels, at positions 9 to 11
         logits.append((engine.prefill(prompt[9:]).cpu(), engine.trace.ids()))
     (want, want_ids), (got, got_ids) = logits
+    assert _rel(got, want) < 3e-3
+    np.testing.assert_array_equal(np.sort(got_ids, -1), np.sort(want_ids, -1))
+
+
+@pytest.fixture(scope="module")
+def ragged_model(tmp_path_factory: pytest.TempPathFactory):
+    """Two layers of the ragged-tiny preset in Q8_0: widths 288 and 416, no whole super-blocks."""
+    from autotune.synth import write_synthetic_model
+
+    path = tmp_path_factory.mktemp("models") / "ragged-tiny-q8_0.gguf"
+    write_synthetic_model(path, preset="ragged-tiny", quant="q8_0", seed=0, layers=2)
+    return path
+
+
+def test_rows_of_partial_superblocks_on_triton_kernels_match_the_torch_path(ragged_model) -> None:
+    """Every Triton kernel on rows of 9 and 13 blocks of 32 (the fused decode experts and
+    router, the dense GEMVs and the output head, prefill's grouped GEMM) against the torch path."""
+    from autotune.cache_runtime.engine import Engine
+
+    prompt = [5, 17, 300, 42, 7]
+    logits = []
+    for kernels in ("torch", "triton"):
+        engine = Engine(ragged_model, device=DEVICE, kernels=kernels, max_ctx=64, use_graph=False)
+        engine.trace.enabled = True
+        prefill = engine.prefill(prompt[:3])
+        engine.prefill_chunk = 1  # chunks of one token: the decode kernels, at positions 3 and 4
+        logits.append((prefill.cpu(), engine.prefill(prompt[3:]).cpu(), engine.trace.ids()))
+    (want_prefill, want, want_ids), (got_prefill, got, got_ids) = logits
+    assert _rel(got_prefill, want_prefill) < 3e-3
     assert _rel(got, want) < 3e-3
     np.testing.assert_array_equal(np.sort(got_ids, -1), np.sort(want_ids, -1))
 

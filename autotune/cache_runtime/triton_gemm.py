@@ -21,6 +21,16 @@ from autotune.cache_runtime.triton_tiles import superblock_matrix
 
 
 @triton.jit
+def _superblock_dot(a, w_a, w_b, offset, acc, acc_b, iq_grid, QT: tl.constexpr, GATED: tl.constexpr):
+    """acc += a W_a^T over the super-block ``offset`` bytes into the rows at ``w_a`` (BN,)
+    (and acc_b += a W_b^T when GATED); ``a``: float16 (BM, 256)."""
+    acc = tl.dot(a, superblock_matrix(w_a[None, :] + offset, iq_grid, QT).to(tl.float16), acc)
+    if GATED:
+        acc_b = tl.dot(a, superblock_matrix(w_b[None, :] + offset, iq_grid, QT).to(tl.float16), acc_b)
+    return acc, acc_b
+
+
+@triton.jit
 def qgemm_kernel(a_ptr, a_stride, rows_ptr, block_group_ptr, table_ptr, table_stride, slot_a, slot_b,
                  scale_ptr, out_ptr, out_stride, N, row_stride, a_row_div,
                  K: tl.constexpr, iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr, GATED: tl.constexpr,
@@ -46,17 +56,20 @@ def qgemm_kernel(a_ptr, a_stride, rows_ptr, block_group_ptr, table_ptr, table_st
         entry = table_ptr + group.to(tl.int64) * table_stride
         w_a = tl.multiple_of(tl.load(entry + slot_a).to(tl.pointer_type(tl.uint8)), 16) + n_off
         k = tl.arange(0, 256)
+        a_row = a_ptr + a_rows[:, None] * a_stride + k[None, :]
         acc = tl.zeros([BM, BN], tl.float32)
+        w_b = w_a
         if GATED:
             w_b = tl.multiple_of(tl.load(entry + slot_b).to(tl.pointer_type(tl.uint8)), 16) + n_off
-            acc_b = tl.zeros([BM, BN], tl.float32)
+        acc_b = tl.zeros([BM, BN], tl.float32)
         for sb in range(K // 256):
-            a = tl.load(a_ptr + a_rows[:, None] * a_stride + sb * 256 + k[None, :])
-            w = superblock_matrix(w_a[None, :] + sb * SB_BYTES, iq_grid, QT)
-            acc = tl.dot(a, w.to(tl.float16), acc)
-            if GATED:
-                w = superblock_matrix(w_b[None, :] + sb * SB_BYTES, iq_grid, QT)
-                acc_b = tl.dot(a, w.to(tl.float16), acc_b)
+            acc, acc_b = _superblock_dot(tl.load(a_row + sb * 256), w_a, w_b, sb * SB_BYTES, acc, acc_b,
+                                         iq_grid, QT, GATED)
+        if K % 256 != 0:  # the last super-block from 256 elements before the end; the inputs
+            # of the elements it shares with the one before it masked to 0
+            a = tl.load(a_row + (K - 256), mask=(k >= 256 - K % 256)[None, :], other=0.0)
+            acc, acc_b = _superblock_dot(a, w_a, w_b, (K - 256) // 32 * (SB_BYTES // 8), acc, acc_b, iq_grid, QT,
+                                         GATED)
         if GATED:
             acc = acc / (1.0 + tl.exp(-acc)) * acc_b
         if SCALED:
@@ -68,15 +81,25 @@ def qgemm_kernel(a_ptr, a_stride, rows_ptr, block_group_ptr, table_ptr, table_st
 @triton.jit
 def dequant_kernel(w_ptr, out_ptr, N, row_stride, K: tl.constexpr, iq_grid, QT: tl.constexpr,
                    SB_BYTES: tl.constexpr, R: tl.constexpr):
-    """out (N, K) float16 = the weight; grid (cdiv(N, R), K / 256)."""
+    """out (N, K) float16 = the weight; grid (cdiv(N, R), cdiv(K, 256)). Where K is not whole
+    super-blocks, the last program decodes the 256 elements before the row's end and stores
+    those the one before it did not."""
     rows = tl.program_id(0) * R + tl.arange(0, R)
     sb = tl.program_id(1)
     r_ok = rows < N
     rows = tl.minimum(rows, N - 1).to(tl.int64)
-    blk = (w_ptr + rows * (row_stride // 2) * 2 + sb * SB_BYTES)[None, :]  # even: 2-byte loads
-    w = superblock_matrix(blk, iq_grid, QT)
     k = tl.arange(0, 256)
-    tl.store(out_ptr + rows[None, :] * K + sb * 256 + k[:, None], w.to(tl.float16), mask=r_ok[None, :])
+    ok = r_ok[None, :]
+    if K % 256 != 0:
+        start = tl.minimum(sb * 256, K - 256)
+        offset = start // 32 * (SB_BYTES // 8)
+        ok = ok & (start + k >= sb * 256)[:, None]
+    else:
+        start = sb * 256
+        offset = sb * SB_BYTES
+    blk = (w_ptr + rows * (row_stride // 2) * 2 + offset)[None, :]  # even: 2-byte loads
+    w = superblock_matrix(blk, iq_grid, QT)
+    tl.store(out_ptr + rows[None, :] * K + start + k[:, None], w.to(tl.float16), mask=ok)
 
 
 def moe_blocks(ids: torch.Tensor, n_expert: int, bm: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,9 +28,9 @@ def _rms_inv(x_ptr, n: tl.constexpr, eps, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _chunk_dot(base, x_base, norm_base, s0, n_sb, iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr,
+def _chunk_dot(base, x_base, norm_base, s0, K: tl.constexpr, iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr,
                HAS_NORM: tl.constexpr, S: tl.constexpr):
-    """(S, R) dot products of R weight rows with the input, super-blocks s0 .. s0 + S.
+    """(S, R) dot products of R weight rows of K elements with the input, super-blocks s0 .. s0 + S.
 
     ``base``, ``x_base``, ``norm_base``: (R,) pointers to each row's weights, input and
     norm weight; ``iq_grid``: the grid types' table (``triton_tiles.grid_arg``). Every row
@@ -38,14 +38,26 @@ def _chunk_dot(base, x_base, norm_base, s0, n_sb, iq_grid, QT: tl.constexpr, SB_
     and Triton then spreads a row over several warps: each reduction would cross warps
     through shared memory). Kernels loop over chunks
     themselves: the loop bound must be a kernel constexpr for Triton's interpreter.
+
+    Where K is not whole super-blocks (rows of 32-element blocks, 2880 wide), the last one
+    starts at element K - 256 (a block boundary) and its first 256 - K % 256 elements,
+    the previous super-block's, are masked out of the input; whole rows take no mask.
     """
+    n_sb: tl.constexpr = (K + 255) // 256
     s = s0 + tl.arange(0, S)
     s_ok = s < n_sb
     s = tl.minimum(s, n_sb - 1)
-    blk = base[None, :] + (s * SB_BYTES)[:, None]
-    xp = x_base[None, :] + (s * 256)[:, None]
-    npp = norm_base[None, :] + (s * 256)[:, None]
-    return tl.where(s_ok[:, None], superblock_dots(blk, xp, npp, iq_grid, QT, HAS_NORM), 0.0)
+    if K % 256 != 0:
+        start = tl.minimum(s * 256, K - 256)
+        blk_off = start // 32 * (SB_BYTES // 8)
+    else:
+        start = s * 256
+        blk_off = s * SB_BYTES
+    blk = base[None, :] + blk_off[:, None]
+    xp = x_base[None, :] + start[:, None]
+    npp = norm_base[None, :] + start[:, None]
+    lo = (s * 256 - start)[:, None]  # (S, 1): used only where masked
+    return tl.where(s_ok[:, None], superblock_dots(blk, xp, npp, lo, iq_grid, QT, HAS_NORM, K % 256 != 0), 0.0)
 
 
 @triton.jit
@@ -61,8 +73,8 @@ def gemv_kernel(x_ptr, norm_ptr, eps, w0_ptr, w1_ptr, n0, resid_ptr, out_ptr, N,
                     w1_ptr + (rows - n0).to(tl.int64) * half * 2)
     same = tl.zeros([R], tl.int32)
     acc = tl.zeros([S, R], tl.float32)
-    for s0 in range(0, K // 256, S):
-        acc += _chunk_dot(base, x_ptr + same, norm_ptr + same, s0, K // 256, iq_grid, QT, SB_BYTES, HAS_NORM, S)
+    for s0 in range(0, (K + 255) // 256, S):
+        acc += _chunk_dot(base, x_ptr + same, norm_ptr + same, s0, K, iq_grid, QT, SB_BYTES, HAS_NORM, S)
     acc = tl.sum(acc, 0)
     if HAS_NORM:
         acc = acc * _rms_inv(x_ptr, K, eps, BLOCK_K)
@@ -114,8 +126,8 @@ def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, keep_ptr, don
     base = w_ptr + rows.to(tl.int64) * (row_stride // 2) * 2  # see moe_down_kernel
     same = tl.zeros([R], tl.int32)
     acc = tl.zeros([S, R], tl.float32)
-    for s0 in range(0, K // 256, S):
-        acc += _chunk_dot(base, x_ptr + same, norm_ptr + same, s0, K // 256, iq_grid, QT, SB_BYTES, True, S)
+    for s0 in range(0, (K + 255) // 256, S):
+        acc += _chunk_dot(base, x_ptr + same, norm_ptr + same, s0, K, iq_grid, QT, SB_BYTES, True, S)
     tl.store(logits_ptr + rows, tl.sum(acc, 0) * inv, mask=r_ok)
     if pid == 0:
         offs = tl.arange(0, BLOCK_K)
@@ -153,8 +165,8 @@ def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, h_ptr, n_ff, row_stri
     base = tl.where(r % 2 == 1, up + offset, gate + offset)
     same = tl.zeros([R], tl.int32)
     acc = tl.zeros([S, R], tl.float32)
-    for s0 in range(0, K // 256, S):
-        acc += _chunk_dot(base, xn_ptr + same, xn_ptr + same, s0, K // 256, iq_grid, QT, SB_BYTES, False, S)
+    for s0 in range(0, (K + 255) // 256, S):
+        acc += _chunk_dot(base, xn_ptr + same, xn_ptr + same, s0, K, iq_grid, QT, SB_BYTES, False, S)
     acc = tl.sum(acc, 0)
     g, u = tl.split(tl.reshape(acc, (R // 2, 2)))
     out_rows = pid * (R // 2) + tl.arange(0, R // 2)
@@ -192,8 +204,8 @@ def moe_down_kernel(h_ptr, ids_ptr, on_ptr, wts_ptr, table_ptr, resid_ptr, D, K:
     # keeps 2-byte loads (Q6_K rows of 768 are 630 bytes, not a multiple of 16)
     base = down + tl.minimum(row, D - 1).to(tl.int64) * (row_stride // 2) * 2
     acc = tl.zeros([S, K_PAD * BN], tl.float32)
-    for s0 in range(0, K // 256, S):
-        acc += _chunk_dot(base, h_ptr + slot * K, h_ptr + slot * K, s0, K // 256, iq_grid, QT, SB_BYTES, False, S)
+    for s0 in range(0, (K + 255) // 256, S):
+        acc += _chunk_dot(base, h_ptr + slot * K, h_ptr + slot * K, s0, K, iq_grid, QT, SB_BYTES, False, S)
     acc = tl.sum(acc, 0)
     acc = tl.where(ok, acc * weight, 0.0)
     out = tl.sum(tl.reshape(acc, (K_PAD, BN)), 0)

@@ -49,14 +49,21 @@ def _superblocks(w: QTensor, rounds: int) -> int:
     """Super-blocks per GEMV chunk: ``rounds`` times as many as one warp's lanes cover in
     one round (4, or 2 for the types with 16 groups of 2-byte loads), fewer for short rows."""
     per_warp = 32 // TILE_GROUPS[w.qtype] * rounds
-    return min(per_warp, triton.next_power_of_2(w.cols // 256))
+    return min(per_warp, triton.next_power_of_2(triton.cdiv(w.cols, 256)))
 
 
 def _type_args(w: QTensor, device: torch.device) -> dict:
     """The kernels' arguments for ``w``'s type, launched on ``device`` (where the weight itself
-    may be in host memory)."""
-    if w.cols % 256:
-        raise ValueError(f"the Triton kernels need rows of whole 256-element super-blocks, not {w.cols}")
+    may be in host memory). Rows that are not whole 256-element super-blocks (rows of
+    32-element blocks: gpt-oss's 2880) must be whole 32-element blocks of at least 256
+    elements (the last super-block is read from 256 elements before the row's end), and an
+    even number of bytes (the kernels tell the compiler so: not MXFP4 of an odd block count)."""
+    if w.cols % 256 and (w.cols < 256 or w.cols % 32):
+        raise ValueError(f"the Triton kernels need rows of whole 32-element blocks, at least 256 of them, "
+                         f"not {w.cols} elements")
+    if w.row_bytes % 2:
+        raise ValueError(f"the Triton kernels need rows of an even number of bytes, not {w.row_bytes} "
+                         f"({w.cols} elements of {w.qtype})")
     return {"QT": QTYPE_CODES[w.qtype], "SB_BYTES": SUPERBLOCK_BYTES[w.qtype], "iq_grid": grid_arg(w.qtype, device)}
 
 
@@ -124,7 +131,7 @@ class TritonOps(TorchOps):
 
     def _dequant_f16(self, w: QTensor) -> torch.Tensor:
         out = torch.empty(w.rows, w.cols, dtype=torch.float16, device=w.data.device)
-        dequant_kernel[(triton.cdiv(w.rows, DEQUANT_ROWS), w.cols // 256)](
+        dequant_kernel[(triton.cdiv(w.rows, DEQUANT_ROWS), triton.cdiv(w.cols, 256))](
             w.data, out, w.rows, w.row_bytes, K=w.cols, R=DEQUANT_ROWS, num_warps=4, **_type_args(w, out.device))
         return out
 

@@ -23,7 +23,10 @@ memory or barriers). Small loads (scales) are broadcast over the a axis so that 
 share that layout instead of needing a conversion.
 
 Callers clamp every pointer into the weight (no masks here): loads stay unconditional,
-and results for clamped rows are dropped afterwards.
+and results for clamped rows are dropped afterwards. A row that is not whole super-blocks
+(2880 wide: 11 and a quarter) has its last super-block read from 256 elements before the
+row's end, which the blocks of 32 elements allow, and the elements it shares with the
+super-block before it masked out of the inputs (``superblock_dots``' MASKED) or the results.
 """
 
 from __future__ import annotations
@@ -110,37 +113,46 @@ def _tile6(blk, iq_grid, QT: tl.constexpr):
 
 
 @triton.jit
-def _x_at(xp, k, npp, HAS_NORM: tl.constexpr):
-    """Inputs at element k of each super-block (times the norm weight when HAS_NORM)."""
-    x = tl.load(xp + k)
+def _x_at(xp, k, npp, lo, HAS_NORM: tl.constexpr, MASKED: tl.constexpr):
+    """Inputs at element k of each super-block (times the norm weight when HAS_NORM); with
+    MASKED, 0 below element ``lo`` of each super-block."""
+    if MASKED:
+        x = tl.load(xp + k, mask=k >= lo, other=0.0)
+    else:
+        x = tl.load(xp + k)
     if HAS_NORM:
         x = x * tl.load(npp + k)
     return x
 
 
 @triton.jit
-def superblock_dots(blk, xp, npp, iq_grid, QT: tl.constexpr, HAS_NORM: tl.constexpr):
+def superblock_dots(blk, xp, npp, lo, iq_grid, QT: tl.constexpr, HAS_NORM: tl.constexpr, MASKED: tl.constexpr):
     """(S, R) dot products of each row's super-blocks with the inputs.
 
     ``xp``/``npp``: (S, R) float32 pointers to each super-block's first input (and norm
-    weight) for each row; ``iq_grid``: the grid types' table (``grid_arg``).
+    weight) for each row; ``iq_grid``: the grid types' table (``grid_arg``). With MASKED, the
+    elements of a super-block below its ``lo`` (S, R) count as 0: a row's last super-block,
+    moved back to end with the row, overlaps the one before it there (``triton_gemv`` explains).
     """
     if QT == 14:
         w, k = q6_k(blk)
-        x = _x_at(xp[None, :, :, None, None, None, None], k,
-                  npp[None, :, :, None, None, None, None], HAS_NORM)
+        x = _x_at(xp[None, :, :, None, None, None, None], k, npp[None, :, :, None, None, None, None],
+                  lo[None, :, :, None, None, None, None], HAS_NORM, MASKED)
         out = tl.sum(tl.sum(tl.sum(tl.sum(tl.sum(w * x, 6), 5), 4), 3), 0)
     elif QT == 8:
         w, k = q8_0(blk)
-        x = _x_at(xp[None, :, :, None, None], k, npp[None, :, :, None, None], HAS_NORM)
+        x = _x_at(xp[None, :, :, None, None], k, npp[None, :, :, None, None], lo[None, :, :, None, None],
+                  HAS_NORM, MASKED)
         out = tl.sum(tl.sum(tl.sum(w * x, 4), 3), 0)
     elif QT == 0 or QT == 1 or QT == 30:
         w, k = _float(blk, QT)
-        x = _x_at(xp[None, :, :, None, None], k, npp[None, :, :, None, None], HAS_NORM)
+        x = _x_at(xp[None, :, :, None, None], k, npp[None, :, :, None, None], lo[None, :, :, None, None],
+                  HAS_NORM, MASKED)
         out = tl.sum(tl.sum(tl.sum(w * x, 4), 3), 0)
     else:
         w, k = _tile6(blk, iq_grid, QT)
-        x = _x_at(xp[None, :, :, None, None, None], k, npp[None, :, :, None, None, None], HAS_NORM)
+        x = _x_at(xp[None, :, :, None, None, None], k, npp[None, :, :, None, None, None],
+                  lo[None, :, :, None, None, None], HAS_NORM, MASKED)
         out = tl.sum(tl.sum(tl.sum(tl.sum(w * x, 5), 4), 3), 0)
     return out
 

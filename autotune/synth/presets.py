@@ -65,6 +65,12 @@ PRESETS = {
         SynthPreset("tiny", n_layers=4, n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
                     n_expert=16, n_expert_used=4, n_ff_expert=256, n_ff=768, n_vocab=1024,
                     context_length=4096),
+        # tiny with widths that are not whole 256-element super-blocks (288 = 9 blocks of 32,
+        # 416 = 13), as gpt-oss's 2880 and DeepSeek-V2-Lite's 1408 are not: K-quant layouts
+        # fall back on those rows to 32-element block types as llama.cpp's quantizer does.
+        SynthPreset("ragged-tiny", n_layers=4, n_embd=288, n_head=4, n_head_kv=2, head_dim=64,
+                    n_expert=16, n_expert_used=4, n_ff_expert=416, n_ff=768, n_vocab=1024,
+                    context_length=4096),
         # Mixtral-style (llama with experts: 8 experts, top-2, GQA), in seconds on a CPU.
         SynthPreset("mixtral-tiny", n_layers=4, n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
                     n_expert=8, n_expert_used=2, n_ff_expert=512, n_ff=512, n_vocab=1024,
