@@ -49,7 +49,8 @@ CACHE_KNOBS = KnobSchema("cache", (
          "or the DMA engines, queued by a host thread (dma), which slow the compute beside them far less",
          choices=("sm", "dma"), search=Search(), when=when_positive("prefetch_depth")),
     Knob("rebalance_interval", int, 64, "tokens between hot-set recomputations; 0: never", low=0,
-         search=Search(values=(16, 32, 64, 128, 256)), when=when_in("eviction", "lfu_decay", "lru"), moot=0),
+         # 4 and 8: slots that follow each request's routing (studies/hybrid, the policy simulation)
+         search=Search(values=(4, 8, 16, 32, 64, 128, 256)), when=when_in("eviction", "lfu_decay", "lru"), moot=0),
     Knob("decay", float, 0.95, "decay of routing counts per rebalance", low=0.0, high=1.0,
          search=Search(values=(0.5, 0.8, 0.9, 0.95, 0.99)), when=when_in("eviction", "lfu_decay")),
     Knob("learned_placement", bool, True, "seed the placement from the routing counts of earlier runs",

@@ -112,6 +112,10 @@ PRESETS = {
                     context_length=4096, rope_freq_base=150000.0, rms_eps=1e-5, arch="gpt-oss",
                     attn_bias=True, yarn_factor=4.0, yarn_orig_ctx=1024, n_swa=8, attn_sinks=True,
                     expert_biases=True),
+        # The routing of the Qwen3-235B-A22B cut (128 experts, top-8, 20 layers) on a width the
+        # CPU runs in minutes (0.2 GB): cache-policy studies of that routing (studies/hybrid).
+        SynthPreset("routing-235b-small", n_layers=20, n_embd=512, n_head=8, n_head_kv=2, head_dim=64,
+                    n_expert=128, n_expert_used=8, n_ff_expert=64, n_ff=512, n_vocab=8192, context_length=8192),
         # About 0.15 GB: a real tuning run on a CPU in minutes (the README's demo).
         SynthPreset("small", n_layers=8, n_embd=512, n_head=8, n_head_kv=2, head_dim=64,
                     n_expert=32, n_expert_used=4, n_ff_expert=512, n_ff=1536, n_vocab=8192,

@@ -82,8 +82,9 @@ class CacheBackend(SharedLoadBackend):
         """Misses read zero-copy, and: static placement from the learned counts, without and
         with prefetch two layers ahead; LFU with decay rebalancing every 16 tokens with prefetch
         three layers ahead by SM copies (studies/expert_cache's best at 16 GiB, runs 6 and 7)
-        and four ahead by the DMA engines (its best at 12 GiB, run 7); and the same LFU with
-        every miss computed on the CPU (issue 27: models far larger than the cap)."""
+        and four ahead by the DMA engines (its best at 12 GiB, run 7); and every miss computed
+        on the CPU under LFU rebalancing every 4 tokens with decay 0.8, the slots following each
+        request's routing (models far larger than the cap: studies/hybrid's policy simulation)."""
         common: Config = {"vram_cap": vram_cap, "miss_mode": "zero_copy"}
         if workload is not None:
             common["max_ctx"] = workload.n_ctx
@@ -91,7 +92,8 @@ class CacheBackend(SharedLoadBackend):
         configs = [{"eviction": "static", "prefetch_depth": 0}, {"eviction": "static", "prefetch_depth": 2},
                    {**lfu16, "prefetch_depth": 3, "prefetch_engine": "sm"},
                    {**lfu16, "prefetch_depth": 4, "prefetch_engine": "dma"},
-                   {**lfu16, "prefetch_depth": 0, "miss_mode": "cpu"}]
+                   {"eviction": "lfu_decay", "rebalance_interval": 4, "decay": 0.8, "prefetch_depth": 0,
+                    "miss_mode": "cpu"}]
         configs = [{**common, **config} for config in configs
                    if config.get("miss_mode") not in CPU_MISS_MODES or not cpu_experts_gap(model)]
         return [normalize(config) for config in configs]
