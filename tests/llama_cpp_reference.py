@@ -7,6 +7,7 @@ wrong trait: each step's logits are compared too (``worst_logit_error``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from autotune.cache_runtime.engine import Engine
+from autotune.cache_runtime.rope import RopeTable
 
 PROMPT = [5, 17, 300, 42, 7, 999, 256, 3]
 STEPS = 16
@@ -81,3 +83,22 @@ def family_fixtures(model_fixture: str):
         return Engine(request.getfixturevalue(model_fixture), device="cpu", kernels="torch", max_ctx=64)
 
     return reference, engine
+
+
+def wrong_part_error(engine: Engine, reference: tuple[list[int], torch.Tensor], config: dict | None = None,
+                     dropped: tuple[str, ...] = ()) -> float:
+    """``worst_logit_error`` against llama.cpp with one part of the family made wrong: the
+    config's fields in ``config`` changed (the RoPE table rebuilt from it), every layer's
+    weights named in ``dropped`` removed. The engine is restored afterwards."""
+    saved_cfg, saved_rope = engine.ops.cfg, engine.ops.rope
+    saved_layers = [dataclasses.replace(lw) for lw in engine.weights.layers]
+    engine.ops.cfg = dataclasses.replace(saved_cfg, **(config or {}))
+    engine.ops.rope = RopeTable(engine.ops.cfg, engine.kv_cache.max_ctx, engine.device)
+    for lw in engine.weights.layers:
+        for name in dropped:
+            setattr(lw, name, None)
+    try:
+        return worst_logit_error(runtime_logits(engine, reference[0]), reference[1])
+    finally:
+        engine.ops.cfg, engine.ops.rope = saved_cfg, saved_rope
+        engine.weights.layers[:] = saved_layers

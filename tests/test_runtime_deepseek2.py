@@ -25,12 +25,12 @@ from autotune.cache_runtime.budget import kv_bytes, model_sizes
 from autotune.cache_runtime.engine import Engine
 from autotune.cache_runtime.hparams import read_config
 from autotune.cache_runtime.mla import kq_scale
-from autotune.cache_runtime.rope import RopeTable
 from autotune.cache_runtime.rope_scaling import RopeScaling
 from autotune.cache_runtime.routing import best_groups_only
 from autotune.cache_runtime.weights import QTensor
 from autotune.model_info import inspect_model
-from tests.llama_cpp_reference import assert_matches_llama_cpp, llama_cpp_greedy, runtime_logits, worst_logit_error
+from tests.llama_cpp_reference import (assert_matches_llama_cpp, llama_cpp_greedy, runtime_logits, worst_logit_error,
+                                       wrong_part_error)
 
 pytest.importorskip("llama_cpp")
 
@@ -83,25 +83,13 @@ def test_greedy_tokens_and_logits_match_llama_cpp(version: str, request: pytest.
 @pytest.mark.parametrize("wrong", ["NeoX RoPE", "no YaRN", "no mscale in the scores", "softmax gate",
                                    "no selection bias", "no expert groups", "unscaled weights", "no shared expert"])
 def test_logits_catch_a_wrong_part(v3_engine: Engine, v3_reference, wrong: str) -> None:
-    engine, (tokens, want_logits) = v3_engine, v3_reference
-    cfg, layers = engine.ops.cfg, engine.weights.layers
-    saved_cfg, saved_layers, saved_rope = cfg, [dataclasses.replace(lw) for lw in layers], engine.ops.rope
-    changes = {"NeoX RoPE": dict(rope_neox=True), "no YaRN": dict(rope_scaling=RopeScaling()),
-               "no mscale in the scores": dict(rope_scaling=dataclasses.replace(cfg.rope_scaling, yarn_log_mul=0.0)),
-               "softmax gate": dict(gating="softmax"), "no expert groups": dict(n_expert_groups=0),
-               "unscaled weights": dict(expert_weights_scale=0.0)}
-    engine.ops.cfg = dataclasses.replace(cfg, **changes.get(wrong, {}))
-    engine.ops.rope = RopeTable(engine.ops.cfg, MAX_CTX, "cpu")
-    for lw in layers:
-        if wrong == "no selection bias":
-            lw.exp_probs_b = None
-        elif wrong == "no shared expert":
-            lw.gate_shexp = None
-    try:
-        err = worst_logit_error(runtime_logits(engine, tokens), want_logits)
-    finally:
-        engine.ops.cfg, engine.ops.rope = saved_cfg, saved_rope
-        engine.weights.layers[:] = saved_layers
+    cfg = v3_engine.ops.cfg
+    config = {"NeoX RoPE": dict(rope_neox=True), "no YaRN": dict(rope_scaling=RopeScaling()),
+              "no mscale in the scores": dict(rope_scaling=dataclasses.replace(cfg.rope_scaling, yarn_log_mul=0.0)),
+              "softmax gate": dict(gating="softmax"), "no expert groups": dict(n_expert_groups=0),
+              "unscaled weights": dict(expert_weights_scale=0.0)}
+    dropped = {"no selection bias": ("exp_probs_b",), "no shared expert": ("gate_shexp",)}
+    err = wrong_part_error(v3_engine, v3_reference, config.get(wrong), dropped.get(wrong, ()))
     assert err > 2e-3, f"{wrong}: logits off by only {err:.2e}"
 
 

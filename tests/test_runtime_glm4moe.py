@@ -11,7 +11,6 @@ attention biases (``test_logits_catch_a_wrong_part``).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from autotune.cache_runtime.engine import Engine
 from autotune.cache_runtime.hparams import read_config
 from autotune.model_info import inspect_model
 from autotune.synth import PRESETS
-from tests.llama_cpp_reference import assert_matches_llama_cpp, family_fixtures, runtime_logits, worst_logit_error
+from tests.llama_cpp_reference import assert_matches_llama_cpp, family_fixtures, wrong_part_error
 
 pytest.importorskip("llama_cpp")
 
@@ -48,28 +47,11 @@ def test_greedy_tokens_and_logits_match_llama_cpp(engine: Engine, reference) -> 
 @pytest.mark.parametrize("wrong", ["full RoPE", "softmax gate", "no selection bias", "unscaled weights",
                                    "no shared expert", "no attention biases"])
 def test_logits_catch_a_wrong_part(engine: Engine, reference, wrong: str) -> None:
-    _, want_logits = reference
-    cfg, layers = engine.ops.cfg, engine.weights.layers
-    saved_cfg, saved_layers, saved_rope = cfg, [dataclasses.replace(lw) for lw in layers], engine.ops.rope
-    changes = {"full RoPE": dict(rope_dims=0), "softmax gate": dict(gating="softmax"),
-               "unscaled weights": dict(expert_weights_scale=0.0)}
-    engine.ops.cfg = dataclasses.replace(cfg, **changes.get(wrong, {}))
-    if wrong == "full RoPE":
-        from autotune.cache_runtime.rope import RopeTable
-
-        engine.ops.rope = RopeTable(engine.ops.cfg, 64, "cpu")
-    for lw in layers:
-        if wrong == "no selection bias":
-            lw.exp_probs_b = None
-        elif wrong == "no shared expert":
-            lw.gate_shexp = None
-        elif wrong == "no attention biases":
-            lw.bq = lw.bk = lw.bv = None
-    try:
-        err = worst_logit_error(runtime_logits(engine, reference[0]), want_logits)
-    finally:
-        engine.ops.cfg, engine.ops.rope = saved_cfg, saved_rope
-        engine.weights.layers[:] = saved_layers
+    config = {"full RoPE": dict(rope_dims=0), "softmax gate": dict(gating="softmax"),
+              "unscaled weights": dict(expert_weights_scale=0.0)}
+    dropped = {"no selection bias": ("exp_probs_b",), "no shared expert": ("gate_shexp",),
+               "no attention biases": ("bq", "bk", "bv")}
+    err = wrong_part_error(engine, reference, config.get(wrong), dropped.get(wrong, ()))
     assert err > 2e-3, f"{wrong}: logits off by only {err:.2e}"
 
 

@@ -14,7 +14,6 @@ llama.cpp rounds the activations to 8 bits before those products.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,12 @@ from autotune.cache_runtime.budget import model_sizes
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.engine import Engine
 from autotune.cache_runtime.hparams import read_config
-from autotune.cache_runtime.rope import RopeTable
 from autotune.cache_runtime.rope_scaling import RopeScaling
 from autotune.errors import AutotuneError
 from autotune.model_info import inspect_model
 from autotune.synth import PRESETS
 from tests.llama_cpp_reference import (PROMPT, STEPS, assert_matches_llama_cpp, family_fixtures, llama_cpp_greedy,
-                                       runtime_logits, worst_logit_error)
+                                       runtime_logits, wrong_part_error)
 
 pytest.importorskip("llama_cpp")
 
@@ -63,21 +61,9 @@ WRONG_WEIGHTS = {"no sinks": ("attn_sinks",), "no output bias": ("bo",), "no rou
 
 @pytest.mark.parametrize("wrong", [*WRONG_CONFIG, *WRONG_WEIGHTS, "no clamp"])
 def test_logits_catch_a_wrong_part(engine: Engine, reference, wrong: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    _, want_logits = reference
-    cfg, layers = engine.ops.cfg, engine.weights.layers
-    saved_cfg, saved_layers, saved_rope = cfg, [dataclasses.replace(lw) for lw in layers], engine.ops.rope
-    engine.ops.cfg = dataclasses.replace(cfg, **WRONG_CONFIG.get(wrong, {}))
-    engine.ops.rope = RopeTable(engine.ops.cfg, 64, "cpu")
-    for lw in layers:
-        for name in WRONG_WEIGHTS.get(wrong, ()):
-            setattr(lw, name, None)
     if wrong == "no clamp":
         monkeypatch.setattr("autotune.cache_runtime.torch_ops.OAI_LIMIT", float("inf"))
-    try:
-        err = worst_logit_error(runtime_logits(engine, reference[0]), want_logits)
-    finally:
-        engine.ops.cfg, engine.ops.rope = saved_cfg, saved_rope
-        engine.weights.layers[:] = saved_layers
+    err = wrong_part_error(engine, reference, WRONG_CONFIG.get(wrong), WRONG_WEIGHTS.get(wrong, ()))
     assert err > 2e-3, f"{wrong}: logits off by only {err:.2e}"
 
 

@@ -10,7 +10,6 @@ with the right model; 0.027 with renormalized top-k, 0.066 without the shared ex
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from autotune.cache_runtime.engine import Engine
 from autotune.cache_runtime.hparams import read_config
 from autotune.model_info import inspect_model
 from autotune.synth import PRESETS
-from tests.llama_cpp_reference import assert_matches_llama_cpp, family_fixtures, runtime_logits, worst_logit_error
+from tests.llama_cpp_reference import assert_matches_llama_cpp, family_fixtures, wrong_part_error
 
 pytest.importorskip("llama_cpp")
 
@@ -44,23 +43,10 @@ def test_greedy_tokens_and_logits_match_llama_cpp(engine: Engine, reference) -> 
 
 @pytest.mark.parametrize("wrong", ["renormalized top-k", "ungated shared expert", "no shared expert", "no attention biases"])
 def test_logits_catch_a_wrong_part(engine: Engine, reference, wrong: str) -> None:
-    _, want_logits = reference
-    cfg, layers = engine.ops.cfg, engine.weights.layers
-    saved_cfg, saved_layers = cfg, [dataclasses.replace(lw) for lw in layers]
-    if wrong == "renormalized top-k":
-        engine.ops.cfg = dataclasses.replace(cfg, norm_topk=True)
-    for lw in layers:
-        if wrong == "ungated shared expert":
-            lw.gate_inp_shexp = None
-        elif wrong == "no shared expert":
-            lw.gate_shexp = None
-        elif wrong == "no attention biases":
-            lw.bq = lw.bk = lw.bv = None
-    try:
-        err = worst_logit_error(runtime_logits(engine, reference[0]), want_logits)
-    finally:
-        engine.ops.cfg = saved_cfg
-        engine.weights.layers[:] = saved_layers
+    dropped = {"ungated shared expert": ("gate_inp_shexp",), "no shared expert": ("gate_shexp",),
+               "no attention biases": ("bq", "bk", "bv")}
+    config = dict(norm_topk=True) if wrong == "renormalized top-k" else None
+    err = wrong_part_error(engine, reference, config, dropped.get(wrong, ()))
     assert err > 2e-3, f"{wrong}: logits off by only {err:.2e}"
 
 
