@@ -175,8 +175,7 @@ class CpuExperts:
         """Decode's case: one token's ``x`` (n_embd,) float32 through its experts ``ids`` (n,)
         (distinct, n >= 1), summed with ``weights`` (n,) float32; returns (n_embd,) float32,
         a view that the next call with n experts overwrites."""
-        if ids.min() < 0 or ids.max() >= self.n_expert:
-            raise ValueError(f"CPU experts: expert ids must lie in [0, {self.n_expert})")
+        self._check_ids(ids)
         graph = self._graph(len(ids), 1)
         graph_x, graph_ids, out = graph.arrays()
         graph_x[:] = x
@@ -193,10 +192,9 @@ class CpuExperts:
         self.backend.compute(graph.graph)
         return torch.bmm(weights.to(torch.float32)[:, None, :], graph.out).squeeze(1)
 
-    def _check_ids(self, experts: torch.Tensor) -> None:
+    def _check_ids(self, experts: torch.Tensor | np.ndarray) -> None:
         """ggml aborts the process on an expert id out of range: refuse one first."""
-        low, high = torch.aminmax(experts)
-        if int(low) < 0 or int(high) >= self.n_expert:
+        if int(experts.min()) < 0 or int(experts.max()) >= self.n_expert:
             raise ValueError(f"CPU experts: expert ids must lie in [0, {self.n_expert})")
 
     def close(self) -> None:

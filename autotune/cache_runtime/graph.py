@@ -20,18 +20,25 @@ import torch
 Step = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 
 
+def warm_up(step: Step, token: torch.Tensor, pos: torch.Tensor, steps: int) -> torch.cuda.Stream:
+    """Run ``step`` eagerly ``steps`` times on a side stream (compiles the kernels, outside the
+    capture), then restore ``token`` and ``pos``; returns that stream for the capture."""
+    saved = token.clone(), pos.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(steps):
+            step(token)
+    torch.cuda.current_stream().wait_stream(stream)
+    token.copy_(saved[0])
+    pos.copy_(saved[1])
+    return stream
+
+
 class DecodeGraph:
     def __init__(self, step: Step, token: torch.Tensor, pos: torch.Tensor, warmup: int = 2):
         """``step(token)`` -> static outputs; ``token`` and ``pos`` are restored after the warm-up."""
-        saved = token.clone(), pos.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(warmup):  # compiles the kernels, outside the capture
-                step(token)
-        torch.cuda.current_stream().wait_stream(stream)
-        token.copy_(saved[0])
-        pos.copy_(saved[1])
+        warm_up(step, token, pos, warmup)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.outputs = step(token)
@@ -78,15 +85,7 @@ class SegmentedDecodeGraph:
 
     def __init__(self, step: Step, token: torch.Tensor, pos: torch.Tensor,
                  attach: Callable[[Segments | None], None], warmup: int = 2):
-        saved = token.clone(), pos.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(warmup):  # eager: compiles the kernels, outside the capture
-                step(token)
-        torch.cuda.current_stream().wait_stream(stream)
-        token.copy_(saved[0])
-        pos.copy_(saved[1])
+        stream = warm_up(step, token, pos, warmup)
         torch.cuda.synchronize()
         self.segments = Segments()
         attach(self.segments)
