@@ -33,7 +33,8 @@ from autotune.cache_runtime.graph import Segments
 from autotune.cache_runtime.devices import Device
 from autotune.cache_runtime.expert_slots import ExpertSlots
 from autotune.cache_runtime.ops import ExpertHooks, Ops
-from autotune.cache_runtime.placement import REBALANCE_BYTES, RoutingStats, initial_placement, plan_admissions, plan_swaps
+from autotune.cache_runtime import placement
+from autotune.cache_runtime.placement import RoutingStats, initial_placement, plan_admissions, plan_swaps
 ID_RING = 64  # steps whose selections may be in flight to the host
 
 
@@ -194,12 +195,13 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         self.counters.admission_bytes += nbytes
 
     def rebalance(self) -> None:
-        """Move towards the hottest experts under the rule, within REBALANCE_BYTES."""
+        """Move towards the hottest experts under the rule, within ``placement.REBALANCE_BYTES``
+        (read here, so a study may change it)."""
         resident = [set(h) for h in self.held]
         for layer, e in self.incoming:
             resident[layer].add(e)
         scores = self.routing.scores(self.cfg.eviction)
-        swaps = [s for s in plan_swaps(resident, scores, REBALANCE_BYTES // self.expert_bytes)
+        swaps = [s for s in plan_swaps(resident, scores, placement.REBALANCE_BYTES // self.expert_bytes)
                  if s[1] in self.held[s[0]]]  # a victim still being copied in stays
         nbytes = self._schedule(swaps)
         self.routing.decay(self.cfg.decay)

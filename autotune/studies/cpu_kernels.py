@@ -7,8 +7,10 @@ weights at 70% or more of the host's measured RAM read bandwidth, at the best th
 - Kernel read rate: as many layers of a preset's shape (random quantized experts, all of one
   type) as make a weight set far larger than the last-level cache (4x it, and 2 GiB at
   least), so the weights come from RAM as in decode. Each step is one layer's experts for
-  one decode token (``n_expert_used`` distinct experts through ``CpuExperts.forward``, its
-  few microseconds of torch bookkeeping included); the steps visit the layers in turn and
+  one decode token (``n_expert_used`` distinct experts, or ``per_step``: the few a layer
+  misses in the hybrid cache, through ``CpuExperts.forward_token``, the hybrid's own path, its
+  bookkeeping included); with ``gap_s`` the host idles that long between steps, as it does
+  while the GPU computes a layer's attention. The steps visit the layers in turn and
   each layer's experts in a fixed shuffled cycle, so no expert is read twice before the
   whole set has been. The rate is the bytes of a step's experts over the median step time.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import statistics
 import time
@@ -84,6 +87,7 @@ class KernelRate:
     n_layers: int  # layers in the weight set
     weight_bytes: int  # the weight set the steps cycle over
     experts_per_step: int
+    gap_seconds: float  # the host's idle time between steps
     expert_bytes: int
     step_seconds: float  # median wall time of a step: one layer's experts for one token
     best_step_seconds: float  # the fastest step: the kernels undisturbed by other processes
@@ -101,27 +105,30 @@ def _layer(preset_name: str, qtype: str, n_expert: int, backend: CpuBackend, rep
 
 def kernel_read_rate(preset_name: str, qtype: str, n_threads: int, repack: bool = False,
                      weight_bytes: int = MIN_WEIGHT_BYTES, n_expert: int | None = None,
-                     steps: int = 40, seed: int = 0) -> KernelRate:
+                     steps: int = 40, seed: int = 0, per_step: int | None = None,
+                     gap_s: float = 0.0) -> KernelRate:
     """The CPU experts' weight read rate on decode steps of the preset's layer shape, over a
     weight set of at least ``weight_bytes``."""
     preset = get_preset(preset_name)
     n_expert = n_expert or preset.n_expert
-    k = min(preset.n_expert_used, n_expert)
+    k = min(per_step or preset.n_expert_used, n_expert)
     backend = CpuBackend(n_threads)
     layers = [_layer(preset_name, qtype, n_expert, backend, repack, seed)]
     layer_bytes = n_expert * layers[0].expert_bytes
     layers += [_layer(preset_name, qtype, n_expert, backend, repack, seed)
                for _ in range(1, -(-weight_bytes // layer_bytes))]
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, preset.n_embd, generator=gen)
-    weights = torch.full((1, k), 1.0 / k)
+    x = torch.randn(preset.n_embd, generator=gen).numpy()
+    weights = np.full(k, 1.0 / k, dtype=np.float32)
     schedule = expert_schedule(len(layers), n_expert, k, seed)
     wall, cpu = [], []
     try:
         for step in range(len(layers) + steps):  # a first visit of each layer builds its graph
             layer, ids = next(schedule)
+            if gap_s:
+                time.sleep(gap_s)
             start, start_cpu = time.perf_counter(), time.process_time()
-            layers[layer].forward(x, ids[None], weights)
+            layers[layer].forward_token(x, ids.numpy(), weights)
             if step >= len(layers):
                 wall.append(time.perf_counter() - start)
                 cpu.append(time.process_time() - start_cpu)
@@ -132,7 +139,7 @@ def kernel_read_rate(preset_name: str, qtype: str, n_threads: int, repack: bool 
     step_seconds = statistics.median(wall)
     first = layers[0]
     return KernelRate(preset_name, qtype, n_threads, repack, list(first.repacked), n_expert, len(layers),
-                      len(layers) * layer_bytes, k, first.expert_bytes, step_seconds, min(wall),
+                      len(layers) * layer_bytes, k, gap_s, first.expert_bytes, step_seconds, min(wall),
                       statistics.median(cpu), k * first.expert_bytes / step_seconds)
 
 
@@ -149,11 +156,16 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"weight set the steps cycle over (default: {LLC_MULTIPLE}x the last-level "
                              f"cache, {MIN_WEIGHT_BYTES / GIB:.0f} GiB at least)")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--per-step", default="",
+                        help="comma-separated experts per step (default: the preset's experts per token)")
+    parser.add_argument("--gap-ms", type=float, default=0.0,
+                        help="the host's idle time between steps (the GPU's share of a layer)")
     parser.add_argument("--ram-gib", type=float, default=2.0, help="buffer the RAM readers read")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     layouts = {"plain": [False], "repack": [True], "both": [False, True]}[args.layout]
+    per_steps = [int(n) for n in args.per_step.split(",")] if args.per_step else [None]
     llc = last_level_cache_bytes()
     weight_bytes = int(args.weights_gib * GIB) if args.weights_gib else max(LLC_MULTIPLE * llc, MIN_WEIGHT_BYTES)
 
@@ -167,18 +179,18 @@ def main(argv: list[str] | None = None) -> None:
     rates = []
     for preset in args.presets.split(","):
         for qtype in args.types.split(","):
-            for repack in layouts:
-                for t in threads:
-                    r = kernel_read_rate(preset, qtype, t, repack, weight_bytes, args.experts, args.steps)
-                    rates.append(r)
-                    layout = f"repack({','.join(r.repacked) or 'none'})" if repack else "plain"
-                    best = r.bytes_per_second * r.step_seconds / r.best_step_seconds
-                    print(f"{preset:>16} {qtype:>5} {layout:>20} {t:>3} threads: "
-                          f"{r.step_seconds * 1e3:7.3f} ms/step (x{get_preset(preset).n_layers} layers = "
-                          f"{r.step_seconds * get_preset(preset).n_layers * 1e3:6.1f} ms/token), "
-                          f"cpu {r.step_cpu_seconds * 1e3:7.3f} ms/step, {r.bytes_per_second / GB:6.1f} GB/s = "
-                          f"{r.bytes_per_second / best_ram:5.1%} of RAM (fastest step {best / GB:.1f} GB/s; "
-                          f"{r.n_layers} layers, {r.weight_bytes / GIB:.2f} GiB)", flush=True)
+            for repack, t, per_step in itertools.product(layouts, threads, per_steps):
+                r = kernel_read_rate(preset, qtype, t, repack, weight_bytes, args.experts, args.steps,
+                                     per_step=per_step, gap_s=args.gap_ms / 1e3)
+                rates.append(r)
+                layout = f"repack({','.join(r.repacked) or 'none'})" if repack else "plain"
+                best = r.bytes_per_second * r.step_seconds / r.best_step_seconds
+                print(f"{preset:>16} {qtype:>5} {layout:>20} {t:>3} threads, {r.experts_per_step} experts: "
+                      f"{r.step_seconds * 1e3:7.3f} ms/step (x{get_preset(preset).n_layers} layers = "
+                      f"{r.step_seconds * get_preset(preset).n_layers * 1e3:6.1f} ms/token), "
+                      f"cpu {r.step_cpu_seconds * 1e3:7.3f} ms/step, {r.bytes_per_second / GB:6.1f} GB/s = "
+                      f"{r.bytes_per_second / best_ram:5.1%} of RAM (fastest step {best / GB:.1f} GB/s; "
+                      f"{r.n_layers} layers, {r.weight_bytes / GIB:.2f} GiB)", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"last_level_cache_bytes": llc, "ram_read_bytes_per_second": ram,
                                         "kernels": [asdict(r) for r in rates]}, indent=1))

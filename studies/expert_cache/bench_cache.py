@@ -91,7 +91,10 @@ CONSTANT_VARIANTS = {"_cp4": ("COPY_PROGRAMS", 4), "_cp32": ("COPY_PROGRAMS", 32
                      "_w64": ("CLAIM_WAIT_SPINS", 64), "_w256": ("CLAIM_WAIT_SPINS", 256),  # DMA claim's wait
                      "_w1k": ("CLAIM_WAIT_SPINS", 1024),
                      "_w4k": ("CLAIM_WAIT_SPINS", 4096),
-                     "_hp": ("SIDE_STREAM_PRIORITY", -1)}  # the prediction stream at high priority
+                     "_hp": ("SIDE_STREAM_PRIORITY", -1),  # the prediction stream at high priority
+                     # experts one rebalance may copy: 2x and 4x the default (slots that follow
+                     # each request hit 0.875 with 4x where the default allows 0.843: studies/hybrid)
+                     "_rb2x": ("REBALANCE_BYTES", 2 * 512 * 2**20), "_rb4x": ("REBALANCE_BYTES", 4 * 512 * 2**20)}
 # ... or cache knobs: launch shapes (1 load round per chunk, 8 gate-up warps: the shapes before
 # run 6), slots split by routing entropy, prefill chunks of 512 or 1024 tokens (less room for
 # activations, more for slots), prefill's room lent to slots between prefills
@@ -124,11 +127,12 @@ def parse_name(name: str) -> tuple[str, dict, dict[str, int]]:
 
 
 def constant_modules() -> dict:
-    """Each prefetch constant's module (the side stream's priority: prefetch.py's; the copy
-    programs and the claim's wait: triton_prefetch.py's)."""
-    from autotune.cache_runtime import prefetch, triton_prefetch
+    """Each constant's module (the side stream's priority: prefetch.py's; the copy programs and
+    the claim's wait: triton_prefetch.py's; the rebalance budget: placement.py's)."""
+    from autotune.cache_runtime import placement, prefetch, triton_prefetch
 
-    return {"COPY_PROGRAMS": triton_prefetch, "CLAIM_WAIT_SPINS": triton_prefetch, "SIDE_STREAM_PRIORITY": prefetch}
+    return {"COPY_PROGRAMS": triton_prefetch, "CLAIM_WAIT_SPINS": triton_prefetch, "SIDE_STREAM_PRIORITY": prefetch,
+            "REBALANCE_BYTES": placement}
 
 
 def apply_constants(constants: dict[str, int], defaults: dict[str, int]) -> None:
