@@ -5,6 +5,7 @@ llama_cpp is imported only in child processes here too, as in the tuner.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +142,18 @@ def test_suggest_samples_valid_configs_and_replays_enqueued_baselines(tiny_model
     for _ in range(50):
         config = backend.suggest(study.ask(), model, HW, WORKLOAD)
         assert config == normalize(config) and config["n_ctx"] == WORKLOAD.n_ctx
+
+
+def test_n_cpu_moe_is_not_searched_inside_the_leading_dense_layers(tiny_model: Path):
+    """--n-cpu-moe 1 and 2 keep every expert on the GPU when layers 0 and 1 are dense, as 0 does:
+    the search starts at 2, which stands for 0."""
+    model = inspect_model(tiny_model)
+    dense = [LayerBytes(attention=layer.attention, dense_ffn=layer.experts) for layer in model.layers[:2]]
+    model = dataclasses.replace(model, layers=dense + model.layers[2:])
+    assert model.n_dense_lead == 2
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {LlamaCppBackend().suggest(study.ask(), model, HW, WORKLOAD)["n_cpu_moe"] for _ in range(60)}
+    assert seen == {0} | set(range(3, model.n_layers + 1))
 
 
 def test_baselines_all_on_cpu_largest_split_that_fits_and_defaults(tiny_model: Path):

@@ -79,7 +79,7 @@ class LlamaCppBackend(SharedLoadBackend):
         every layer stays on the CPU."""
         n_layers, gpu = model.n_layers, hw.has_gpu
         flash_attn = trial.suggest_categorical("flash_attn", [True, False])
-        n_cpu_moe = trial.suggest_int("n_cpu_moe", 0, n_layers) if model.is_moe and gpu else 0
+        n_cpu_moe = self._suggest_n_cpu_moe(trial, model) if model.is_moe and gpu else 0
         n_threads = trial.suggest_categorical("n_threads", thread_counts(hw))
         if workload is not None and workload.objective == "decode":
             config = {
@@ -153,6 +153,14 @@ class LlamaCppBackend(SharedLoadBackend):
         if config is not None and "n_threads" in config:
             defaults["n_threads_batch"] = config["n_threads"]
         return defaults
+
+    @staticmethod
+    def _suggest_n_cpu_moe(trial: optuna.Trial, model: ModelProfile) -> int:
+        """``--n-cpu-moe N`` counts layers from 0, leading dense layers included, so every N up
+        to their count keeps all experts on the GPU: the search starts at that count, which
+        stands for 0, rather than spend trials on copies of one config."""
+        n = trial.suggest_int("n_cpu_moe", model.n_dense_lead, model.n_layers)
+        return 0 if n == model.n_dense_lead else n
 
     def _fewest_cpu_expert_layers(
         self, config: Config, model: ModelProfile, vram_cap: int, workload: Workload | None
