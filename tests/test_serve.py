@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import warnings
 from pathlib import Path
 
@@ -48,9 +49,13 @@ def session(tiny_model: Path) -> Session:
     base = normalize({"vram_cap": 1, "max_ctx": CTX, "learned_placement": False, "prefetch_depth": 1})
     cap = plan_with_slots(model_sizes(tiny_model), cache_config(base), 32, kv_element_bytes=4).peak
     config = {**base, "vram_cap": cap}
-    engine = Engine(tiny_model, device="cpu", kernels="torch", cache_config=cache_config(config))
-    engine.persist_routing = False
-    served = Session(engine, "tiny", config)
+    def load() -> Engine:
+        engine = Engine(tiny_model, device="cpu", kernels="torch", cache_config=cache_config(config))
+        engine.persist_routing = False
+        engine.loaded_on = threading.get_ident()
+        return engine
+
+    served = Session.load(load, "tiny", config)
     yield served
     served.close()
 
@@ -64,6 +69,11 @@ def client(session: Session) -> TestClient:
 def greedy(tiny_model: Path) -> list[int]:
     """Full residency's greedy tokens: the cache must not change them."""
     return Engine(tiny_model, device="cpu", kernels="torch", max_ctx=CTX).generate(PROMPT, N)
+
+
+def test_the_engine_runs_on_the_thread_that_loaded_it(session: Session):
+    """One thread's OpenMP teams, not two competing for the cores (session.py's docstring)."""
+    assert asyncio.run(session.call(threading.get_ident)) == session.engine.loaded_on != threading.get_ident()
 
 
 def _complete(client: TestClient, **body) -> dict:

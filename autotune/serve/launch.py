@@ -120,14 +120,15 @@ def serve_model(model: Path, config: Config, host: str, port: int, console: Cons
         check_trace_path(record_trace)
     sock = listening_socket(host, port)
     with console.status(f"loading {model.name} ..."):
-        engine = Engine(model, cache_config=cache_config(config))
+        session = Session.load(lambda: Engine(model, cache_config=cache_config(config)), model.stem, config,
+                               save_every, record_trace)
+    engine = session.engine
     plan = engine.expert_cache.plan
     console.print(f"{model.name}: {sum(plan.slots)} of {len(plan.slots) * engine.cfg.n_expert} experts in VRAM "
                   f"slots (placed by {engine.placement_source}), planned peak {format_size(plan.peak)} "
                   f"of {format_size(config['vram_cap'])}, {engine.device}; context {config['max_ctx']} tokens",
                   highlight=False)
     engine.trace.enabled = record_trace is not None
-    session = Session(engine, model.stem, config, save_every, record_trace)
     server = uvicorn.Server(uvicorn.Config(create_app(session), timeout_graceful_shutdown=3))
     try:
         server.run(sockets=[sock])

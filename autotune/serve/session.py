@@ -4,6 +4,12 @@ Every call into the engine runs on one thread (``call``), in order, so a request
 early (a client gone mid-stream) leaves nothing running beside the next one; ``lock`` keeps
 a sequence's steps together. Greedy decoding gives exactly ``Engine.generate``'s tokens.
 
+The engine is loaded on that thread too (``Session.load``). OpenMP runtimes (torch's, ggml's)
+keep a team of threads for each thread that starts parallel work: an engine loaded on the main
+thread and run on another has two teams competing for the cores, libgomp then cuts its
+spinning short, and every parallel op pays to wake its team. On the CPU path that made decode
+2.5-3x slower than the same engine on its loading thread (studies/hybrid/served_gap.py).
+
 The routing counts the engine learns are saved as it serves (every ``save_every`` seconds
 once tokens were generated since the last save: ``autosave`` between sequences, the
 sequence itself between its steps), and at shutdown, so a server killed outright loses at
@@ -60,10 +66,16 @@ class Counters:
     completion_tokens: int = 0
 
 
+def engine_thread() -> ThreadPoolExecutor:
+    """The one thread an engine is loaded and run on (see the module's docstring)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="engine")
+
+
 class Session:
     def __init__(self, engine: Any, model_id: str, config: dict[str, Any], save_every: float = 30.0,
-                 trace_path: Path | None = None):
-        """``trace_path``: where to write the routing trace the engine records (``engine.trace``)."""
+                 trace_path: Path | None = None, thread: ThreadPoolExecutor | None = None):
+        """``trace_path``: where to write the routing trace the engine records (``engine.trace``);
+        ``thread``: the engine thread the engine was loaded on (``load``), else a new one."""
         self.engine = engine
         self.save_every = save_every
         self.trace_path = trace_path
@@ -76,8 +88,20 @@ class Session:
         self.tokenizer = engine.tokenizer
         self.chat = model_chat_template(engine.path, self.tokenizer.text)
         self.counters = Counters()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self._executor = thread or engine_thread()
         self.lock = asyncio.Lock()  # bound to the event loop that first waits on it
+
+    @classmethod
+    def load(cls, load_engine: Callable[[], Any], model_id: str, config: dict[str, Any], save_every: float = 30.0,
+             trace_path: Path | None = None) -> Session:
+        """Load the engine (``load_engine()``) on the thread that will run it, and serve it."""
+        thread = engine_thread()
+        try:
+            engine = thread.submit(load_engine).result()
+        except BaseException:
+            thread.shutdown(wait=True)
+            raise
+        return cls(engine, model_id, config, save_every, trace_path, thread)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the engine's thread."""
