@@ -4,10 +4,11 @@
 # HTTP by studies/served/side_by_side.py (decode (t(N)-t(1))/(N-1), prefill, peak VRAM).
 # Usage (GPU machine, project root, after `source .gpu/device-setup.sh`):
 #   [NCMOE="11 12"] [ROUNDS=2] bash studies/hybrid/served.sh OUT_DIR MODEL CAP_GIB [SERVE OPTIONS ...]
-# SERVE OPTIONS: the cache's knobs (default: LFU every 4 tokens, decay 0.8, misses computed on the CPU).
+# SERVE OPTIONS: the cache's knobs (default: LFU every 4 tokens, decay 0.8, misses computed on the CPU,
+# the prefill's room lent to slots between prefills).
 set -euo pipefail
 out=${1:?out dir}; model=${2:?model}; cap=${3:?cap in GiB}; shift 3
-knobs=("$@"); [ ${#knobs[@]} -eq 0 ] && knobs=(--eviction lfu_decay --rebalance-interval 4 --decay 0.8 --miss-mode cpu)
+knobs=("$@"); [ ${#knobs[@]} -eq 0 ] && knobs=(--eviction lfu_decay --rebalance-interval 4 --decay 0.8 --miss-mode cpu --lend-prefill-room)
 mkdir -p "$out"
 winner="autotune serve $model --vram-cap ${cap}G --ctx 4096 ${knobs[*]}"
 refs=()
