@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from autotune.backends.base import Config, ConfigError
 from autotune.errors import AutotuneError
@@ -223,6 +223,23 @@ class KnobSchema:
         """Each value given is of its knob's type and range (no knob required, none made moot)."""
         for name, value in config.items():
             self[name].check(value)
+
+    def read_assignments(self, words: Iterable[str]) -> Config:
+        """A config from ``KEY=VALUE`` words (a study script's command line): each value read as
+        its knob's flag reads it, a switch as true or false (unchecked, as ``Knob.read``)."""
+        config: Config = {}
+        for word in words:
+            name, sep, text = word.partition("=")
+            if not sep or name not in self.names:
+                raise ConfigError(f"{word!r} is not KEY=VALUE for a {self.what} knob ({', '.join(self.names)})")
+            knob = self[name]
+            if knob.type is bool:
+                if text.lower() not in ("true", "false"):
+                    raise ConfigError(f"{name} is true or false, not {text!r}")
+                config[name] = text.lower() == "true"
+            else:
+                config[name] = knob.read(name, text)
+        return config
 
     def normalize(self, config: Config) -> Config:
         """Every knob, checked and in canonical form: knobs that cannot matter (``Knob.when``)

@@ -124,3 +124,13 @@ def test_the_gpu_only_knobs_are_the_tables():
 def test_a_table_that_cannot_work_is_refused(knobs, message):
     with pytest.raises((TypeError, ConfigError), match=message):
         KnobSchema("test", knobs)
+
+
+def test_key_value_words_are_read_as_their_flags_read_them():
+    config = CACHE_KNOBS.read_assignments(["rebalance_interval=4", "decay=0.8", "lend_prefill_room=True",
+                                           "vram_cap=16G", "miss_mode=cpu"])
+    assert config == {"rebalance_interval": 4, "decay": 0.8, "lend_prefill_room": True, "vram_cap": 16 * 2**30,
+                      "miss_mode": "cpu"}
+    for bad in ("rebalance_interval=four", "lend_prefill_room=yes", "no_such_knob=1", "decay"):
+        with pytest.raises(ConfigError):
+            CACHE_KNOBS.read_assignments([bad])

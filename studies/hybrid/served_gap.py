@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from autotune.cache_runtime.cache_config import CacheConfig
+from autotune.cache_runtime.cache_config import CACHE_KNOBS, CacheConfig
 from autotune.cache_runtime.engine import Engine
 from autotune.serve.session import Sampling, Session
 
@@ -80,11 +80,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="the engine's device (default: the GPU where there is one)")
     parser.add_argument("knobs", nargs="*", help="cache knobs as KEY=VALUE (default: LFU every 4, decay 0.8, cpu)")
     args = parser.parse_intermixed_args()
-    knobs = dict(eviction="lfu_decay", rebalance_interval=4, decay=0.8, miss_mode="cpu")
-    for item in args.knobs:
-        key, value = item.split("=", 1)
-        knobs[key] = type(CacheConfig.__dataclass_fields__[key].default)(value) if value not in ("True", "False") \
-            else value == "True"
+    knobs = {**dict(eviction="lfu_decay", rebalance_interval=4, decay=0.8, miss_mode="cpu"),
+             **CACHE_KNOBS.read_assignments(args.knobs)}
     cfg = CacheConfig(vram_cap=int(args.cap_gib * GIB), **knobs)
     load = lambda: Engine(args.model, device=args.device, cache_config=cfg)  # noqa: E731
     if args.load_on == "engine":
