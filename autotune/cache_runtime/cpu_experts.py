@@ -13,10 +13,9 @@ In the vendored ggml of llama-cpp-python 0.3.36 that is Q4_K (also Q4_0, IQ4_NL,
 x86 with AVX2, rows a multiple of 8; Q6_K and Q8_0 are repacked on ARM only. A stack it does
 not cover is read in place, as without ``repack``; ``repacked`` names the stacks it covered.
 
-A graph computes ``rows`` activations against ``k`` experts each. All of a batch's selections
-make a token graph (a row per token, its ``k`` experts: the activations are quantized once a
-token, as llama.cpp does); a subset of them (the misses) makes a pair graph (a row per
-(token, expert) pair, ``k`` = 1). Either way the caller gets the weighted sum per token.
+A decode token's misses make one graph: a row per missed expert, each the token's
+activation against that one expert (``mul_mat_id`` with one id a row), summed with the
+routing weights by the caller. A graph is built once per miss count and cached.
 """
 
 from __future__ import annotations
@@ -34,23 +33,19 @@ from autotune.cache_runtime.weights import QTensor
 from autotune.errors import ModelFileError
 
 SUPPORTED_TYPES = tuple(BLOCK_SIZES)  # the runtime's types; ggml has CPU kernels for each
-CACHED_GRAPHS = 8  # graph shapes kept (decode uses one or a few)
+CACHED_GRAPHS = 8  # graphs kept, one per miss count (a layer misses a few experts a token)
 STACK_NAMES = ("gate", "up", "down")
 
 
 @dataclass
 class _Graph:
-    """The graph for one shape (rows, k), and torch views of its input and output data."""
+    """The graph for one miss count, and numpy views of its input and output data."""
 
     context: Context
     graph: int
-    x: torch.Tensor  # (rows, n_embd) float32
-    ids: torch.Tensor  # (rows, k) int32
-    out: torch.Tensor  # (rows, k, n_embd) float32: down(silu(gate x) * up x) per row and expert
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """numpy views of x, ids and out (a decode step's few-element work costs less in numpy)."""
-        return self.x.numpy(), self.ids.numpy(), self.out.numpy()
+    x: np.ndarray  # (rows, n_embd) float32: the token's activation, once a row
+    ids: np.ndarray  # (rows, 1) int32: a row's expert
+    out: np.ndarray  # (rows, 1, n_embd) float32: down(silu(gate x) * up x) of a row's expert
 
 
 class CpuExperts:
@@ -77,7 +72,7 @@ class CpuExperts:
         self._weights = Context(0, 2 * len(STACK_NAMES), alloc=False)  # a repack refused costs a description
         self._stacks: list[int] = []
         self._bindings: list[Binding | RepackedCopy] = []
-        self._graphs: OrderedDict[tuple[int, int], _Graph] = OrderedDict()
+        self._graphs: OrderedDict[int, _Graph] = OrderedDict()
         try:
             for name, stack in zip(STACK_NAMES, (gate, up, down)):
                 self._place(name, stack, repack)
@@ -115,21 +110,21 @@ class CpuExperts:
         finally:
             ctx.close()
 
-    def _graph(self, rows: int, k: int) -> _Graph:
-        cached = self._graphs.pop((rows, k), None)
+    def _graph(self, rows: int) -> _Graph:
+        cached = self._graphs.pop(rows, None)
         if cached is None:
-            cached = self._build(rows, k)
+            cached = self._build(rows)
             if len(self._graphs) >= CACHED_GRAPHS:
                 self._graphs.popitem(last=False)[1].context.close()
-        self._graphs[rows, k] = cached
+        self._graphs[rows] = cached
         return cached
 
-    def _build(self, rows: int, k: int) -> _Graph:
-        floats = rows * (self.n_embd + k * (self.n_embd + 3 * self.n_ff))  # x; out, gate, up, their product
-        ctx = Context(4 * (floats + rows * k), 7, alloc=True)
+    def _build(self, rows: int) -> _Graph:
+        floats = rows * (self.n_embd + self.n_embd + 3 * self.n_ff)  # x; out, gate, up, their product
+        ctx = Context(4 * (floats + rows), 7, alloc=True)
         gate_w, up_w, down_w = self._stacks
-        x = ctx.tensor(GGML_F32, self.n_embd, 1, rows)  # one activation a row, for each of its k experts
-        ids = ctx.tensor(GGML_I32, k, rows)
+        x = ctx.tensor(GGML_F32, self.n_embd, 1, rows)  # one activation a row, for its one expert
+        ids = ctx.tensor(GGML_I32, 1, rows)
         lib = ggml_cpu.api()
         gate = lib.mul_mat_id(ctx.handle, gate_w, x, ids)
         up = lib.mul_mat_id(ctx.handle, up_w, x, ids)
@@ -138,61 +133,23 @@ class CpuExperts:
         return _Graph(
             context=ctx,
             graph=ctx.graph(out),
-            x=ggml_cpu.tensor_view(x, torch.float32, (rows, self.n_embd)),
-            ids=ggml_cpu.tensor_view(ids, torch.int32, (rows, k)),
-            out=ggml_cpu.tensor_view(out, torch.float32, (rows, k, self.n_embd)),
+            x=ggml_cpu.tensor_view(x, torch.float32, (rows, self.n_embd)).numpy(),
+            ids=ggml_cpu.tensor_view(ids, torch.int32, (rows, 1)).numpy(),
+            out=ggml_cpu.tensor_view(out, torch.float32, (rows, 1, self.n_embd)).numpy(),
         )
 
-    def forward(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Per token, the sum over its selected experts of weight * down(silu(gate x) * up x).
-
-        ``x``: (tokens, n_embd) float32 on the CPU; ``ids``, ``weights``: (tokens, k), each
-        token's experts and their weights; ``mask``: (tokens, k) bool, the selections to
-        compute (the others add nothing), all of them when None. Returns (tokens, n_embd)."""
-        if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != self.n_embd:
-            raise ValueError(f"CPU experts take float32 host activations (tokens, {self.n_embd}), "
-                             f"got {x.dtype} {tuple(x.shape)} on {x.device}")
-        if ids.shape != weights.shape or ids.dim() != 2 or ids.shape[0] != x.shape[0] \
-                or (mask is not None and mask.shape != ids.shape):
-            raise ValueError(f"CPU experts: ids {tuple(ids.shape)}, weights {tuple(weights.shape)} and mask "
-                             f"do not all have the shape (tokens, k) for {x.shape[0]} tokens")
-        if mask is None:  # decode's common case: every selection, with no index bookkeeping
-            return self._all_selections(x, ids, weights)
-        token, slot = mask.nonzero(as_tuple=True)
-        out = torch.zeros_like(x)
-        if token.numel() == 0:
-            return out
-        experts = ids[token, slot]
-        self._check_ids(experts)
-        graph = self._graph(token.numel(), 1)
-        torch.index_select(x, 0, token, out=graph.x)
-        graph.ids.copy_(experts[:, None])
-        self.backend.compute(graph.graph)
-        return out.index_add_(0, token, graph.out[:, 0] * weights[token, slot, None].to(torch.float32))
-
     def forward_token(self, x: np.ndarray, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Decode's case: one token's ``x`` (n_embd,) float32 through its experts ``ids`` (n,)
-        (distinct, n >= 1), summed with ``weights`` (n,) float32; returns (n_embd,) float32,
-        a view that the next call with n experts overwrites."""
+        """One decode token's ``x`` (n_embd,) float32 through its experts ``ids`` (n,) (distinct,
+        n >= 1), summed with ``weights`` (n,) float32; returns (n_embd,) float32, a view that
+        the next call with n experts overwrites."""
         self._check_ids(ids)
-        graph = self._graph(len(ids), 1)
-        graph_x, graph_ids, out = graph.arrays()
-        graph_x[:] = x
-        graph_ids[:, 0] = ids
+        graph = self._graph(len(ids))
+        graph.x[:] = x
+        graph.ids[:, 0] = ids
         self.backend.compute(graph.graph)
-        return weights @ out[:, 0]
+        return weights @ graph.out[:, 0]
 
-    def _all_selections(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        tokens, k = ids.shape
-        self._check_ids(ids)
-        graph = self._graph(tokens, k)
-        graph.x.copy_(x)
-        graph.ids.copy_(ids)
-        self.backend.compute(graph.graph)
-        return torch.bmm(weights.to(torch.float32)[:, None, :], graph.out).squeeze(1)
-
-    def _check_ids(self, experts: torch.Tensor | np.ndarray) -> None:
+    def _check_ids(self, experts: np.ndarray) -> None:
         """ggml aborts the process on an expert id out of range: refuse one first."""
         if int(experts.min()) < 0 or int(experts.max()) >= self.n_expert:
             raise ValueError(f"CPU experts: expert ids must lie in [0, {self.n_expert})")
