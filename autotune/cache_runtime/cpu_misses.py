@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from autotune.cache_runtime.cpu_experts import CpuExperts
@@ -72,6 +73,9 @@ class CpuMisses:
         self._ids: torch.Tensor | None = None
         self._weights: torch.Tensor | None = None
         self._on_device: torch.Tensor | None = None
+        # numpy views of the host buffers, taken once: the host's part runs 2 x layers times a token
+        self._x_np, self._y_np = self._x.numpy()[0], self._y.numpy()[0]
+        self._ids_np = self._weights_np = self._on_device_np = np.empty(0)
         self._ready: CopyEvent = Done()
         self._pending: int | None = None  # the layer offloaded and not yet added
         self.segments: Segments | None = None  # set while a decode step is being captured
@@ -94,6 +98,8 @@ class CpuMisses:
             self._ids = self.device.host_buffer((1, k), torch.int64)
             self._weights = self.device.host_buffer((1, k), torch.float32)
             self._on_device = self.device.host_buffer((1, k), torch.bool)
+            self._ids_np, self._weights_np = self._ids.numpy()[0], self._weights.numpy()[0]
+            self._on_device_np = self._on_device.numpy()[0]
         self._x.copy_(x.reshape(1, -1), non_blocking=True)
         self._ids.copy_(selected, non_blocking=True)
         self._weights.copy_(weights.reshape(1, -1), non_blocking=True)
@@ -133,14 +139,13 @@ class CpuMisses:
         """The host's part of step 4: the layer's misses, summed into the host buffer ``_y``
         (zeros where the device holds every selection)."""
         start = time.perf_counter()
-        y = self._y.numpy()[0]
-        missed = ~self._on_device.numpy()[0]
-        ids = self._ids.numpy()[0][missed]
+        missed = ~self._on_device_np
+        ids = self._ids_np[missed]
         if len(ids):
             experts = self.layers[layer]
-            y[:] = experts.forward_token(self._x.numpy()[0], ids, self._weights.numpy()[0][missed])
+            self._y_np[:] = experts.forward_token(self._x_np, ids, self._weights_np[missed])
             self.counters.experts += len(ids)
             self.counters.bytes += len(ids) * experts.expert_bytes
         else:
-            y[:] = 0
+            self._y_np[:] = 0
         self.counters.compute_s += time.perf_counter() - start
