@@ -14,20 +14,12 @@ import triton
 import triton.language as tl
 
 from autotune.cache_runtime.codebooks import IQ4_NL_CODES, MXFP4_CODES
-from autotune.cache_runtime.triton_tile_parts import code_lookup, load_f16, middle_axes, tile_axes
+from autotune.cache_runtime.triton_tile_parts import blocks32_axes, code_lookup, load_f16
 
 _IQ4_LOW: tl.constexpr = tl.constexpr(IQ4_NL_CODES[0])
 _IQ4_HIGH: tl.constexpr = tl.constexpr(IQ4_NL_CODES[1])
 _MXFP4_LOW: tl.constexpr = tl.constexpr(MXFP4_CODES[0])
 _MXFP4_HIGH: tl.constexpr = tl.constexpr(MXFP4_CODES[1])
-
-
-@triton.jit
-def _nibble_axes(blk):
-    """Block pointers (also broadcast over a), the a, t, j and n axes, and the element index."""
-    b, ba, a, t = tile_axes(blk, 8, 2)
-    j, n = middle_axes(8, 2)
-    return b, ba, a, t, j, n, 32 * j + 16 * n + 2 * a + t
 
 
 @triton.jit
@@ -45,7 +37,7 @@ def _fifth_bit(qh, a, t, n):
 @triton.jit
 def q4_0(blk):
     """Blocks of 18 bytes: f16 d, 16 code bytes; d (q - 8)."""
-    b, ba, a, t, j, n, k = _nibble_axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     q = _nibbles(b + 18 * j + 2 + 2 * a + t, n)
     return load_f16(ba + 18 * j) * (q - 8).to(tl.float32), k
 
@@ -53,7 +45,7 @@ def q4_0(blk):
 @triton.jit
 def q4_1(blk):
     """Blocks of 20 bytes: f16 d and m, 16 code bytes; d q + m."""
-    b, ba, a, t, j, n, k = _nibble_axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     q = _nibbles(b + 20 * j + 4 + 2 * a + t, n)
     return load_f16(ba + 20 * j) * q.to(tl.float32) + load_f16(ba + 20 * j + 2), k
 
@@ -61,7 +53,7 @@ def q4_1(blk):
 @triton.jit
 def q5_0(blk):
     """Blocks of 22 bytes: f16 d, the fifth bits (uint32), 16 code bytes; d (q - 16)."""
-    b, ba, a, t, j, n, k = _nibble_axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     q = _nibbles(b + 22 * j + 6 + 2 * a + t, n) | _fifth_bit(b + 22 * j + 2, a, t, n)
     return load_f16(ba + 22 * j) * (q - 16).to(tl.float32), k
 
@@ -69,7 +61,7 @@ def q5_0(blk):
 @triton.jit
 def q5_1(blk):
     """Blocks of 24 bytes: f16 d and m, the fifth bits (uint32), 16 code bytes; d q + m."""
-    b, ba, a, t, j, n, k = _nibble_axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     q = _nibbles(b + 24 * j + 8 + 2 * a + t, n) | _fifth_bit(b + 24 * j + 4, a, t, n)
     return load_f16(ba + 24 * j) * q.to(tl.float32) + load_f16(ba + 24 * j + 2), k
 
@@ -77,7 +69,7 @@ def q5_1(blk):
 @triton.jit
 def iq4_nl(blk):
     """Q4_0's blocks, the nibbles looked up in the IQ4 code book."""
-    b, ba, a, t, j, n, k = _nibble_axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     q = _nibbles(b + 18 * j + 2 + 2 * a + t, n)
     return load_f16(ba + 18 * j) * code_lookup(q, _IQ4_LOW, _IQ4_HIGH), k
 
@@ -86,7 +78,7 @@ def iq4_nl(blk):
 def iq4_xs(blk):
     """136 bytes: f16 d, the high 2 bits of 8 six-bit scales (uint16), their low nibbles (4
     bytes), 8 x 16 code bytes; d (scale_j - 32) codebook(q)."""
-    b, ba, a, t, j, n, k = _nibble_axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     low = (tl.load(ba + 4 + j // 2).to(tl.int32) >> (4 * (j % 2))) & 15
     high = (tl.load(ba + 2 + j // 4).to(tl.int32) >> (2 * (j % 4))) & 3
     sc = ((low | (high << 4)) - 32).to(tl.float32)
@@ -98,7 +90,7 @@ def iq4_xs(blk):
 def mxfp4(blk):
     """Blocks of 17 bytes: an e8m0 exponent e, 16 code bytes; 2^(e - 128) codebook(q)
     (ggml_e8m0_to_fp32_half: subnormal for e < 2)."""
-    b, ba, a, t, j, n, k = _nibble_axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     e = tl.load(ba + 17 * j).to(tl.int32)
     d = tl.where(e < 2, 0x00200000 * (e + 1), (e - 1) << 23).to(tl.float32, bitcast=True)
     q = _nibbles(b + 17 * j + 1 + 2 * a + t, n)

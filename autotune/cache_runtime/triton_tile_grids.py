@@ -15,17 +15,9 @@ import triton
 import triton.language as tl
 
 from autotune.cache_runtime.dequant_iq import IQ1_DELTA
-from autotune.cache_runtime.triton_tile_parts import load_f16, load_u16, middle_axes, tile_axes
+from autotune.cache_runtime.triton_tile_parts import blocks32_axes, load_f16, load_u16
 
 _DELTA: tl.constexpr = tl.constexpr(IQ1_DELTA)
-
-
-@triton.jit
-def _axes(blk):
-    """Block pointers (also broadcast over a), the a, t, j and n axes, and the element index."""
-    b, ba, a, t = tile_axes(blk, 8, 2)
-    j, n = middle_axes(8, 2)
-    return b, ba, a, t, j, n, 32 * j + 16 * n + 2 * a + t
 
 
 @triton.jit
@@ -60,7 +52,7 @@ def _row8(grid, index, a, t):
 def iq2_xxs(blk, grid):
     """66 bytes: f16 d; per sub-block j 8 bytes at 2 + 8j: 4 grid indices, then a uint32 of
     4 x 7 sign bits and a 4-bit scale s; d (0.5 + s) / 4 grid sign."""
-    b, ba, a, t, j, n, k = _axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     aux = _u32(ba + 6 + 8 * j)
     db = load_f16(ba) * (0.5 + ((aux >> 28) & 15).to(tl.float32)) * 0.25
     g = 2 * n + a // 4  # the grid row within the sub-block
@@ -79,7 +71,7 @@ def _iq2_scale(ba, j, n):
 @triton.jit
 def iq2_xs(blk, grid):
     """74 bytes: f16 d, 32 uint16 (9-bit grid index, 7-bit sign index), 16 nibble scales."""
-    b, ba, a, t, j, n, k = _axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     db = load_f16(ba) * (0.5 + _iq2_scale(ba + 66, j, n)) * 0.25
     q = load_u16(b + 2 + 2 * (4 * j + 2 * n + a // 4))
     sign = _ksign(q >> 9, 2 * (a % 4) + t)
@@ -90,7 +82,7 @@ def iq2_xs(blk, grid):
 def iq2_s(blk, grid):
     """82 bytes: f16 d, 32 low bytes of 10-bit grid indices, 32 sign bytes, 8 bytes of the
     indices' high 2 bits, 16 nibble scales."""
-    b, ba, a, t, j, n, k = _axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     db = load_f16(ba) * (0.5 + _iq2_scale(ba + 74, j, n)) * 0.25
     i = 4 * j + 2 * n + a // 4  # the grid row in the block
     high = (tl.load(b + 66 + j).to(tl.int32) >> (2 * (i % 4))) & 3
@@ -103,7 +95,7 @@ def iq2_s(blk, grid):
 def iq3_xxs(blk, grid):
     """98 bytes: f16 d, 64 grid indices (rows of 4), 8 uint32 at 66 of 4 x 7 sign bits and a
     4-bit scale s; d (0.5 + s) / 2 grid sign."""
-    b, ba, a, t, j, n, k = _axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     aux = _u32(ba + 66 + 4 * j)
     db = load_f16(ba) * (0.5 + ((aux >> 28) & 15).to(tl.float32)) * 0.5
     index = tl.load(b + 2 + 8 * j + 4 * n + a // 2).to(tl.int32)
@@ -115,7 +107,7 @@ def iq3_xxs(blk, grid):
 def iq3_s(blk, grid):
     """110 bytes: f16 d, 64 low bytes of 9-bit grid indices (rows of 4), 8 bytes of their
     ninth bits, 32 sign bytes, 8 nibble scales s; d (1 + 2 s) grid sign."""
-    b, ba, a, t, j, n, k = _axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     s = (tl.load(ba + 106 + j // 2).to(tl.int32) >> (4 * (j % 2))) & 15
     db = load_f16(ba) * (1 + 2 * s).to(tl.float32)
     r = 4 * n + a // 2  # the grid row within the sub-block
@@ -134,7 +126,7 @@ def _iq1_delta(flag):
 def iq1_s(blk, grid):
     """50 bytes: f16 d, 32 low bytes of 11-bit grid indices, 8 uint16 at 34 (4 x 3 high index
     bits, a 3-bit scale s, the delta's sign); d (2 s + 1) (grid +- 1/8)."""
-    b, ba, a, t, j, n, k = _axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     qh = load_u16(ba + 34 + 2 * j)
     dl = load_f16(ba) * (2 * ((qh >> 12) & 7) + 1).to(tl.float32)
     g = 2 * n + a // 4
@@ -147,7 +139,7 @@ def iq1_m(blk, grid):
     """56 bytes: 32 low bytes of 11-bit grid indices, 16 bytes of nibbles (3 high index bits,
     the delta's sign), 4 uint16 at 48 of 4 x 3-bit scales s whose top nibbles together are
     the f16 d; d (2 s + 1) (grid +- 1/8)."""
-    b, ba, a, t, j, n, k = _axes(blk)
+    b, ba, a, t, j, n, k = blocks32_axes(blk)
     d_bits = (((load_u16(ba + 48) >> 12) & 0xF) | ((load_u16(ba + 50) >> 8) & 0xF0)
               | ((load_u16(ba + 52) >> 4) & 0xF00) | (load_u16(ba + 54) & 0xF000))
     d = d_bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)

@@ -30,6 +30,16 @@ def middle_axes(N0: tl.constexpr, N1: tl.constexpr):
 
 
 @triton.jit
+def blocks32_axes(blk):
+    """The (8 a, S, R, 8 j, 2 n, 2 t) tile of eight 32-element runs (the 32-element block
+    types' and the grid types'): block pointers (also broadcast over a), the a, t, j and n
+    axes, and the element index 32j + 16n + 2a + t."""
+    b, ba, a, t = tile_axes(blk, 8, 2)
+    j, n = middle_axes(8, 2)
+    return b, ba, a, t, j, n, 32 * j + 16 * n + 2 * a + t
+
+
+@triton.jit
 def code_lookup(q, LOW: tl.constexpr, HIGH: tl.constexpr):
     """The code book entries of nibbles q (int32) as float32: byte (q & 7) of LOW (q < 8) or
     HIGH, the int64 packing of ``codebooks``."""
