@@ -29,7 +29,8 @@ SERVED_KNOBS = {"eviction": "lfu_decay", "rebalance_interval": 4, "decay": 0.8, 
 
 
 def bar(result: dict) -> bool:
-    return result["cosine_min"] >= 0.999 and result["steps"] - len(result["argmax_differs_at"]) >= result["steps"] - 1
+    """Cosine >= 0.999 at every step, and the argmax differs at one step at most (31 of 32)."""
+    return result["cosine_min"] >= 0.999 and len(result["argmax_differs_at"]) <= 1
 
 
 def main() -> None:
