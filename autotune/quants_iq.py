@@ -19,7 +19,8 @@ QK_K = 256
 CHUNK_ROWS = 4096  # grid rows searched at a time (memory: rows x grid size floats)
 
 
-def _grid(source: type) -> np.ndarray:
+def gguf_grid(source: type) -> np.ndarray:
+    """(rows, width) float32: the grid of ``source``, a ``gguf.quants`` grid type class."""
     source.init_grid()
     return source.grid.reshape(source.grid_shape)
 
@@ -57,7 +58,7 @@ def _scales(sub: np.ndarray, grid_max: float, step: float) -> tuple[np.ndarray, 
 
 def _encode(values: np.ndarray, source: type, step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The f16 d (n,), grid indices (n, 8, 32 / width) and sign-and-scale words (n, 8)."""
-    grid = _grid(source)
+    grid = gguf_grid(source)
     width = grid.shape[1]
     sub = np.asarray(values, dtype=np.float32).reshape(-1, 8, 32)
     d, s = _scales(sub, float(grid.max()), step)

@@ -14,6 +14,8 @@ import functools
 import torch
 from gguf import quants as gguf_quants
 
+from autotune.quants_iq import gguf_grid
+
 # type name -> the gguf class whose grid it reads
 _GRID_SOURCES = {"IQ2_XXS": gguf_quants.IQ2_XXS, "IQ2_XS": gguf_quants.IQ2_XS, "IQ2_S": gguf_quants.IQ2_S,
                  "IQ3_XXS": gguf_quants.IQ3_XXS, "IQ3_S": gguf_quants.IQ3_S, "IQ1_S": gguf_quants.IQ1_S,
@@ -23,9 +25,7 @@ GRID_TYPES = tuple(_GRID_SOURCES)
 
 @functools.lru_cache(maxsize=None)
 def _grid(source: type, device: torch.device) -> torch.Tensor:
-    source.init_grid()
-    rows, width = source.grid_shape
-    return torch.from_numpy(source.grid.reshape(rows, width).copy()).to(device)
+    return torch.from_numpy(gguf_grid(source).copy()).to(device)
 
 
 def grid_table(qtype: str, device: torch.device | str) -> torch.Tensor:
