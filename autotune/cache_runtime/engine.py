@@ -153,7 +153,7 @@ class Engine:
             from autotune.cache_runtime.prefetch import Prefetcher
 
             expert_cache.prefetcher = Prefetcher(self.ops, expert_cache, cfg.prefetch_depth, cfg.prefetch_engine,
-                                                 self.platform.kernels.ring_steps())
+                                                 self.platform.kernels.ring_steps(), inline=expert_cache.host_in_step)
         self.expert_cache = expert_cache
         self.ops.hooks = expert_cache
         self.prefill_chunk = cfg.prefill_chunk  # the plan holds one chunk's activations
@@ -250,14 +250,12 @@ class Engine:
         The chosen next token is left in ``self.token``. On the GPU this replays a captured
         graph and the logits are its static buffer: clone them to keep them past the next step.
         Where the host takes part in every layer (the CPU computes the cache's misses), the step
-        is a chain of graphs with the host's part between them, or runs eagerly where a prefetch
-        stream spans the chain's cuts.
+        is a chain of graphs with the host's part between them.
         """
         self._check_room(1)
         if token is not None:
             self.token.copy_(torch.as_tensor(token, device=self.device).reshape(1))
-        cache = self.expert_cache
-        if self.use_graph and (cache is None or not cache.host_in_step or cache.host_steps_capturable):
+        if self.use_graph:
             graph = self._graphs.get(sample)
             if graph is None:
                 graph = self._capture(sample)

@@ -95,12 +95,6 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         so a step cannot be captured as one graph."""
         return self.cpu_misses is not None
 
-    @property
-    def host_steps_capturable(self) -> bool:
-        """Whether such a step can be captured as a chain of graphs (``attach_segments``): not
-        while a prefetch stream forked in one layer joins at the step's end, across the cuts."""
-        return self.cpu_misses is not None and self.prefetcher is None
-
     def attach_segments(self, segments: Segments | None) -> None:
         """Cut the decode step being captured where the CPU takes part (None: capture done)."""
         self.cpu_misses.segments = segments
@@ -112,7 +106,11 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         return self.cpu_misses.offload(layer, x, ids, weights)
 
     def add_offloaded(self, layer: int, h: torch.Tensor) -> None:
+        """After the device's share of a decode step's layer: the prefetch staged there (while
+        the host computes the misses), then the CPU's share added to ``h``."""
         if self.cpu_misses is not None and h.shape[0] == 1:
+            if self.prefetcher is not None:
+                self.prefetcher.run_deferred()
             self.cpu_misses.add(layer, h)
 
     def router_input(self, layer: int) -> torch.Tensor | None:

@@ -24,6 +24,13 @@ Precision and recall are counted on the device against the step's actual selecti
 
 ``engine="dma"``: the side stream only predicts; the copies are made by the DMA engines,
 queued by a host thread, and claimed on the compute stream (``dma_prefetch``).
+
+``inline``: where the host takes part in every layer (the CPU computes the misses), the step
+is a chain of graphs cut inside each layer, which a side stream forked in one layer and joined
+at the step's end cannot span. Then a layer's targets are predicted and staged on the compute
+stream itself, after the device's share of the layer's experts (``run_deferred``), while the
+host computes the layer's misses: with ``dma`` only the prediction and its publication run
+there, and the copies overlap the following layers.
 """
 
 from __future__ import annotations
@@ -120,10 +127,12 @@ class TorchRingSteps(RingSteps):
 
 class Prefetcher:
     def __init__(self, ops: Ops, cache: ExpertCache, depth: int, engine: str = "sm",
-                 steps: type[RingSteps] = TorchRingSteps):
+                 steps: type[RingSteps] = TorchRingSteps, inline: bool = False):
         """``engine``: who copies the predicted misses, "sm" copy programs in the step or the "dma"
-        engines; ``steps``: the ring's steps in the ops' kind of kernels (``platforms``)."""
-        self.ops, self.cache, self.depth = ops, cache, depth
+        engines; ``steps``: the ring's steps in the ops' kind of kernels (``platforms``);
+        ``inline``: stage on the compute stream, deferred to ``run_deferred`` (see the module)."""
+        self.ops, self.cache, self.depth, self.inline = ops, cache, depth, inline
+        self._deferred: list[tuple[int, int]] = []  # (target, source) layers staged at run_deferred
         self.rows = depth + 1  # ring rows of k experts
         dev, k, n_layers = cache.device.torch_device, cache.top_k, cache.n_layers
         self.k = k
@@ -192,12 +201,21 @@ class Prefetcher:
             return
         if not kept:
             self.xs[il].copy_(h[0])  # the compute stream updates h in place next
+        if self.inline:
+            self._deferred.extend((m, il) for m in targets)
+            return
 
         def stage_targets() -> None:
             for m in targets:
                 self._stage(m, il)
 
         self.side.fork(stage_targets)
+
+    def run_deferred(self) -> None:
+        """``inline``: stage the targets predicted since the last call, on the compute stream."""
+        deferred, self._deferred = self._deferred, []
+        for m, source in deferred:
+            self._stage(m, source)
 
     def begin_step(self) -> None:
         """Point every ring occupant home (compute stream, before the step's first layer)."""
@@ -206,7 +224,11 @@ class Prefetcher:
         self.steps.release_all()
 
     def join(self) -> None:
-        self.side.join()
+        """Make the compute stream wait for the staging so far (``inline``: run what is deferred)."""
+        if self.inline:
+            self.run_deferred()
+        else:
+            self.side.join()
 
     def _stage(self, m: int, source: int) -> None:
         """Predict layer m's experts from layer ``source``'s input and bring the misses in (DMA:

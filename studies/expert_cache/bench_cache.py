@@ -84,6 +84,10 @@ SETTINGS = {
                                      prefetch_depth=depth) for depth in (1, 2, 3)},
     **{f"lfu16_auto_pf{depth}_dma": dict(miss_mode="auto", eviction="lfu_decay", rebalance_interval=16,
                                          prefetch_depth=depth, prefetch_engine="dma") for depth in (2, 4)},
+    # slots that follow each request, and the misses prefetched in time computed on the GPU
+    **{f"lfu4_auto_pf{depth}{engine}": dict(miss_mode="auto", eviction="lfu_decay", rebalance_interval=4, decay=0.8,
+                                            prefetch_depth=depth, prefetch_engine=engine[1:] or "sm")
+       for depth in (1, 2, 3, 4) for engine in ("", "_dma")},
 }
 # bench-only variants: suffixes on a setting's name (any number, in any order), each setting one
 # of the prefetch constants (prefetch.py's, triton_prefetch.py's) ...
