@@ -69,9 +69,9 @@ def assert_close_to_full(engine: Engine, full: tuple[list[int], torch.Tensor]) -
     assert sum(a == b for a, b in zip(tokens, full[0])) >= STEPS - 1
 
 
-@pytest.mark.parametrize("mode", ["cpu", "auto"])
-def test_cpu_misses_keep_full_residencys_logits(model: Path, full, mode: str) -> None:
-    prefetch = {"prefetch_depth": 1} if mode == "auto" else {}
+@pytest.mark.parametrize("mode,prefetch_engine", [("cpu", "sm"), ("auto", "sm"), ("auto", "dma")])
+def test_cpu_misses_keep_full_residencys_logits(model: Path, full, mode: str, prefetch_engine: str) -> None:
+    prefetch = {"prefetch_depth": 1, "prefetch_engine": prefetch_engine} if mode == "auto" else {}
     engine = Engine(model, device="cpu", kernels="torch", cache_config=config(model, 1, miss_mode=mode, **prefetch))
     assert_close_to_full(engine, full)
     stats = engine.cache_stats()
