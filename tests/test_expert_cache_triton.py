@@ -248,9 +248,9 @@ def _forced_logits(engine: Engine, feed: list[int]) -> torch.Tensor:
     return torch.stack(out).float().cpu()
 
 
-@pytest.mark.parametrize("mode,engine", [("cpu", "sm"), pytest.param("auto", "sm", marks=pytest.mark.gpu),
+@pytest.mark.parametrize("mode,prefetch_engine", [("cpu", "sm"), pytest.param("auto", "sm", marks=pytest.mark.gpu),
                                          pytest.param("auto", "dma", marks=pytest.mark.gpu)])  # interpreted: minutes each
-def test_cpu_misses_beside_the_kernels_that_skip_them(tiny_model: Path, mode: str, engine: str) -> None:
+def test_cpu_misses_beside_the_kernels_that_skip_them(tiny_model: Path, mode: str, prefetch_engine: str) -> None:
     """The device's expert kernels skip the selections the CPU computes (ggml, from host
     memory): at full residency's inputs the logits stay those of full residency. On the GPU
     the step is a chain of graphs, with ``auto``'s prefetch staged inside it."""
@@ -259,7 +259,7 @@ def test_cpu_misses_beside_the_kernels_that_skip_them(tiny_model: Path, mode: st
     full = reference.generate(PROMPT, steps)
     want = _forced_logits(reference, full)
     cfg = config(tiny_model, 4, miss_mode=mode, cpu_threads=2, prefetch_depth=1 if mode == "auto" else 0,
-                 prefetch_engine=engine)
+                 prefetch_engine=prefetch_engine)
     e = Engine(tiny_model, device=DEVICE, kernels="triton", cache_config=cfg)
     got = _forced_logits(e, full)
     assert torch.nn.functional.cosine_similarity(got, want, dim=1).min() >= 0.999

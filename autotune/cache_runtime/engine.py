@@ -153,7 +153,7 @@ class Engine:
             from autotune.cache_runtime.prefetch import Prefetcher
 
             expert_cache.prefetcher = Prefetcher(self.ops, expert_cache, cfg.prefetch_depth, cfg.prefetch_engine,
-                                                 self.platform.kernels.ring_steps(), inline=expert_cache.host_in_step)
+                                                 self.platform.kernels.ring_steps())
         self.expert_cache = expert_cache
         self.ops.hooks = expert_cache
         self.prefill_chunk = cfg.prefill_chunk  # the plan holds one chunk's activations

@@ -127,11 +127,12 @@ class TorchRingSteps(RingSteps):
 
 class Prefetcher:
     def __init__(self, ops: Ops, cache: ExpertCache, depth: int, engine: str = "sm",
-                 steps: type[RingSteps] = TorchRingSteps, inline: bool = False):
+                 steps: type[RingSteps] = TorchRingSteps):
         """``engine``: who copies the predicted misses, "sm" copy programs in the step or the "dma"
-        engines; ``steps``: the ring's steps in the ops' kind of kernels (``platforms``);
-        ``inline``: stage on the compute stream, deferred to ``run_deferred`` (see the module)."""
-        self.ops, self.cache, self.depth, self.inline = ops, cache, depth, inline
+        engines; ``steps``: the ring's steps in the ops' kind of kernels (``platforms``).
+        Where the cache's host takes part in the step, staging is ``inline`` (see the module)."""
+        self.ops, self.cache, self.depth = ops, cache, depth
+        self.inline = cache.host_in_step
         self._deferred: list[tuple[int, int]] = []  # (target, source) layers staged at run_deferred
         self.rows = depth + 1  # ring rows of k experts
         dev, k, n_layers = cache.device.torch_device, cache.top_k, cache.n_layers
