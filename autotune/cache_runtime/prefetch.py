@@ -152,7 +152,8 @@ class Prefetcher:
         # each layer's input to its experts, kept apart: the side stream may still be predicting
         # from layer l's while the compute stream saves layer l + 1's
         self.xs = torch.empty(n_layers, ops.cfg.n_embd, dtype=torch.float32, device=dev)
-        self.side = cache.device.lane(SIDE_STREAM_PRIORITY)
+        # inline staging runs on the compute stream, so it needs no lane of its own
+        self.side = None if self.inline else cache.device.lane(SIDE_STREAM_PRIORITY)
         cache.storage.register([self.ring])
         self.steps = steps(self)
         self.stager = self._dma_stager() if engine == "dma" else None
