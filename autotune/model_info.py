@@ -231,8 +231,8 @@ def _reader(path: str, size: int, mtime_ns: int) -> Any:
 
     try:
         return PlainArrayReader(path, "r")
-    except Exception as exc:  # the reader raises many kinds on a cut-off header
-        raise ModelFileError(f"{path}: truncated or corrupt GGUF header ({exc})") from exc
+    except Exception as exc:  # the reader raises many kinds on a cut-off file
+        raise ModelFileError(f"{path}: truncated or corrupt GGUF file ({exc})") from exc
 
 
 def _ffn_width(tensors: list[TensorInfo], kind: str) -> int:
