@@ -249,7 +249,7 @@ def _forced_logits(engine: Engine, feed: list[int]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("mode,prefetch_engine", [("cpu", "sm"), pytest.param("auto", "sm", marks=pytest.mark.gpu),
-                                         pytest.param("auto", "dma", marks=pytest.mark.gpu)])  # interpreted: minutes each
+                                                  pytest.param("auto", "dma", marks=pytest.mark.gpu)])  # interpreted: minutes each
 def test_cpu_misses_beside_the_kernels_that_skip_them(tiny_model: Path, mode: str, prefetch_engine: str) -> None:
     """The device's expert kernels skip the selections the CPU computes (ggml, from host
     memory): at full residency's inputs the logits stay those of full residency. On the GPU
