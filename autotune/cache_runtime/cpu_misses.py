@@ -13,16 +13,19 @@ Per layer, after the router, in stream order on the compute stream:
    and the add into the hidden state (``add``).
 
 So the host takes part in every layer of a decode step. Run eagerly, steps 2 and 4 wait on
-an event. Captured (``graph.SegmentedDecodeGraph``, ``segments`` set), the capture is cut
-twice a layer: after step 2 (the host then waits for the stream) and after step 3 (the host
-then computes the misses while the device computes its share); step 4's copy and add begin
-the next graph.
+an event. Captured (``graph.SegmentedDecodeGraph``, ``segments`` set), ``handoff`` says how:
+``cuts``: the capture is cut twice a layer, after step 2 (the host then waits for the stream)
+and after step 3 (the host then computes the misses while the device computes its share);
+step 4's copy and add begin the next graph. ``flags``: the step stays one graph; step 2 is a
+kernel that writes the host buffers and a flag, step 4's add a kernel that waits for the
+host's flag (``flag_handoff``), and the host serves the layers after the launch.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +36,9 @@ from autotune.cache_runtime.expert_table import ExpertTable
 from autotune.cache_runtime.ggml_cpu import CpuBackend
 from autotune.cache_runtime.graph import Segments
 from autotune.cache_runtime.weights import LayerWeights
+
+if TYPE_CHECKING:
+    from autotune.cache_runtime.flag_handoff import FlagHandoff
 
 
 @dataclass
@@ -53,9 +59,15 @@ class CpuMisses:
     (``auto``) rather than only those in a slot (``cpu``)."""
 
     def __init__(self, layers: list[LayerWeights], table: ExpertTable, in_slot: torch.Tensor,
-                 home_gate: torch.Tensor, device: Device, threads: int, repack: bool, prefetched: bool):
+                 home_gate: torch.Tensor, device: Device, threads: int, repack: bool, prefetched: bool,
+                 handoff: str = "cuts"):
         self.device, self.table, self.in_slot, self.prefetched = device, table, in_slot, prefetched
         self.home_gate = home_gate
+        self.flags: FlagHandoff | None = None
+        if handoff == "flags" and device.captures_graphs:
+            from autotune.cache_runtime.flag_handoff import FlagHandoff
+
+            self.flags = FlagHandoff(device)
         self.backend = CpuBackend(threads)
         self.layers: list[CpuExperts] = []
         try:
@@ -100,11 +112,16 @@ class CpuMisses:
             self._on_device = self.device.host_buffer((1, k), torch.bool)
             self._ids_np, self._weights_np = self._ids.numpy()[0], self._weights.numpy()[0]
             self._on_device_np = self._on_device.numpy()[0]
+        self._pending = layer
+        if self.segments is not None and self.flags is not None:
+            self.flags.publish(x.reshape(-1), selected.reshape(-1), weights.reshape(-1), on_device.reshape(-1),
+                               (self._x, self._ids, self._weights, self._on_device))
+            self.segments.defer(lambda: self._serve(layer))
+            return on_device
         self._x.copy_(x.reshape(1, -1), non_blocking=True)
         self._ids.copy_(selected, non_blocking=True)
         self._weights.copy_(weights.reshape(1, -1), non_blocking=True)
         self._on_device.copy_(on_device, non_blocking=True)
-        self._pending = layer
         if self.segments is None:
             self._ready = self.device.record()
         else:
@@ -116,6 +133,11 @@ class CpuMisses:
         if self._pending != layer:
             raise RuntimeError(f"layer {layer}'s experts were not offloaded before their CPU share was asked for")
         self._pending = None
+        if self.segments is not None and self.flags is not None:
+            if not h.is_contiguous():
+                raise ValueError("the CPU's share is added in place: the hidden state must be contiguous")
+            self.flags.await_add(h.reshape(-1), self._y)
+            return
         if self.segments is None:
             self._wait()
             self._compute(layer)
@@ -134,6 +156,19 @@ class CpuMisses:
         """The host's part after a captured step 2: the stream has been launched that far."""
         self._ready = self.device.record()
         self._wait()
+
+    def _serve(self, layer: int) -> None:
+        """The host's part of a layer of a replayed one-graph step (``flags``): wait for the
+        device's publish, compute the misses, tell the device."""
+        try:
+            start = time.perf_counter()
+            self.flags.take()
+            self.counters.wait_s += time.perf_counter() - start
+            self._compute(layer)
+        except BaseException:
+            self.flags.abort()
+            raise
+        self.flags.give()
 
     def _compute(self, layer: int) -> None:
         """The host's part of step 4: the layer's misses, summed into the host buffer ``_y``

@@ -8,7 +8,9 @@ of addresses, so moving an expert (repointing its entry) needs no re-capture.
 
 Where the host takes part in every layer of a step (the CPU computes the expert cache's
 misses), the step is a chain of graphs instead (``SegmentedDecodeGraph``): the host launches
-each and does its part between them, with no kernel launched one by one.
+each and does its part between them, with no kernel launched one by one; or one graph whose
+kernels wait for the host's part on flags in host memory (``flag_handoff``), which the host
+serves after the launch.
 """
 
 from __future__ import annotations
@@ -52,12 +54,15 @@ class Segments:
     """A decode step captured as a chain of graphs, cut where the host takes part in the step
     (the CPU computing a layer's misses). ``cut(action)`` ends the graph being captured and
     starts the next; at replay the host runs ``action`` after that graph's launch. The graphs
-    share one memory pool and replay in the order they were captured, as sharing requires."""
+    share one memory pool and replay in the order they were captured, as sharing requires.
+    ``defer(action)`` cuts nothing: the host runs ``action`` once the whole chain is launched
+    (in capture order), for host work the device waits for inside a graph (``flag_handoff``)."""
 
     def __init__(self):
         self._pool = torch.cuda.graph_pool_handle()
         self.graphs: list[torch.cuda.CUDAGraph] = []
         self.actions: list[Callable[[], None]] = []  # actions[i] runs after graphs[i] is launched
+        self.deferred: list[Callable[[], None]] = []
 
     def begin(self) -> None:
         graph = torch.cuda.CUDAGraph()
@@ -69,6 +74,9 @@ class Segments:
         self.actions.append(action)
         self.begin()
 
+    def defer(self, action: Callable[[], None]) -> None:
+        self.deferred.append(action)
+
     def end(self) -> None:
         self.graphs[-1].capture_end()
 
@@ -77,6 +85,8 @@ class Segments:
             graph.replay()
             if i < len(self.actions):
                 self.actions[i]()
+        for action in self.deferred:
+            action()
 
 
 class SegmentedDecodeGraph:

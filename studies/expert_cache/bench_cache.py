@@ -106,7 +106,9 @@ KNOB_VARIANTS = {"_r1w8": dict(chunk_rounds=1, gate_up_warps=8), "_split1": dict
                  "_chunk512": dict(prefill_chunk=512), "_chunk1k": dict(prefill_chunk=1024),
                  "_lend": dict(lend_prefill_room=True),
                  # the CPU miss modes' threads and ggml's repacked layout
-                 **{f"_t{n}": dict(cpu_threads=n) for n in (4, 8, 12, 14, 15, 16)}, "_repack": dict(cpu_repack=True)}
+                 **{f"_t{n}": dict(cpu_threads=n) for n in (4, 8, 12, 14, 15, 16)}, "_repack": dict(cpu_repack=True),
+                 # the step one graph, handing each layer to the CPU through flags (flag_handoff)
+                 "_flags": dict(cpu_handoff="flags")}
 # profile a few decode steps per setting (decode_timeline). The profiler stays hooked into the
 # process: DMA settings after the first profiled one decode ~45% slower (run 9), so profile one
 # DMA setting per process

@@ -17,8 +17,8 @@ if [ ! -f "$model" ]; then
     --no-measure > "$out/synth.txt" 2>&1 || { tail "$out/synth.txt"; exit 1; }
   tail -2 "$out/synth.txt"
 fi
-if [ -n "${LLAMA:-ncmoe11_ub512 ncmoe12_ub512}" ]; then
-  timeout 240 python3 $here/llama_side.py "$model" "$out/llama.json" --reps 2 --only ${LLAMA:-ncmoe11_ub512 ncmoe12_ub512} 2>&1 | tee "$out/llama.txt"
+if [ -n "${LLAMA-ncmoe11_ub512 ncmoe12_ub512}" ]; then  # LLAMA= skips llama-bench
+  timeout 240 python3 $here/llama_side.py "$model" "$out/llama.json" --reps 2 --only ${LLAMA-ncmoe11_ub512 ncmoe12_ub512} 2>&1 | tee "$out/llama.txt"
 fi
 timeout 120 python3 $here/bench_cache.py reference "$model" "$out" 2>&1 | tee "$out/reference.txt" | grep -v "^\s*$" | tail -3
 timeout ${CACHE_TIMEOUT:-400} python3 $here/bench_cache.py cache "$model" "$out" --caps ${CAPS:-16} \

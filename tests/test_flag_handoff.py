@@ -1,0 +1,89 @@
+"""The flag handoff of a layer to the host and back (``flag_handoff``): the publish kernel
+writes the host buffers and the layer's number, the await kernel adds the host's share once
+the host's flag holds that number, and gives up (adding nothing) when told to or when the
+host never answers. On the CPU under Triton's interpreter, where each kernel runs to its end
+when launched, so the host's flag is set before the await runs; on the GPU the decode step's
+test (``test_expert_cache_triton``) runs the handoff inside a captured graph."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # the module's kernels are made for the interpreter when first imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from autotune.cache_runtime import flag_handoff  # noqa: E402
+from autotune.cache_runtime.devices import CudaDevice, HostDevice  # noqa: E402
+from autotune.cache_runtime.flag_handoff import ABORT, DONE, FAILED, READY, FlagHandoff, await_kernel  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+N_EMBD, K = 1500, 8  # n_embd above BLOCK: the kernels loop
+
+
+@pytest.fixture
+def handoff() -> FlagHandoff:
+    return FlagHandoff(CudaDevice(DEVICE) if DEVICE.type == "cuda" else HostDevice(DEVICE))
+
+
+def host_buffers(device) -> tuple[torch.Tensor, ...]:
+    return (device.host_buffer((1, N_EMBD), torch.float32), device.host_buffer((1, K), torch.int64),
+            device.host_buffer((1, K), torch.float32), device.host_buffer((1, K), torch.bool))
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def test_a_layer_goes_to_the_host_and_its_share_comes_back(handoff: FlagHandoff) -> None:
+    host = host_buffers(handoff.device)
+    y = handoff.device.host_buffer((1, N_EMBD), torch.float32)
+    h = torch.randn(N_EMBD, device=DEVICE)
+    before = h.clone()
+    for step in range(1, 3):
+        x = torch.randn(N_EMBD, device=DEVICE)
+        ids = torch.randperm(64, device=DEVICE)[:K].to(torch.int32)
+        weights = torch.rand(K, device=DEVICE)
+        on_device = torch.rand(K, device=DEVICE) < 0.5
+        handoff.publish(x, ids, weights, on_device, host)
+        handoff.take()
+        assert handoff.count == step and handoff.flags[READY] == step
+        assert torch.equal(host[0][0], x.cpu()) and host[1][0].tolist() == ids.tolist()
+        assert torch.equal(host[2][0], weights.cpu()) and host[3][0].tolist() == on_device.tolist()
+        y[0] = torch.arange(N_EMBD, dtype=torch.float32) * step
+        handoff.give()
+        assert handoff.flags[DONE] == step
+        handoff.await_add(h, y)
+        synchronize()
+        before += y[0].to(DEVICE)
+        assert torch.allclose(h, before)
+    assert handoff.flags[FAILED] == 0
+
+
+def test_an_await_that_is_aborted_or_never_answered_adds_nothing_and_says_so(handoff: FlagHandoff) -> None:
+    y = handoff.device.host_buffer((1, N_EMBD), torch.float32).fill_(1.0)
+    h = torch.zeros(N_EMBD, device=DEVICE)
+    handoff.seq.fill_(5)  # the device published layer 5; the host answered 4
+    handoff.flags[DONE] = 4
+    await_kernel[(1,)](h, handoff.seq, y.data_ptr(), handoff.flags.data_ptr(), 3, N=N_EMBD, BLOCK=flag_handoff.BLOCK)
+    synchronize()
+    assert not h.any() and handoff.flags[FAILED] == 1
+    with pytest.raises(RuntimeError, match="stopped waiting"):
+        handoff.take()
+    assert handoff.count == 5 and handoff.flags.tolist() == [5, 5, 0, 0]  # back in step with the device
+    handoff.seq.fill_(6)
+    handoff.flags[ABORT] = 1
+    await_kernel[(1,)](h, handoff.seq, y.data_ptr(), handoff.flags.data_ptr(), 1 << 30, N=N_EMBD, BLOCK=flag_handoff.BLOCK)
+    synchronize()
+    assert not h.any() and handoff.flags[FAILED] == 1
+
+
+def test_the_host_gives_up_on_a_device_that_publishes_nothing(handoff: FlagHandoff, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flag_handoff, "HOST_TIMEOUT_S", 0.05)
+    with pytest.raises(RuntimeError, match="published no layer"):
+        handoff.take()
+    assert handoff.count == 0 and handoff.flags.tolist() == [0, 0, 0, 0]
