@@ -95,7 +95,7 @@ def await_kernel(h_ptr, seq_ptr, y_addr, flags_addr, max_spins, N: tl.constexpr,
         abort = tl.load(flags + ABORT, volatile=True)
         spins += 1
     served = done == expected
-    if not served:
+    if done != expected:
         tl.store(flags + FAILED, 1, cache_modifier=".wt")
     for start in range(0, N, BLOCK):
         offs = start + tl.arange(0, BLOCK)
