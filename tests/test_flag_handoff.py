@@ -21,7 +21,7 @@ from autotune.cache_runtime.devices import CudaDevice, HostDevice  # noqa: E402
 from autotune.cache_runtime.flag_handoff import ABORT, DONE, FAILED, READY, FlagHandoff, await_kernel  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-N_EMBD, K = 1500, 8  # n_embd above BLOCK: the kernels loop
+N_EMBD, K = 9000, 8  # n_embd above MAX_BLOCK: the kernels loop
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_an_await_that_is_aborted_or_never_answered_adds_nothing_and_says_so(han
     h = torch.zeros(N_EMBD, device=DEVICE)
     handoff.seq.fill_(5)  # the device published layer 5; the host answered 4
     handoff.flags[DONE] = 4
-    await_kernel[(1,)](h, handoff.seq, y.data_ptr(), handoff.flags.data_ptr(), 3, N=N_EMBD, BLOCK=flag_handoff.BLOCK)
+    await_kernel[(1,)](h, handoff.seq, y.data_ptr(), handoff.flags.data_ptr(), 3, N=N_EMBD, BLOCK=flag_handoff.block(N_EMBD))
     synchronize()
     assert not h.any() and handoff.flags[FAILED] == 1
     with pytest.raises(RuntimeError, match="stopped waiting"):
@@ -77,7 +77,7 @@ def test_an_await_that_is_aborted_or_never_answered_adds_nothing_and_says_so(han
     assert handoff.count == 5 and handoff.flags.tolist() == [5, 5, 0, 0]  # back in step with the device
     handoff.seq.fill_(6)
     handoff.flags[ABORT] = 1
-    await_kernel[(1,)](h, handoff.seq, y.data_ptr(), handoff.flags.data_ptr(), 1 << 30, N=N_EMBD, BLOCK=flag_handoff.BLOCK)
+    await_kernel[(1,)](h, handoff.seq, y.data_ptr(), handoff.flags.data_ptr(), 1 << 30, N=N_EMBD, BLOCK=flag_handoff.block(N_EMBD))
     synchronize()
     assert not h.any() and handoff.flags[FAILED] == 1
 

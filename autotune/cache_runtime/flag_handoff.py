@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     from autotune.cache_runtime.devices import Device
 
 READY, DONE, ABORT, FAILED = 0, 1, 2, 3  # the flags' slots
-BLOCK = 1024
+# the host's share is read in one round of loads up to this width (each round waits on PCIe)
+MAX_BLOCK = 8192
+AWAIT_WARPS = 8
 # an await gives up after this many reads of DONE (each crosses PCIe: a microsecond or more),
 # so a step whose host died ends with FAILED set rather than hanging the device
 MAX_SPINS = 5_000_000
@@ -105,6 +107,11 @@ def await_kernel(h_ptr, seq_ptr, y_addr, flags_addr, max_spins, N: tl.constexpr,
         tl.store(h_ptr + offs, (h.to(tl.float32) + y).to(h.dtype), mask=ok)
 
 
+def block(n: int) -> int:
+    """The kernels' block for a hidden state of ``n`` values."""
+    return min(triton.next_power_of_2(n), MAX_BLOCK)
+
+
 class FlagHandoff:
     """The flags and the device's count of publishes for one ``CpuMisses`` (see the module)."""
 
@@ -122,12 +129,13 @@ class FlagHandoff:
         ``host``: the host buffers of x, ids (int64), weights (float32) and on_device (bool)."""
         k = ids.numel()
         publish_kernel[(1,)](x, ids, weights, on_device, self.seq, *(t.data_ptr() for t in host),
-                             self.flags.data_ptr(), N=x.numel(), K=k, K_PAD=triton.next_power_of_2(k), BLOCK=BLOCK,
-                             FENCE=self.fence)
+                             self.flags.data_ptr(), N=x.numel(), K=k, K_PAD=triton.next_power_of_2(k),
+                             BLOCK=block(x.numel()), FENCE=self.fence)
 
     def await_add(self, h: torch.Tensor, host_y: torch.Tensor) -> None:
         """Queue step 3: ``h`` (n_embd,) += the host buffer ``host_y`` once the host is done."""
-        await_kernel[(1,)](h, self.seq, host_y.data_ptr(), self.flags.data_ptr(), MAX_SPINS, N=h.numel(), BLOCK=BLOCK)
+        await_kernel[(1,)](h, self.seq, host_y.data_ptr(), self.flags.data_ptr(), MAX_SPINS, N=h.numel(),
+                           BLOCK=block(h.numel()), num_warps=AWAIT_WARPS)
 
     def take(self) -> None:
         """Wait until the device has published the next layer."""
