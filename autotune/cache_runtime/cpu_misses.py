@@ -16,9 +16,10 @@ So the host takes part in every layer of a decode step. Run eagerly, steps 2 and
 an event. Captured (``graph.SegmentedDecodeGraph``, ``segments`` set), ``handoff`` says how:
 ``cuts``: the capture is cut twice a layer, after step 2 (the host then waits for the stream)
 and after step 3 (the host then computes the misses while the device computes its share);
-step 4's copy and add begin the next graph. ``flags``: the step stays one graph; step 2 is a
-kernel that writes the host buffers and a flag, step 4's add a kernel that waits for the
-host's flag (``flag_handoff``), and the host serves the layers after the launch.
+step 4's copy and add begin the next graph. ``flags``: step 2 is a kernel that writes the
+host buffers and a flag, step 4's add a kernel that waits for the host's flag
+(``flag_handoff``); captured, the step stays one graph and the host serves its layers after
+the launch; run eagerly, the host serves each layer before queuing its add.
 """
 
 from __future__ import annotations
@@ -113,10 +114,11 @@ class CpuMisses:
             self._ids_np, self._weights_np = self._ids.numpy()[0], self._weights.numpy()[0]
             self._on_device_np = self._on_device.numpy()[0]
         self._pending = layer
-        if self.segments is not None and self.flags is not None:
+        if self.flags is not None:
             self.flags.publish(x.reshape(-1), selected.reshape(-1), weights.reshape(-1), on_device.reshape(-1),
                                (self._x, self._ids, self._weights, self._on_device))
-            self.segments.defer(lambda: self._serve(layer))
+            if self.segments is not None:
+                self.segments.defer(lambda: self._serve(layer))
             return on_device
         self._x.copy_(x.reshape(1, -1), non_blocking=True)
         self._ids.copy_(selected, non_blocking=True)
@@ -133,9 +135,11 @@ class CpuMisses:
         if self._pending != layer:
             raise RuntimeError(f"layer {layer}'s experts were not offloaded before their CPU share was asked for")
         self._pending = None
-        if self.segments is not None and self.flags is not None:
+        if self.flags is not None:
             if not h.is_contiguous():
                 raise ValueError("the CPU's share is added in place: the hidden state must be contiguous")
+            if self.segments is None:
+                self._serve(layer)  # run eagerly: the host's part now, so the await finds it done
             self.flags.await_add(h.reshape(-1), self._y)
             return
         if self.segments is None:
@@ -158,8 +162,8 @@ class CpuMisses:
         self._wait()
 
     def _serve(self, layer: int) -> None:
-        """The host's part of a layer of a replayed one-graph step (``flags``): wait for the
-        device's publish, compute the misses, tell the device."""
+        """The host's part of a layer with ``flags``: wait for the device's publish, compute the
+        misses, tell the device (a replayed step's layers are served after its launch)."""
         try:
             start = time.perf_counter()
             self.flags.take()
