@@ -34,7 +34,8 @@ import triton.language as tl
 if TYPE_CHECKING:
     from autotune.cache_runtime.devices import Device
 
-READY, DONE, ABORT, FAILED = 0, 1, 2, 3  # the flags' slots
+# the flags' slots (constexpr: the kernels read them too)
+READY, DONE, ABORT, FAILED = (tl.constexpr(slot) for slot in range(4))
 # the host's share is read in one round of loads up to this width (each round waits on PCIe)
 MAX_BLOCK = 8192
 AWAIT_WARPS = 8
@@ -61,7 +62,7 @@ def publish_kernel(x_ptr, ids_ptr, weights_ptr, on_device_ptr, seq_ptr, x_addr, 
                    BLOCK: tl.constexpr, FENCE: tl.constexpr):
     """Step 1 of the module's list (one program). The host buffers are given by address (an
     address below 2**31 arrives as an i32, hence the widening)."""
-    host_x = x_addr.to(tl.int64).to(tl.pointer_type(tl.float32))
+    host_x = tl.multiple_of(x_addr.to(tl.int64).to(tl.pointer_type(tl.float32)), 16)  # pinned: page-aligned
     host_ids = ids_addr.to(tl.int64).to(tl.pointer_type(tl.int64))
     host_weights = weights_addr.to(tl.int64).to(tl.pointer_type(tl.float32))
     host_on_device = on_device_addr.to(tl.int64).to(tl.pointer_type(tl.int8))
@@ -86,7 +87,7 @@ def publish_kernel(x_ptr, ids_ptr, weights_ptr, on_device_ptr, seq_ptr, x_addr, 
 @triton.jit
 def await_kernel(h_ptr, seq_ptr, y_addr, flags_addr, max_spins, N: tl.constexpr, BLOCK: tl.constexpr):
     """Step 3 of the module's list (one program): wait for the host's ``DONE``, add ``y`` to ``h``."""
-    host_y = y_addr.to(tl.int64).to(tl.pointer_type(tl.float32))
+    host_y = tl.multiple_of(y_addr.to(tl.int64).to(tl.pointer_type(tl.float32)), 16)  # pinned: page-aligned
     flags = flags_addr.to(tl.int64).to(tl.pointer_type(tl.int64))
     expected = tl.load(seq_ptr)
     done = tl.load(flags + DONE, volatile=True)
