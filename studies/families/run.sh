@@ -3,18 +3,18 @@
 # logits against llama.cpp along 32 greedy steps (at full residency and at CAP_GIB with the
 # misses computed on the CPU), and full-residency decode against llama.cpp all on the GPU.
 # Usage (GPU machine, project root, after `source .gpu/device-setup.sh`):
-#   [LAYERS=N] [QUANT=q4_k_m] [KNOBS="KEY=VALUE ..."] bash studies/families/run.sh OUT_DIR PRESET CAP_GIB
+#   [LAYERS=N] [QUANT=NAME] [KNOBS="KEY=VALUE ..."] bash studies/families/run.sh OUT_DIR PRESET CAP_GIB
 # KNOBS: the cache config at the cap (default: the hybrid's served knobs, misses on the CPU;
 # a family whose experts ggml's CPU path cannot compute, gpt-oss, needs KNOBS=miss_mode=zero_copy).
 # Writes /tmp/families/PRESET.gguf if missing (synthetic weights, the preset's real shape).
 set -uo pipefail
 out=${1:?output dir}; preset=${2:?preset}; cap=${3:?cap in GiB}
-model=/tmp/families/$preset${LAYERS:+-$LAYERS}-${QUANT:-q4_k_m}.gguf
+model=/tmp/families/$preset${LAYERS:+-$LAYERS}${QUANT:+-$QUANT}.gguf  # QUANT: synth's --quant, else its default
 mkdir -p "$out" /tmp/families
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 if [ ! -f "$model" ]; then
   python3 -m autotune.cli synth "$model" --preset "$preset" ${LAYERS:+--layers $LAYERS} \
-    --quant "${QUANT:-q4_k_m}" --no-measure > "$out/synth.txt" 2>&1 || { tail -5 "$out/synth.txt"; exit 1; }
+    ${QUANT:+--quant $QUANT} --no-measure > "$out/synth.txt" 2>&1 || { tail -5 "$out/synth.txt"; exit 1; }
 fi
 python3 -m autotune.cli inspect "$model" > "$out/inspect.txt" 2>&1
 timeout 240 python3 -m studies.runtime_full_residency.llama_logits "$model" /tmp/families/llama.npz 2>&1 \
