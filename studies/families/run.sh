@@ -25,4 +25,4 @@ timeout 240 python3 studies/runtime_full_residency/bench_runtime.py "$model" "$o
   --llama /tmp/families/llama.npz > "$out/bench_runtime.txt" 2>&1
 timeout 240 python3 -m studies.hybrid.exactness "$model" /tmp/families/llama.npz "$cap" "$out/exactness.json" \
   ${KNOBS:-} 2>&1 | tee "$out/exactness.txt"
-python3 studies/families/summary.py "$out" | tee "$out/summary.txt"
+python3 -m studies.families.summary "$out" | tee "$out/summary.txt"
