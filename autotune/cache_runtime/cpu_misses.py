@@ -82,7 +82,8 @@ class CpuMisses:
         self.counters = CpuCounters()
         self._x = device.host_buffer((1, n_embd), torch.float32)
         self._y = device.host_buffer((1, n_embd), torch.float32)
-        self._y_device = torch.empty(1, n_embd, dtype=torch.float32, device=dev)
+        # ``cuts`` copies the host's share to the device before adding it; ``flags`` reads it in place
+        self._y_device = torch.empty(1, n_embd, dtype=torch.float32, device=dev) if self.flags is None else None
         self._ids: torch.Tensor | None = None
         self._weights: torch.Tensor | None = None
         self._on_device: torch.Tensor | None = None
@@ -164,10 +165,10 @@ class CpuMisses:
     def _serve(self, layer: int) -> None:
         """The host's part of a layer with ``flags``: wait for the device's publish, compute the
         misses, tell the device (a replayed step's layers are served after its launch)."""
+        start = time.perf_counter()
+        self.flags.take()  # releases the device's waits itself where it fails
+        self.counters.wait_s += time.perf_counter() - start
         try:
-            start = time.perf_counter()
-            self.flags.take()
-            self.counters.wait_s += time.perf_counter() - start
             self._compute(layer)
         except BaseException:
             self.flags.abort()
