@@ -42,10 +42,11 @@ CACHE_KNOBS = KnobSchema("cache", (
     Knob("cpu_repack", bool, False, "compute missed experts from a copy of the stacks in ggml's repacked layout "
          "(Q4_K on x86; the same bytes again in RAM) rather than in place",
          search=Search(values=(False, True)), when=when_in("miss_mode", *CPU_MISS_MODES)),
-    # not searched yet: flags keep the step one graph; measured against the chain in studies/hybrid
-    Knob("cpu_handoff", str, "cuts", "how a captured decode step hands each layer to the CPU and back: a chain "
-         "of graphs cut at each handoff (cuts), or one graph with flags in pinned memory both sides spin on (flags)",
-         choices=("cuts", "flags"), when=when_in("miss_mode", *CPU_MISS_MODES), gpu_only=True),
+    # not searched: flags (the step one graph) decoded 24% faster than the chain of graphs in the
+    # harness and at least as fast served (studies/hybrid, call 10)
+    Knob("cpu_handoff", str, "flags", "how a captured decode step hands each layer to the CPU and back: one graph "
+         "with flags in pinned memory both sides spin on (flags), or a chain of graphs cut at each handoff (cuts)",
+         choices=("flags", "cuts"), when=when_in("miss_mode", *CPU_MISS_MODES), gpu_only=True),
     # depth 4 with DMA copies was the best at 12 GiB (run 7)
     Knob("prefetch_depth", int, 0, "layers ahead whose experts are predicted and prefetched", low=0,
          search=Search(low=0, high=4), when=when_in("miss_mode", "zero_copy", "copy", "auto")),

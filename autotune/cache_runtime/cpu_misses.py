@@ -61,7 +61,7 @@ class CpuMisses:
 
     def __init__(self, layers: list[LayerWeights], table: ExpertTable, in_slot: torch.Tensor,
                  home_gate: torch.Tensor, device: Device, threads: int, repack: bool, prefetched: bool,
-                 handoff: str = "cuts"):
+                 handoff: str = "flags"):
         self.device, self.table, self.in_slot, self.prefetched = device, table, in_slot, prefetched
         self.home_gate = home_gate
         self.flags: FlagHandoff | None = None
