@@ -57,11 +57,12 @@ class CpuMisses:
     memory; ``table`` and ``in_slot``: the cache's expert table and residency (on the device),
     ``home_gate``: (layers, n_expert) the address of every expert's home gate rows, there too;
     ``prefetched``: whether the device also computes experts that point at a prefetched copy
-    (``auto``) rather than only those in a slot (``cpu``)."""
+    (``auto``) rather than only those in a slot (``cpu``); ``handoff``: the ``cpu_handoff`` knob
+    (``flags`` takes effect only where the device captures graphs)."""
 
     def __init__(self, layers: list[LayerWeights], table: ExpertTable, in_slot: torch.Tensor,
                  home_gate: torch.Tensor, device: Device, threads: int, repack: bool, prefetched: bool,
-                 handoff: str = "flags"):
+                 handoff: str):
         self.device, self.table, self.in_slot, self.prefetched = device, table, in_slot, prefetched
         self.home_gate = home_gate
         self.flags: FlagHandoff | None = None
@@ -83,7 +84,8 @@ class CpuMisses:
         self._x = device.host_buffer((1, n_embd), torch.float32)
         self._y = device.host_buffer((1, n_embd), torch.float32)
         # ``cuts`` copies the host's share to the device before adding it; ``flags`` reads it in place
-        self._y_device = torch.empty(1, n_embd, dtype=torch.float32, device=dev) if self.flags is None else None
+        self._y_device: torch.Tensor | None = (torch.empty(1, n_embd, dtype=torch.float32, device=dev)
+                                               if self.flags is None else None)
         self._ids: torch.Tensor | None = None
         self._weights: torch.Tensor | None = None
         self._on_device: torch.Tensor | None = None
