@@ -5,7 +5,7 @@ bit-identity is not asked for; the steps where the argmax differs are listed).
 
 Teacher-forced on llama.cpp's greedy tokens (``studies/runtime_full_residency/llama_logits.py``
 saves them and its logits), so a step that differs does not change the later steps' inputs.
-One engine: full residency first, then the cache config.
+Two engines in turn: full residency first (freed before the next), then the cache config.
 
 Usage (project root): python -m studies.hybrid.exactness MODEL LLAMA.npz CAP_GIB OUT.json
        [--device cpu --kernels torch] [KNOB=VALUE ...]   (default knobs: served.sh's)
@@ -28,6 +28,17 @@ SERVED_KNOBS = {"eviction": "lfu_decay", "rebalance_interval": 4, "decay": 0.8, 
                 "lend_prefill_room": True}
 
 
+def free_device_memory() -> None:
+    """Return the full-residency engine's VRAM before the cache engine measures its room."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def bar(result: dict) -> bool:
     """Cosine >= 0.999 at every step, and the argmax differs at one step at most (31 of 32)."""
     return result["cosine_min"] >= 0.999 and len(result["argmax_differs_at"]) <= 1
@@ -46,10 +57,12 @@ def main() -> None:
     saved = dict(np.load(args.saved))
     knobs = {**SERVED_KNOBS, **CACHE_KNOBS.read_assignments(args.knobs)}
     config = normalize({**knobs, "vram_cap": int(args.cap_gib * GIB), "max_ctx": 256, "learned_placement": False})
-    engine = Engine(args.model, device=args.device, kernels=args.kernels, max_ctx=256)
+    full_engine = Engine(args.model, device=args.device, kernels=args.kernels, max_ctx=256)
+    full = teacher_forced_logits(full_engine, saved)
+    del full_engine
+    free_device_memory()
+    engine = Engine(args.model, device=args.device, kernels=args.kernels, cache_config=cache_config(config))
     engine.persist_routing = False
-    full = teacher_forced_logits(engine, saved)
-    engine.configure_cache(cache_config(config))
     hybrid = teacher_forced_logits(engine, saved)
     stats = engine.cache_stats()
     result = {"config": config, "cpu_experts": stats["cpu_experts"], "hit_rate": stats["hit_rate"],
