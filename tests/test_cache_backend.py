@@ -128,7 +128,8 @@ def test_baselines_lie_in_the_space_and_fit_the_cap(tiny_model: Path, cap: int):
     baselines = backend.baselines(model, hw, cap, WORKLOAD)
     assert {(c["eviction"], c["prefetch_depth"], c["prefetch_engine"]) for c in baselines} == {
         ("static", 0, "sm"), ("static", 2, "sm"), ("lfu_decay", 3, "sm"), ("lfu_decay", 4, "dma"), ("lfu_decay", 0, "sm")}
-    assert [c["miss_mode"] for c in baselines] == ["zero_copy"] * 4 + ["cpu"]
+    assert [c["miss_mode"] for c in baselines] == ["zero_copy"] * 4 + ["cpu"] * 2
+    assert [c["slot_layout"] for c in baselines] == ["spread"] * 5 + ["whole_layers"]
     study = optuna.create_study()
     for config in baselines:
         study.enqueue_trial(config)

@@ -7,7 +7,7 @@ import pytest
 
 from autotune.cache_runtime.budget import (ACTIVATION_SLACK, GIB, ModelSizes, activation_bytes, entropies,
                                            layer_weights, plan_vram, plan_with_slots, predict_peak_vram,
-                                           split_slots)
+                                           split_slots, whole_layer_slots)
 from autotune.cache_runtime.cache_config import CacheConfig
 from autotune.cache_runtime.learned import save_counts
 from autotune.errors import AutotuneError
@@ -24,6 +24,28 @@ def test_split_slots_equal_capped_and_proportional() -> None:
     assert split_slots(12, 8, [3, 1, 0]) == [8, 4, 0]  # the capped layer's excess goes on
     assert split_slots(0, 8, [1, 2]) == [0, 0]
     assert sum(split_slots(37, 16, np.random.default_rng(0).random(5))) == 37
+
+
+def test_whole_layers_fill_from_the_last_layer_with_one_partial_layer() -> None:
+    assert whole_layer_slots(10, 4, 4) == [0, 2, 4, 4]
+    assert whole_layer_slots(8, 4, 4) == [0, 0, 4, 4]
+    assert whole_layer_slots(99, 3, 4) == [4, 4, 4]
+    assert whole_layer_slots(0, 3, 4) == [0, 0, 0]
+
+
+def test_a_whole_layer_plan_holds_as_many_slots_as_a_spread_one() -> None:
+    """The layout moves slots between layers: the same total fits, less what the prefill's
+    staging needs more (a layer with no slots streams all its experts); the lent room grows the
+    partial layer and the layers below it."""
+    for cap_gib in (8, 12, 16):
+        spread = plan_vram(QWEN, CacheConfig(vram_cap=cap_gib * GIB, lend_prefill_room=True))
+        whole = plan_vram(QWEN, CacheConfig(vram_cap=cap_gib * GIB, lend_prefill_room=True,
+                                            slot_layout="whole_layers"))
+        assert whole.peak <= cap_gib * GIB and whole.staging == 128 * QWEN.expert_bytes
+        assert sum(spread.slots) - min(spread.slots) <= sum(whole.slots) <= sum(spread.slots)
+        assert list(whole.slots) == whole_layer_slots(sum(whole.slots), 48, 128)
+        grown = [s + n for s, n in zip(whole.slots, whole.lent_slots)]
+        assert grown == whole_layer_slots(sum(grown), 48, 128) and sum(whole.lent_slots) > 0
 
 
 def test_entropy_shares_favour_flat_layers() -> None:

@@ -11,7 +11,7 @@ import torch
 
 from autotune.backends.base import ConfigError
 from autotune.backends.cache.knobs import normalize
-from autotune.cache_runtime.budget import GIB, model_sizes, plan_with_slots
+from autotune.cache_runtime.budget import GIB, model_sizes, plan_with_slots, whole_layer_slots
 from autotune.cache_runtime.cache_config import DEFAULT_CPU_THREADS, CacheConfig
 from autotune.cache_runtime.engine import Engine
 from autotune.synth import write_synthetic_model
@@ -85,6 +85,22 @@ def test_cpu_misses_keep_full_residencys_logits(model: Path, full, mode: str, pr
     assert stats["cpu_experts_per_token"] == stats["cpu_experts"] / stats["tokens"]
     assert stats["zero_copy_bytes"] == 0
     assert stats["pcie_bytes_per_token"] == stats["copy_bytes"] / stats["tokens"]
+
+
+def test_whole_layers_leave_the_first_layers_to_the_cpu(model: Path, full) -> None:
+    """Half the layers' worth of slots held as whole layers: the last half hold every expert,
+    the first half none, and every selection there is computed on the CPU."""
+    sizes = model_sizes(model)
+    engine = Engine(model, device="cpu", kernels="torch",
+                    cache_config=config(model, sizes.n_expert // 2, miss_mode="cpu", slot_layout="whole_layers"))
+    assert_close_to_full(engine, full)
+    stats = engine.cache_stats()
+    assert stats["slots_per_layer"] == whole_layer_slots(sizes.n_layers * sizes.n_expert // 2, sizes.n_layers,
+                                                         sizes.n_expert)
+    held = sum(stats["slots_per_layer"]) // sizes.n_expert  # whole layers (the count is even here)
+    per_token = (sizes.n_layers - held) * sizes.n_expert_used
+    assert stats["cpu_experts"] == stats["misses"] > 0
+    assert stats["cpu_experts_per_token"] == pytest.approx(per_token, rel=0.25)
 
 
 def test_cpu_misses_free_running_greedy_tokens(tiny_model: Path) -> None:

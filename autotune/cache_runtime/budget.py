@@ -126,6 +126,26 @@ def split_slots(total: int, n_expert: int, weights: Sequence[float]) -> list[int
     return [int(s) for s in slots]
 
 
+def whole_layer_slots(total: int, n_layers: int, n_expert: int) -> list[int]:
+    """``total`` slots as whole layers, the last layers first (llama.cpp's ``--n-cpu-moe N`` keeps
+    the first N layers' experts off the GPU), the remainder in the layer before them."""
+    total = min(max(total, 0), n_layers * n_expert)
+    full, rest = divmod(total, n_expert)
+    slots = [0] * n_layers
+    for layer in range(n_layers - full, n_layers):
+        slots[layer] = n_expert
+    if rest:
+        slots[n_layers - full - 1] = rest
+    return slots
+
+
+def layer_slots(total: int, m: ModelSizes, cfg: CacheConfig, weights: Sequence[float]) -> list[int]:
+    """``total`` slots over layers as ``cfg.slot_layout`` places them."""
+    if cfg.slot_layout == "whole_layers":
+        return whole_layer_slots(total, m.n_layers, m.n_expert)
+    return split_slots(total, m.n_expert, weights)
+
+
 def layer_weights(n_layers: int, slot_split: float, counts: np.ndarray | None) -> list[float]:
     """Each layer's share: (1 - s) equal + s in proportion to routing entropy (equal without counts)."""
     equal = np.full(n_layers, 1.0 / n_layers)
@@ -170,10 +190,11 @@ class VramPlan:
 def plan_with_slots(m: ModelSizes, cfg: CacheConfig, total: int, counts: np.ndarray | None = None, *,
                     kv_element_bytes: int = 2,
                     context: int = CONTEXT_BYTES, margin: int = MARGIN_BYTES) -> VramPlan:
-    """The plan holding ``total`` expert slots (split over layers by ``cfg.slot_split``)."""
+    """The plan holding ``total`` expert slots (over layers as ``cfg.slot_layout`` and
+    ``cfg.slot_split`` place them)."""
     all_slots = m.n_layers * m.n_expert
     weights = layer_weights(m.n_layers, cfg.slot_split, counts)
-    slots = split_slots(total, m.n_expert, weights)
+    slots = layer_slots(total, m, cfg, weights)
     full = total >= all_slots
     staging = 0 if full or cfg.prefill_bypass == 0 else (m.n_expert - min(slots)) * m.expert_bytes
     ring = 0 if full or cfg.prefetch_depth == 0 else (cfg.prefetch_depth + 1) * m.n_expert_used * m.expert_bytes
@@ -182,7 +203,10 @@ def plan_with_slots(m: ModelSizes, cfg: CacheConfig, total: int, counts: np.ndar
     if cfg.lend_prefill_room and not full:
         # the activations' slack stays free: the allocator's fragmentation needs it (run 11)
         room = (int(activations / ACTIVATION_SLACK) + staging) // m.expert_bytes
-        lent = [min(n, m.n_expert - s) for n, s in zip(split_slots(room, m.n_expert, weights), slots)]
+        if cfg.slot_layout == "whole_layers":  # the next layers down, as whole as the room allows
+            lent = [grown - s for grown, s in zip(layer_slots(total + room, m, cfg, weights), slots)]
+        else:
+            lent = [min(n, m.n_expert - s) for n, s in zip(split_slots(room, m.n_expert, weights), slots)]
     return VramPlan(cap=cfg.vram_cap, context=context, margin=margin, resident=m.resident_bytes,
                     kv_cache=kv_bytes(m, cfg.max_ctx, kv_element_bytes), activations=activations,
                     staging=staging, prefetch_ring=ring, expert_bytes=m.expert_bytes, slots=tuple(slots),

@@ -4,8 +4,8 @@ backend searches and ``autotune serve`` takes as flags, all from this one table.
 A config is one flat, JSON-serialisable record (the tuner stores configs as dicts: ``to_dict``
 / ``CacheConfig.from_dict``). ``vram_cap`` is the whole process's budget; the runtime turns
 what is left after weights that always stay resident, KV cache, buffers and the CUDA context
-into expert slots per layer (``slot_split`` shifts slots towards layers whose routing is
-flatter). Knobs a choice makes moot (``When``): ``static`` eviction never moves an expert, so
+into expert slots per layer (``slot_layout`` spreads them over every layer or holds whole
+layers; ``slot_split`` shifts a spread towards layers whose routing is flatter). Knobs a choice makes moot (``When``): ``static`` eviction never moves an expert, so
 it has no miss mode, rebalancing or decay; the CPU's threads and layout matter only where the
 CPU computes misses, and prefetch not where it computes every miss (``cpu``); decay only
 weighs ``lfu_decay`` counts; the slot split and a placement file need learned counts; the
@@ -60,6 +60,11 @@ CACHE_KNOBS = KnobSchema("cache", (
          search=Search(values=(0.5, 0.8, 0.9, 0.95, 0.99)), when=when_in("eviction", "lfu_decay")),
     Knob("learned_placement", bool, True, "seed the placement from the routing counts of earlier runs",
          search=Search(values=(True, False))),
+    # whole layers: where routing is flat, a spread of slots leaves a few misses in every layer and
+    # the CPU a call of fixed cost in each (studies/hybrid, the 30B shape at skew 0)
+    Knob("slot_layout", str, "spread", "expert slots in every layer (spread), or whole layers held, the last "
+         "first, and the first layers' experts left to the misses, as llama.cpp's --n-cpu-moe splits (whole_layers)",
+         choices=("spread", "whole_layers"), search=Search()),
     Knob("slot_split", float, 0.0, "0: equal expert slots per layer .. 1: in proportion to routing entropy",
          low=0.0, high=1.0, search=Search(low=0.0, high=1.0, step=0.25), when=when_true("learned_placement")),
     # not searched: a winner's stored config names the file its trials' counts were frozen in

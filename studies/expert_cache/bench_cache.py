@@ -108,7 +108,9 @@ KNOB_VARIANTS = {"_r1w8": dict(chunk_rounds=1, gate_up_warps=8), "_split1": dict
                  # the CPU miss modes' threads and ggml's repacked layout
                  **{f"_t{n}": dict(cpu_threads=n) for n in (4, 8, 12, 14, 15, 16)}, "_repack": dict(cpu_repack=True),
                  # the step a chain of graphs cut where the CPU takes part (the default: one graph, flags)
-                 "_cuts": dict(cpu_handoff="cuts")}
+                 "_cuts": dict(cpu_handoff="cuts"),
+                 # slots as whole layers, the first layers' experts left to the misses (flat routing)
+                 "_whole": dict(slot_layout="whole_layers")}
 # profile a few decode steps per setting (decode_timeline). The profiler stays hooked into the
 # process: DMA settings after the first profiled one decode ~45% slower (run 9), so profile one
 # DMA setting per process
