@@ -248,22 +248,25 @@ def _forced_logits(engine: Engine, feed: list[int]) -> torch.Tensor:
     return torch.stack(out).float().cpu()
 
 
-@pytest.mark.parametrize("mode,prefetch_engine,handoff", [
-    ("cpu", "sm", "cuts"), pytest.param("cpu", "sm", "flags", marks=pytest.mark.gpu),
-    pytest.param("auto", "sm", "cuts", marks=pytest.mark.gpu),  # interpreted: minutes each
-    pytest.param("auto", "dma", "cuts", marks=pytest.mark.gpu), pytest.param("auto", "dma", "flags", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("mode,prefetch_engine,handoff,layout", [
+    ("cpu", "sm", "cuts", "spread"), pytest.param("cpu", "sm", "flags", "spread", marks=pytest.mark.gpu),
+    ("cpu", "sm", "cuts", "whole_layers"), pytest.param("cpu", "sm", "flags", "whole_layers", marks=pytest.mark.gpu),
+    pytest.param("auto", "sm", "cuts", "spread", marks=pytest.mark.gpu),  # interpreted: minutes each
+    pytest.param("auto", "dma", "cuts", "spread", marks=pytest.mark.gpu),
+    pytest.param("auto", "dma", "flags", "spread", marks=pytest.mark.gpu)])
 def test_cpu_misses_beside_the_kernels_that_skip_them(tiny_model: Path, mode: str, prefetch_engine: str,
-                                                      handoff: str) -> None:
+                                                      handoff: str, layout: str) -> None:
     """The device's expert kernels skip the selections the CPU computes (ggml, from host
     memory): at full residency's inputs the logits stay those of full residency. On the GPU
     the step is a chain of graphs (``cuts``) or one graph that waits on the host's flags
-    (``flags``), with ``auto``'s prefetch staged inside it."""
+    (``flags``), with ``auto``'s prefetch staged inside it; ``whole_layers`` leaves layers
+    with no slots at all."""
     steps = 32 if DEVICE == "cuda" else 2
     reference = Engine(tiny_model, device=DEVICE, kernels="triton", max_ctx=64)
     full = reference.generate(PROMPT, steps)
     want = _forced_logits(reference, full)
     cfg = config(tiny_model, 4, miss_mode=mode, cpu_threads=2, prefetch_depth=1 if mode == "auto" else 0,
-                 prefetch_engine=prefetch_engine, cpu_handoff=handoff)
+                 prefetch_engine=prefetch_engine, cpu_handoff=handoff, slot_layout=layout)
     e = Engine(tiny_model, device=DEVICE, kernels="triton", cache_config=cfg)
     got = _forced_logits(e, full)
     assert torch.nn.functional.cosine_similarity(got, want, dim=1).min() >= 0.999
