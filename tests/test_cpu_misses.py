@@ -93,8 +93,13 @@ def test_whole_layers_leave_the_first_layers_to_the_cpu(model: Path, full) -> No
     sizes = model_sizes(model)
     engine = Engine(model, device="cpu", kernels="torch",
                     cache_config=config(model, sizes.n_expert // 2, miss_mode="cpu", slot_layout="whole_layers"))
+    handed = set()  # the layers the host takes part in
+    cpu_misses = engine.expert_cache.cpu_misses
+    offload = cpu_misses.offload
+    cpu_misses.offload = lambda layer, *args: handed.add(layer) or offload(layer, *args)
     assert_close_to_full(engine, full)
     stats = engine.cache_stats()
+    assert handed == {layer for layer, s in enumerate(stats["slots_per_layer"]) if s < sizes.n_expert}
     assert stats["slots_per_layer"] == whole_layer_slots(sizes.n_layers * sizes.n_expert // 2, sizes.n_layers,
                                                          sizes.n_expert)
     held = sum(stats["slots_per_layer"]) // sizes.n_expert  # whole layers (the count is even here)

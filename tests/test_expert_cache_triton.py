@@ -259,13 +259,15 @@ def test_cpu_misses_beside_the_kernels_that_skip_them(tiny_model: Path, mode: st
     """The device's expert kernels skip the selections the CPU computes (ggml, from host
     memory): at full residency's inputs the logits stay those of full residency. On the GPU
     the step is a chain of graphs (``cuts``) or one graph that waits on the host's flags
-    (``flags``), with ``auto``'s prefetch staged inside it; ``whole_layers`` leaves layers
-    with no slots at all."""
+    (``flags``), with ``auto``'s prefetch staged inside it; ``whole_layers`` holds half the
+    layers whole (the host skips them) and leaves the others no slots at all."""
     steps = 32 if DEVICE == "cuda" else 2
     reference = Engine(tiny_model, device=DEVICE, kernels="triton", max_ctx=64)
     full = reference.generate(PROMPT, steps)
     want = _forced_logits(reference, full)
-    cfg = config(tiny_model, 4, miss_mode=mode, cpu_threads=2, prefetch_depth=1 if mode == "auto" else 0,
+    sizes = model_sizes(tiny_model)
+    slots = 4 if layout == "spread" else sizes.n_layers * sizes.n_expert // 2  # whole: half the layers held
+    cfg = config(tiny_model, slots, miss_mode=mode, cpu_threads=2, prefetch_depth=1 if mode == "auto" else 0,
                  prefetch_engine=prefetch_engine, cpu_handoff=handoff, slot_layout=layout)
     e = Engine(tiny_model, device=DEVICE, kernels="triton", cache_config=cfg)
     got = _forced_logits(e, full)

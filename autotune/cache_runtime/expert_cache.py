@@ -99,9 +99,14 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         """Cut the decode step being captured where the CPU takes part (None: capture done)."""
         self.cpu_misses.segments = segments
 
+    def _held_whole(self, layer: int) -> bool:
+        """Every expert of the layer has a planned slot: the device computes all its selections,
+        and the host need not take part in it (whole layers, ``slot_layout``)."""
+        return self.plan.slots[layer] == self.n_expert
+
     def offload(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
         """A decode step's misses go to the CPU (``cpu_misses``); prefill keeps its own path."""
-        if self.cpu_misses is None or x.shape[0] != 1:
+        if self.cpu_misses is None or x.shape[0] != 1 or self._held_whole(layer):
             return None
         return self.cpu_misses.offload(layer, x, ids, weights)
 
@@ -111,7 +116,8 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         if self.cpu_misses is not None and h.shape[0] == 1:
             if self.prefetcher is not None:
                 self.prefetcher.run_deferred()
-            self.cpu_misses.add(layer, h)
+            if not self._held_whole(layer):
+                self.cpu_misses.add(layer, h)
 
     def router_input(self, layer: int) -> torch.Tensor | None:
         """Where a decode step's router may save its input for prefetch (None: not needed)."""
