@@ -204,7 +204,7 @@ def plan_with_slots(m: ModelSizes, cfg: CacheConfig, total: int, counts: np.ndar
         # the activations' slack stays free: the allocator's fragmentation needs it (run 11)
         room = (int(activations / ACTIVATION_SLACK) + staging) // m.expert_bytes
         if cfg.slot_layout == "whole_layers":  # the next layers down, as whole as the room allows
-            lent = [grown - s for grown, s in zip(layer_slots(total + room, m, cfg, weights), slots)]
+            lent = [grown - s for grown, s in zip(whole_layer_slots(total + room, m.n_layers, m.n_expert), slots)]
         else:
             lent = [min(n, m.n_expert - s) for n, s in zip(split_slots(room, m.n_expert, weights), slots)]
     return VramPlan(cap=cfg.vram_cap, context=context, margin=margin, resident=m.resident_bytes,

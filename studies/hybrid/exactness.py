@@ -14,6 +14,7 @@ Usage (project root): python -m studies.hybrid.exactness MODEL LLAMA.npz CAP_GIB
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 
 import numpy as np
@@ -26,17 +27,6 @@ from studies.runtime_full_residency.compare_logits import agreement, teacher_for
 GIB = 2**30
 SERVED_KNOBS = {"eviction": "lfu_decay", "rebalance_interval": 4, "decay": 0.8, "miss_mode": "cpu",
                 "lend_prefill_room": True}
-
-
-def free_device_memory() -> None:
-    """Return the full-residency engine's VRAM before the cache engine measures its room."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def bar(result: dict) -> bool:
@@ -59,8 +49,10 @@ def main() -> None:
     config = normalize({**knobs, "vram_cap": int(args.cap_gib * GIB), "max_ctx": 256, "learned_placement": False})
     full_engine = Engine(args.model, device=args.device, kernels=args.kernels, max_ctx=256)
     full = teacher_forced_logits(full_engine, saved)
+    device = full_engine.platform.device
     del full_engine
-    free_device_memory()
+    gc.collect()  # the full-residency engine's VRAM goes back before the cache engine plans its room
+    device.release_cached()
     engine = Engine(args.model, device=args.device, kernels=args.kernels, cache_config=cache_config(config))
     engine.persist_routing = False
     hybrid = teacher_forced_logits(engine, saved)
