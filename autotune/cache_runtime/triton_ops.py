@@ -37,7 +37,9 @@ from autotune.cache_runtime.weights import ModelWeights, QTensor
 GEMV_WARPS = 4  # warps (= rows) per program of the dense GEMVs
 ROUTER_WARPS = 4  # warps (= rows) per program of the router
 GATE_UP_WARPS = 4  # warps (= virtual rows, gate and up interleaved) per program
-DOWN_ROWS, DOWN_WARPS = 1, 8  # output rows per program, each read from all top-k experts
+# Down: at least DOWN_ROWS output rows per program, each read from all top-k experts, and as
+# many more as keep one warp on each virtual row (top-2 Mixtral: 4 rows of 2 experts).
+DOWN_ROWS, DOWN_WARPS = 1, 8
 ATTN_SPLITS, ATTN_BLOCK = 16, 64
 GEMM_BM, GEMM_BN, GEMM_WARPS, GEMM_STAGES = 32, 32, 4, 2
 CHUNK_ROUNDS = 2  # load rounds per warp per GEMV chunk (more: more loads in flight, more registers)
@@ -283,10 +285,12 @@ class TritonOps(TorchOps):
             ids, on_device if skip else ids, xn, table, hidden, cfg.n_ff_expert,
             row_stride=lw.gate_exps.row_bytes, K=cfg.n_embd, R=warps, S=self._superblocks(lw.gate_exps),
             SKIP=skip, num_warps=warps, **_type_args(lw.gate_exps, dev))
-        moe_down_kernel[(triton.cdiv(cfg.n_embd, DOWN_ROWS),)](
+        k_pad = triton.next_power_of_2(k)
+        rows = max(DOWN_ROWS, DOWN_WARPS // k_pad)
+        moe_down_kernel[(triton.cdiv(cfg.n_embd, rows),)](
             hidden, ids, on_device if skip else ids, weights, table, x, cfg.n_embd,
-            row_stride=lw.down_exps.row_bytes, K=cfg.n_ff_expert, TOP_K=k, K_PAD=triton.next_power_of_2(k),
-            BN=DOWN_ROWS, S=self._superblocks(lw.down_exps), SKIP=skip, num_warps=DOWN_WARPS,
+            row_stride=lw.down_exps.row_bytes, K=cfg.n_ff_expert, TOP_K=k, K_PAD=k_pad,
+            BN=rows, S=self._superblocks(lw.down_exps), SKIP=skip, num_warps=DOWN_WARPS,
             **_type_args(lw.down_exps, dev))
         if lw.gate_shexp is not None:
             h.add_(self.shared_expert(xn[None], il))

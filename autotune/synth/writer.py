@@ -161,7 +161,7 @@ class _SynthWriter:
 
     def _crafted(self, role: str, values: np.ndarray) -> tuple[np.ndarray, QType]:
         """``values`` in this role's type: quantized raw bytes (rows, row_bytes), or F16/F32 floats."""
-        qtype = self.layout[role]
+        qtype = self._type_for(role, values.shape[1])
         if qtype in (QType.F16, QType.F32):
             return values.astype(np.float16 if qtype == QType.F16 else np.float32), qtype
         return quantize(values, qtype).reshape(values.shape[0], -1), qtype
