@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from autotune.backends.cache.backend import CacheBackend
-from autotune.cache_runtime.budget import kv_bytes, model_sizes
+from autotune.cache_runtime.budget import MLA_ABSORBED, kv_bytes, model_sizes
 from autotune.cache_runtime.engine import Engine
 from autotune.cache_runtime.hparams import read_config
 from autotune.cache_runtime.mla import kq_scale
@@ -126,7 +126,13 @@ def test_the_kv_cache_keeps_the_latent_and_the_budget_counts_it(deepseek2_model:
     tensors = inspect_model(deepseek2_model).tensors
     routed = sum(t.nbytes for t in tensors if t.name.endswith("_exps.weight"))
     assert sizes.expert_bytes * 3 * sizes.n_expert == routed
-    assert sizes.resident_bytes == sum(t.nbytes for t in tensors if not t.name.endswith("_exps.weight"))
+    absorbed = [t for t in tensors if t.name.endswith(MLA_ABSORBED)]
+    assert absorbed
+    copies = sum(math.prod(t.shape) for t in absorbed)  # held dequantized too, float16 on the GPU
+    assert sizes.resident_bytes == sum(t.nbytes for t in tensors if not t.name.endswith("_exps.weight")) + 2 * copies
+    v2_engine.start([1, 2, 3])
+    v2_engine.decode()
+    assert sum(w.numel() for pair in v2_engine.ops.absorbed.values() for w in pair) == copies
 
 
 def test_inspect_and_the_cache_backend_accept_it(deepseek3_model: Path) -> None:

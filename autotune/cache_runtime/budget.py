@@ -39,6 +39,7 @@ CONTEXT_BYTES = 512 * 2**20
 # the peak exceeded 16 and 12 GiB caps by 0.07 and 0.16 GiB (studies/expert_cache, run 3)
 MARGIN_BYTES = 512 * 2**20
 ACTIVATION_SLACK = 1.25  # the caching allocator's rounding and fragmentation
+MLA_ABSORBED = (".attn_k_b.weight", ".attn_v_b.weight", ".attn_kv_b.weight")
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,8 @@ def _model_sizes(path: str, size: int, mtime_ns: int) -> ModelSizes:
     expert_total = sum(t.nbytes for t in experts)
     # norms are held as float32 whatever their file type
     resident = sum(math.prod(t.shape) * 4 if len(t.shape) == 1 else t.nbytes for t in dense)
+    # MLA's absorbed matrices are also held dequantized, float16 (``mla.absorbed``)
+    resident += sum(math.prod(t.shape) * 2 for t in dense if t.name.endswith(MLA_ABSORBED))
     resident_ffn = [t.shape[1] for t in dense if t.name.endswith((".ffn_up_shexp.weight", ".ffn_up.weight"))]
     return ModelSizes(
         n_layers=cfg.n_moe_layers, n_expert=cfg.n_expert, n_expert_used=cfg.n_expert_used, n_embd=cfg.n_embd,

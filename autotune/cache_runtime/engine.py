@@ -88,8 +88,7 @@ class Engine:
         self.kv_cache = KVCache(self.cfg, max_ctx, device, self.platform.kernels.kv_dtype)
         self.rope = RopeTable(self.cfg, max_ctx, device)
         self.ops = self.platform.kernels.ops_class()(self.weights, self.kv_cache, self.rope)
-        # MLA attention takes the position from the host (``mla``): its steps run eagerly
-        self.use_graph = use_graph and self.platform.captures_graphs and not self.cfg.mla
+        self.use_graph = use_graph and self.platform.captures_graphs
         self.prefill_chunk = prefill_chunk
         self.trace = RoutingTrace(self.cfg.n_moe_layers, self.cfg.n_expert)
         self.inv_temperature = torch.ones(1, device=device)

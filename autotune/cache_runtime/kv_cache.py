@@ -33,3 +33,7 @@ class KVCache:
         """k: (tokens, kv_heads, dims) for positions start, ...: a cache whose values are
         the keys' first dims (MLA)."""
         self.k[layer, :, start : start + k.shape[0]] = k.transpose(0, 1).to(self.k.dtype)
+
+    def store_keys_at(self, layer: int, k: torch.Tensor) -> None:
+        """``store_keys`` of one token (1, kv_heads, dims) at the device position ``pos``."""
+        self.k[layer].index_copy_(1, self.pos.long(), k.transpose(0, 1).to(self.k.dtype))

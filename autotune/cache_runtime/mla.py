@@ -16,8 +16,8 @@ mscale squared), and the weighted latent goes back to each head's values through
 Older files' single ``attn_kv_b`` holds both matrices (the same arithmetic as llama.cpp's
 per-head decompression there, in another order).
 
-The block reads the position from the host (``start``), so a decode step over it is not
-captured as a CUDA graph (``Engine``).
+A prefill reads its position from the host (``start``); a decode step reads it from the device,
+so the step is captured as a CUDA graph as every family's is.
 """
 
 from __future__ import annotations
@@ -45,14 +45,21 @@ def kq_scale(cfg: ModelConfig) -> float:
     return mscale * mscale / math.sqrt(cfg.head_dim)
 
 
-def absorbed(lw: LayerWeights, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's wk_b (n_head, kv_lora_rank, no-RoPE dims) and wv_b (n_head, v dims,
-    kv_lora_rank), float32, from whichever form the file has."""
-    if lw.wkv_b is None:
-        return lw.wk_b.dequantize(), lw.wv_b.dequantize()
-    nope = cfg.head_dim - cfg.rotated_dims
-    kv_b = lw.wkv_b.dequantize().view(cfg.n_head, nope + cfg.v_dim, cfg.kv_lora_rank)
-    return kv_b[:, :nope].transpose(1, 2), kv_b[:, nope:]
+def absorbed(ops: Ops, il: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer il's wk_b (n_head, kv_lora_rank, no-RoPE dims) and wv_b (n_head, v dims,
+    kv_lora_rank), from whichever form the file has, dequantized once into the KV cache's
+    dtype and kept in ``ops.absorbed`` (a decode step then reads them, not the quantized rows;
+    ``budget`` counts the copy)."""
+    if il not in ops.absorbed:
+        cfg, lw, dtype = ops.cfg, ops.w.layers[il], ops.kv_cache.k.dtype
+        if lw.wkv_b is None:
+            wk_b, wv_b = lw.wk_b.dequantize(), lw.wv_b.dequantize()
+        else:
+            nope = cfg.head_dim - cfg.rotated_dims
+            kv_b = lw.wkv_b.dequantize().view(cfg.n_head, nope + cfg.v_dim, cfg.kv_lora_rank)
+            wk_b, wv_b = kv_b[:, :nope].transpose(1, 2), kv_b[:, nope:]
+        ops.absorbed[il] = wk_b.to(dtype).contiguous(), wv_b.to(dtype).contiguous()
+    return ops.absorbed[il]
 
 
 def queries(ops: Ops, x: torch.Tensor, lw: LayerWeights) -> torch.Tensor:
@@ -66,29 +73,53 @@ def queries(ops: Ops, x: torch.Tensor, lw: LayerWeights) -> torch.Tensor:
 
 
 def mla_attention(ops: Ops, h: torch.Tensor, il: int, start: int) -> torch.Tensor:
-    """h + layer il's latent attention over the KV cache (which keeps the new tokens' latents)."""
+    """h + layer il's latent attention over the KV cache (which keeps the new tokens' latents).
+    One token reads its position from the device (``KVCache.pos``), so a decode step over it
+    can be captured as a CUDA graph; several (a prefill) run at ``start``."""
     cfg, lw = ops.cfg, ops.w.layers[il]
-    n, end, lora = h.shape[0], start + h.shape[0], cfg.kv_lora_rank
+    n, lora = h.shape[0], cfg.kv_lora_rank
     nope = cfg.head_dim - cfg.rotated_dims
     x = rmsnorm(h, lw.attn_norm, cfg.rms_eps)
     q = queries(ops, x, lw)
     kv = ops.linear(x, lw.wkv_a_mqa)  # (tokens, kv_lora_rank + rope_dims)
     latent = rmsnorm(kv[:, :lora], lw.kv_a_norm, cfg.rms_eps)
-    k_rope = ops.rope.apply(kv[:, None, lora:], start)
-    ops.kv_cache.store_keys(il, start, torch.cat([latent[:, None], k_rope], dim=-1))
+    pos = ops.kv_cache.pos
+    rotate = (lambda t: ops.rope.apply_at(t, pos)) if n == 1 else (lambda t: ops.rope.apply(t, start))
+    key = torch.cat([latent[:, None], rotate(kv[:, None, lora:])], dim=-1)
+    if n == 1:
+        ops.kv_cache.store_keys_at(il, key)
+    else:
+        ops.kv_cache.store_keys(il, start, key)
 
-    wk_b, wv_b = absorbed(lw, cfg)
-    q_latent = torch.einsum("thd,hrd->thr", q[..., :nope], wk_b)
-    q = torch.cat([q_latent, ops.rope.apply(q[..., nope:], start)], dim=-1)  # (tokens, heads, lora + rope)
-    cache = ops.kv_cache.k[il, 0, :end]
+    wk_b, wv_b = absorbed(ops, il)
+    cache = ops.kv_cache.k[il, 0]
+    q_latent = torch.einsum("thd,hrd->thr", q[..., :nope].to(cache.dtype), wk_b)
+    q = torch.cat([q_latent, rotate(q[..., nope:]).to(cache.dtype)], dim=-1)  # (tokens, heads, lora + rope)
+    out = _attend_one(cfg, q[0], cache, pos) if n == 1 else _attend_prefill(cfg, q, cache[: start + n], start)
+    heads = torch.einsum("thr,hvr->thv", out.to(wv_b.dtype), wv_b).float()  # (tokens, heads, v dims)
+    return h + ops.linear(heads.reshape(n, cfg.attn_out_dim), lw.wo)
+
+
+def _attend_one(cfg: ModelConfig, q: torch.Tensor, cache: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """One token's heads q (n_head, lora + rope) over the whole cache (max_ctx, lora + rope),
+    positions after ``pos`` masked: the weighted latents (1, n_head, lora)."""
+    scores = (q @ cache.T).float() * kq_scale(cfg)
+    positions = torch.arange(cache.shape[0], device=cache.device)
+    scores = scores.masked_fill(positions > pos, float("-inf"))
+    return (torch.softmax(scores, dim=-1).to(cache.dtype) @ cache[:, : cfg.kv_lora_rank])[None]
+
+
+def _attend_prefill(cfg: ModelConfig, q: torch.Tensor, cache: torch.Tensor, start: int) -> torch.Tensor:
+    """Tokens' heads q (tokens, n_head, lora + rope) at start, start + 1, ... over the cache up
+    to the last of them, causally: the weighted latents (tokens, n_head, lora)."""
+    n, end = q.shape[0], cache.shape[0]
     keys = cache[None, None].expand(1, cfg.n_head, end, cache.shape[-1])
-    values = keys[..., :lora]
-    qh = q.transpose(0, 1)[None].to(cache.dtype)
+    values = keys[..., : cfg.kv_lora_rank]
+    qh = q.transpose(0, 1)[None]
     if start == 0:
         out = F.scaled_dot_product_attention(qh, keys, values, is_causal=True, scale=kq_scale(cfg))
     else:
-        positions = torch.arange(end, device=h.device)
-        mask = positions[None, :] <= (start + torch.arange(n, device=h.device))[:, None]
+        positions = torch.arange(end, device=q.device)
+        mask = positions[None, :] <= (start + torch.arange(n, device=q.device))[:, None]
         out = F.scaled_dot_product_attention(qh, keys, values, attn_mask=mask, scale=kq_scale(cfg))
-    heads = torch.einsum("htr,hvr->thv", out[0].float(), wv_b)  # (tokens, heads, v dims)
-    return h + ops.linear(heads.reshape(n, cfg.attn_out_dim), lw.wo)
+    return out[0].transpose(0, 1)

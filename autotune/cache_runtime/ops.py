@@ -139,6 +139,8 @@ class Ops(ABC):
         self.cfg = weights.config
         self.kv_cache = kv_cache
         self.rope = rope
+        # MLA layers' wk_b, wv_b dequantized on first use, in the KV cache's dtype (mla.absorbed)
+        self.absorbed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @cached_property
     def experts_table(self) -> ExpertTable:

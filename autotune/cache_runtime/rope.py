@@ -35,14 +35,21 @@ class RopeTable:
 
     def apply(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """x: (tokens, heads, head_dim) at positions start, start + 1, ..."""
-        if self.dims < x.shape[-1]:
-            return torch.cat([self._rotate(x[..., : self.dims], start), x[..., self.dims :]], dim=-1)
-        return self._rotate(x, start)
+        n = x.shape[0]
+        return self._apply(x, self.cos[start : start + n, None, :], self.sin[start : start + n, None, :])
 
-    def _rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        n, half = x.shape[0], x.shape[-1] // 2
-        cos = self.cos[start : start + n, None, :]
-        sin = self.sin[start : start + n, None, :]
+    def apply_at(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """``apply`` to one token (1, heads, head_dim) at the device position ``pos`` (1,): no
+        read by the host, so a captured decode graph may run it."""
+        return self._apply(x, self.cos.index_select(0, pos)[:, None, :], self.sin.index_select(0, pos)[:, None, :])
+
+    def _apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        if self.dims < x.shape[-1]:
+            return torch.cat([self._rotate(x[..., : self.dims], cos, sin), x[..., self.dims :]], dim=-1)
+        return self._rotate(x, cos, sin)
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
         if self.neox:
             x1, x2 = x[..., :half], x[..., half:]
             return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)

@@ -73,8 +73,9 @@ def profile(engine: Engine, tokens: list[int]) -> dict[str, list]:
     return out
 
 
-DECODE_KNOBS = ("GEMV_WARPS", "GATE_UP_WARPS", "DOWN_ROWS", "DOWN_WARPS", "ATTN_SPLITS")
-DECODE_SHAPES = [(8, 8, 1, 8, 16), (4, 4, 2, 8, 16), (2, 8, 1, 4, 8), (4, 16, 2, 16, 16)]
+DECODE_KNOBS = ("GEMV_WARPS", "GATE_UP_WARPS", "DOWN_ROWS", "DOWN_WARPS", "ATTN_SPLITS", "CHUNK_ROUNDS")
+DECODE_SHAPES = [(8, 8, 1, 8, 16, 2), (4, 4, 2, 8, 16, 2), (2, 8, 1, 4, 8, 2), (4, 16, 2, 16, 16, 2),
+                 (4, 4, 1, 8, 16, 4), (4, 8, 1, 16, 16, 4), (4, 4, 1, 16, 16, 2), (4, 8, 1, 8, 16, 1)]
 PREFILL_KNOBS = ("GEMM_BM", "GEMM_BN", "GEMM_WARPS", "GEMM_STAGES")
 PREFILL_SHAPES = [(32, 64, 4, 2), (64, 32, 4, 2), (16, 64, 4, 2), (32, 32, 8, 3)]
 
