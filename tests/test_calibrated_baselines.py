@@ -155,3 +155,24 @@ def test_queued_baselines_that_share_a_model_load_are_measured_in_one(tiny_model
     tuner.seed_baselines()
     tuner.run(tiny_model, Budget(trials=4), remeasure=False)
     assert backend.loads == [[4, 3], [2], [1]]
+
+
+class ManyBaselinesBackend(BudgetFillingBackend):
+    """A budget-filling runtime with three baselines (as the cache backend has several)."""
+
+    name = "many"
+
+    def baselines(self, model, hw, vram_cap, workload) -> list[Config]:
+        return [{"n_cpu_moe": n, "n_threads": 2, "vram_cap": vram_cap} for n in (4, 3, 2)]
+
+
+def test_a_split_sized_again_goes_before_the_other_backends_baselines(tiny_model: Path, tmp_path: Path):
+    """The drifting split that fit by the probe (1) measures over the cap; the split sized again
+    (2) runs next, not behind the other backend's three baselines queued since the probe."""
+    tuner = Tuner(Database(f"sqlite:///{tmp_path / 'db.sqlite'}"), inspect_model(tiny_model), probe_hardware(),
+                  [LessOverestimatingNearTheGpuBackend(), ManyBaselinesBackend()], int(2.4 * GIB),
+                  Workload(repetitions=2), "order", seed=0, batch=1)
+    tuner.seed_baselines()
+    tuner.run(tiny_model, Budget(trials=6), remeasure=False)
+    ran = [(t.params["backend"], t.params["n_cpu_moe"]) for t in tuner.measured_trials()]
+    assert ran == [("drifting", 4), ("drifting", 1), ("drifting", 2), ("many", 4), ("many", 3), ("many", 2)]

@@ -1,6 +1,10 @@
 """Each backend's baselines (the configs it names as worth measuring first), queued for the cap
 this machine's measurements allow, and queued again as those measurements move that cap.
 
+Baselines wait here, not in the study's queue, until the study has none waiting (``feed``):
+Optuna runs waiting trials first come, first served, so a split sized again after a
+measurement over the cap would otherwise wait behind every other backend's baselines.
+
 The memory model is calibrated from every measured peak of this study (and of the earlier
 ones warm start copied): a backend's formula plus what this machine measured above it."""
 
@@ -9,6 +13,8 @@ from __future__ import annotations
 from typing import Iterable
 
 from optuna.trial import TrialState
+
+from autotune.backends.base import Config
 
 from autotune.search.records import TrialRecord
 from autotune.search.study_context import StudyContext
@@ -34,11 +40,12 @@ class Baselines:
         self._calibrated: set[str] = set()  # backends whose baselines were sized with a calibration
         self._caps: dict[str, int] = {}  # the cap each backend's baselines were last sized for
         self._held = False  # only the formula probes are queued yet (seed)
+        self._pending: list[tuple[str, Config, str]] = []  # (backend, config, reason) not yet handed to the study
 
     def seed(self, probes_first: bool = True, names: Iterable[str] | None = None) -> None:
         """Queue the baselines of each backend (of ``names``, else all), sized for ``cap``
-        (so "the largest split that fits" is what fits by this machine's measurements).
-        Configs already queued or tried are skipped.
+        (so "the largest split that fits" is what fits by this machine's measurements), in
+        place of those it had pending. Configs already queued or tried are skipped (``feed``).
 
         While a backend's formula has no measured peak on this machine yet, only its first
         baseline (the probe) is queued, and everything else after the first measured trial:
@@ -47,19 +54,37 @@ class Baselines:
         then never reach)."""
         context = self.context
         probes_only = probes_first and any(self._formula_uncalibrated(name) for name in context.backends)
-        for name in names or context.backends:
+        names = list(names or context.backends)
+        fresh: list[tuple[str, Config, str]] = []
+        for name in names:
             cap_for_formula = self.cap(name)
             configs = context.backends[name].baselines(context.model, context.hardware, cap_for_formula,
                                                        context.workload)
             if probes_only:
                 configs = configs[:1] if self._formula_uncalibrated(name) else []
             calibrated = bool(context.calibration.residuals.get(name))
-            for config in configs:
-                context.enqueue(name, config, reason="baseline, memory model calibrated" if calibrated else "baseline")
+            reason = "baseline, memory model calibrated" if calibrated else "baseline"
+            fresh += [(name, config, reason) for config in configs]
             if calibrated:
                 self._calibrated.add(name)
             self._caps[name] = cap_for_formula
+        stale = [entry for entry in self._pending if entry[0] not in names]  # the others' keep their sizes
+        # baselines sized again by this machine's measurements go first; a first seeding keeps the order
+        self._pending = stale + fresh if probes_first or self._held else fresh + stale
         self._held = probes_only
+
+    def feed(self, batch: int) -> None:
+        """With no trial waiting in the study, hand it the next pending baselines: up to
+        ``batch`` in a row of one backend (so those that share a model load are measured in
+        one). Those the study already has (queued or tried) are skipped."""
+        study = self.context.study
+        while self._pending and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            name = self._pending[0][0]
+            run = 0
+            while run < batch and self._pending and self._pending[0][0] == name:
+                _, config, reason = self._pending.pop(0)
+                self.context.enqueue(name, config, reason=reason)
+                run += 1
 
     def cap(self, name: str) -> int:
         """The cap a backend's baselines are sized for. A runtime that fills the budget it is

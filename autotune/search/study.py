@@ -135,6 +135,7 @@ class Tuner(StudyContext):
                 self.check_stop()
                 room = budget.room(measured, own, self.dispatcher.batch)
                 fail_dead_trials(self.study)  # another worker's, so its trial is run again
+                self.baselines.feed(self.dispatcher.batch)
                 if self.dispatcher.run_batch(model_path, outcome, room):
                     self.baselines.reseed_outdated()
                     asked_without_run = 0
