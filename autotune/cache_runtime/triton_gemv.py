@@ -4,8 +4,9 @@
   or two weights stacked by rows (q and k share a launch).
 - ``router_kernel``: RMSNorm then the router GEMV, the normalized input saved for the
   experts, and (in whichever program finishes last) softmax top-k into ids and weights.
-- ``moe_gate_up_kernel``: silu(gate x) * up x for every selected expert, in one launch.
-- ``moe_down_kernel``: residual + sum over the selected experts of weight * down h.
+- ``moe_gate_up_kernel``: glu(gate x, up x) for every selected expert, in one launch
+  (``torch_ops.glu``: SwiGLU, or gpt-oss's clamped one; with the experts' biases if any).
+- ``moe_down_kernel``: residual + sum over the selected experts of weight * (down h (+ bias)).
 
 Experts are reached through a device table of addresses (int64, per expert: gate, up,
 down), so the selected ids never leave the device and experts may live anywhere the GPU
@@ -17,7 +18,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from autotune.cache_runtime.torch_ops import OAI_ALPHA, OAI_LIMIT
 from autotune.cache_runtime.triton_tiles import superblock_dots
+
+_ALPHA, _LIMIT = tl.constexpr(OAI_ALPHA), tl.constexpr(OAI_LIMIT)
 
 
 @triton.jit
@@ -143,11 +147,23 @@ def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, keep_ptr, don
 
 
 @triton.jit
-def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, h_ptr, n_ff, row_stride, K: tl.constexpr,
-                       iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr, R: tl.constexpr, S: tl.constexpr,
-                       SKIP: tl.constexpr):
-    """h[slot] = silu(gate_e xn) * up_e xn for the slot-th selected expert e; with SKIP, only
-    for the slots ``on_ptr`` (top_k,) marks (the CPU computes the others; their h is not written).
+def _glu(gate, up, ACT: tl.constexpr):
+    """``torch_ops.glu``: silu(gate) * up for "silu", else gpt-oss's clamped SwiGLU."""
+    if ACT == "silu":
+        return gate / (1.0 + tl.exp(-gate)) * up
+    gate = tl.minimum(gate, _LIMIT)
+    up = tl.minimum(tl.maximum(up, -_LIMIT), _LIMIT)
+    return gate * tl.sigmoid(_ALPHA * gate) * (up + 1.0)
+
+
+@triton.jit
+def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, gate_b_ptr, up_b_ptr, h_ptr, n_ff, row_stride,
+                       K: tl.constexpr, iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr, R: tl.constexpr,
+                       S: tl.constexpr, SKIP: tl.constexpr, ACT: tl.constexpr, HAS_GATE_BIAS: tl.constexpr,
+                       HAS_UP_BIAS: tl.constexpr):
+    """h[slot] = glu(gate_e xn (+ gate_b[e]), up_e xn (+ up_b[e]), ACT) for the slot-th selected
+    expert e (``_glu``; biases (n_expert, n_ff) float32); with SKIP, only for the slots
+    ``on_ptr`` (top_k,) marks (the CPU computes the others; their h is not written).
 
     Grid (top_k, cdiv(n_ff, R / 2)); R "virtual rows" interleave gate and up rows.
     """
@@ -156,7 +172,8 @@ def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, h_ptr, n_ff, row_stri
     if SKIP:
         if tl.load(on_ptr + slot).to(tl.int32) == 0:
             return
-    entry = table_ptr + tl.load(ids_ptr + slot).to(tl.int64) * 3
+    expert = tl.load(ids_ptr + slot).to(tl.int64)
+    entry = table_ptr + expert * 3
     gate = tl.multiple_of(tl.load(entry).to(tl.pointer_type(tl.uint8)), 16)
     up = tl.multiple_of(tl.load(entry + 1).to(tl.pointer_type(tl.uint8)), 16)
     r = tl.arange(0, R)
@@ -170,15 +187,21 @@ def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, h_ptr, n_ff, row_stri
     acc = tl.sum(acc, 0)
     g, u = tl.split(tl.reshape(acc, (R // 2, 2)))
     out_rows = pid * (R // 2) + tl.arange(0, R // 2)
-    tl.store(h_ptr + slot * n_ff + out_rows, g / (1.0 + tl.exp(-g)) * u, mask=out_rows < n_ff)
+    out_ok = out_rows < n_ff
+    if HAS_GATE_BIAS:
+        g += tl.load(gate_b_ptr + expert * n_ff + out_rows, mask=out_ok, other=0.0)
+    if HAS_UP_BIAS:
+        u += tl.load(up_b_ptr + expert * n_ff + out_rows, mask=out_ok, other=0.0)
+    tl.store(h_ptr + slot * n_ff + out_rows, _glu(g, u, ACT), mask=out_ok)
 
 
 @triton.jit
-def moe_down_kernel(h_ptr, ids_ptr, on_ptr, wts_ptr, table_ptr, resid_ptr, D, K: tl.constexpr, row_stride,
+def moe_down_kernel(h_ptr, ids_ptr, on_ptr, wts_ptr, table_ptr, b_ptr, resid_ptr, D, K: tl.constexpr, row_stride,
                     iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr, TOP_K: tl.constexpr,
-                    K_PAD: tl.constexpr, BN: tl.constexpr, S: tl.constexpr, SKIP: tl.constexpr):
-    """resid[rows] += sum over slots of weight * (down_e h[slot])[rows]; with SKIP, over the
-    slots ``on_ptr`` (top_k,) marks only.
+                    K_PAD: tl.constexpr, BN: tl.constexpr, S: tl.constexpr, SKIP: tl.constexpr,
+                    HAS_BIAS: tl.constexpr):
+    """resid[rows] += sum over slots of weight * (down_e h[slot] (+ b[e]))[rows] (biases
+    (n_expert, D) float32); with SKIP, over the slots ``on_ptr`` (top_k,) marks only.
 
     Each program owns BN output rows and reads them from all selected experts at once
     (K_PAD * BN virtual rows), so the sum is deterministic. A skipped slot's virtual rows read
@@ -200,13 +223,16 @@ def moe_down_kernel(h_ptr, ids_ptr, on_ptr, wts_ptr, table_ptr, resid_ptr, D, K:
     expert = tl.load(ids_ptr + slot).to(tl.int64)
     weight = tl.load(wts_ptr + slot)
     down = tl.multiple_of(tl.load(table_ptr + expert * 3 + 2).to(tl.pointer_type(tl.uint8)), 16)
+    row = tl.minimum(row, D - 1)
     # rows of GGML blocks have even byte counts: written so, the compiler knows it and
     # keeps 2-byte loads (Q6_K rows of 768 are 630 bytes, not a multiple of 16)
-    base = down + tl.minimum(row, D - 1).to(tl.int64) * (row_stride // 2) * 2
+    base = down + row.to(tl.int64) * (row_stride // 2) * 2
     acc = tl.zeros([S, K_PAD * BN], tl.float32)
     for s0 in range(0, (K + 255) // 256, S):
         acc += _chunk_dot(base, h_ptr + slot * K, h_ptr + slot * K, s0, K, iq_grid, QT, SB_BYTES, False, S)
     acc = tl.sum(acc, 0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + expert * D + row)
     acc = tl.where(ok, acc * weight, 0.0)
     out = tl.sum(tl.reshape(acc, (K_PAD, BN)), 0)
     rows = tl.program_id(0) * BN + tl.arange(0, BN)

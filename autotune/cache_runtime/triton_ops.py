@@ -5,10 +5,10 @@ The same contract (``ops.Ops``) as ``TorchOps``, whose multi-token blocks it reu
 layer, no host sync, so a step can be captured as one CUDA graph. Several tokens
 (prefill) keep TorchOps' norms, RoPE and attention, with the matrix products and the
 routed experts on ``qgemm_kernel``. Experts with biases or another activation than SwiGLU
-(gpt-oss) run unfused at any token count: their gate, up and down products on
-``qgemm_kernel``, the biases and the activation in torch (``_biased_experts``); decode
-attention takes the sliding window and the sinks in its kernels. Under TRITON_INTERPRET=1
-the same code runs on the CPU.
+(gpt-oss) take them in the single-token kernels; on several tokens they run unfused: their
+gate, up and down products on ``qgemm_kernel``, the biases and the activation in torch
+(``_biased_experts``). Decode attention takes the sliding window and the sinks in its
+kernels. Under TRITON_INTERPRET=1 the same code runs on the CPU.
 """
 
 from __future__ import annotations
@@ -153,8 +153,9 @@ class TritonOps(TorchOps):
         return self._qgemm(x, out, rows, groups, self._dense_table(w), w, 0)
 
     def _fused_experts(self, il: int) -> bool:
-        """Whether layer il's experts are what the fused kernels compute (``plain_experts``, SwiGLU);
-        else (gpt-oss) their products run on ``qgemm_kernel`` and the biases and activation in torch."""
+        """Whether layer il's experts are what the grouped GEMM fuses for several tokens
+        (``plain_experts``, SwiGLU); else (gpt-oss) their products run on ``qgemm_kernel`` and
+        the biases and activation in torch. The single-token kernels take every layer."""
         return self.cfg.expert_act == "silu" and self.w.layers[il].plain_experts
 
     def experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, m: int) -> torch.Tensor:
@@ -264,7 +265,7 @@ class TritonOps(TorchOps):
             weights.view(-1).copy_(routed_weights.view(-1))
 
     def moe(self, h, il):
-        if h.shape[0] > 1 or not self._fused_experts(il):
+        if h.shape[0] > 1:
             return super().moe(h, il)
         cfg, lw, dev, m = self.cfg, self.w.layers[il], h.device, self.cfg.moe_layer(il)
         x, k = h[0], cfg.n_expert_used
@@ -281,17 +282,20 @@ class TritonOps(TorchOps):
         hidden = torch.empty(k, cfg.n_ff_expert, dtype=torch.float32, device=dev)
         table = self.experts_table.table[m]
         warps = self.gate_up_warps or GATE_UP_WARPS
+        gate_b, up_b, down_b = lw.gate_exps_b, lw.up_exps_b, lw.down_exps_b
         moe_gate_up_kernel[(k, triton.cdiv(cfg.n_ff_expert, warps // 2))](
-            ids, on_device if skip else ids, xn, table, hidden, cfg.n_ff_expert,
+            ids, on_device if skip else ids, xn, table, xn if gate_b is None else gate_b,
+            xn if up_b is None else up_b, hidden, cfg.n_ff_expert,
             row_stride=lw.gate_exps.row_bytes, K=cfg.n_embd, R=warps, S=self._superblocks(lw.gate_exps),
-            SKIP=skip, num_warps=warps, **_type_args(lw.gate_exps, dev))
+            SKIP=skip, ACT=cfg.expert_act, HAS_GATE_BIAS=gate_b is not None, HAS_UP_BIAS=up_b is not None,
+            num_warps=warps, **_type_args(lw.gate_exps, dev))
         k_pad = triton.next_power_of_2(k)
         rows = max(DOWN_ROWS, DOWN_WARPS // k_pad)
         moe_down_kernel[(triton.cdiv(cfg.n_embd, rows),)](
-            hidden, ids, on_device if skip else ids, weights, table, x, cfg.n_embd,
-            row_stride=lw.down_exps.row_bytes, K=cfg.n_ff_expert, TOP_K=k, K_PAD=k_pad,
-            BN=rows, S=self._superblocks(lw.down_exps), SKIP=skip, num_warps=DOWN_WARPS,
-            **_type_args(lw.down_exps, dev))
+            hidden, ids, on_device if skip else ids, weights, table, x if down_b is None else down_b, x,
+            cfg.n_embd, row_stride=lw.down_exps.row_bytes, K=cfg.n_ff_expert, TOP_K=k, K_PAD=k_pad,
+            BN=rows, S=self._superblocks(lw.down_exps), SKIP=skip, HAS_BIAS=down_b is not None,
+            num_warps=DOWN_WARPS, **_type_args(lw.down_exps, dev))
         if lw.gate_shexp is not None:
             h.add_(self.shared_expert(xn[None], il))
         self.hooks.add_offloaded(m, h)
