@@ -495,3 +495,16 @@ def test_decode_graph_replays_like_eager_and_survives_moving_experts(tiny_model)
     engine.prefill(prompt)
     after = engine.decode(3)
     assert torch.equal(after, before)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["deepseek2_model", "deepseek3_model"])
+def test_latent_attention_decodes_in_a_graph_like_eager(model: str, request: pytest.FixtureRequest) -> None:
+    """MLA reads a decode step's position from the device, so its steps replay as a graph."""
+    from autotune.cache_runtime.engine import Engine
+
+    path = request.getfixturevalue(model)
+    prompt = [5, 17, 300, 42, 7, 999]
+    eager = Engine(path, kernels="triton", max_ctx=64, use_graph=False).generate(prompt, 8)
+    engine = Engine(path, kernels="triton", max_ctx=64)
+    assert engine.use_graph and engine.generate(prompt, 8) == eager
