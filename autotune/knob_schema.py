@@ -38,23 +38,30 @@ UNSET: Any = _Unset()  # a knob's default: none, every config gives it; its moot
 
 @dataclass(frozen=True)
 class When:
-    """A knob matters only while knob ``key``'s value passes ``holds``; ``text`` says when."""
+    """A knob matters only while the config (the values of knobs ``keys``) passes ``holds``;
+    ``text`` says when."""
 
-    key: str
-    holds: Callable[[Any], bool]
+    keys: tuple[str, ...]
+    holds: Callable[[Config], bool]
     text: str
 
 
 def when_in(key: str, *values: Any) -> When:
-    return When(key, lambda value: value in values, f"with {key} {' or '.join(map(str, values))}")
+    return When((key,), lambda config: config[key] in values, f"with {key} {' or '.join(map(str, values))}")
 
 
 def when_positive(key: str) -> When:
-    return When(key, lambda value: value > 0, f"with {key} above 0")
+    return When((key,), lambda config: config[key] > 0, f"with {key} above 0")
 
 
 def when_true(key: str) -> When:
-    return When(key, lambda value: value is True, f"with {key}")
+    return When((key,), lambda config: config[key] is True, f"with {key}")
+
+
+def when_all(*conditions: When) -> When:
+    """Every one of ``conditions``."""
+    return When(tuple(key for c in conditions for key in c.keys),
+                lambda config: all(c.holds(config) for c in conditions), " and ".join(c.text for c in conditions))
 
 
 @dataclass(frozen=True)
@@ -187,8 +194,9 @@ class KnobSchema:
         for knob in self.knobs:
             if knob.type not in TYPES or knob.kind not in KINDS:
                 raise TypeError(f"knob {knob.name}: type {knob.type.__name__}, kind {knob.kind!r}")
-            if knob.when is not None and knob.when.key not in seen:
-                raise TypeError(f"knob {knob.name} depends on {knob.when.key}, which must come before it")
+            for key in knob.when.keys if knob.when is not None else ():
+                if key not in seen:
+                    raise TypeError(f"knob {knob.name} depends on {key}, which must come before it")
             searched = knob.search.values if knob.search is not None else ()
             if knob.search is not None and not (knob.search.ranged or searched or knob.choices):
                 raise TypeError(f"knob {knob.name}: a search needs values, a range or the knob's choices")
@@ -254,7 +262,7 @@ class KnobSchema:
         given = {**self.defaults, **config}
         out = {knob.name: knob.check(given[knob.name]) for knob in self.knobs}
         for knob in self.knobs:
-            if knob.when is not None and not knob.when.holds(out[knob.when.key]):
+            if knob.when is not None and not knob.when.holds(out):
                 out[knob.name] = knob.moot_value
             elif knob.kind == "path" and out[knob.name]:
                 out[knob.name] = os.path.abspath(out[knob.name])
@@ -270,7 +278,7 @@ class KnobSchema:
             search = knob.search
             if search is None or (search.objectives and objective not in search.objectives):
                 continue
-            if knob.when is not None and not knob.when.holds({**self.defaults, **config}[knob.when.key]):
+            if knob.when is not None and not knob.when.holds({**self.defaults, **config}):
                 continue
             if without and knob.name in without:
                 values = tuple(v for v in search.values or knob.choices if v not in without[knob.name])

@@ -20,7 +20,7 @@ from autotune.backends.cache.commands import FORMATS, format_command, parse_comm
 from autotune.cache_runtime.cache_config import CACHE_KNOBS, CacheConfig
 from autotune.cli import app as autotune_app
 from autotune.knob_options import knob_options
-from autotune.knob_schema import Knob, KnobSchema, Search, when_positive
+from autotune.knob_schema import Knob, KnobSchema, Search, when_all, when_positive
 
 COPY_THREADS = Knob("copy_threads", int, 2, "host threads that queue prefetch copies", low=1,
                     search=Search(values=(1, 2, 4)), when=when_positive("prefetch_depth"))
@@ -116,6 +116,8 @@ def test_the_gpu_only_knobs_are_the_tables():
 
 @pytest.mark.parametrize("knobs, message", [
     ((Knob("b", int, 0, when=when_positive("a")), Knob("a", int, 0)), "depends on a, which must come before it"),
+    ((Knob("a", int, 0), Knob("b", int, 0, when=when_all(when_positive("a"), when_positive("c"))), Knob("c", int, 0)),
+     "depends on c, which must come before it"),
     ((Knob("a", int, 0), Knob("b", int, 0, flag="--a")), "names and flags must differ"),
     ((Knob("a", int, 5, low=0, high=4),), "a must be within"),
     ((Knob("a", int, 0, search=Search(values=(1, "x"))),), "a must be an integer"),
@@ -134,3 +136,18 @@ def test_key_value_words_are_read_as_their_flags_read_them():
     for bad in ("rebalance_interval=four", "lend_prefill_room=yes", "no_such_knob=1", "decay"):
         with pytest.raises(ConfigError):
             CACHE_KNOBS.read_assignments([bad])
+
+
+def test_a_knob_that_needs_two_conditions_is_moot_where_either_fails():
+    """``slot_split`` shifts spread slots between layers: moot with whole layers or without learned placement."""
+    base = {"vram_cap": 1, "slot_split": 0.5}
+    assert CACHE_KNOBS.normalize(base)["slot_split"] == 0.5
+    assert CACHE_KNOBS.normalize({**base, "slot_layout": "whole_layers"})["slot_split"] == 0.0
+    assert CACHE_KNOBS.normalize({**base, "learned_placement": False})["slot_split"] == 0.0
+    assert CACHE_KNOBS.by_name["slot_split"].when.text == "with learned_placement and with slot_layout spread"
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(40):
+        trial = study.ask()
+        config = {**CACHE_KNOBS.defaults, **CACHE_KNOBS.suggest(trial, "decode")}
+        assert ("slot_split" in trial.params) == (config["learned_placement"] and config["slot_layout"] == "spread")
+        study.tell(trial, 0.0)

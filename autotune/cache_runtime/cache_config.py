@@ -8,7 +8,8 @@ into expert slots per layer (``slot_layout`` spreads them over every layer or ho
 layers; ``slot_split`` shifts a spread towards layers whose routing is flatter). Knobs a choice makes moot (``When``): ``static`` eviction never moves an expert, so
 it has no miss mode, rebalancing or decay; the CPU's threads and layout matter only where the
 CPU computes misses, and prefetch not where it computes every miss (``cpu``); decay only
-weighs ``lfu_decay`` counts; the slot split and a placement file need learned counts; the
+weighs ``lfu_decay`` counts; the slot split needs learned counts and a spread, a placement file
+learned counts; the
 prefetch engine needs prefetch. The
 searched values and ranges come from studies/expert_cache (the run named beside each).
 """
@@ -19,7 +20,7 @@ import os
 
 import psutil
 
-from autotune.knob_schema import Knob, KnobSchema, Search, when_in, when_positive, when_true
+from autotune.knob_schema import Knob, KnobSchema, Search, when_all, when_in, when_positive, when_true
 
 CPU_MISS_MODES = ("cpu", "auto")  # the miss modes that compute experts on the CPU (``cpu_misses``)
 # one core is left to the process's own thread, which queues the GPU's work; the default differs
@@ -66,7 +67,8 @@ CACHE_KNOBS = KnobSchema("cache", (
          "first, and the first layers' experts left to the misses, as llama.cpp's --n-cpu-moe splits (whole_layers)",
          choices=("spread", "whole_layers"), search=Search()),
     Knob("slot_split", float, 0.0, "0: equal expert slots per layer .. 1: in proportion to routing entropy",
-         low=0.0, high=1.0, search=Search(low=0.0, high=1.0, step=0.25), when=when_true("learned_placement")),
+         low=0.0, high=1.0, search=Search(low=0.0, high=1.0, step=0.25),
+         when=when_all(when_true("learned_placement"), when_in("slot_layout", "spread"))),
     # not searched: a winner's stored config names the file its trials' counts were frozen in
     Knob("placement", str, "", "routing counts that seed which experts start in VRAM (a file `autotune run` "
          "writes for its winner); this machine's own saved counts replace them once they cover more",
