@@ -8,9 +8,8 @@ into expert slots per layer (``slot_layout`` spreads them over every layer or ho
 layers; ``slot_split`` shifts a spread towards layers whose routing is flatter). Knobs a choice makes moot (``When``): ``static`` eviction never moves an expert, so
 it has no miss mode, rebalancing or decay; the CPU's threads and layout matter only where the
 CPU computes misses, and prefetch not where it computes every miss (``cpu``); decay only
-weighs ``lfu_decay`` counts; the slot split needs learned counts and a spread, a placement file
-learned counts; the
-prefetch engine needs prefetch. The
+weighs ``lfu_decay`` counts; the slot split needs learned counts and a spread, a placement
+file learned counts; the prefetch engine needs prefetch. The
 searched values and ranges come from studies/expert_cache (the run named beside each).
 """
 

@@ -68,9 +68,9 @@ class Baselines:
             if calibrated:
                 self._calibrated.add(name)
             self._caps[name] = cap_for_formula
-        stale = [entry for entry in self._pending if entry[0] not in names]  # the others' keep their sizes
+        others = [entry for entry in self._pending if entry[0] not in names]  # keep their sizes and order
         # baselines sized again by this machine's measurements go first; a first seeding keeps the order
-        self._pending = stale + fresh if probes_first or self._held else fresh + stale
+        self._pending = others + fresh if probes_first or self._held else fresh + others
         self._held = probes_only
 
     def feed(self, batch: int) -> None:
