@@ -21,6 +21,7 @@ class KVCache:
         self.k = torch.zeros((cfg.n_layers, heads, max_ctx, k_dims), dtype=dtype, device=device)
         self.v = torch.zeros((cfg.n_layers, heads, max_ctx, v_dims), dtype=dtype, device=device)
         self.pos = torch.zeros(1, dtype=torch.int32, device=device)
+        self.positions = torch.arange(max_ctx, device=device)  # what a decode step masks past ``pos``
         self.max_ctx = max_ctx
 
     def store(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -95,17 +95,16 @@ def mla_attention(ops: Ops, h: torch.Tensor, il: int, start: int) -> torch.Tenso
     cache = ops.kv_cache.k[il, 0]
     q_latent = torch.einsum("thd,hrd->thr", q[..., :nope].to(cache.dtype), wk_b)
     q = torch.cat([q_latent, rotate(q[..., nope:]).to(cache.dtype)], dim=-1)  # (tokens, heads, lora + rope)
-    out = _attend_one(cfg, q[0], cache, pos) if n == 1 else _attend_prefill(cfg, q, cache[: start + n], start)
+    out = _attend_one(cfg, q[0], cache, ops.kv_cache.positions > pos) if n == 1 else _attend_prefill(cfg, q, cache[: start + n], start)
     heads = torch.einsum("thr,hvr->thv", out.to(wv_b.dtype), wv_b).float()  # (tokens, heads, v dims)
     return h + ops.linear(heads.reshape(n, cfg.attn_out_dim), lw.wo)
 
 
-def _attend_one(cfg: ModelConfig, q: torch.Tensor, cache: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def _attend_one(cfg: ModelConfig, q: torch.Tensor, cache: torch.Tensor, ahead: torch.Tensor) -> torch.Tensor:
     """One token's heads q (n_head, lora + rope) over the whole cache (max_ctx, lora + rope),
-    positions after ``pos`` masked: the weighted latents (1, n_head, lora)."""
+    the positions ``ahead`` (max_ctx,) of it masked: the weighted latents (1, n_head, lora)."""
     scores = (q @ cache.T).float() * kq_scale(cfg)
-    positions = torch.arange(cache.shape[0], device=cache.device)
-    scores = scores.masked_fill(positions > pos, float("-inf"))
+    scores = scores.masked_fill(ahead, float("-inf"))
     return (torch.softmax(scores, dim=-1).to(cache.dtype) @ cache[:, : cfg.kv_lora_rank])[None]
 
 
