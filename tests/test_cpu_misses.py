@@ -108,6 +108,26 @@ def test_whole_layers_leave_the_first_layers_to_the_cpu(model: Path, full) -> No
     assert stats["cpu_experts_per_token"] == pytest.approx(per_token, rel=0.25)
 
 
+@pytest.mark.parametrize("share", [0.25, 0.5])
+def test_a_pcie_share_of_the_misses_is_read_by_the_device(model: Path, full, share: float) -> None:
+    """Whole layers, misses on the CPU, ``pcie_share``: in each layer the host takes part in,
+    the device reads that share of the k misses from host memory itself, the CPU computes the
+    rest, and the logits stay full residency's."""
+    sizes = model_sizes(model)
+    engine = Engine(model, device="cpu", kernels="torch",
+                    cache_config=config(model, sizes.n_expert // 2, miss_mode="cpu", slot_layout="whole_layers",
+                                        pcie_share=share))
+    assert_close_to_full(engine, full)
+    stats = engine.cache_stats()
+    k = sizes.n_expert_used
+    cpu_layers = sum(s < sizes.n_expert for s in stats["slots_per_layer"])
+    by_cpu = k - int(k * share + 0.5)
+    assert 0 < by_cpu < k
+    assert stats["misses"] == stats["tokens"] * cpu_layers * k
+    assert stats["cpu_experts"] == stats["tokens"] * cpu_layers * by_cpu
+    assert stats["zero_copy_bytes"] == (stats["misses"] - stats["cpu_experts"]) * sizes.expert_bytes
+
+
 def test_cpu_misses_free_running_greedy_tokens(tiny_model: Path) -> None:
     """Greedy from the same prompt: the tiny model's 32 tokens are full residency's, with and
     without ggml's repacked layout."""
@@ -137,6 +157,10 @@ def test_cpu_knobs_are_checked_and_moot_without_cpu_misses() -> None:
     gpu_reads = normalize({"vram_cap": 1, "cpu_threads": 3, "cpu_repack": True})
     assert (gpu_reads["cpu_threads"], gpu_reads["cpu_repack"]) == (1, False)  # moot: the same on every machine
     assert normalize({"vram_cap": 1, "miss_mode": "cpu"})["cpu_threads"] == DEFAULT_CPU_THREADS >= 1
+    assert normalize({"vram_cap": 1, "pcie_share": 0.5})["pcie_share"] == 0.0  # moot: the GPU reads every miss
+    assert normalize({"vram_cap": 1, "miss_mode": "auto", "pcie_share": 0.5})["pcie_share"] == 0.5
+    with pytest.raises(ConfigError, match="pcie_share"):
+        normalize({"vram_cap": 1, "miss_mode": "cpu", "pcie_share": 1.5})
 
 
 def test_served_with_cpu_misses(tiny_model: Path) -> None:

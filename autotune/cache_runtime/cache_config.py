@@ -42,6 +42,11 @@ CACHE_KNOBS = KnobSchema("cache", (
     Knob("cpu_repack", bool, False, "compute missed experts from a copy of the stacks in ggml's repacked layout "
          "(Q4_K on x86; the same bytes again in RAM) rather than in place",
          search=Search(values=(False, True)), when=when_in("miss_mode", *CPU_MISS_MODES)),
+    # both channels at once: where a layer's misses go to the CPU, the GPU reads a share of them
+    # over PCIe meanwhile, so the CPU computes fewer (studies/hybrid, the 30B shape at skew 0)
+    Knob("pcie_share", float, 0.0, "of each decode layer's misses the CPU would compute, the share the GPU reads "
+         "from host memory over PCIe (zero-copy) while the CPU computes the rest", low=0.0, high=1.0,
+         search=Search(values=(0.0, 0.25, 0.375, 0.5)), when=when_in("miss_mode", *CPU_MISS_MODES)),
     # not searched: flags (the step one graph) decoded 24% faster than the chain of graphs in the
     # harness and at least as fast served (studies/hybrid, call 10)
     Knob("cpu_handoff", str, "flags", "how a captured decode step hands each layer to the CPU and back: one graph "

@@ -39,8 +39,9 @@ def cache_stats(cache: ExpertCache) -> dict:
     prefetch = cache.prefetcher.stats() if cache.prefetcher is not None else {}
     from_prefetch = prefetch.get("served", 0)
     cpu = cache.cpu_misses.counters if cache.cpu_misses is not None else None
-    # with the CPU computing misses, none is read over PCIe: the prefetched ones are in VRAM
-    zero_copy = 0 if cpu is not None else (misses - from_prefetch) * cache.expert_bytes
+    # misses neither prefetched nor computed on the CPU are read over PCIe (with the CPU computing
+    # misses: only its ``pcie_share``)
+    zero_copy = max(0, misses - from_prefetch - (0 if cpu is None else cpu.experts)) * cache.expert_bytes
     copied = c.rebalance_bytes + c.admission_bytes + prefetch.get("copied", 0) * cache.expert_bytes
     out.update(
         misses=misses,

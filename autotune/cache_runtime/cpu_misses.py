@@ -5,7 +5,9 @@ home stacks in host memory, in place), while the device computes the ones it hol
 Per layer, after the router, in stream order on the compute stream:
 1. which selections the device computes is decided on the device, so the device's kernels and
    the host agree whatever moves meanwhile: ``cpu``, the experts in a VRAM slot; ``auto``, also
-   those whose entry points at a prefetched copy (anything but home);
+   those whose entry points at a prefetched copy (anything but home); with ``pcie_share``, also
+   that share of the rest (the last in selection order), read from their home over PCIe while
+   the CPU computes the others;
 2. the experts' input, the ids, the weights and that choice go to host buffers (pinned on a
    GPU), followed by an event;
 3. the device's expert kernels run their share (the others skipped);
@@ -57,14 +59,17 @@ class CpuMisses:
     memory; ``table`` and ``in_slot``: the cache's expert table and residency (on the device),
     ``home_gate``: (layers, n_expert) the address of every expert's home gate rows, there too;
     ``prefetched``: whether the device also computes experts that point at a prefetched copy
-    (``auto``) rather than only those in a slot (``cpu``); ``handoff``: the ``cpu_handoff`` knob
+    (``auto``) rather than only those in a slot (``cpu``); ``pcie_share``: the share of the
+    other selections the device reads over PCIe itself; ``handoff``: the ``cpu_handoff`` knob
     (``flags`` takes effect only where the device captures graphs)."""
 
     def __init__(self, layers: list[LayerWeights], table: ExpertTable, in_slot: torch.Tensor,
                  home_gate: torch.Tensor, device: Device, threads: int, repack: bool, prefetched: bool,
-                 handoff: str):
+                 handoff: str, pcie_share: float = 0.0):
         self.device, self.table, self.in_slot, self.prefetched = device, table, in_slot, prefetched
         self.home_gate = home_gate
+        self.pcie_share = pcie_share
+        self._cpu_count: torch.Tensor | None = None  # with pcie_share: misses -> how many the CPU computes
         self.flags: FlagHandoff | None = None
         if handoff == "flags" and device.captures_graphs:
             from autotune.cache_runtime.flag_handoff import FlagHandoff
@@ -109,6 +114,8 @@ class CpuMisses:
             on_device = self.table.table[layer, :, 0][selected] != self.home_gate[layer][selected]
         else:
             on_device = self.in_slot[layer][selected]
+        if self.pcie_share:
+            on_device = on_device | self._pcie_reads(~on_device)
         k = selected.shape[1]
         if self._ids is None or self._ids.shape[1] != k:
             self._ids = self.device.host_buffer((1, k), torch.int64)
@@ -132,6 +139,16 @@ class CpuMisses:
         else:
             self.segments.cut(self._wait_at_replay)
         return on_device
+
+    def _pcie_reads(self, missed: torch.Tensor) -> torch.Tensor:
+        """Of the misses (1, k), the ``pcie_share`` the device reads over PCIe (rounded to the
+        nearest count): the last ones in selection order. Tensor ops only, so it is captured."""
+        k = missed.shape[1]
+        if self._cpu_count is None or len(self._cpu_count) != k + 1:
+            self._cpu_count = torch.tensor([n - int(n * self.pcie_share + 0.5) for n in range(k + 1)],
+                                           device=missed.device)
+        rank = missed.cumsum(dim=1)  # 1-based rank among the misses
+        return missed & (rank > self._cpu_count[rank[:, -1:]])
 
     def add(self, layer: int, h: torch.Tensor) -> None:
         """Step 4: compute the layer's selections the device skipped and add them to ``h`` (1, n_embd)."""

@@ -110,7 +110,10 @@ KNOB_VARIANTS = {"_r1w8": dict(chunk_rounds=1, gate_up_warps=8), "_split1": dict
                  # the step a chain of graphs cut where the CPU takes part (the default: one graph, flags)
                  "_cuts": dict(cpu_handoff="cuts"),
                  # slots as whole layers, the first layers' experts left to the misses (flat routing)
-                 "_whole": dict(slot_layout="whole_layers")}
+                 "_whole": dict(slot_layout="whole_layers"),
+                 # a share of each layer's misses read by the GPU over PCIe beside the CPU
+                 **{f"_pcie{name}": dict(pcie_share=share)
+                    for name, share in (("25", 0.25), ("375", 0.375), ("50", 0.5), ("625", 0.625))}}
 # profile a few decode steps per setting (decode_timeline). The profiler stays hooked into the
 # process: DMA settings after the first profiled one decode ~45% slower (run 9), so profile one
 # DMA setting per process
