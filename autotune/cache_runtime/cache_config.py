@@ -5,11 +5,13 @@ A config is one flat, JSON-serialisable record (the tuner stores configs as dict
 / ``CacheConfig.from_dict``). ``vram_cap`` is the whole process's budget; the runtime turns
 what is left after weights that always stay resident, KV cache, buffers and the CUDA context
 into expert slots per layer (``slot_layout`` spreads them over every layer or holds whole
-layers; ``slot_split`` shifts a spread towards layers whose routing is flatter). Knobs a choice makes moot (``When``): ``static`` eviction never moves an expert, so
-it has no miss mode, rebalancing or decay; the CPU's threads and layout matter only where the
-CPU computes misses, and prefetch not where it computes every miss (``cpu``); decay only
-weighs ``lfu_decay`` counts; the slot split needs learned counts and a spread, a placement
-file learned counts; the prefetch engine needs prefetch. The
+layers; ``slot_split`` shifts a spread towards layers whose routing is flatter).
+
+Knobs a choice makes moot (``When``): ``static`` eviction never moves an expert, so it has no
+rebalancing or decay; the CPU's threads and layout, and the share of its misses the GPU reads
+over PCIe, matter only where the CPU computes misses, and prefetch not where it computes every
+miss (``cpu``); decay only weighs ``lfu_decay`` counts; the slot split needs learned counts and
+a spread, a placement file learned counts; the prefetch engine needs prefetch. The
 searched values and ranges come from studies/expert_cache (the run named beside each).
 """
 
