@@ -87,25 +87,32 @@ def test_cpu_misses_keep_full_residencys_logits(model: Path, full, mode: str, pr
     assert stats["pcie_bytes_per_token"] == stats["copy_bytes"] / stats["tokens"]
 
 
-def test_whole_layers_leave_the_first_layers_to_the_cpu(model: Path, full) -> None:
+@pytest.mark.parametrize("lend", [False, True])
+def test_whole_layers_leave_the_first_layers_to_the_cpu(model: Path, full, lend: bool) -> None:
     """Half the layers' worth of slots held as whole layers: the last half hold every expert,
-    the first half none, and every selection there is computed on the CPU."""
+    the first half none, and every selection there is computed on the CPU. With the prefill's
+    room lent to slots, a layer those make whole is left to the device too."""
     sizes = model_sizes(model)
     engine = Engine(model, device="cpu", kernels="torch",
-                    cache_config=config(model, sizes.n_expert // 2, miss_mode="cpu", slot_layout="whole_layers"))
+                    cache_config=config(model, sizes.n_expert // 2, miss_mode="cpu", slot_layout="whole_layers",
+                                        lend_prefill_room=lend))
     handed = set()  # the layers the host takes part in
     cpu_misses = engine.expert_cache.cpu_misses
     offload = cpu_misses.offload
     cpu_misses.offload = lambda layer, *args: handed.add(layer) or offload(layer, *args)
     assert_close_to_full(engine, full)
     stats = engine.cache_stats()
-    assert handed == {layer for layer, s in enumerate(stats["slots_per_layer"]) if s < sizes.n_expert}
+    whole = [s + lent == sizes.n_expert for s, lent in zip(stats["slots_per_layer"], stats["lent_slots_per_layer"])]
+    assert handed == {layer for layer, is_whole in enumerate(whole) if not is_whole}
+    if lend:
+        assert sum(whole) > sum(s == sizes.n_expert for s in stats["slots_per_layer"])  # the lent room made one
     assert stats["slots_per_layer"] == whole_layer_slots(sizes.n_layers * sizes.n_expert // 2, sizes.n_layers,
                                                          sizes.n_expert)
-    held = sum(stats["slots_per_layer"]) // sizes.n_expert  # whole layers (the count is even here)
-    per_token = (sizes.n_layers - held) * sizes.n_expert_used
-    assert stats["cpu_experts"] == stats["misses"] > 0
-    assert stats["cpu_experts_per_token"] == pytest.approx(per_token, rel=0.25)
+    assert stats["cpu_experts"] == stats["misses"]
+    if not lend:
+        held = sum(stats["slots_per_layer"]) // sizes.n_expert  # whole layers (the count is even here)
+        per_token = (sizes.n_layers - held) * sizes.n_expert_used
+        assert stats["cpu_experts_per_token"] == pytest.approx(per_token, rel=0.25)
 
 
 @pytest.mark.parametrize("share", [0.25, 0.5])

@@ -55,6 +55,7 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         self._since_rebalance = 0
         self.prefetcher = None  # set by the engine when cfg.prefetch_depth > 0
         self._staged: tuple[int, list[int]] | None = None
+        self._handed: int | None = None  # the layer whose misses ``offload`` handed to the CPU
         # miss modes cpu and auto: the CPU computes the misses of a decode step
         self.cpu_misses = CpuMisses(
             ops.w.moe_layers, self.table, self.in_slot, torch.from_numpy(self.home_addr[:, :, 0]).to(dev), device,
@@ -101,14 +102,18 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         self.cpu_misses.segments = segments
 
     def _held_whole(self, layer: int) -> bool:
-        """Every expert of the layer has a planned slot: the device computes all its selections,
-        and the host need not take part in it (whole layers, ``slot_layout``)."""
-        return self.plan.slots[layer] == self.n_expert
+        """Every expert of the layer is in a slot, planned or lent (whole layers, ``slot_layout``):
+        the device computes all its selections, and the host need not take part in it. A step
+        captured so stays right when a lent slot is taken back: the device then reads that
+        expert from its home."""
+        return len(self.held[layer]) == self.n_expert
 
     def offload(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
         """A decode step's misses go to the CPU (``cpu_misses``); prefill keeps its own path."""
+        self._handed = None
         if self.cpu_misses is None or x.shape[0] != 1 or self._held_whole(layer):
             return None
+        self._handed = layer
         return self.cpu_misses.offload(layer, x, ids, weights)
 
     def add_offloaded(self, layer: int, h: torch.Tensor) -> None:
@@ -117,7 +122,8 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         if self.cpu_misses is not None and h.shape[0] == 1:
             if self.prefetcher is not None:
                 self.prefetcher.run_deferred()
-            if not self._held_whole(layer):
+            if self._handed == layer:
+                self._handed = None
                 self.cpu_misses.add(layer, h)
 
     def router_input(self, layer: int) -> torch.Tensor | None:

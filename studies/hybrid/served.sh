@@ -4,6 +4,8 @@
 # HTTP by studies/served/side_by_side.py (decode (t(N)-t(1))/(N-1), prefill, peak VRAM).
 # Usage (GPU machine, project root, after `source .gpu/device-setup.sh`):
 #   [NCMOE="11 12"] [ROUNDS=2] bash studies/hybrid/served.sh OUT_DIR MODEL CAP_GIB [SERVE OPTIONS ...]
+# NCMOE: llama-server's --n-cpu-moe values; N:UB also sets its ubatch (-ub UB), which lets a
+# split with fewer CPU layers fit a cap (studies/skew0).
 # SERVE OPTIONS: the cache's knobs (default: LFU every 4 tokens, decay 0.8, misses computed on the CPU,
 # the prefill's room lent to slots between prefills).
 set -euo pipefail
@@ -13,7 +15,8 @@ mkdir -p "$out"
 winner="autotune serve $model --vram-cap ${cap}G --ctx 4096 ${knobs[*]}"
 refs=()
 for n in ${NCMOE:-11 12}; do
-  refs+=("ncmoe$n=llama-server -m $model -ngl 999 -fa on -c 4096 -t 16 -np 1 --n-cpu-moe $n")
+  ub=${n#*:}; [ "$ub" = "$n" ] && ub="" || ub=" -ub $ub"
+  refs+=("ncmoe${n/:/_ub}=llama-server -m $model -ngl 999 -fa on -c 4096 -t 16 -np 1 --n-cpu-moe ${n%%:*}$ub")
 done
 echo "$winner" > "$out/command-${cap}G.txt"
 python3 studies/served/side_by_side.py "$model" "$out/side-${cap}G.json" "$cap" --winner "$winner" \
