@@ -130,6 +130,7 @@ def test_baselines_lie_in_the_space_and_fit_the_cap(tiny_model: Path, cap: int):
         ("static", 0, "sm"), ("static", 2, "sm"), ("lfu_decay", 3, "sm"), ("lfu_decay", 4, "dma"), ("lfu_decay", 0, "sm")}
     assert [c["miss_mode"] for c in baselines] == ["zero_copy"] * 4 + ["cpu"] * 2
     assert [c["slot_layout"] for c in baselines] == ["spread"] * 5 + ["whole_layers"]
+    assert [c["pcie_share"] for c in baselines] == [0.0] * 5 + [0.375]
     study = optuna.create_study()
     for config in baselines:
         study.enqueue_trial(config)
