@@ -74,7 +74,7 @@ def test_the_serve_command_has_every_knob_as_a_flag():
               "prefetch_depth": 2, "prefetch_engine": "dma", "slot_split": 0.25}
     assert format_command(config, "/m/q 30b.gguf", "serve") == (
         "autotune serve '/m/q 30b.gguf' --vram-cap 16G --ctx 4096 --eviction lfu_decay --miss-mode zero_copy "
-        "--cpu-threads 1 --no-cpu-repack --cpu-handoff flags --prefetch-depth 2 --prefetch-engine dma --rebalance-interval 32 "
+        "--cpu-threads 1 --no-cpu-repack --pcie-share 0.0 --cpu-handoff flags --prefetch-depth 2 --prefetch-engine dma --rebalance-interval 32 "
         "--decay 0.9 --learned-placement "
         "--slot-layout spread --slot-split 0.25 --no-lend-prefill-room --chunk-rounds 2 --gate-up-warps 4 --prefill-bypass 32 "
         "--prefill-chunk 2048"
