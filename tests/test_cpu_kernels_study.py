@@ -26,6 +26,11 @@ def test_random_stacks_are_well_formed_blocks(qtype: str) -> None:
     assert values.shape == (3, 8, 512) and torch.isfinite(values).all() and values.abs().max() > 0
 
 
+def test_a_stack_in_huge_pages_holds_the_same_blocks() -> None:
+    plain, huge = random_stack(3, 8, 512, "Q4_K"), random_stack(3, 8, 512, "Q4_K", hugepages=True)
+    assert torch.equal(plain.data, huge.data) and huge.data.data_ptr() != plain.data.data_ptr()
+
+
 def test_the_schedule_reads_every_expert_of_every_layer_before_any_again() -> None:
     n_layers, n_expert, k = 3, 16, 4
     steps = list(islice(expert_schedule(n_layers, n_expert, k), 2 * n_layers * n_expert // k))
@@ -42,7 +47,8 @@ def test_the_kernel_rate_cycles_a_weight_set_of_the_asked_size(repack: bool) -> 
     preset = get_preset("tiny")
     per_expert = 3 * preset.n_ff_expert * row_bytes("Q4_K", preset.n_embd)  # square here: n_ff = n_embd
     asked = 5 * preset.n_expert * per_expert // 2  # two and a half layers' stacks
-    rate = kernel_read_rate("tiny", "Q4_K", n_threads=1, repack=repack, weight_bytes=asked, steps=3)
+    rate = kernel_read_rate("tiny", "Q4_K", n_threads=1, repack=repack, weight_bytes=asked, steps=3, hugepages=repack)
+    assert rate.hugepages == repack
     assert rate.expert_bytes == per_expert and rate.experts_per_step == preset.n_expert_used
     assert rate.n_layers == 3 and rate.weight_bytes == 3 * preset.n_expert * per_expert >= asked
     assert rate.repack == repack and (rate.repacked != []) == (repack and "AVX2" in cpu_features())

@@ -9,6 +9,7 @@ each arena and the rounding of the last: 2.8% for that model (19.3 GB pinned, no
 
 from __future__ import annotations
 
+import mmap
 from typing import Callable
 
 import torch
@@ -27,6 +28,18 @@ def pin_with_threads() -> None:
 
 def pinned_bytes(nbytes: int) -> torch.Tensor:
     return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
+
+def hugepage_bytes(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of anonymous memory that the kernel is asked to back with transparent huge
+    pages (``madvise``: fewer TLB misses where the CPU streams through expert weights). The
+    tensor keeps its mapping alive."""
+    region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        region.madvise(mmap.MADV_HUGEPAGE)
+    tensor = torch.frombuffer(region, dtype=torch.uint8)
+    tensor.mapping = region
+    return tensor
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

@@ -36,6 +36,7 @@ from gguf import GGMLQuantizationType as QType
 from autotune.cache_runtime.cpu_experts import CpuExperts
 from autotune.cache_runtime.dequant import row_bytes
 from autotune.cache_runtime.ggml_cpu import CpuBackend, cpu_features
+from autotune.cache_runtime.host_memory import hugepage_bytes
 from autotune.cache_runtime.weights import QTensor
 from autotune.quants import quantize
 from autotune.studies.ram_bandwidth import last_level_cache_bytes, ram_read_bandwidth
@@ -54,13 +55,17 @@ def _block_pool(qtype: str, seed: int) -> torch.Tensor:
     return torch.from_numpy(quantize(values, QType[qtype]).reshape(-1))
 
 
-def random_stack(n_expert: int, rows: int, cols: int, qtype: str, seed: int = 0) -> QTensor:
+def random_stack(n_expert: int, rows: int, cols: int, qtype: str, seed: int = 0,
+                 hugepages: bool = False) -> QTensor:
     """A ``(n_expert, rows, cols)`` stack of random, well-formed ``qtype`` blocks in host memory
-    of its own (a pool of blocks repeated: what is read, not what it holds, sets the speed)."""
+    of its own (a pool of blocks repeated: what is read, not what it holds, sets the speed);
+    ``hugepages``: memory madvised for transparent huge pages."""
     pool = _block_pool(qtype, seed)
     per_row = row_bytes(qtype, cols)
     total = n_expert * rows * per_row
     data = pool.repeat(-(-total // pool.numel()))[:total]
+    if hugepages:
+        data = hugepage_bytes(total).copy_(data)
     return QTensor(data.view(n_expert, rows, per_row), qtype, cols)
 
 
@@ -83,6 +88,7 @@ class KernelRate:
     n_threads: int
     repack: bool
     repacked: list[str]  # the stacks the CPU_REPACK layout covered (the others read in place)
+    hugepages: bool  # the weight set in memory madvised for transparent huge pages
     n_expert: int  # experts in each layer's stacks
     n_layers: int  # layers in the weight set
     weight_bytes: int  # the weight set the steps cycle over
@@ -95,27 +101,28 @@ class KernelRate:
     bytes_per_second: float  # at the median step
 
 
-def _layer(preset_name: str, qtype: str, n_expert: int, backend: CpuBackend, repack: bool, seed: int) -> CpuExperts:
+def _layer(preset_name: str, qtype: str, n_expert: int, backend: CpuBackend, repack: bool, seed: int,
+           hugepages: bool) -> CpuExperts:
     preset = get_preset(preset_name)
-    stacks = (random_stack(n_expert, preset.n_ff_expert, preset.n_embd, qtype, seed),
-              random_stack(n_expert, preset.n_ff_expert, preset.n_embd, qtype, seed + 1),
-              random_stack(n_expert, preset.n_embd, preset.n_ff_expert, qtype, seed + 2))
+    stacks = (random_stack(n_expert, preset.n_ff_expert, preset.n_embd, qtype, seed, hugepages),
+              random_stack(n_expert, preset.n_ff_expert, preset.n_embd, qtype, seed + 1, hugepages),
+              random_stack(n_expert, preset.n_embd, preset.n_ff_expert, qtype, seed + 2, hugepages))
     return CpuExperts(*stacks, backend, repack=repack)  # a repacked stack's source goes with this frame
 
 
 def kernel_read_rate(preset_name: str, qtype: str, n_threads: int, repack: bool = False,
                      weight_bytes: int = MIN_WEIGHT_BYTES, n_expert: int | None = None,
                      steps: int = 40, seed: int = 0, per_step: int | None = None,
-                     gap_s: float = 0.0) -> KernelRate:
+                     gap_s: float = 0.0, hugepages: bool = False) -> KernelRate:
     """The CPU experts' weight read rate on decode steps of the preset's layer shape, over a
-    weight set of at least ``weight_bytes``."""
+    weight set of at least ``weight_bytes`` (``hugepages``: in memory madvised for them)."""
     preset = get_preset(preset_name)
     n_expert = n_expert or preset.n_expert
     k = min(per_step or preset.n_expert_used, n_expert)
     backend = CpuBackend(n_threads)
-    layers = [_layer(preset_name, qtype, n_expert, backend, repack, seed)]
+    layers = [_layer(preset_name, qtype, n_expert, backend, repack, seed, hugepages)]
     layer_bytes = n_expert * layers[0].expert_bytes
-    layers += [_layer(preset_name, qtype, n_expert, backend, repack, seed)
+    layers += [_layer(preset_name, qtype, n_expert, backend, repack, seed, hugepages)
                for _ in range(1, -(-weight_bytes // layer_bytes))]
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(preset.n_embd, generator=gen).numpy()
@@ -138,7 +145,7 @@ def kernel_read_rate(preset_name: str, qtype: str, n_threads: int, repack: bool 
         backend.close()
     step_seconds = statistics.median(wall)
     first = layers[0]
-    return KernelRate(preset_name, qtype, n_threads, repack, list(first.repacked), n_expert, len(layers),
+    return KernelRate(preset_name, qtype, n_threads, repack, list(first.repacked), hugepages, n_expert, len(layers),
                       len(layers) * layer_bytes, k, gap_s, first.expert_bytes, step_seconds, min(wall),
                       statistics.median(cpu), k * first.expert_bytes / step_seconds)
 
@@ -161,11 +168,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gap-ms", type=float, default=0.0,
                         help="the host's idle time between steps (the GPU's share of a layer)")
     parser.add_argument("--ram-gib", type=float, default=2.0, help="buffer the RAM readers read")
+    parser.add_argument("--hugepages", choices=("off", "on", "both"), default="off",
+                        help="the weight sets in memory madvised for transparent huge pages")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
     layouts = {"plain": [False], "repack": [True], "both": [False, True]}[args.layout]
     per_steps = [int(n) for n in args.per_step.split(",")] if args.per_step else [None]
+    hugepages = {"off": [False], "on": [True], "both": [False, True]}[args.hugepages]
     llc = last_level_cache_bytes()
     weight_bytes = int(args.weights_gib * GIB) if args.weights_gib else max(LLC_MULTIPLE * llc, MIN_WEIGHT_BYTES)
 
@@ -179,11 +189,12 @@ def main(argv: list[str] | None = None) -> None:
     rates = []
     for preset in args.presets.split(","):
         for qtype in args.types.split(","):
-            for repack, t, per_step in itertools.product(layouts, threads, per_steps):
+            for repack, huge, t, per_step in itertools.product(layouts, hugepages, threads, per_steps):
                 r = kernel_read_rate(preset, qtype, t, repack, weight_bytes, args.experts, args.steps,
-                                     per_step=per_step, gap_s=args.gap_ms / 1e3)
+                                     per_step=per_step, gap_s=args.gap_ms / 1e3, hugepages=huge)
                 rates.append(r)
                 layout = f"repack({','.join(r.repacked) or 'none'})" if repack else "plain"
+                layout += "+huge" if huge else ""
                 best = r.bytes_per_second * r.step_seconds / r.best_step_seconds
                 print(f"{preset:>16} {qtype:>5} {layout:>20} {t:>3} threads, {r.experts_per_step} experts: "
                       f"{r.step_seconds * 1e3:7.3f} ms/step (x{get_preset(preset).n_layers} layers = "
