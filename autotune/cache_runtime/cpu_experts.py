@@ -13,9 +13,10 @@ In the vendored ggml of llama-cpp-python 0.3.36 that is Q4_K (also Q4_0, IQ4_NL,
 x86 with AVX2, rows a multiple of 8; Q6_K and Q8_0 are repacked on ARM only. A stack it does
 not cover is read in place, as without ``repack``; ``repacked`` names the stacks it covered.
 
-A decode token's misses make one graph: a row per missed expert, each the token's
-activation against that one expert (``mul_mat_id`` with one id a row), summed with the
-routing weights by the caller. A graph is built once per miss count and cached.
+A decode token's misses make one graph, laid out as llama.cpp lays out a token's experts: the
+token's activation once, against its ``n`` missed experts (``mul_mat_id`` with ``n`` ids for
+one row, so the activation is quantized once, not once an expert), summed with the routing
+weights by the caller. A graph is built once per miss count and cached.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ class _Graph:
 
     context: Context
     graph: int
-    x: np.ndarray  # (rows, n_embd) float32: the token's activation, once a row
-    ids: np.ndarray  # (rows, 1) int32: a row's expert
-    out: np.ndarray  # (rows, 1, n_embd) float32: down(silu(gate x) * up x) of a row's expert
+    x: np.ndarray  # (n_embd,) float32: the token's activation
+    ids: np.ndarray  # (n,) int32: the experts it goes through
+    out: np.ndarray  # (n, n_embd) float32: down(silu(gate x) * up x) of each expert
 
 
 class CpuExperts:
@@ -110,21 +111,21 @@ class CpuExperts:
         finally:
             ctx.close()
 
-    def _graph(self, rows: int) -> _Graph:
-        cached = self._graphs.pop(rows, None)
+    def _graph(self, n: int) -> _Graph:
+        cached = self._graphs.pop(n, None)
         if cached is None:
-            cached = self._build(rows)
+            cached = self._build(n)
             if len(self._graphs) >= CACHED_GRAPHS:
                 self._graphs.popitem(last=False)[1].context.close()
-        self._graphs[rows] = cached
+        self._graphs[n] = cached
         return cached
 
-    def _build(self, rows: int) -> _Graph:
-        floats = rows * (self.n_embd + self.n_embd + 3 * self.n_ff)  # x; out, gate, up, their product
-        ctx = Context(4 * (floats + rows), 7, alloc=True)
+    def _build(self, n: int) -> _Graph:
+        floats = self.n_embd + n * (self.n_embd + 3 * self.n_ff)  # x; out, gate, up, their product
+        ctx = Context(4 * (floats + n), 7, alloc=True)
         gate_w, up_w, down_w = self._stacks
-        x = ctx.tensor(GGML_F32, self.n_embd, 1, rows)  # one activation a row, for its one expert
-        ids = ctx.tensor(GGML_I32, 1, rows)
+        x = ctx.tensor(GGML_F32, self.n_embd, 1, 1)  # one activation, broadcast to its n experts
+        ids = ctx.tensor(GGML_I32, n, 1)
         lib = ggml_cpu.api()
         gate = lib.mul_mat_id(ctx.handle, gate_w, x, ids)
         up = lib.mul_mat_id(ctx.handle, up_w, x, ids)
@@ -133,9 +134,9 @@ class CpuExperts:
         return _Graph(
             context=ctx,
             graph=ctx.graph(out),
-            x=ggml_cpu.tensor_view(x, torch.float32, (rows, self.n_embd)).numpy(),
-            ids=ggml_cpu.tensor_view(ids, torch.int32, (rows, 1)).numpy(),
-            out=ggml_cpu.tensor_view(out, torch.float32, (rows, 1, self.n_embd)).numpy(),
+            x=ggml_cpu.tensor_view(x, torch.float32, (self.n_embd,)).numpy(),
+            ids=ggml_cpu.tensor_view(ids, torch.int32, (n,)).numpy(),
+            out=ggml_cpu.tensor_view(out, torch.float32, (n, self.n_embd)).numpy(),
         )
 
     def forward_token(self, x: np.ndarray, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -145,9 +146,9 @@ class CpuExperts:
         self._check_ids(ids)
         graph = self._graph(len(ids))
         graph.x[:] = x
-        graph.ids[:, 0] = ids
+        graph.ids[:] = ids
         self.backend.compute(graph.graph)
-        return weights @ graph.out[:, 0]
+        return weights @ graph.out
 
     def _check_ids(self, experts: np.ndarray) -> None:
         """ggml aborts the process on an expert id out of range: refuse one first."""
