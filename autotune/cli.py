@@ -162,7 +162,8 @@ def synth(
     layers: Optional[int] = typer.Option(None, help="cut the preset to its first N layers (to fit a disk; "
                                          "the last keeps routed experts)"),
     quant: str = typer.Option("q4_k_m", help="q4_k_m | q4_k | q5_k | q6_k | q8_0 | f16 | q4_0 | q4_1 | "
-                              "q5_0 | q5_1 | q2_k | q3_k | iq4_nl | iq4_xs | mxfp4 | iq2_xxs | iq3_xxs, or a mix "
+                              "q5_0 | q5_1 | q2_k | q3_k | iq4_nl | iq4_xs | mxfp4 | iq2_xxs | iq3_xxs | iq3_s | "
+                              "iq2_xs | iq2_s | iq1_s | iq1_m, or a mix "
                               "by tensor role: ud-q2_k_xl | iq4_xs-mix | mxfp4_moe"),
     skew: float = typer.Option(1.0, help="static routing skew: 1 = calibrated like real MoE models, 0 = none"),
     routing: Optional[str] = typer.Option(

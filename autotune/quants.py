@@ -2,7 +2,8 @@
 
 The ``gguf`` package decodes every type but encodes only a few (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 MXFP4: used as they are); these encoders fill the gap for synthetic models and tests: Q2_K,
-Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS (IQ2_XXS and IQ3_XXS in ``quants_iq``). They follow llama.cpp's block layouts exactly
+Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS (the grid types IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S,
+IQ3_XXS and IQ3_S in ``quants_iq``). They follow llama.cpp's block layouts exactly
 (checked against ``gguf.quants.dequantize`` in the tests) but use a simple min/max
 quantization rule instead of llama.cpp's error search: good values, not the best ones.
 """
@@ -13,7 +14,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as QType
 from gguf import quants as gguf_quants
 
-from autotune.quants_iq import quantize_iq2_xxs, quantize_iq3_xxs
+from autotune.quants_iq import (quantize_iq1_m, quantize_iq1_s, quantize_iq2_s, quantize_iq2_xs, quantize_iq2_xxs,
+                                quantize_iq3_s, quantize_iq3_xxs)
 
 QK_K = 256
 
@@ -202,6 +204,11 @@ ENCODERS = {
     QType.IQ4_XS: quantize_iq4_xs,
     QType.IQ2_XXS: quantize_iq2_xxs,
     QType.IQ3_XXS: quantize_iq3_xxs,
+    QType.IQ3_S: quantize_iq3_s,
+    QType.IQ2_XS: quantize_iq2_xs,
+    QType.IQ2_S: quantize_iq2_s,
+    QType.IQ1_S: quantize_iq1_s,
+    QType.IQ1_M: quantize_iq1_m,
 } | {qtype: _gguf_encoder(qtype, 32) for qtype in (QType.Q8_0, QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1,
                                                    QType.MXFP4)}
 

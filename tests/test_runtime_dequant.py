@@ -11,6 +11,7 @@ from gguf import quants as gguf_quants
 from autotune.cache_runtime.dequant import BLOCK_SIZES, dequantize
 from autotune.cache_runtime.iq_grids import grid_table
 from autotune.cache_runtime.random_blocks import random_blocks
+from autotune.quants import quantize
 
 
 @pytest.mark.parametrize("qtype", sorted(BLOCK_SIZES))
@@ -21,6 +22,15 @@ def test_matches_gguf_bit_for_bit(qtype: str) -> None:
     got = dequantize(torch.from_numpy(raw), qtype).numpy()
     assert got.shape == (6, 512)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("qtype", ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"])
+def test_grid_types_encoded_blocks_match_gguf(qtype: str) -> None:
+    """The synthetic encoders' blocks (``quants_iq``), not only random bytes."""
+    values = np.random.default_rng(2).standard_normal((6, 512)).astype(np.float32)
+    raw = quantize(values, QType[qtype]).reshape(6, -1)
+    expected = gguf_quants.dequantize(raw, QType[qtype]).astype(np.float32)
+    np.testing.assert_array_equal(dequantize(torch.from_numpy(raw), qtype).numpy(), expected)
 
 
 def test_leading_dimensions_are_kept() -> None:

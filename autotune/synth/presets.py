@@ -238,7 +238,8 @@ LAYOUTS: dict[str, dict[str, QType]] = {
     "f16": {role: QType.F16 for role in ROLES},
 } | {qtype.name.lower(): {role: qtype for role in ROLES}
      for qtype in (QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1, QType.Q2_K, QType.Q3_K, QType.IQ4_NL,
-                   QType.IQ4_XS, QType.MXFP4, QType.IQ2_XXS, QType.IQ3_XXS)}
+                   QType.IQ4_XS, QType.MXFP4, QType.IQ2_XXS, QType.IQ3_XXS, QType.IQ3_S, QType.IQ2_XS,
+                   QType.IQ2_S, QType.IQ1_S, QType.IQ1_M)}
 
 
 def get_preset(name: str, layers: int | None = None) -> SynthPreset:

@@ -51,9 +51,10 @@ def default_routing(shape: SynthPreset) -> str:
 
 # A 256-element type's stand-in for rows that are not whole blocks of it, as llama.cpp's
 # quantizer picks it (llama-quant.cpp); any other type's is Q8_0.
-FALLBACK_TYPES = {QType.Q2_K: QType.IQ4_NL, QType.Q3_K: QType.IQ4_NL, QType.IQ4_XS: QType.IQ4_NL,
-                  QType.IQ2_XXS: QType.IQ4_NL, QType.IQ3_XXS: QType.IQ4_NL,
-                  QType.Q4_K: QType.Q5_0, QType.Q5_K: QType.Q5_1, QType.Q6_K: QType.Q8_0}
+FALLBACK_TYPES = {qtype: QType.IQ4_NL for qtype in (QType.Q2_K, QType.Q3_K, QType.IQ4_XS, QType.IQ2_XXS,
+                                                   QType.IQ2_XS, QType.IQ2_S, QType.IQ3_XXS, QType.IQ3_S,
+                                                   QType.IQ1_S, QType.IQ1_M)} | {
+    QType.Q4_K: QType.Q5_0, QType.Q5_K: QType.Q5_1, QType.Q6_K: QType.Q8_0}
 POOL_BLOCKS = 8192
 MAX_TAPE_BLOCKS = 1 << 20
 CHATML_TEMPLATE = (
