@@ -106,11 +106,17 @@ def test_the_space_samples_every_knob_and_leaves_moot_ones_alone(tiny_model: Pat
     assert seen["cpu_threads"] == set(CPU_THREAD_CHOICES) | {1} and seen["cpu_repack"] == {False, True}
 
 
-def test_experts_ggml_cannot_compute_are_never_given_to_the_cpu(tmp_path: Path, cap: int):
-    """gpt-oss's experts have biases and a clamped activation: no CPU miss mode is sampled or
-    offered as a baseline for them (each such trial would fail)."""
+@pytest.mark.parametrize("ggml_has_the_activation", [True, False])
+def test_experts_ggml_cannot_compute_are_never_given_to_the_cpu(tmp_path: Path, cap: int,
+                                                               ggml_has_the_activation: bool,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    """gpt-oss's experts (biases, the clamped SwiGLU) are computed by ggml's CPU experts, so the
+    CPU miss modes are sampled and seeded for them; were the activation one ggml's graph lacks,
+    no CPU miss mode would be sampled or offered as a baseline (each such trial would fail)."""
     from autotune.synth import write_synthetic_model
 
+    if not ggml_has_the_activation:
+        monkeypatch.setattr("autotune.cache_runtime.support.CPU_ACTIVATIONS", ("silu",))
     path = tmp_path / "gpt-oss-tiny.gguf"
     write_synthetic_model(path, preset="gpt-oss-tiny", seed=0)
     backend, model, hw = CacheBackend(), inspect_model(path), probe_hardware()
@@ -118,8 +124,10 @@ def test_experts_ggml_cannot_compute_are_never_given_to_the_cpu(tmp_path: Path, 
     workload = Workload(n_ctx=2048)
     modes = {backend.suggest(study.ask(), model, hw, workload).get("miss_mode", DEFAULTS["miss_mode"])
              for _ in range(60)}
-    assert modes == {"zero_copy", "copy"}
-    assert all(c["miss_mode"] not in ("cpu", "auto") for c in backend.baselines(model, hw, cap, workload))
+    cpu_modes = {"cpu", "auto"}
+    assert modes == {"zero_copy", "copy"} | (cpu_modes if ggml_has_the_activation else set())
+    seeded = {c["miss_mode"] for c in backend.baselines(model, hw, cap, workload)}
+    assert bool(seeded & cpu_modes) == ggml_has_the_activation
 
 
 def test_baselines_lie_in_the_space_and_fit_the_cap(tiny_model: Path, cap: int):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from autotune.cache_runtime.cpu_experts import CACHED_GRAPHS, CpuExperts
 from autotune.cache_runtime.ggml_cpu import CpuBackend, cpu_features
-from autotune.cache_runtime.torch_ops import TorchOps
+from autotune.cache_runtime.torch_ops import TorchOps, glu
 from autotune.cache_runtime.weights import ModelWeights, QTensor, load_weights
 from autotune.errors import ModelFileError
 from autotune.synth import write_synthetic_model
@@ -23,10 +23,12 @@ QUANTS = ["q4_k", "q6_k", "q8_0", "q4_k_m", "f16", "q4_0", "iq4_xs"]  # q4_k_m: 
 LAYER = 1
 
 
-@pytest.fixture(scope="module", params=QUANTS)
+@pytest.fixture(scope="module", params=[*QUANTS, "gpt-oss"])
 def weights(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ModelWeights:
-    path = tmp_path_factory.mktemp("cpu-experts") / f"tiny-{request.param}.gguf"
-    write_synthetic_model(path, preset="tiny", quant=request.param, seed=0)
+    """``gpt-oss``: gpt-oss-tiny, whose experts have biases and the clamped SwiGLU (Q4_K_M)."""
+    preset, quant = ("gpt-oss-tiny", "q4_k_m") if request.param == "gpt-oss" else ("tiny", request.param)
+    path = tmp_path_factory.mktemp("cpu-experts") / f"{preset}-{quant}.gguf"
+    write_synthetic_model(path, preset=preset, quant=quant, seed=0)
     return load_weights(path)
 
 
@@ -39,7 +41,9 @@ def backend() -> Iterator[CpuBackend]:
 
 def _experts(weights: ModelWeights, backend: CpuBackend, layer: int = LAYER, repack: bool = False) -> CpuExperts:
     lw = weights.layers[layer]
-    return CpuExperts(lw.gate_exps, lw.up_exps, lw.down_exps, backend, repack=repack)
+    biases = tuple(None if b is None else b.clone() for b in (lw.gate_exps_b, lw.up_exps_b, lw.down_exps_b))
+    return CpuExperts(lw.gate_exps, lw.up_exps, lw.down_exps, backend, repack=repack, biases=biases,
+                      act=weights.config.expert_act)
 
 
 
@@ -80,12 +84,17 @@ def _rounded_reference(weights: ModelWeights, x: torch.Tensor, ids: torch.Tensor
     """The experts from the runtime's dequantized weights, in float64, with ggml's activation rounding."""
     lw = weights.layers[LAYER]
     out = torch.zeros(x.shape, dtype=torch.float64)
+
+    def bias(b: torch.Tensor | None, e: int) -> torch.Tensor | float:
+        return 0.0 if b is None else b[e].double()
+
     for t in range(x.shape[0]):
         for j, e in enumerate(ids[t].tolist()):
             gate, up, down = (m[e].dequantize().double() for m in (lw.gate_exps, lw.up_exps, lw.down_exps))
             xq = _ggml_rounding(x[t], lw.gate_exps.qtype).double()
-            hidden = (F.silu(gate @ xq) * (up @ xq)).float()
-            out[t] += w[t, j] * (down @ _ggml_rounding(hidden, lw.down_exps.qtype).double())
+            hidden = glu(gate @ xq + bias(lw.gate_exps_b, e), up @ xq + bias(lw.up_exps_b, e),
+                         weights.config.expert_act).float()
+            out[t] += w[t, j] * (down @ _ggml_rounding(hidden, lw.down_exps.qtype).double() + bias(lw.down_exps_b, e))
     return out.float()
 
 
@@ -164,6 +173,16 @@ def test_an_unsupported_weight_type_is_a_clear_error(weights: ModelWeights, back
     iq3 = QTensor(lw.gate_exps.data, "TQ1_0", lw.gate_exps.cols)
     with pytest.raises(ModelFileError, match="gate stack's GGML type TQ1_0"):
         CpuExperts(iq3, lw.up_exps, lw.down_exps, backend)
+
+
+def test_an_activation_ggml_has_no_graph_for_and_misshapen_biases_are_refused(weights: ModelWeights,
+                                                                             backend: CpuBackend) -> None:
+    lw = weights.layers[LAYER]
+    with pytest.raises(ModelFileError, match="no CPU graph here for the gelu activation"):
+        CpuExperts(lw.gate_exps, lw.up_exps, lw.down_exps, backend, act="gelu")
+    short = torch.zeros(lw.gate_exps.data.shape[0], lw.gate_exps.rows - 1)
+    with pytest.raises(ValueError, match="gate biases are not"):
+        CpuExperts(lw.gate_exps, lw.up_exps, lw.down_exps, backend, biases=(short, None, None))
 
 
 def test_stacks_that_do_not_make_one_layer_are_refused(weights: ModelWeights, backend: CpuBackend) -> None:

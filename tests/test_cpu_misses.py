@@ -25,12 +25,13 @@ STEPS = 32
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "own_data_dir")
 
 
-@pytest.fixture(scope="module", params=["tiny", "small"])
+@pytest.fixture(scope="module", params=["tiny", "small", "gpt-oss-tiny"])
 def model(request: pytest.FixtureRequest, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """gpt-oss-tiny: experts with biases and the clamped SwiGLU."""
     if request.param == "tiny":
         return tiny_model
-    path = tmp_path_factory.mktemp("cpu-misses") / "small.gguf"
-    write_synthetic_model(path, preset="small", seed=0)
+    path = tmp_path_factory.mktemp("cpu-misses") / f"{request.param}.gguf"
+    write_synthetic_model(path, preset=request.param, seed=0)
     return path
 
 
@@ -62,10 +63,17 @@ def full(model: Path) -> tuple[list[int], torch.Tensor]:
 
 def assert_close_to_full(engine: Engine, full: tuple[list[int], torch.Tensor]) -> None:
     """At full residency's inputs, every step's logits have cosine >= 0.999 against its, and
-    argmax agrees on at least 31 of 32 steps (ggml quantizes activations to 8 bits)."""
+    argmax agrees on at least 31 of 32 steps (ggml quantizes activations to 8 bits). gpt-oss's
+    synthetic experts have biases large enough for the clamp to bite, so a step whose router
+    logits nearly tie turns on that rounding: there, a few isolated steps may dip to 0.99 (the
+    runtime against llama.cpp dips at such steps too: studies/families) while the median stays
+    at 0.9999."""
     tokens, logits = run(engine, feed=full[0])
     cosine = torch.nn.functional.cosine_similarity(logits, full[1], dim=1)
-    assert cosine.min() >= 0.999, cosine
+    if engine.cfg.arch == "gpt-oss":
+        assert cosine.min() >= 0.99 and cosine.median() >= 0.9999 and (cosine < 0.999).sum() <= 3, cosine
+    else:
+        assert cosine.min() >= 0.999, cosine
     assert sum(a == b for a, b in zip(tokens, full[0])) >= STEPS - 1
 
 

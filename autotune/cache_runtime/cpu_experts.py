@@ -13,6 +13,9 @@ In the vendored ggml of llama-cpp-python 0.3.36 that is Q4_K (also Q4_0, IQ4_NL,
 x86 with AVX2, rows a multiple of 8; Q6_K and Q8_0 are repacked on ARM only. A stack it does
 not cover is read in place, as without ``repack``; ``repacked`` names the stacks it covered.
 
+Experts may have biases (per expert, added to the gate, up and down outputs: ``add_id``) and
+gpt-oss's clamped SwiGLU (``swiglu_oai``), as llama.cpp's ``build_moe_ffn`` adds them.
+
 A decode token's misses make one graph, laid out as llama.cpp lays out a token's experts: the
 token's activation once, against its ``n`` missed experts (``mul_mat_id`` with ``n`` ids for
 one row, so the activation is quantized once, not once an expert), summed with the routing
@@ -30,12 +33,15 @@ import torch
 from autotune.cache_runtime import ggml_cpu
 from autotune.cache_runtime.dequant import BLOCK_SIZES
 from autotune.cache_runtime.ggml_cpu import GGML_F32, GGML_I32, Binding, Context, CpuBackend, RepackedCopy
+from autotune.cache_runtime.support import CPU_ACTIVATIONS
+from autotune.cache_runtime.torch_ops import OAI_ALPHA, OAI_LIMIT
 from autotune.cache_runtime.weights import QTensor
 from autotune.errors import ModelFileError
 
 SUPPORTED_TYPES = tuple(BLOCK_SIZES)  # the runtime's types; ggml has CPU kernels for each
 CACHED_GRAPHS = 8  # graphs kept, one per miss count (a layer misses a few experts a token)
 STACK_NAMES = ("gate", "up", "down")
+Biases = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 
 
 @dataclass
@@ -53,9 +59,15 @@ class CpuExperts:
     """One layer's experts on the CPU. ``gate``, ``up`` and ``down`` are the layer's stacks
     (``(n_expert, rows, row_bytes)`` in host memory); ``backend`` sets the threads and may be
     shared by every layer (one computation at a time); ``repack``: see the module's docstring
-    (the repacked stacks are copies, so their source memory may go)."""
+    (the repacked stacks are copies, so their source memory may go); ``biases``: the gate, up
+    and down biases, each None or ``(n_expert, rows)`` float32 in host memory (read in place);
+    ``act``: one of ``support.CPU_ACTIVATIONS``."""
 
-    def __init__(self, gate: QTensor, up: QTensor, down: QTensor, backend: CpuBackend, repack: bool = False):
+    def __init__(self, gate: QTensor, up: QTensor, down: QTensor, backend: CpuBackend, repack: bool = False,
+                 biases: Biases = (None, None, None), act: str = "silu"):
+        if act not in CPU_ACTIVATIONS:
+            raise ModelFileError(f"CPU experts: no CPU graph here for the {act} activation "
+                                 f"(supported: {', '.join(CPU_ACTIVATIONS)})")
         for name, stack in zip(STACK_NAMES, (gate, up, down)):
             if stack.qtype not in SUPPORTED_TYPES:
                 raise ModelFileError(f"CPU experts: no CPU kernel here for the {name} stack's GGML type "
@@ -67,19 +79,30 @@ class CpuExperts:
         if up.data.shape[:2] != gate.data.shape[:2] or up.cols != self.n_embd \
                 or down.data.shape[:2] != (self.n_expert, self.n_embd) or down.cols != self.n_ff:
             raise ValueError("CPU experts: the gate, up and down stacks do not make one layer's experts")
-        self.backend = backend
+        self.backend, self.act = backend, act
         self.expert_bytes = sum(stack.data[0].numel() for stack in (gate, up, down))  # what one expert reads
         self.repacked: tuple[str, ...] = ()
-        self._weights = Context(0, 2 * len(STACK_NAMES), alloc=False)  # a repack refused costs a description
+        # a repack refused costs a description; each bias one more
+        self._weights = Context(0, 3 * len(STACK_NAMES), alloc=False)
         self._stacks: list[int] = []
+        self._biases: list[int | None] = []
         self._bindings: list[Binding | RepackedCopy] = []
         self._graphs: OrderedDict[int, _Graph] = OrderedDict()
         try:
-            for name, stack in zip(STACK_NAMES, (gate, up, down)):
+            for name, stack, bias in zip(STACK_NAMES, (gate, up, down), biases):
                 self._place(name, stack, repack)
+                self._biases.append(None if bias is None else self._bind_bias(name, bias, stack.rows))
         except ValueError:
             self.close()
             raise
+
+    def _bind_bias(self, name: str, bias: torch.Tensor, rows: int) -> int:
+        """Describe a stack's biases to ggml, read in place: (n_expert, rows) float32."""
+        if bias.dtype != torch.float32 or tuple(bias.shape) != (self.n_expert, rows):
+            raise ValueError(f"CPU experts: the {name} biases are not ({self.n_expert}, {rows}) float32")
+        tensor = self._weights.tensor(GGML_F32, rows, self.n_expert)
+        self._bindings.append(Binding(tensor, bias))
+        return tensor
 
     def _place(self, name: str, stack: QTensor, repack: bool) -> None:
         """Describe ``stack`` to ggml: a repacked copy where asked and covered, else in place."""
@@ -121,16 +144,23 @@ class CpuExperts:
         return cached
 
     def _build(self, n: int) -> _Graph:
-        floats = self.n_embd + n * (self.n_embd + 3 * self.n_ff)  # x; out, gate, up, their product
-        ctx = Context(4 * (floats + n), 7, alloc=True)
+        # x; gate, up and their biased sums, the product; out and its biased sum
+        floats = self.n_embd + n * (2 * self.n_embd + 5 * self.n_ff)
+        ctx = Context(4 * (floats + n), 10, alloc=True)
         gate_w, up_w, down_w = self._stacks
+        gate_b, up_b, down_b = self._biases
         x = ctx.tensor(GGML_F32, self.n_embd, 1, 1)  # one activation, broadcast to its n experts
         ids = ctx.tensor(GGML_I32, n, 1)
         lib = ggml_cpu.api()
-        gate = lib.mul_mat_id(ctx.handle, gate_w, x, ids)
-        up = lib.mul_mat_id(ctx.handle, up_w, x, ids)
-        hidden = lib.swiglu_split(ctx.handle, gate, up)
-        out = lib.mul_mat_id(ctx.handle, down_w, hidden, ids)
+
+        def biased(y: int, bias: int | None) -> int:
+            return y if bias is None else lib.add_id(ctx.handle, y, bias, ids)
+
+        gate = biased(lib.mul_mat_id(ctx.handle, gate_w, x, ids), gate_b)
+        up = biased(lib.mul_mat_id(ctx.handle, up_w, x, ids), up_b)
+        hidden = lib.swiglu_split(ctx.handle, gate, up) if self.act == "silu" \
+            else lib.swiglu_oai(ctx.handle, gate, up, OAI_ALPHA, OAI_LIMIT)
+        out = biased(lib.mul_mat_id(ctx.handle, down_w, hidden, ids), down_b)
         return _Graph(
             context=ctx,
             graph=ctx.graph(out),

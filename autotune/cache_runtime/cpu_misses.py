@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from autotune.cache_runtime.cpu_experts import CpuExperts
+from autotune.cache_runtime.cpu_experts import Biases, CpuExperts
 from autotune.cache_runtime.devices import CopyEvent, Device, Done
 from autotune.cache_runtime.expert_table import ExpertTable
 from autotune.cache_runtime.ggml_cpu import CpuBackend
@@ -42,6 +42,12 @@ from autotune.cache_runtime.weights import LayerWeights
 
 if TYPE_CHECKING:
     from autotune.cache_runtime.flag_handoff import FlagHandoff
+
+
+def _host_biases(lw: LayerWeights) -> Biases:
+    """The layer's expert biases as the CPU reads them: float32 copies in host memory of their own."""
+    return tuple(None if b is None else b.detach().to("cpu", torch.float32, copy=True)
+                 for b in (lw.gate_exps_b, lw.up_exps_b, lw.down_exps_b))
 
 
 @dataclass
@@ -61,11 +67,12 @@ class CpuMisses:
     ``prefetched``: whether the device also computes experts that point at a prefetched copy
     (``auto``) rather than only those in a slot (``cpu``); ``pcie_share``: the share of the
     other selections the device reads over PCIe itself; ``handoff``: the ``cpu_handoff`` knob
-    (``flags`` takes effect only where the device captures graphs)."""
+    (``flags`` takes effect only where the device captures graphs); ``act``: the experts' gated
+    activation (their biases come with ``layers``)."""
 
     def __init__(self, layers: list[LayerWeights], table: ExpertTable, in_slot: torch.Tensor,
                  home_gate: torch.Tensor, device: Device, threads: int, repack: bool, prefetched: bool,
-                 handoff: str, pcie_share: float = 0.0):
+                 handoff: str, pcie_share: float = 0.0, act: str = "silu"):
         self.device, self.table, self.in_slot, self.prefetched = device, table, in_slot, prefetched
         self.home_gate = home_gate
         self.pcie_share = pcie_share
@@ -79,7 +86,8 @@ class CpuMisses:
         self.layers: list[CpuExperts] = []
         try:
             for lw in layers:
-                self.layers.append(CpuExperts(lw.gate_exps, lw.up_exps, lw.down_exps, self.backend, repack))
+                self.layers.append(CpuExperts(lw.gate_exps, lw.up_exps, lw.down_exps, self.backend, repack,
+                                              _host_biases(lw), act))
         except Exception:
             self.close()
             raise

@@ -31,6 +31,7 @@ from autotune.cache_runtime.platforms import select_platform
 from autotune.cache_runtime.rope import RopeTable
 from autotune.cache_runtime.routing import RoutingTrace
 from autotune.cache_runtime.sampling import greedy, gumbel_sample
+from autotune.cache_runtime.support import CPU_ACTIVATIONS
 from autotune.cache_runtime.trace_file import Phase, Trace
 from autotune.cache_runtime.weights import LayerWeights, ModelWeights, load_weights
 from autotune.errors import AutotuneError
@@ -136,9 +137,9 @@ class Engine:
 
         if self._experts_in_vram:
             raise AutotuneError("this engine holds every expert in VRAM: load it with cache_config=... instead")
-        if cfg.miss_mode in CPU_MISS_MODES and not self.plain_experts:
-            raise AutotuneError(f"miss mode {cfg.miss_mode!r} computes misses with ggml's plain SwiGLU experts; "
-                                f"{self.cfg.arch}'s experts have biases or another activation: use zero_copy or copy")
+        if cfg.miss_mode in CPU_MISS_MODES and self.cfg.expert_act not in CPU_ACTIVATIONS:
+            raise AutotuneError(f"miss mode {cfg.miss_mode!r} computes misses with ggml's CPU experts, which have no "
+                                f"{self.cfg.expert_act} activation here ({self.cfg.arch}): use zero_copy or copy")
         if cfg.max_ctx != self.kv_cache.max_ctx:
             raise AutotuneError(f"max_ctx {cfg.max_ctx} differs from the loaded KV cache's {self.kv_cache.max_ctx}")
         self.close()
@@ -157,11 +158,6 @@ class Engine:
         self.ops.hooks = expert_cache
         self.prefill_chunk = cfg.prefill_chunk  # the plan holds one chunk's activations
         self.ops.set_launch_shapes(cfg.chunk_rounds, cfg.gate_up_warps)
-
-    @property
-    def plain_experts(self) -> bool:
-        """Whether every expert is down(silu(gate x) * up x) without biases (what ggml's CPU experts compute)."""
-        return self.cfg.expert_act == "silu" and all(lw.plain_experts for lw in self.weights.moe_layers)
 
     def save_routing(self) -> Path | None:
         """Persist the routing counts seen so far (they seed the next start's placement)."""

@@ -60,7 +60,7 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         self.cpu_misses = CpuMisses(
             ops.w.moe_layers, self.table, self.in_slot, torch.from_numpy(self.home_addr[:, :, 0]).to(dev), device,
             cfg.cpu_threads, cfg.cpu_repack, prefetched=cfg.miss_mode == "auto", handoff=cfg.cpu_handoff,
-            pcie_share=cfg.pcie_share) \
+            pcie_share=cfg.pcie_share, act=ops.cfg.expert_act) \
             if cfg.miss_mode in CPU_MISS_MODES else None
         self._fill(initial_placement(plan.slots, self.n_expert, counts if cfg.learned_placement else None))
         if self.lent is None:

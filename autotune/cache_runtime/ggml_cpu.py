@@ -22,7 +22,7 @@ import torch
 from gguf import GGMLQuantizationType
 
 TENSOR_ALIGNMENT = 32  # ggml's: the start of memory a CPU buffer wraps
-GRAPH_SIZE = 16  # nodes a graph may hold (the expert graph has six)
+GRAPH_SIZE = 16  # nodes a graph may hold (the expert graph has six, nine with biases)
 REPACK_BUFFER_TYPE = b"CPU_REPACK"  # ggml-cpu's name for it
 GGML_MAX_N_THREADS = 512  # ggml.h: the size of a thread pool's cpu mask
 GGML_STATUS_SUCCESS = 0
@@ -58,6 +58,9 @@ class _Api:
         self.get_data = bind("ggml_get_data", c_void_p, c_void_p)
         self.mul_mat_id = bind("ggml_mul_mat_id", c_void_p, c_void_p, c_void_p, c_void_p, c_void_p)
         self.swiglu_split = bind("ggml_swiglu_split", c_void_p, c_void_p, c_void_p, c_void_p)
+        self.swiglu_oai = bind("ggml_swiglu_oai", c_void_p, c_void_p, c_void_p, c_void_p, ctypes.c_float,
+                               ctypes.c_float)
+        self.add_id = bind("ggml_add_id", c_void_p, c_void_p, c_void_p, c_void_p, c_void_p)
         self.new_graph_custom = bind("ggml_new_graph_custom", c_void_p, c_void_p, c_size_t, c_bool)
         self.build_forward_expand = bind("ggml_build_forward_expand", None, c_void_p, c_void_p)
         self.backend_cpu_init = bind("ggml_backend_cpu_init", c_void_p)

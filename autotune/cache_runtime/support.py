@@ -12,6 +12,9 @@ from autotune.errors import ModelFileError
 if TYPE_CHECKING:
     from autotune.model_info import ModelProfile
 
+# the experts' gated activations ggml's CPU experts compute (``cpu_experts``; ``torch_ops.glu``)
+CPU_ACTIVATIONS = ("silu", "swiglu_oai")
+
 
 def runtime_gap(model: ModelProfile) -> str | None:
     """None where the runtime runs ``model``, else what is missing: the family (unknown, or
@@ -40,12 +43,10 @@ def runtime_gap(model: ModelProfile) -> str | None:
 
 
 def cpu_experts_gap(model: ModelProfile) -> str | None:
-    """None where ggml's CPU experts (``cpu_experts``: down(silu(gate x) * up x), no biases)
-    compute the model's routed experts, so the miss modes ``cpu`` and ``auto`` can run; else why
-    not. The engine's ``plain_experts`` is the same rule over the loaded weights."""
+    """None where ggml's CPU experts (``cpu_experts``: gate and up, their gated activation, down,
+    each with its per-expert bias where the file has one) compute the model's routed experts, so
+    the miss modes ``cpu`` and ``auto`` can run; else why not (the engine refuses them so too)."""
     family = FAMILIES.get(model.architecture)
-    if family is not None and family.traits.expert_act != "silu":
+    if family is not None and family.traits.expert_act not in CPU_ACTIVATIONS:
         return f"{model.architecture}'s experts use the {family.traits.expert_act} activation"
-    if any(t.name.endswith("_exps.bias") for t in model.tensors):
-        return f"{model.architecture}'s experts have biases"
     return None

@@ -4,8 +4,7 @@
 # misses computed on the CPU), and full-residency decode against llama.cpp all on the GPU.
 # Usage (GPU machine, project root, after `source .gpu/device-setup.sh`):
 #   [LAYERS=N] [QUANT=NAME] [KNOBS="KEY=VALUE ..."] bash studies/families/run.sh OUT_DIR PRESET CAP_GIB
-# KNOBS: the cache config at the cap (default: the hybrid's served knobs, misses on the CPU;
-# a family whose experts ggml's CPU path cannot compute, gpt-oss, needs KNOBS=miss_mode=zero_copy).
+# KNOBS: the cache config at the cap (default: the hybrid's served knobs, misses on the CPU).
 # Writes /tmp/families/PRESET.gguf if missing (synthetic weights, the preset's real shape).
 set -uo pipefail
 out=${1:?output dir}; preset=${2:?preset}; cap=${3:?cap in GiB}
