@@ -52,7 +52,7 @@ class _Graph:
     graph: int
     x: np.ndarray  # (n_embd,) float32: the token's activation
     ids: np.ndarray  # (n,) int32: the experts it goes through
-    out: np.ndarray  # (n, n_embd) float32: down(silu(gate x) * up x) of each expert
+    out: np.ndarray  # (n, n_embd) float32: each expert's output, down(act(gate x, up x)), biases included
 
 
 class CpuExperts:

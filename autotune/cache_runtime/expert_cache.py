@@ -55,7 +55,6 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         self._since_rebalance = 0
         self.prefetcher = None  # set by the engine when cfg.prefetch_depth > 0
         self._staged: tuple[int, list[int]] | None = None
-        self._handed: int | None = None  # the layer whose misses ``offload`` handed to the CPU
         # miss modes cpu and auto: the CPU computes the misses of a decode step
         self.cpu_misses = CpuMisses(
             ops.w.moe_layers, self.table, self.in_slot, torch.from_numpy(self.home_addr[:, :, 0]).to(dev), device,
@@ -110,10 +109,8 @@ class ExpertCache(ExpertSlots, ExpertHooks):
 
     def offload(self, layer: int, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor | None:
         """A decode step's misses go to the CPU (``cpu_misses``); prefill keeps its own path."""
-        self._handed = None
         if self.cpu_misses is None or x.shape[0] != 1 or self._held_whole(layer):
             return None
-        self._handed = layer
         return self.cpu_misses.offload(layer, x, ids, weights)
 
     def add_offloaded(self, layer: int, h: torch.Tensor) -> None:
@@ -122,8 +119,7 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         if self.cpu_misses is not None and h.shape[0] == 1:
             if self.prefetcher is not None:
                 self.prefetcher.run_deferred()
-            if self._handed == layer:
-                self._handed = None
+            if not self._held_whole(layer):  # slots move only between steps: as ``offload`` found it
                 self.cpu_misses.add(layer, h)
 
     def router_input(self, layer: int) -> torch.Tensor | None:
