@@ -3,9 +3,9 @@
 # pick) beside llama-server's fitting --n-cpu-moe configs, each started fresh and measured over
 # HTTP by studies/served/side_by_side.py (decode (t(N)-t(1))/(N-1), prefill, peak VRAM).
 # Usage (GPU machine, project root, after `source .gpu/device-setup.sh`):
-#   [NCMOE="11 12"] [ROUNDS=2] bash studies/hybrid/served.sh OUT_DIR MODEL CAP_GIB [SERVE OPTIONS ...]
+#   [NCMOE="11 12"] [ROUNDS=2] [REPS=3] bash studies/hybrid/served.sh OUT_DIR MODEL CAP_GIB [SERVE OPTIONS ...]
 # NCMOE: llama-server's --n-cpu-moe values; N:UB also sets its ubatch (-ub UB), which lets a
-# split with fewer CPU layers fit a cap (studies/skew0).
+# split with fewer CPU layers fit a cap (studies/skew0). REPS: requests of each length per start.
 # SERVE OPTIONS: the cache's knobs (default: LFU every 4 tokens, decay 0.8, misses computed on the CPU,
 # the prefill's room lent to slots between prefills).
 set -euo pipefail
@@ -20,4 +20,4 @@ for n in ${NCMOE:-11 12}; do
 done
 echo "$winner" > "$out/command-${cap}G.txt"
 python3 studies/served/side_by_side.py "$model" "$out/side-${cap}G.json" "$cap" --winner "$winner" \
-  --reference "${refs[@]}" --rounds "${ROUNDS:-2}" 2>&1 | tee "$out/side-${cap}G.txt"
+  --reference "${refs[@]}" --rounds "${ROUNDS:-2}" --repetitions "${REPS:-3}" 2>&1 | tee "$out/side-${cap}G.txt"
