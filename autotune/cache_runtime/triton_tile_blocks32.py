@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from autotune.cache_runtime.codebooks import IQ4_NL_CODES, MXFP4_CODES
-from autotune.cache_runtime.triton_tile_parts import blocks32_axes, code_lookup, load_f16
+from autotune.cache_runtime.triton_tile_parts import blocks32_axes, code_lookup, int8_bits_to_float, load_f16, small_int_to_float
 
 _IQ4_LOW: tl.constexpr = tl.constexpr(IQ4_NL_CODES[0])
 _IQ4_HIGH: tl.constexpr = tl.constexpr(IQ4_NL_CODES[1])
@@ -81,7 +81,7 @@ def iq4_xs(blk):
     b, ba, a, t, j, n, k = blocks32_axes(blk)
     low = (tl.load(ba + 4 + j // 2).to(tl.int32) >> (4 * (j % 2))) & 15
     high = (tl.load(ba + 2 + j // 4).to(tl.int32) >> (2 * (j % 4))) & 3
-    sc = ((low | (high << 4)) - 32).to(tl.float32)
+    sc = small_int_to_float((low | (high << 4)) - 32)
     q = _nibbles(b + 8 + 16 * j + 2 * a + t, n)
     return (load_f16(ba) * sc) * code_lookup(q, _IQ4_LOW, _IQ4_HIGH), k
 
@@ -104,5 +104,5 @@ def q8_0(blk):
     a = tl.arange(0, 16)[:, None, None, None, None]
     t = tl.arange(0, 2)[None, None, None, None, :]
     j = tl.arange(0, 8)[None, None, None, :, None]
-    q = tl.load((b + 34 * j + 2 + 2 * a + t).to(tl.pointer_type(tl.int8))).to(tl.float32)
+    q = int8_bits_to_float(tl.load(b + 34 * j + 2 + 2 * a + t).to(tl.int32))
     return q * load_f16(b + 0 * a + 34 * j), 32 * j + 2 * a + t

@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from autotune.cache_runtime.triton_tile_parts import load_f16, middle_axes, tile_axes
+from autotune.cache_runtime.triton_tile_parts import int8_bits_to_float, load_f16, middle_axes, small_int_to_float, tile_axes
 
 
 @triton.jit
@@ -19,7 +19,7 @@ def _k_scale_min(b, sub):
     low = sub < 4
     sc = tl.where(low, x & 63, (y & 15) | ((z >> 6) << 4))
     mn = tl.where(low, y & 63, (y >> 4) | ((x >> 6) << 4))
-    return sc.to(tl.float32), mn.to(tl.float32)
+    return small_int_to_float(sc), small_int_to_float(mn)
 
 
 @triton.jit
@@ -45,10 +45,10 @@ def q3_k(blk):
     i = 8 * h + 2 * s + a // 8  # the scale's index
     low = (tl.load(ba + 96 + i % 8).to(tl.int32) >> (4 * (i // 8))) & 15
     high = (tl.load(ba + 104 + i % 4).to(tl.int32) >> (2 * (i // 4))) & 3
-    sc = ((low | (high << 4)) - 32).to(tl.float32)
+    sc = small_int_to_float((low | (high << 4)) - 32)
     ql = (tl.load(b + 32 + 32 * h + 2 * a + t).to(tl.int32) >> (2 * s)) & 3
     hbit = (tl.load(b + 2 * a + t).to(tl.int32) >> (4 * h + s)) & 1
-    q = (ql - 4 * (1 - hbit)).to(tl.float32)
+    q = small_int_to_float(ql - 4 * (1 - hbit))
     return (load_f16(ba + 108) * sc) * q, 128 * h + 32 * s + 2 * a + t
 
 
@@ -88,6 +88,6 @@ def q6_k(blk):
     ba = b + 0 * a
     ql = tl.load(b + 64 * h + 32 * u + 2 * a + t).to(tl.int32)
     qh = tl.load(b + 128 + 32 * h + 2 * a + t).to(tl.int32)
-    sc = tl.load((ba + 192 + 8 * h + 4 * n + 2 * u + a // 8).to(tl.pointer_type(tl.int8))).to(tl.float32)
+    sc = int8_bits_to_float(tl.load(ba + 192 + 8 * h + 4 * n + 2 * u + a // 8).to(tl.int32))
     q = (((ql >> (4 * n)) & 15) | (((qh >> (4 * n + 2 * u)) & 3) << 4)) - 32
-    return (load_f16(ba + 208) * sc) * q.to(tl.float32), 128 * h + 64 * n + 32 * u + 2 * a + t
+    return (load_f16(ba + 208) * sc) * small_int_to_float(q), 128 * h + 64 * n + 32 * u + 2 * a + t
