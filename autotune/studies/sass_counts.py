@@ -7,7 +7,7 @@ one warp each, one chunk of super-blocks), the conversions on the GPU's slow con
 shared memory) and the global loads. A diagnosis, not a speed: the figures that count are
 ``run.sh``'s.
 
-Usage: python studies/quant_types/sass_counts.py [TYPE ...]   (default: every type the runtime reads)
+Usage: python -m autotune.studies.sass_counts [TYPE ...]   (default: every type the runtime reads)
 """
 
 from __future__ import annotations
