@@ -17,7 +17,10 @@ Older files' single ``attn_kv_b`` holds both matrices (the same arithmetic as ll
 per-head decompression there, in another order).
 
 A prefill reads its position from the host (``start``); a decode step reads it from the device,
-so the step is captured as a CUDA graph as every family's is.
+so the step is captured as a CUDA graph as every family's is. The projections around it are
+``ops.linear``; the part between them (the cache store, the absorbed query, the scores and
+the weighted latents) is ``Ops.latent_attend``: ``latent_attend`` here, or for a decode step
+on the Triton ops a few fused kernels (``triton_mla``).
 """
 
 from __future__ import annotations
@@ -77,11 +80,19 @@ def mla_attention(ops: Ops, h: torch.Tensor, il: int, start: int) -> torch.Tenso
     One token reads its position from the device (``KVCache.pos``), so a decode step over it
     can be captured as a CUDA graph; several (a prefill) run at ``start``."""
     cfg, lw = ops.cfg, ops.w.layers[il]
-    n, lora = h.shape[0], cfg.kv_lora_rank
-    nope = cfg.head_dim - cfg.rotated_dims
     x = rmsnorm(h, lw.attn_norm, cfg.rms_eps)
-    q = queries(ops, x, lw)
-    kv = ops.linear(x, lw.wkv_a_mqa)  # (tokens, kv_lora_rank + rope_dims)
+    out = ops.latent_attend(queries(ops, x, lw), ops.linear(x, lw.wkv_a_mqa), il, start)
+    _, wv_b = absorbed(ops, il)
+    heads = torch.einsum("thr,hvr->thv", out.to(wv_b.dtype), wv_b).float()  # (tokens, heads, v dims)
+    return h + ops.linear(heads.reshape(h.shape[0], cfg.attn_out_dim), lw.wo)
+
+
+def latent_attend(ops: Ops, q: torch.Tensor, kv: torch.Tensor, il: int, start: int) -> torch.Tensor:
+    """``Ops.latent_attend`` in torch: the latent RMS-normed and the key rotated into the cache,
+    then q's heads, absorbed, over every position up to theirs (a single token's at ``pos``)."""
+    cfg, lw = ops.cfg, ops.w.layers[il]
+    n, lora = q.shape[0], cfg.kv_lora_rank
+    nope = cfg.head_dim - cfg.rotated_dims
     latent = rmsnorm(kv[:, :lora], lw.kv_a_norm, cfg.rms_eps)
     pos = ops.kv_cache.pos
     rotate = (lambda t: ops.rope.apply_at(t, pos)) if n == 1 else (lambda t: ops.rope.apply(t, start))
@@ -91,13 +102,13 @@ def mla_attention(ops: Ops, h: torch.Tensor, il: int, start: int) -> torch.Tenso
     else:
         ops.kv_cache.store_keys(il, start, key)
 
-    wk_b, wv_b = absorbed(ops, il)
+    wk_b, _ = absorbed(ops, il)
     cache = ops.kv_cache.k[il, 0]
     q_latent = torch.einsum("thd,hrd->thr", q[..., :nope].to(cache.dtype), wk_b)
     q = torch.cat([q_latent, rotate(q[..., nope:]).to(cache.dtype)], dim=-1)  # (tokens, heads, lora + rope)
-    out = _attend_one(cfg, q[0], cache, ops.kv_cache.positions > pos) if n == 1 else _attend_prefill(cfg, q, cache[: start + n], start)
-    heads = torch.einsum("thr,hvr->thv", out.to(wv_b.dtype), wv_b).float()  # (tokens, heads, v dims)
-    return h + ops.linear(heads.reshape(n, cfg.attn_out_dim), lw.wo)
+    if n == 1:
+        return _attend_one(cfg, q[0], cache, ops.kv_cache.positions > pos)
+    return _attend_prefill(cfg, q, cache[: start + n], start)
 
 
 def _attend_one(cfg: ModelConfig, q: torch.Tensor, cache: torch.Tensor, ahead: torch.Tensor) -> torch.Tensor:

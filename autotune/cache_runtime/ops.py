@@ -182,6 +182,13 @@ class Ops(ABC):
         """Causal attention of q (positions start...) over the KV cache: (tokens, n_head * head_dim)."""
 
     @abstractmethod
+    def latent_attend(self, q: torch.Tensor, kv: torch.Tensor, il: int, start: int) -> torch.Tensor:
+        """Latent attention (MLA, ``mla``): the latent and RoPE key of ``kv`` (tokens,
+        kv_lora_rank + rope_dims; the latent not yet normed) into the KV cache, then q's heads
+        (tokens, n_head, head_dim) over it, the no-RoPE part absorbed through wk_b: the weighted
+        latents (tokens, n_head, kv_lora_rank), in the cache's dtype."""
+
+    @abstractmethod
     def out_proj(self, a: torch.Tensor, il: int, h: torch.Tensor) -> torch.Tensor:
         """h + attention output projection."""
 

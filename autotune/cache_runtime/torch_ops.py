@@ -167,6 +167,12 @@ class TorchOps(Ops):
             out = sink_attention(qh, k, v, mask, sinks)
         return out[0].transpose(0, 1).reshape(n, self.cfg.q_dim).float()
 
+    def latent_attend(self, q: torch.Tensor, kv: torch.Tensor, il: int, start: int) -> torch.Tensor:
+        """Latent attention as ``mla.latent_attend`` defines it."""
+        from autotune.cache_runtime.mla import latent_attend  # here: mla builds on this module
+
+        return latent_attend(self, q, kv, il, start)
+
     def out_proj(self, a: torch.Tensor, il: int, h: torch.Tensor) -> torch.Tensor:
         """h + attention output projection (plus its bias where the layer has one)."""
         lw = self.w.layers[il]

@@ -1,14 +1,15 @@
 """The forward-pass blocks on fused Triton kernels (the GPU path).
 
-The same contract (``ops.Ops``) as ``TorchOps``, whose multi-token blocks it reuses. A single token (decode) runs the fused GEMV kernels of
-``triton_gemv`` and the attention kernels of ``triton_attention``: about ten launches a
-layer, no host sync, so a step can be captured as one CUDA graph. Several tokens
-(prefill) keep TorchOps' norms, RoPE and attention, with the matrix products and the
-routed experts on ``qgemm_kernel``. Experts with biases or another activation than SwiGLU
-(gpt-oss) take them in the single-token kernels; on several tokens they run unfused: their
-gate, up and down products on ``qgemm_kernel``, the biases and the activation in torch
-(``_biased_experts``). Decode attention takes the sliding window and the sinks in its
-kernels. Under TRITON_INTERPRET=1 the same code runs on the CPU.
+The same contract (``ops.Ops``) as ``TorchOps``, whose multi-token blocks it reuses. A single
+token (decode) runs the fused GEMV kernels of ``triton_gemv`` and the attention kernels of
+``triton_attention`` (latent attention's, MLA: ``triton_mla``'s, around a torch bmm for the
+absorbed query): about ten launches a layer, no host sync, so a step can be captured as one
+CUDA graph. Several tokens (prefill) keep TorchOps' norms, RoPE and attention, with the
+matrix products and the routed experts on ``qgemm_kernel``. Experts with biases or another
+activation than SwiGLU (gpt-oss) take them in the single-token kernels; on several tokens
+they run unfused: their gate, up and down products on ``qgemm_kernel``, the biases and the
+activation in torch (``_biased_experts``). Decode attention takes the sliding window and the
+sinks in its kernels. Under TRITON_INTERPRET=1 the same code runs on the CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import triton
 
 from autotune.cache_runtime.expert_table import DOWN, GATE, UP, ExpertTable
 from autotune.cache_runtime.kv_cache import KVCache
+from autotune.cache_runtime.mla import absorbed, kq_scale
 from autotune.cache_runtime.rope import RopeTable
 from autotune.cache_runtime.step_counts import PrefetchCounts, count_step
 from autotune.cache_runtime.routing import route_layer
@@ -27,6 +29,7 @@ from autotune.cache_runtime.triton_attention import (attn_combine_kernel, attn_p
 from autotune.cache_runtime.triton_gemm import dequant_kernel, moe_blocks, qgemm_kernel
 from autotune.cache_runtime.triton_gemv import (gemv_kernel, moe_down_kernel, moe_gate_up_kernel,
                                                  router_kernel)
+from autotune.cache_runtime.triton_mla import fits, latent_partial_kernel, latent_rope_store_kernel
 from autotune.cache_runtime.triton_tiles import QTYPE_CODES, SUPERBLOCK_BYTES, TILE_GROUPS, grid_arg
 from autotune.cache_runtime.weights import ModelWeights, QTensor
 
@@ -41,6 +44,8 @@ GATE_UP_WARPS = 4  # warps (= virtual rows, gate and up interleaved) per program
 # many more as keep one warp on each virtual row (top-2 Mixtral: 4 rows of 2 experts).
 DOWN_ROWS, DOWN_WARPS = 1, 8
 ATTN_SPLITS, ATTN_BLOCK = 16, 64
+# latent attention: heads per program (a (16, 512) float32 accumulator), positions per block
+LATENT_HEADS, LATENT_BLOCK = 16, 32
 GEMM_BM, GEMM_BN, GEMM_WARPS, GEMM_STAGES = 32, 32, 4, 2
 CHUNK_ROUNDS = 2  # load rounds per warp per GEMV chunk (more: more loads in flight, more registers)
 DENSE_DEQUANT_TOKENS = 64  # from this many tokens on, dense weights go dequant + cuBLAS
@@ -232,6 +237,31 @@ class TritonOps(TorchOps):
         sinks = self.w.layers[il].attn_sinks
         attn_combine_kernel[(cfg.n_head,)](m, l, acc, m if sinks is None else sinks, out, cfg.n_head, HD=cfg.head_dim,
                                            N_SPLIT=ATTN_SPLITS, SINKS=sinks is not None)
+        return out
+
+    def latent_attend(self, q, kv, il, start):
+        if q.shape[0] > 1 or not fits(self.cfg):
+            return super().latent_attend(q, kv, il, start)
+        cfg, dev, cache = self.cfg, q.device, self.kv_cache
+        lora, rot, n_head = cfg.kv_lora_rank, cfg.rotated_dims, cfg.n_head
+        nope = cfg.head_dim - rot
+        q_nope = torch.empty(n_head, nope, dtype=torch.float16, device=dev)
+        q_rope = torch.empty(n_head, rot, dtype=torch.float16, device=dev)
+        latent_rope_store_kernel[(n_head + 1,)](
+            q, kv, self.w.layers[il].kv_a_norm, self.rope.cos, self.rope.sin, cache.pos, cache.k[il], q_nope,
+            q_rope, n_head, cfg.rms_eps, NOPE=nope, NOPE_PAD=triton.next_power_of_2(nope), LORA=lora, ROT=rot,
+            NEOX=cfg.rope_neox)
+        wk_b, _ = absorbed(self, il)
+        q_latent = torch.bmm(wk_b, q_nope[:, :, None])  # (n_head, lora, 1)
+        m = torch.empty(ATTN_SPLITS, n_head, dtype=torch.float32, device=dev)
+        l = torch.empty_like(m)
+        acc = torch.empty(ATTN_SPLITS, n_head, lora, dtype=torch.float32, device=dev)
+        latent_partial_kernel[(ATTN_SPLITS, triton.cdiv(n_head, LATENT_HEADS))](
+            q_latent, q_rope, cache.k[il], cache.pos, m, l, acc, n_head, kq_scale(cfg), LORA=lora, ROT=rot,
+            HB=LATENT_HEADS, BT=LATENT_BLOCK, N_SPLIT=ATTN_SPLITS,
+            N_ITER=triton.cdiv(cache.max_ctx, LATENT_BLOCK * ATTN_SPLITS))
+        out = torch.empty(1, n_head, lora, dtype=cache.k.dtype, device=dev)
+        attn_combine_kernel[(n_head,)](m, l, acc, m, out, n_head, HD=lora, N_SPLIT=ATTN_SPLITS, SINKS=False)
         return out
 
     def out_proj(self, a, il, h):
