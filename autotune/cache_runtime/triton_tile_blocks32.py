@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from autotune.cache_runtime.codebooks import IQ4_NL_CODES, MXFP4_CODES
-from autotune.cache_runtime.triton_tile_parts import blocks32_axes, code_lookup, int8_bits_to_float, load_f16, small_int_to_float
+from autotune.cache_runtime.triton_tile_parts import blocks32_axes, code_lookup, load_f16, load_u16
 
 _IQ4_LOW: tl.constexpr = tl.constexpr(IQ4_NL_CODES[0])
 _IQ4_HIGH: tl.constexpr = tl.constexpr(IQ4_NL_CODES[1])
@@ -81,7 +81,7 @@ def iq4_xs(blk):
     b, ba, a, t, j, n, k = blocks32_axes(blk)
     low = (tl.load(ba + 4 + j // 2).to(tl.int32) >> (4 * (j % 2))) & 15
     high = (tl.load(ba + 2 + j // 4).to(tl.int32) >> (2 * (j % 4))) & 3
-    sc = small_int_to_float((low | (high << 4)) - 32)
+    sc = ((low | (high << 4)) - 32).to(tl.float32)
     q = _nibbles(b + 8 + 16 * j + 2 * a + t, n)
     return (load_f16(ba) * sc) * code_lookup(q, _IQ4_LOW, _IQ4_HIGH), k
 
@@ -89,11 +89,21 @@ def iq4_xs(blk):
 @triton.jit
 def mxfp4(blk):
     """Blocks of 17 bytes: an e8m0 exponent e, 16 code bytes; 2^(e - 128) codebook(q)
-    (ggml_e8m0_to_fp32_half: subnormal for e < 2)."""
+    (ggml_e8m0_to_fp32_half: subnormal for e < 2).
+
+    Block j's code bytes 2a and 2a + 1 start at an odd address for even j. They are read
+    as the 2-byte words around them (both aligned: blocks are), so that every thread holds
+    its elements' codes in one load as other 32-element types do, rather than the tile's
+    byte loads taking a layout of their own, which cost a conversion of the whole tile
+    through shared memory (``autotune.studies.sass_counts``)."""
     b, ba, a, t, j, n, k = blocks32_axes(blk)
     e = tl.load(ba + 17 * j).to(tl.int32)
     d = tl.where(e < 2, 0x00200000 * (e + 1), (e - 1) << 23).to(tl.float32, bitcast=True)
-    q = _nibbles(b + 17 * j + 1 + 2 * a + t, n)
+    pair = ba + 17 * j + 1 + 2 * a  # byte 2a of block j's codes
+    odd = (j + 1) % 2  # 17 j + 1 + 2 a is odd for even j
+    word = load_u16(pair - odd)
+    codes = tl.where(odd == 1, (word >> 8) | ((load_u16(pair + odd) & 255) << 8), word)
+    q = (codes >> (8 * t + 4 * n)) & 15
     return d * code_lookup(q, _MXFP4_LOW, _MXFP4_HIGH), k
 
 
@@ -104,5 +114,5 @@ def q8_0(blk):
     a = tl.arange(0, 16)[:, None, None, None, None]
     t = tl.arange(0, 2)[None, None, None, None, :]
     j = tl.arange(0, 8)[None, None, None, :, None]
-    q = int8_bits_to_float(tl.load(b + 34 * j + 2 + 2 * a + t).to(tl.int32))
+    q = tl.load((b + 34 * j + 2 + 2 * a + t).to(tl.pointer_type(tl.int8))).to(tl.float32)
     return q * load_f16(b + 0 * a + 34 * j), 32 * j + 2 * a + t

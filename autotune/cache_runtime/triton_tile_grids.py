@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from autotune.cache_runtime.dequant_iq import IQ1_DELTA
-from autotune.cache_runtime.triton_tile_parts import blocks32_axes, load_f16, load_u16, small_int_to_float
+from autotune.cache_runtime.triton_tile_parts import blocks32_axes, load_f16, load_u16
 
 _DELTA: tl.constexpr = tl.constexpr(IQ1_DELTA)
 
@@ -62,10 +62,17 @@ def iq2_xxs(blk, grid):
 
 
 @triton.jit
+def _byte_in_word(p, j):
+    """Byte j (the tile's j axis) at 2-byte aligned p, as int32, read from the 2-byte word that
+    holds it: a load of bytes contiguous along j takes a layout of its own, which costs a
+    conversion of the whole tile through shared memory (``autotune.studies.sass_counts``)."""
+    return (load_u16(p + 2 * (j // 2)) >> (8 * (j % 2))) & 255
+
+
+@triton.jit
 def _iq2_scale(ba, j, n):
     """IQ2_XS / IQ2_S: the scale of sub-block 2j + n, nibble n of byte j at ba, as float32."""
-    s = (tl.load(ba + j).to(tl.int32) >> (4 * n)) & 15
-    return s.to(tl.float32)
+    return ((_byte_in_word(ba, j) >> (4 * n)) & 15).to(tl.float32)
 
 
 @triton.jit
@@ -128,7 +135,7 @@ def iq1_s(blk, grid):
     bits, a 3-bit scale s, the delta's sign); d (2 s + 1) (grid +- 1/8)."""
     b, ba, a, t, j, n, k = blocks32_axes(blk)
     qh = load_u16(ba + 34 + 2 * j)
-    dl = load_f16(ba) * small_int_to_float(2 * ((qh >> 12) & 7) + 1)
+    dl = load_f16(ba) * (2 * ((qh >> 12) & 7) + 1).to(tl.float32)
     g = 2 * n + a // 4
     index = tl.load(b + 2 + 4 * j + g).to(tl.int32) | (((qh >> (3 * g)) & 7) << 8)
     return dl * (_row8(grid, index, a, t) + _iq1_delta(qh & 0x8000)), k
@@ -145,7 +152,7 @@ def iq1_m(blk, grid):
     d = d_bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
     sub = 2 * j + n  # the scale's index
     s = (load_u16(ba + 48 + 2 * (sub // 4)) >> (3 * (sub % 4))) & 7
-    dl = d * small_int_to_float(2 * s + 1)
+    dl = d * (2 * s + 1).to(tl.float32)
     i = 4 * j + 2 * n + a // 4  # the grid row in the block
     nibble = (tl.load(b + 32 + i // 2).to(tl.int32) >> (4 * (i % 2))) & 15
     index = tl.load(b + i).to(tl.int32) | ((nibble & 7) << 8)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from autotune.cache_runtime.triton_tile_parts import int8_bits_to_float, load_f16, middle_axes, small_int_to_float, tile_axes
+from autotune.cache_runtime.triton_tile_parts import load_f16, middle_axes, small_int_to_float, tile_axes
 
 
 @triton.jit
@@ -19,7 +19,7 @@ def _k_scale_min(b, sub):
     low = sub < 4
     sc = tl.where(low, x & 63, (y & 15) | ((z >> 6) << 4))
     mn = tl.where(low, y & 63, (y >> 4) | ((x >> 6) << 4))
-    return small_int_to_float(sc), small_int_to_float(mn)
+    return sc.to(tl.float32), mn.to(tl.float32)
 
 
 @triton.jit
@@ -88,6 +88,6 @@ def q6_k(blk):
     ba = b + 0 * a
     ql = tl.load(b + 64 * h + 32 * u + 2 * a + t).to(tl.int32)
     qh = tl.load(b + 128 + 32 * h + 2 * a + t).to(tl.int32)
-    sc = int8_bits_to_float(tl.load(ba + 192 + 8 * h + 4 * n + 2 * u + a // 8).to(tl.int32))
+    sc = tl.load((ba + 192 + 8 * h + 4 * n + 2 * u + a // 8).to(tl.pointer_type(tl.int8))).to(tl.float32)
     q = (((ql >> (4 * n)) & 15) | (((qh >> (4 * n + 2 * u)) & 3) << 4)) - 32
     return (load_f16(ba + 208) * sc) * small_int_to_float(q), 128 * h + 64 * n + 32 * u + 2 * a + t

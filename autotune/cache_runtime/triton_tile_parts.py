@@ -40,31 +40,20 @@ def blocks32_axes(blk):
 
 
 @triton.jit
-def int8_bits_to_float(byte):
-    """The int8 whose two's-complement bits are ``byte`` (int32, 0..255: a uint8 load) as
-    float32, exactly: v + 128 in the low bits of 2^23's float, less 2^23 + 128. An XOR and a
-    float add (``small_int_to_float`` on a sign-extended byte takes one more instruction)."""
-    return (byte ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
-
-
-@triton.jit
 def small_int_to_float(v):
-    """int32 v (|v| < 2^22) as float32, exactly: v added to the bits of 1.5 * 2^23, less
-    that. An integer add and a float add, both on the full-rate pipes, where the compiler
-    turns a conversion of a loaded byte or of a value it knows is small into I2F.S8 and
-    the like, which the GPU runs on its slow conversion pipe (Q8_0 decoded at half Q4_K's
-    bytes a second)."""
+    """int32 v (|v| < 2^22) as float32, exactly: v added to the bits of 1.5 * 2^23, less that
+    (an integer and a float add, where the compiler's conversion of a small value costs more
+    instructions in Q3_K's and Q6_K's tiles: ``autotune.studies.sass_counts``)."""
     return (v + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
 
 
 @triton.jit
 def code_lookup(q, LOW: tl.constexpr, HIGH: tl.constexpr):
     """The code book entries of nibbles q (int32) as float32: byte (q & 7) of LOW (q < 8) or
-    HIGH, the int64 packing of ``codebooks``. The byte is shifted to the top and back, so it
-    is sign-extended as an int32 (converted by I2FP, as Q4_0's codes, not I2F.S8)."""
+    HIGH, the int64 packing of ``codebooks``."""
     word = tl.where(q < 8, LOW, HIGH).to(tl.int64)
-    top = (word << (56 - 8 * (q & 7)).to(tl.int64)) >> 32
-    return (top.to(tl.int32) >> 24).to(tl.float32)
+    byte = ((word >> (8 * (q & 7)).to(tl.int64)) & 255).to(tl.int32)
+    return ((byte ^ 128) - 128).to(tl.float32)
 
 
 @triton.jit

@@ -33,18 +33,25 @@ K, WARPS, ROUNDS = 2048, 8, 2
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
-def gemv_sass(qtype: str) -> tuple[list[str], int]:
-    """The SASS opcodes of gemv_kernel for ``qtype`` and the weight elements one thread reads."""
-    superblocks = min(32 // TILE_GROUPS[qtype] * ROUNDS, triton.cdiv(K, 256))
+def gemv_sass(qtype: str, cols: int = K) -> tuple[list[str], int]:
+    """The SASS opcodes of gemv_kernel for ``qtype`` rows of ``cols`` elements and the weight
+    elements one thread reads in a chunk."""
+    superblocks = min(32 // TILE_GROUPS[qtype] * ROUNDS, triton.cdiv(cols, 256))
     grid = qtype in GRID_TYPES
     signature = {"x_ptr": "*fp32", "norm_ptr": "*fp32", "eps": "fp32", "w0_ptr": "*u8", "w1_ptr": "*u8", "n0": "i32",
                  "resid_ptr": "*fp32", "out_ptr": "*fp32", "N": "i32", "K": "constexpr", "row_stride": "i32",
                  "iq_grid": "*fp32" if grid else "constexpr", "QT": "constexpr", "SB_BYTES": "constexpr",
                  "HAS_NORM": "constexpr", "HAS_RESID": "constexpr", "R": "constexpr", "S": "constexpr",
                  "BLOCK_K": "constexpr"}
-    constants = {"K": K, "QT": int(QType[qtype]), "SB_BYTES": SUPERBLOCK_BYTES[qtype], "HAS_NORM": False,
-                 "HAS_RESID": False, "R": WARPS, "S": superblocks, "BLOCK_K": K} | ({} if grid else {"iq_grid": None})
-    kernel = triton.compile(ASTSource(triton_gemv.gemv_kernel, signature, constants),
+    constants = {"K": cols, "QT": int(QType[qtype]), "SB_BYTES": SUPERBLOCK_BYTES[qtype], "HAS_NORM": False,
+                 "HAS_RESID": False, "R": WARPS, "S": superblocks, "BLOCK_K": triton.next_power_of_2(cols)} | ({} if grid else {"iq_grid": None})
+    # as a launch specializes them: torch's allocations are 16-byte aligned, and so are the
+    # row lengths in bytes and the row counts where they are multiples of 16
+    row_bytes = cols // 32 * SUPERBLOCK_BYTES[qtype] // 8
+    aligned = [name for name, kind in signature.items() if kind.startswith("*")] + ["n0", "N"]
+    aligned += ["row_stride"] if row_bytes % 16 == 0 else []
+    attrs = {(list(signature).index(name),): [["tt.divisibility", 16]] for name in aligned}
+    kernel = triton.compile(ASTSource(triton_gemv.gemv_kernel, signature, constants, attrs),
                             target=GPUTarget("cuda", 90, 32), options={"num_warps": WARPS})
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(kernel.asm["cubin"])
@@ -57,10 +64,11 @@ def gemv_sass(qtype: str) -> tuple[list[str], int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("types", nargs="*", default=sorted(BLOCK_SIZES))
+    parser.add_argument("--cols", type=int, default=K, help="row length (gpt-oss: 2880)")
     args = parser.parse_args()
-    print(f"{'type':8s} {'instr/elem':>10s} {'I2F':>5s} {'BAR':>5s} {'LDG':>5s}  (gemv_kernel, K={K}, sm_90)")
+    print(f"{'type':8s} {'instr/elem':>10s} {'I2F':>5s} {'BAR':>5s} {'LDG':>5s}  (gemv_kernel, K={args.cols}, sm_90)")
     for qtype in args.types:
-        opcodes, elements = gemv_sass(qtype)
+        opcodes, elements = gemv_sass(qtype, args.cols)
         counts = collections.Counter(op.split(".")[0] for op in opcodes)
         print(f"{qtype:8s} {len(opcodes) / elements:10.1f} {counts['I2F']:5d} {counts['BAR']:5d} {counts['LDG']:5d}")
 
