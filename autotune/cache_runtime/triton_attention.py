@@ -12,6 +12,16 @@ import triton.language as tl
 
 
 @triton.jit
+def rope_pairs(ROT: tl.constexpr, NEOX: tl.constexpr):
+    """RoPE's pairs over the first ROT dimensions of a head: pair i (its cos/sin column) turns
+    dimensions i1 and i2, the two halves (NEOX) or neighbours (GPT-J style)."""
+    i = tl.arange(0, ROT // 2)
+    if NEOX:
+        return i, i, i + ROT // 2
+    return i, 2 * i, 2 * i + 1
+
+
+@triton.jit
 def rope_store_kernel(q_ptr, k_ptr, v_ptr, q_norm_ptr, k_norm_ptr, cos_ptr, sin_ptr, pos_ptr,
                       k_cache, v_cache, q_out, n_head, max_ctx, eps,
                       HD: tl.constexpr, ROT: tl.constexpr, QK_NORM: tl.constexpr, NEOX: tl.constexpr):
@@ -22,13 +32,7 @@ def rope_store_kernel(q_ptr, k_ptr, v_ptr, q_norm_ptr, k_norm_ptr, cos_ptr, sin_
     """
     h = tl.program_id(0)
     pos = tl.load(pos_ptr)
-    i = tl.arange(0, ROT // 2)
-    if NEOX:
-        i1 = i
-        i2 = i + ROT // 2
-    else:
-        i1 = 2 * i
-        i2 = 2 * i + 1
+    i, i1, i2 = rope_pairs(ROT, NEOX)
     is_q = h < n_head
     kvh = h - n_head
     src = tl.where(is_q, q_ptr + h * HD, k_ptr + kvh * HD)

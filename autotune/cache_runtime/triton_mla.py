@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import triton
 import triton.language as tl
 
+from autotune.cache_runtime.triton_attention import rope_pairs
+
 if TYPE_CHECKING:
     from autotune.cache_runtime.hparams import ModelConfig
 
@@ -35,13 +37,7 @@ def latent_rope_store_kernel(q_ptr, kv_ptr, norm_ptr, cos_ptr, sin_ptr, pos_ptr,
     (max_ctx, LORA + ROT) float16."""
     h = tl.program_id(0)
     pos = tl.load(pos_ptr)
-    i = tl.arange(0, ROT // 2)
-    if NEOX:
-        i1 = i
-        i2 = i + ROT // 2
-    else:
-        i1 = 2 * i
-        i2 = 2 * i + 1
+    i, i1, i2 = rope_pairs(ROT, NEOX)
     if h < n_head:
         src = q_ptr + h * (NOPE + ROT)
         d = tl.arange(0, NOPE_PAD)
