@@ -7,6 +7,9 @@
 # -p 512 -n 128 -r 3 -fa 1 -ngl 99` and bench_runtime.py (full residency, tg128 and pp512,
 # 3 repetitions) measure it, and the file is deleted (the machine's disk holds one or two).
 # studies/families/summary.py prints each type's decode ratio against the bar.
+# BASE=DIR (a copy of an earlier commit's package: `git archive REV autotune | tar -x -C DIR`,
+# carried untracked) also measures that version's runtime on the same file, into TYPE/base/:
+# an A/B of kernel changes in one call.
 set -uo pipefail
 out=${1:?output dir}; shift
 mkdir -p "$out" /tmp/quant_types
@@ -20,6 +23,13 @@ for quant in "$@"; do
     > "$dir/llama_bench.json" 2> "$dir/llama_bench.err"
   timeout 240 python3 studies/runtime_full_residency/bench_runtime.py "$model" "$dir" --reps 3 \
     > "$dir/bench_runtime.txt" 2>&1
+  if [ -n "${BASE:-}" ]; then
+    mkdir -p "$dir/base" && cp "$dir/llama_bench.json" "$dir/base/"
+    PYTHONPATH="$BASE:$PYTHONPATH" timeout 240 python3 studies/runtime_full_residency/bench_runtime.py "$model" \
+      "$dir/base" --reps 3 > "$dir/base/bench_runtime.txt" 2>&1
+    echo -n "$quant, base: " | tee "$dir/base/summary.txt"
+    python3 -m studies.families.summary "$dir/base" | head -1 | tee -a "$dir/base/summary.txt"
+  fi
   rm -f "$model"
   python3 -m studies.families.summary "$dir" | head -1 | tee "$dir/summary.txt"
 done
