@@ -36,7 +36,7 @@ CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuob
 def gemv_sass(qtype: str, cols: int = K) -> tuple[list[str], int]:
     """The SASS opcodes of gemv_kernel for ``qtype`` rows of ``cols`` elements and the weight
     elements one thread reads in a chunk."""
-    superblocks = min(32 // TILE_GROUPS[qtype] * ROUNDS, triton.cdiv(cols, 256))
+    superblocks = min(32 // TILE_GROUPS[qtype] * ROUNDS, triton.next_power_of_2(triton.cdiv(cols, 256)))
     grid = qtype in GRID_TYPES
     signature = {"x_ptr": "*fp32", "norm_ptr": "*fp32", "eps": "fp32", "w0_ptr": "*u8", "w1_ptr": "*u8", "n0": "i32",
                  "resid_ptr": "*fp32", "out_ptr": "*fp32", "N": "i32", "K": "constexpr", "row_stride": "i32",
@@ -68,6 +68,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{'type':8s} {'instr/elem':>10s} {'I2F':>5s} {'BAR':>5s} {'LDG':>5s}  (gemv_kernel, K={args.cols}, sm_90)")
     for qtype in args.types:
+        if args.cols % BLOCK_SIZES[qtype][0]:
+            print(f"{qtype:8s} rows of {args.cols} are not whole blocks of this type")
+            continue
         opcodes, elements = gemv_sass(qtype, args.cols)
         counts = collections.Counter(op.split(".")[0] for op in opcodes)
         print(f"{qtype:8s} {len(opcodes) / elements:10.1f} {counts['I2F']:5d} {counts['BAR']:5d} {counts['LDG']:5d}")
