@@ -6,6 +6,8 @@
 #   [NCMOE="11 12"] [ROUNDS=2] [REPS=3] bash studies/hybrid/served.sh OUT_DIR MODEL CAP_GIB [SERVE OPTIONS ...]
 # NCMOE: llama-server's --n-cpu-moe values; N:UB also sets its ubatch (-ub UB), which lets a
 # split with fewer CPU layers fit a cap (studies/skew0). REPS: requests of each length per start.
+# VARIANTS="NAME=OPTIONS;...": more cache commands (the winner's knobs, then OPTIONS) measured as
+# references in the same rotating rounds, e.g. VARIANTS="repack=--cpu-repack": an A/B in one process.
 # SERVE OPTIONS: the cache's knobs (default: LFU every 4 tokens, decay 0.8, misses computed on the CPU,
 # the prefill's room lent to slots between prefills).
 set -euo pipefail
@@ -17,6 +19,10 @@ refs=()
 for n in ${NCMOE:-11 12}; do
   ub=${n#*:}; [ "$ub" = "$n" ] && ub="" || ub=" -ub $ub"
   refs+=("ncmoe${n/:/_ub}=llama-server -m $model -ngl 999 -fa on -c 4096 -t 16 -np 1 --n-cpu-moe ${n%%:*}$ub")
+done
+IFS=';' read -r -a variants <<< "${VARIANTS:-}"
+for variant in "${variants[@]}"; do
+  refs+=("${variant%%=*}=$winner ${variant#*=}")
 done
 echo "$winner" > "$out/command-${cap}G.txt"
 python3 studies/served/side_by_side.py "$model" "$out/side-${cap}G.json" "$cap" --winner "$winner" \

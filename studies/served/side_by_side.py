@@ -6,8 +6,10 @@ ROUNDS rotating rounds. The winner's command (``--winner``, as ``autotune export
 is measured twice in each round, in a user data directory of its own made empty for the
 round: a first start (no routing counts saved on the machine: what a new user gets) and,
 right after, a restart (the counts the first start saved at its exit). Each ``--reference``
-is a llama-server command line. Medians, spreads and the ratios of the winner to the fastest
-reference whose peak fits the cap go to OUT.json.
+is a llama-server command line, or another ``autotune serve`` command: a variant of the
+winner (an A/B in the same rounds), measured once a round as a first start. Medians, spreads
+and the ratios of the winner and of each variant to the fastest llama-server reference whose
+peak fits the cap go to OUT.json.
 
 Usage (GPU machine): python3 studies/served/side_by_side.py MODEL OUT.json CAP_GIB --winner CMD
     --reference NAME=CMD ... [--rounds 2] [--prompt 512] [--gen 128] [--repetitions 3]
@@ -73,16 +75,20 @@ def main() -> None:
                 with tempfile.TemporaryDirectory(prefix="served-user-") as data:
                     measure(FIRST, args.winner, {"AUTOTUNE_DATA_DIR": data})
                     measure(RESTART, args.winner, {"AUTOTUNE_DATA_DIR": data})
+            elif _is_autotune(references[name]):
+                with tempfile.TemporaryDirectory(prefix="served-user-") as data:
+                    measure(name, references[name], {"AUTOTUNE_DATA_DIR": data})
             else:
                 measure(name, references[name])
     summary = {name: _summary(runs) for name, runs in samples.items()}
-    fitting = [name for name in names if summary[name]["decode_median"]
+    variants = [name for name in names if _is_autotune(references[name])]
+    fitting = [name for name in names if name not in variants and summary[name]["decode_median"]
                and (summary[name]["peak_gib"] or 0) <= args.cap_gib]
     best_reference = max(fitting,
                          key=lambda name: summary[name]["decode_median"], default=None)
     ratios = {}
     if best_reference:
-        for name in (FIRST, RESTART):
+        for name in (FIRST, RESTART, *variants):
             if summary[name]["decode_median"]:
                 ratios[f"{name} / {best_reference}"] = summary[name]["decode_median"] / summary[best_reference]["decode_median"]
     result = {"model": str(args.model), "cap_gib": args.cap_gib, "best_fitting_reference": best_reference,
@@ -92,6 +98,12 @@ def main() -> None:
               "summary": summary, "ratios_of_decode_medians": ratios, "runs": samples}
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({"summary": summary, "ratios": ratios}, indent=2))
+
+
+def _is_autotune(command: str) -> bool:
+    """Whether a reference is another ``autotune serve`` command (a variant of the winner, an
+    A/B in the same rounds) rather than a llama-server baseline the ratios are taken against."""
+    return Path(shlex.split(command)[0]).name == "autotune"
 
 
 def _summary(runs: list[dict]) -> dict:
