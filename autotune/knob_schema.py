@@ -183,10 +183,13 @@ class Knob:
 @dataclass(frozen=True)
 class KnobSchema:
     """A config's knobs, in order: the order of the record's fields, of the sampler's
-    questions and of a command line's flags. ``what`` names the configs in messages."""
+    questions and of a command line's flags. ``what`` names the configs in messages;
+    ``retired``: knobs since removed, which configs stored by earlier versions may still
+    name (``normalize`` drops them)."""
 
     what: str
     knobs: tuple[Knob, ...]
+    retired: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         """A table that cannot work is a programming error, found at import."""
@@ -253,9 +256,10 @@ class KnobSchema:
         """Every knob, checked and in canonical form: knobs that cannot matter (``Knob.when``)
         at one value, so two configs that run the same way compare equal; paths absolute, so a
         stored config names the same file from any working directory."""
-        unknown = sorted(set(config) - set(self.names))
+        unknown = sorted(set(config) - set(self.names) - self.retired)
         if unknown:
             raise ConfigError(f"unknown {self.what} config key(s): {', '.join(unknown)}")
+        config = {name: value for name, value in config.items() if name not in self.retired}
         for knob in self.knobs:
             if knob.required and knob.name not in config:
                 raise ConfigError(f"a {self.what} config needs {knob.name} ({knob.help})")

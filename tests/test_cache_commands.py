@@ -74,12 +74,20 @@ def test_the_serve_command_has_every_knob_as_a_flag():
               "prefetch_depth": 2, "prefetch_engine": "dma", "slot_split": 0.25}
     assert format_command(config, "/m/q 30b.gguf", "serve") == (
         "autotune serve '/m/q 30b.gguf' --vram-cap 16G --ctx 4096 --eviction lfu_decay --miss-mode zero_copy "
-        "--cpu-threads 1 --no-cpu-repack --pcie-share 0.0 --cpu-handoff flags --prefetch-depth 2 --prefetch-engine dma --rebalance-interval 32 "
+        "--cpu-threads 1 --no-cpu-repack --pcie-share 0.0 --prefetch-depth 2 --prefetch-engine dma --rebalance-interval 32 "
         "--decay 0.9 --learned-placement "
         "--slot-layout spread --slot-split 0.25 --no-lend-prefill-room --chunk-rounds 2 --gate-up-warps 4 --prefill-bypass 32 "
         "--prefill-chunk 2048"
     )
     assert json.loads(format_command(config, "q.gguf", "json")) == {"model": "q.gguf", "config": normalize(config)}
+
+
+def test_a_config_stored_with_a_retired_knob_still_reads():
+    stored = {"vram_cap": 2**30, "miss_mode": "cpu", "cpu_handoff": "flags"}  # before cpu_handoff went
+    assert normalize(stored) == normalize({"vram_cap": 2**30, "miss_mode": "cpu"})
+    assert parse_command(json.dumps({"model": "q.gguf", "config": stored}))[0] == normalize(stored)
+    with pytest.raises(ConfigError, match="unknown cache config key"):
+        normalize({"vram_cap": 2**30, "cpu_handof": "flags"})
 
 
 def test_normalize_fixes_knobs_a_choice_makes_moot():

@@ -248,21 +248,19 @@ def _forced_logits(engine: Engine, feed: list[int]) -> torch.Tensor:
     return torch.stack(out).float().cpu()
 
 
-@pytest.mark.parametrize("mode,prefetch_engine,handoff,layout", [
-    ("cpu", "sm", "cuts", "spread"), pytest.param("cpu", "sm", "flags", "spread", marks=pytest.mark.gpu),
-    ("cpu", "sm", "cuts", "whole_layers"), pytest.param("cpu", "sm", "flags", "whole_layers", marks=pytest.mark.gpu),
-    pytest.param("auto", "sm", "cuts", "spread", marks=pytest.mark.gpu),  # interpreted: minutes each
-    pytest.param("auto", "dma", "cuts", "spread", marks=pytest.mark.gpu),
-    pytest.param("auto", "dma", "flags", "spread", marks=pytest.mark.gpu),
-    pytest.param("cpu", "sm", "flags", "whole_layers_pcie", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("mode,prefetch_engine,layout", [
+    ("cpu", "sm", "spread"), ("cpu", "sm", "whole_layers"),
+    pytest.param("auto", "sm", "spread", marks=pytest.mark.gpu),  # interpreted: minutes each
+    pytest.param("auto", "dma", "spread", marks=pytest.mark.gpu),
+    pytest.param("cpu", "sm", "whole_layers_pcie", marks=pytest.mark.gpu)])
 def test_cpu_misses_beside_the_kernels_that_skip_them(tiny_model: Path, mode: str, prefetch_engine: str,
-                                                      handoff: str, layout: str) -> None:
+                                                      layout: str) -> None:
     """The device's expert kernels skip the selections the CPU computes (ggml, from host
     memory): at full residency's inputs the logits stay those of full residency. On the GPU
-    the step is a chain of graphs (``cuts``) or one graph that waits on the host's flags
-    (``flags``), with ``auto``'s prefetch staged inside it; ``whole_layers`` holds half the
-    layers whole (the host skips them) and leaves the others no slots at all; ``_pcie``: the
-    device also reads half of those layers' misses over PCIe (``pcie_share``)."""
+    the step is one graph that waits on the host's flags, with ``auto``'s prefetch staged
+    inside it; ``whole_layers`` holds half the layers whole (the host skips them) and leaves
+    the others no slots at all; ``_pcie``: the device also reads half of those layers' misses
+    over PCIe (``pcie_share``)."""
     steps = 32 if DEVICE == "cuda" else 2
     reference = Engine(tiny_model, device=DEVICE, kernels="triton", max_ctx=64)
     full = reference.generate(PROMPT, steps)
@@ -271,7 +269,7 @@ def test_cpu_misses_beside_the_kernels_that_skip_them(tiny_model: Path, mode: st
     slots = 4 if layout == "spread" else sizes.n_layers * sizes.n_expert // 2  # whole: half the layers held
     share = 0.5 if layout.endswith("_pcie") else 0.0
     cfg = config(tiny_model, slots, miss_mode=mode, cpu_threads=2, prefetch_depth=1 if mode == "auto" else 0,
-                 prefetch_engine=prefetch_engine, cpu_handoff=handoff, slot_layout=layout.removesuffix("_pcie"),
+                 prefetch_engine=prefetch_engine, slot_layout=layout.removesuffix("_pcie"),
                  pcie_share=share)
     e = Engine(tiny_model, device=DEVICE, kernels="triton", cache_config=cfg)
     got = _forced_logits(e, full)

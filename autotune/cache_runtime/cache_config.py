@@ -49,11 +49,6 @@ CACHE_KNOBS = KnobSchema("cache", (
     Knob("pcie_share", float, 0.0, "of each decode layer's misses the CPU would compute, the share the GPU reads "
          "from host memory over PCIe (zero-copy) while the CPU computes the rest", low=0.0, high=1.0,
          search=Search(values=(0.0, 0.25, 0.375, 0.5)), when=when_in("miss_mode", *CPU_MISS_MODES)),
-    # not searched: flags (the step one graph) decoded 24% faster than the chain of graphs in the
-    # harness and at least as fast served (studies/hybrid, call 10)
-    Knob("cpu_handoff", str, "flags", "how a captured decode step hands each layer to the CPU and back: one graph "
-         "with flags in pinned memory both sides spin on (flags), or a chain of graphs cut at each handoff (cuts)",
-         choices=("flags", "cuts"), when=when_in("miss_mode", *CPU_MISS_MODES), gpu_only=True),
     # depth 4 with DMA copies was the best at 12 GiB (run 7)
     Knob("prefetch_depth", int, 0, "layers ahead whose experts are predicted and prefetched", low=0,
          search=Search(low=0, high=4), when=when_in("miss_mode", "zero_copy", "copy", "auto")),
@@ -96,6 +91,9 @@ CACHE_KNOBS = KnobSchema("cache", (
     # 2048 for qwen3-30b-a3b)
     Knob("prefill_chunk", int, 2048, "prompt tokens per prefill pass; fewer leave more VRAM for experts",
          low=1),
-))
+    # cpu_handoff chose between one graph that waits on the host's flags and a chain of graphs
+    # cut at each handoff; the flags decoded 24% faster (studies/hybrid, call 10) and the chain
+    # is gone
+), retired=frozenset({"cpu_handoff"}))
 
 CacheConfig = CACHE_KNOBS.record("CacheConfig", __name__, "The expert cache's knobs (``CACHE_KNOBS``), checked.")

@@ -14,14 +14,11 @@ Per layer, after the router, in stream order on the compute stream:
 4. the host waits for the event, computes the rest, and queues its sum's copy to the device
    and the add into the hidden state (``add``).
 
-So the host takes part in every layer of a decode step. Run eagerly, steps 2 and 4 wait on
-an event. Captured (``graph.SegmentedDecodeGraph``, ``segments`` set), ``handoff`` says how:
-``cuts``: the capture is cut twice a layer, after step 2 (the host then waits for the stream)
-and after step 3 (the host then computes the misses while the device computes its share);
-step 4's copy and add begin the next graph. ``flags``: step 2 is a kernel that writes the
-host buffers and a flag, step 4's add a kernel that waits for the host's flag
-(``flag_handoff``); captured, the step stays one graph and the host serves its layers after
-the launch; run eagerly, the host serves each layer before queuing its add.
+So the host takes part in every layer of a decode step. On a GPU, step 2 is a kernel that
+writes the host buffers and a flag, and step 4's add a kernel that waits for the host's flag
+(``flag_handoff``): captured (``graph.HostServedDecodeGraph``, ``host_actions`` set), the step
+stays one graph and the host serves its layers after the launch; run eagerly, the host serves
+each layer before queuing its add. On the CPU, steps 2 and 4 are plain copies and an add.
 """
 
 from __future__ import annotations
@@ -37,7 +34,7 @@ from autotune.cache_runtime.cpu_experts import Biases, CpuExperts
 from autotune.cache_runtime.devices import CopyEvent, Device, Done
 from autotune.cache_runtime.expert_table import ExpertTable
 from autotune.cache_runtime.ggml_cpu import CpuBackend
-from autotune.cache_runtime.graph import Segments
+from autotune.cache_runtime.graph import HostActions
 from autotune.cache_runtime.weights import LayerWeights
 
 if TYPE_CHECKING:
@@ -66,19 +63,18 @@ class CpuMisses:
     ``home_gate``: (layers, n_expert) the address of every expert's home gate rows, there too;
     ``prefetched``: whether the device also computes experts that point at a prefetched copy
     (``auto``) rather than only those in a slot (``cpu``); ``pcie_share``: the share of the
-    other selections the device reads over PCIe itself; ``handoff``: the ``cpu_handoff`` knob
-    (``flags`` takes effect only where the device captures graphs); ``act``: the experts' gated
-    activation (their biases come with ``layers``)."""
+    other selections the device reads over PCIe itself; ``act``: the experts' gated activation
+    (their biases come with ``layers``)."""
 
     def __init__(self, layers: list[LayerWeights], table: ExpertTable, in_slot: torch.Tensor,
                  home_gate: torch.Tensor, device: Device, threads: int, repack: bool, prefetched: bool,
-                 handoff: str, pcie_share: float = 0.0, act: str = "silu"):
+                 pcie_share: float = 0.0, act: str = "silu"):
         self.device, self.table, self.in_slot, self.prefetched = device, table, in_slot, prefetched
         self.home_gate = home_gate
         self.pcie_share = pcie_share
         self._cpu_count: torch.Tensor | None = None  # with pcie_share: misses -> how many the CPU computes
         self.flags: FlagHandoff | None = None
-        if handoff == "flags" and device.captures_graphs:
+        if device.captures_graphs:
             from autotune.cache_runtime.flag_handoff import FlagHandoff
 
             self.flags = FlagHandoff(device)
@@ -91,14 +87,10 @@ class CpuMisses:
         except Exception:
             self.close()
             raise
-        dev = device.torch_device
         n_embd = layers[0].gate_exps.cols
         self.counters = CpuCounters()
         self._x = device.host_buffer((1, n_embd), torch.float32)
         self._y = device.host_buffer((1, n_embd), torch.float32)
-        # ``cuts`` copies the host's share to the device before adding it; ``flags`` reads it in place
-        self._y_device: torch.Tensor | None = (torch.empty(1, n_embd, dtype=torch.float32, device=dev)
-                                               if self.flags is None else None)
         self._ids: torch.Tensor | None = None
         self._weights: torch.Tensor | None = None
         self._on_device: torch.Tensor | None = None
@@ -107,7 +99,7 @@ class CpuMisses:
         self._ids_np = self._weights_np = self._on_device_np = np.empty(0)
         self._ready: CopyEvent = Done()
         self._pending: int | None = None  # the layer offloaded and not yet added
-        self.segments: Segments | None = None  # set while a decode step is being captured
+        self.host_actions: HostActions | None = None  # set while a decode step is being captured
 
     def close(self) -> None:
         for layer in self.layers:
@@ -135,17 +127,14 @@ class CpuMisses:
         if self.flags is not None:
             self.flags.publish(x.reshape(-1), selected.reshape(-1), weights.reshape(-1), on_device.reshape(-1),
                                (self._x, self._ids, self._weights, self._on_device))
-            if self.segments is not None:
-                self.segments.defer(lambda: self._serve(layer))
+            if self.host_actions is not None:
+                self.host_actions.append(lambda: self._serve(layer))
             return on_device
         self._x.copy_(x.reshape(1, -1), non_blocking=True)
         self._ids.copy_(selected, non_blocking=True)
         self._weights.copy_(weights.reshape(1, -1), non_blocking=True)
         self._on_device.copy_(on_device, non_blocking=True)
-        if self.segments is None:
-            self._ready = self.device.record()
-        else:
-            self.segments.cut(self._wait_at_replay)
+        self._ready = self.device.record()
         return on_device
 
     def _pcie_reads(self, missed: torch.Tensor) -> torch.Tensor:
@@ -166,28 +155,19 @@ class CpuMisses:
         if self.flags is not None:
             if not h.is_contiguous():
                 raise ValueError("the CPU's share is added in place: the hidden state must be contiguous")
-            if self.segments is None:
+            if self.host_actions is None:
                 self._serve(layer)  # run eagerly: the host's part now, so the await finds it done
             self.flags.await_add(h.reshape(-1), self._y)
             return
-        if self.segments is None:
-            self._wait()
-            self._compute(layer)
-        else:
-            self.segments.cut(lambda: self._compute(layer))
-        self._y_device.copy_(self._y, non_blocking=True)
-        h.add_(self._y_device)
+        self._wait()
+        self._compute(layer)
+        h.add_(self._y)
 
     def _wait(self) -> None:
         """Wait until the offloaded inputs have reached the host."""
         start = time.perf_counter()
         self._ready.synchronize()
         self.counters.wait_s += time.perf_counter() - start
-
-    def _wait_at_replay(self) -> None:
-        """The host's part after a captured step 2: the stream has been launched that far."""
-        self._ready = self.device.record()
-        self._wait()
 
     def _serve(self, layer: int) -> None:
         """The host's part of a layer with ``flags``: wait for the device's publish, compute the

@@ -24,7 +24,7 @@ import torch
 from autotune.cache_runtime.cache_config import CPU_MISS_MODES, CacheConfig
 from autotune.cache_runtime.devices import Device
 from autotune.cache_runtime.families import family_for
-from autotune.cache_runtime.graph import DecodeGraph, SegmentedDecodeGraph
+from autotune.cache_runtime.graph import DecodeGraph, HostServedDecodeGraph
 from autotune.cache_runtime.kv_cache import KVCache
 from autotune.cache_runtime.ops import FULL_RESIDENCY
 from autotune.cache_runtime.platforms import select_platform
@@ -95,7 +95,7 @@ class Engine:
         self.inv_temperature = torch.ones(1, device=device)
         self.token = torch.zeros(1, dtype=torch.long, device=device)
         self.n_past = 0
-        self._graphs: dict[bool, DecodeGraph | SegmentedDecodeGraph] = {}
+        self._graphs: dict[bool, DecodeGraph | HostServedDecodeGraph] = {}
         self._tokenizer = None
         self.expert_cache = None
         self.persist_routing = True  # close() saves the routing counts for the next start
@@ -263,7 +263,7 @@ class Engine:
         self.n_past += 1
         return logits
 
-    def _capture(self, sample: bool) -> DecodeGraph | SegmentedDecodeGraph:
+    def _capture(self, sample: bool) -> DecodeGraph | HostServedDecodeGraph:
         """Capture the decode step; the warm-up steps leave the cache's counters (and a replay's
         cursor) as they were."""
         counters = self.expert_cache.device_counters() if self.expert_cache is not None else []
@@ -273,7 +273,7 @@ class Engine:
         step = lambda t: self._step(t, sample)  # noqa: E731
         with quiet:
             if self.expert_cache is not None and self.expert_cache.host_in_step:
-                graph = SegmentedDecodeGraph(step, self.token, self.kv_cache.pos, self.expert_cache.attach_segments)
+                graph = HostServedDecodeGraph(step, self.token, self.kv_cache.pos, self.expert_cache.attach_host_actions)
             else:
                 graph = DecodeGraph(step, self.token, self.kv_cache.pos)
         for c, s in zip(counters, saved):

@@ -29,7 +29,7 @@ from autotune.cache_runtime.budget import VramPlan
 from autotune.cache_runtime.cache_config import CPU_MISS_MODES, CacheConfig
 from autotune.cache_runtime.cache_stats import cache_stats
 from autotune.cache_runtime.cpu_misses import CpuMisses
-from autotune.cache_runtime.graph import Segments
+from autotune.cache_runtime.graph import HostActions
 from autotune.cache_runtime.devices import Device
 from autotune.cache_runtime.expert_slots import ExpertSlots
 from autotune.cache_runtime.ops import ExpertHooks, Ops
@@ -58,8 +58,8 @@ class ExpertCache(ExpertSlots, ExpertHooks):
         # miss modes cpu and auto: the CPU computes the misses of a decode step
         self.cpu_misses = CpuMisses(
             ops.w.moe_layers, self.table, self.in_slot, torch.from_numpy(self.home_addr[:, :, 0]).to(dev), device,
-            cfg.cpu_threads, cfg.cpu_repack, prefetched=cfg.miss_mode == "auto", handoff=cfg.cpu_handoff,
-            pcie_share=cfg.pcie_share, act=ops.cfg.expert_act) \
+            cfg.cpu_threads, cfg.cpu_repack, prefetched=cfg.miss_mode == "auto", pcie_share=cfg.pcie_share,
+            act=ops.cfg.expert_act) \
             if cfg.miss_mode in CPU_MISS_MODES else None
         self._fill(initial_placement(plan.slots, self.n_expert, counts if cfg.learned_placement else None))
         if self.lent is None:
@@ -93,12 +93,12 @@ class ExpertCache(ExpertSlots, ExpertHooks):
     @property
     def host_in_step(self) -> bool:
         """Whether the host takes part in each layer of a decode step (the CPU computes misses),
-        so a step cannot be captured as one graph."""
+        so a captured step waits on it (``graph.HostServedDecodeGraph``)."""
         return self.cpu_misses is not None
 
-    def attach_segments(self, segments: Segments | None) -> None:
-        """Cut the decode step being captured where the CPU takes part (None: capture done)."""
-        self.cpu_misses.segments = segments
+    def attach_host_actions(self, actions: HostActions | None) -> None:
+        """Where the decode step being captured defers the CPU's part of each layer (None: capture done)."""
+        self.cpu_misses.host_actions = actions
 
     def _held_whole(self, layer: int) -> bool:
         """Every expert of the layer is in a slot, planned or lent (whole layers, ``slot_layout``):

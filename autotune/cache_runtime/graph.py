@@ -7,10 +7,9 @@ replays chain on the device with no host work between them, and the host may ove
 of addresses, so moving an expert (repointing its entry) needs no re-capture.
 
 Where the host takes part in every layer of a step (the CPU computes the expert cache's
-misses), the step is a chain of graphs instead (``SegmentedDecodeGraph``): the host launches
-each and does its part between them, with no kernel launched one by one; or one graph whose
-kernels wait for the host's part on flags in host memory (``flag_handoff``), which the host
-serves after the launch.
+misses), the step's kernels wait for the host's part on flags in host memory
+(``flag_handoff``), and the host serves those parts after the graph's launch
+(``HostServedDecodeGraph``).
 """
 
 from __future__ import annotations
@@ -50,64 +49,33 @@ class DecodeGraph:
         return self.outputs
 
 
-class Segments:
-    """A decode step captured as a chain of graphs, cut where the host takes part in the step
-    (the CPU computing a layer's misses). ``cut(action)`` ends the graph being captured and
-    starts the next; at replay the host runs ``action`` after that graph's launch. The graphs
-    share one memory pool and replay in the order they were captured, as sharing requires.
-    ``defer(action)`` cuts nothing: the host runs ``action`` once the whole chain is launched
-    (in capture order), for host work the device waits for inside a graph (``flag_handoff``)."""
-
-    def __init__(self):
-        self._pool = torch.cuda.graph_pool_handle()
-        self.graphs: list[torch.cuda.CUDAGraph] = []
-        self.actions: list[Callable[[], None]] = []  # actions[i] runs after graphs[i] is launched
-        self.deferred: list[Callable[[], None]] = []
-
-    def begin(self) -> None:
-        graph = torch.cuda.CUDAGraph()
-        graph.capture_begin(pool=self._pool)
-        self.graphs.append(graph)
-
-    def cut(self, action: Callable[[], None]) -> None:
-        self.graphs[-1].capture_end()
-        self.actions.append(action)
-        self.begin()
-
-    def defer(self, action: Callable[[], None]) -> None:
-        self.deferred.append(action)
-
-    def end(self) -> None:
-        self.graphs[-1].capture_end()
-
-    def replay(self) -> None:
-        for i, graph in enumerate(self.graphs):
-            graph.replay()
-            if i < len(self.actions):
-                self.actions[i]()
-        for action in self.deferred:
-            action()
+HostActions = list[Callable[[], None]]
 
 
-class SegmentedDecodeGraph:
-    """``DecodeGraph`` for a step the host takes part in: ``step`` cuts the capture through the
-    ``Segments`` that ``attach`` hands to whoever cuts it (and ``attach(None)`` takes back)."""
+class HostServedDecodeGraph:
+    """``DecodeGraph`` for a step the host takes part in. While ``step`` is captured, ``attach``
+    hands it the list of host actions (``attach(None)`` takes it back): the host's part of
+    each layer, which the graph's kernels wait for (``flag_handoff``). At replay the host runs
+    them in capture order once the graph is launched."""
 
     def __init__(self, step: Step, token: torch.Tensor, pos: torch.Tensor,
-                 attach: Callable[[Segments | None], None], warmup: int = 2):
+                 attach: Callable[[HostActions | None], None], warmup: int = 2):
         stream = warm_up(step, token, pos, warmup)
         torch.cuda.synchronize()
-        self.segments = Segments()
-        attach(self.segments)
+        self.host_actions: HostActions = []
+        self.graph = torch.cuda.CUDAGraph()
+        attach(self.host_actions)
         try:
             with torch.cuda.stream(stream):
-                self.segments.begin()
+                self.graph.capture_begin()
                 self.outputs = step(token)
-                self.segments.end()
+                self.graph.capture_end()
         finally:
             attach(None)
         torch.cuda.synchronize()
 
     def replay(self) -> tuple[torch.Tensor, ...]:
-        self.segments.replay()
+        self.graph.replay()
+        for action in self.host_actions:
+            action()
         return self.outputs

@@ -107,8 +107,6 @@ KNOB_VARIANTS = {"_r1w8": dict(chunk_rounds=1, gate_up_warps=8), "_split1": dict
                  "_lend": dict(lend_prefill_room=True),
                  # the CPU miss modes' threads and ggml's repacked layout
                  **{f"_t{n}": dict(cpu_threads=n) for n in (4, 8, 12, 14, 15, 16)}, "_repack": dict(cpu_repack=True),
-                 # the step a chain of graphs cut where the CPU takes part (the default: one graph, flags)
-                 "_cuts": dict(cpu_handoff="cuts"),
                  # slots as whole layers, the first layers' experts left to the misses (flat routing)
                  "_whole": dict(slot_layout="whole_layers"),
                  # a share of each layer's misses read by the GPU over PCIe beside the CPU
