@@ -35,3 +35,19 @@ def test_tiles_compile_for_sm90_without_layout_conversions() -> None:
     assert all(float(instructions) > 0 for instructions, *_ in rows.values())
     barriers = {qtype: int(rows[qtype][2]) for qtype in ONE_LAYOUT}
     assert set(barriers.values()) == {barriers["F32"]}, barriers
+
+
+@pytest.mark.skipif(not CUOBJDUMP.exists(), reason="this Triton ships no cuobjdump")
+def test_gate_up_on_the_8_bit_input_compiles_for_sm90_with_dp4a_and_fewer_instructions() -> None:
+    """``triton_int8``'s inline PTX assembles, becomes the GPU's IDP instruction, and Q4_K's
+    gate+up takes well under the float path's instructions an element (10.8 -> 4.9)."""
+    done = subprocess.run([sys.executable, "-c", (
+        "from autotune.studies.sass_counts import gate_up_sass\n"
+        "for int8 in (False, True):\n"
+        "    ops, elements = gate_up_sass('Q4_K', int8=int8)\n"
+        "    print(len(ops) / elements, sum(op.startswith('IDP') for op in ops))\n")],
+        capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0"}, timeout=600, check=True)
+    (float_per_element, float_idp), (int8_per_element, int8_idp) = (
+        (float(a), int(b)) for a, b in (line.split() for line in done.stdout.splitlines()))
+    assert float_idp == 0 and int8_idp > 0
+    assert int8_per_element < 0.6 * float_per_element

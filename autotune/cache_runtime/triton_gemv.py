@@ -18,6 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from autotune.cache_runtime import triton_int8
 from autotune.cache_runtime.torch_ops import OAI_ALPHA, OAI_LIMIT
 from autotune.cache_runtime.triton_tiles import superblock_dots
 
@@ -115,13 +116,15 @@ def _route(logits_ptr, ids_ptr, wts_ptr, n_expert, E_PAD: tl.constexpr, TOP_K: t
 
 @triton.jit
 def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, keep_ptr, done_ptr, ids_ptr, wts_ptr,
-                  N, row_stride, K: tl.constexpr, iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr,
-                  R: tl.constexpr, S: tl.constexpr, BLOCK_K: tl.constexpr, E_PAD: tl.constexpr,
-                  TOP_K: tl.constexpr, NORM_TOPK: tl.constexpr, KEEP: tl.constexpr):
+                  xq_ptr, xd_ptr, xs_ptr, N, row_stride, K: tl.constexpr, iq_grid, QT: tl.constexpr,
+                  SB_BYTES: tl.constexpr, R: tl.constexpr, S: tl.constexpr, BLOCK_K: tl.constexpr,
+                  E_PAD: tl.constexpr, TOP_K: tl.constexpr, NORM_TOPK: tl.constexpr, KEEP: tl.constexpr,
+                  INT8: tl.constexpr):
     """logits = W_router RMSNorm(x); program 0 also stores RMSNorm(x) for the experts (and x
     itself at ``keep_ptr`` if KEEP: the prefetcher's input, saved before the experts add to
-    x in place), and the last program to finish (counted on ``done_ptr``, which it resets
-    to 0) selects the experts: ids and weights (TOP_K,)."""
+    x in place; with INT8, RMSNorm(x) in 8-bit blocks at ``xq_ptr``, ``xd_ptr``, ``xs_ptr`` too:
+    ``triton_int8.quantize_store``), and the last program to finish (counted on ``done_ptr``,
+    which it resets to 0) selects the experts: ids and weights (TOP_K,)."""
     pid = tl.program_id(0)
     rows = pid * R + tl.arange(0, R)
     r_ok = rows < N
@@ -137,7 +140,10 @@ def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, keep_ptr, don
         offs = tl.arange(0, BLOCK_K)
         ok = offs < K
         x = tl.load(x_ptr + offs, mask=ok, other=0.0)
-        tl.store(xn_ptr + offs, x * inv * tl.load(norm_ptr + offs, mask=ok, other=0.0), mask=ok)
+        xn = x * inv * tl.load(norm_ptr + offs, mask=ok, other=0.0)
+        tl.store(xn_ptr + offs, xn, mask=ok)
+        if INT8:
+            triton_int8.quantize_store(xn, xq_ptr, xd_ptr, xs_ptr, K, BLOCK_K)
         if KEEP:
             tl.store(keep_ptr + offs, x, mask=ok)
     tl.debug_barrier()  # all of this program's logits are stored before it counts as done
@@ -157,13 +163,14 @@ def _glu(gate, up, ACT: tl.constexpr):
 
 
 @triton.jit
-def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, gate_b_ptr, up_b_ptr, h_ptr, n_ff, row_stride,
-                       K: tl.constexpr, iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr, R: tl.constexpr,
-                       S: tl.constexpr, SKIP: tl.constexpr, ACT: tl.constexpr, HAS_GATE_BIAS: tl.constexpr,
-                       HAS_UP_BIAS: tl.constexpr):
+def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, gate_b_ptr, up_b_ptr, h_ptr, xq_ptr, xd_ptr, xs_ptr,
+                       n_ff, row_stride, K: tl.constexpr, iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr,
+                       R: tl.constexpr, S: tl.constexpr, SKIP: tl.constexpr, ACT: tl.constexpr,
+                       HAS_GATE_BIAS: tl.constexpr, HAS_UP_BIAS: tl.constexpr, INT8: tl.constexpr):
     """h[slot] = glu(gate_e xn (+ gate_b[e]), up_e xn (+ up_b[e]), ACT) for the slot-th selected
     expert e (``_glu``; biases (n_expert, n_ff) float32); with SKIP, only for the slots
-    ``on_ptr`` (top_k,) marks (the CPU computes the others; their h is not written).
+    ``on_ptr`` (top_k,) marks (the CPU computes the others; their h is not written). With
+    INT8, xn is read as the router stored it in 8-bit blocks (``triton_int8``), not at ``xn_ptr``.
 
     Grid (top_k, cdiv(n_ff, R / 2)); R "virtual rows" interleave gate and up rows.
     """
@@ -183,7 +190,10 @@ def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, gate_b_ptr, up_b_ptr,
     same = tl.zeros([R], tl.int32)
     acc = tl.zeros([S, R], tl.float32)
     for s0 in range(0, (K + 255) // 256, S):
-        acc += _chunk_dot(base, xn_ptr + same, xn_ptr + same, s0, K, iq_grid, QT, SB_BYTES, False, S)
+        if INT8:
+            acc += triton_int8.chunk_dots(base, same, xq_ptr, xd_ptr, xs_ptr, s0, K, SB_BYTES, S)
+        else:
+            acc += _chunk_dot(base, xn_ptr + same, xn_ptr + same, s0, K, iq_grid, QT, SB_BYTES, False, S)
     acc = tl.sum(acc, 0)
     g, u = tl.split(tl.reshape(acc, (R // 2, 2)))
     out_rows = pid * (R // 2) + tl.arange(0, R // 2)

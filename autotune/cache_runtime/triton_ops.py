@@ -29,6 +29,7 @@ from autotune.cache_runtime.triton_attention import (attn_combine_kernel, attn_p
 from autotune.cache_runtime.triton_gemm import dequant_kernel, moe_blocks, qgemm_kernel
 from autotune.cache_runtime.triton_gemv import (gemv_kernel, moe_down_kernel, moe_gate_up_kernel,
                                                  router_kernel)
+from autotune.cache_runtime.triton_int8 import INT8_TYPES
 from autotune.cache_runtime.triton_mla import fits, latent_partial_kernel, latent_rope_store_kernel
 from autotune.cache_runtime.triton_tiles import QTYPE_CODES, SUPERBLOCK_BYTES, TILE_GROUPS, grid_arg
 from autotune.cache_runtime.weights import ModelWeights, QTensor
@@ -48,6 +49,9 @@ ATTN_SPLITS, ATTN_BLOCK = 16, 64
 LATENT_HEADS, LATENT_BLOCK = 16, 32
 GEMM_BM, GEMM_BN, GEMM_WARPS, GEMM_STAGES = 32, 32, 4, 2
 CHUNK_ROUNDS = 2  # load rounds per warp per GEMV chunk (more: more loads in flight, more registers)
+# experts' gate+up on the router's 8-bit input (triton_int8) where their type has the path:
+# off until measured on a GPU (studies/runtime_full_residency/bench_runtime.py --int8)
+INT8_INPUTS = False
 DENSE_DEQUANT_TOKENS = 64  # from this many tokens on, dense weights go dequant + cuBLAS
 DEQUANT_ROWS = 32
 
@@ -271,9 +275,11 @@ class TritonOps(TorchOps):
         return with_bias(self._gemv(a[0], [lw.wo], resid=h[0])[None], lw.bo)
 
     def route(self, x: torch.Tensor, m: int, logits: torch.Tensor, xn: torch.Tensor, done: torch.Tensor,
-              ids: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+              ids: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None = None,
+              xn_int8: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
         """MoE layer m's router on x (n_embd,): logits, RMSNorm-ed x (xn), top-k ids and weights,
-        and a copy of x into ``keep`` if given; ``done``: a zeroed int32 counter that only
+        a copy of x into ``keep`` if given, and xn in 8-bit blocks into ``xn_int8`` if given
+        (``int8_input``'s buffers); ``done``: a zeroed int32 counter that only
         this launch's stream uses. The kernel ranks by softmax; a model whose gate, router
         bias, selection bias, expert groups or scale differ gets its ids and weights again from
         the logits (``routing.route_layer``), with the router's bias added to them."""
@@ -281,11 +287,12 @@ class TritonOps(TorchOps):
         router = lw.router
         router_kernel[(triton.cdiv(cfg.n_expert, ROUTER_WARPS),)](
             x, lw.ffn_norm, cfg.rms_eps, router.data, logits, xn, x if keep is None else keep,
-            done, ids, weights,
+            done, ids, weights, *(xn_int8 or (xn, xn, xn)),
             cfg.n_expert, row_stride=router.row_bytes, K=router.cols, R=ROUTER_WARPS,
             S=self._superblocks(router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
             E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=cfg.n_expert_used, NORM_TOPK=cfg.norm_topk,
-            KEEP=keep is not None, num_warps=ROUTER_WARPS, **_type_args(router, x.device))
+            KEEP=keep is not None, INT8=xn_int8 is not None, num_warps=ROUTER_WARPS,
+            **_type_args(router, x.device))
         if lw.router_b is not None:
             logits.add_(lw.router_b)
         if (cfg.gating != "softmax" or lw.router_b is not None or lw.exp_probs_b is not None
@@ -293,6 +300,17 @@ class TritonOps(TorchOps):
             routed_weights, routed_ids = route_layer(logits[None], cfg, lw.exp_probs_b)
             ids.view(-1).copy_(routed_ids.view(-1))
             weights.view(-1).copy_(routed_weights.view(-1))
+
+    @staticmethod
+    def int8_input(w: QTensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Buffers for an input of ``w`` in 8-bit blocks (``triton_int8.quantize_store``: codes
+        as int32 words, scales, scaled code sums) where ``INT8_INPUTS`` is on and ``w``'s type
+        has the path; else None."""
+        if not INT8_INPUTS or w.qtype not in INT8_TYPES:
+            return None
+        return (torch.empty(w.cols // 4, dtype=torch.int32, device=device),
+                torch.empty(w.cols // 32, dtype=torch.float32, device=device),
+                torch.empty(w.cols // 32, dtype=torch.float32, device=device))
 
     def moe(self, h, il):
         if h.shape[0] > 1:
@@ -304,7 +322,8 @@ class TritonOps(TorchOps):
         ids = torch.empty(1, k, dtype=torch.int32, device=dev)
         weights = torch.empty(k, dtype=torch.float32, device=dev)
         keep = self.hooks.router_input(m)
-        self.route(x, m, logits, xn, self._done, ids, weights, keep)
+        xn_int8 = self.int8_input(lw.gate_exps, dev)
+        self.route(x, m, logits, xn, self._done, ids, weights, keep, xn_int8)
         self.routing.after_route(m, logits[None], weights[None], ids)
         self.hooks.after_router(m, h, kept=keep is not None)
         on_device = self.hooks.offload(m, xn[None], ids, weights[None])  # None: the GPU computes every expert
@@ -315,10 +334,10 @@ class TritonOps(TorchOps):
         gate_b, up_b, down_b = lw.gate_exps_b, lw.up_exps_b, lw.down_exps_b
         moe_gate_up_kernel[(k, triton.cdiv(cfg.n_ff_expert, warps // 2))](
             ids, on_device if skip else ids, xn, table, xn if gate_b is None else gate_b,
-            xn if up_b is None else up_b, hidden, cfg.n_ff_expert,
+            xn if up_b is None else up_b, hidden, *(xn_int8 or (xn, xn, xn)), cfg.n_ff_expert,
             row_stride=lw.gate_exps.row_bytes, K=cfg.n_embd, R=warps, S=self._superblocks(lw.gate_exps),
             SKIP=skip, ACT=cfg.expert_act, HAS_GATE_BIAS=gate_b is not None, HAS_UP_BIAS=up_b is not None,
-            num_warps=warps, **_type_args(lw.gate_exps, dev))
+            INT8=xn_int8 is not None, num_warps=warps, **_type_args(lw.gate_exps, dev))
         k_pad = triton.next_power_of_2(k)
         rows = max(DOWN_ROWS, DOWN_WARPS // k_pad)
         moe_down_kernel[(triton.cdiv(cfg.n_embd, rows),)](

@@ -9,7 +9,8 @@
 # studies/families/summary.py prints each type's decode ratio against the bar.
 # BASE=DIR (a copy of an earlier commit's package: `git archive REV autotune | tar -x -C DIR`,
 # carried untracked) also measures that version's runtime on the same file, into TYPE/base/:
-# an A/B of kernel changes in one call.
+# an A/B of kernel changes in one call. INT8=1 also decodes with the experts' gate+up on the
+# 8-bit input (bench_runtime.py --int8), for the types that have that path (triton_int8).
 set -uo pipefail
 out=${1:?output dir}; shift
 mkdir -p "$out" /tmp/quant_types
@@ -21,7 +22,7 @@ for quant in "$@"; do
     || { echo "$quant: synth failed"; tail -3 "$dir/synth.txt"; continue; }
   timeout 150 llama-bench -m "$model" -p 512 -n 128 -r 3 -fa 1 -ngl 99 -o json \
     > "$dir/llama_bench.json" 2> "$dir/llama_bench.err"
-  timeout 240 python3 studies/runtime_full_residency/bench_runtime.py "$model" "$dir" --reps 3 \
+  timeout 240 python3 studies/runtime_full_residency/bench_runtime.py "$model" "$dir" --reps 3 ${INT8:+--int8} \
     > "$dir/bench_runtime.txt" 2>&1
   if [ -n "${BASE:-}" ]; then
     mkdir -p "$dir/base" && cp "$dir/llama_bench.json" "$dir/base/"

@@ -1,12 +1,15 @@
 """Measure the runtime at full residency as llama-bench does: pp512 and tg128.
 
-Usage: python bench_runtime.py MODEL.gguf OUT_DIR [--llama LLAMA.npz] [--reps 5] [--sweep]
+Usage: python bench_runtime.py MODEL.gguf OUT_DIR [--llama LLAMA.npz] [--reps 5] [--sweep] [--int8]
 
 One process, one load: the logits check against llama.cpp (when --llama is given), then
 prefill of 512 random tokens and decode of 128 tokens from an empty cache (one CUDA graph
 replay per token, the greedy token fed back on the device), each repeated --reps times
 (median reported), a per-kernel profile of one decode step and one prefill, and with
---sweep a few alternative launch shapes. Writes OUT_DIR/runtime.json.
+--sweep a few alternative launch shapes. With --int8, decode (and the logits check) again with
+the experts' gate+up on the 8-bit input (``triton_ops.INT8_INPUTS``; the types of
+``triton_int8``), an A/B in one process: ``decode_tg128_int8``, ``vs_llama_cpp_int8``, and a
+profile of one decode step. Writes OUT_DIR/runtime.json.
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--sweep-budget", type=float, default=120.0)
+    parser.add_argument("--int8", action="store_true", help="also decode with gate+up on the 8-bit input")
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -160,6 +164,13 @@ def main() -> None:
     stage("profile", lambda: profile(engine, tokens))
     if args.sweep:
         stage("sweep", lambda: sweep(engine, tokens, args.sweep_budget))
+    if args.int8:
+        triton_ops.INT8_INPUTS = True
+        engine._graphs.clear()  # the 8-bit path needs a new capture
+        if args.llama:
+            stage("vs_llama_cpp_int8", lambda: compare(engine, dict(np.load(args.llama))))
+        stage("decode_tg128_int8", lambda: summary(decode_tps(engine, 128, args.reps)))
+        stage("profile_int8", lambda: profile(engine, tokens)["decode_step"])
 
 
 if __name__ == "__main__":

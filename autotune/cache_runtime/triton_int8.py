@@ -1,0 +1,107 @@
+"""Decode GEMVs on 8-bit inputs, as llama.cpp's MMVQ kernels do: the input is rounded to int8
+in blocks of 32 (a float scale and the scaled code sum a block, llama.cpp's Q8_1), and each
+32-bit word of weight codes meets a word of input codes in one ``dp4a`` (4 multiply-adds).
+
+Why: the float path turns every weight into a float and multiplies it, 9-19 machine
+instructions an element, and the expert kernels run near the GPU's instruction issue limit
+(``studies/quant_types``, "What bounds the expert kernels"). Counted for sm_90
+(``autotune.studies.sass_counts --int8``), Q4_K's gate+up tile takes well under half the
+instructions this way.
+
+The input's rounding is llama.cpp's (``quantize_q8_1``: d = max |x| / 127, codes rounded half
+away from zero), so the results move by about what llama.cpp's own 8-bit inputs move them.
+
+Types: Q4_K. The others keep the float path (``triton_tiles``).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from autotune.cache_runtime.triton_tile_parts import _INTERPRETED, load_f16
+
+INT8_TYPES = ("Q4_K",)  # weight types with an 8-bit-input dot product here
+
+
+@triton.jit
+def dp4a(a, b, c):
+    """c + the dot product of the 4 bytes of ``a`` (unsigned) with those of ``b`` (signed),
+    all int32: PTX's ``dp4a.u32.s32`` on the GPU, byte by byte in the interpreter."""
+    if _INTERPRETED:
+        out = c
+        for i in tl.static_range(4):
+            out += ((a >> (8 * i)) & 255) * ((((b >> (8 * i)) & 255) ^ 128) - 128)
+        return out
+    return tl.inline_asm_elementwise("dp4a.u32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+                                     dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def quantize_store(x, xq_ptr, xd_ptr, xs_ptr, K: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Store ``x`` (BLOCK_K,) float32, zero from element K on (K a multiple of 32) as 8-bit
+    blocks of 32: int8 codes packed 4 to an int32 word at ``xq_ptr`` (K / 4), each block's
+    scale d at ``xd_ptr`` and d times its code sum at ``xs_ptr`` (K / 32)."""
+    xb = tl.reshape(x, (BLOCK_K // 32, 32))
+    d = tl.max(tl.abs(xb), 1) / 127.0
+    v = xb / tl.where(d > 0, d, 1.0)[:, None]
+    q = tl.where(v >= 0, tl.floor(v + 0.5), -tl.floor(0.5 - v)).to(tl.int32)  # roundf: half away from zero
+    blocks = tl.arange(0, BLOCK_K // 32)
+    tl.store(xd_ptr + blocks, d, mask=blocks < K // 32)
+    tl.store(xs_ptr + blocks, d * tl.sum(q, 1).to(tl.float32), mask=blocks < K // 32)
+    shift = (8 * tl.arange(0, 4))[None, :]
+    words = tl.sum((tl.reshape(q, (BLOCK_K // 4, 4)) & 255) << shift, 1)  # disjoint bytes: the sum is an or
+    w = tl.arange(0, BLOCK_K // 4)
+    tl.store(xq_ptr + w, words, mask=w < K // 4)
+
+
+@triton.jit
+def _q4_k_scale_min(b, sub):
+    """``triton_tile_kquants._k_scale_min`` for (S, R, 4) pointers ``b``: sub-block ``sub``'s
+    6-bit scale and min."""
+    x = tl.load(b + 4 + sub).to(tl.int32)
+    y = tl.load(b + 8 + sub).to(tl.int32)
+    z = tl.load(b + 4 + tl.where(sub < 4, sub, sub - 4)).to(tl.int32)
+    low = sub < 4
+    sc = tl.where(low, x & 63, (y & 15) | ((z >> 6) << 4))
+    mn = tl.where(low, y & 63, (y >> 4) | ((x >> 6) << 4))
+    return sc.to(tl.float32), mn.to(tl.float32)
+
+
+@triton.jit
+def q4_k_dots(blk, s, same, xq_ptr, xd_ptr, xs_ptr):
+    """(S, R) dot products of Q4_K super-blocks ``blk`` (S, R byte pointers; super-block
+    ``s`` (S,) of each row) with the 8-bit input. Codes: the 32 bytes of part j hold elements
+    64j + 4w + i (low nibbles) and 64j + 32 + 4w + i (high nibbles), so a 32-bit word w of them,
+    masked, lines up with word w of input blocks 8s + 2j and 8s + 2j + 1. ``same`` (R,) zeros:
+    every row addresses its own input, which keeps the input's layout the weights' (as
+    ``triton_gemv._chunk_dot`` explains)."""
+    b = blk[:, :, None, None]
+    j = tl.arange(0, 4)[None, None, :, None]
+    w = tl.arange(0, 8)[None, None, None, :]
+    codes = tl.load((b + 16 + 32 * j + 4 * w).to(tl.pointer_type(tl.int32)))  # (S, R, 4, 8)
+    word = s[:, None, None, None] * 64 + 16 * j + w + same[None, :, None, None]
+    zero = tl.zeros_like(codes)
+    low = tl.sum(dp4a(codes & 0x0F0F0F0F, tl.load(xq_ptr + word), zero), 3).to(tl.float32)  # (S, R, 4)
+    high = tl.sum(dp4a((codes >> 4) & 0x0F0F0F0F, tl.load(xq_ptr + word + 8), zero), 3).to(tl.float32)
+    b3 = blk[:, :, None]
+    j3 = tl.arange(0, 4)[None, None, :]
+    sc_low, mn_low = _q4_k_scale_min(b3, 2 * j3)
+    sc_high, mn_high = _q4_k_scale_min(b3, 2 * j3 + 1)
+    block = s[:, None, None] * 8 + 2 * j3 + same[None, :, None]  # the input block of sub-block 2j
+    scaled = sc_low * tl.load(xd_ptr + block) * low + sc_high * tl.load(xd_ptr + block + 1) * high
+    mins = mn_low * tl.load(xs_ptr + block) + mn_high * tl.load(xs_ptr + block + 1)
+    return tl.sum(load_f16(b3) * scaled - load_f16(b3 + 2) * mins, 2)
+
+
+@triton.jit
+def chunk_dots(base, same, xq_ptr, xd_ptr, xs_ptr, s0, K: tl.constexpr, SB_BYTES: tl.constexpr,
+               S: tl.constexpr):
+    """``triton_gemv._chunk_dot`` on the 8-bit input: (S, R) dot products of R weight rows
+    (``base`` (R,) pointers) of K elements, super-blocks s0 .. s0 + S (Q4_K: K whole super-blocks)."""
+    n_sb: tl.constexpr = K // 256
+    s = s0 + tl.arange(0, S)
+    s_ok = s < n_sb
+    s = tl.minimum(s, n_sb - 1)
+    blk = base[None, :] + (s * SB_BYTES)[:, None]
+    return tl.where(s_ok[:, None], q4_k_dots(blk, s, same, xq_ptr, xd_ptr, xs_ptr), 0.0)
