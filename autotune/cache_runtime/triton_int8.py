@@ -19,7 +19,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from autotune.cache_runtime.triton_tile_parts import _INTERPRETED, load_f16
+from autotune.cache_runtime.triton_tile_kquants import k_scale_min
+from autotune.cache_runtime.triton_tile_parts import INTERPRETED, load_f16
 
 INT8_TYPES = ("Q4_K",)  # weight types with an 8-bit-input dot product here
 
@@ -28,7 +29,7 @@ INT8_TYPES = ("Q4_K",)  # weight types with an 8-bit-input dot product here
 def dp4a(a, b, c):
     """c + the dot product of the 4 bytes of ``a`` (unsigned) with those of ``b`` (signed),
     all int32: PTX's ``dp4a.u32.s32`` on the GPU, byte by byte in the interpreter."""
-    if _INTERPRETED:
+    if INTERPRETED:
         out = c
         for i in tl.static_range(4):
             out += ((a >> (8 * i)) & 255) * ((((b >> (8 * i)) & 255) ^ 128) - 128)
@@ -56,19 +57,6 @@ def quantize_store(x, xq_ptr, xd_ptr, xs_ptr, K: tl.constexpr, BLOCK_K: tl.const
 
 
 @triton.jit
-def _q4_k_scale_min(b, sub):
-    """``triton_tile_kquants._k_scale_min`` for (S, R, 4) pointers ``b``: sub-block ``sub``'s
-    6-bit scale and min."""
-    x = tl.load(b + 4 + sub).to(tl.int32)
-    y = tl.load(b + 8 + sub).to(tl.int32)
-    z = tl.load(b + 4 + tl.where(sub < 4, sub, sub - 4)).to(tl.int32)
-    low = sub < 4
-    sc = tl.where(low, x & 63, (y & 15) | ((z >> 6) << 4))
-    mn = tl.where(low, y & 63, (y >> 4) | ((x >> 6) << 4))
-    return sc.to(tl.float32), mn.to(tl.float32)
-
-
-@triton.jit
 def q4_k_dots(blk, s, same, xq_ptr, xd_ptr, xs_ptr):
     """(S, R) dot products of Q4_K super-blocks ``blk`` (S, R byte pointers; super-block
     ``s`` (S,) of each row) with the 8-bit input. Codes: the 32 bytes of part j hold elements
@@ -86,8 +74,8 @@ def q4_k_dots(blk, s, same, xq_ptr, xd_ptr, xs_ptr):
     high = tl.sum(dp4a((codes >> 4) & 0x0F0F0F0F, tl.load(xq_ptr + word + 8), zero), 3).to(tl.float32)
     b3 = blk[:, :, None]
     j3 = tl.arange(0, 4)[None, None, :]
-    sc_low, mn_low = _q4_k_scale_min(b3, 2 * j3)
-    sc_high, mn_high = _q4_k_scale_min(b3, 2 * j3 + 1)
+    sc_low, mn_low = k_scale_min(b3, 2 * j3)
+    sc_high, mn_high = k_scale_min(b3, 2 * j3 + 1)
     block = s[:, None, None] * 8 + 2 * j3 + same[None, :, None]  # the input block of sub-block 2j
     scaled = sc_low * tl.load(xd_ptr + block) * low + sc_high * tl.load(xd_ptr + block + 1) * high
     mins = mn_low * tl.load(xs_ptr + block) + mn_high * tl.load(xs_ptr + block + 1)

@@ -11,8 +11,9 @@ from autotune.cache_runtime.triton_tile_parts import load_f16, middle_axes, smal
 
 
 @triton.jit
-def _k_scale_min(b, sub):
-    """The 6-bit scale and min of sub-block ``sub`` (0..7) from the 12 bytes at b + 4."""
+def k_scale_min(b, sub):
+    """The 6-bit scale and min of sub-block ``sub`` (0..7) from the 12 bytes at b + 4 (Q4_K's and
+    Q5_K's layout), as float32; ``b`` and ``sub`` of any shapes that broadcast."""
     x = tl.load(b + 4 + sub).to(tl.int32)
     y = tl.load(b + 8 + sub).to(tl.int32)
     z = tl.load(b + 4 + tl.where(sub < 4, sub, sub - 4)).to(tl.int32)
@@ -57,7 +58,7 @@ def q4_k(blk):
     """-> (8, S, R, 4 j, 2 n, 4): element 64j + 32n + 4a + t is nibble n of qs[32j + 4a + t]."""
     b, ba, a, t = tile_axes(blk, 8, 4)
     j, n = middle_axes(4, 2)
-    sc, mn = _k_scale_min(ba, 2 * j + n)
+    sc, mn = k_scale_min(ba, 2 * j + n)
     qs = tl.load(b + 16 + 32 * j + 4 * a + t).to(tl.int32)
     q = ((qs >> (4 * n)) & 15).to(tl.float32)
     return (load_f16(ba) * sc) * q - load_f16(ba + 2) * mn, 64 * j + 32 * n + 4 * a + t
@@ -69,7 +70,7 @@ def q5_k(blk):
     b, ba, a, t = tile_axes(blk, 8, 4)
     j, n = middle_axes(4, 2)
     sub = 2 * j + n
-    sc, mn = _k_scale_min(ba, sub)
+    sc, mn = k_scale_min(ba, sub)
     qh = tl.load(b + 16 + 4 * a + t).to(tl.int32)
     qs = tl.load(b + 48 + 32 * j + 4 * a + t).to(tl.int32)
     q = (((qs >> (4 * n)) & 15) | (((qh >> sub) & 1) << 4)).to(tl.float32)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Triton's interpreter (the CPU tests) runs no inline PTX: code_lookup takes its shifts there.
-_INTERPRETED: tl.constexpr = tl.constexpr(bool(triton.knobs.runtime.interpret))
+# Triton's interpreter (the CPU tests) runs no inline PTX: code_lookup and triton_int8.dp4a take
+# integer paths there.
+INTERPRETED: tl.constexpr = tl.constexpr(bool(triton.knobs.runtime.interpret))
 
 
 @triton.jit
@@ -72,7 +73,7 @@ def code_lookup(q, LOW: tl.constexpr, HIGH: tl.constexpr, PRMT: tl.constexpr):
     """The code book entries of nibbles q (int32) as float32: on the GPU by ``PRMT``
     (``prmt_lookup4`` of the code book), four at a time; in the interpreter, byte (q & 7) of
     LOW (q < 8) or HIGH, the int64 packing of ``codebooks``."""
-    if _INTERPRETED:
+    if INTERPRETED:
         word = tl.where(q < 8, LOW, HIGH).to(tl.int64)
         byte = ((word >> (8 * (q & 7)).to(tl.int64)) & 255).to(tl.int32)
         return ((byte ^ 128) - 128).to(tl.float32)
