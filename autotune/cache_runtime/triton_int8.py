@@ -1,12 +1,13 @@
-"""Decode GEMVs on 8-bit inputs, as llama.cpp's MMVQ kernels do: the input is rounded to int8
-in blocks of 32 (a float scale and the scaled code sum a block, llama.cpp's Q8_1), and each
-32-bit word of weight codes meets a word of input codes in one ``dp4a`` (4 multiply-adds).
+"""The experts' decode gate+up on an 8-bit input, as llama.cpp's MMVQ kernels do: the input
+is rounded to int8 in blocks of 32 (a float scale and the scaled code sum a block, llama.cpp's
+Q8_1), and each 32-bit word of weight codes meets a word of input codes in one ``dp4a`` (4
+multiply-adds).
 
 Why: the float path turns every weight into a float and multiplies it, 9-19 machine
 instructions an element, and the expert kernels run near the GPU's instruction issue limit
 (``studies/quant_types``, "What bounds the expert kernels"). Counted for sm_90
-(``autotune.studies.sass_counts --int8``), Q4_K's gate+up tile takes well under half the
-instructions this way.
+(``autotune.studies.sass_counts --gate-up``), Q4_K's gate+up takes under half the
+instructions this way (10.8 -> 4.9 an element).
 
 The input's rounding is llama.cpp's (``quantize_q8_1``: d = max |x| / 127, codes rounded half
 away from zero), so the results move by about what llama.cpp's own 8-bit inputs move them.
