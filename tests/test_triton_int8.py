@@ -1,6 +1,6 @@
 """The 8-bit input path of the decode kernels (``triton_int8``): the input's rounding as
-llama.cpp's ``quantize_q8_1`` and ``dp4a``'s arithmetic, then the experts' gate+up on it against
-float64 over the same rounded input.
+llama.cpp's ``quantize_q8_1`` and ``dp4a``'s arithmetic, then the experts (Q4_K gate and up, Q6_K
+down) on it against float64 over the same rounded inputs.
 
 As in test_runtime_triton: without a GPU they run in Triton's interpreter (TRITON_INTERPRET=1,
 set here before any kernel module is imported), where ``dp4a`` takes its byte-by-byte path;
@@ -21,6 +21,7 @@ triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
 from autotune.cache_runtime import triton_int8, triton_ops  # noqa: E402
+from autotune.cache_runtime.torch_ops import glu  # noqa: E402
 from tests.test_runtime_triton import _moe_reference, _rel, _routed_moe  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -43,9 +44,10 @@ def _quantize_kernel(x_ptr, xq_ptr, xd_ptr, xs_ptr, K: tl.constexpr, BLOCK_K: tl
 
 
 @triton.jit
-def _dp4a_kernel(a_ptr, b_ptr, c_ptr, out_ptr, N: tl.constexpr):
+def _dp4a_kernel(a_ptr, b_ptr, c_ptr, out_ptr, N: tl.constexpr, SIGNED: tl.constexpr):
     offs = tl.arange(0, N)
-    tl.store(out_ptr + offs, triton_int8.dp4a(tl.load(a_ptr + offs), tl.load(b_ptr + offs), tl.load(c_ptr + offs)))
+    tl.store(out_ptr + offs, triton_int8.dp4a(tl.load(a_ptr + offs), tl.load(b_ptr + offs), tl.load(c_ptr + offs),
+                                              SIGNED))
 
 
 @pytest.mark.parametrize("k", [256, 768])  # 768: the block count is not a power of 2
@@ -65,31 +67,51 @@ def test_the_input_is_rounded_as_llama_cpp_rounds_it(k: int) -> None:
     assert np.abs(q).max() == 127 and not q[1].any()
 
 
-def test_dp4a_multiplies_unsigned_bytes_by_signed_ones_and_adds() -> None:
+@pytest.mark.parametrize("signed", [False, True])
+def test_dp4a_multiplies_bytes_by_signed_ones_and_adds(signed: bool) -> None:
     rng = np.random.default_rng(1)
     n = 1024
     a = rng.integers(-2**31, 2**31, n, dtype=np.int64).astype(np.int32)
     b = rng.integers(-2**31, 2**31, n, dtype=np.int64).astype(np.int32)
     c = rng.integers(-2**20, 2**20, n).astype(np.int32)
     out = torch.zeros(n, dtype=torch.int32, device=DEVICE)
-    _dp4a_kernel[(1,)](*(torch.from_numpy(v).to(DEVICE) for v in (a, b, c)), out, N=n)
-    want = c.astype(np.int64) + (a.view(np.uint8).reshape(n, 4).astype(np.int64)
+    _dp4a_kernel[(1,)](*(torch.from_numpy(v).to(DEVICE) for v in (a, b, c)), out, N=n, SIGNED=signed)
+    want = c.astype(np.int64) + (a.view(np.int8 if signed else np.uint8).reshape(n, 4).astype(np.int64)
                                  * b.view(np.int8).reshape(n, 4).astype(np.int64)).sum(axis=1)
     assert np.array_equal(out.cpu().numpy().astype(np.int64), want)
 
 
-def test_gate_up_on_the_8_bit_input_matches_float64_on_the_same_rounding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Q4_K gate and up on the router's 8-bit xn: exact but for float32 rounding against the
-    experts in float64 over the rounded xn, and within the rounding's own effect of float xn."""
+def _rounded(x: torch.Tensor) -> torch.Tensor:
+    """x (..., K) through llama.cpp's 8-bit blocks and back, in float64 on the CPU."""
+    q, d, _ = q8_1(x.detach().cpu().float().numpy().reshape(-1))
+    return torch.from_numpy(q * d[:, None].astype(np.float64)).reshape(x.shape)
+
+
+def _experts_on_rounded_inputs(ops, h, x, weights, ids) -> torch.Tensor:
+    """``_moe_reference`` with each expert's input rounded as the 8-bit path rounds it: xn for
+    gate and up, the gated activation for down."""
+    layer = ops.w.layers[0]
+    gate, up, down = (w.to("cpu") for w in (layer.gate_exps, layer.up_exps, layer.down_exps))
+    xr = _rounded(x[0])
+    out = h[0].double().cpu().clone()
+    for wt, e in zip(weights[0].tolist(), ids[0].tolist()):
+        act = glu(gate[e].dequantize().double() @ xr, up[e].dequantize().double() @ xr, "silu")
+        out += wt * (down[e].dequantize().double() @ _rounded(act))
+    return out
+
+
+def test_experts_on_the_8_bit_inputs_match_float64_on_the_same_rounding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Q4_K gate and up on the router's 8-bit xn, Q6_K down on the rounded activation: exact but
+    for float32 rounding against float64 over the same rounded inputs, and within the
+    rounding's own effect of the float path (random synthetic blocks)."""
     monkeypatch.setattr(triton_ops, "ROUTER_WARPS", 2)
     monkeypatch.setattr(triton_ops, "INT8_INPUTS", True)
     torch.manual_seed(0)  # the token h
     ops, h, x, weights, ids = _routed_moe(np.random.default_rng(2), ragged=False)
-    q, d, _ = q8_1(x[0].cpu().numpy())
-    rounded = torch.from_numpy((q * d[:, None]).reshape(1, -1).astype(np.float32)).to(DEVICE)
+    assert (ops.w.layers[0].gate_exps.qtype, ops.w.layers[0].down_exps.qtype) == ("Q4_K", "Q6_K")
     got, got_ids = ops.moe(h.clone(), 0)
     assert sorted(got_ids[0].tolist()) == sorted(ids[0].tolist())
-    assert _rel(got[0].cpu(), _moe_reference(ops, h, rounded, weights, ids)) < 1e-5
+    assert _rel(got[0].cpu(), _experts_on_rounded_inputs(ops, h, x, weights, ids)) < 1e-5
     assert _rel(got[0].cpu(), _moe_reference(ops, h, x, weights, ids)) < 5e-2
 
 

@@ -191,7 +191,7 @@ def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, gate_b_ptr, up_b_ptr,
     acc = tl.zeros([S, R], tl.float32)
     for s0 in range(0, (K + 255) // 256, S):
         if INT8:
-            acc += triton_int8.chunk_dots(base, same, xq_ptr, xd_ptr, xs_ptr, s0, K, SB_BYTES, S)
+            acc += triton_int8.chunk_dots(base, same, same, xq_ptr, xd_ptr, xs_ptr, s0, K, QT, SB_BYTES, S)
         else:
             acc += _chunk_dot(base, xn_ptr + same, xn_ptr + same, s0, K, iq_grid, QT, SB_BYTES, False, S)
     acc = tl.sum(acc, 0)
@@ -206,12 +206,14 @@ def moe_gate_up_kernel(ids_ptr, on_ptr, xn_ptr, table_ptr, gate_b_ptr, up_b_ptr,
 
 
 @triton.jit
-def moe_down_kernel(h_ptr, ids_ptr, on_ptr, wts_ptr, table_ptr, b_ptr, resid_ptr, D, K: tl.constexpr, row_stride,
-                    iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr, TOP_K: tl.constexpr,
-                    K_PAD: tl.constexpr, BN: tl.constexpr, S: tl.constexpr, SKIP: tl.constexpr,
-                    HAS_BIAS: tl.constexpr):
+def moe_down_kernel(h_ptr, ids_ptr, on_ptr, wts_ptr, table_ptr, b_ptr, resid_ptr, hq_ptr, hd_ptr, hs_ptr, D,
+                    K: tl.constexpr, row_stride, iq_grid, QT: tl.constexpr, SB_BYTES: tl.constexpr,
+                    TOP_K: tl.constexpr, K_PAD: tl.constexpr, BN: tl.constexpr, S: tl.constexpr,
+                    SKIP: tl.constexpr, HAS_BIAS: tl.constexpr, INT8: tl.constexpr):
     """resid[rows] += sum over slots of weight * (down_e h[slot] (+ b[e]))[rows] (biases
-    (n_expert, D) float32); with SKIP, over the slots ``on_ptr`` (top_k,) marks only.
+    (n_expert, D) float32); with SKIP, over the slots ``on_ptr`` (top_k,) marks only. With INT8,
+    h is read in 8-bit blocks (``triton_int8.quantize_rows_kernel``'s rows at ``hq_ptr``,
+    ``hd_ptr``, ``hs_ptr``), not at ``h_ptr``.
 
     Each program owns BN output rows and reads them from all selected experts at once
     (K_PAD * BN virtual rows), so the sum is deterministic. A skipped slot's virtual rows read
@@ -239,7 +241,11 @@ def moe_down_kernel(h_ptr, ids_ptr, on_ptr, wts_ptr, table_ptr, b_ptr, resid_ptr
     base = down + row.to(tl.int64) * (row_stride // 2) * 2
     acc = tl.zeros([S, K_PAD * BN], tl.float32)
     for s0 in range(0, (K + 255) // 256, S):
-        acc += _chunk_dot(base, h_ptr + slot * K, h_ptr + slot * K, s0, K, iq_grid, QT, SB_BYTES, False, S)
+        if INT8:
+            acc += triton_int8.chunk_dots(base, slot * (K // 4), slot * (K // 32), hq_ptr, hd_ptr, hs_ptr, s0, K,
+                                          QT, SB_BYTES, S)
+        else:
+            acc += _chunk_dot(base, h_ptr + slot * K, h_ptr + slot * K, s0, K, iq_grid, QT, SB_BYTES, False, S)
     acc = tl.sum(acc, 0)
     if HAS_BIAS:
         acc += tl.load(b_ptr + expert * D + row)

@@ -29,7 +29,7 @@ from autotune.cache_runtime.triton_attention import (attn_combine_kernel, attn_p
 from autotune.cache_runtime.triton_gemm import dequant_kernel, moe_blocks, qgemm_kernel
 from autotune.cache_runtime.triton_gemv import (gemv_kernel, moe_down_kernel, moe_gate_up_kernel,
                                                  router_kernel)
-from autotune.cache_runtime.triton_int8 import INT8_TYPES
+from autotune.cache_runtime.triton_int8 import INT8_TYPES, quantize_rows_kernel
 from autotune.cache_runtime.triton_mla import fits, latent_partial_kernel, latent_rope_store_kernel
 from autotune.cache_runtime.triton_tiles import QTYPE_CODES, SUPERBLOCK_BYTES, TILE_GROUPS, grid_arg
 from autotune.cache_runtime.weights import ModelWeights, QTensor
@@ -49,8 +49,9 @@ ATTN_SPLITS, ATTN_BLOCK = 16, 64
 LATENT_HEADS, LATENT_BLOCK = 16, 32
 GEMM_BM, GEMM_BN, GEMM_WARPS, GEMM_STAGES = 32, 32, 4, 2
 CHUNK_ROUNDS = 2  # load rounds per warp per GEMV chunk (more: more loads in flight, more registers)
-# experts' gate+up on the router's 8-bit input (triton_int8) where their type has the path:
-# off until measured on a GPU (studies/runtime_full_residency/bench_runtime.py --int8)
+# the experts on 8-bit inputs (triton_int8) where their type has the path: gate+up on the
+# router's, down on gate+up's output rounded by one more launch; off until measured on a GPU
+# (studies/runtime_full_residency/bench_runtime.py --int8)
 INT8_INPUTS = False
 DENSE_DEQUANT_TOKENS = 64  # from this many tokens on, dense weights go dequant + cuBLAS
 DEQUANT_ROWS = 32
@@ -302,15 +303,15 @@ class TritonOps(TorchOps):
             weights.view(-1).copy_(routed_weights.view(-1))
 
     @staticmethod
-    def int8_input(w: QTensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """Buffers for an input of ``w`` in 8-bit blocks (``triton_int8.quantize_store``: codes
-        as int32 words, scales, scaled code sums) where ``INT8_INPUTS`` is on and ``w``'s type
-        has the path; else None."""
+    def int8_input(w: QTensor, device: torch.device, rows: int = 1) -> tuple[torch.Tensor, ...] | None:
+        """Buffers for ``rows`` inputs of ``w`` in 8-bit blocks (``triton_int8.quantize_store``:
+        codes as int32 words, scales, scaled code sums) where ``INT8_INPUTS`` is on and ``w``'s
+        type has the path; else None."""
         if not INT8_INPUTS or w.qtype not in INT8_TYPES:
             return None
-        return (torch.empty(w.cols // 4, dtype=torch.int32, device=device),
-                torch.empty(w.cols // 32, dtype=torch.float32, device=device),
-                torch.empty(w.cols // 32, dtype=torch.float32, device=device))
+        return (torch.empty(rows, w.cols // 4, dtype=torch.int32, device=device),
+                torch.empty(rows, w.cols // 32, dtype=torch.float32, device=device),
+                torch.empty(rows, w.cols // 32, dtype=torch.float32, device=device))
 
     def moe(self, h, il):
         if h.shape[0] > 1:
@@ -338,13 +339,18 @@ class TritonOps(TorchOps):
             row_stride=lw.gate_exps.row_bytes, K=cfg.n_embd, R=warps, S=self._superblocks(lw.gate_exps),
             SKIP=skip, ACT=cfg.expert_act, HAS_GATE_BIAS=gate_b is not None, HAS_UP_BIAS=up_b is not None,
             INT8=xn_int8 is not None, num_warps=warps, **_type_args(lw.gate_exps, dev))
+        hidden_int8 = self.int8_input(lw.down_exps, dev, rows=k)
+        if hidden_int8 is not None:
+            quantize_rows_kernel[(k,)](hidden, *hidden_int8, K=cfg.n_ff_expert,
+                                       BLOCK_K=triton.next_power_of_2(cfg.n_ff_expert), num_warps=4)
         k_pad = triton.next_power_of_2(k)
         rows = max(DOWN_ROWS, DOWN_WARPS // k_pad)
         moe_down_kernel[(triton.cdiv(cfg.n_embd, rows),)](
             hidden, ids, on_device if skip else ids, weights, table, x if down_b is None else down_b, x,
-            cfg.n_embd, row_stride=lw.down_exps.row_bytes, K=cfg.n_ff_expert, TOP_K=k, K_PAD=k_pad,
-            BN=rows, S=self._superblocks(lw.down_exps), SKIP=skip, HAS_BIAS=down_b is not None,
-            num_warps=DOWN_WARPS, **_type_args(lw.down_exps, dev))
+            *(hidden_int8 or (hidden, hidden, hidden)), cfg.n_embd, row_stride=lw.down_exps.row_bytes,
+            K=cfg.n_ff_expert, TOP_K=k, K_PAD=k_pad, BN=rows, S=self._superblocks(lw.down_exps), SKIP=skip,
+            HAS_BIAS=down_b is not None, INT8=hidden_int8 is not None, num_warps=DOWN_WARPS,
+            **_type_args(lw.down_exps, dev))
         if lw.gate_shexp is not None:
             h.add_(self.shared_expert(xn[None], il))
         self.hooks.add_offloaded(m, h)

@@ -7,9 +7,9 @@ one warp each, one chunk of super-blocks), the conversions on the GPU's slow con
 shared memory) and the global loads. A diagnosis, not a speed: the figures that count are
 ``run.sh``'s.
 
-Usage: python -m autotune.studies.sass_counts [--cols N] [--gate-up] [TYPE ...]   (default: every type
-the runtime reads; --gate-up: the experts' gate+up kernel, on the float input and, where the
-type has one, on the 8-bit input of ``triton_int8``)
+Usage: python -m autotune.studies.sass_counts [--cols N] [--gate-up | --down] [TYPE ...]   (default:
+every type the runtime reads; --gate-up, --down: the experts' kernels, on the float input and,
+where the type has one, on the 8-bit input of ``triton_int8``)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from autotune.cache_runtime import triton_gemv
 from autotune.cache_runtime.dequant import BLOCK_SIZES
 from autotune.cache_runtime.iq_grids import GRID_TYPES
 from autotune.cache_runtime.triton_int8 import INT8_TYPES
-from autotune.cache_runtime.triton_ops import GATE_UP_WARPS
+from autotune.cache_runtime.triton_ops import DOWN_ROWS, DOWN_WARPS, GATE_UP_WARPS
 from autotune.cache_runtime.triton_tiles import SUPERBLOCK_BYTES, TILE_GROUPS
 
 K, WARPS, ROUNDS = 2048, 8, 2
@@ -98,6 +98,25 @@ def gate_up_sass(qtype: str, cols: int = K, int8: bool = False) -> tuple[list[st
     return opcodes, superblocks * 256 // 32
 
 
+def down_sass(qtype: str, cols: int = 768, int8: bool = False, top_k: int = 8) -> tuple[list[str], int]:
+    """The same for moe_down_kernel (rows of ``cols``: the experts' FFN width, 768 on the 30B
+    shape; ``top_k`` experts a token), on the float input or (``int8``) the 8-bit one."""
+    superblocks = _superblocks(qtype, cols)
+    grid = qtype in GRID_TYPES
+    k_pad = triton.next_power_of_2(top_k)
+    signature = {"h_ptr": "*fp32", "ids_ptr": "*i32", "on_ptr": "*i32", "wts_ptr": "*fp32", "table_ptr": "*i64",
+                 "b_ptr": "*fp32", "resid_ptr": "*fp32", "hq_ptr": "*i32", "hd_ptr": "*fp32", "hs_ptr": "*fp32",
+                 "D": "i32", "K": "constexpr", "row_stride": "i32", "iq_grid": "*fp32" if grid else "constexpr",
+                 "QT": "constexpr", "SB_BYTES": "constexpr", "TOP_K": "constexpr", "K_PAD": "constexpr",
+                 "BN": "constexpr", "S": "constexpr", "SKIP": "constexpr", "HAS_BIAS": "constexpr", "INT8": "constexpr"}
+    constants = {"K": cols, "QT": int(QType[qtype]), "SB_BYTES": SUPERBLOCK_BYTES[qtype], "TOP_K": top_k,
+                 "K_PAD": k_pad, "BN": max(DOWN_ROWS, DOWN_WARPS // k_pad), "S": superblocks, "SKIP": False,
+                 "HAS_BIAS": False, "INT8": int8} | ({} if grid else {"iq_grid": None})
+    opcodes = _opcodes(triton_gemv.moe_down_kernel, signature, constants, _aligned(signature, ["D"], qtype, cols),
+                       DOWN_WARPS)
+    return opcodes, superblocks * 256 // 32
+
+
 def _line(name: str, opcodes: list[str], elements: int) -> str:
     counts = collections.Counter(op.split(".")[0] for op in opcodes)
     return f"{name:14s} {len(opcodes) / elements:10.1f} {counts['I2F']:5d} {counts['BAR']:5d} {counts['LDG']:5d}"
@@ -107,21 +126,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("types", nargs="*", default=sorted(BLOCK_SIZES))
     parser.add_argument("--cols", type=int, default=K, help="row length (gpt-oss: 2880)")
-    parser.add_argument("--gate-up", action="store_true",
-                        help="the experts' gate+up kernel instead, and its 8-bit-input path where a type has one")
+    kernels = parser.add_mutually_exclusive_group()
+    kernels.add_argument("--gate-up", action="store_true",
+                         help="the experts' gate+up kernel instead, and its 8-bit-input path where a type has one")
+    kernels.add_argument("--down", action="store_true",
+                         help="the experts' down kernel instead (top 8), and its 8-bit-input path where a type has one")
     args = parser.parse_args()
-    kernel = "moe_gate_up_kernel" if args.gate_up else "gemv_kernel"
+    kernel = "moe_gate_up_kernel" if args.gate_up else "moe_down_kernel" if args.down else "gemv_kernel"
     print(f"{'type':14s} {'instr/elem':>10s} {'I2F':>5s} {'BAR':>5s} {'LDG':>5s}  ({kernel}, K={args.cols}, sm_90)")
     for qtype in args.types:
         if args.cols % BLOCK_SIZES[qtype][0]:
             print(f"{qtype:14s} rows of {args.cols} are not whole blocks of this type")
             continue
-        if not args.gate_up:
+        if not (args.gate_up or args.down):
             print(_line(qtype, *gemv_sass(qtype, args.cols)))
             continue
-        print(_line(qtype, *gate_up_sass(qtype, args.cols)))
+        experts = gate_up_sass if args.gate_up else down_sass
+        print(_line(qtype, *experts(qtype, args.cols)))
         if qtype in INT8_TYPES:
-            print(_line(f"{qtype}, 8-bit x", *gate_up_sass(qtype, args.cols, int8=True)))
+            print(_line(f"{qtype}, 8-bit x", *experts(qtype, args.cols, int8=True)))
 
 
 if __name__ == "__main__":
