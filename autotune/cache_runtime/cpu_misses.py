@@ -11,8 +11,8 @@ Per layer, after the router, in stream order on the compute stream:
 2. the experts' input, the ids, the weights and that choice go to host buffers (pinned on a
    GPU), followed by an event;
 3. the device's expert kernels run their share (the others skipped);
-4. the host waits for the event, computes the rest, and queues its sum's copy to the device
-   and the add into the hidden state (``add``).
+4. the host waits for the event, computes the rest, and the sum is added into the hidden
+   state (``add``).
 
 So the host takes part in every layer of a decode step. On a GPU, step 2 is a kernel that
 writes the host buffers and a flag, and step 4's add a kernel that waits for the host's flag

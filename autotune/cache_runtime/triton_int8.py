@@ -1,13 +1,13 @@
-"""The experts' decode gate+up on an 8-bit input, as llama.cpp's MMVQ kernels do: the input
-is rounded to int8 in blocks of 32 (a float scale and the scaled code sum a block, llama.cpp's
-Q8_1), and each 32-bit word of weight codes meets a word of input codes in one ``dp4a`` (4
-multiply-adds).
+"""The experts' decode kernels (gate+up, down) on 8-bit inputs, as llama.cpp's MMVQ kernels
+do: the input is rounded to int8 in blocks of 32 (a float scale and the scaled code sum a
+block, llama.cpp's Q8_1), and each 32-bit word of weight codes meets a word of input codes in
+one ``dp4a`` (4 multiply-adds).
 
 Why: the float path turns every weight into a float and multiplies it, 9-19 machine
 instructions an element, and the expert kernels run near the GPU's instruction issue limit
 (``studies/quant_types``, "What bounds the expert kernels"). Counted for sm_90
-(``autotune.studies.sass_counts --gate-up``), Q4_K's gate+up takes under half the
-instructions this way (10.8 -> 4.9 an element).
+(``autotune.studies.sass_counts --gate-up``, ``--down``), Q4_K's gate+up takes under half the
+instructions this way (10.8 -> 4.9 an element), Q6_K's down about three quarters.
 
 The input's rounding is llama.cpp's (``quantize_q8_1``: d = max |x| / 127, codes rounded half
 away from zero), so the results move by about what llama.cpp's own 8-bit inputs move them.
@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from autotune.cache_runtime.triton_tile_kquants import k_scale_min
-from autotune.cache_runtime.triton_tile_parts import INTERPRETED, load_f16
+from autotune.cache_runtime.triton_tile_parts import INTERPRETED, load_f16, load_u16
 
 INT8_TYPES = ("Q4_K", "Q6_K")  # weight types with an 8-bit-input dot product here
 
@@ -94,8 +94,7 @@ def q4_k_dots(blk, s, row_words, row_blocks, xq_ptr, xd_ptr, xs_ptr):
 def _u32_from_u16s(p):
     """The little-endian 32-bit words at byte pointers ``p`` (2-byte aligned), as int32: two
     16-bit loads (Q6_K's 210-byte super-blocks leave words at odd half-words)."""
-    q = p.to(tl.pointer_type(tl.uint16))
-    return tl.load(q).to(tl.int32) | (tl.load(q + 1).to(tl.int32) << 16)
+    return load_u16(p) | (load_u16(p + 2) << 16)
 
 
 @triton.jit

@@ -57,11 +57,12 @@ DENSE_DEQUANT_TOKENS = 64  # from this many tokens on, dense weights go dequant 
 DEQUANT_ROWS = 32
 
 
-def _superblocks(w: QTensor, rounds: int) -> int:
-    """Super-blocks per GEMV chunk: ``rounds`` times as many as one warp's lanes cover in
-    one round (4, or 2 for the types with 16 groups of 2-byte loads), fewer for short rows."""
-    per_warp = 32 // TILE_GROUPS[w.qtype] * rounds
-    return min(per_warp, triton.next_power_of_2(triton.cdiv(w.cols, 256)))
+def superblocks_per_chunk(qtype: str, cols: int, rounds: int) -> int:
+    """Super-blocks per GEMV chunk of rows of ``cols`` elements: ``rounds`` times as many as one
+    warp's lanes cover in one round (4, or 2 for the types with 16 groups of 2-byte loads),
+    fewer for short rows."""
+    per_warp = 32 // TILE_GROUPS[qtype] * rounds
+    return min(per_warp, triton.next_power_of_2(triton.cdiv(cols, 256)))
 
 
 def _type_args(w: QTensor, device: torch.device) -> dict:
@@ -102,7 +103,7 @@ class TritonOps(TorchOps):
     # -- launch helpers ----------------------------------------------------------------
 
     def _superblocks(self, w: QTensor) -> int:
-        return _superblocks(w, self.chunk_rounds or CHUNK_ROUNDS)
+        return superblocks_per_chunk(w.qtype, w.cols, self.chunk_rounds or CHUNK_ROUNDS)
 
     def _gemv(self, x: torch.Tensor, ws: list[QTensor], norm: torch.Tensor | None = None,
               resid: torch.Tensor | None = None) -> torch.Tensor:

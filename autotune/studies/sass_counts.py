@@ -30,8 +30,8 @@ from autotune.cache_runtime import triton_gemv
 from autotune.cache_runtime.dequant import BLOCK_SIZES
 from autotune.cache_runtime.iq_grids import GRID_TYPES
 from autotune.cache_runtime.triton_int8 import INT8_TYPES
-from autotune.cache_runtime.triton_ops import DOWN_ROWS, DOWN_WARPS, GATE_UP_WARPS
-from autotune.cache_runtime.triton_tiles import SUPERBLOCK_BYTES, TILE_GROUPS
+from autotune.cache_runtime.triton_ops import DOWN_ROWS, DOWN_WARPS, GATE_UP_WARPS, superblocks_per_chunk
+from autotune.cache_runtime.triton_tiles import SUPERBLOCK_BYTES
 
 K, WARPS, ROUNDS = 2048, 8, 2
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -50,11 +50,6 @@ def _opcodes(kernel, signature: dict[str, str], constants: dict, aligned: list[s
     return re.findall(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", sass)
 
 
-def _superblocks(qtype: str, cols: int) -> int:
-    """Super-blocks per chunk, as ``triton_ops._superblocks`` takes them at ROUNDS."""
-    return min(32 // TILE_GROUPS[qtype] * ROUNDS, triton.next_power_of_2(triton.cdiv(cols, 256)))
-
-
 def _aligned(signature: dict[str, str], ints: list[str], qtype: str, cols: int) -> list[str]:
     """The arguments a launch specializes as 16-byte aligned: torch's allocations, the row
     lengths in bytes where they are multiples of 16, and the named ints."""
@@ -66,7 +61,7 @@ def _aligned(signature: dict[str, str], ints: list[str], qtype: str, cols: int) 
 def gemv_sass(qtype: str, cols: int = K) -> tuple[list[str], int]:
     """The SASS opcodes of gemv_kernel for ``qtype`` rows of ``cols`` elements and the weight
     elements one thread reads in a chunk."""
-    superblocks = _superblocks(qtype, cols)
+    superblocks = superblocks_per_chunk(qtype, cols, ROUNDS)
     grid = qtype in GRID_TYPES
     signature = {"x_ptr": "*fp32", "norm_ptr": "*fp32", "eps": "fp32", "w0_ptr": "*u8", "w1_ptr": "*u8", "n0": "i32",
                  "resid_ptr": "*fp32", "out_ptr": "*fp32", "N": "i32", "K": "constexpr", "row_stride": "i32",
@@ -83,7 +78,7 @@ def gemv_sass(qtype: str, cols: int = K) -> tuple[list[str], int]:
 def gate_up_sass(qtype: str, cols: int = K, int8: bool = False) -> tuple[list[str], int]:
     """The same for moe_gate_up_kernel (GATE_UP_WARPS virtual rows a program), on the float
     input or (``int8``, the types of ``triton_int8.INT8_TYPES``) the 8-bit one."""
-    superblocks = _superblocks(qtype, cols)
+    superblocks = superblocks_per_chunk(qtype, cols, ROUNDS)
     grid = qtype in GRID_TYPES
     signature = {"ids_ptr": "*i32", "on_ptr": "*i32", "xn_ptr": "*fp32", "table_ptr": "*i64", "gate_b_ptr": "*fp32",
                  "up_b_ptr": "*fp32", "h_ptr": "*fp32", "xq_ptr": "*i32", "xd_ptr": "*fp32", "xs_ptr": "*fp32",
@@ -101,7 +96,7 @@ def gate_up_sass(qtype: str, cols: int = K, int8: bool = False) -> tuple[list[st
 def down_sass(qtype: str, cols: int = 768, int8: bool = False, top_k: int = 8) -> tuple[list[str], int]:
     """The same for moe_down_kernel (rows of ``cols``: the experts' FFN width, 768 on the 30B
     shape; ``top_k`` experts a token), on the float input or (``int8``) the 8-bit one."""
-    superblocks = _superblocks(qtype, cols)
+    superblocks = superblocks_per_chunk(qtype, cols, ROUNDS)
     grid = qtype in GRID_TYPES
     k_pad = triton.next_power_of_2(top_k)
     signature = {"h_ptr": "*fp32", "ids_ptr": "*i32", "on_ptr": "*i32", "wts_ptr": "*fp32", "table_ptr": "*i64",
