@@ -187,10 +187,12 @@ def _moe_weights(rng, ragged: bool = False):
     return gate, up, down
 
 
-def _routed_moe(rng: np.random.Generator, ragged: bool, act: str = "silu", biased: bool = False):
+def _routed_moe(rng: np.random.Generator, ragged: bool, act: str = "silu", biased: bool = False,
+                experts: tuple[QTensor, QTensor, QTensor] | None = None):
     """A top-3 MoE layer with its F32 router, a token h, its normalized x, and torch's routing of
-    it: (ops, h, x, weights, ids); ``biased``: with each expert's gate, up and down biases."""
-    gate, up, down = _moe_weights(rng, ragged)
+    it: (ops, h, x, weights, ids); ``biased``: with each expert's gate, up and down biases;
+    ``experts``: its gate, up and down weights (else ``_moe_weights``')."""
+    gate, up, down = experts or _moe_weights(rng, ragged)
     n_embd = gate.cols
     router = _qtensor("F32", 8, n_embd, rng)
     biases = NO_BIASES

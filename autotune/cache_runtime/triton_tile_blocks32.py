@@ -14,14 +14,15 @@ import triton
 import triton.language as tl
 
 from autotune.cache_runtime.codebooks import IQ4_NL_CODES, MXFP4_CODES
-from autotune.cache_runtime.triton_tile_parts import blocks32_axes, code_lookup, load_f16, load_u16, prmt_lookup4
+from autotune.cache_runtime.triton_tile_parts import (blocks32_axes, code_lookup, e8m0_half, load_f16, load_u16,
+                                                      prmt_lookup4)
 
-_IQ4_LOW: tl.constexpr = tl.constexpr(IQ4_NL_CODES[0])
-_IQ4_HIGH: tl.constexpr = tl.constexpr(IQ4_NL_CODES[1])
-_MXFP4_LOW: tl.constexpr = tl.constexpr(MXFP4_CODES[0])
-_MXFP4_HIGH: tl.constexpr = tl.constexpr(MXFP4_CODES[1])
-_IQ4_PRMT: tl.constexpr = prmt_lookup4(IQ4_NL_CODES)
-_MXFP4_PRMT: tl.constexpr = prmt_lookup4(MXFP4_CODES)
+IQ4_LOW: tl.constexpr = tl.constexpr(IQ4_NL_CODES[0])
+IQ4_HIGH: tl.constexpr = tl.constexpr(IQ4_NL_CODES[1])
+MXFP4_LOW: tl.constexpr = tl.constexpr(MXFP4_CODES[0])
+MXFP4_HIGH: tl.constexpr = tl.constexpr(MXFP4_CODES[1])
+IQ4_PRMT: tl.constexpr = prmt_lookup4(IQ4_NL_CODES)
+MXFP4_PRMT: tl.constexpr = prmt_lookup4(MXFP4_CODES)
 
 
 @triton.jit
@@ -73,7 +74,7 @@ def iq4_nl(blk):
     """Q4_0's blocks, the nibbles looked up in the IQ4 code book."""
     b, ba, a, t, j, n, k = blocks32_axes(blk)
     q = _nibbles(b + 18 * j + 2 + 2 * a + t, n)
-    return load_f16(ba + 18 * j) * code_lookup(q, _IQ4_LOW, _IQ4_HIGH, _IQ4_PRMT), k
+    return load_f16(ba + 18 * j) * code_lookup(q, IQ4_LOW, IQ4_HIGH, IQ4_PRMT), k
 
 
 @triton.jit
@@ -85,7 +86,7 @@ def iq4_xs(blk):
     high = (tl.load(ba + 2 + j // 4).to(tl.int32) >> (2 * (j % 4))) & 3
     sc = ((low | (high << 4)) - 32).to(tl.float32)
     q = _nibbles(b + 8 + 16 * j + 2 * a + t, n)
-    return (load_f16(ba) * sc) * code_lookup(q, _IQ4_LOW, _IQ4_HIGH, _IQ4_PRMT), k
+    return (load_f16(ba) * sc) * code_lookup(q, IQ4_LOW, IQ4_HIGH, IQ4_PRMT), k
 
 
 @triton.jit
@@ -100,13 +101,13 @@ def mxfp4(blk):
     through shared memory (``autotune.studies.sass_counts``)."""
     b, ba, a, t, j, n, k = blocks32_axes(blk)
     e = tl.load(ba + 17 * j).to(tl.int32)
-    d = tl.where(e < 2, 0x00200000 * (e + 1), (e - 1) << 23).to(tl.float32, bitcast=True)
+    d = e8m0_half(e)
     pair = ba + 17 * j + 1 + 2 * a  # byte 2a of block j's codes
     odd = (j + 1) % 2  # 17 j + 1 + 2 a is odd for even j
     word = load_u16(pair - odd)
     codes = tl.where(odd == 1, (word >> 8) | ((load_u16(pair + odd) & 255) << 8), word)
     q = (codes >> (8 * t + 4 * n)) & 15
-    return d * code_lookup(q, _MXFP4_LOW, _MXFP4_HIGH, _MXFP4_PRMT), k
+    return d * code_lookup(q, MXFP4_LOW, MXFP4_HIGH, MXFP4_PRMT), k
 
 
 @triton.jit

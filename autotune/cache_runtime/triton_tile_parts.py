@@ -5,8 +5,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Triton's interpreter (the CPU tests) runs no inline PTX: code_lookup and triton_int8.dp4a take
-# integer paths there.
+# Triton's interpreter (the CPU tests) runs no inline PTX: code_lookup, code_lookup_bytes and dp4a
+# take integer paths there.
 INTERPRETED: tl.constexpr = tl.constexpr(bool(triton.knobs.runtime.interpret))
 
 
@@ -82,6 +82,62 @@ def code_lookup(q, LOW: tl.constexpr, HIGH: tl.constexpr, PRMT: tl.constexpr):
 
 
 @triton.jit
+def code_lookup_bytes(q, LOW: tl.constexpr, HIGH: tl.constexpr, PRMT: tl.constexpr):
+    """``code_lookup`` of the 4 nibbles held in the bytes of int32 words ``q`` (each byte
+    0..15): the 4 entries as the bytes of int32 words, for ``dp4a``."""
+    if INTERPRETED:
+        out = tl.zeros_like(q)
+        for i in tl.static_range(4):
+            nibble = (q >> (8 * i)) & 15
+            word = tl.where(nibble < 8, LOW, HIGH).to(tl.int64)
+            out |= (((word >> (8 * (nibble & 7)).to(tl.int64)) & 255).to(tl.int32)) << (8 * i)
+        return out
+    return tl.inline_asm_elementwise(PRMT, "=r,r", [q], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def dp4a(a, b, c, SIGNED: tl.constexpr = False):
+    """c + the dot product of the 4 bytes of ``a`` (unsigned; signed with SIGNED) with those of
+    ``b`` (signed), all int32: PTX's ``dp4a`` on the GPU, byte by byte in the interpreter."""
+    if INTERPRETED:
+        out = c
+        for i in tl.static_range(4):
+            byte = (a >> (8 * i)) & 255
+            if SIGNED:
+                byte = (byte ^ 128) - 128
+            out += byte * ((((b >> (8 * i)) & 255) ^ 128) - 128)
+        return out
+    if SIGNED:
+        return tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    return tl.inline_asm_elementwise("dp4a.u32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+                                     dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def e8m0_half(e):
+    """MXFP4's e8m0 exponent bytes e (int32) as 2^(e - 128), float32 (ggml_e8m0_to_fp32_half:
+    subnormal for e < 2)."""
+    return tl.where(e < 2, 0x00200000 * (e + 1), (e - 1) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def load_u16(p):
     """The little-endian uint16 at byte pointer p (2-byte aligned), as int32."""
     return tl.load(p.to(tl.pointer_type(tl.uint16))).to(tl.int32)
+
+
+@triton.jit
+def load_u32_halves(p):
+    """The little-endian 32-bit words at byte pointers ``p`` (2-byte aligned: blocks of 18, 22
+    or 210 bytes leave words at odd half-words), as int32: two 16-bit loads."""
+    return load_u16(p) | (load_u16(p + 2) << 16)
+
+
+@triton.jit
+def load_u32_bytes(p):
+    """The little-endian 32-bit words at byte pointers ``p`` of any alignment (MXFP4's 17-byte
+    blocks), as int32: four byte loads. (Q8_0's 2-byte aligned words take these too: counted
+    for sm_90, their two 16-bit loads cost layout conversions, ``autotune.studies.sass_counts``.)"""
+    return (tl.load(p).to(tl.int32) | (tl.load(p + 1).to(tl.int32) << 8) | (tl.load(p + 2).to(tl.int32) << 16)
+            | (tl.load(p + 3).to(tl.int32) << 24))
