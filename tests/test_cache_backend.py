@@ -102,6 +102,7 @@ def test_the_space_samples_every_knob_and_leaves_moot_ones_alone(tiny_model: Pat
     assert seen["slot_split"] == {0.0, 0.25, 0.5, 0.75, 1.0}
     assert len(seen["prefill_bypass"]) > 1 and len(seen["decay"]) > 1 and len(seen["rebalance_interval"]) > 1
     assert seen["chunk_rounds"] == {1, 2} and seen["gate_up_warps"] == {4, 8}
+    assert seen["int8_inputs"] == {False, True}
     assert seen["lend_prefill_room"] == {False, True} and seen["prefill_chunk"] == {DEFAULTS["prefill_chunk"]}
     assert seen["cpu_threads"] == set(CPU_THREAD_CHOICES) | {1} and seen["cpu_repack"] == {False, True}
 

@@ -51,6 +51,7 @@ def configs(draw: st.DrawFn) -> dict:
         "max_ctx": draw(st.integers(1, 1 << 20)),
         "chunk_rounds": draw(st.sampled_from(CACHE_KNOBS['chunk_rounds'].choices)),
         "gate_up_warps": draw(st.sampled_from(CACHE_KNOBS['gate_up_warps'].choices)),
+        "int8_inputs": draw(st.booleans()),
     }
     return {key: value for key, value in config.items() if key == "vram_cap" or draw(st.booleans())}
 
@@ -76,7 +77,8 @@ def test_the_serve_command_has_every_knob_as_a_flag():
         "autotune serve '/m/q 30b.gguf' --vram-cap 16G --ctx 4096 --eviction lfu_decay --miss-mode zero_copy "
         "--cpu-threads 1 --no-cpu-repack --pcie-share 0.0 --prefetch-depth 2 --prefetch-engine dma --rebalance-interval 32 "
         "--decay 0.9 --learned-placement "
-        "--slot-layout spread --slot-split 0.25 --no-lend-prefill-room --chunk-rounds 2 --gate-up-warps 4 --prefill-bypass 32 "
+        "--slot-layout spread --slot-split 0.25 --no-lend-prefill-room --chunk-rounds 2 --gate-up-warps 4 --no-int8-inputs "
+        "--prefill-bypass 32 "
         "--prefill-chunk 2048"
     )
     assert json.loads(format_command(config, "q.gguf", "json")) == {"model": "q.gguf", "config": normalize(config)}

@@ -189,9 +189,10 @@ def test_cache_on_triton_kernels_gives_full_residency_tokens(tiny_model: Path) -
     stats = e.cache_stats()
     assert stats["prefill_bypass_batches"] == 1 and stats["rebalances"] == 2
     assert stats["prefetch_precision"] is not None
-    # a config's decode launch shapes reach the kernels and give the same tokens
-    e.configure_cache(CacheConfig.from_dict({**cfg.to_dict(), "chunk_rounds": 1, "gate_up_warps": 16}))
-    assert (e.ops.chunk_rounds, e.ops.gate_up_warps) == (1, 16)
+    # a config's decode launch shapes and input rounding reach the kernels and give the same tokens
+    e.configure_cache(CacheConfig.from_dict({**cfg.to_dict(), "chunk_rounds": 1, "gate_up_warps": 16,
+                                             "int8_inputs": True}))
+    assert (e.ops.chunk_rounds, e.ops.gate_up_warps, e.ops.int8_inputs) == (1, 16, True)
     assert e.generate(PROMPT, 2) == full[:2]  # one decode step on those shapes
     # prefetch by the DMA engines' protocol: the claim kernel points layers at landed ring rows
     e.configure_cache(CacheConfig.from_dict({**cfg.to_dict(), "prefetch_engine": "dma"}))

@@ -111,7 +111,8 @@ def test_autotune_serve_has_an_option_per_cache_knob_and_a_given_one_overrides_t
 
 
 def test_the_gpu_only_knobs_are_the_tables():
-    assert CacheBackend.gpu_only_knobs == CACHE_KNOBS.gpu_only == ("chunk_rounds", "gate_up_warps")
+    gpu_only = ("chunk_rounds", "gate_up_warps", "int8_inputs")
+    assert CacheBackend.gpu_only_knobs == CACHE_KNOBS.gpu_only == gpu_only
 
 
 @pytest.mark.parametrize("knobs, message", [

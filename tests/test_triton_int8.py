@@ -20,9 +20,9 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
-from autotune.cache_runtime import triton_int8, triton_ops  # noqa: E402
+from autotune.cache_runtime import triton_int8, triton_ops, triton_tile_parts  # noqa: E402
 from autotune.cache_runtime.torch_ops import glu  # noqa: E402
-from tests.test_runtime_triton import _moe_reference, _rel, _routed_moe  # noqa: E402
+from tests.test_runtime_triton import _moe_reference, _qtensor, _rel, _routed_moe  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -46,7 +46,7 @@ def _quantize_kernel(x_ptr, xq_ptr, xd_ptr, xs_ptr, K: tl.constexpr, BLOCK_K: tl
 @triton.jit
 def _dp4a_kernel(a_ptr, b_ptr, c_ptr, out_ptr, N: tl.constexpr, SIGNED: tl.constexpr):
     offs = tl.arange(0, N)
-    tl.store(out_ptr + offs, triton_int8.dp4a(tl.load(a_ptr + offs), tl.load(b_ptr + offs), tl.load(c_ptr + offs),
+    tl.store(out_ptr + offs, triton_tile_parts.dp4a(tl.load(a_ptr + offs), tl.load(b_ptr + offs), tl.load(c_ptr + offs),
                                               SIGNED))
 
 
@@ -105,10 +105,34 @@ def test_experts_on_the_8_bit_inputs_match_float64_on_the_same_rounding(monkeypa
     for float32 rounding against float64 over the same rounded inputs, and within the
     rounding's own effect of the float path (random synthetic blocks)."""
     monkeypatch.setattr(triton_ops, "ROUTER_WARPS", 2)
-    monkeypatch.setattr(triton_ops, "INT8_INPUTS", True)
     torch.manual_seed(0)  # the token h
     ops, h, x, weights, ids = _routed_moe(np.random.default_rng(2), ragged=False)
+    ops.int8_inputs = True
     assert (ops.w.layers[0].gate_exps.qtype, ops.w.layers[0].down_exps.qtype) == ("Q4_K", "Q6_K")
+    got, got_ids = ops.moe(h.clone(), 0)
+    assert sorted(got_ids[0].tolist()) == sorted(ids[0].tolist())
+    assert _rel(got[0].cpu(), _experts_on_rounded_inputs(ops, h, x, weights, ids)) < 1e-5
+    assert _rel(got[0].cpu(), _moe_reference(ops, h, x, weights, ids)) < 5e-2
+
+
+@pytest.mark.parametrize("gate_up, down, n_ff, n_embd", [
+    ("Q8_0", "Q5_0", 416, 288),  # rows of 9 and 13 blocks of 32: no whole super-block
+    ("MXFP4", "Q4_1", 448, 320),  # MXFP4: an even count of 17-byte blocks a row
+    ("IQ4_NL", "Q5_1", 448, 320),
+    ("Q4_0", "MXFP4", 448, 320),
+    ("IQ4_XS", "Q8_0", 256, 512),
+])
+def test_the_32_element_block_types_on_the_8_bit_inputs_match_float64(
+        monkeypatch: pytest.MonkeyPatch, gate_up: str, down: str, n_ff: int, n_embd: int) -> None:
+    """Each type of ``triton_int8_blocks32`` as the experts' gate and up, or down, on the 8-bit
+    inputs: exact but for float32 rounding against float64 over the same rounded inputs."""
+    monkeypatch.setattr(triton_ops, "ROUTER_WARPS", 2)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(3)
+    experts = (_qtensor(gate_up, n_ff, n_embd, rng, experts=8), _qtensor(gate_up, n_ff, n_embd, rng, experts=8),
+               _qtensor(down, n_embd, n_ff, rng, experts=8))
+    ops, h, x, weights, ids = _routed_moe(rng, ragged=False, experts=experts)
+    ops.int8_inputs = True
     got, got_ids = ops.moe(h.clone(), 0)
     assert sorted(got_ids[0].tolist()) == sorted(ids[0].tolist())
     assert _rel(got[0].cpu(), _experts_on_rounded_inputs(ops, h, x, weights, ids)) < 1e-5
@@ -131,8 +155,8 @@ def test_the_tiny_model_on_the_8_bit_input_stays_as_close_to_llama_cpp(tiny_mode
     steps = 4
     errors = {}
     for int8 in (False, True):
-        monkeypatch.setattr(triton_ops, "INT8_INPUTS", int8)
         engine = Engine(tiny_model, device=DEVICE, kernels="triton", max_ctx=64)
+        engine.ops.int8_inputs = int8
         got = [engine.prefill(PROMPT)] + [engine.decode(token).clone() for token in tokens[:steps - 1]]
         got = torch.stack(got).double().cpu()
         assert got.argmax(-1).tolist() == tokens[:steps]

@@ -83,6 +83,10 @@ CACHE_KNOBS = KnobSchema("cache", (
          search=Search(values=(1, 2)), gpu_only=True),
     Knob("gate_up_warps", int, 4, "decode kernels: warps per gate-up program", choices=(2, 4, 8, 16),
          search=Search(values=(4, 8)), gpu_only=True),
+    # the experts' decode kernels on 8-bit inputs (triton_int8): measured faster on gpt-oss-20b's
+    # MXFP4 experts (+17%) and slower on every 2048- and 4096-wide file (studies/families, 2026-12-08)
+    Knob("int8_inputs", bool, False, "decode kernels: the experts' inputs rounded to 8-bit blocks, as "
+         "llama.cpp's MMVQ does", search=Search(values=(False, True)), gpu_only=True),
     # decode never bypasses: searched for prefill-heavy objectives only
     Knob("prefill_bypass", int, 32, "batches of at least this many tokens skip the cache; 0: never", low=0,
          search=Search(values=(0, 8, 32, 128, 512), objectives=("prefill", "request"))),

@@ -157,7 +157,7 @@ class Engine:
         self.expert_cache = expert_cache
         self.ops.hooks = expert_cache
         self.prefill_chunk = cfg.prefill_chunk  # the plan holds one chunk's activations
-        self.ops.set_launch_shapes(cfg.chunk_rounds, cfg.gate_up_warps)
+        self.ops.set_launch_shapes(cfg.chunk_rounds, cfg.gate_up_warps, cfg.int8_inputs)
 
     def save_routing(self) -> Path | None:
         """Persist the routing counts seen so far (they seed the next start's placement)."""

@@ -150,8 +150,8 @@ class Ops(ABC):
 
         return ExpertTable(self.w.moe_layers, self.kv_cache.k.device)
 
-    def set_launch_shapes(self, chunk_rounds: int, gate_up_warps: int) -> None:
-        """A cache config's decode launch shapes; ops without launch shapes ignore them."""
+    def set_launch_shapes(self, chunk_rounds: int, gate_up_warps: int, int8_inputs: bool) -> None:
+        """A cache config's decode launch shapes and input rounding; ops without them ignore them."""
 
     def count_step(self, ids: torch.Tensor, in_slot: torch.Tensor, hits: torch.Tensor, tokens: torch.Tensor,
                    prefetch: PrefetchCounts | None) -> None:

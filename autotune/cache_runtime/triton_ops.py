@@ -49,10 +49,6 @@ ATTN_SPLITS, ATTN_BLOCK = 16, 64
 LATENT_HEADS, LATENT_BLOCK = 16, 32
 GEMM_BM, GEMM_BN, GEMM_WARPS, GEMM_STAGES = 32, 32, 4, 2
 CHUNK_ROUNDS = 2  # load rounds per warp per GEMV chunk (more: more loads in flight, more registers)
-# the experts on 8-bit inputs (triton_int8) where their type has the path: gate+up on the
-# router's, down on gate+up's output rounded by one more launch; off until measured on a GPU
-# (studies/runtime_full_residency/bench_runtime.py --int8)
-INT8_INPUTS = False
 DENSE_DEQUANT_TOKENS = 64  # from this many tokens on, dense weights go dequant + cuBLAS
 DEQUANT_ROWS = 32
 
@@ -84,6 +80,9 @@ class TritonOps(TorchOps):
     # decode launch shapes an engine may set per cache config; None: the module's constants
     chunk_rounds: int | None = None
     gate_up_warps: int | None = None
+    # the experts on 8-bit inputs (triton_int8) where their type has the path: gate+up on the
+    # router's, down on gate+up's output rounded by one more launch (cache knob int8_inputs)
+    int8_inputs: bool = False
 
     kernels_read_table = True
 
@@ -93,8 +92,8 @@ class TritonOps(TorchOps):
         self._done = torch.zeros(1, dtype=torch.int32, device=kv_cache.k.device)  # router programs done
         self._dense_tables: dict[int, torch.Tensor] = {}
 
-    def set_launch_shapes(self, chunk_rounds: int, gate_up_warps: int) -> None:
-        self.chunk_rounds, self.gate_up_warps = chunk_rounds, gate_up_warps
+    def set_launch_shapes(self, chunk_rounds: int, gate_up_warps: int, int8_inputs: bool) -> None:
+        self.chunk_rounds, self.gate_up_warps, self.int8_inputs = chunk_rounds, gate_up_warps, int8_inputs
 
     def count_step(self, ids: torch.Tensor, in_slot: torch.Tensor, hits: torch.Tensor, tokens: torch.Tensor,
                    prefetch: PrefetchCounts | None) -> None:
@@ -303,12 +302,11 @@ class TritonOps(TorchOps):
             ids.view(-1).copy_(routed_ids.view(-1))
             weights.view(-1).copy_(routed_weights.view(-1))
 
-    @staticmethod
-    def int8_input(w: QTensor, device: torch.device, rows: int = 1) -> tuple[torch.Tensor, ...] | None:
+    def int8_input(self, w: QTensor, device: torch.device, rows: int = 1) -> tuple[torch.Tensor, ...] | None:
         """Buffers for ``rows`` inputs of ``w`` in 8-bit blocks (``triton_int8.quantize_store``:
-        codes as int32 words, scales, scaled code sums) where ``INT8_INPUTS`` is on and ``w``'s
+        codes as int32 words, scales, scaled code sums) where ``int8_inputs`` is on and ``w``'s
         type has the path; else None."""
-        if not INT8_INPUTS or w.qtype not in INT8_TYPES:
+        if not self.int8_inputs or w.qtype not in INT8_TYPES:
             return None
         return (torch.empty(rows, w.cols // 4, dtype=torch.int32, device=device),
                 torch.empty(rows, w.cols // 32, dtype=torch.float32, device=device),

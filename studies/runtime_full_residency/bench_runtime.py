@@ -7,7 +7,7 @@ prefill of 512 random tokens and decode of 128 tokens from an empty cache (one C
 replay per token, the greedy token fed back on the device), each repeated --reps times
 (median reported), a per-kernel profile of one decode step and one prefill, and with
 --sweep a few alternative launch shapes. With --int8, decode (and the logits check) again with
-the experts' gate+up on the 8-bit input (``triton_ops.INT8_INPUTS``; the types of
+the experts on the 8-bit input (``TritonOps.int8_inputs``, cache knob ``int8_inputs``; the types of
 ``triton_int8``), an A/B in one process: ``decode_tg128_int8``, ``vs_llama_cpp_int8``, and a
 profile of one decode step. Writes OUT_DIR/runtime.json.
 """
@@ -165,7 +165,7 @@ def main() -> None:
     if args.sweep:
         stage("sweep", lambda: sweep(engine, tokens, args.sweep_budget))
     if args.int8:
-        triton_ops.INT8_INPUTS = True
+        engine.ops.int8_inputs = True
         engine._graphs.clear()  # the 8-bit path needs a new capture
         if args.llama:
             stage("vs_llama_cpp_int8", lambda: compare(engine, dict(np.load(args.llama))))
