@@ -4,10 +4,13 @@ block, llama.cpp's Q8_1), and each 32-bit word of weight codes meets a word of i
 one ``dp4a`` (4 multiply-adds).
 
 Why: the float path turns every weight into a float and multiplies it, 9-19 machine
-instructions an element, and the expert kernels run near the GPU's instruction issue limit
-(``studies/quant_types``, "What bounds the expert kernels"). Counted for sm_90
-(``autotune.studies.sass_counts --gate-up``, ``--down``), Q4_K's gate+up takes under half the
-instructions this way (10.8 -> 4.9 an element), Q6_K's down about three quarters.
+instructions an element. Counted for sm_90 (``autotune.studies.sass_counts --gate-up``,
+``--down``), Q4_K's gate+up takes 10.8 -> 4.2 instructions an element this way, Q6_K's down
+15.2 -> 10.2, MXFP4's (gpt-oss) 15.4 -> 7.4. Measured on the H100 (2026-12-08), the first
+version ran slower than the float path on every file but gpt-oss: its tiles summed a
+chunk's blocks across warps, through shared memory, at every chunk (10-16 barriers). The
+tiles now lead with the summed axes (``triton_int8_kquants.q4_k_dots``). It is the cache
+knob ``int8_inputs`` (off by default; the tuner searches it on the GPU).
 
 The input's rounding is llama.cpp's (``quantize_q8_1``: d = max |x| / 127, codes rounded half
 away from zero), so the results move by about what llama.cpp's own 8-bit inputs move them.

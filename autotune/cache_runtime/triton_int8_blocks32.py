@@ -27,40 +27,40 @@ def q8_0_dots(blk, first, lo, row_words, row_blocks, xq_ptr, xd_ptr):
     """(S, R) dot products of chunks of 8 Q8_0 blocks (34 bytes: f16 d, 32 int8 codes) at ``blk``
     (S, R byte pointers) with the input from block ``first`` (S,) on, less the chunk's first
     ``lo`` (S,) blocks. ``row_words``, ``row_blocks`` (R,): where each row's input starts
-    (``triton_int8_kquants.q4_k_dots``). A block's 8 code words are read as 2 halves of 4 (the
-    4-bit types' tile shape, which keeps the reductions within threads)."""
-    b = blk[:, :, None, None]
-    half = tl.arange(0, 16)[None, None, :, None]  # block half // 2, half half % 2
+    (``triton_int8_kquants.q4_k_dots``, which also explains why the summed axes come first). A
+    block's 8 code words are read as 2 halves of 4: the tile is (16 halves, S, R, 4)."""
+    b = blk[None, :, :, None]
+    half = tl.arange(0, 16)[:, None, None, None]
     w = tl.arange(0, 4)[None, None, None, :]
-    codes = load_u32_bytes(b + 34 * (half // 2) + 2 + 16 * (half % 2) + 4 * w)  # (S, R, 16, 4)
-    word = first[:, None, None, None] * 8 + 4 * half + w + row_words[None, :, None, None]
-    dots = tl.sum(dp4a(codes, tl.load(xq_ptr + word), tl.zeros_like(codes), SIGNED=True), 3)
-    dots = tl.sum(tl.reshape(dots, (dots.shape[0], dots.shape[1], 8, 2)), 3).to(tl.float32)
-    return _scaled_sum(load_f16(blk[:, :, None] + 34 * tl.arange(0, 8)[None, None, :]) * dots, first, lo,
-                       row_blocks, xd_ptr)
+    codes = load_u32_bytes(b + 34 * (half // 2) + 2 + 16 * (half % 2) + 4 * w)
+    word = first[None, :, None, None] * 8 + 4 * half + w + row_words[None, None, :, None]
+    dots = tl.sum(dp4a(codes, tl.load(xq_ptr + word), tl.zeros_like(codes), SIGNED=True), 3).to(tl.float32)
+    j = tl.arange(0, 16)[:, None, None] // 2  # each half's block
+    return _scaled_sum(load_f16(blk[None, :, :] + 34 * j) * dots, j, first, lo, row_blocks, xd_ptr)
 
 
 @triton.jit
-def _scaled_sum(v, first, lo, row_blocks, xd_ptr):
-    """sum over j of v (S, R, 8 j) times input block (first + j)'s scale, blocks j < lo dropped."""
-    j = tl.arange(0, 8)[None, None, :]
-    xd = tl.load(xd_ptr + first[:, None, None] + j + row_blocks[None, :, None])
-    return tl.sum(tl.where(j >= lo[:, None, None], v * xd, 0.0), 2)
+def _scaled_sum(v, j, first, lo, row_blocks, xd_ptr):
+    """sum over axis 0 of v (., S, R), each times its block j's input scale (input block first +
+    j), blocks j < lo dropped."""
+    xd = tl.load(xd_ptr + first[None, :, None] + j + row_blocks[None, None, :])
+    return tl.sum(tl.where(j >= lo[None, :, None], v * xd, 0.0), 0)
 
 
 @triton.jit
 def _code_words(b, j, w, QT: tl.constexpr):
-    """Word w (bytes 4w .. 4w + 3) of block j's 16 code bytes, as int32."""
+    """Word w (bytes 4w .. 4w + 3) of block j's 16 code bytes, as int32. (4-byte aligned words are
+    loaded through an int32 pointer cast first, so that Triton sees their run as contiguous.)"""
     if QT == 3:  # Q4_1: 20 bytes, f16 d and m, then the codes
-        return tl.load((b + 20 * j + 4 + 4 * w).to(tl.pointer_type(tl.int32)))
+        return tl.load(b.to(tl.pointer_type(tl.int32)) + 5 * j + 1 + w)
     elif QT == 6:  # Q5_0: 22 bytes, f16 d, 4 bytes of fifth bits, the codes
         return load_u32_halves(b + 22 * j + 6 + 4 * w)
     elif QT == 7:  # Q5_1: 24 bytes, f16 d and m, the fifth bits, the codes
-        return tl.load((b + 24 * j + 8 + 4 * w).to(tl.pointer_type(tl.int32)))
+        return tl.load(b.to(tl.pointer_type(tl.int32)) + 6 * j + 2 + w)
     elif QT == 39:  # MXFP4: 17 bytes, the e8m0 exponent, the codes
         return load_u32_bytes(b + 17 * j + 1 + 4 * w)
     elif QT == 23:  # IQ4_XS: a 136-byte super-block, its 8 blocks' codes from byte 8 on
-        return tl.load((b + 8 + 16 * j + 4 * w).to(tl.pointer_type(tl.int32)))
+        return tl.load(b.to(tl.pointer_type(tl.int32)) + 2 + 4 * j + w)
     else:  # Q4_0, IQ4_NL: 18 bytes, f16 d, the codes
         return load_u32_halves(b + 18 * j + 2 + 4 * w)
 
@@ -93,15 +93,15 @@ def _block_scale(b3, j3, QT: tl.constexpr):
 @triton.jit
 def nibble_block_dots(blk, first, lo, row_words, row_blocks, xq_ptr, xd_ptr, xs_ptr, QT: tl.constexpr):
     """(S, R) dot products of chunks of 8 blocks of a 4- or 5-bit type at ``blk`` with the input
-    (``q8_0_dots``' arguments; ``xs_ptr``: the input blocks' scaled code sums)."""
-    b = blk[:, :, None, None]
-    j = tl.arange(0, 8)[None, None, :, None]
+    (``q8_0_dots``' arguments; ``xs_ptr``: the input blocks' scaled code sums). Tile (8 j, S, R, 4 w)."""
+    b = blk[None, :, :, None]
+    j = tl.arange(0, 8)[:, None, None, None]
     w = tl.arange(0, 4)[None, None, None, :]
-    codes = _code_words(b, j, w, QT)  # (S, R, 8 j, 4 w)
+    codes = _code_words(b, j, w, QT)  # (8 j, S, R, 4 w)
     low = codes & 0x0F0F0F0F
     high = (codes >> 4) & 0x0F0F0F0F
     if QT == 6 or QT == 7:  # bit i of the block's fifth bits goes above element i's nibble
-        fifth = load_u32_halves(b + 22 * j + 2) if QT == 6 else tl.load((b + 24 * j + 4).to(tl.pointer_type(tl.int32)))
+        fifth = load_u32_halves(b + 22 * j + 2) if QT == 6 else tl.load(b.to(tl.pointer_type(tl.int32)) + 6 * j + 1)
         low |= _spread_bits(fifth >> (4 * w))
         high |= _spread_bits(fifth >> (16 + 4 * w))
     if QT == 20 or QT == 23:
@@ -111,22 +111,22 @@ def nibble_block_dots(blk, first, lo, row_words, row_blocks, xq_ptr, xd_ptr, xs_
         low = code_lookup_bytes(low, MXFP4_LOW, MXFP4_HIGH, MXFP4_PRMT)
         high = code_lookup_bytes(high, MXFP4_LOW, MXFP4_HIGH, MXFP4_PRMT)
     SIGNED: tl.constexpr = QT == 20 or QT == 23 or QT == 39
-    word = (first[:, None, None, None] + j) * 8 + w + row_words[None, :, None, None]
+    word = (first[None, :, None, None] + j) * 8 + w + row_words[None, None, :, None]
     dots = dp4a(high, tl.load(xq_ptr + word + 4), dp4a(low, tl.load(xq_ptr + word), tl.zeros_like(codes), SIGNED),
                 SIGNED)
-    dots = tl.sum(dots, 3).to(tl.float32)  # (S, R, 8 j)
-    b3 = blk[:, :, None]
-    j3 = tl.arange(0, 8)[None, None, :]
+    dots = tl.sum(dots, 3).to(tl.float32)  # (8 j, S, R)
+    b3 = blk[None, :, :]
+    j3 = tl.arange(0, 8)[:, None, None]
     d = _block_scale(b3, j3, QT)
     if SIGNED:
-        return _scaled_sum(d * dots, first, lo, row_blocks, xd_ptr)
+        return _scaled_sum(d * dots, j3, first, lo, row_blocks, xd_ptr)
     # the offset (Q4_0, Q5_0) or min (Q4_1, Q5_1) times the input block's scaled code sum
-    xs = tl.load(xs_ptr + first[:, None, None] + j3 + row_blocks[None, :, None])
+    xs = tl.load(xs_ptr + first[None, :, None] + j3 + row_blocks[None, None, :])
     if QT == 2:
         offset = -8.0 * d * xs
     elif QT == 6:
         offset = -16.0 * d * xs
     else:
         offset = load_f16(b3 + (20 if QT == 3 else 24) * j3 + 2) * xs
-    return _scaled_sum(d * dots, first, lo, row_blocks, xd_ptr) + tl.sum(
-        tl.where(j3 >= lo[:, None, None], offset, 0.0), 2)
+    return _scaled_sum(d * dots, j3, first, lo, row_blocks, xd_ptr) + tl.sum(
+        tl.where(j3 >= lo[None, :, None], offset, 0.0), 0)
