@@ -290,6 +290,42 @@ def test_router_ranks_ties_by_lowest_id(norm_topk: bool) -> None:
     assert _rel(xn.cpu(), rmsnorm(h[None], ffn_norm, 1e-6)[0].cpu()) < 1e-6
 
 
+@pytest.mark.parametrize("gating, router_bias, selection_bias, scale, norm_topk", [
+    ("softmax_weight", True, False, 0.0, False),  # gpt-oss
+    ("sigmoid", False, True, 2.5, True),  # GLM-4.5, DeepSeek-V3 (less its expert groups)
+    ("sigmoid", False, False, 0.0, False),
+    ("softmax", True, True, 16.0, True),
+])
+def test_router_kernel_routes_as_route_layer(gating: str, router_bias: bool, selection_bias: bool, scale: float,
+                                             norm_topk: bool) -> None:
+    """The router kernel's gates, router bias (added to the stored logits), selection bias and
+    scale against ``routing.route`` in float64, on 60 experts (not a power of 2), top 6."""
+    from autotune.cache_runtime.routing import route
+
+    rng = np.random.default_rng(6)
+    router = _qtensor("F32", 60, 256, rng)
+    vector = lambda: torch.from_numpy(rng.standard_normal(60, dtype=np.float32)).to(DEVICE)  # noqa: E731
+    ops = _Stub()
+    ops.cfg = type("Cfg", (), dict(rms_eps=1e-6, n_expert=60, n_expert_used=6, n_embd=256, norm_topk=norm_topk,
+                                   gating=gating, expert_weights_scale=scale, n_expert_groups=0))()
+    # a small norm weight keeps the logits near 1, where float32's sigmoid does not tie experts
+    layer = type("Layer", (), dict(router=router, ffn_norm=(torch.rand(256, device=DEVICE) + 0.5) * 0.05,
+                                   router_b=vector() if router_bias else None,
+                                   exp_probs_b=vector() * 0.5 if selection_bias else None))()
+    ops.w = type("W", (), dict(layers=[layer], moe_layers=[layer]))()
+    h = torch.randn(256, device=DEVICE)
+    logits, xn = torch.empty(60, device=DEVICE), torch.empty(256, device=DEVICE)
+    ids, weights = torch.empty(6, dtype=torch.int32, device=DEVICE), torch.empty(6, device=DEVICE)
+    ops.route(h, 0, logits, xn, ops._done, ids, weights)
+    want_logits = (xn.double().cpu() @ router.dequantize().double().cpu().T
+                   + (layer.router_b.double().cpu() if router_bias else 0))
+    assert _rel(logits.cpu(), want_logits) < 1e-5
+    select = layer.exp_probs_b.double().cpu() if selection_bias else None
+    want_weights, want_ids = route(want_logits[None], 6, norm_topk, gating, select, scale)
+    assert ids.cpu().tolist() == want_ids[0].tolist()
+    assert _rel(weights.cpu(), want_weights[0]) < 1e-5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("ragged", [False, True])
 def test_qgemm_experts_match_torch(ragged: bool) -> None:

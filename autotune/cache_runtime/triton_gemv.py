@@ -89,42 +89,66 @@ def gemv_kernel(x_ptr, norm_ptr, eps, w0_ptr, w1_ptr, n0, resid_ptr, out_ptr, N,
 
 
 @triton.jit
-def _route(logits_ptr, ids_ptr, wts_ptr, n_expert, E_PAD: tl.constexpr, TOP_K: tl.constexpr,
-           NORM_TOPK: tl.constexpr):
-    """Softmax over the experts, top k (ties: lowest id) into ids and weights, in rank order;
-    weights renormalized over the k if NORM_TOPK.
+def _route(logits_ptr, bias_ptr, select_ptr, ids_ptr, wts_ptr, n_expert, scale, E_PAD: tl.constexpr,
+           TOP_K: tl.constexpr, NORM_TOPK: tl.constexpr, GATING: tl.constexpr, HAS_BIAS: tl.constexpr,
+           HAS_SELECT: tl.constexpr, SCALED: tl.constexpr):
+    """``routing.route`` without expert groups: the router's bias added to the logits (stored
+    back: gpt-oss), the gate (softmax, each expert's sigmoid, or the logits themselves with a
+    softmax over the chosen k: "softmax_weight"), top k of the gate plus the selection bias
+    (ties: lowest id) into ids and weights, in rank order; weights renormalized over the k if
+    NORM_TOPK (the sum clamped as llama.cpp does), times ``scale`` if SCALED.
 
-    Each expert's rank is the count of experts ahead of it (a higher logit, or the same
-    logit and a lower id), all ranks in one comparison tile: one reduction instead of two
+    Each expert's rank is the count of experts ahead of it (a higher score, or the same
+    score and a lower id), all ranks in one comparison tile: one reduction instead of two
     per selected expert, which made this the slowest part of the router.
     """
     e = tl.arange(0, E_PAD)
+    valid = e < n_expert
     # .cg: read the other programs' fresh stores from L2, never a stale L1 line
-    logits = tl.load(logits_ptr + e, mask=e < n_expert, other=-float("inf"), cache_modifier=".cg")
-    p = tl.exp(logits - tl.max(logits, 0))
-    mine, theirs = logits[:, None], logits[None, :]
+    logits = tl.load(logits_ptr + e, mask=valid, other=-float("inf"), cache_modifier=".cg")
+    if HAS_BIAS:
+        logits += tl.load(bias_ptr + e, mask=valid, other=0.0)
+        tl.store(logits_ptr + e, logits, mask=valid)
+    if GATING == "sigmoid":
+        p = tl.sigmoid(logits)
+    elif GATING == "softmax":
+        p = tl.exp(logits - tl.max(logits, 0))
+        p = p / tl.sum(p, 0)
+    else:
+        p = logits
+    score = p
+    if HAS_SELECT:
+        score += tl.load(select_ptr + e, mask=valid, other=0.0)
+    score = tl.where(valid, score, -float("inf"))
+    mine, theirs = score[:, None], score[None, :]
     ahead = (theirs > mine) | ((theirs == mine) & (e[None, :] < e[:, None]))
     rank = tl.sum(ahead.to(tl.int32), 1)
     chosen = rank < TOP_K
+    weights = p
+    if GATING == "softmax_weight":
+        weights = tl.exp(logits - tl.max(tl.where(chosen, logits, -float("inf")), 0))
+        weights = weights / tl.sum(tl.where(chosen, weights, 0.0), 0)
     if NORM_TOPK:
-        weights = p / tl.sum(tl.where(chosen, p, 0.0), 0)
-    else:
-        weights = p / tl.sum(p, 0)
+        weights = weights / tl.maximum(tl.sum(tl.where(chosen, weights, 0.0), 0), 6.103515625e-5)
+    if SCALED:
+        weights = weights * scale
     tl.store(ids_ptr + rank, e, mask=chosen)
     tl.store(wts_ptr + rank, weights, mask=chosen)
 
 
 @triton.jit
 def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, keep_ptr, done_ptr, ids_ptr, wts_ptr,
-                  xq_ptr, xd_ptr, xs_ptr, N, row_stride, K: tl.constexpr, iq_grid, QT: tl.constexpr,
-                  SB_BYTES: tl.constexpr, R: tl.constexpr, S: tl.constexpr, BLOCK_K: tl.constexpr,
+                  xq_ptr, xd_ptr, xs_ptr, bias_ptr, select_ptr, scale, N, row_stride, K: tl.constexpr, iq_grid,
+                  QT: tl.constexpr, SB_BYTES: tl.constexpr, R: tl.constexpr, S: tl.constexpr, BLOCK_K: tl.constexpr,
                   E_PAD: tl.constexpr, TOP_K: tl.constexpr, NORM_TOPK: tl.constexpr, KEEP: tl.constexpr,
-                  INT8: tl.constexpr):
+                  INT8: tl.constexpr, GATING: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SELECT: tl.constexpr,
+                  SCALED: tl.constexpr):
     """logits = W_router RMSNorm(x); program 0 also stores RMSNorm(x) for the experts (and x
     itself at ``keep_ptr`` if KEEP: the prefetcher's input, saved before the experts add to
     x in place; with INT8, RMSNorm(x) in 8-bit blocks at ``xq_ptr``, ``xd_ptr``, ``xs_ptr`` too:
     ``triton_int8.quantize_store``), and the last program to finish (counted on ``done_ptr``,
-    which it resets to 0) selects the experts: ids and weights (TOP_K,)."""
+    which it resets to 0) selects the experts: ids and weights (TOP_K,), as ``_route`` says
+    (the router's bias at ``bias_ptr``, the selection bias at ``select_ptr``)."""
     pid = tl.program_id(0)
     rows = pid * R + tl.arange(0, R)
     r_ok = rows < N
@@ -148,7 +172,8 @@ def router_kernel(x_ptr, norm_ptr, eps, w_ptr, logits_ptr, xn_ptr, keep_ptr, don
             tl.store(keep_ptr + offs, x, mask=ok)
     tl.debug_barrier()  # all of this program's logits are stored before it counts as done
     if tl.atomic_add(done_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
-        _route(logits_ptr, ids_ptr, wts_ptr, N, E_PAD, TOP_K, NORM_TOPK)
+        _route(logits_ptr, bias_ptr, select_ptr, ids_ptr, wts_ptr, N, scale, E_PAD, TOP_K, NORM_TOPK, GATING,
+               HAS_BIAS, HAS_SELECT, SCALED)
         tl.atomic_xchg(done_ptr, 0)
 
 

@@ -278,26 +278,25 @@ class TritonOps(TorchOps):
     def route(self, x: torch.Tensor, m: int, logits: torch.Tensor, xn: torch.Tensor, done: torch.Tensor,
               ids: torch.Tensor, weights: torch.Tensor, keep: torch.Tensor | None = None,
               xn_int8: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
-        """MoE layer m's router on x (n_embd,): logits, RMSNorm-ed x (xn), top-k ids and weights,
-        a copy of x into ``keep`` if given, and xn in 8-bit blocks into ``xn_int8`` if given
-        (``int8_input``'s buffers); ``done``: a zeroed int32 counter that only
-        this launch's stream uses. The kernel ranks by softmax; a model whose gate, router
-        bias, selection bias, expert groups or scale differ gets its ids and weights again from
-        the logits (``routing.route_layer``), with the router's bias added to them."""
+        """MoE layer m's router on x (n_embd,): logits (with the router's bias), RMSNorm-ed x
+        (xn), top-k ids and weights, a copy of x into ``keep`` if given, and xn in 8-bit blocks
+        into ``xn_int8`` if given (``int8_input``'s buffers); ``done``: a zeroed int32 counter
+        that only this launch's stream uses. The kernel routes as ``routing.route_layer`` does
+        but for expert groups (DeepSeek-V3), which take the ids and weights again from the logits."""
         cfg, lw = self.cfg, self.w.moe_layers[m]
         router = lw.router
+        scaled = cfg.expert_weights_scale not in (0.0, 1.0)
         router_kernel[(triton.cdiv(cfg.n_expert, ROUTER_WARPS),)](
             x, lw.ffn_norm, cfg.rms_eps, router.data, logits, xn, x if keep is None else keep,
             done, ids, weights, *(xn_int8 or (xn, xn, xn)),
-            cfg.n_expert, row_stride=router.row_bytes, K=router.cols, R=ROUTER_WARPS,
-            S=self._superblocks(router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
+            logits if lw.router_b is None else lw.router_b, logits if lw.exp_probs_b is None else lw.exp_probs_b,
+            float(cfg.expert_weights_scale), cfg.n_expert, row_stride=router.row_bytes, K=router.cols,
+            R=ROUTER_WARPS, S=self._superblocks(router), BLOCK_K=triton.next_power_of_2(cfg.n_embd),
             E_PAD=triton.next_power_of_2(cfg.n_expert), TOP_K=cfg.n_expert_used, NORM_TOPK=cfg.norm_topk,
-            KEEP=keep is not None, INT8=xn_int8 is not None, num_warps=ROUTER_WARPS,
+            KEEP=keep is not None, INT8=xn_int8 is not None, GATING=cfg.gating, HAS_BIAS=lw.router_b is not None,
+            HAS_SELECT=lw.exp_probs_b is not None, SCALED=scaled, num_warps=ROUTER_WARPS,
             **_type_args(router, x.device))
-        if lw.router_b is not None:
-            logits.add_(lw.router_b)
-        if (cfg.gating != "softmax" or lw.router_b is not None or lw.exp_probs_b is not None
-                or cfg.expert_weights_scale not in (0.0, 1.0) or cfg.n_expert_groups > 1):
+        if cfg.n_expert_groups > 1:
             routed_weights, routed_ids = route_layer(logits[None], cfg, lw.exp_probs_b)
             ids.view(-1).copy_(routed_ids.view(-1))
             weights.view(-1).copy_(routed_weights.view(-1))
