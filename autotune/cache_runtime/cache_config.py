@@ -83,8 +83,9 @@ CACHE_KNOBS = KnobSchema("cache", (
          search=Search(values=(1, 2)), gpu_only=True),
     Knob("gate_up_warps", int, 4, "decode kernels: warps per gate-up program", choices=(2, 4, 8, 16),
          search=Search(values=(4, 8)), gpu_only=True),
-    # the experts' decode kernels on 8-bit inputs (triton_int8): measured faster on gpt-oss-20b's
-    # MXFP4 experts (+17%) and slower on every 2048- and 4096-wide file (studies/families, 2026-12-08)
+    # the experts' decode kernels on 8-bit inputs (triton_int8): its first version measured faster
+    # on gpt-oss-20b's MXFP4 experts (+17%) and slower on every 2048- and 4096-wide file
+    # (studies/families, 2026-12-08); its tiles were reworked since (studies/quant_types)
     Knob("int8_inputs", bool, False, "decode kernels: the experts' inputs rounded to 8-bit blocks, as "
          "llama.cpp's MMVQ does", search=Search(values=(False, True)), gpu_only=True),
     # decode never bypasses: searched for prefill-heavy objectives only
