@@ -66,7 +66,8 @@ def main() -> None:
     for name in ("full_vs_llama", "hybrid_vs_full", "hybrid_vs_llama"):
         r = result[name]
         print(f"{name:>16}: cosine min {r['cosine_min']:.6f}, argmax agrees {r['steps'] - len(r['argmax_differs_at'])}"
-              f"/{r['steps']} (differs at {r['argmax_differs_at']})")
+              f"/{r['steps']} (differs at {r['argmax_differs_at']}, logit gaps {r['gaps_where_argmax_differs']}, "
+              f"max difference {r['max_abs_diff']:.4f})")
     print(f"CPU experts {result['cpu_experts']}, hit rate {result['hit_rate']:.3f}; bar met: {result['bar_met']}")
 
 

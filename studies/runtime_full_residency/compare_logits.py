@@ -33,13 +33,18 @@ def agreement(ours: np.ndarray, theirs: np.ndarray) -> dict:
     theirs = theirs.astype(np.float64)
     cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     same = ours.argmax(1) == theirs.argmax(1)
+    differs = np.flatnonzero(~same)
     return {
         "steps": len(cos),
         "cosine_min": float(cos.min()),
         "cosine_median": float(np.median(cos)),
         "cosine": [round(float(c), 6) for c in cos],
         "argmax_agreement": float(same.mean()),
-        "argmax_differs_at": [int(i) for i in np.flatnonzero(~same)],
+        "argmax_differs_at": [int(i) for i in differs],
+        # where the picks differ: how far below its own pick each side ranks the other's, in
+        # logits (both under max_abs_diff: a near tie that either runtime's rounding decides)
+        "gaps_where_argmax_differs": [[round(float(theirs[i].max() - theirs[i, ours[i].argmax()]), 6),
+                                       round(float(ours[i].max() - ours[i, theirs[i].argmax()]), 6)] for i in differs],
         "max_abs_diff": float(np.abs(ours - theirs).max()),
         "logit_scale": float(np.abs(theirs).max()),
     }
