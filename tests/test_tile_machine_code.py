@@ -38,11 +38,12 @@ def test_tiles_compile_for_sm90_without_layout_conversions() -> None:
 
 
 @pytest.mark.skipif(not CUOBJDUMP.exists(), reason="this Triton ships no cuobjdump")
-@pytest.mark.parametrize("kernel, cols, qtype", [
-    ("gate_up", 2048, "Q4_K"), ("gate_up", 2880, "MXFP4"), ("gate_up", 2880, "Q4_0"), ("down", 768, "Q6_K"),
+@pytest.mark.parametrize("kernel, cols, qtype, ratio", [
+    ("gate_up", 2048, "Q4_K", 0.6), ("gate_up", 2880, "MXFP4", 0.6), ("gate_up", 2880, "Q4_0", 0.6),
+    ("down", 768, "Q6_K", 0.7),  # Q6_K's words take two 16-bit loads each
 ])
 def test_the_8_bit_input_compiles_for_sm90_with_dp4a_fewer_instructions_and_one_layout(
-        kernel: str, cols: int, qtype: str) -> None:
+        kernel: str, cols: int, qtype: str, ratio: float) -> None:
     """``triton_int8``'s inline PTX assembles into the GPU's IDP instruction; the 8-bit path takes
     well under the float path's instructions an element, and at most one barrier more: its
     tile sums its blocks within a warp, with no layout conversion inside the chunk loop (the
@@ -51,11 +52,11 @@ def test_the_8_bit_input_compiles_for_sm90_with_dp4a_fewer_instructions_and_one_
         f"from autotune.studies.sass_counts import {kernel}_sass\n"
         "for int8 in (False, True):\n"
         f"    ops, elements = {kernel}_sass({qtype!r}, {cols}, int8=int8)\n"
-        "    print(len(ops) / elements, sum(op.startswith('IDP') for op in ops), sum(op == 'BAR.SYNC' or "
-        "op.startswith('BAR') for op in ops))\n")],
+        "    print(len(ops) / elements, sum(op.startswith('IDP') for op in ops),\n"
+        "          sum(op.startswith('BAR') for op in ops))\n")],
         capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0"}, timeout=600, check=True)
     (float_per_element, float_idp, float_bar), (int8_per_element, int8_idp, int8_bar) = (
         (float(a), int(b), int(c)) for a, b, c in (line.split() for line in done.stdout.splitlines()))
     assert float_idp == 0 and int8_idp > 0
-    assert int8_per_element < 0.7 * float_per_element
+    assert int8_per_element < ratio * float_per_element
     assert int8_bar <= float_bar + 1

@@ -69,14 +69,19 @@ def prmt_lookup4(codes: tuple[int, int]) -> tl.constexpr:
 
 
 @triton.jit
+def _code_byte(q, LOW: tl.constexpr, HIGH: tl.constexpr):
+    """The interpreter's lookup of nibbles q (int32): byte (q & 7) of LOW (q < 8) or HIGH, the
+    int64 packing of ``codebooks``, as an int32 0..255 (the entry's two's-complement byte)."""
+    word = tl.where(q < 8, LOW, HIGH).to(tl.int64)
+    return ((word >> (8 * (q & 7)).to(tl.int64)) & 255).to(tl.int32)
+
+
+@triton.jit
 def code_lookup(q, LOW: tl.constexpr, HIGH: tl.constexpr, PRMT: tl.constexpr):
     """The code book entries of nibbles q (int32) as float32: on the GPU by ``PRMT``
-    (``prmt_lookup4`` of the code book), four at a time; in the interpreter, byte (q & 7) of
-    LOW (q < 8) or HIGH, the int64 packing of ``codebooks``."""
+    (``prmt_lookup4`` of the code book), four at a time; in the interpreter by ``_code_byte``."""
     if INTERPRETED:
-        word = tl.where(q < 8, LOW, HIGH).to(tl.int64)
-        byte = ((word >> (8 * (q & 7)).to(tl.int64)) & 255).to(tl.int32)
-        return ((byte ^ 128) - 128).to(tl.float32)
+        return ((_code_byte(q, LOW, HIGH) ^ 128) - 128).to(tl.float32)
     v = tl.inline_asm_elementwise(PRMT, "=r,r", [q.to(tl.int8)], dtype=tl.int8, is_pure=True, pack=4)
     return v.to(tl.float32)
 
@@ -88,9 +93,7 @@ def code_lookup_bytes(q, LOW: tl.constexpr, HIGH: tl.constexpr, PRMT: tl.constex
     if INTERPRETED:
         out = tl.zeros_like(q)
         for i in tl.static_range(4):
-            nibble = (q >> (8 * i)) & 15
-            word = tl.where(nibble < 8, LOW, HIGH).to(tl.int64)
-            out |= (((word >> (8 * (nibble & 7)).to(tl.int64)) & 255).to(tl.int32)) << (8 * i)
+            out |= _code_byte((q >> (8 * i)) & 15, LOW, HIGH) << (8 * i)
         return out
     return tl.inline_asm_elementwise(PRMT, "=r,r", [q], dtype=tl.int32, is_pure=True, pack=1)
 
